@@ -1,0 +1,62 @@
+// The only module that touches ambient time and randomness. Everything else receives a
+// Clock and a RandomSource, so tests can fake time and seed randomness without patching
+// globals (the counter-example: stores that call Date.now() and force tests to patch timers).
+
+import { randomBytes, randomUUID } from 'node:crypto'
+import { performance } from 'node:perf_hooks'
+
+export interface Clock {
+  /** Wall-clock time in milliseconds since the epoch: for records and token checks. */
+  nowMs(): number
+  /** Monotonic time in milliseconds with sub-millisecond precision: for durations and deadlines. */
+  monotonicMs(): number
+}
+
+export interface RandomSource {
+  /** `n` uniformly random bytes. */
+  bytes(n: number): Uint8Array
+  /** A random 128-bit identifier in UUID form. */
+  uuid(): string
+}
+
+export const systemClock: Clock = {
+  nowMs: () => Date.now(),
+  monotonicMs: () => performance.now(),
+}
+
+/** The operating system's CSPRNG. */
+export const cryptoRandom: RandomSource = {
+  bytes: (n) => new Uint8Array(randomBytes(n)),
+  uuid: () => randomUUID(),
+}
+
+/** A pino-compatible subset, so fastify's logger or a test's memory sink can be passed. */
+export interface Logger {
+  info(obj: object, msg?: string): void
+  warn(obj: object, msg?: string): void
+  error(obj: object, msg?: string): void
+}
+
+export const silentLogger: Logger = { info() {}, warn() {}, error() {} }
+
+export interface Deps {
+  clock: Clock
+  random: RandomSource
+}
+
+export const realDeps: Deps = { clock: systemClock, random: cryptoRandom }
+
+/** A uniformly random 32-bit unsigned integer from a RandomSource. */
+export function randomUint32(random: RandomSource): number {
+  const b = random.bytes(4)
+  return ((b[0]! << 24) | (b[1]! << 16) | (b[2]! << 8) | b[3]!) >>> 0
+}
+
+/** A uniformly random double in [0, 1) with 53 random bits. */
+export function randomUnit(random: RandomSource): number {
+  const b = random.bytes(7)
+  let hi = 0
+  for (let i = 0; i < 7; i++) hi = hi * 256 + b[i]!
+  // 56 random bits; keep the top 53.
+  return Math.floor(hi / 8) / 2 ** 53
+}

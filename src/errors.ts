@@ -1,0 +1,91 @@
+// The one catalogue of error codes. Every refusal the gateway sends carries one of these
+// stable codes; clients match on the code, never on the message. The precise reason (which
+// check failed, with what value) goes to the server log and the audit record only, so a
+// refusal teaches an attacker nothing that the code does not already say.
+//
+// The status table is a Record over the code union: a new code does not compile until it
+// has a status, and test/errors.test.ts fails until docs/errors.md documents it.
+
+export const errorStatus = {
+  // 400: the request itself is wrong; fixing it is the client's job.
+  bad_request: 400,
+  invalid_json: 400,
+  invalid_binary_header: 400,
+  missing_input: 400,
+  unknown_input: 400,
+  unknown_output: 400,
+  datatype_mismatch: 400,
+  shape_mismatch: 400,
+  data_length_mismatch: 400,
+  value_out_of_range: 400,
+  non_finite_value: 400,
+  batch_too_large: 400,
+  // 401/403: who is calling, and may they.
+  unauthenticated: 401,
+  forbidden: 403,
+  attack_suspected: 403,
+  // 404: what was asked for does not exist.
+  not_found: 404,
+  model_not_found: 404,
+  version_not_found: 404,
+  // 413/415: the body is too big or of a type the protocol does not define.
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  // 422: well-formed, but the screening stage judged it adversarial.
+  suspicious_input: 422,
+  // 429: too much, too often.
+  rate_limited: 429,
+  privacy_budget_exhausted: 429,
+  // 5xx: the gateway cannot serve right now; retrying later may work.
+  internal: 500,
+  model_not_ready: 503,
+  queue_full: 503,
+  overloaded: 503,
+  worker_failed: 503,
+  upstream_unavailable: 503,
+  audit_unavailable: 503,
+  shutting_down: 503,
+  deadline_exceeded: 504,
+} as const satisfies Record<string, number>
+
+export type ErrorCode = keyof typeof errorStatus
+
+export const errorCodes = Object.keys(errorStatus) as ErrorCode[]
+
+export interface BulwarkErrorOptions {
+  /** Precise, operator-facing reason (log and audit only; never sent to the client). */
+  reason?: string
+  /** Extra response headers, e.g. Retry-After. */
+  headers?: Record<string, string>
+  /** The error from a dependency that this one translates. */
+  cause?: unknown
+}
+
+/**
+ * The only error class in Bulwark. `message` is what the client sees: short, says what is
+ * wrong and what to do. `reason` is the precise cause for the operator.
+ */
+export class BulwarkError extends Error {
+  readonly code: ErrorCode
+  readonly status: number
+  readonly reason: string
+  readonly headers: Readonly<Record<string, string>>
+
+  constructor(code: ErrorCode, message: string, options: BulwarkErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
+    this.name = 'BulwarkError'
+    this.code = code
+    this.status = errorStatus[code]
+    this.reason = options.reason ?? message
+    this.headers = options.headers ?? {}
+  }
+}
+
+export function isBulwarkError(value: unknown): value is BulwarkError {
+  return value instanceof BulwarkError
+}
+
+/** The body OIP v2 specifies for errors, plus our stable code. */
+export function errorBody(err: BulwarkError): { error: string; code: ErrorCode } {
+  return { error: err.message, code: err.code }
+}

@@ -1,0 +1,205 @@
+// Dynamic batcher, one per model. Requests wait in a bounded FIFO; whenever a worker is free
+// the batcher takes the queued requests that share the head's shape (up to maxBatchSize
+// items), concatenates them into one batch, runs it, and hands each request its slice of
+// the outputs. While every worker is busy the queue fills, so batches form by themselves
+// under load; maxQueueDelayMicros lets an idle worker wait a little for company.
+//
+// Bounds: a full queue refuses at once (503 queue_full with Retry-After), and each request's
+// deadline is armed from submission, so nothing waits past it (504 deadline_exceeded).
+
+import { BulwarkError } from '../errors.ts'
+import type { Clock } from '../deps.ts'
+import type { Backend } from './backend.ts'
+import { allocate, elementCount, type Tensor } from './tensor.ts'
+
+export interface BatcherOptions {
+  model: string
+  backend: Backend
+  /** Largest batch in items; 1 turns batching off (each request runs as sent). */
+  maxBatchSize: number
+  maxQueueDelayMicros: number
+  maxQueueSize: number
+  outputNames: readonly string[]
+  clock: Clock
+  /** Called with each batch's item count (for metrics). */
+  onBatch?: (items: number) => void
+}
+
+interface Pending {
+  inputs: Tensor[]
+  items: number
+  shapeKey: string
+  enqueuedMs: number
+  timer: NodeJS.Timeout
+  settled: boolean
+  resolve: (outputs: Tensor[]) => void
+  reject: (err: Error) => void
+}
+
+/** Non-batch dimensions of every input: only requests with equal keys can share a batch. */
+function shapeKey(inputs: Tensor[]): string {
+  return inputs.map((t) => `${t.name}:${t.shape.slice(1).join('x')}`).join('|')
+}
+
+export class DynamicBatcher {
+  private readonly opts: BatcherOptions
+  private readonly queue: Pending[] = []
+  private inFlight = 0
+  private flushTimer: NodeJS.Timeout | null = null
+  private idleWaiters: (() => void)[] = []
+
+  constructor(opts: BatcherOptions) {
+    this.opts = opts
+  }
+
+  get queueDepth(): number {
+    return this.queue.length
+  }
+
+  get running(): number {
+    return this.inFlight
+  }
+
+  /** Runs `inputs` (batch dimension first) and resolves with this request's outputs. */
+  submit(inputs: Tensor[], deadlineMs: number): Promise<Tensor[]> {
+    const { clock } = this.opts
+    const now = clock.monotonicMs()
+    if (deadlineMs <= now) {
+      return Promise.reject(new BulwarkError('deadline_exceeded', 'the request deadline passed before inference started'))
+    }
+    if (this.queue.length >= this.opts.maxQueueSize) {
+      return Promise.reject(
+        new BulwarkError('queue_full', `model ${this.opts.model} is at capacity; retry after the Retry-After delay`, {
+          reason: `queue holds ${this.queue.length} requests (maxQueueSize)`,
+          headers: { 'retry-after': '1' },
+        }),
+      )
+    }
+    return new Promise((resolve, reject) => {
+      const pending: Pending = {
+        inputs,
+        items: inputs[0]!.shape[0]!,
+        shapeKey: shapeKey(inputs),
+        enqueuedMs: now,
+        settled: false,
+        resolve,
+        reject,
+        timer: setTimeout(() => this.expire(pending), Math.max(0, deadlineMs - now)),
+      }
+      pending.timer.unref()
+      this.queue.push(pending)
+      this.schedule()
+    })
+  }
+
+  private expire(p: Pending): void {
+    const i = this.queue.indexOf(p)
+    if (i >= 0) this.queue.splice(i, 1)
+    this.settle(p, new BulwarkError('deadline_exceeded', 'the request deadline passed', {
+      reason: i >= 0 ? 'deadline passed while queued' : 'deadline passed while running',
+    }))
+  }
+
+  private settle(p: Pending, result: Tensor[] | Error): void {
+    if (p.settled) return
+    p.settled = true
+    clearTimeout(p.timer)
+    if (result instanceof Error) p.reject(result)
+    else p.resolve(result)
+  }
+
+  private schedule(): void {
+    while (this.inFlight < this.opts.backend.concurrency && this.queue.length > 0) {
+      const head = this.queue[0]!
+      if (this.opts.maxBatchSize > 1 && this.opts.maxQueueDelayMicros > 0) {
+        const waitedMs = this.opts.clock.monotonicMs() - head.enqueuedMs
+        const remainingMs = this.opts.maxQueueDelayMicros / 1000 - waitedMs
+        if (remainingMs > 0 && this.queuedItems(head.shapeKey) < this.opts.maxBatchSize) {
+          if (!this.flushTimer) {
+            this.flushTimer = setTimeout(() => {
+              this.flushTimer = null
+              this.schedule()
+            }, remainingMs)
+          }
+          return
+        }
+      }
+      this.runBatch(this.takeBatch())
+    }
+  }
+
+  private queuedItems(key: string): number {
+    let n = 0
+    for (const p of this.queue) if (p.shapeKey === key) n += p.items
+    return n
+  }
+
+  /** The head request and the following requests of the same shape, up to maxBatchSize items. */
+  private takeBatch(): Pending[] {
+    const head = this.queue.shift()!
+    const batch = [head]
+    let items = head.items
+    for (let i = 0; i < this.queue.length && items < this.opts.maxBatchSize; ) {
+      const p = this.queue[i]!
+      if (p.shapeKey === head.shapeKey && items + p.items <= this.opts.maxBatchSize) {
+        batch.push(p)
+        items += p.items
+        this.queue.splice(i, 1)
+      } else i++
+    }
+    return batch
+  }
+
+  private runBatch(batch: Pending[]): void {
+    const items = batch.reduce((n, p) => n + p.items, 0)
+    // Concatenate along the batch dimension into fresh buffers that the backend may transfer
+    // to its worker; the requests' own tensors stay intact for later stages (audit digests).
+    const inputs: Tensor[] = batch[0]!.inputs.map((first, k) => {
+      const perItem = elementCount(first.shape) / first.shape[0]!
+      const data = allocate(first.datatype, items * perItem)
+      let offset = 0
+      for (const p of batch) {
+        const src = p.inputs[k]!.data
+        ;(data as Float32Array).set(src as Float32Array, offset)
+        offset += src.length
+      }
+      return { name: first.name, datatype: first.datatype, shape: [items, ...first.shape.slice(1)], data }
+    })
+    this.inFlight++
+    this.opts.onBatch?.(items)
+    this.opts.backend.execute(inputs, this.opts.outputNames).then(
+      (outputs) => {
+        let item = 0
+        for (const p of batch) {
+          this.settle(p, outputs.map((t) => sliceItems(t, item, p.items)))
+          item += p.items
+        }
+      },
+      (err: Error) => {
+        for (const p of batch) this.settle(p, err)
+      },
+    ).finally(() => {
+      this.inFlight--
+      this.schedule()
+      if (this.inFlight === 0 && this.queue.length === 0) for (const w of this.idleWaiters.splice(0)) w()
+    })
+  }
+
+  /** Resolves once nothing is queued or running (for graceful shutdown). */
+  drain(): Promise<void> {
+    if (this.inFlight === 0 && this.queue.length === 0) return Promise.resolve()
+    return new Promise((resolve) => this.idleWaiters.push(resolve))
+  }
+}
+
+/** Items [start, start+count) of a batch-first tensor, as a view (no copy). */
+function sliceItems(t: Tensor, start: number, count: number): Tensor {
+  const total = t.shape[0]!
+  const perItem = total === 0 ? 0 : t.data.length / total
+  return {
+    name: t.name,
+    datatype: t.datatype,
+    shape: [count, ...t.shape.slice(1)],
+    data: t.data.subarray(start * perItem, (start + count) * perItem),
+  }
+}

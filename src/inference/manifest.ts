@@ -1,0 +1,117 @@
+// Model manifests: `models/<name>/manifest.json`. A manifest says what the model accepts
+// and returns, and pins the SHA-256 of its ONNX file; a model whose file does not match is
+// never served.
+
+import { createHash } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
+import { createRequire } from 'node:module'
+import path from 'node:path'
+import { Type, type Static } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+import { datatypes } from './tensor.ts'
+
+const TensorSpec = Type.Object(
+  {
+    name: Type.String({ minLength: 1 }),
+    datatype: Type.Union(datatypes.map((d) => Type.Literal(d))),
+    /** -1 marks a variable dimension; the first dimension is the batch. */
+    shape: Type.Array(Type.Integer({ minimum: -1 }), { minItems: 1 }),
+    /** Inclusive value range the model was trained on; validation refuses values outside. */
+    range: Type.Optional(Type.Tuple([Type.Number(), Type.Number()])),
+    /** Whether NaN and ±Inf may be sent (false for every bundled model). */
+    allowNonFinite: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+)
+
+export const ManifestSchema = Type.Object(
+  {
+    name: Type.String({ pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$' }),
+    version: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,32}$' }),
+    platform: Type.Literal('onnxruntime_onnx'),
+    description: Type.Optional(Type.String()),
+    /** ONNX file, relative to the manifest's folder. */
+    file: Type.Optional(Type.String({ minLength: 1 })),
+    /** Or: a file shipped inside an npm package (resolved from node_modules at load). */
+    package: Type.Optional(
+      Type.Object({ name: Type.String(), path: Type.String() }, { additionalProperties: false }),
+    ),
+    sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+    maxBatchSize: Type.Integer({ minimum: 1, maximum: 4096 }),
+    inputs: Type.Array(TensorSpec, { minItems: 1 }),
+    outputs: Type.Array(TensorSpec, { minItems: 1 }),
+    /** Class labels for classifier outputs, in output order. */
+    labels: Type.Optional(Type.Array(Type.String())),
+  },
+  { additionalProperties: false },
+)
+
+export type Manifest = Static<typeof ManifestSchema>
+export type TensorSpec = Static<typeof TensorSpec>
+
+export class ManifestError extends Error {
+  override name = 'ManifestError'
+}
+
+/** Reads and schema-checks a manifest; throws ManifestError naming the file and every problem. */
+export async function readManifest(manifestPath: string): Promise<Manifest> {
+  let raw: unknown
+  try {
+    raw = JSON.parse(await readFile(manifestPath, 'utf8'))
+  } catch (err) {
+    throw new ManifestError(`${manifestPath}: cannot read manifest: ${(err as Error).message}`)
+  }
+  const problems = [...Value.Errors(ManifestSchema, raw)].map((e) => `${e.path || '/'}: ${e.message}`)
+  if (problems.length > 0) throw new ManifestError(`${manifestPath}: invalid manifest:\n  ${problems.join('\n  ')}`)
+  const manifest = raw as Manifest
+  if ((manifest.file === undefined) === (manifest.package === undefined)) {
+    throw new ManifestError(`${manifestPath}: give exactly one of "file" or "package"`)
+  }
+  return manifest
+}
+
+/** Absolute path of the ONNX file a manifest names. */
+export function modelFilePath(manifest: Manifest, manifestPath: string): string {
+  if (manifest.file !== undefined) return path.resolve(path.dirname(manifestPath), manifest.file)
+  const pkg = manifest.package!
+  // Packages may hide their files behind "exports", so find the package folder the way
+  // Node's resolver walks node_modules, then take the file from it directly.
+  const require = createRequire(manifestPath)
+  const searched = [...(require.resolve.paths(pkg.name) ?? []), path.join(process.cwd(), 'node_modules')]
+  for (const dir of searched) {
+    const candidate = path.join(dir, pkg.name)
+    if (existsSync(path.join(candidate, 'package.json'))) {
+      const file = path.resolve(candidate, pkg.path)
+      if (!file.startsWith(candidate + path.sep)) throw new ManifestError(`${manifestPath}: package.path must stay inside the package`)
+      return file
+    }
+  }
+  throw new ManifestError(`${manifestPath}: npm package ${pkg.name} is not installed; run npm ci`)
+}
+
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex')
+}
+
+/**
+ * Reads the model file and checks its digest against the manifest. Returns the bytes so the
+ * backend loads exactly what was checked (no time-of-check/time-of-use gap).
+ */
+export async function readVerifiedModel(manifest: Manifest, manifestPath: string): Promise<Uint8Array> {
+  const file = modelFilePath(manifest, manifestPath)
+  let bytes: Uint8Array
+  try {
+    bytes = new Uint8Array(await readFile(file))
+  } catch (err) {
+    throw new ManifestError(`${manifest.name}: cannot read model file ${file}: ${(err as Error).message}`)
+  }
+  const actual = sha256Hex(bytes)
+  if (actual !== manifest.sha256) {
+    throw new ManifestError(
+      `${manifest.name}: SHA-256 of ${file} is ${actual}, manifest says ${manifest.sha256}; ` +
+        'the file was changed or the manifest is stale: rebuild with `npm run models:build` or restore the file',
+    )
+  }
+  return bytes
+}

@@ -1,0 +1,70 @@
+// Runs one ONNX Runtime session off the main thread. onnxruntime-node's session.run blocks
+// the thread it runs on for the whole model, so it must never run on the event loop that
+// serves TLS, auth and health checks. Tensors arrive and leave as transferred ArrayBuffers.
+
+import { parentPort, workerData } from 'node:worker_threads'
+import * as ort from 'onnxruntime-node'
+import type { WorkerInit, WorkerRequest, WorkerResponse, WireTensor } from './onnx-protocol.ts'
+import { numericDatatypes, type Datatype } from './tensor.ts'
+
+const init = workerData as WorkerInit
+const port = parentPort!
+
+const ortToDatatype = new Map<string, Datatype>(
+  Object.entries(numericDatatypes).map(([dt, info]) => [info.ort, dt as Datatype]),
+)
+
+async function createSession(): Promise<{ session: ort.InferenceSession; provider: string; notes: string[] }> {
+  const notes: string[] = []
+  const options = (ep: string): ort.InferenceSession.SessionOptions => ({
+    executionProviders: [ep],
+    intraOpNumThreads: init.intraOpThreads,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+  })
+  for (const ep of init.executionProviders) {
+    if (ep === 'cpu') break
+    try {
+      return { session: await ort.InferenceSession.create(init.model, options(ep)), provider: ep, notes }
+    } catch (err) {
+      notes.push(`execution provider ${ep} unavailable (${(err as Error).message.split('\n')[0]}); falling back`)
+    }
+  }
+  return { session: await ort.InferenceSession.create(init.model, options('cpu')), provider: 'cpu', notes }
+}
+
+function toWire(name: string, t: ort.Tensor): WireTensor {
+  const datatype = ortToDatatype.get(t.type)
+  if (!datatype) throw new Error(`output ${name} has unsupported type ${t.type}`)
+  const data = t.data as ArrayBufferView
+  // ORT's output buffers belong to this thread; transfer them whole, copying only when the
+  // view does not cover its buffer exactly.
+  let buffer = data.buffer as ArrayBuffer
+  if (data.byteOffset !== 0 || data.byteLength !== buffer.byteLength) {
+    buffer = buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)
+  }
+  return { name, datatype, shape: t.dims.slice(), buffer }
+}
+
+async function main(): Promise<void> {
+  const { session, provider, notes } = await createSession()
+  port.postMessage({ type: 'ready', provider, notes, inputNames: session.inputNames, outputNames: session.outputNames } satisfies WorkerResponse)
+  port.on('message', async (msg: WorkerRequest) => {
+    try {
+      const feeds: Record<string, ort.Tensor> = {}
+      for (const t of msg.inputs) {
+        const Ctor = numericDatatypes[t.datatype].array
+        feeds[t.name] = new ort.Tensor(numericDatatypes[t.datatype].ort, new Ctor(t.buffer), t.shape)
+      }
+      const results = await session.run(feeds, msg.outputs)
+      const outputs = msg.outputs.map((name) => toWire(name, results[name]!))
+      port.postMessage({ type: 'result', id: msg.id, outputs } satisfies WorkerResponse, outputs.map((o) => o.buffer))
+    } catch (err) {
+      port.postMessage({ type: 'failure', id: msg.id, message: (err as Error).message } satisfies WorkerResponse)
+    }
+  })
+}
+
+main().catch((err: Error) => {
+  port.postMessage({ type: 'load-failed', message: err.message } satisfies WorkerResponse)
+})
