@@ -25,9 +25,6 @@ function explain(err: ValueError): string {
   const schema = err.schema as TSchema & { description?: string; examples?: unknown[] }
   const hint = schema.examples ? ` (for example ${JSON.stringify(schema.examples[0])})` : ''
   switch (err.type) {
-    case ValueErrorType.ObjectAdditionalProperties: {
-      return `${where}: unknown key; remove it or check its spelling`
-    }
     case ValueErrorType.ObjectRequiredProperty:
       return `${where}: required; add it`
     case ValueErrorType.Union:
@@ -40,18 +37,27 @@ function explain(err: ValueError): string {
   }
 }
 
+/** The sub-schema at a JSON pointer (through object properties and array items). */
+function schemaAt(schema: TSchema, pointer: string): TSchema | undefined {
+  let node: TSchema | undefined = schema
+  for (const part of pointer.split('/').slice(1)) {
+    if (!node) return undefined
+    if (node.properties && part in node.properties) node = node.properties[part] as TSchema
+    else if (node.items) node = node.items as TSchema
+    else if (node.anyOf) node = (node.anyOf as TSchema[]).find((s) => s.properties && part in s.properties)?.properties[part]
+    else return undefined
+  }
+  return node
+}
+
 /** Every problem with `value` against `schema`, one message each. */
 export function schemaProblems(schema: TSchema, value: unknown): string[] {
   const problems: string[] = []
   for (const err of Value.Errors(schema, value)) {
-    // TypeBox reports the additional property at the object's path; name the key itself.
-    if (err.type === ValueErrorType.ObjectAdditionalProperties && err.value && typeof err.value === 'object') {
-      const allowed = Object.keys((err.schema as { properties?: object }).properties ?? {})
-      for (const key of Object.keys(err.value)) {
-        if (!allowed.includes(key)) {
-          problems.push(`${err.path}/${key}: unknown key; allowed keys here are ${allowed.join(', ')}`)
-        }
-      }
+    if (err.type === ValueErrorType.ObjectAdditionalProperties) {
+      const parent = err.path.slice(0, err.path.lastIndexOf('/'))
+      const allowed = Object.keys(schemaAt(schema, parent)?.properties ?? {})
+      problems.push(`${err.path}: unknown key; ${allowed.length ? `allowed keys here are ${allowed.join(', ')}` : 'remove it'}`)
       continue
     }
     problems.push(explain(err))

@@ -1,0 +1,24 @@
+// Builds a gateway over the bundled models with the front door off, for tests of the
+// serving core itself (the front door has its own tests under test/frontdoor/).
+
+import path from 'node:path'
+import { buildConfig } from '../../src/config/load.ts'
+import { realDeps } from '../../src/deps.ts'
+import { buildGateway, type Gateway } from '../../src/server.ts'
+
+export const repoRoot = path.resolve(import.meta.dirname, '../..')
+
+/** Config keys that turn the security stages off, so only the serving core is exercised. */
+export const coreOnly = {
+  tls: { enabled: false },
+  auth: { enabled: false },
+  authorization: { enabled: false },
+  rateLimits: { enabled: false },
+}
+
+export async function coreGateway(raw: Record<string, unknown> = {}, baseDir = repoRoot): Promise<Gateway> {
+  const config = buildConfig({ ...coreOnly, ...raw }, 'test config')
+  const gateway = await buildGateway({ config, baseDir, source: 'test config' }, realDeps, { logLevel: 'silent' })
+  await gateway.load()
+  return gateway
+}
