@@ -7,12 +7,28 @@ import { ConfigError, defaultConfig, loadConfigFile, type LoadedConfig } from '.
 import { buildConfig } from './config/load.ts'
 import { realDeps } from './deps.ts'
 import { buildGateway } from './server.ts'
+import { AUDIT_USAGE, auditCommand } from './audit/commands.ts'
+import { MODEL_USAGE, modelCommand } from './signing/commands.ts'
+import type { AddressInfo } from 'node:net'
+import { loadSigningKey, mintToken } from './auth/mint.ts'
+import { DEV_AUDIENCE, DEV_DIR, DEV_ISSUER } from './config/security.ts'
+import { devPkiPaths, devPkiProblem, ensureDevPki, writeDevPki } from './pki/dev-pki.ts'
+import { curlExample, devPkiDirFor, devScopes } from './pki/dev-setup.ts'
 
 const USAGE = `usage: bulwark <command> [options]
 
 commands:
   serve [--config FILE] [--listen HOST:PORT] [--admin HOST:PORT]
-        run the gateway (no --config: the embedded default serves the bundled models)
+        run the gateway (no --config: the embedded default serves the bundled models
+        with mTLS and JWTs from the development PKI, created under ${DEV_DIR}/ if missing)
+  dev-pki [--dir DIR] [--force]
+        write the development CA, server and client certificates, JWT signing key and
+        JWKS (default dir ${DEV_DIR}; kept if present and valid, unless --force)
+  token [--sub NAME] [--scope "S1 S2"] [--ttl SECONDS] [--aud AUDIENCE] [--dir DIR]
+        print one development JWT signed with DIR/jwt-key.pem (default: sub dev, ttl 3600,
+        the scopes the bundled policies require for every bundled model)
+${AUDIT_USAGE}
+${MODEL_USAGE}
   help  show this text`
 
 function splitHostPort(value: string, flag: string): { host: string; port: number } {
@@ -39,17 +55,24 @@ async function serve(argv: string[]): Promise<void> {
   const base = values.config ? await loadConfigFile(values.config) : defaultConfig(process.cwd())
   const loaded = withOverrides(base, values.listen, values.admin)
   const { config } = loaded
-  const gateway = await buildGateway(loaded, realDeps, { logLevel: process.env.BULWARK_LOG_LEVEL ?? 'info' })
+  const devDir = devPkiDirFor(config, loaded.baseDir)
+  if (devDir) {
+    const { created, why } = await ensureDevPki(devDir, realDeps)
+    if (created) process.stderr.write(`bulwark: created the development PKI in ${path.relative(process.cwd(), devDir) || '.'}/ (${why})\n`)
+  }
+  const gateway = await buildGateway(loaded, realDeps, { logLevel: process.env.BULWARK_LOG_LEVEL ?? 'info', audit: { mirror: process.stdout } })
   await gateway.load()
 
   const api = splitHostPort(config.server.listen, 'server.listen')
   const admin = splitHostPort(config.server.admin, 'server.admin')
   await gateway.admin.listen({ host: admin.host, port: admin.port })
   await gateway.api.listen({ host: api.host, port: api.port })
-  const scheme = 'http'
-  const apiUrl = `${scheme}://${config.server.listen}`
+  // The address actually bound (port 0 picks one); a wildcard host is reached over loopback.
+  const bound = gateway.api.server.address() as AddressInfo
+  const host = ['0.0.0.0', '::'].includes(bound.address) ? '127.0.0.1' : bound.address.includes(':') ? `[${bound.address}]` : bound.address
+  const apiUrl = `${config.tls.enabled ? 'https' : 'http'}://${host}:${bound.port}`
   gateway.log.info({ api: apiUrl, admin: `http://${config.server.admin}`, config: loaded.source }, 'bulwark listening')
-  printExample(apiUrl, gateway.registry.list().map((m) => m.name))
+  printExample(loaded, apiUrl, gateway.registry.list().map((m) => m.name))
 
   let stopping = false
   const stop = (signal: string) => {
@@ -68,13 +91,48 @@ async function serve(argv: string[]): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'))
 }
 
-function printExample(apiUrl: string, models: string[]): void {
+function printExample(loaded: LoadedConfig, apiUrl: string, models: string[]): void {
   if (!models.includes('mnist')) return
-  const example = path.join('test', 'fixtures', 'mnist-request.json')
-  process.stdout.write(
-    `\nFirst request (a handwritten 7 from the mnist package):\n` +
-      `  curl -s ${apiUrl}/v2/models/mnist/infer -H 'content-type: application/json' --data @${example}\n\n`,
-  )
+  const example = curlExample({
+    config: loaded.config,
+    baseDir: loaded.baseDir,
+    cwd: process.cwd(),
+    apiUrl,
+    model: 'mnist',
+    bodyFile: path.resolve(process.cwd(), 'test', 'fixtures', 'mnist-request.json'),
+  })
+  process.stdout.write(`\nFirst request (a handwritten 7 from the mnist package):\n  ${example}\n\n`)
+}
+
+async function devPki(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { dir: { type: 'string' }, force: { type: 'boolean' } }, strict: true })
+  const dir = path.resolve(values.dir ?? DEV_DIR)
+  const problem = await devPkiProblem(dir, realDeps.clock)
+  if (problem === null && !values.force) {
+    process.stdout.write(`the development PKI in ${dir} is complete and valid; --force writes a new one\n`)
+    return
+  }
+  const pki = await writeDevPki(dir, realDeps)
+  process.stdout.write(`wrote the development PKI (${problem ?? 'forced'}):\n${Object.values(pki.files).map((f) => `  ${f}`).join('\n')}\n`)
+}
+
+async function token(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { sub: { type: 'string' }, scope: { type: 'string' }, ttl: { type: 'string' }, aud: { type: 'string' }, dir: { type: 'string' } },
+    strict: true,
+  })
+  const ttl = values.ttl === undefined ? 3600 : Number(values.ttl)
+  if (!Number.isSafeInteger(ttl) || ttl < 1 || ttl > 30 * 86_400) throw new ConfigError('--ttl', [`--ttl must be whole seconds between 1 and ${30 * 86_400}; got ${JSON.stringify(values.ttl)}`])
+  const dir = path.resolve(values.dir ?? DEV_DIR)
+  // stdout carries the token and nothing else (for $(npx bulwark token)); notes go to stderr.
+  const { created, why } = await ensureDevPki(dir, realDeps)
+  if (created) process.stderr.write(`bulwark: created the development PKI in ${dir} (${why}); restart a running gateway to use it\n`)
+  const scopes = values.scope !== undefined ? values.scope.split(' ').filter((s) => s !== '') : await devScopes(defaultConfig(process.cwd()).config, process.cwd())
+  const { files } = devPkiPaths(dir)
+  const signing = await loadSigningKey(files.jwtKey, files.jwks)
+  const jwt = await mintToken(signing, { issuer: DEV_ISSUER, audience: values.aud ?? DEV_AUDIENCE, subject: values.sub ?? 'dev', scopes, ttlSeconds: ttl }, realDeps)
+  process.stdout.write(jwt + '\n')
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -82,6 +140,25 @@ async function main(argv: string[]): Promise<void> {
   switch (command) {
     case 'serve':
       return serve(rest)
+    case 'dev-pki':
+      return devPki(rest)
+    case 'token':
+      return token(rest)
+    case 'audit':
+      process.exitCode = await auditCommand(rest, {
+        cwd: process.cwd(),
+        out: (text) => process.stdout.write(text),
+        err: (text) => process.stderr.write(text),
+        random: realDeps.random,
+      })
+      return
+    case 'model':
+      process.exitCode = await modelCommand(rest, {
+        cwd: process.cwd(),
+        out: (text) => process.stdout.write(text),
+        err: (text) => process.stderr.write(text),
+      })
+      return
     case undefined:
     case 'help':
     case '--help':

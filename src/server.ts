@@ -1,20 +1,35 @@
 // buildGateway(config, deps): assembles the API and admin servers, their routes and the
 // pipeline. It never listens and never touches process state; src/cli.ts does that.
 
-import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify'
-import type { ServerOptions as HttpsServerOptions } from 'node:https'
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+import rateLimitPlugin from '@fastify/rate-limit'
+import type { Server as HttpsServer } from 'node:https'
+import path from 'node:path'
+import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
+import { JwksKeySet } from './auth/jwks.ts'
+import { TokenCache } from './auth/token-cache.ts'
+import { ConfigError } from './config/load.ts'
+import { loadPolicies, type PolicySet } from './config/policy.ts'
+import { securityProblems } from './config/security.ts'
 import { BulwarkError, errorBody, type ErrorCode } from './errors.ts'
 import type { Deps, Logger } from './deps.ts'
 import type { LoadedConfig } from './config/load.ts'
 import { ModelRegistry } from './inference/registry.ts'
 import { InferenceService } from './inference/service.ts'
-import { GatewayMetrics } from './metrics.ts'
+import { Counter, GatewayMetrics } from './metrics.ts'
 import { asBulwarkError, assemblePipeline, runPhase } from './pipeline.ts'
 import { registerAdminRoutes, type AdminDeps } from './routes/admin.ts'
 import { registerOipRoutes } from './routes/oip.ts'
+import { createAuditLogStage, type AuditLogDeps, type AuditLogStage } from './stages/audit-log.ts'
 import { createInputValidationStage } from './stages/input-validation.ts'
 import { createModelInferenceStage } from './stages/model-inference.ts'
+import { createJwtAuthStage } from './stages/jwt-auth.ts'
+import { createModelPolicyStage } from './stages/model-policy.ts'
+import { createMtlsIdentityStage } from './stages/mtls-identity.ts'
+import { createRateLimitStage } from './stages/rate-limit.ts'
+import { fastifyLimiter } from './transport/rate-limiter.ts'
+import { handshakeFailureReason, httpsServerOptions, loadTlsMaterial, requireClientCertificates, TlsReloader, verifiedPeerCertificate } from './transport/tls.ts'
 import type { RequestContext, Stage } from './types.ts'
 
 export const SERVER_VERSION = '0.1.0'
@@ -29,8 +44,10 @@ declare module 'fastify' {
 export interface GatewayOptions {
   /** pino log level for both listeners; 'silent' in tests. */
   logLevel?: string
-  /** TLS settings for the API listener; absent = plain HTTP (tests, or TLS terminated in front). */
-  https?: HttpsServerOptions
+  /** Where log lines go (one JSON object per write); default stdout. Tests pass a memory sink. */
+  logStream?: { write(line: string): void }
+  /** The audit trail's outlets: where `audit.mirror: stdout` lines go (the CLI passes stdout), and the writer's file system (tests inject failures). */
+  audit?: Pick<AuditLogDeps, 'mirror' | 'fs'>
 }
 
 export interface Gateway {
@@ -40,6 +57,12 @@ export interface Gateway {
   readonly metrics: GatewayMetrics
   readonly stages: readonly Stage[]
   readonly log: Logger
+  /** The audit trail (src/stages/audit-log.ts); its writer is null when audit is off. */
+  readonly audit: AuditLogStage
+  /** The per-model policies (policies/<model>.yaml), for the stages that read their slices. */
+  readonly policies: PolicySet
+  /** The API listener's TLS files and their reloads; null when tls is off (plain HTTP). */
+  readonly tls: TlsReloader | null
   /** Loads the models. Resolves when each one is ready or has failed. */
   load(): Promise<void>
   /** Stops accepting, lets in-flight and queued requests finish (at most graceMs), releases the models. */
@@ -70,8 +93,17 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const { clock, random } = deps
   let shuttingDown = false
 
+  // The front door's files are read before anything starts: what cannot be used stops the start.
+  const frontDoorProblems = securityProblems(config)
+  if (frontDoorProblems.length > 0) throw new ConfigError(loaded.source, frontDoorProblems)
+  const policies = await loadPolicies(path.resolve(loaded.baseDir, config.policies.directory), { required: config.authorization.enabled })
+  const tlsMaterial = config.tls.enabled ? await loadTlsMaterial(config.tls, loaded.baseDir) : null
+
+  // Requests the HTTP parser refuses are audited too (set below, before anything listens).
+  let clientError: ((err: Error & { code?: string }, socket: Socket) => void) | null = null
   const api = Fastify({
-    logger: { level: options.logLevel ?? 'info' },
+    clientErrorHandler: (err: Error & { code?: string }, socket: Socket) => (clientError ? clientError(err, socket) : socket.destroy(err)),
+    logger: { level: options.logLevel ?? 'info', ...(options.logStream ? { stream: options.logStream } : {}) },
     // Per-request logs would double the work on the hot path; refusals are logged with their reason instead.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.server.bodyLimitBytes,
@@ -82,7 +114,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     forceCloseConnections: 'idle',
     keepAliveTimeout: 65_000,
     http: { maxHeaderSize: config.server.maxHeaderBytes },
-    ...(options.https ? { https: options.https } : {}),
+    ...(tlsMaterial ? { https: httpsServerOptions(config.tls, tlsMaterial, { maxHeaderSize: config.server.maxHeaderBytes }) } : {}),
   } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance
   const log = api.log as unknown as Logger
   const admin = Fastify({
@@ -103,7 +135,42 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     onBatch: (model, items) => metrics.batchSize.observe({ model }, items),
   })
   const service = new InferenceService(registry)
+
+  // --- the front door: mTLS, JWT, policies, rate limits (each can be switched off) ---
+  const handshakeFailures = new Counter('bulwark_tls_handshake_failures_total', 'TLS handshakes refused or failed (no or untrusted client certificate, protocol, timeout), by reason.')
+  const tlsReloads = new Counter('bulwark_tls_reloads_total', 'Changes of the TLS certificate, key or CA files on disk, by outcome (changed = applied, failed = kept the old ones).')
+  const jwksRefreshes = new Counter('bulwark_jwks_refreshes_total', 'Re-reads of the JSON Web Key Set, by outcome.')
+  for (const m of [handshakeFailures, tlsReloads, jwksRefreshes]) metrics.add(m)
+  const off = (['tls', 'auth', 'authorization', 'rateLimits'] as const).filter((k) => !config[k].enabled)
+  if (off.length > 0) log.warn({ off }, 'front door partly or wholly switched off by the configuration')
+
+  let tls: TlsReloader | null = null
+  if (tlsMaterial) {
+    tls = new TlsReloader(config.tls, loaded.baseDir, tlsMaterial, { log, onReload: (outcome) => tlsReloads.inc({ outcome }) })
+    tls.attach(api.server as HttpsServer)
+    // A refused handshake has no HTTP request: count it, and log why for the operator.
+    const refused = (reason: string, socket: TLSSocket, err?: string) => {
+      handshakeFailures.inc({ reason })
+      log.info({ reason, ...(err ? { err } : {}), remote: socket.remoteAddress }, 'TLS handshake refused')
+    }
+    requireClientCertificates(api.server as HttpsServer, refused)
+    api.server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => refused(handshakeFailureReason(err), socket, err.message))
+  }
+  const tokenCache = new TokenCache(config.auth.tokenCacheEntries)
+  const keys = config.auth.enabled
+    ? await JwksKeySet.open(config.auth.jwks, loaded.baseDir, { clock, log, onChange: () => tokenCache.clear(), onRefresh: (outcome) => jwksRefreshes.inc({ outcome }) })
+    : null
+  if (config.rateLimits.enabled) await api.register(rateLimitPlugin, { global: false })
+  const rateLimit = config.rateLimits.enabled
+    ? createRateLimitStage({ rateLimits: config.rateLimits, policies }, { limiterFor: (limits) => fastifyLimiter(api, limits, config.rateLimits.storeEntries) })
+    : undefined
+  for (const m of registry.list()) if (config.authorization.enabled && !policies.has(m.name)) log.warn({ model: m.name }, 'model has no policy: nobody may call it (default deny)')
+
   const stages = assemblePipeline({
+    mtlsIdentity: config.tls.enabled ? createMtlsIdentityStage() : undefined,
+    jwtAuth: keys ? createJwtAuthStage(config.auth, { clock, getKey: keys.getKey, cache: tokenCache }) : undefined,
+    modelPolicy: config.authorization.enabled ? createModelPolicyStage(policies) : undefined,
+    rateLimit,
     inputValidation: createInputValidationStage({ models: registry }),
     modelInference: createModelInferenceStage({ service }),
   })
@@ -113,8 +180,12 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   api.removeAllContentTypeParsers()
   api.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body))
   api.decorateRequest('ctx', null)
+  // Audit wraps every exchange on the API listener; its hooks go first (see src/stages/audit-log.ts).
+  const audit = await createAuditLogStage(config.audit, loaded, { clock, random, log, ...options.audit })
+  audit.register(api)
+  clientError = audit.clientError
 
-  api.addHook('onRequest', async (request: FastifyRequest) => {
+  api.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const verb = request.routeOptions.config.verb
     if (!verb) return
     const params = request.params as { model?: string; version?: string }
@@ -126,7 +197,11 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
       receivedAtMs: clock.nowMs(),
       startedMs,
       deadlineMs: startedMs + config.server.requestTimeoutMs,
-      client: { address: request.ip, tlsVersion: typeof socket.getProtocol === 'function' ? socket.getProtocol() : null },
+      client: {
+        address: request.ip,
+        tlsVersion: typeof socket.getProtocol === 'function' ? socket.getProtocol() : null,
+        peerCertificate: tls ? verifiedPeerCertificate(socket as TLSSocket) : null,
+      },
       target: { model: params.model ?? '', version: params.version ?? null, verb },
       identity: null,
       principal: null,
@@ -141,6 +216,13 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
       failedStage: null,
     }
     await runPhase(stages, 'headers', request.ctx, clock)
+    if (rateLimit) {
+      // The in-flight slot taken by the rate-limit stage is freed when the response is done or
+      // the connection dies, whichever comes first ('close' fires in both cases).
+      const ctx = request.ctx
+      if (reply.raw.closed) rateLimit.release(ctx)
+      else reply.raw.once('close', () => rateLimit.release(ctx))
+    }
   })
 
   api.setErrorHandler((raw: FastifyError, request, reply) => {
@@ -173,7 +255,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
 
   const isShuttingDown = () => shuttingDown
   registerOipRoutes(api, { registry, stages, clock, serverVersion: SERVER_VERSION, isShuttingDown })
-  const adminDeps: AdminDeps = { registry, metrics, isShuttingDown, readinessChecks: [] }
+  const adminDeps: AdminDeps = { registry, metrics, isShuttingDown, readinessChecks: [audit.readinessCheck] }
   registerAdminRoutes(admin, adminDeps)
 
   return {
@@ -183,9 +265,13 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     metrics,
     stages,
     log,
+    audit,
+    policies,
+    tls,
     load: () => registry.load(),
     async close(graceMs = config.server.shutdownGraceMs) {
       shuttingDown = true
+      tls?.close()
       // Stop accepting; requests already received (and those queued behind them) finish.
       const drained = Promise.all([api.close(), registry.drain()])
       let timer: NodeJS.Timeout | undefined
@@ -194,6 +280,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
       clearTimeout(timer)
       if (outcome === 'timeout') log.warn({ graceMs }, 'shutdown grace period ended with requests still in flight')
       await registry.close()
+      await audit.close()
       await admin.close()
     },
   }

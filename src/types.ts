@@ -1,6 +1,7 @@
 // The request context that stages share, and the stage interface. Stages talk to each
 // other only through this object; each field says which stage sets it.
 
+import type { X509Certificate } from 'node:crypto'
 import type { BulwarkError } from './errors.ts'
 import type { Tensor } from './inference/tensor.ts'
 
@@ -71,7 +72,12 @@ export interface RequestContext {
   readonly startedMs: number
   /** Absolute monotonic deadline, ms (set by the server from config and the client's timeout). */
   deadlineMs: number
-  readonly client: { address: string; tlsVersion: string | null }
+  readonly client: {
+    address: string
+    tlsVersion: string | null
+    /** The verified client certificate of the TLS connection; null over plain HTTP (set by the server, read by mtls-identity). */
+    peerCertificate: X509Certificate | null
+  }
   readonly target: { model: string; version: string | null; verb: Verb }
   identity: WorkloadIdentity | null
   principal: Principal | null

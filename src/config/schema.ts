@@ -3,6 +3,8 @@
 // (`default:`) so there is one place to read them; `defaultConfig()` materialises them.
 
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { AuthConfig, AuthorizationConfig, PoliciesConfig, RateLimitsConfig, TlsConfig } from './security.ts'
+import { AuditConfig } from './audit.ts'
 
 const HostPort = (def: string, description: string) =>
   Type.String({
@@ -24,6 +26,12 @@ const ModelSettings = {
   intraOpThreads: Type.Integer({ minimum: 0, maximum: 256, default: 2 }),
   /** Execution providers in order of preference; cpu is always the last resort. */
   executionProviders: Type.Array(ExecutionProvider, { minItems: 1, uniqueItems: true, default: ['cpu'] }),
+  /**
+   * Nice value (0-19) of the inference threads. Above 0, the event loop (TLS, auth, health
+   * probes) preempts inference when cores are scarce, so a saturated model cannot starve the
+   * rest of the gateway. Linux only.
+   */
+  threadNiceness: Type.Integer({ minimum: 0, maximum: 19, default: 5 }),
   batching: Type.Object(
     {
       /** Off: every request runs on its own. On: requests queued together run as one batch. */
@@ -46,6 +54,7 @@ const ModelEntry = Type.Object(
     workers: Type.Optional(ModelSettings.workers),
     intraOpThreads: Type.Optional(ModelSettings.intraOpThreads),
     executionProviders: Type.Optional(ModelSettings.executionProviders),
+    threadNiceness: Type.Optional(ModelSettings.threadNiceness),
     batching: Type.Optional(
       Type.Object(
         {
@@ -86,6 +95,28 @@ export const ModelsConfig = Type.Object(
     defaults: Type.Object(ModelSettings, { additionalProperties: false, default: {} }),
     /** Models to serve. A model not listed is not loaded. */
     serve: Type.Array(ModelEntry, { default: [{ name: 'mnist' }, { name: 'ocr-cls' }] }),
+    /**
+     * Serve a model only if its signature (<model>/model.sig.json, made by `bulwark model sign`:
+     * OpenSSF model signing over the manifest and the model bytes) verifies with
+     * signingPublicKeyFile. An unsigned, re-signed or altered model is then reported not ready.
+     * Off by default so `npm start` serves the unsigned bundled models; on in the Kubernetes overlays.
+     */
+    requireSignature: Type.Boolean({ default: false }),
+    /** Public key (PEM, ECDSA P-256/P-384/P-521) that model signatures must verify with; needed when requireSignature is on. Relative paths are from the config file's folder. */
+    signingPublicKeyFile: Type.Optional(Type.String({ minLength: 1, description: 'PEM public key that model signatures must verify with' })),
+  },
+  { additionalProperties: false, default: {} },
+)
+
+/** Where the gateway keeps state that must survive a restart (privacy budgets under `privacy/`). */
+export const StateConfig = Type.Object(
+  {
+    /**
+     * Folder for durable state; relative paths are from the config file's folder. On a
+     * persistent volume in Kubernetes: an emptyDir would reset privacy budgets on every
+     * pod restart. One gateway process per folder.
+     */
+    directory: Type.String({ minLength: 1, default: '.bulwark/state', description: 'folder for durable state (privacy budgets)' }),
   },
   { additionalProperties: false, default: {} },
 )
@@ -94,6 +125,15 @@ export const ConfigSchema = Type.Object(
   {
     server: ServerConfig,
     models: ModelsConfig,
+    state: StateConfig,
+    // The front door (src/config/security.ts): mTLS, JWT, per-model policies, rate limits.
+    tls: TlsConfig,
+    auth: AuthConfig,
+    authorization: AuthorizationConfig,
+    rateLimits: RateLimitsConfig,
+    policies: PoliciesConfig,
+    // The audit trail (src/config/audit.ts): where records go, durability, rotation, signing.
+    audit: AuditConfig,
   },
   { additionalProperties: false, default: {} },
 )

@@ -15,6 +15,7 @@ export interface OnnxBackendOptions {
   workers: number
   intraOpThreads: number
   executionProviders: readonly string[]
+  niceness: number
   log: Logger
 }
 
@@ -100,6 +101,7 @@ export class OnnxBackend implements Backend {
       model: this.opts.bytes,
       intraOpThreads: this.opts.intraOpThreads,
       executionProviders: [...this.opts.executionProviders],
+      niceness: this.opts.niceness,
     }
   }
 

@@ -14,6 +14,8 @@ export interface WorkerInit {
   model: Uint8Array
   intraOpThreads: number
   executionProviders: string[]
+  /** Nice value for the worker and its ONNX Runtime threads (0 = unchanged). */
+  niceness: number
 }
 
 export interface WorkerRequest {

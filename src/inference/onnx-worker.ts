@@ -2,6 +2,8 @@
 // the thread it runs on for the whole model, so it must never run on the event loop that
 // serves TLS, auth and health checks. Tensors arrive and leave as transferred ArrayBuffers.
 
+import { readlinkSync } from 'node:fs'
+import { setPriority } from 'node:os'
 import { parentPort, workerData } from 'node:worker_threads'
 import * as ort from 'onnxruntime-node'
 import type { WorkerInit, WorkerRequest, WorkerResponse, WireTensor } from './onnx-protocol.ts'
@@ -14,8 +16,26 @@ const ortToDatatype = new Map<string, Datatype>(
   Object.entries(numericDatatypes).map(([dt, info]) => [info.ort, dt as Datatype]),
 )
 
+/**
+ * Lowers this thread's CPU priority before ONNX Runtime creates its thread pool (Linux
+ * threads inherit the creator's nice value), so when cores are scarce the event loop, which
+ * answers TLS handshakes, health probes and small models, runs first. Raising the nice value
+ * needs no privilege. Linux only: elsewhere it is a no-op with a note.
+ */
+function lowerPriority(niceness: number, notes: string[]): void {
+  if (niceness === 0) return
+  try {
+    // /proc/thread-self -> "<pid>/task/<tid>"; setpriority(2) on a tid affects that thread only.
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop())
+    setPriority(tid, niceness)
+  } catch (err) {
+    notes.push(`could not lower inference thread priority (${(err as Error).message}); inference competes equally with the event loop`)
+  }
+}
+
 async function createSession(): Promise<{ session: ort.InferenceSession; provider: string; notes: string[] }> {
   const notes: string[] = []
+  lowerPriority(init.niceness, notes)
   const options = (ep: string): ort.InferenceSession.SessionOptions => ({
     executionProviders: [ep],
     intraOpNumThreads: init.intraOpThreads,

@@ -3,6 +3,8 @@
 // with one clear log line, and the others still serve.
 
 import path from 'node:path'
+import { readFile } from 'node:fs/promises'
+import type { KeyObject } from 'node:crypto'
 import { BulwarkError } from '../errors.ts'
 import type { Clock, Logger } from '../deps.ts'
 import type { Config, ModelSettings } from '../config/schema.ts'
@@ -10,6 +12,8 @@ import type { Backend } from './backend.ts'
 import { DynamicBatcher } from './batcher.ts'
 import { readManifest, readVerifiedModel, type Manifest } from './manifest.ts'
 import { OnnxBackend } from './onnx-backend.ts'
+import { ConfigError } from '../config/load.ts'
+import { checkModelSignature, parsePublicKey } from '../signing/model-signature.ts'
 
 export type ModelState = 'loading' | 'ready' | 'failed'
 
@@ -37,6 +41,7 @@ function settingsFor(config: Config['models'], name: string): ModelSettings {
     workers: entry.workers ?? config.defaults.workers,
     intraOpThreads: entry.intraOpThreads ?? config.defaults.intraOpThreads,
     executionProviders: entry.executionProviders ?? config.defaults.executionProviders,
+    threadNiceness: entry.threadNiceness ?? config.defaults.threadNiceness,
     batching: { ...config.defaults.batching, ...entry.batching },
   }
 }
@@ -45,10 +50,16 @@ export class ModelRegistry {
   private readonly models = new Map<string, ServedModel>()
   private readonly dir: string
   private readonly deps: RegistryDeps
+  /** models.requireSignature: the public key file every model's signature must verify with; null when off. */
+  private readonly signingKeyFile: string | null
 
   constructor(config: Config['models'], baseDir: string, deps: RegistryDeps) {
     this.dir = path.resolve(baseDir, config.directory)
     this.deps = deps
+    if (config.requireSignature && config.signingPublicKeyFile === undefined) {
+      throw new ConfigError('the configuration', ['/models/signingPublicKeyFile: required when /models/requireSignature is on; give the PEM public key that model signatures must verify with'])
+    }
+    this.signingKeyFile = config.requireSignature ? path.resolve(baseDir, config.signingPublicKeyFile!) : null
     for (const entry of config.serve) {
       this.models.set(entry.name, {
         name: entry.name,
@@ -64,21 +75,37 @@ export class ModelRegistry {
 
   /** Loads every model; never rejects (failures are per model). */
   async load(): Promise<void> {
-    await Promise.all([...this.models.values()].map((m) => this.loadOne(m)))
+    const signing = await this.signingKey()
+    await Promise.all([...this.models.values()].map((m) => this.loadOne(m, signing)))
   }
 
-  private async loadOne(m: ServedModel): Promise<void> {
+  /** The signing public key, or why it cannot be used (then no model is served: fail closed). */
+  private async signingKey(): Promise<{ key: KeyObject } | { problem: string } | null> {
+    if (this.signingKeyFile === null) return null
+    try {
+      return { key: parsePublicKey(await readFile(this.signingKeyFile)) }
+    } catch (err) {
+      return { problem: `models.signingPublicKeyFile ${this.signingKeyFile} cannot be used: ${(err as Error).message}` }
+    }
+  }
+
+  private async loadOne(m: ServedModel, signing: { key: KeyObject } | { problem: string } | null): Promise<void> {
     const manifestPath = path.join(this.dir, m.name, 'manifest.json')
     try {
       m.manifest = await readManifest(manifestPath)
       if (m.manifest.name !== m.name) throw new Error(`${manifestPath} names model "${m.manifest.name}", expected "${m.name}"`)
       const bytes = await readVerifiedModel(m.manifest, manifestPath)
+      if (signing) {
+        const problem = 'key' in signing ? await checkModelSignature(path.dirname(manifestPath), m.manifest, bytes, signing.key) : signing.problem
+        if (problem !== null) throw new Error(`${m.name}: ${problem}`)
+      }
       const backend = await OnnxBackend.create({
         model: m.name,
         bytes,
         workers: m.settings.workers,
         intraOpThreads: m.settings.intraOpThreads,
         executionProviders: m.settings.executionProviders,
+        niceness: m.settings.threadNiceness,
         log: this.deps.log,
       })
       const b = m.settings.batching

@@ -44,12 +44,28 @@ export function splitBody(body: Buffer, headerLength: string | undefined): RawBo
   }
 }
 
-/** JSON-safe flat data array of a tensor (BigInt 64-bit values become numbers). */
-function jsonData(t: Tensor): number[] {
-  const out = new Array<number>(t.data.length)
+/**
+ * The shortest decimal that reads back as the same float32. JSON numbers are doubles, and
+ * printing a float32 as a double shows its binary noise (0.12 becomes 0.11999999731779099),
+ * which also hides the rounding that output protection applied.
+ */
+export function float32Text(v: number): string {
+  if (!Number.isFinite(v)) throw new BulwarkError('internal', 'a model output is not finite', { reason: `output value ${v}` })
+  for (let p = 1; p < 9; p++) {
+    const s = v.toPrecision(p)
+    if (Math.fround(Number(s)) === v) return String(Number(s))
+  }
+  return String(v)
+}
+
+/** The `data` array of a tensor as JSON text. */
+function jsonData(t: Tensor): string {
   if (t.datatype === 'FP16') throw new BulwarkError('bad_request', 'FP16 outputs are only sent as binary data; request binary_data for this output')
-  for (let i = 0; i < t.data.length; i++) out[i] = Number(t.data[i])
-  return out
+  const parts = new Array<string>(t.data.length)
+  if (t.datatype === 'FP32') for (let i = 0; i < t.data.length; i++) parts[i] = float32Text(t.data[i] as number)
+  else if (t.datatype === 'BOOL') for (let i = 0; i < t.data.length; i++) parts[i] = t.data[i] ? 'true' : 'false'
+  else for (let i = 0; i < t.data.length; i++) parts[i] = String(t.data[i])
+  return `[${parts.join(',')}]`
 }
 
 export interface EncodedResponse {
@@ -70,13 +86,13 @@ export function encodeInferResponse(result: InferenceResult, request: InferenceR
       binaries.push(bytes)
       return { ...base, parameters: { binary_data_size: bytes.byteLength } }
     }
-    return { ...base, data: jsonData(t) }
+    // The data array is appended as text (see float32Text); the rest goes through JSON.stringify.
+    return `${JSON.stringify(base).slice(0, -1)},"data":${jsonData(t)}}`
   })
   const header: Record<string, unknown> = { model_name: result.modelName, model_version: result.modelVersion }
   if (request.id !== undefined) header.id = request.id
   if (Object.keys(result.parameters).length > 0) header.parameters = result.parameters
-  header.outputs = outputs
-  const json = JSON.stringify(header)
+  const json = `${JSON.stringify(header).slice(0, -1)},"outputs":[${outputs.map((o) => (typeof o === 'string' ? o : JSON.stringify(o))).join(',')}]}`
   if (binaries.length === 0) return { contentType: 'application/json', payload: json }
   const head = Buffer.from(json, 'utf8')
   return {

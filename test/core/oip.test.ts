@@ -92,7 +92,21 @@ t.test('binary tensors in, binary tensors out', async (t) => {
   const probs = new Float32Array(res.rawPayload.subarray(n).buffer.slice(res.rawPayload.byteOffset + n, res.rawPayload.byteOffset + n + 40))
   t.equal(argmax(Array.from(probs)), 7)
   const jsonProbs = (await infer(fixture)).json().outputs[0].data
-  t.same(Array.from(probs), jsonProbs, 'binary and JSON outputs carry the same numbers')
+  t.same(Array.from(probs), jsonProbs.map(Math.fround), 'binary and JSON outputs carry the same float32 numbers')
+})
+
+t.test('JSON outputs print float32 values in their shortest exact form', async (t) => {
+  const { float32Text } = await import('../../src/protocol/oip.ts')
+  t.equal(float32Text(Math.fround(0.12)), '0.12')
+  t.equal(float32Text(Math.fround(1 / 3)), '0.33333334')
+  t.equal(float32Text(0), '0')
+  t.equal(float32Text(Math.fround(7.7e-13)), '7.7e-13')
+  const wrong: number[] = []
+  for (let i = 0; i < 10_000; i++) {
+    const v = Math.fround(Math.sin(i) * 10 ** ((i % 20) - 10))
+    if (Math.fround(Number(float32Text(v))) !== v) wrong.push(v)
+  }
+  t.same(wrong, [], 'every value reads back exactly')
 })
 
 t.test('binary_data_output: true makes every output binary', async (t) => {

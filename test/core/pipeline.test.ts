@@ -19,7 +19,7 @@ const stage = (name: string, phase: Stage['phase'], log: string[], fail = false)
 function context(): RequestContext {
   return {
     id: 'r', receivedAtMs: 0, startedMs: 0, deadlineMs: 1e12,
-    client: { address: '127.0.0.1', tlsVersion: null },
+    client: { address: '127.0.0.1', tlsVersion: null, peerCertificate: null },
     target: { model: 'm', version: null, verb: 'infer' },
     identity: null, principal: null, bearerToken: null, body: null, request: null, result: null,
     flags: [], privacy: null, stageMs: {}, error: null, failedStage: null,

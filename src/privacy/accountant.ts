@@ -1,0 +1,252 @@
+// The privacy budget accountant: how much privacy loss each (principal, model) key has
+// spent in the sliding window, and whether one more answer fits.
+//
+// Composition. An answer's cost has two integer parts (mechanisms.ts):
+//   - epsilonMicros: pure ε-DP answers (Laplace); these add up (basic composition, which
+//     holds for adaptively chosen queries). Integers, so 10 × 0.1 is exactly 1.0.
+//   - rhoNanos: ρ-zCDP answers (discrete Gaussian); these add up too (zCDP composition,
+//     also adaptive), and the sum is stated as (ε, δ)-DP at the budget's δ through
+//     ε = ρ + 2√(ρ ln(1/δ)) (Bun & Steinke 2016). For many answers this grows like √n
+//     where basic composition of (ε, δ) answers grows like n.
+// A window holding both parts is (ε_pure + ε_zCDP(ρ, δ), δ)-DP (basic composition of the
+// two). `epsilonSpent` reports that figure; a charge is accepted only if it stays within
+// the budget's ε. The zCDP comparison converts the remaining ε to an allowed ρ, rounded
+// down to a whole nano-rho, so float error can only refuse, never over-spend.
+//
+// Window. A charge made at wall time t counts while now < t + windowMs, i.e. it frees at
+// exactly t + windowMs. When a charge does not fit, retryAfterMs is how long until enough
+// of the oldest charges have expired for it to fit; Infinity when it can never fit (it
+// costs more than the whole budget). A wall clock that steps back only makes entries
+// count longer.
+//
+// The interface is async and keyed by an opaque string so that a shared store (Redis,
+// with the check-and-add in one Lua script) can replace the file-backed one when several
+// replicas serve one model: the budget travels with each call, the store keeps no policy.
+
+import type { Clock } from '../deps.ts'
+import { EPSILON_UNITS, RHO_UNITS, epsilonForRho, rhoFor, type PrivacyCost } from './mechanisms.ts'
+
+export interface PrivacyBudget {
+  /** ε allowed per window, micro-epsilon. */
+  epsilonMicros: number
+  /** δ at which zCDP spending is stated; only used once a Gaussian answer is in the window. */
+  delta: number
+  /** Sliding window length. */
+  windowMs: number
+}
+
+export interface ChargeResult {
+  /** Whether the charge fitted and was recorded. */
+  ok: boolean
+  /** ε spent in the window, including this charge when ok. */
+  epsilonSpent: number
+  /** ε left in the window (budget minus spent, at least 0). */
+  epsilonLeft: number
+  /** δ of the window's guarantee: 0 with only pure-DP answers, else the budget's δ. */
+  delta: number
+  /** When not ok: milliseconds until the charge would fit (Infinity: never). 0 when ok. */
+  retryAfterMs: number
+}
+
+export interface PrivacyAccountant {
+  /** Records `cost` against `key` if it fits in `budget`'s window; durable before it resolves. */
+  charge(key: string, cost: PrivacyCost, budget: PrivacyBudget): Promise<ChargeResult>
+  /** What `key` has spent and has left, without charging (ok is always true). */
+  balance(key: string, budget: PrivacyBudget): Promise<ChargeResult>
+  /** Flushes and releases resources; later calls fail. */
+  close(): Promise<void>
+}
+
+/** Longest window a policy may set (7 days); the default retention of recorded charges. */
+export const MAX_WINDOW_MS = 7 * 24 * 3600 * 1000
+
+/** One recorded charge. */
+export interface LedgerEntry {
+  /** Wall time of the charge, ms since the epoch. */
+  t: number
+  e: number
+  r: number
+  /** Whether the entry is on disk (file accountant); entries loaded from disk are. */
+  durable: boolean
+}
+
+const KEY_RE = /^[\x21-\x7e]{1,256}$/
+
+/** Largest whole nano-rho that `epsilonMicros` of ε allows at `delta`. */
+function rhoAllowedNanos(epsilonMicros: number, delta: number): number {
+  if (epsilonMicros <= 0) return 0
+  return Math.floor(rhoFor(epsilonMicros / EPSILON_UNITS, delta) * RHO_UNITS)
+}
+
+function fits(e: number, r: number, budget: PrivacyBudget): boolean {
+  if (e > budget.epsilonMicros) return false
+  return r === 0 || r <= rhoAllowedNanos(budget.epsilonMicros - e, budget.delta)
+}
+
+/** Whether `cost` alone fits in an empty window of `budget` (if not, it never will). */
+export function costFits(cost: PrivacyCost, budget: PrivacyBudget): boolean {
+  return fits(cost.epsilonMicros, cost.rhoNanos, budget)
+}
+
+function spentEpsilon(e: number, r: number, delta: number): number {
+  return e / EPSILON_UNITS + (r > 0 ? epsilonForRho(r / RHO_UNITS, delta) : 0)
+}
+
+function leftEpsilon(e: number, r: number, budget: PrivacyBudget): number {
+  if (r === 0) return Math.max(0, budget.epsilonMicros - e) / EPSILON_UNITS
+  return Math.max(0, budget.epsilonMicros / EPSILON_UNITS - spentEpsilon(e, r, budget.delta))
+}
+
+export function checkBudget(budget: PrivacyBudget, retentionMs: number): void {
+  if (!Number.isSafeInteger(budget.epsilonMicros) || budget.epsilonMicros < 1) throw new RangeError('budget.epsilonMicros must be a positive integer')
+  if (!(budget.delta > 0 && budget.delta < 1)) throw new RangeError('budget.delta must lie in (0, 1)')
+  if (!Number.isSafeInteger(budget.windowMs) || budget.windowMs < 1) throw new RangeError('budget.windowMs must be a positive integer')
+  if (budget.windowMs > retentionMs) {
+    throw new RangeError(`budget.windowMs ${budget.windowMs} exceeds the accountant's retention ${retentionMs}; open it with a longer retentionMs`)
+  }
+}
+
+export function checkCost(cost: PrivacyCost): void {
+  for (const v of [cost.epsilonMicros, cost.rhoNanos]) {
+    if (!Number.isSafeInteger(v) || v < 0) throw new RangeError('cost parts must be non-negative integers')
+  }
+}
+
+export function checkKey(key: string): void {
+  if (!KEY_RE.test(key)) throw new RangeError('accountant keys are 1..256 printable ASCII characters without spaces')
+}
+
+/**
+ * The in-memory state and arithmetic that every accountant shares: per key, the charges
+ * still within the retention period, sorted by time.
+ */
+export class Ledger {
+  readonly retentionMs: number
+  readonly #keys = new Map<string, LedgerEntry[]>()
+
+  constructor(retentionMs: number) {
+    this.retentionMs = retentionMs
+  }
+
+  /** Adds an entry (from disk or a charge), keeping time order. */
+  add(key: string, entry: LedgerEntry): void {
+    let list = this.#keys.get(key)
+    if (!list) this.#keys.set(key, (list = []))
+    let i = list.length
+    while (i > 0 && list[i - 1]!.t > entry.t) i--
+    list.splice(i, 0, entry)
+  }
+
+  /** Drops entries older than the retention period; returns how many it dropped. */
+  prune(nowMs: number): number {
+    let dropped = 0
+    for (const [key, list] of this.#keys) {
+      const n = this.#expiredCount(list, nowMs)
+      if (n > 0) {
+        list.splice(0, n)
+        dropped += n
+      }
+      if (list.length === 0) this.#keys.delete(key)
+    }
+    return dropped
+  }
+
+  #expiredCount(list: LedgerEntry[], nowMs: number): number {
+    const horizon = nowMs - this.retentionMs
+    let n = 0
+    while (n < list.length && list[n]!.t <= horizon) n++
+    return n
+  }
+
+  /** Every retained entry, by key (for compaction). */
+  *entries(): Generator<[string, LedgerEntry]> {
+    for (const [key, list] of this.#keys) for (const entry of list) yield [key, entry]
+  }
+
+  get size(): number {
+    let n = 0
+    for (const list of this.#keys.values()) n += list.length
+    return n
+  }
+
+  /**
+   * The check-and-add: evaluates `cost` against `budget` at `nowMs` and, if it fits,
+   * records it. Synchronous, so concurrent requests cannot both pass on the same budget.
+   * Returns the result and, when ok, the new entry.
+   */
+  charge(key: string, cost: PrivacyCost, budget: PrivacyBudget, nowMs: number, record = true): { result: ChargeResult; entry?: LedgerEntry } {
+    const list = this.#keys.get(key) ?? []
+    const expired = this.#expiredCount(list, nowMs)
+    if (expired > 0) list.splice(0, expired)
+    const from = nowMs - budget.windowMs
+    let e = 0
+    let r = 0
+    let first = list.length
+    for (let i = list.length - 1; i >= 0 && list[i]!.t > from; i--) first = i
+    for (let i = first; i < list.length; i++) {
+      e += list[i]!.e
+      r += list[i]!.r
+    }
+    const deltaOf = (rho: number) => (rho > 0 ? budget.delta : 0)
+    const ne = e + cost.epsilonMicros
+    const nr = r + cost.rhoNanos
+    if (fits(ne, nr, budget)) {
+      let entry: LedgerEntry | undefined
+      if (record && (cost.epsilonMicros > 0 || cost.rhoNanos > 0)) {
+        entry = { t: nowMs, e: cost.epsilonMicros, r: cost.rhoNanos, durable: false }
+        this.add(key, entry)
+      }
+      return {
+        result: { ok: true, epsilonSpent: spentEpsilon(ne, nr, budget.delta), epsilonLeft: leftEpsilon(ne, nr, budget), delta: deltaOf(nr), retryAfterMs: 0 },
+        ...(entry ? { entry } : {}),
+      }
+    }
+    // Does not fit: find the earliest moment enough of the oldest charges have expired.
+    let retryAfterMs = Infinity
+    if (fits(cost.epsilonMicros, cost.rhoNanos, budget)) {
+      let we = ne
+      let wr = nr
+      for (let i = first; i < list.length; i++) {
+        we -= list[i]!.e
+        wr -= list[i]!.r
+        if (fits(we, wr, budget)) {
+          retryAfterMs = Math.max(1, list[i]!.t + budget.windowMs - nowMs)
+          break
+        }
+      }
+    }
+    return {
+      result: { ok: false, epsilonSpent: spentEpsilon(e, r, budget.delta), epsilonLeft: leftEpsilon(e, r, budget), delta: deltaOf(r), retryAfterMs },
+    }
+  }
+}
+
+/** An accountant that forgets on restart: for tests and for deployments that accept that. */
+export class MemoryAccountant implements PrivacyAccountant {
+  readonly #ledger: Ledger
+  readonly #clock: Clock
+  #closed = false
+
+  constructor(options: { clock: Clock; retentionMs?: number }) {
+    this.#clock = options.clock
+    this.#ledger = new Ledger(options.retentionMs ?? MAX_WINDOW_MS)
+  }
+
+  async charge(key: string, cost: PrivacyCost, budget: PrivacyBudget): Promise<ChargeResult> {
+    if (this.#closed) throw new Error('privacy accountant is closed')
+    checkKey(key)
+    checkCost(cost)
+    checkBudget(budget, this.#ledger.retentionMs)
+    return this.#ledger.charge(key, cost, budget, this.#clock.nowMs()).result
+  }
+
+  async balance(key: string, budget: PrivacyBudget): Promise<ChargeResult> {
+    checkKey(key)
+    checkBudget(budget, this.#ledger.retentionMs)
+    return this.#ledger.charge(key, { epsilonMicros: 0, rhoNanos: 0 }, budget, this.#clock.nowMs(), false).result
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+  }
+}

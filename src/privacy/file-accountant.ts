@@ -1,0 +1,356 @@
+// The privacy accountant persisted on local disk, so budgets survive a restart.
+//
+// Format: `<directory>/journal.jsonl`, append-only, one JSON object per line, each with a
+// CRC-32 of the line's content:
+//     {"journal":"bulwark-privacy","version":1,"crc":"<8 hex>"}              first line
+//     {"t":<wall ms>,"k":"<key>","e":<micro-epsilon>,"r":<nano-rho>,"crc":"<8 hex>"}
+// The crc covers the JSON text of the other fields in that order, without "crc".
+//
+// Crash safety. A charge is recorded in memory at once (so concurrent requests cannot
+// overspend), then its line is appended and fdatasync'ed; `charge` resolves only after
+// that, so no answer is released whose cost is not on disk. Concurrent charges share
+// one write and one sync (group commit). A crash can leave only the tail torn; at open,
+// invalid lines AT THE END are dropped (their answers were never released) and any
+// invalid line FOLLOWED by a valid one stops the start: that is corruption, not a crash,
+// and silently dropping a charge would overspend. After a failed write the accountant
+// refuses every further charge (fail closed) until restarted.
+//
+// Size. Entries older than the retention period (the longest window) are dead. When the
+// file holds more than `compactMinLines` lines and more than twice the live entries, it
+// is rewritten: temp file, fsync, rename over the journal, fsync of the directory. Either
+// the old or the new journal is complete at every instant. Only entries already on disk
+// go into the rewrite; charges still waiting for their write are appended after it.
+//
+// One process per directory: two gateways sharing the directory would each miss the
+// other's charges. Several replicas need a shared accountant (see accountant.ts).
+
+import { mkdir, open, readFile, rename, rm, type FileHandle } from 'node:fs/promises'
+import path from 'node:path'
+import { crc32 } from 'node:zlib'
+import type { Clock, Logger } from '../deps.ts'
+import { silentLogger } from '../deps.ts'
+import {
+  Ledger,
+  MAX_WINDOW_MS,
+  checkBudget,
+  checkCost,
+  checkKey,
+  type ChargeResult,
+  type LedgerEntry,
+  type PrivacyAccountant,
+  type PrivacyBudget,
+} from './accountant.ts'
+import type { PrivacyCost } from './mechanisms.ts'
+
+export const JOURNAL_FILE = 'journal.jsonl'
+const HEADER = { journal: 'bulwark-privacy', version: 1 }
+
+export class PrivacyStateError extends Error {
+  override name = 'PrivacyStateError'
+}
+
+export interface FileAccountantOptions {
+  /** Folder for the journal (created, mode 0700), e.g. `<state.directory>/privacy`. */
+  directory: string
+  clock: Clock
+  /** How long charges are kept: at least the longest policy window. Default 7 days. */
+  retentionMs?: number
+  /** Compact once the file has this many lines (and twice the live ones). Default 4096. */
+  compactMinLines?: number
+  log?: Logger
+}
+
+function crcHex(text: string): string {
+  return crc32(text).toString(16).padStart(8, '0')
+}
+
+/** `{...fields,"crc":"..."}` for the JSON text of `fields`. */
+function sealLine(fields: object): string {
+  const body = JSON.stringify(fields)
+  return `${body.slice(0, -1)},"crc":"${crcHex(body)}"}\n`
+}
+
+function entryLine(key: string, e: LedgerEntry): string {
+  return sealLine({ t: e.t, k: key, e: e.e, r: e.r })
+}
+
+type Parsed = { kind: 'header'; version: unknown } | { kind: 'entry'; key: string; entry: LedgerEntry } | null
+
+function parseLine(line: string): Parsed {
+  let obj: Record<string, unknown>
+  try {
+    obj = JSON.parse(line) as Record<string, unknown>
+  } catch {
+    return null
+  }
+  if (!obj || typeof obj !== 'object' || Array.isArray(obj) || typeof obj.crc !== 'string') return null
+  const { crc, ...rest } = obj
+  if (crcHex(JSON.stringify(rest)) !== crc) return null
+  if (rest.journal === HEADER.journal) return { kind: 'header', version: rest.version }
+  const { t, k, e, r } = rest
+  const okInt = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0
+  if (typeof k !== 'string' || !okInt(t) || !okInt(e) || !okInt(r) || Object.keys(rest).length !== 4) return null
+  return { kind: 'entry', key: k, entry: { t: t as number, e: e as number, r: r as number, durable: true } }
+}
+
+interface Waiter {
+  resolve(): void
+  reject(err: unknown): void
+}
+
+export class FileAccountant implements PrivacyAccountant {
+  readonly #ledger: Ledger
+  readonly #clock: Clock
+  readonly #log: Logger
+  readonly #file: string
+  readonly #dir: string
+  readonly #compactMinLines: number
+  #fh: FileHandle
+  #linesInFile: number
+  #queue: { line: string; entry: LedgerEntry }[] = []
+  #waiters: Waiter[] = []
+  #flushing: Promise<void> | null = null
+  #failed: Error | null = null
+  #closed = false
+  #compactAt: number
+
+  private constructor(init: {
+    ledger: Ledger
+    clock: Clock
+    log: Logger
+    dir: string
+    fh: FileHandle
+    linesInFile: number
+    compactMinLines: number
+  }) {
+    this.#ledger = init.ledger
+    this.#clock = init.clock
+    this.#log = init.log
+    this.#dir = init.dir
+    this.#file = path.join(init.dir, JOURNAL_FILE)
+    this.#fh = init.fh
+    this.#linesInFile = init.linesInFile
+    this.#compactMinLines = init.compactMinLines
+    this.#compactAt = init.compactMinLines
+  }
+
+  /** Opens (or creates) the journal, replays it, and compacts it. */
+  static async open(options: FileAccountantOptions): Promise<FileAccountant> {
+    const retentionMs = options.retentionMs ?? MAX_WINDOW_MS
+    const log = options.log ?? silentLogger
+    const dir = path.resolve(options.directory)
+    const file = path.join(dir, JOURNAL_FILE)
+    await mkdir(dir, { recursive: true, mode: 0o700 })
+    await rm(`${file}.tmp`, { force: true })
+
+    const ledger = new Ledger(retentionMs)
+    let text = ''
+    try {
+      text = await readFile(file, 'utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        throw new PrivacyStateError(`${file}: cannot read the privacy journal: ${(err as Error).message}`, { cause: err })
+      }
+    }
+    const lines = text.split('\n')
+    // The journal is only ever created by renaming a synced file that starts with the
+    // header, so a crash cannot tear the header: a bad first line is a foreign or damaged file.
+    if (text.length > 0 && parseLine(lines[0]!)?.kind !== 'header') {
+      throw new PrivacyStateError(
+        `${file}: the first line is not a Bulwark privacy journal header; refusing to start. Move the file aside to reset every budget (this forgets what callers have spent).`,
+      )
+    }
+    // The text after the last newline is a line that was not finished: torn by a crash.
+    const unfinished = lines.pop() ?? ''
+    let torn = unfinished.length > 0 ? 1 : 0
+    let firstBad = -1
+    let lineCount = 0
+    for (let i = 0; i < lines.length; i++) {
+      const parsed = parseLine(lines[i]!)
+      if (parsed === null) {
+        if (firstBad < 0) firstBad = i
+        continue
+      }
+      if (firstBad >= 0) {
+        throw new PrivacyStateError(
+          `${file}: line ${firstBad + 1} is damaged but later lines are intact: the journal is corrupt, not torn by a crash. ` +
+            `Refusing to start, since dropping recorded charges would overspend privacy budgets. Restore the file from a backup, ` +
+            `or move it aside to reset every budget (this forgets what callers have spent).`,
+        )
+      }
+      if (parsed.kind === 'header') {
+        if (i !== 0) throw new PrivacyStateError(`${file}: line ${i + 1}: a journal header in the middle of the file; the journal is corrupt`)
+        if (parsed.version !== HEADER.version) {
+          throw new PrivacyStateError(`${file}: journal version ${JSON.stringify(parsed.version)} is not supported (this gateway reads version ${HEADER.version})`)
+        }
+        lineCount++
+        continue
+      }
+      ledger.add(parsed.key, parsed.entry)
+      lineCount++
+    }
+    if (firstBad >= 0) torn += lines.length - firstBad
+    if (torn > 0) log.warn({ file, droppedLines: torn }, 'privacy journal: dropped a torn tail left by a crash (those answers were never released)')
+
+    const now = options.clock.nowMs()
+    const dropped = ledger.prune(now)
+    const tmp = `${file}.tmp`
+    // Start from a clean file: the live entries only, no torn tail.
+    const needRewrite = lineCount === 0 || torn > 0 || dropped > 0
+    if (needRewrite) await writeJournal(tmp, file, dir, ledger)
+    const fh = await open(file, 'a', 0o600)
+    return new FileAccountant({
+      ledger,
+      clock: options.clock,
+      log,
+      dir,
+      fh,
+      linesInFile: needRewrite ? ledger.size + 1 : lineCount,
+      compactMinLines: options.compactMinLines ?? 4096,
+    })
+  }
+
+  async charge(key: string, cost: PrivacyCost, budget: PrivacyBudget): Promise<ChargeResult> {
+    this.#usable()
+    checkKey(key)
+    checkCost(cost)
+    checkBudget(budget, this.#ledger.retentionMs)
+    const { result, entry } = this.#ledger.charge(key, cost, budget, this.#clock.nowMs())
+    if (entry) await this.#persist(entryLine(key, entry), entry)
+    return result
+  }
+
+  async balance(key: string, budget: PrivacyBudget): Promise<ChargeResult> {
+    this.#usable()
+    checkKey(key)
+    checkBudget(budget, this.#ledger.retentionMs)
+    return this.#ledger.charge(key, { epsilonMicros: 0, rhoNanos: 0 }, budget, this.#clock.nowMs(), false).result
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    while (this.#flushing) await this.#flushing.catch(() => {})
+    await this.#fh.close()
+  }
+
+  /** Lines in the journal file now (header included); for tests and metrics. */
+  get journalLines(): number {
+    return this.#linesInFile
+  }
+
+  #usable(): void {
+    if (this.#closed) throw new Error('privacy accountant is closed')
+    if (this.#failed) {
+      throw new PrivacyStateError(`privacy journal ${this.#file} failed earlier (${this.#failed.message}); refusing charges until restart`, {
+        cause: this.#failed,
+      })
+    }
+  }
+
+  #persist(line: string, entry: LedgerEntry): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#queue.push({ line, entry })
+      this.#waiters.push({ resolve, reject })
+      this.#flushing ??= this.#flushLoop().finally(() => {
+        this.#flushing = null
+      })
+    })
+  }
+
+  async #flushLoop(): Promise<void> {
+    while (this.#queue.length > 0) {
+      const batch = this.#queue.splice(0)
+      const waiters = this.#waiters.splice(0)
+      try {
+        if (this.#failed) throw this.#failed
+        await writeAll(this.#fh, Buffer.from(batch.map((b) => b.line).join(''), 'utf8'))
+        await this.#fh.datasync()
+      } catch (err) {
+        // The file may now end in a partial line; appending more would put a damaged line
+        // in the middle. Stop here; a restart drops the torn tail.
+        this.#failed ??= err instanceof Error ? err : new Error(String(err))
+        this.#log.error({ file: this.#file, err }, 'privacy journal write failed; refusing further charges')
+        for (const w of [...waiters, ...this.#waiters.splice(0)]) w.reject(this.#failed)
+        this.#queue.length = 0
+        return
+      }
+      for (const b of batch) b.entry.durable = true
+      this.#linesInFile += batch.length
+      for (const w of waiters) w.resolve()
+      if (this.#linesInFile > this.#compactAt && this.#linesInFile > 2 * this.#ledger.size + 1) await this.#compact()
+    }
+  }
+
+  async #compact(): Promise<void> {
+    const tmp = `${this.#file}.tmp`
+    this.#ledger.prune(this.#clock.nowMs())
+    let renamed = false
+    try {
+      const written = await writeJournal(tmp, this.#file, this.#dir, this.#ledger, () => {
+        renamed = true
+      })
+      const fh = await open(this.#file, 'a', 0o600)
+      const old = this.#fh
+      this.#fh = fh
+      this.#linesInFile = written
+      this.#compactAt = this.#compactMinLines
+      await old.close().catch(() => {})
+    } catch (err) {
+      if (renamed) {
+        // The journal was replaced but we hold no handle on the new one: appends would go
+        // to the unlinked old file. Fail closed.
+        this.#failed ??= err instanceof Error ? err : new Error(String(err))
+        this.#log.error({ file: this.#file, err }, 'privacy journal compaction failed after rename; refusing further charges')
+        return
+      }
+      // The old journal is intact: keep appending to it, try again when it has doubled.
+      await rm(tmp, { force: true }).catch(() => {})
+      this.#compactAt = this.#linesInFile * 2
+      this.#log.warn({ file: this.#file, err }, 'privacy journal compaction failed; will retry later')
+    }
+  }
+}
+
+async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
+  let off = 0
+  while (off < buf.length) {
+    const { bytesWritten } = await fh.write(buf, off, buf.length - off)
+    off += bytesWritten
+  }
+}
+
+/**
+ * Writes the header and the ledger's durable entries to `tmp`, syncs it, renames it over
+ * `file`, and syncs the folder so the rename itself survives a crash. Returns the line count.
+ */
+async function writeJournal(tmp: string, file: string, dir: string, ledger: Ledger, onRenamed?: () => void): Promise<number> {
+  const parts = [sealLine(HEADER)]
+  for (const [key, entry] of ledger.entries()) if (entry.durable) parts.push(entryLine(key, entry))
+  const fh = await open(tmp, 'w', 0o600)
+  try {
+    await writeAll(fh, Buffer.from(parts.join(''), 'utf8'))
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+  await rename(tmp, file)
+  onRenamed?.()
+  await syncDirectory(dir)
+  return parts.length
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  let fh: FileHandle | undefined
+  try {
+    fh = await open(dir, 'r')
+    await fh.sync()
+  } catch (err) {
+    // Some platforms cannot fsync a directory (EISDIR, EPERM on Windows); the rename is
+    // still atomic there, only its durability across power loss is weaker.
+    const code = (err as NodeJS.ErrnoException).code
+    if (code !== 'EISDIR' && code !== 'EPERM' && code !== 'EINVAL') throw err
+  } finally {
+    await fh?.close()
+  }
+}

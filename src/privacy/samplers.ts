@@ -1,0 +1,94 @@
+// Exact samplers for differential-privacy noise: Bernoulli(exp(-γ)) for rational γ, the
+// discrete Laplace and the discrete Gaussian on the integers.
+//
+// Which sampler, and why. Sampling Laplace noise as `-b·sign(u)·ln(1-2|u|)` in floating
+// point, then adding it to a float, is broken: the set of doubles a noisy value can take
+// depends on the true value, so the low-order bits identify it (Mironov, "On significance
+// of the least significant bits for differential privacy", CCS 2012). The fixes in use are
+// (a) Mironov's snapping mechanism, which costs a larger epsilon, (b) Google's library,
+// which samples a two-sided geometric on a power-of-2 grid, and (c) OpenDP, which uses
+// the exact samplers of Canonne, Kamath and Steinke ("The Discrete Gaussian for
+// Differential Privacy", NeurIPS 2020). We follow (c): the algorithms below are CKS
+// Algorithms 1, 2 and 3, run on BigInt integers and rationals only, with uniform integers
+// from rejection sampling on CSPRNG bytes. No floating-point number is ever created while
+// sampling, so the output distribution is exactly the stated one (up to the quality of
+// the random source), and the mechanism needs no epsilon inflation.
+//
+// The grid is the caller's business (mechanisms.ts): scores are first rounded to integers
+// in units of 2^-k, noise is added in those units, and only the noisy integers are turned
+// back into numbers (post-processing).
+//
+// Running time depends on the noise drawn (rejection loops), never on the value being
+// protected: the caller adds the noise afterwards.
+
+import { gcd, isqrt, type RandomReader } from './random.ts'
+
+/**
+ * True with probability exp(-γ) for γ = num/den, exactly (CKS Algorithm 1). num >= 0, den >= 1.
+ * For γ <= 1 it counts how many Bernoulli(γ/k) successes come in a row (k = 1, 2, ...);
+ * the count is even with probability exp(-γ). For γ > 1 it multiplies floor(γ) draws of
+ * exp(-1) with one of exp(-(γ - floor(γ))), stopping at the first failure.
+ */
+export function bernoulliExpNeg(rng: RandomReader, num: bigint, den: bigint): boolean {
+  if (num < 0n || den < 1n) throw new RangeError(`bernoulliExpNeg: bad γ ${num}/${den}`)
+  if (num <= den) {
+    let k = 1n
+    while (rng.bernoulli(num, den * k)) k++
+    return (k & 1n) === 1n
+  }
+  const whole = num / den
+  for (let i = 0n; i < whole; i++) {
+    if (!bernoulliExpNeg(rng, 1n, 1n)) return false
+  }
+  return bernoulliExpNeg(rng, num - whole * den, den)
+}
+
+/**
+ * A sample Z of the discrete Laplace distribution with scale t = scaleNum/scaleDen:
+ * P[Z = z] = (1 - e^{-1/t}) / (1 + e^{-1/t}) · e^{-|z|/t} for every integer z
+ * (CKS Algorithm 2). Adding it to an integer-valued query of L1 sensitivity Δ is
+ * (Δ/t)-differentially private.
+ */
+export function sampleDiscreteLaplace(rng: RandomReader, scaleNum: bigint, scaleDen: bigint): bigint {
+  if (scaleNum < 1n || scaleDen < 1n) throw new RangeError(`sampleDiscreteLaplace: bad scale ${scaleNum}/${scaleDen}`)
+  const g = gcd(scaleNum, scaleDen)
+  const t = scaleNum / g
+  const s = scaleDen / g
+  for (;;) {
+    // X = U + t·V is geometric with parameter 1 - e^{-1/t}: U uniform below t, accepted
+    // with probability e^{-U/t}, plus t times a geometric count of e^{-1} successes.
+    const u = rng.uniform(t)
+    if (!bernoulliExpNeg(rng, u, t)) continue
+    let v = 0n
+    while (bernoulliExpNeg(rng, 1n, 1n)) v++
+    const y = (u + t * v) / s // geometric with parameter 1 - e^{-s/t}
+    const negative = rng.coin()
+    if (negative && y === 0n) continue // otherwise zero would be counted twice
+    return negative ? -y : y
+  }
+}
+
+/**
+ * A sample Z of the discrete Gaussian with variance parameter σ² = varNum/varDen:
+ * P[Z = z] ∝ e^{-z²/(2σ²)} for every integer z (CKS Algorithm 3: discrete Laplace
+ * proposals with scale t = floor(σ) + 1, accepted with probability
+ * exp(-(|Y| - σ²/t)² / (2σ²))). Adding independent samples to each coordinate of an
+ * integer-valued query of L2 sensitivity Δ is (Δ²/(2σ²))-zCDP (CKS §2: the Rényi
+ * divergence of two discrete Gaussians shifted by integers μ, ν is at most
+ * α(μ-ν)²/(2σ²), and it adds up over independent coordinates).
+ */
+export function sampleDiscreteGaussian(rng: RandomReader, varNum: bigint, varDen: bigint): bigint {
+  if (varNum < 1n || varDen < 1n) throw new RangeError(`sampleDiscreteGaussian: bad variance ${varNum}/${varDen}`)
+  const g = gcd(varNum, varDen)
+  const a = varNum / g
+  const b = varDen / g
+  const t = isqrt(a / b) + 1n // floor(sqrt(a/b)) = floor(sqrt(floor(a/b)))
+  // γ = (|Y| - σ²/t)² / (2σ²) = (|Y|·b·t - a)² / (2·a·b·t²)
+  const den = 2n * a * b * t * t
+  for (;;) {
+    const y = sampleDiscreteLaplace(rng, t, 1n)
+    const absY = y < 0n ? -y : y
+    const d = absY * b * t - a
+    if (bernoulliExpNeg(rng, d * d, den)) return y
+  }
+}

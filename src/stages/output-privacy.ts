@@ -1,0 +1,228 @@
+// Stage: output-privacy ('body' phase, verb 'infer', right after model-inference).
+// Reads:  ctx.result (model outputs), ctx.request (which outputs the client asked for),
+//         ctx.target.model, ctx.principal and ctx.identity (whose budget), the model's
+//         `output:` policy.
+// Writes: ctx.result.outputs (protected outputs replaced, unlisted outputs withheld),
+//         ctx.result.parameters (output_mode; with noise: privacy_mechanism,
+//         privacy_epsilon_cost, privacy_epsilon_spent, privacy_epsilon_left,
+//         privacy_delta, privacy_window_ms), ctx.privacy.
+// Throws: privacy_budget_exhausted (429, Retry-After in seconds: when enough budget frees),
+//         batch_too_large (400: one request would cost more than the whole budget),
+//         forbidden (403: the client explicitly asked for an output the policy withholds),
+//         internal (500: the policy names an output that is not a float score tensor, or
+//         the privacy journal cannot be written; the answer is never released then).
+//
+// Per protected output row (one answer): snap to the 2^-k grid, add discrete noise,
+// clamp and renormalise, apply the mode, round (src/privacy/*, docs/privacy.md). The
+// answer's cost is charged before anything is released: the charge (a durable journal
+// write) runs while the noise is computed, and the new outputs replace the model's only
+// once the charge has been accepted and synced.
+//
+// Whose budget: one per (model, token issuer, token subject, workload identity). With the
+// front door off (no principal), the workload identity alone, and callers with neither
+// share the single key 'anonymous' per model, which is conservative: they draw on one
+// budget. A caller holding many identities holds many budgets; issuing identities is
+// the front door's job, and the guarantee is per identity (docs/privacy.md).
+
+import { createHash } from 'node:crypto'
+import { Value } from '@sinclair/typebox/value'
+import { OutputPolicy, outputPolicyProblems } from '../config/output-policy.ts'
+import type { RandomSource } from '../deps.ts'
+import { BulwarkError } from '../errors.ts'
+import type { Tensor } from '../inference/tensor.ts'
+import { costFits, type ChargeResult, type PrivacyAccountant, type PrivacyBudget } from '../privacy/accountant.ts'
+import {
+  addNoise,
+  calibrateGaussian,
+  calibrateLaplace,
+  epsilonForRho,
+  EPSILON_UNITS,
+  RHO_UNITS,
+  snapToGrid,
+  toEpsilonMicros,
+  type NoiseSpec,
+  type PrivacyCost,
+} from '../privacy/mechanisms.ts'
+import { releaseRow, type RowSpec } from '../privacy/postprocess.ts'
+import { RandomReader } from '../privacy/random.ts'
+import type { RequestContext, Stage } from '../types.ts'
+
+/** The model's output policy; undefined means "none configured": the defaults apply. */
+export type OutputPolicySource = (model: string) => OutputPolicy | undefined
+
+export interface OutputPrivacyDeps {
+  /** Where budgets are kept (FileAccountant in production); it owns the wall clock. */
+  accountant: PrivacyAccountant
+  /** Noise randomness: cryptoRandom (the OS CSPRNG) in production, seeded in tests. */
+  random: RandomSource
+}
+
+/** A policy checked and turned into what run() needs. */
+export interface CompiledOutputPolicy {
+  readonly protect: ReadonlySet<string>
+  readonly passThrough: ReadonlySet<string>
+  readonly row: RowSpec
+  readonly noise: NoiseSpec | null
+  readonly budget: PrivacyBudget
+}
+
+/** The slice's defaults, as a policy file without `output:` gets them. */
+export const defaultOutputPolicy: OutputPolicy = Object.freeze(Value.Default(OutputPolicy, {}) as OutputPolicy)
+
+/** Validates a policy (schema and cross-field) and precomputes the noise calibration. */
+export function compileOutputPolicy(policy: OutputPolicy): CompiledOutputPolicy {
+  const problems = [...Value.Errors(OutputPolicy, policy)].map((e) => `/output${e.path}: ${e.message}`)
+  if (problems.length === 0) problems.push(...outputPolicyProblems(policy))
+  if (problems.length > 0) throw new Error(`invalid output policy:\n  - ${problems.join('\n  - ')}`)
+  const { noise, budget } = policy
+  let spec: NoiseSpec | null = null
+  if (noise.mechanism === 'laplace') spec = calibrateLaplace(noise.epsilon, noise.granularityBits)
+  if (noise.mechanism === 'gaussian') spec = calibrateGaussian(noise.epsilon, noise.delta, noise.granularityBits)
+  return Object.freeze({
+    protect: new Set(policy.outputs),
+    passThrough: new Set(policy.passThrough),
+    row: { mode: policy.mode, topK: policy.topK, roundDecimals: policy.roundDecimals },
+    noise: spec,
+    budget: { epsilonMicros: toEpsilonMicros(budget.epsilon), delta: budget.delta, windowMs: budget.windowMs },
+  })
+}
+
+/** The accountant key of the caller for a model (a hash: no identities in the journal). */
+export function privacyKey(ctx: Pick<RequestContext, 'principal' | 'identity'>, model: string): string {
+  const p = ctx.principal
+  const who = p ? ['jwt', p.issuer, p.subject, ctx.identity?.id ?? ''] : ctx.identity ? ['workload', ctx.identity.id] : ['anonymous']
+  return createHash('sha256').update(JSON.stringify(['bulwark-privacy-key/1', model, ...who])).digest('hex')
+}
+
+const scaleCost = (c: PrivacyCost, n: number): PrivacyCost => ({ epsilonMicros: c.epsilonMicros * n, rhoNanos: c.rhoNanos * n })
+const show = (x: number) => Number(x.toFixed(6))
+
+function isScoreTensor(t: Tensor): t is Tensor & { data: Float32Array | Float64Array } {
+  return (t.datatype === 'FP32' || t.datatype === 'FP64') && t.shape.length >= 1 && (t.shape[t.shape.length - 1] ?? 0) >= 1
+}
+
+/** The protected copy of one score tensor (rows along the last axis). */
+function protectTensor(t: Tensor & { data: Float32Array | Float64Array }, c: CompiledOutputPolicy, rng: RandomReader | null): Tensor {
+  const classes = t.shape[t.shape.length - 1]!
+  const out = t.datatype === 'FP32' ? new Float32Array(t.data.length) : new Float64Array(t.data.length)
+  const S = c.noise ? 1n << BigInt(c.noise.bits) : 0n
+  for (let off = 0; off < t.data.length; off += classes) {
+    const row = t.data.subarray(off, off + classes)
+    let released: number[]
+    if (c.noise && rng) {
+      const noisy = addNoise(rng, snapToGrid(row, c.noise.bits), c.noise)
+      const rank = noisy.map(Number)
+      const mass = noisy.map((v) => Number(v < 0n ? 0n : v > S ? S : v))
+      released = releaseRow(rank, mass, c.row)
+    } else {
+      const rank = Array.from(row, (v) => (Number.isNaN(v) ? -Infinity : v))
+      released = releaseRow(rank, row, c.row)
+    }
+    out.set(released, off)
+  }
+  return { name: t.name, datatype: t.datatype, shape: t.shape, data: out }
+}
+
+export function createOutputPrivacyStage(policies: OutputPolicySource, deps: OutputPrivacyDeps): Stage {
+  const cache = new WeakMap<OutputPolicy, CompiledOutputPolicy>()
+  const compiled = (policy: OutputPolicy): CompiledOutputPolicy => {
+    let c = cache.get(policy)
+    if (!c) cache.set(policy, (c = compileOutputPolicy(policy)))
+    return c
+  }
+  compiled(defaultOutputPolicy)
+
+  return {
+    name: 'output-privacy',
+    phase: 'body',
+    verbs: ['infer'],
+    async run(ctx: RequestContext) {
+      const result = ctx.result
+      if (!result) return
+      const model = ctx.target.model
+      const c = compiled(policies(model) ?? defaultOutputPolicy)
+
+      // Which outputs leave, and which must be protected first.
+      const requested = new Set((ctx.request?.outputs ?? []).map((o) => o.name))
+      const protect: (Tensor & { data: Float32Array | Float64Array })[] = []
+      const withheld: string[] = []
+      for (const t of result.outputs) {
+        if (c.protect.has(t.name)) {
+          if (!isScoreTensor(t)) {
+            throw new BulwarkError('internal', 'internal error; the operator can find details in the server log', {
+              reason: `output policy of model "${model}" protects output "${t.name}", which is ${t.datatype} ${JSON.stringify(t.shape)}, not a float score tensor; fix policies/${model}.yaml`,
+            })
+          }
+          protect.push(t)
+        } else if (!c.passThrough.has(t.name)) {
+          if (requested.has(t.name)) {
+            throw new BulwarkError('forbidden', `output "${t.name}" is not released by this model's policy`, {
+              reason: `output "${t.name}" of model "${model}" is neither protected nor passed through by the output policy`,
+            })
+          }
+          withheld.push(t.name)
+        }
+      }
+
+      let charging: Promise<ChargeResult> | null = null
+      let cost: PrivacyCost | null = null
+      if (c.noise) {
+        const answers = protect.reduce((n, t) => n + t.data.length / t.shape[t.shape.length - 1]!, 0)
+        cost = scaleCost(c.noise.cost, answers)
+        if (!costFits(cost, c.budget)) {
+          throw new BulwarkError('batch_too_large', `this request's ${answers} answers would cost more than the whole privacy budget of this model; send fewer items per request`, {
+            reason: `cost ${JSON.stringify(cost)} exceeds budget ${JSON.stringify(c.budget)} for model "${model}"`,
+          })
+        }
+        if (answers > 0) {
+          charging = deps.accountant.charge(privacyKey(ctx, model), cost, c.budget)
+          charging.catch(() => {}) // awaited below; this only keeps an early failure from being "unhandled"
+        }
+      }
+
+      // Computed while the charge is being made durable; released only after it is.
+      const rng = c.noise ? new RandomReader(deps.random) : null
+      const replaced = new Map(protect.map((t) => [t.name, protectTensor(t, c, rng)]))
+
+      const params: Record<string, unknown> = { output_mode: c.row.mode }
+      if (c.noise && cost) {
+        let charge: ChargeResult
+        if (charging) {
+          try {
+            charge = await charging
+          } catch (err) {
+            throw new BulwarkError('internal', 'internal error; the operator can find details in the server log', {
+              reason: `privacy accountant failed: ${(err as Error).message}`,
+              cause: err,
+            })
+          }
+        } else {
+          charge = await deps.accountant.balance(privacyKey(ctx, model), c.budget)
+        }
+        ctx.privacy = {
+          epsilonSpent: charge.epsilonSpent,
+          epsilonLeft: charge.epsilonLeft,
+          ...(c.noise.mechanism === 'gaussian' ? { deltaSpent: charge.delta } : {}),
+        }
+        if (!charge.ok) {
+          const seconds = Math.max(1, Math.ceil(charge.retryAfterMs / 1000))
+          throw new BulwarkError('privacy_budget_exhausted', 'privacy budget for this model is spent; retry after the Retry-After delay', {
+            reason: `privacy budget of model "${model}" spent: ${show(charge.epsilonSpent)} of ${c.budget.epsilonMicros / EPSILON_UNITS} epsilon in ${c.budget.windowMs} ms; this request needs ${JSON.stringify(cost)}`,
+            headers: { 'Retry-After': String(seconds) },
+          })
+        }
+        params.privacy_mechanism = c.noise.mechanism
+        params.privacy_epsilon_cost = show(
+          cost.epsilonMicros / EPSILON_UNITS + (cost.rhoNanos > 0 ? epsilonForRho(cost.rhoNanos / RHO_UNITS, c.budget.delta) : 0),
+        )
+        params.privacy_epsilon_spent = show(charge.epsilonSpent)
+        params.privacy_epsilon_left = show(charge.epsilonLeft)
+        if (c.noise.mechanism === 'gaussian') params.privacy_delta = c.budget.delta
+        params.privacy_window_ms = c.budget.windowMs
+      }
+
+      result.outputs = result.outputs.filter((t) => !withheld.includes(t.name)).map((t) => replaced.get(t.name) ?? t)
+      result.parameters = { ...result.parameters, ...params }
+    },
+  }
+}

@@ -1,0 +1,114 @@
+// Stage: rate-limit.
+// Reads: ctx.principal and ctx.identity (the key: token issuer and subject, and workload),
+//        ctx.target.model, the model's policy (rateLimit.requestsPerWindow per windowMs).
+// Writes: nothing on the context; holds one in-flight slot per admitted request until
+//         release(ctx) (the server calls it when the response is done or the connection dies).
+// Throws: rate_limited (429, with Retry-After and X-RateLimit-Limit/Remaining/Reset) when the
+//         principal has used up the model's window, or already has maxInFlightPerPrincipal
+//         requests in flight across all models.
+//
+// Counting is @fastify/rate-limit's: one limiter per model, created with its
+// `createRateLimit()` (the plugin's API for running a limit inside one's own hook), so its store
+// (in memory, LRU-bounded; Redis when replicas must share counts) does the bookkeeping. That
+// store reads Date.now() itself rather than our Clock, so tests of the window use real time.
+// The limiter is injected (`limiterFor`): the stage does not know about Fastify.
+
+import { BulwarkError } from '../errors.ts'
+import type { PolicySet } from '../config/policy.ts'
+import type { RateLimitsConfig } from '../config/security.ts'
+import type { RequestContext, Stage } from '../types.ts'
+
+export interface LimitVerdict {
+  exceeded: boolean
+  limit: number
+  remaining: number
+  /** Seconds until the window resets. */
+  resetSeconds: number
+}
+
+/** Counts one request for `key` and says whether it is over the limit. */
+export type Limiter = (key: string) => Promise<LimitVerdict>
+
+export interface RateLimitDeps {
+  /** A limiter with its own counters, for one model's limits. */
+  limiterFor(limits: { max: number; windowMs: number }): Limiter
+}
+
+export interface RateLimitStage extends Stage {
+  /** Frees the in-flight slot the request holds, if any. Idempotent. */
+  release(ctx: RequestContext): void
+  /** Requests in flight for a principal key (for tests and metrics). */
+  inFlight(key: string): number
+}
+
+/** The principal a limit applies to: issuer and subject of the token, and the workload. */
+export function principalKey(ctx: RequestContext): string {
+  const p = ctx.principal
+  const w = ctx.identity?.id ?? ''
+  // Without token and certificate (front door off), fall back to the client address.
+  if (p === null && w === '') return JSON.stringify(['addr', ctx.client.address])
+  return JSON.stringify([p?.issuer ?? '', p?.subject ?? '', w])
+}
+
+/** Defaults for a model without a policy (only reachable when authorization is off). */
+const UNLISTED = { requestsPerWindow: 100, windowMs: 1000 }
+
+export function createRateLimitStage(config: { rateLimits: RateLimitsConfig; policies: PolicySet }, deps: RateLimitDeps): RateLimitStage {
+  const maxInFlight = config.rateLimits.maxInFlightPerPrincipal
+  const limiters = new Map<string, { limiter: Limiter; max: number; windowMs: number }>()
+  for (const [model, policy] of config.policies) {
+    const { requestsPerWindow: max, windowMs } = policy.rateLimit
+    limiters.set(model, { limiter: deps.limiterFor({ max, windowMs }), max, windowMs })
+  }
+  // One shared limiter for every model name without a policy, so made-up names create no state.
+  const unlisted = { limiter: deps.limiterFor({ max: UNLISTED.requestsPerWindow, windowMs: UNLISTED.windowMs }), max: UNLISTED.requestsPerWindow, windowMs: UNLISTED.windowMs }
+  const inFlight = new Map<string, number>()
+  const held = new WeakMap<RequestContext, string>()
+
+  return {
+    name: 'rate-limit',
+    phase: 'headers',
+    verbs: ['infer', 'metadata'],
+    async run(ctx: RequestContext) {
+      const key = principalKey(ctx)
+      const n = inFlight.get(key) ?? 0
+      if (n >= maxInFlight) {
+        throw new BulwarkError('rate_limited', 'too many requests in flight; retry after Retry-After seconds', {
+          reason: `principal ${key} already has ${n} requests in flight (rateLimits.maxInFlightPerPrincipal ${maxInFlight})`,
+          headers: { 'retry-after': '1' },
+        })
+      }
+      const model = ctx.target.model
+      const entry = limiters.get(model) ?? unlisted
+      const v = await entry.limiter(key)
+      if (v.exceeded) {
+        const reset = String(Math.max(1, v.resetSeconds))
+        throw new BulwarkError('rate_limited', 'too many requests; retry after Retry-After seconds', {
+          reason: `principal ${key} exceeded ${entry.max} requests per ${entry.windowMs} ms on model ${JSON.stringify(model.slice(0, 64))}`,
+          headers: { 'retry-after': reset, 'x-ratelimit-limit': String(v.limit), 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': reset },
+        })
+      }
+      // Re-read: another request of this principal may have taken a slot while we awaited the store.
+      const now = inFlight.get(key) ?? 0
+      if (now >= maxInFlight) {
+        throw new BulwarkError('rate_limited', 'too many requests in flight; retry after Retry-After seconds', {
+          reason: `principal ${key} already has ${now} requests in flight (rateLimits.maxInFlightPerPrincipal ${maxInFlight})`,
+          headers: { 'retry-after': '1' },
+        })
+      }
+      inFlight.set(key, now + 1)
+      held.set(ctx, key)
+    },
+    release(ctx: RequestContext) {
+      const key = held.get(ctx)
+      if (key === undefined) return
+      held.delete(ctx)
+      const n = (inFlight.get(key) ?? 1) - 1
+      if (n <= 0) inFlight.delete(key)
+      else inFlight.set(key, n)
+    },
+    inFlight(key: string) {
+      return inFlight.get(key) ?? 0
+    },
+  }
+}

@@ -1,0 +1,134 @@
+// Nothing acknowledged is lost: a real gateway process (`bulwark serve`) under a small load
+// is killed with SIGKILL mid-run. Every response the client received has its record in the
+// log, and the log verifies (a torn last line would be reported and tolerated). A restart
+// then continues the same chain, and a graceful stop seals it.
+
+import t from 'tap'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { Pool } from 'undici'
+import { stringify } from 'yaml'
+import { cryptoRandom } from '../../src/deps.ts'
+import { writeSigningKey } from '../../src/audit/keys.ts'
+import { verifyAuditLog } from '../../src/audit/verify.ts'
+import { auditFiles, publicKeys, readAudit, requestRecords, tempDir, testKey } from './helpers.ts'
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
+const dir = tempDir('crash')
+const auditDir = path.join(dir, 'audit')
+const keyFile = path.join(dir, 'audit-key.pem')
+await writeSigningKey(keyFile, testKey, cryptoRandom)
+const configFile = path.join(dir, 'bulwark.yaml')
+writeFileSync(
+  configFile,
+  stringify({
+    server: { listen: '127.0.0.1:0', admin: '127.0.0.1:0' },
+    models: { serve: [] },
+    tls: { enabled: false },
+    auth: { enabled: false },
+    authorization: { enabled: false },
+    rateLimits: { enabled: false },
+    audit: { directory: auditDir, checkpoint: { signingKeyFile: keyFile, everyRecords: 50 } },
+  }),
+)
+
+/** Starts `bulwark serve` and resolves with the child and its API URL once it listens. */
+function serve(): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, [path.join(repo, 'bin/bulwark.js'), 'serve', '--config', configFile], {
+    cwd: dir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, BULWARK_LOG_LEVEL: 'info' },
+  })
+  let err = ''
+  child.stderr!.on('data', (c: Buffer) => (err += c.toString()))
+  return new Promise((resolve, reject) => {
+    let buf = ''
+    const timer = setTimeout(() => reject(new Error(`gateway did not start in time: ${err}`)), 30_000)
+    child.stdout!.on('data', (c: Buffer) => {
+      buf += c.toString()
+      for (const line of buf.split('\n')) {
+        const m = /"api":"(http:\/\/[^"]+)".*"msg":"bulwark listening"/.exec(line)
+        if (m) {
+          clearTimeout(timer)
+          resolve({ child, url: m[1]! })
+        }
+      }
+    })
+    child.on('exit', (code) => reject(new Error(`gateway exited (${code}) before listening: ${err}`)))
+  })
+}
+
+const shapes = [
+  { method: 'GET', path: '/v2' },
+  { method: 'GET', path: '/v2/health/live' },
+  { method: 'GET', path: '/v2/models/ghost' },
+  { method: 'POST', path: '/v2/models/ghost/infer', body: '{"inputs":[{"name":"x","datatype":"FP32","shape":[1],"data":[1]}]}' },
+  { method: 'GET', path: '/nope' },
+] as const
+
+t.test('SIGKILL mid-run: every response received has its record, and the log verifies', async (t) => {
+  const { child, url } = await serve()
+  const pool = new Pool(url, { connections: 8 })
+  const received: string[] = []
+  let failed = 0
+  let next = 0
+  const TOTAL = 400
+  const KILL_AFTER = 150
+  let killed = false
+  const worker = async () => {
+    while (next < TOTAL) {
+      const s = shapes[next++ % shapes.length]!
+      try {
+        const res = await pool.request({ method: s.method, path: s.path, ...('body' in s ? { body: s.body, headers: { 'content-type': 'application/json' } } : {}) })
+        await res.body.text()
+        received.push(res.headers['x-request-id'] as string)
+        if (!killed && received.length >= KILL_AFTER) {
+          killed = true
+          child.kill('SIGKILL')
+        }
+      } catch {
+        failed++
+        if (killed) return
+      }
+    }
+  }
+  const exited = new Promise((r) => child.once('exit', r))
+  await Promise.all(Array.from({ length: 8 }, worker))
+  await exited
+  await pool.destroy()
+  t.ok(killed, 'the gateway was killed mid-run')
+  t.ok(received.length >= KILL_AFTER && received.length < TOTAL, `${received.length} responses received, ${failed} requests cut off`)
+
+  const ids = new Set(requestRecords(auditDir).map((l) => l.rec.id as string))
+  const missing = received.filter((id) => !ids.has(id))
+  t.same(missing, [], 'every response received has its record on disk')
+
+  const report = await verifyAuditLog(auditDir, publicKeys)
+  t.ok(report.ok, JSON.stringify(report.problems))
+  t.notOk(report.closedCleanly, 'no shutdown checkpoint: it was killed')
+  t.comment(`records: ${report.records}, torn lines: ${report.torn.length}, unsigned tail: ${report.unsignedTail}`)
+})
+
+t.test('a restart continues the chain after the crash, and SIGTERM seals it', async (t) => {
+  const before = readAudit(auditDir)
+  const { child, url } = await serve()
+  const pool = new Pool(url, { connections: 2 })
+  for (let i = 0; i < 10; i++) {
+    const res = await pool.request({ method: 'GET', path: '/v2' })
+    await res.body.text()
+    t.equal(res.statusCode, 200)
+  }
+  await pool.close()
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)))
+  child.kill('SIGTERM')
+  t.equal(await exited, 0, 'graceful exit')
+  const files = auditFiles(auditDir)
+  t.equal(files.length, 2, 'the restart writes a new file')
+  const after = readAudit(auditDir)
+  t.equal(after.length, before.length + 12, 'open checkpoint, 10 records, shutdown checkpoint')
+  const report = await verifyAuditLog(auditDir, publicKeys)
+  t.ok(report.ok, JSON.stringify(report.problems))
+  t.ok(report.closedCleanly)
+})

@@ -1,0 +1,239 @@
+// The front door's negative matrix: every way of knocking without the right credentials,
+// each through a real TLS connection to a real gateway with the real mnist model. Each is
+// refused with the right status and stable code (or a failed handshake), the client learns
+// nothing but the code, the server log holds the precise reason, and the gateway keeps serving.
+
+import t, { type Test } from 'tap'
+import { readFile } from 'node:fs/promises'
+import { SignJWT, UnsecuredJWT, importJWK, type JWK } from 'jose'
+import { request } from 'undici'
+import { createCa, issueCertificate } from '../../src/pki/dev-pki.ts'
+import { DEV_WORKLOAD } from '../../src/config/security.ts'
+import { realDeps } from '../../src/deps.ts'
+import { mnistRequest, startGateway } from '../helpers/gateway.ts'
+
+const gw = await startGateway({ models: ['mnist'] })
+t.teardown(() => gw.close())
+const body = await mnistRequest()
+const nowS = () => Math.floor(Date.now() / 1000)
+
+/** After each refusal the gateway must still answer a good request. */
+async function stillServes(t: Test) {
+  const res = await gw.request('/v2/models/mnist/infer', { body })
+  t.equal(res.status, 200, 'a good request still succeeds')
+  // What the answer reveals is the output-privacy stage's business; that it is an answer is ours.
+  t.equal(res.body.model_name, 'mnist', 'and is answered by the model')
+  t.ok(Array.isArray(res.body.outputs) && res.body.outputs.length > 0, 'with outputs')
+}
+
+/** The last refusal in the server log (the precise reason lives there, not in the response). */
+const lastRefusal = () => gw.logsWith('request refused').at(-1) as { code: string; reason: string; stage: string } | undefined
+
+t.test('the good request succeeds', async (t) => {
+  await stillServes(t)
+})
+
+// --- transport: the TLS handshake refuses; no HTTP request exists ---
+
+const foreignCa = await createCa(realDeps, { commonName: 'Somebody else CA' })
+const foreign = await issueCertificate(foreignCa, realDeps, { commonName: 'dev', usage: 'client', uris: [DEV_WORKLOAD] })
+const expired = await issueCertificate(gw.ca, realDeps, {
+  commonName: 'dev',
+  usage: 'client',
+  uris: [DEV_WORKLOAD],
+  notBeforeMs: Date.now() - 10 * 86_400_000,
+  notAfterMs: Date.now() - 86_400_000,
+})
+
+const handshakeCases: { name: string; tls: { cert?: string; key?: string }; reason: string }[] = [
+  { name: 'no client certificate', tls: {}, reason: 'NO_CLIENT_CERTIFICATE' },
+  { name: 'a certificate from a foreign CA', tls: { cert: foreign.certPem, key: foreign.keyPem }, reason: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' },
+  { name: 'an expired certificate', tls: { cert: expired.certPem, key: expired.keyPem }, reason: 'CERT_HAS_EXPIRED' },
+]
+
+for (const c of handshakeCases) {
+  t.test(`refused at the handshake: ${c.name}`, async (t) => {
+    const refusals = () => gw.logsWith('TLS handshake refused').filter((l) => l.reason === c.reason).length
+    const before = refusals()
+    const counted = () => Number(new RegExp(`bulwark_tls_handshake_failures_total\\{reason="${c.reason}"\\} (\\d+)`).exec(gw.gateway.metrics.render())?.[1] ?? 0)
+    const countedBefore = counted()
+    const agent = gw.agentWith(c.tls)
+    const err = await gw.request('/v2/models/mnist/infer', { body, dispatcher: agent }).then(
+      (res) => t.fail(`expected the connection to fail, got HTTP ${res.status}`),
+      (e: Error & { code?: string }) => e,
+    )
+    t.ok(err instanceof Error, `the client sees a connection error (${(err as Error & { code?: string })?.code})`)
+    // The server side of the refused handshake is logged with the precise reason, and counted.
+    await waitFor(() => refusals() > before)
+    t.pass(`the server log says ${c.reason}`)
+    t.equal(counted(), countedBefore + 1, 'bulwark_tls_handshake_failures_total counts it')
+    t.notOk(gw.logsWith('request refused').some((l) => (l.reqId as string | undefined) && l.stage === 'mtls-identity'), 'no HTTP request reached the pipeline')
+    await stillServes(t)
+  })
+}
+
+// --- HTTP: refusals with a status and a stable code ---
+
+const signing = JSON.parse(await readFile(gw.pki.files.jwks, 'utf8')) as { keys: (JWK & { kid: string })[] }
+const publicJwk = signing.keys[0]!
+const publicPem = await (async () => {
+  const { createPublicKey } = await import('node:crypto')
+  return createPublicKey({ key: publicJwk as import('node:crypto').JsonWebKey, format: 'jwk' }).export({ type: 'spki', format: 'pem' }) as string
+})()
+const good = { iss: 'https://bulwark.local/dev', aud: 'bulwark', sub: 'dev', scope: 'mnist:infer mnist:metadata' }
+
+const unlisted = await issueCertificate(gw.ca, realDeps, { commonName: 'intruder', usage: 'client', uris: ['spiffe://bulwark.local/ns/other/sa/intruder'] })
+
+interface HttpCase {
+  name: string
+  status: number
+  code: string
+  /** The Authorization header to send (null: none). */
+  authorization: () => Promise<string | null>
+  agent?: () => ReturnType<typeof gw.agentWith>
+  /** What the server log's reason must say. */
+  reason: RegExp
+}
+
+const bearer = (token: string) => `Bearer ${token}`
+const httpCases: HttpCase[] = [
+  {
+    name: 'a workload the policy does not list',
+    status: 403,
+    code: 'forbidden',
+    authorization: async () => bearer(await gw.token()),
+    agent: () => gw.agentWith({ cert: unlisted.certPem, key: unlisted.keyPem }),
+    reason: /spiffe:\/\/bulwark\.local\/ns\/other\/sa\/intruder is not listed/,
+  },
+  { name: 'no token', status: 401, code: 'unauthenticated', authorization: async () => null, reason: /no Authorization header/ },
+  { name: 'a malformed token', status: 401, code: 'unauthenticated', authorization: async () => 'Bearer not.a-jwt', reason: /malformed token|not a compact JWS/ },
+  { name: 'a non-Bearer scheme', status: 401, code: 'unauthenticated', authorization: async () => `Basic ${Buffer.from('dev:dev').toString('base64')}`, reason: /not Bearer/ },
+  {
+    name: 'alg: none',
+    status: 401,
+    code: 'unauthenticated',
+    authorization: async () => bearer(new UnsecuredJWT({ ...good }).setIssuedAt().setExpirationTime('5m').encode()),
+    reason: /algorithm not allowed/,
+  },
+  {
+    name: 'HS256 signed with the public key as secret (key confusion)',
+    status: 401,
+    code: 'unauthenticated',
+    authorization: async () =>
+      bearer(
+        await new SignJWT({ ...good })
+          .setProtectedHeader({ alg: 'HS256', kid: publicJwk.kid })
+          .setIssuedAt()
+          .setExpirationTime('5m')
+          .sign(new TextEncoder().encode(publicPem)),
+      ),
+    reason: /algorithm not allowed/,
+  },
+  {
+    name: 'a token signed by another key with the right kid',
+    status: 401,
+    code: 'unauthenticated',
+    authorization: async () => {
+      const other = await createCa(realDeps, { commonName: 'x' }) // any P-256 key will do
+      const key = await importJWK({ ...(await crypto.subtle.exportKey('jwk', other.keys.privateKey)), alg: 'ES256' } as JWK, 'ES256')
+      return bearer(await new SignJWT({ ...good }).setProtectedHeader({ alg: 'ES256', kid: publicJwk.kid }).setIssuedAt().setExpirationTime('5m').sign(key))
+    },
+    reason: /signature does not verify/,
+  },
+  {
+    name: 'an expired token',
+    status: 401,
+    code: 'unauthenticated',
+    authorization: async () => bearer(await gw.token({ claims: { iat: nowS() - 7200, nbf: nowS() - 7200, exp: nowS() - 3600 } })),
+    reason: /expired/,
+  },
+  {
+    name: 'nbf in the future',
+    status: 401,
+    code: 'unauthenticated',
+    authorization: async () => bearer(await gw.token({ notBeforeSeconds: 3600, ttlSeconds: 7200 })),
+    reason: /claim "nbf"/,
+  },
+  { name: 'wrong iss', status: 401, code: 'unauthenticated', authorization: async () => bearer(await gw.token({ issuer: 'https://evil.example' })), reason: /claim "iss"/ },
+  { name: 'wrong aud', status: 401, code: 'unauthenticated', authorization: async () => bearer(await gw.token({ audience: 'someone-else' })), reason: /claim "aud"/ },
+  {
+    name: 'a token lifetime over the maximum',
+    status: 401,
+    code: 'unauthenticated',
+    authorization: async () => bearer(await gw.token({ ttlSeconds: 3 * 86_400 })),
+    reason: /lifetime/,
+  },
+  {
+    name: 'a token whose scope covers another model',
+    status: 403,
+    code: 'forbidden',
+    authorization: async () => bearer(await gw.token({ scopes: ['ocr-cls:infer', 'ocr-cls:metadata'] })),
+    reason: /lacks scope\(s\) mnist:infer/,
+  },
+  {
+    name: 'an oversized token',
+    status: 401,
+    code: 'unauthenticated',
+    authorization: async () => bearer(await gw.token({ claims: { padding: 'x'.repeat(9000) } })),
+    reason: /limit is \d+ \(auth\.maxTokenBytes\)/,
+  },
+]
+
+for (const c of httpCases) {
+  t.test(`refused: ${c.name}`, async (t) => {
+    const authorization = await c.authorization()
+    const res = await gw.request('/v2/models/mnist/infer', {
+      body,
+      ...(authorization === null ? { token: null } : { authorization }),
+      ...(c.agent ? { dispatcher: c.agent() } : {}),
+    })
+    t.equal(res.status, c.status, `status ${c.status}`)
+    t.same(Object.keys(res.body).sort(), ['code', 'error'], 'the body has the protocol error and our code, nothing else')
+    t.equal(res.body.code, c.code, `code ${c.code}`)
+    t.notMatch(res.body.error, c.reason, 'the client does not learn the reason')
+    if (c.status === 401) t.equal(res.headers['www-authenticate'], 'Bearer realm="bulwark"')
+    const logged = lastRefusal()
+    t.equal(logged?.code, c.code)
+    t.match(logged?.reason ?? '', c.reason, `the server log says why: ${logged?.reason}`)
+    await stillServes(t)
+  })
+}
+
+t.test('a header section over server.maxHeaderBytes is cut off by the HTTP parser (431)', async (t) => {
+  const res = await gw.request('/v2/models/mnist/infer', { body, authorization: `Bearer ${'a'.repeat(20_000)}` })
+  t.equal(res.status, 431)
+  await stillServes(t)
+})
+
+t.test('model metadata follows the policy too: another model\'s scope does not open it', async (t) => {
+  const ok = await gw.request('/v2/models/mnist', {})
+  t.equal(ok.status, 200)
+  const other = await gw.request('/v2/models/mnist', { token: await gw.token({ scopes: ['ocr-cls:metadata'] }) })
+  t.equal(other.status, 403)
+  t.equal(other.body.code, 'forbidden')
+})
+
+t.test('a model without a policy is not callable, and its existence is not revealed', async (t) => {
+  const res = await gw.request('/v2/models/ghost/infer', { body })
+  t.equal(res.status, 403)
+  t.equal(res.body.code, 'forbidden')
+  t.match(lastRefusal()?.reason, /no policy for this model \(default deny\)/)
+})
+
+t.test('server health needs the client certificate but no token', async (t) => {
+  const res = await gw.request('/v2/health/live', { token: null })
+  t.equal(res.status, 200)
+  const noCert = await request(`${gw.url}/v2/health/live`, { dispatcher: gw.agentWith({}) }).then(
+    () => 'answered',
+    () => 'refused',
+  )
+  t.equal(noCert, 'refused')
+})
+
+async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
+  const until = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > until) throw new Error('condition not met in time')
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}

@@ -1,0 +1,202 @@
+import { appendFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import t from 'tap'
+import { MemoryAccountant, type PrivacyBudget } from '../../src/privacy/accountant.ts'
+import { FileAccountant, JOURNAL_FILE, PrivacyStateError } from '../../src/privacy/file-accountant.ts'
+import { calibrateGaussian, epsilonForRho, rhoFor, RHO_UNITS } from '../../src/privacy/mechanisms.ts'
+import { fakeClock } from './helpers.ts'
+
+const HOUR = 3_600_000
+const eps = (e: number) => ({ epsilonMicros: Math.round(e * 1e6), rhoNanos: 0 })
+const budget = (epsilon: number, windowMs = HOUR): PrivacyBudget => ({ epsilonMicros: Math.round(epsilon * 1e6), delta: 1e-6, windowMs })
+
+async function tempDir(t: { teardown(fn: () => unknown): void }): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'bulwark-privacy-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  return dir
+}
+
+t.test('basic composition is exact: ten charges of 0.1 spend exactly 1.0', async (t) => {
+  const acct = new MemoryAccountant({ clock: fakeClock() })
+  let last
+  for (let i = 0; i < 10; i++) {
+    last = await acct.charge('k', eps(0.1), budget(1))
+    t.ok(last.ok, `charge ${i + 1} fits`)
+  }
+  t.equal(last!.epsilonSpent, 1, 'spent is exactly 1')
+  t.equal(last!.epsilonLeft, 0, 'left is exactly 0')
+  t.equal(last!.delta, 0, 'pure DP: δ = 0')
+  const refused = await acct.charge('k', eps(0.1), budget(1))
+  t.equal(refused.ok, false, 'the eleventh does not fit')
+  t.equal(refused.epsilonSpent, 1)
+  t.equal(refused.retryAfterMs, HOUR)
+  t.equal((await acct.charge('other', eps(0.1), budget(1))).ok, true, 'another key has its own budget')
+})
+
+t.test('the sliding window frees each charge exactly windowMs after it', async (t) => {
+  const clock = fakeClock()
+  const acct = new MemoryAccountant({ clock })
+  const b = budget(1, 60_000)
+  t.ok((await acct.charge('k', eps(0.3), b)).ok) // t0
+  clock.advance(10_000)
+  t.ok((await acct.charge('k', eps(0.3), b)).ok) // t0 + 10 s
+  clock.advance(10_000)
+  t.ok((await acct.charge('k', eps(0.4), b)).ok) // t0 + 20 s: 1.0 spent
+  clock.advance(5_000) // t0 + 25 s
+  const r = await acct.charge('k', eps(0.5), b)
+  t.equal(r.ok, false)
+  t.equal(r.retryAfterMs, 45_000, 'needs the first two charges gone: the second frees at t0 + 70 s')
+  clock.advance(34_999) // t0 + 59.999 s
+  const one = await acct.charge('k', eps(0.3), b)
+  t.equal(one.ok, false, 'one millisecond before the first charge frees')
+  t.equal(one.retryAfterMs, 1)
+  clock.advance(1) // t0 + 60 s
+  const freed = await acct.balance('k', b)
+  t.equal(freed.epsilonSpent, 0.7, 'the first charge no longer counts')
+  t.ok((await acct.charge('k', eps(0.3), b)).ok, 'and its budget is available again')
+})
+
+t.test('a charge larger than the whole budget can never fit', async (t) => {
+  const acct = new MemoryAccountant({ clock: fakeClock() })
+  const r = await acct.charge('k', eps(1.5), budget(1))
+  t.equal(r.ok, false)
+  t.equal(r.retryAfterMs, Infinity)
+})
+
+t.test('Gaussian answers compose in zCDP: more answers than basic composition allows, stated at the budget δ', async (t) => {
+  const acct = new MemoryAccountant({ clock: fakeClock() })
+  const spec = calibrateGaussian(0.25, 1e-6, 16)
+  const b: PrivacyBudget = { epsilonMicros: 1_000_000, delta: 1e-6, windowMs: HOUR }
+  let accepted = 0
+  let last
+  for (;;) {
+    const r = await acct.charge('k', spec.cost, b)
+    if (!r.ok) break
+    accepted++
+    last = r
+  }
+  const expected = Math.floor(Math.floor(rhoFor(1, 1e-6) * RHO_UNITS) / spec.cost.rhoNanos)
+  t.equal(accepted, expected, `accepts floor(ρ_budget / ρ_answer) = ${expected} answers`)
+  t.ok(accepted > 4, `${accepted} answers at ε = 0.25 each, where basic composition allows 4`)
+  t.ok(last!.epsilonSpent <= 1 && last!.epsilonSpent > 0.9, `spent ${last!.epsilonSpent}`)
+  t.equal(last!.delta, 1e-6)
+  t.equal(last!.epsilonSpent, epsilonForRho((accepted * spec.cost.rhoNanos) / RHO_UNITS, 1e-6))
+})
+
+t.test('pure and zCDP charges in one window add up', async (t) => {
+  const acct = new MemoryAccountant({ clock: fakeClock() })
+  const b: PrivacyBudget = { epsilonMicros: 2_000_000, delta: 1e-6, windowMs: HOUR }
+  t.ok((await acct.charge('k', eps(1), b)).ok)
+  const g = calibrateGaussian(0.5, 1e-6, 16)
+  const r = await acct.charge('k', g.cost, b)
+  t.ok(r.ok)
+  t.equal(r.epsilonSpent, 1 + epsilonForRho(g.cost.rhoNanos / RHO_UNITS, 1e-6))
+  t.equal((await acct.charge('k', eps(0.6), b)).ok, false, 'no room for 0.6 more pure ε')
+})
+
+t.test('concurrent charges never overspend', async (t) => {
+  const dir = await tempDir(t)
+  const acct = await FileAccountant.open({ directory: dir, clock: fakeClock() })
+  const results = await Promise.all(Array.from({ length: 25 }, () => acct.charge('k', eps(0.1), budget(1))))
+  t.equal(results.filter((r) => r.ok).length, 10)
+  await acct.close()
+  const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n')
+  t.equal(lines.length, 11, 'header + ten charges on disk')
+})
+
+t.test('budgets survive a restart: a new accountant over the same folder sees what was spent', async (t) => {
+  const dir = await tempDir(t)
+  const clock = fakeClock()
+  const first = await FileAccountant.open({ directory: dir, clock })
+  for (let i = 0; i < 3; i++) t.ok((await first.charge('alice', eps(0.1), budget(1))).ok)
+  t.ok((await first.charge('bob', eps(0.4), budget(1))).ok)
+  // No close(): as after a crash. Every resolved charge is already synced.
+  const second = await FileAccountant.open({ directory: dir, clock })
+  t.equal((await second.balance('alice', budget(1))).epsilonSpent, 0.3)
+  t.equal((await second.balance('bob', budget(1))).epsilonLeft, 0.6)
+  for (let i = 0; i < 7; i++) t.ok((await second.charge('alice', eps(0.1), budget(1))).ok)
+  t.equal((await second.charge('alice', eps(0.1), budget(1))).ok, false, 'the budget spent before the restart stays spent')
+  await second.close()
+  await first.close()
+  const third = await FileAccountant.open({ directory: dir, clock })
+  t.equal((await third.balance('alice', budget(1))).epsilonSpent, 1)
+  await third.close()
+})
+
+t.test('a torn last line is dropped and the journal stays usable', async (t) => {
+  const dir = await tempDir(t)
+  const clock = fakeClock()
+  const file = path.join(dir, JOURNAL_FILE)
+  const a = await FileAccountant.open({ directory: dir, clock })
+  await a.charge('k', eps(0.2), budget(1))
+  await a.close()
+  await appendFile(file, '{"t":1700000000000,"k":"k","e":3000')
+  const b = await FileAccountant.open({ directory: dir, clock })
+  t.equal((await b.balance('k', budget(1))).epsilonSpent, 0.2, 'the torn charge was never acknowledged: not counted')
+  t.ok((await b.charge('k', eps(0.3), budget(1))).ok)
+  await b.close()
+  const c = await FileAccountant.open({ directory: dir, clock })
+  t.equal((await c.balance('k', budget(1))).epsilonSpent, 0.5, 'charges after the tear are read back')
+  await c.close()
+  // A tail of zeros (file extended, data never written) is a torn tail too.
+  await appendFile(file, Buffer.alloc(40))
+  await appendFile(file, '\n')
+  const d = await FileAccountant.open({ directory: dir, clock })
+  t.equal((await d.balance('k', budget(1))).epsilonSpent, 0.5)
+  await d.close()
+})
+
+t.test('a damaged line followed by intact ones stops the start (corruption, not a crash)', async (t) => {
+  const dir = await tempDir(t)
+  const clock = fakeClock()
+  const file = path.join(dir, JOURNAL_FILE)
+  const a = await FileAccountant.open({ directory: dir, clock })
+  for (let i = 0; i < 3; i++) await a.charge('k', eps(0.1), budget(1))
+  await a.close()
+  const lines = (await readFile(file, 'utf8')).split('\n')
+  lines[2] = lines[2]!.replace('"e":100000', '"e":100')
+  await writeFile(file, lines.join('\n'))
+  await t.rejects(FileAccountant.open({ directory: dir, clock }), PrivacyStateError)
+  await writeFile(file, 'not a journal\n')
+  await t.rejects(FileAccountant.open({ directory: dir, clock }), PrivacyStateError)
+})
+
+t.test('compaction keeps the journal bounded and loses nothing live', async (t) => {
+  const dir = await tempDir(t)
+  const clock = fakeClock()
+  const b = budget(1, 10_000)
+  const acct = await FileAccountant.open({ directory: dir, clock, retentionMs: 10_000, compactMinLines: 16 })
+  let maxLines = 0
+  for (let i = 0; i < 400; i++) {
+    await acct.charge(`k${i % 3}`, eps(0.05), b)
+    clock.advance(1_000)
+    maxLines = Math.max(maxLines, acct.journalLines)
+  }
+  t.ok(maxLines <= 64, `the journal never exceeded ${maxLines} lines over 400 charges`)
+  const live = await Promise.all([0, 1, 2].map((k) => acct.balance(`k${k}`, b)))
+  await acct.close() // a compaction may still be running after the last charge resolved
+  const reopened = await FileAccountant.open({ directory: dir, clock, retentionMs: 10_000 })
+  const after = await Promise.all([0, 1, 2].map((k) => reopened.balance(`k${k}`, b)))
+  t.same(after, live, 'a restart after compaction sees the same balances')
+  await reopened.close()
+})
+
+t.test('entries older than the retention are dropped at open', async (t) => {
+  const dir = await tempDir(t)
+  const clock = fakeClock()
+  const a = await FileAccountant.open({ directory: dir, clock, retentionMs: HOUR })
+  await a.charge('k', eps(0.5), budget(1))
+  await a.close()
+  clock.advance(HOUR)
+  const b = await FileAccountant.open({ directory: dir, clock, retentionMs: HOUR })
+  t.equal(b.journalLines, 1, 'only the header is left')
+  await b.close()
+})
+
+t.test('misuse is refused', async (t) => {
+  const acct = new MemoryAccountant({ clock: fakeClock(), retentionMs: HOUR })
+  await t.rejects(acct.charge('k', eps(0.1), budget(1, 2 * HOUR)), RangeError, 'a window longer than the retention')
+  await t.rejects(acct.charge('has space', eps(0.1), budget(1)), RangeError)
+  await t.rejects(acct.charge('k', { epsilonMicros: 0.5, rhoNanos: 0 }, budget(1)), RangeError)
+})

@@ -1,0 +1,117 @@
+// Test doubles for the privacy tests: a seeded RandomSource (so statistical tests are
+// repeatable), a fake clock, and a chi-square goodness-of-fit check.
+
+import { createHash } from 'node:crypto'
+import type { Clock, RandomSource } from '../../src/deps.ts'
+
+/**
+ * xoshiro128** seeded from SHA-256 of `seed`: fast, statistically good, deterministic.
+ * Not a CSPRNG; tests only.
+ */
+export function seededRandom(seed: string): RandomSource {
+  const h = createHash('sha256').update(seed).digest()
+  const s = new Uint32Array([h.readUInt32LE(0), h.readUInt32LE(4), h.readUInt32LE(8), h.readUInt32LE(12)])
+  const next = (): number => {
+    const result = Math.imul(rotl(Math.imul(s[1]!, 5), 7), 9) >>> 0
+    const t = (s[1]! << 9) >>> 0
+    s[2]! ^= s[0]!
+    s[3]! ^= s[1]!
+    s[1]! ^= s[2]!
+    s[0]! ^= s[3]!
+    s[2]! ^= t
+    s[3] = rotl(s[3]!, 11)
+    return result
+  }
+  let counter = 0
+  return {
+    bytes(n: number) {
+      const out = new Uint8Array(n)
+      for (let i = 0; i < n; i += 4) {
+        const w = next()
+        out[i] = w & 0xff
+        if (i + 1 < n) out[i + 1] = (w >>> 8) & 0xff
+        if (i + 2 < n) out[i + 2] = (w >>> 16) & 0xff
+        if (i + 3 < n) out[i + 3] = w >>> 24
+      }
+      return out
+    },
+    uuid() {
+      counter++
+      return `00000000-0000-4000-8000-${counter.toString(16).padStart(12, '0')}`
+    },
+  }
+}
+
+function rotl(x: number, k: number): number {
+  return ((x << k) | (x >>> (32 - k))) >>> 0
+}
+
+export interface FakeClock extends Clock {
+  advance(ms: number): void
+  set(ms: number): void
+}
+
+export function fakeClock(startMs = 1_700_000_000_000): FakeClock {
+  let now = startMs
+  let mono = 0
+  return {
+    nowMs: () => now,
+    monotonicMs: () => mono,
+    advance(ms) {
+      now += ms
+      mono += ms
+    },
+    set(ms) {
+      now = ms
+    },
+  }
+}
+
+/**
+ * Chi-square statistic of integer samples against a pmf, binning every value with
+ * expected count >= 5 separately and pooling the two tails. Returns the statistic, the
+ * degrees of freedom, and the critical value at significance `alpha` (Wilson-Hilferty).
+ */
+export function chiSquare(samples: number[], pmf: (z: number) => number, alpha = 0.001): { stat: number; df: number; critical: number } {
+  const n = samples.length
+  const counts = new Map<number, number>()
+  for (const z of samples) counts.set(z, (counts.get(z) ?? 0) + 1)
+  // Central bins: the contiguous range around 0 where the expected count is at least 5.
+  let lo = 0
+  while (n * pmf(lo - 1) >= 5) lo--
+  let hi = 0
+  while (n * pmf(hi + 1) >= 5) hi++
+  let stat = 0
+  let centralP = 0
+  let centralObs = 0
+  for (let z = lo; z <= hi; z++) {
+    const e = n * pmf(z)
+    const o = counts.get(z) ?? 0
+    stat += (o - e) ** 2 / e
+    centralP += pmf(z)
+    centralObs += o
+  }
+  let bins = hi - lo + 1
+  const tailP = 1 - centralP
+  if (n * tailP >= 1) {
+    const e = n * tailP
+    const o = n - centralObs
+    stat += (o - e) ** 2 / e
+    bins++
+  }
+  const df = bins - 1
+  // Wilson-Hilferty: chi2_{1-alpha}(df) ≈ df (1 - 2/(9df) + z sqrt(2/(9df)))^3.
+  const z = normalQuantile(1 - alpha)
+  const critical = df * (1 - 2 / (9 * df) + z * Math.sqrt(2 / (9 * df))) ** 3
+  return { stat, df, critical }
+}
+
+/** Standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9). */
+function normalQuantile(p: number): number {
+  const a = [-39.69683028665376, 220.9460984245205, -275.9285104469687, 138.357751867269, -30.66479806614716, 2.506628277459239]
+  const b = [-54.47609879822406, 161.5858368580409, -155.6989798598866, 66.80131188771972, -13.28068155211918]
+  const c = [-0.007784894002430293, -0.3223964580411365, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783]
+  const d = [0.007784695709041462, 0.3224671290700398, 2.445134137142996, 3.754408661907416]
+  const q = Math.sqrt(-2 * Math.log(1 - p))
+  return -(((((c[0]! * q + c[1]!) * q + c[2]!) * q + c[3]!) * q + c[4]!) * q + c[5]!) / ((((d[0]! * q + d[1]!) * q + d[2]!) * q + d[3]!) * q + 1)
+}

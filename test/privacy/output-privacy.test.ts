@@ -1,0 +1,219 @@
+import t from 'tap'
+import { Value } from '@sinclair/typebox/value'
+import { OutputPolicy } from '../../src/config/output-policy.ts'
+import { BulwarkError } from '../../src/errors.ts'
+import type { Tensor } from '../../src/inference/tensor.ts'
+import { MemoryAccountant, type PrivacyAccountant } from '../../src/privacy/accountant.ts'
+import { compileOutputPolicy, createOutputPrivacyStage, privacyKey } from '../../src/stages/output-privacy.ts'
+import type { Principal, RequestContext, Stage } from '../../src/types.ts'
+import { fakeClock, seededRandom } from './helpers.ts'
+
+const HOUR = 3_600_000
+
+function policy(partial: unknown): OutputPolicy {
+  return Object.freeze(Value.Default(OutputPolicy, structuredClone(partial)) as OutputPolicy)
+}
+
+function probs(rows: number[][], name = 'probabilities'): Tensor {
+  return { name, datatype: 'FP32', shape: [rows.length, rows[0]!.length], data: Float32Array.from(rows.flat()) }
+}
+
+const alice: Principal = { subject: 'alice', issuer: 'https://issuer.test', scopes: [], claims: {}, expiresAtMs: 0 }
+
+function makeCtx(outputs: Tensor[], over: Partial<RequestContext> = {}, requested: string[] = []): RequestContext {
+  return {
+    id: 'req-1',
+    receivedAtMs: 0,
+    startedMs: 0,
+    deadlineMs: 1e9,
+    client: { address: '127.0.0.1', tlsVersion: null, peerCertificate: null },
+    target: { model: 'mnist', version: null, verb: 'infer' },
+    identity: { id: 'spiffe://test/ns/default/sa/client', kind: 'spiffe' },
+    principal: alice,
+    bearerToken: null,
+    body: null,
+    request: { parameters: {}, inputs: [], outputs: requested.map((name) => ({ name, binary: false })), binaryOutputs: false, batchSize: 1 },
+    result: { modelName: 'mnist', modelVersion: '1', outputs, parameters: {} },
+    flags: [],
+    privacy: null,
+    stageMs: {},
+    error: null,
+    failedStage: null,
+    ...over,
+  } as RequestContext
+}
+
+function setup(p: OutputPolicy | undefined, accountant?: PrivacyAccountant) {
+  const clock = fakeClock()
+  const acct = accountant ?? new MemoryAccountant({ clock })
+  const stage = createOutputPrivacyStage(() => p, { accountant: acct, random: seededRandom('stage') })
+  return { clock, acct, stage }
+}
+
+/** The error the stage threw, or null. */
+const attempt = (stage: Stage, ctx: RequestContext): Promise<unknown> => Promise.resolve(stage.run(ctx)).then(() => null, (e: unknown) => e)
+
+const out = (ctx: RequestContext, name = 'probabilities') => Array.from(ctx.result!.outputs.find((o) => o.name === name)!.data as Float32Array)
+const f32 = (xs: number[]) => xs.map(Math.fround)
+
+t.test('the stage is the eighth link: body phase, infer only', async (t) => {
+  const { stage } = setup(undefined)
+  t.equal(stage.name, 'output-privacy')
+  t.equal(stage.phase, 'body')
+  t.same(stage.verbs, ['infer'])
+})
+
+t.test('with no policy the defaults apply: label only, no noise, other outputs withheld', async (t) => {
+  const { stage } = setup(undefined)
+  const ctx = makeCtx([probs([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]]), probs([[1, 2, 3], [4, 5, 6]], 'logits')])
+  await stage.run(ctx)
+  t.same(ctx.result!.outputs.map((o) => o.name), ['probabilities'], 'logits withheld')
+  t.same(out(ctx), [0, 1, 0, 1, 0, 0])
+  t.same(ctx.result!.outputs[0]!.shape, [2, 3], 'shape and datatype as the model metadata says')
+  t.equal(ctx.result!.outputs[0]!.datatype, 'FP32')
+  t.same(ctx.result!.parameters, { output_mode: 'label' })
+  t.equal(ctx.privacy, null, 'no noise, no accounting')
+})
+
+t.test('scores mode rounds last; top-k keeps the k best', async (t) => {
+  const scores = setup(policy({ mode: 'scores', roundDecimals: 2 }))
+  const a = makeCtx([probs([[0.1234, 0.8766, 0]])])
+  await scores.stage.run(a)
+  t.same(out(a), f32([0.12, 0.88, 0]))
+  const topk = setup(policy({ mode: 'top-k', topK: 2, roundDecimals: 1 }))
+  const b = makeCtx([probs([[0.1, 0.5, 0.3, 0.1]])])
+  await topk.stage.run(b)
+  t.same(out(b), f32([0, 0.5, 0.3, 0]))
+})
+
+t.test('an output the client asks for by name but the policy withholds is refused; passThrough releases it', async (t) => {
+  const { stage } = setup(policy({ mode: 'scores' }))
+  const ctx = makeCtx([probs([[0.5, 0.5]]), probs([[1, 2]], 'logits')], {}, ['logits'])
+  const err = await attempt(stage, ctx)
+  t.ok(err instanceof BulwarkError && err.code === 'forbidden')
+  const open = setup(policy({ mode: 'scores', passThrough: ['logits'] }))
+  const ctx2 = makeCtx([probs([[0.5, 0.5]]), probs([[1, 2]], 'logits')], {}, ['logits'])
+  await open.stage.run(ctx2)
+  t.same(out(ctx2, 'logits'), [1, 2], 'passed through untouched')
+})
+
+t.test('Laplace answers are charged per row, reported, and refused with Retry-After once the budget is spent', async (t) => {
+  const p = policy({ mode: 'scores', roundDecimals: 9, noise: { mechanism: 'laplace', epsilon: 1 }, budget: { epsilon: 3, windowMs: HOUR } })
+  const { stage, clock } = setup(p)
+  const ctx = makeCtx([probs([[0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])])
+  await stage.run(ctx)
+  t.same(ctx.result!.parameters, {
+    output_mode: 'scores',
+    privacy_mechanism: 'laplace',
+    privacy_epsilon_cost: 2,
+    privacy_epsilon_spent: 2,
+    privacy_epsilon_left: 1,
+    privacy_window_ms: HOUR,
+  })
+  t.same(ctx.privacy, { epsilonSpent: 2, epsilonLeft: 1 })
+  const released = out(ctx)
+  t.ok(released.every((v) => v >= 0 && v <= 1), 'clamped to [0, 1]')
+  for (const row of [released.slice(0, 3), released.slice(3)]) t.ok(Math.abs(row.reduce((a, b) => a + b, 0) - 1) < 1e-6, 'renormalised')
+
+  clock.advance(60_000)
+  const again = makeCtx([probs([[0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])])
+  const before = Array.from(again.result!.outputs[0]!.data as Float32Array)
+  const err = await attempt(stage, again)
+  t.ok(err instanceof BulwarkError && err.code === 'privacy_budget_exhausted', 'second batch of two does not fit')
+  t.equal((err as BulwarkError).status, 429)
+  t.equal((err as BulwarkError).headers['Retry-After'], String((HOUR - 60_000) / 1000), 'Retry-After: when the first charge frees')
+  t.same(again.privacy, { epsilonSpent: 2, epsilonLeft: 1 }, 'the refusal is accounted for the audit record')
+  t.same(Array.from(again.result!.outputs[0]!.data as Float32Array), before, 'nothing noisy was released into the result')
+
+  const one = makeCtx([probs([[0.9, 0.05, 0.05]])])
+  await stage.run(one)
+  t.equal(one.privacy!.epsilonLeft, 0, 'a single row still fits')
+
+  clock.advance(HOUR - 60_000)
+  const later = makeCtx([probs([[0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])])
+  await stage.run(later)
+  t.equal(later.privacy!.epsilonSpent, 3, 'after the window the first batch no longer counts')
+})
+
+t.test('a request costing more than the whole budget is a 400, not a 429', async (t) => {
+  const { stage } = setup(policy({ noise: { mechanism: 'laplace', epsilon: 2 }, budget: { epsilon: 5 } }))
+  const err = await attempt(stage, makeCtx([probs([[1, 0], [1, 0], [1, 0]])]))
+  t.ok(err instanceof BulwarkError && err.code === 'batch_too_large')
+})
+
+t.test('Gaussian answers report δ and compose in zCDP', async (t) => {
+  const { stage } = setup(policy({ mode: 'label', noise: { mechanism: 'gaussian', epsilon: 1, delta: 1e-7 }, budget: { epsilon: 4, delta: 1e-6 } }))
+  let answered = 0
+  for (;;) {
+    const ctx = makeCtx([probs([[0.8, 0.1, 0.1]])])
+    try {
+      await stage.run(ctx)
+    } catch (err) {
+      t.equal((err as BulwarkError).code, 'privacy_budget_exhausted')
+      break
+    }
+    answered++
+    t.equal(ctx.result!.parameters.privacy_delta, 1e-6)
+    t.equal(ctx.privacy!.deltaSpent, 1e-6)
+    if (!out(ctx).every((v) => v === 0 || v === 1)) t.fail('label answers are one-hot')
+  }
+  t.ok(answered > 4, `${answered} answers at ε = 1 within ε = 4 (basic composition would allow 4)`)
+})
+
+t.test('budgets are per principal (issuer, subject, workload) and per model', async (t) => {
+  const p = policy({ noise: { mechanism: 'laplace', epsilon: 1 }, budget: { epsilon: 1 } })
+  const { stage } = setup(p)
+  const run = (over: Partial<RequestContext>) =>
+    attempt(stage, makeCtx([probs([[0.5, 0.5]])], over)).then((e) => (e === null ? 'ok' : (e as BulwarkError).code))
+  t.equal(await run({}), 'ok')
+  t.equal(await run({}), 'privacy_budget_exhausted', 'same caller, same model')
+  t.equal(await run({ principal: { ...alice, subject: 'bob' } }), 'ok', 'another subject')
+  t.equal(await run({ principal: { ...alice, issuer: 'https://other.test' } }), 'ok', 'another issuer')
+  t.equal(await run({ identity: { id: 'spiffe://test/other', kind: 'spiffe' } }), 'ok', 'another workload')
+  t.equal(await run({ target: { model: 'ocr-cls', version: null, verb: 'infer' } }), 'ok', 'another model')
+  t.equal(await run({ principal: null }), 'ok', 'front door off: the workload identity alone')
+  t.equal(await run({ principal: null }), 'privacy_budget_exhausted')
+  t.equal(await run({ principal: null, identity: null }), 'ok', 'nothing known: anonymous')
+  t.equal(await run({ principal: null, identity: null }), 'privacy_budget_exhausted', 'all anonymous callers share one budget')
+  t.not(privacyKey({ principal: alice, identity: null }, 'mnist'), privacyKey({ principal: alice, identity: null }, 'mnist2'))
+  t.match(privacyKey({ principal: alice, identity: null }, 'mnist'), /^[0-9a-f]{64}$/, 'keys are hashes: no identities on disk')
+})
+
+t.test('nothing is released when the charge cannot be made durable', async (t) => {
+  const failing: PrivacyAccountant = {
+    charge: async () => {
+      throw new Error('disk full')
+    },
+    balance: async () => {
+      throw new Error('disk full')
+    },
+    close: async () => {},
+  }
+  const { stage } = setup(policy({ mode: 'scores', noise: { mechanism: 'laplace', epsilon: 1 } }), failing)
+  const ctx = makeCtx([probs([[0.25, 0.75]])])
+  const err = await attempt(stage, ctx)
+  t.ok(err instanceof BulwarkError && err.code === 'internal')
+  t.same(out(ctx), f32([0.25, 0.75]), 'the result still holds the unreleased model output; the route sends the error instead')
+})
+
+t.test('a protected output that is not a float score tensor is a policy error, failed closed', async (t) => {
+  const { stage } = setup(policy({ mode: 'scores', outputs: ['ids'] }))
+  const ids: Tensor = { name: 'ids', datatype: 'INT64', shape: [1, 2], data: BigInt64Array.from([1n, 2n]) }
+  const err = await attempt(stage, makeCtx([ids]))
+  t.ok(err instanceof BulwarkError && err.code === 'internal')
+})
+
+t.test('policy defaults and cross-field checks', async (t) => {
+  t.same(Value.Default(OutputPolicy, {}), {
+    mode: 'label',
+    topK: 1,
+    roundDecimals: 2,
+    outputs: ['probabilities'],
+    passThrough: [],
+    noise: { mechanism: 'none', epsilon: 1, delta: 1e-6, granularityBits: 16 },
+    budget: { epsilon: 10, delta: 1e-6, windowMs: HOUR },
+  })
+  t.throws(() => compileOutputPolicy(policy({ noise: { mechanism: 'laplace', epsilon: 5 }, budget: { epsilon: 2 } })), /budget\/epsilon/)
+  t.throws(() => compileOutputPolicy(policy({ outputs: ['a'], passThrough: ['a'] })), /passThrough/)
+  t.throws(() => compileOutputPolicy(policy({ mode: 'everything' })), /mode/)
+})
