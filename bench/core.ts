@@ -8,7 +8,7 @@ import path from 'node:path'
 import { closedLoop, openLoop } from './load.ts'
 import { binaryRequest, jsonRequest, ocrImage } from './payloads.ts'
 import { rawOnnx } from './raw-onnx.ts'
-import { frontDoorOff, repoRoot, startGateway } from './gateway-process.ts'
+import { noDefences, repoRoot, startGateway } from './gateway-process.ts'
 import type { Row } from './report.ts'
 
 export interface BenchOptions {
@@ -43,7 +43,7 @@ export async function coreBench(opts: BenchOptions, log: (s: string) => void): P
   const result: Record<string, unknown> = { raw, ceiling }
   for (const batching of [false, true]) {
     const gw = await startGateway({
-      ...frontDoorOff,
+      ...noDefences,
       models: { serve: [{ name: 'ocr-cls', workers: 1, intraOpThreads: 2, batching: { enabled: batching, maxBatchSize: 32 } }] },
     })
     try {
@@ -65,7 +65,7 @@ export async function coreBench(opts: BenchOptions, log: (s: string) => void): P
 
   log('gateway mnist')
   const digits = mnistDigits(200)
-  const gw = await startGateway({ ...frontDoorOff, models: { serve: [{ name: 'mnist', workers: 1, intraOpThreads: 1 }] } })
+  const gw = await startGateway({ ...noDefences, models: { serve: [{ name: 'mnist', workers: 1, intraOpThreads: 1 }] } })
   try {
     const reqs = digits.map((d) => binaryRequest('mnist', 'input', [1, 1, 28, 28], d))
     const jreqs = digits.map((d) => jsonRequest('mnist', 'input', [1, 1, 28, 28], d))
@@ -82,7 +82,7 @@ export async function coreBench(opts: BenchOptions, log: (s: string) => void): P
 
   log('event loop: ocr-det saturated; /healthz and mnist alongside')
   const det = await startGateway({
-    ...frontDoorOff,
+    ...noDefences,
     models: { serve: [{ name: 'ocr-det', workers: 1, intraOpThreads: 2, batching: { enabled: false } }, { name: 'mnist', workers: 1, intraOpThreads: 1 }] },
   })
   try {

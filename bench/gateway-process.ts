@@ -78,10 +78,12 @@ export async function startGateway(config: Record<string, any>, opts: { cwd?: st
   }
 }
 
-/** Config keys that switch the front door off: the "no defences" baseline. */
-export const frontDoorOff = {
+/** Config keys that switch every defence off (front door, output privacy, audit): the "no defences" baseline. */
+export const noDefences = {
   tls: { enabled: false },
   auth: { enabled: false },
   authorization: { enabled: false },
   rateLimits: { enabled: false },
+  outputPrivacy: { enabled: false },
+  audit: { enabled: false },
 }

@@ -71,7 +71,8 @@ async function serve(argv: string[]): Promise<void> {
   const bound = gateway.api.server.address() as AddressInfo
   const host = ['0.0.0.0', '::'].includes(bound.address) ? '127.0.0.1' : bound.address.includes(':') ? `[${bound.address}]` : bound.address
   const apiUrl = `${config.tls.enabled ? 'https' : 'http'}://${host}:${bound.port}`
-  gateway.log.info({ api: apiUrl, admin: `http://${config.server.admin}`, config: loaded.source }, 'bulwark listening')
+  const adminBound = gateway.admin.server.address() as AddressInfo
+  gateway.log.info({ api: apiUrl, admin: `http://${adminBound.address.includes(':') ? `[${adminBound.address}]` : adminBound.address}:${adminBound.port}`, config: loaded.source }, 'bulwark listening')
   printExample(loaded, apiUrl, gateway.registry.list().map((m) => m.name))
 
   let stopping = false

@@ -17,17 +17,21 @@ import type { Deps, Logger } from './deps.ts'
 import type { LoadedConfig } from './config/load.ts'
 import { ModelRegistry } from './inference/registry.ts'
 import { InferenceService } from './inference/service.ts'
-import { Counter, GatewayMetrics } from './metrics.ts'
+import { Counter, Gauge, GatewayMetrics, Histogram } from './metrics.ts'
 import { asBulwarkError, assemblePipeline, runPhase } from './pipeline.ts'
 import { registerAdminRoutes, type AdminDeps } from './routes/admin.ts'
 import { registerOipRoutes } from './routes/oip.ts'
 import { createAuditLogStage, type AuditLogDeps, type AuditLogStage } from './stages/audit-log.ts'
 import { createInputValidationStage } from './stages/input-validation.ts'
 import { createModelInferenceStage } from './stages/model-inference.ts'
+import { createOutputPrivacyStage } from './stages/output-privacy.ts'
+import { FileAccountant } from './privacy/file-accountant.ts'
 import { createJwtAuthStage } from './stages/jwt-auth.ts'
 import { createModelPolicyStage } from './stages/model-policy.ts'
 import { createMtlsIdentityStage } from './stages/mtls-identity.ts'
 import { createRateLimitStage } from './stages/rate-limit.ts'
+import { createAdversarialScreenStage } from './stages/adversarial-screen.ts'
+import { buildScreening } from './screening/build.ts'
 import { fastifyLimiter } from './transport/rate-limiter.ts'
 import { handshakeFailureReason, httpsServerOptions, loadTlsMaterial, requireClientCertificates, TlsReloader, verifiedPeerCertificate } from './transport/tls.ts'
 import type { RequestContext, Stage } from './types.ts'
@@ -135,6 +139,10 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     onBatch: (model, items) => metrics.batchSize.observe({ model }, items),
   })
   const service = new InferenceService(registry)
+  // Privacy budgets survive restarts: the accountant journals every charge under state.directory.
+  const accountant = config.outputPrivacy.enabled
+    ? await FileAccountant.open({ directory: path.join(path.resolve(loaded.baseDir, config.state.directory), 'privacy'), clock, log })
+    : null
 
   // --- the front door: mTLS, JWT, policies, rate limits (each can be switched off) ---
   const handshakeFailures = new Counter('bulwark_tls_handshake_failures_total', 'TLS handshakes refused or failed (no or untrusted client certificate, protocol, timeout), by reason.')
@@ -166,13 +174,43 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     : undefined
   for (const m of registry.list()) if (config.authorization.enabled && !policies.has(m.name)) log.warn({ model: m.name }, 'model has no policy: nobody may call it (default deny)')
 
+  // --- screening (src/stages/adversarial-screen.ts): per-model detectors from each policy's `screening:` ---
+  const screening = await buildScreening(policies, {
+    policyDir: path.resolve(loaded.baseDir, config.policies.directory),
+    modelsDir: path.resolve(loaded.baseDir, config.models.directory),
+    random,
+  })
+  if (screening.problems.length > 0) throw new ConfigError(loaded.source, screening.problems)
+  const screeningAlarms = new Counter('bulwark_screening_alarms_total', 'Screening alarms, by detector, action (refused = enforce, flagged = observe) and model.')
+  const screeningScores = new Histogram('bulwark_screening_score', 'Screening scores, by detector and model (each detector has its own scale: docs/screening.md).', [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1, 1.5, 2])
+  const screeningState = new Gauge('bulwark_screening_state_entries', 'Queries held by stateful screening detectors, by detector and model.', function* () {
+    for (const s of screening.models.values()) for (const d of s.detectors) if (d.memory) yield [{ detector: d.name, model: s.model }, d.memory().stored] as [Record<string, string>, number]
+  })
+  for (const m of [screeningAlarms, screeningScores, screeningState]) metrics.add(m)
+  for (const m of registry.list()) if (!screening.models.has(m.name)) log.warn({ model: m.name }, 'model has no screening configured (policy screening:)')
+  const adversarialScreen = screening.models.size > 0
+    ? createAdversarialScreenStage({
+        models: screening.models,
+        inference: service,
+        clock,
+        observer: {
+          scored(model, detector, result, action) {
+            if (action !== 'passed') screeningAlarms.inc({ detector, action, model })
+            if (detector !== 'cooldown') screeningScores.observe({ detector, model }, result.score)
+          },
+        },
+      })
+    : undefined
+
   const stages = assemblePipeline({
     mtlsIdentity: config.tls.enabled ? createMtlsIdentityStage() : undefined,
     jwtAuth: keys ? createJwtAuthStage(config.auth, { clock, getKey: keys.getKey, cache: tokenCache }) : undefined,
     modelPolicy: config.authorization.enabled ? createModelPolicyStage(policies) : undefined,
     rateLimit,
     inputValidation: createInputValidationStage({ models: registry }),
+    adversarialScreen,
     modelInference: createModelInferenceStage({ service }),
+    outputPrivacy: accountant ? createOutputPrivacyStage((model) => policies.get(model)?.output, { accountant, random }) : undefined,
   })
 
   // The protocol's bodies are JSON or JSON + raw tensor bytes; read both as bytes and
@@ -272,6 +310,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     async close(graceMs = config.server.shutdownGraceMs) {
       shuttingDown = true
       tls?.close()
+      await keys?.close()
       // Stop accepting; requests already received (and those queued behind them) finish.
       const drained = Promise.all([api.close(), registry.drain()])
       let timer: NodeJS.Timeout | undefined
@@ -280,6 +319,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
       clearTimeout(timer)
       if (outcome === 'timeout') log.warn({ graceMs }, 'shutdown grace period ended with requests still in flight')
       await registry.close()
+      await accountant?.close()
       await audit.close()
       await admin.close()
     },

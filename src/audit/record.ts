@@ -98,6 +98,7 @@ export function buildAuditRecord(ctx: RequestContext | null, f: ResponseFacts): 
   const decision = !refused ? 'allowed' : f.status >= 500 ? 'error' : 'denied'
   const stage = ctx?.failedStage ?? (!refused ? 'complete' : sent?.code === 'not_found' ? 'router' : 'transport')
   const stageMs: Record<string, number> = {}
+  // eslint-disable-next-line bulwark/object-injection -- k is a stage name the pipeline wrote (own keys of ctx.stageMs), never request data
   if (ctx) for (const [k, v] of Object.entries(ctx.stageMs)) stageMs[k] = round3(v)
   const inputs = ctx?.request ? ctx.request.inputs.map(tensorDigest) : null
   const outputs = ctx?.result && f.status < 400 ? ctx.result.outputs.map(tensorDigest) : null
@@ -116,7 +117,8 @@ export function buildAuditRecord(ctx: RequestContext | null, f: ResponseFacts): 
     identity,
     principal,
     model: ctx ? ctx.target.model : null,
-    version: ctx ? ctx.target.version : null,
+    // The version that answered, else the one asked for.
+    version: ctx ? (ctx.result?.modelVersion ?? ctx.target.version) : null,
     verb: ctx ? ctx.target.verb : 'server',
     decision,
     stage,

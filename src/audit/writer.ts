@@ -458,6 +458,7 @@ export class AuditWriter {
   private async writeHead(line: string): Promise<void> {
     try {
       await this.fs.replaceFile(path.join(this.o.directory, HEAD_FILE), line + '\n', 0o600)
+      await this.fs.syncDir(this.o.directory)
       this.warnedHead = false
     } catch (err) {
       if (!this.warnedHead) this.o.log.warn({ err: errnoOf(err) }, `cannot update ${HEAD_FILE}; the records themselves are safe`)

@@ -24,7 +24,10 @@ export interface JwksDeps {
   onRefresh?: (outcome: 'changed' | 'unchanged' | 'failed') => void
 }
 
-type Loader = () => Promise<string>
+interface Loader {
+  (): Promise<string>
+  close?(): Promise<void>
+}
 
 function fileLoader(file: string, maxBytes: number): Loader {
   return async () => {
@@ -40,7 +43,7 @@ function urlLoader(url: string, config: JwksConfig, ca: string | undefined): Loa
     headersTimeout: config.fetchTimeoutMs,
     bodyTimeout: config.fetchTimeoutMs,
   })
-  return async () => {
+  const load: Loader = async () => {
     const signal = AbortSignal.timeout(config.fetchTimeoutMs)
     // undici's request() follows no redirects: the key set must come from the configured URL.
     const res = await request(url, { dispatcher, signal, headers: { accept: 'application/jwk-set+json, application/json' } })
@@ -60,6 +63,8 @@ function urlLoader(url: string, config: JwksConfig, ca: string | undefined): Loa
     }
     return Buffer.concat(chunks).toString('utf8')
   }
+  load.close = () => dispatcher.close()
+  return load
 }
 
 function parseKeySet(text: string, where: string): JSONWebKeySet {
@@ -146,6 +151,12 @@ export class JwksKeySet {
       await this.refresh()
       return this.keys(...args)
     }
+  }
+
+  /** Closes the connections to the issuer (URL sources). */
+  async close(): Promise<void> {
+    await this.inFlight
+    await this.load.close?.()
   }
 
   /** Re-reads the key set now (shared by concurrent callers); keeps the old keys on failure. */

@@ -22,7 +22,7 @@ import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { parseDocument } from 'yaml'
 import { ConfigError, schemaProblems } from './load.ts'
-import { OutputPolicy } from './output-policy.ts'
+import { OutputPolicy, outputPolicyProblems } from './output-policy.ts'
 import { ScreeningPolicy } from './screening-policy.ts'
 
 /**
@@ -113,7 +113,7 @@ export function parsePolicy(text: string, file: string): { policy: Policy | null
   }
   const value = Value.Default(PolicySchema, structuredClone(raw))
   const problems = schemaProblems(PolicySchema, value)
-  if (problems.length === 0) problems.push(...ruleProblems(value as Policy))
+  if (problems.length === 0) problems.push(...ruleProblems(value as Policy), ...outputPolicyProblems((value as Policy).output))
   const expected = path.basename(file).replace(/\.ya?ml$/, '')
   const model = (value as { model?: unknown }).model
   if (typeof model === 'string' && model !== expected) problems.push(`/model: "${model}" does not match the file name; name the file ${model}.yaml or set model: ${expected}`)

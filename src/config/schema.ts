@@ -121,11 +121,21 @@ export const StateConfig = Type.Object(
   { additionalProperties: false, default: {} },
 )
 
+/** Output protection (the output-privacy stage); what it does per model is in each policy's `output:`. */
+export const OutputPrivacyConfig = Type.Object(
+  {
+    /** Off: outputs leave exactly as the model produced them and no budget is kept. Only for a benchmark baseline. */
+    enabled: Type.Boolean({ default: true }),
+  },
+  { additionalProperties: false, default: {} },
+)
+
 export const ConfigSchema = Type.Object(
   {
     server: ServerConfig,
     models: ModelsConfig,
     state: StateConfig,
+    outputPrivacy: OutputPrivacyConfig,
     // The front door (src/config/security.ts): mTLS, JWT, per-model policies, rate limits.
     tls: TlsConfig,
     auth: AuthConfig,

@@ -41,7 +41,11 @@ export const STATEMENT_TYPE = 'https://in-toto.io/Statement/v1'
 export const PREDICATE_TYPE = 'https://model_signing/signature/v1.0'
 
 /** Curves upstream's key signer accepts, with the hash each one signs with. */
-const CURVE_HASH: Readonly<Record<string, string>> = { prime256v1: 'sha256', secp384r1: 'sha384', secp521r1: 'sha512' }
+const CURVE_HASH: ReadonlyMap<string, string> = new Map([
+  ['prime256v1', 'sha256'],
+  ['secp384r1', 'sha384'],
+  ['secp521r1', 'sha512'],
+])
 
 /** Largest signature file read; a real one is a few KiB. */
 const MAX_SIGNATURE_BYTES = 1024 * 1024
@@ -99,11 +103,11 @@ export function keyHint(publicKey: KeyObject): string {
 
 function curveHash(key: KeyObject, role: string): string {
   const curve = key.asymmetricKeyType === 'ec' ? key.asymmetricKeyDetails?.namedCurve : undefined
-  const hash = curve === undefined ? undefined : CURVE_HASH[curve]
-  if (hash === undefined) {
+  const digestName = curve === undefined ? undefined : CURVE_HASH.get(curve)
+  if (digestName === undefined) {
     throw new Error(`the model signing ${role} key must be ECDSA P-256, P-384 or P-521 (as OpenSSF model signing uses), not ${key.asymmetricKeyType ?? 'unknown'}${curve ? ` ${curve}` : ''}`)
   }
-  return hash
+  return digestName
 }
 
 /** An ECDSA private key from PEM (PKCS#8 or SEC1); throws a message that says what is wrong. */

@@ -117,7 +117,11 @@ export function httpsServerOptions(config: TlsConfig, m: TlsMaterial, extra: { m
  */
 export function requireClientCertificates(server: HttpsServer, onRefused: (reason: string, socket: TLSSocket) => void): void {
   server.prependListener('secureConnection', (socket: TLSSocket) => {
-    if (socket.authorized) return
+    if (socket.authorized) {
+      // The identity is read once per connection; a TLS 1.2 renegotiation must not swap the certificate under it.
+      if (socket.getProtocol() !== 'TLSv1.3') socket.disableRenegotiation()
+      return
+    }
     const hasCert = Object.keys(socket.getPeerCertificate() ?? {}).length > 0
     const err = socket.authorizationError as unknown
     const reason = !hasCert ? 'NO_CLIENT_CERTIFICATE' : typeof err === 'string' ? err : ((err as { code?: string } | null)?.code ?? 'UNVERIFIED')

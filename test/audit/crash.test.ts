@@ -106,7 +106,7 @@ t.test('SIGKILL mid-run: every response received has its record, and the log ver
   t.same(missing, [], 'every response received has its record on disk')
 
   const report = await verifyAuditLog(auditDir, publicKeys)
-  t.ok(report.ok, JSON.stringify(report.problems))
+  t.ok(report.ok, `the log verifies${report.ok ? '' : ': ' + JSON.stringify(report.problems)}`)
   t.notOk(report.closedCleanly, 'no shutdown checkpoint: it was killed')
   t.comment(`records: ${report.records}, torn lines: ${report.torn.length}, unsigned tail: ${report.unsignedTail}`)
 })
@@ -129,6 +129,6 @@ t.test('a restart continues the chain after the crash, and SIGTERM seals it', as
   const after = readAudit(auditDir)
   t.equal(after.length, before.length + 12, 'open checkpoint, 10 records, shutdown checkpoint')
   const report = await verifyAuditLog(auditDir, publicKeys)
-  t.ok(report.ok, JSON.stringify(report.problems))
+  t.ok(report.ok, `the log verifies${report.ok ? '' : ': ' + JSON.stringify(report.problems)}`)
   t.ok(report.closedCleanly)
 })

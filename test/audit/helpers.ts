@@ -1,7 +1,7 @@
 // Shared pieces of the audit tests: temp folders, a test signing key, a memory logger, an
 // audit writer with test-sized settings, a file system that fails on command, and readers.
 
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { KeyObject } from 'node:crypto'
@@ -11,7 +11,16 @@ import { generateSigningKey, type SigningKey } from '../../src/audit/keys.ts'
 import { sortAuditFiles } from '../../src/audit/chain.ts'
 import { AuditWriter, type AuditWriterOptions } from '../../src/audit/writer.ts'
 
-export const tempDir = (prefix: string) => mkdtempSync(path.join(tmpdir(), `bulwark-audit-${prefix}-`))
+const created: string[] = []
+/** A fresh folder under the OS temp dir, removed when the test process exits. */
+export function tempDir(prefix: string): string {
+  const dir = mkdtempSync(path.join(tmpdir(), `bulwark-audit-${prefix}-`))
+  created.push(dir)
+  return dir
+}
+process.on('exit', () => {
+  for (const dir of created) rmSync(dir, { recursive: true, force: true })
+})
 
 export const testKey: SigningKey = generateSigningKey(cryptoRandom)
 export const publicKeys: KeyObject[] = [testKey.publicKey]

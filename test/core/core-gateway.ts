@@ -14,6 +14,8 @@ export const coreOnly = {
   auth: { enabled: false },
   authorization: { enabled: false },
   rateLimits: { enabled: false },
+  outputPrivacy: { enabled: false },
+  audit: { enabled: false },
 }
 
 export async function coreGateway(raw: Record<string, unknown> = {}, baseDir = repoRoot): Promise<Gateway> {

@@ -20,6 +20,8 @@ writeFileSync(configFile, [
   'auth: { enabled: false }',
   'authorization: { enabled: false }',
   'rateLimits: { enabled: false }',
+  'outputPrivacy: { enabled: false }',
+  'audit: { enabled: false }',
 ].join('\n'))
 
 const child = spawn(process.execPath, [path.join(repoRoot, 'bin/bulwark.js'), 'serve', '--config', configFile], {

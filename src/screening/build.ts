@@ -1,0 +1,190 @@
+// Turns each model's `screening:` policy into its detectors, once, at start: reads the
+// model's manifest (the screened input's layout and range), the calibration file, checks
+// that they fit together, and reports every problem at once. The order of `detectors` is
+// the order they judge a request in: the cheap stateless check first, then the stateful
+// query detector (both before the model runs), then feature squeezing, then extraction
+// (after it). The first enforcing alarm ends the screening: later detectors never see a
+// refused request, so the extraction detector counts only answered queries.
+
+import path from 'node:path'
+import type { ScreeningMode, ScreeningPolicy } from '../config/screening-policy.ts'
+import { keyedDigester, type Digester } from './digest.ts'
+import type { RandomSource } from '../deps.ts'
+import { readManifest, type Manifest } from '../inference/manifest.ts'
+import { readCalibrationFile, type CalibrationFile } from './calibration.ts'
+import type { Detector } from './detector.ts'
+import { poolingEncoder } from './encoder.ts'
+import { createFeatureBoundsDetector } from './feature-bounds.ts'
+import { createFeatureSqueezingDetector } from './feature-squeezing.ts'
+import { createPradaDetector } from './prada.ts'
+import { parseSqueezer, type ItemLayout } from './squeezers.ts'
+import { createStatefulDetector } from './stateful.ts'
+
+export interface ModelScreening {
+  readonly model: string
+  readonly inputName: string
+  readonly outputName: string
+  readonly outputKind: 'probabilities' | 'logits'
+  readonly layout: ItemLayout
+  /** Values per item of the screened input. */
+  readonly itemSize: number
+  readonly detectors: readonly Detector[]
+  /** Whether a detector needs the model's answer (the stage then runs the model itself). */
+  readonly needsModel: boolean
+  readonly cooldownMs: number
+  readonly digest: Digester
+}
+
+export interface ScreeningSources {
+  /** Folder of the policy files; calibration files are relative to it. */
+  policyDir: string
+  /** Folder with one sub-folder per model (models.directory). */
+  modelsDir: string
+  /** Secret keys of the digests (deps.random). */
+  random: RandomSource
+}
+
+/** Layout of one item of a model input [batch, ..., H, W], or a problem. */
+export function layoutOf(manifest: Manifest, inputName: string): ItemLayout | string {
+  const spec = manifest.inputs.find((s) => s.name === inputName)
+  if (!spec) return `model ${manifest.name} has no input "${inputName}" (it has ${manifest.inputs.map((s) => `"${s.name}"`).join(', ')})`
+  if (spec.datatype !== 'FP32') return `input "${inputName}" is ${spec.datatype}; screening reads FP32 inputs only`
+  const rest = spec.shape.slice(1)
+  if (rest.length === 0 || rest.some((d) => d < 1)) return `input "${inputName}" has shape ${JSON.stringify(spec.shape)}; screening needs fixed non-batch dimensions`
+  const [lo, hi] = spec.range ?? [NaN, NaN]
+  if (!Number.isFinite(lo) || !Number.isFinite(hi) || !(hi > lo)) return `input "${inputName}" declares no finite value range in the manifest; screening scales by it`
+  const height = rest.length >= 2 ? rest[rest.length - 2]! : 1
+  const width = rest[rest.length - 1]!
+  const channels = rest.slice(0, -2).reduce((a, b) => a * b, 1)
+  return { channels, height, width, lo, hi }
+}
+
+/** The detectors of one model; throws an Error listing every problem. */
+export function compileScreening(
+  model: string,
+  policy: ScreeningPolicy,
+  manifest: Manifest,
+  calibration: CalibrationFile | null,
+  random: RandomSource,
+): ModelScreening {
+  const problems: string[] = []
+  const inputName = policy.input ?? (manifest.inputs.length === 1 ? manifest.inputs[0]!.name : '')
+  if (!inputName) problems.push(`/screening/input: model ${model} has ${manifest.inputs.length} inputs; name the one to screen`)
+  const outputName = policy.output ?? manifest.outputs[0]!.name
+  if (!manifest.outputs.some((o) => o.name === outputName)) problems.push(`/screening/output: model ${model} has no output "${outputName}"`)
+  const layoutOrProblem = inputName ? layoutOf(manifest, inputName) : 'no input'
+  if (typeof layoutOrProblem === 'string') {
+    if (inputName) problems.push(`/screening/input: ${layoutOrProblem}`)
+    throw new Error(problems.join('\n'))
+  }
+  const layout = layoutOrProblem
+  const itemSize = layout.channels * layout.height * layout.width
+  const modeOf = (own: ScreeningMode | undefined): ScreeningMode => own ?? policy.mode ?? 'enforce'
+  const recalibrate = `run \`bulwark calibrate ${model}\``
+  if (calibration) {
+    if (calibration.model !== model) problems.push(`/screening/calibrationFile: the file was made for model "${calibration.model}", not "${model}"`)
+    if (calibration.modelSha256 !== manifest.sha256) {
+      problems.push(`/screening/calibrationFile: the file was calibrated on model file ${calibration.modelSha256.slice(0, 12)}..., the manifest now pins ${manifest.sha256.slice(0, 12)}...; ${recalibrate}`)
+    }
+  }
+  const detectors: Detector[] = []
+
+  const fb = policy.featureBounds
+  if (fb) {
+    const cal = calibration?.featureBounds
+    const threshold = fb.threshold ?? cal?.threshold
+    if (!cal) problems.push(`/screening/featureBounds: the bounds come from the calibration file, which has none; set calibrationFile and ${recalibrate}`)
+    else if (cal.lower.length !== itemSize || cal.upper.length !== itemSize) problems.push(`/screening/featureBounds: the calibration file has bounds for ${cal.lower.length} features, the input has ${itemSize}; ${recalibrate}`)
+    else if (threshold !== undefined) {
+      detectors.push(createFeatureBoundsDetector({ lower: Float32Array.from(cal.lower), upper: Float32Array.from(cal.upper), lo: layout.lo, hi: layout.hi, threshold, mode: modeOf(fb.mode) }))
+    }
+  }
+
+  const st = policy.stateful
+  if (st) {
+    const cal = calibration?.stateful
+    let threshold = st.threshold
+    if (threshold === undefined) {
+      if (!cal) problems.push(`/screening/stateful/threshold: not set and not in a calibration file; set it or set calibrationFile and ${recalibrate}`)
+      else if (cal.k !== st.k || cal.poolSize !== st.poolSize) problems.push(`/screening/stateful: calibrated with k ${cal.k} and poolSize ${cal.poolSize}, the policy says k ${st.k} and poolSize ${st.poolSize}; ${recalibrate} or set threshold`)
+      else threshold = cal.threshold
+    }
+    if (st.k > st.historyPerPrincipal) problems.push(`/screening/stateful/k: ${st.k} exceeds historyPerPrincipal ${st.historyPerPrincipal}; the k nearest must fit in the history`)
+    if (st.poolSize > Math.max(layout.height, layout.width)) problems.push(`/screening/stateful/poolSize: ${st.poolSize} is larger than the input's ${layout.height}x${layout.width}`)
+    if (threshold !== undefined && problems.length === 0) {
+      detectors.push(createStatefulDetector({ ...st, threshold, mode: modeOf(st.mode), encoder: poolingEncoder(layout, st.poolSize) }))
+    }
+  }
+
+  const fs = policy.featureSqueezing
+  if (fs) {
+    const cal = calibration?.featureSqueezing
+    let threshold = fs.threshold
+    if (threshold === undefined) {
+      if (!cal) problems.push(`/screening/featureSqueezing/threshold: not set and not in a calibration file; set it or set calibrationFile and ${recalibrate}`)
+      else if (cal.squeezers.join(',') !== fs.squeezers.join(',')) {
+        problems.push(`/screening/featureSqueezing/squeezers: calibrated for [${cal.squeezers.join(', ')}], the policy says [${fs.squeezers.join(', ')}]; ${recalibrate} or set threshold`)
+      } else threshold = cal.threshold
+    }
+    const squeezers = fs.squeezers.flatMap((name, i) => {
+      try {
+        return [parseSqueezer(name, layout)]
+      } catch (err) {
+        problems.push(`/screening/featureSqueezing/squeezers/${i}: ${(err as Error).message}`)
+        return []
+      }
+    })
+    if (threshold !== undefined && squeezers.length === fs.squeezers.length) detectors.push(createFeatureSqueezingDetector({ squeezers, threshold, mode: modeOf(fs.mode) }))
+  }
+
+  const ex = policy.extraction
+  if (ex) {
+    if (ex.warmupPerClass > ex.growingSetPerClass) problems.push(`/screening/extraction/warmupPerClass: ${ex.warmupPerClass} exceeds growingSetPerClass ${ex.growingSetPerClass}; no distance would ever be recorded`)
+    if (ex.minQueries > ex.windowSize) problems.push(`/screening/extraction/minQueries: ${ex.minQueries} exceeds windowSize ${ex.windowSize}; the test would never run`)
+    else detectors.push(createPradaDetector({ ...ex, mode: modeOf(ex.mode), encoder: poolingEncoder(layout, ex.poolSize) }))
+  }
+
+  if (problems.length > 0) throw new Error(problems.join('\n'))
+  return Object.freeze({
+    model,
+    inputName,
+    outputName,
+    outputKind: policy.outputKind,
+    layout,
+    itemSize,
+    detectors: Object.freeze(detectors),
+    needsModel: detectors.some((d) => d.needs === 'output'),
+    cooldownMs: policy.cooldownMs,
+    digest: keyedDigester(random),
+  })
+}
+
+/** Whether a policy screens anything. */
+export function screens(policy: ScreeningPolicy | undefined): policy is ScreeningPolicy {
+  return !!policy && policy.enabled && !!(policy.featureBounds || policy.featureSqueezing || policy.stateful || policy.extraction)
+}
+
+/**
+ * Every model's screening, from the policies. Problems of every model are collected and
+ * thrown together, each prefixed with its policy file, so one start reports them all.
+ */
+export async function buildScreening(
+  policies: ReadonlyMap<string, { readonly screening: ScreeningPolicy }>,
+  sources: ScreeningSources,
+): Promise<{ models: Map<string, ModelScreening>; problems: string[] }> {
+  const models = new Map<string, ModelScreening>()
+  const problems: string[] = []
+  for (const [model, policy] of policies) {
+    if (!screens(policy.screening)) continue
+    const file = path.join(sources.policyDir, `${model}.yaml`)
+    try {
+      const manifest = await readManifest(path.join(sources.modelsDir, model, 'manifest.json'))
+      const calFile = policy.screening.calibrationFile
+      const calibration = calFile ? await readCalibrationFile(path.resolve(sources.policyDir, calFile)) : null
+      models.set(model, compileScreening(model, policy.screening, manifest, calibration, sources.random))
+    } catch (err) {
+      for (const line of (err as Error).message.split('\n')) problems.push(`${file} ${line}`)
+    }
+  }
+  return { models, problems }
+}

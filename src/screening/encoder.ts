@@ -1,0 +1,57 @@
+// The compact view of a query that the stateful detectors keep and compare: the item's
+// values scaled to [0, 1] by the input's range, average-pooled over blocks of
+// pool x pool along the last two dimensions (per channel). Pooling keeps the coarse shape of
+// an input, which is what near-duplicate attack queries share, drops pixel-level noise, and
+// divides memory and distance cost by pool^2 (mnist: 784 values -> 49 at pool 4).
+
+import type { ItemLayout } from './squeezers.ts'
+
+export interface Encoder {
+  /** Values per encoded item. */
+  readonly dims: number
+  encode(item: Float32Array): Float32Array
+}
+
+export function poolingEncoder(layout: ItemLayout, pool: number): Encoder {
+  const { channels, height, width, lo, hi } = layout
+  const ph = Math.ceil(height / pool)
+  const pw = Math.ceil(width / pool)
+  const dims = channels * ph * pw
+  const scale = 1 / (hi - lo)
+  // Each output cell averages the input cells that fall in it (edge blocks may be smaller).
+  const cellOf = new Int32Array(channels * height * width)
+  const weight = new Float32Array(dims)
+  for (let ch = 0; ch < channels; ch++) {
+    for (let r = 0; r < height; r++) {
+      for (let c = 0; c < width; c++) {
+        const cell = (ch * ph + Math.floor(r / pool)) * pw + Math.floor(c / pool)
+        cellOf[(ch * height + r) * width + c] = cell
+        weight[cell]!++
+      }
+    }
+  }
+  for (let i = 0; i < dims; i++) weight[i] = scale / weight[i]!
+  return {
+    dims,
+    encode(item) {
+      const out = new Float32Array(dims)
+      for (let i = 0; i < item.length; i++) out[cellOf[i]!]! += item[i]! - lo
+      for (let i = 0; i < dims; i++) out[i]! *= weight[i]!
+      return out
+    },
+  }
+}
+
+/** Squared L2 distance between `a` and row `row` of the packed matrix `m`, giving up once it passes `bound`. */
+export function squaredDistance(a: Float32Array, m: Float32Array, row: number, bound: number): number {
+  const dims = a.length
+  const off = row * dims
+  let s = 0
+  for (let i = 0; i < dims; i++) {
+    const d = a[i]! - m[off + i]!
+    s += d * d
+    // Checked every 8 values: cheap, and most rows of a benign history are far away.
+    if ((i & 7) === 7 && s > bound) return s
+  }
+  return s
+}

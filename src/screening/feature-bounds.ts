@@ -1,0 +1,50 @@
+// Per-feature bounds learned from a calibration set (issue 5, part 1). Input validation
+// already refuses values outside the manifest's range and NaN/Inf; this detector asks
+// whether an item lies where the model's data lies. For each feature it knows the smallest
+// and largest value seen on the calibration set; an item's score is the total amount, in
+// units of the input's range, by which its values fall outside those bounds. Natural digits
+// score near 0 (ink rarely lands where no calibration digit had any); perturbations spread
+// over the whole image (FGSM) land far outside. The threshold is set by leave-one-out on the
+// calibration set (src/screening/calibration.ts).
+
+import type { Detector, DetectorResult, ScreenBatch, ScreeningMode } from './detector.ts'
+
+export interface FeatureBoundsOptions {
+  lower: Float32Array
+  upper: Float32Array
+  /** The input's range, to express the excess in units of it. */
+  lo: number
+  hi: number
+  threshold: number
+  mode: ScreeningMode
+}
+
+/** Total excess of `item` outside [lower, upper], in units of (hi - lo). */
+export function boundsExcess(item: ArrayLike<number>, lower: ArrayLike<number>, upper: ArrayLike<number>, span: number): number {
+  let s = 0
+  for (let i = 0; i < item.length; i++) {
+    const v = item[i]!
+    if (v > upper[i]!) s += v - upper[i]!
+    else if (v < lower[i]!) s += lower[i]! - v
+  }
+  return s / span
+}
+
+export function createFeatureBoundsDetector(o: FeatureBoundsOptions): Detector {
+  const span = o.hi - o.lo
+  return {
+    name: 'feature-bounds',
+    needs: 'input',
+    alarmWhen: 'above',
+    refusal: 'suspicious_input',
+    mode: o.mode,
+    inspect(batch: ScreenBatch): DetectorResult {
+      let score = 0
+      for (const item of batch.items) {
+        if (item.length !== o.lower.length) throw new Error(`feature bounds: item has ${item.length} values, the calibration ${o.lower.length}`)
+        score = Math.max(score, boundsExcess(item, o.lower, o.upper, span))
+      }
+      return { score, threshold: o.threshold, alarm: score > o.threshold }
+    },
+  }
+}

@@ -1,0 +1,164 @@
+// Model-extraction detection (PRADA: Juuti, Szyller, Marchal, Asokan, "PRADA: Protecting
+// against DNN Model Stealing Attacks", EuroS&P 2019). Benign callers send natural inputs,
+// whose distances to their nearest earlier input of the same predicted class are roughly
+// normally distributed. Extraction attacks that synthesise queries (Jacobian-based
+// augmentation, perturbed seeds) send many inputs unnaturally close to earlier ones, which
+// skews that distribution. Per principal and predicted class c the detector keeps a growing
+// set G_c and a threshold T_c, and for each query x (Algorithm 1 of the paper):
+//
+//   d = min over y in G_c of ||x - y||   (none for the first warmupPerClass queries of a class,
+//                                          which only seed G_c: a refinement of ours, see the policy)
+//   record d in the principal's distances D
+//   if d > T_c: add x to G_c, and T_c = max(T_c, mean - std of the distances that grew G_c)
+//   once |D| >= minQueries: alarm if Shapiro-Wilk W(D) < wThreshold
+//
+// Bounded: G_c is a ring of growingSetPerClass entries, D keeps the last windowSize
+// distances, and principals live in an LRU store capped in entries and stored queries.
+// Inputs are compared after the same pooling as the stateful detector (encoder.ts; the test
+// statistic is scale-free). Exact repeats are skipped: a retry is not a new query.
+
+import type { ExtractionPolicy } from '../config/screening-policy.ts'
+import type { Detector, DetectorResult, ScreenBatch, ScreeningMode } from './detector.ts'
+import { squaredDistance, type Encoder } from './encoder.ts'
+import { PrincipalStore } from './principal-store.ts'
+import { shapiroWilk } from './shapiro-wilk.ts'
+
+export interface PradaOptions
+  extends Pick<ExtractionPolicy, 'wThreshold' | 'minQueries' | 'windowSize' | 'warmupPerClass' | 'growingSetPerClass' | 'maxPrincipals' | 'maxStoredQueries'> {
+  mode: ScreeningMode
+  encoder: Encoder
+}
+
+class GrowingSet {
+  vectors: Float32Array
+  count = 0
+  next = 0
+  /** Running sums of the distances that grew the set, for T_c. */
+  n = 0
+  sum = 0
+  sumSq = 0
+  threshold = 0
+  readonly capacity: number
+  readonly dims: number
+
+  constructor(dims: number, capacity: number) {
+    this.dims = dims
+    this.capacity = capacity
+    this.vectors = new Float32Array(Math.min(capacity, 8) * dims)
+  }
+
+  add(v: Float32Array): void {
+    if (this.count < this.capacity && this.count * this.dims === this.vectors.length) {
+      const grown = new Float32Array(Math.min(this.capacity, this.count * 2) * this.dims)
+      grown.set(this.vectors)
+      this.vectors = grown
+    }
+    this.vectors.set(v, this.next * this.dims)
+    if (this.count < this.capacity) this.count++
+    this.next = (this.next + 1) % this.capacity
+  }
+
+  nearest(v: Float32Array): number {
+    let best = Infinity
+    for (let row = 0; row < this.count; row++) {
+      const d = squaredDistance(v, this.vectors, row, best)
+      if (d < best) best = d
+    }
+    return Math.sqrt(best)
+  }
+}
+
+class PradaState {
+  readonly classes = new Map<number, GrowingSet>()
+  readonly distances: Float64Array
+  /** Digests of the last windowSize distinct queries (a set and its ring), for skipping repeats. */
+  readonly seen = new Set<number>()
+  readonly seenRing: Float64Array
+  seenNext = 0
+  count = 0
+  next = 0
+  stored = 0
+
+  constructor(windowSize: number) {
+    this.distances = new Float64Array(windowSize)
+    this.seenRing = new Float64Array(windowSize).fill(NaN)
+  }
+
+  /** Remembers a digest; false if it was already there (an exact repeat). */
+  remember(digest: number): boolean {
+    if (this.seen.has(digest)) return false
+    const old = this.seenRing[this.seenNext]!
+    if (!Number.isNaN(old)) this.seen.delete(old)
+    this.seenRing[this.seenNext] = digest
+    this.seenNext = (this.seenNext + 1) % this.seenRing.length
+    this.seen.add(digest)
+    return true
+  }
+
+  record(d: number): void {
+    this.distances[this.next] = d
+    this.next = (this.next + 1) % this.distances.length
+    if (this.count < this.distances.length) this.count++
+  }
+}
+
+function argmax(p: Float32Array): number {
+  let best = 0
+  for (let i = 1; i < p.length; i++) if (p[i]! > p[best]!) best = i
+  return best
+}
+
+export function createPradaDetector(o: PradaOptions): Detector {
+  const store = new PrincipalStore<PradaState>({
+    maxPrincipals: o.maxPrincipals,
+    maxUnits: o.maxStoredQueries,
+    create: () => new PradaState(o.windowSize),
+    units: (s) => s.stored,
+  })
+  return {
+    name: 'extraction',
+    needs: 'output',
+    alarmWhen: 'below',
+    refusal: 'attack_suspected',
+    mode: o.mode,
+    inspect(batch: ScreenBatch): DetectorResult | null {
+      const probabilities = batch.probabilities
+      if (!probabilities) throw new Error('extraction detector needs the model output')
+      const s = store.use(batch.principal)
+      batch.items.forEach((item, i) => {
+        if (!s.remember(batch.digests[i]!)) return
+        const c = argmax(probabilities[i]!)
+        let g = s.classes.get(c)
+        if (!g) s.classes.set(c, (g = new GrowingSet(o.encoder.dims, o.growingSetPerClass)))
+        const v = o.encoder.encode(item)
+        if (g.count < o.warmupPerClass) {
+          g.add(v)
+          s.stored++
+          return
+        }
+        const d = g.nearest(v)
+        s.record(d)
+        if (d > g.threshold) {
+          if (g.count < g.capacity) s.stored++
+          g.add(v)
+          g.n++
+          g.sum += d
+          g.sumSq += d * d
+          const mean = g.sum / g.n
+          const std = Math.sqrt(Math.max(0, g.sumSq / g.n - mean * mean))
+          g.threshold = Math.max(g.threshold, mean - std)
+        }
+      })
+      store.settle(batch.principal)
+      if (s.count < o.minQueries) return null
+      let w: number
+      try {
+        w = shapiroWilk(s.count === s.distances.length ? s.distances : s.distances.subarray(0, s.count)).w
+      } catch {
+        w = 0 // every distance equal: as far from natural inputs as a sample can be
+      }
+      return { score: w, threshold: o.wThreshold, alarm: w < o.wThreshold }
+    },
+    memory: () => ({ principals: store.principals, stored: store.units, evictions: store.evictions }),
+  }
+}

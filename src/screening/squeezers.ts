@@ -1,0 +1,90 @@
+// Feature squeezers (Xu, Evans, Qi, NDSS 2018): transforms that remove detail a classifier
+// should not depend on. An input whose prediction moves a lot when squeezed is likely
+// adversarial. Each squeezer maps one item (a flattened [channels, height, width] row) to a
+// new row of the same size; `parseSqueezer` reads the policy's names:
+//
+//   bit-depth-B   B bits per value over the input's range [lo, hi]: round((x-lo)/(hi-lo)*(2^B-1))
+//   median-HxW    median filter over the last two dimensions, per channel, defined as
+//                 scipy.ndimage.median_filter(size=(H, W), mode='reflect') is (what the paper's
+//                 code uses): the window of (r, c) spans rows r-floor(H/2) .. r+H-1-floor(H/2),
+//                 edges reflect (d c b a | a b c d), and of an even count the upper middle value
+//                 is taken, so the output is always one of the input's values
+//   a+b           a, then b
+
+export interface ItemLayout {
+  /** Product of every non-batch dimension but the last two (1 for a grey image). */
+  channels: number
+  height: number
+  width: number
+  /** The input's value range (from the manifest). */
+  lo: number
+  hi: number
+}
+
+export type Squeezer = (item: Float32Array) => Float32Array
+
+export function bitDepth(bits: number, layout: ItemLayout): Squeezer {
+  const levels = 2 ** bits - 1
+  const { lo, hi } = layout
+  const span = hi - lo
+  return (item) => {
+    const out = new Float32Array(item.length)
+    for (let i = 0; i < item.length; i++) {
+      const v = Math.min(1, Math.max(0, (item[i]! - lo) / span))
+      out[i] = lo + (Math.round(v * levels) / levels) * span
+    }
+    return out
+  }
+}
+
+/** scipy's 'reflect' boundary: index -1 -> 0, -2 -> 1, n -> n-1, n+1 -> n-2. */
+function reflect(i: number, n: number): number {
+  const period = 2 * n
+  let j = ((i % period) + period) % period
+  if (j >= n) j = period - 1 - j
+  return j
+}
+
+export function median(h: number, w: number, layout: ItemLayout): Squeezer {
+  const { channels, height, width } = layout
+  // Precomputed source indices per row and column offset (the reflection never changes).
+  const rowsAt = Array.from({ length: height }, (_, r) => Array.from({ length: h }, (_, k) => reflect(r - Math.floor(h / 2) + k, height)))
+  const colsAt = Array.from({ length: width }, (_, c) => Array.from({ length: w }, (_, k) => reflect(c - Math.floor(w / 2) + k, width)))
+  const rank = Math.floor((h * w) / 2)
+  const window = new Float32Array(h * w)
+  return (item) => {
+    const out = new Float32Array(item.length)
+    for (let ch = 0; ch < channels; ch++) {
+      const base = ch * height * width
+      for (let r = 0; r < height; r++) {
+        const rows = rowsAt[r]!
+        for (let c = 0; c < width; c++) {
+          const cols = colsAt[c]!
+          let n = 0
+          for (const rr of rows) for (const cc of cols) window[n++] = item[base + rr * width + cc]!
+          window.sort()
+          out[base + r * width + c] = window[rank]!
+        }
+      }
+    }
+    return out
+  }
+}
+
+/** A squeezer from its policy name (see the file header); throws on a name it cannot build. */
+export function parseSqueezer(name: string, layout: ItemLayout): Squeezer {
+  const steps = name.split('+').map((step): Squeezer => {
+    let m = /^bit-depth-([1-8])$/.exec(step)
+    if (m) return bitDepth(Number(m[1]), layout)
+    m = /^median-([2-5])x([2-5])$/.exec(step)
+    if (m) {
+      const h = Number(m[1])
+      const w = Number(m[2])
+      if (h > layout.height || w > layout.width) throw new Error(`squeezer ${name}: a ${h}x${w} window does not fit the ${layout.height}x${layout.width} input`)
+      return median(h, w, layout)
+    }
+    throw new Error(`unknown squeezer step "${step}" in "${name}"; use bit-depth-B (B in 1..8) or median-HxW (H, W in 2..5), joined by +`)
+  })
+  if (steps.length === 1) return steps[0]!
+  return (item) => steps.reduce((x, s) => s(x), item)
+}
