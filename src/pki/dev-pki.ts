@@ -10,7 +10,8 @@
 import { webcrypto } from 'node:crypto'
 import { chmod, mkdir, open, readFile, rename, stat } from 'node:fs/promises'
 import path from 'node:path'
-import './reflect-metadata.ts'
+// @peculiar/x509's dependency injection (tsyringe) reads the Reflect metadata API at load time.
+import 'reflect-metadata'
 import * as x509 from '@peculiar/x509'
 import { calculateJwkThumbprint, exportJWK, type JWK } from 'jose'
 import { DEV_WORKLOAD } from '../config/security.ts'

@@ -1,0 +1,92 @@
+// The attacker's and the benign user's view of mnist: POST /v2/models/mnist/infer over mTLS
+// with the dev client certificate and a dev token, inputs as an OIP binary tensor, outputs
+// as JSON. Requests carry at most 64 digits (the model's maxBatchSize); several are kept in
+// flight. A refusal (429 privacy_budget_exhausted, ...) is returned, not thrown, so the
+// budget experiment can see where the accountant stopped an attack.
+
+import { request, type Dispatcher } from 'undici'
+import { HEADER_LENGTH } from '../../src/protocol/oip.ts'
+import { PIXELS } from '../../models/mnist/data.ts'
+
+export const MAX_BATCH = 64
+
+export interface Answer {
+  /** One released score row per input (null where the request was refused). */
+  rows: (Float64Array | null)[]
+  /** The first refusal, if any: HTTP status and error code. */
+  refused: { status: number; code: string; retryAfter: string | undefined; atQuery: number } | null
+  /** Response parameters of the last successful request (privacy_epsilon_spent, ...). */
+  parameters: Record<string, unknown>
+}
+
+export interface MnistClient {
+  /** Sends `images` in requests of up to 64; stops at the first refusal. */
+  classify(images: Float32Array[]): Promise<Answer>
+  /** Queries answered so far by this client. */
+  readonly answered: number
+}
+
+export interface ClientOptions {
+  url: string
+  dispatcher: Dispatcher
+  /** A bearer token for the caller; called per request batch so it can be refreshed. */
+  token: () => Promise<string>
+  /** Requests in flight at once. Default 4. */
+  concurrency?: number
+}
+
+export function mnistClient(o: ClientOptions): MnistClient {
+  const concurrency = o.concurrency ?? 4
+  let answered = 0
+  let tokenValue: Promise<string> | null = null
+  async function one(images: Float32Array[]): Promise<{ rows: Float64Array[] } | { status: number; code: string; retryAfter: string | undefined }> {
+    const data = new Float32Array(images.length * PIXELS)
+    images.forEach((img, i) => data.set(img, i * PIXELS))
+    const head = Buffer.from(JSON.stringify({ inputs: [{ name: 'input', datatype: 'FP32', shape: [images.length, 1, 28, 28], parameters: { binary_data_size: data.byteLength } }] }))
+    tokenValue ??= o.token()
+    const res = await request(`${o.url}/v2/models/mnist/infer`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/octet-stream', [HEADER_LENGTH]: String(head.length), authorization: `Bearer ${await tokenValue}` },
+      body: Buffer.concat([head, Buffer.from(data.buffer)]),
+      dispatcher: o.dispatcher,
+    })
+    const body = (await res.body.json()) as Record<string, any>
+    if (res.statusCode !== 200) {
+      const retry = res.headers['retry-after']
+      return { status: res.statusCode, code: String(body.code ?? body.error), retryAfter: Array.isArray(retry) ? retry[0] : retry }
+    }
+    const out = (body.outputs as { name: string; shape: number[]; data: number[] }[]).find((t) => t.name === 'probabilities')!
+    const classes = out.shape[1]!
+    const rows: Float64Array[] = []
+    for (let i = 0; i < images.length; i++) rows.push(Float64Array.from(out.data.slice(i * classes, (i + 1) * classes)))
+    lastParameters = (body.parameters as Record<string, unknown>) ?? {}
+    return { rows }
+  }
+  let lastParameters: Record<string, unknown> = {}
+
+  return {
+    get answered() {
+      return answered
+    },
+    async classify(images) {
+      const rows: (Float64Array | null)[] = new Array(images.length).fill(null)
+      let refused: Answer['refused'] = null
+      let next = 0
+      const worker = async () => {
+        while (next < images.length && !refused) {
+          const start = next
+          next = Math.min(images.length, next + MAX_BATCH)
+          const r = await one(images.slice(start, next))
+          if ('rows' in r) {
+            r.rows.forEach((row, i) => (rows[start + i] = row))
+            answered += r.rows.length
+          } else if (!refused || start < refused.atQuery) {
+            refused = { ...r, atQuery: start }
+          }
+        }
+      }
+      await Promise.all(Array.from({ length: concurrency }, worker))
+      return { rows, refused, parameters: lastParameters }
+    },
+  }
+}
