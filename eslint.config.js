@@ -99,8 +99,10 @@ export default tseslint.config(
   {
     // detect-non-literal-fs-filename exists to catch a file name that a caller controls. No
     // request ever names a file here: these modules exist to open the files the operator names
-    // in bulwark.yaml or on the command line (config, policies, TLS and JWKS files, keys, the
-    // audit and state folders, model folders), under names built from those and constants.
+    // in bulwark.yaml, in a policy or on the command line (config, policies, TLS and JWKS
+    // files, keys, the audit and state folders, model folders, screening calibration files,
+    // the Redis password file),
+    // under names built from those and constants.
     // Each file is listed on purpose; a new module gets the rule until it is added here with
     // the same argument. Request-path modules (stages, routes, protocol, inference service,
     // privacy mechanisms, screening) keep the rule.
@@ -121,6 +123,10 @@ export default tseslint.config(
       'src/inference/registry.ts',
       'src/signing/model-signature.ts',
       'src/signing/commands.ts',
+      'src/screening/calibrate.ts',
+      'src/screening/calibration.ts',
+      'src/screening/calibration-sets.ts',
+      'src/state/redis.ts',
     ],
     rules: { 'security/detect-non-literal-fs-filename': 'off' },
   },

@@ -31,10 +31,16 @@ export interface GatewayProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>
 }
 
-/** `config` is the bulwark.yaml content; server.listen/admin are filled with free ports. */
-export async function startGateway(config: Record<string, any>, opts: { cwd?: string; logLevel?: string; readyTimeoutMs?: number } = {}): Promise<GatewayProcess> {
-  const apiPort = await freePort()
-  const adminPort = await freePort()
+/**
+ * `config` is the bulwark.yaml content; server.listen/admin are filled with free ports, or the
+ * given ones (to restart a gateway where its clients expect it). `env` is added to the child's.
+ */
+export async function startGateway(
+  config: Record<string, any>,
+  opts: { cwd?: string; logLevel?: string; readyTimeoutMs?: number; apiPort?: number; adminPort?: number; env?: Record<string, string> } = {},
+): Promise<GatewayProcess> {
+  const apiPort = opts.apiPort ?? (await freePort())
+  const adminPort = opts.adminPort ?? (await freePort())
   const dir = opts.cwd ?? mkdtempSync(path.join(tmpdir(), 'bulwark-gw-'))
   const full = {
     ...config,
@@ -45,7 +51,7 @@ export async function startGateway(config: Record<string, any>, opts: { cwd?: st
   writeFileSync(file, stringify(full))
   const child = spawn(process.execPath, [path.join(repoRoot, 'bin/bulwark.js'), 'serve', '--config', file], {
     cwd: dir,
-    env: { ...process.env, BULWARK_LOG_LEVEL: opts.logLevel ?? 'warn' },
+    env: { ...process.env, BULWARK_LOG_LEVEL: opts.logLevel ?? 'warn', ...opts.env },
     stdio: ['ignore', 'ignore', 'pipe'],
   })
   let err = ''

@@ -5,9 +5,11 @@ import { parseArgs } from 'node:util'
 import path from 'node:path'
 import { ConfigError, defaultConfig, loadConfigFile, type LoadedConfig } from './config/load.ts'
 import { buildConfig } from './config/load.ts'
-import { realDeps } from './deps.ts'
+import { realDeps, silentLogger } from './deps.ts'
 import { buildGateway } from './server.ts'
+import { startTelemetry } from './telemetry/sdk.ts'
 import { AUDIT_USAGE, auditCommand } from './audit/commands.ts'
+import { CALIBRATE_USAGE, calibrateCommand } from './screening/calibrate.ts'
 import { MODEL_USAGE, modelCommand } from './signing/commands.ts'
 import type { AddressInfo } from 'node:net'
 import { loadSigningKey, mintToken } from './auth/mint.ts'
@@ -28,6 +30,7 @@ commands:
         print one development JWT signed with DIR/jwt-key.pem (default: sub dev, ttl 3600,
         the scopes the bundled policies require for every bundled model)
 ${AUDIT_USAGE}
+${CALIBRATE_USAGE}
 ${MODEL_USAGE}
   help  show this text`
 
@@ -60,7 +63,13 @@ async function serve(argv: string[]): Promise<void> {
     const { created, why } = await ensureDevPki(devDir, realDeps)
     if (created) process.stderr.write(`bulwark: created the development PKI in ${path.relative(process.cwd(), devDir) || '.'}/ (${why})\n`)
   }
-  const gateway = await buildGateway(loaded, realDeps, { logLevel: process.env.BULWARK_LOG_LEVEL ?? 'info', audit: { mirror: process.stdout } })
+  // OpenTelemetry from the OTEL_* variables (src/telemetry/sdk.ts): trace export off unless asked for.
+  const telemetry = await startTelemetry(process.env)
+  const gateway = await buildGateway(loaded, realDeps, {
+    logLevel: process.env.BULWARK_LOG_LEVEL ?? 'info',
+    audit: { mirror: process.stdout },
+    telemetry: { metricReaders: telemetry.metricReaders },
+  })
   await gateway.load()
 
   const api = splitHostPort(config.server.listen, 'server.listen')
@@ -80,7 +89,7 @@ async function serve(argv: string[]): Promise<void> {
     if (stopping) return
     stopping = true
     gateway.log.info({ signal, graceMs: config.server.shutdownGraceMs }, 'shutting down: draining in-flight requests')
-    gateway.close().then(
+    gateway.close().then(() => telemetry.shutdown()).then(
       () => process.exit(0),
       (err: Error) => {
         gateway.log.error({ err: err.message }, 'shutdown failed')
@@ -145,6 +154,16 @@ async function main(argv: string[]): Promise<void> {
       return devPki(rest)
     case 'token':
       return token(rest)
+    case 'calibrate':
+      process.exitCode = await calibrateCommand(rest, {
+        cwd: process.cwd(),
+        out: (text) => process.stdout.write(text),
+        err: (text) => process.stderr.write(text),
+        clock: realDeps.clock,
+        random: realDeps.random,
+        log: silentLogger,
+      })
+      return
     case 'audit':
       process.exitCode = await auditCommand(rest, {
         cwd: process.cwd(),

@@ -43,6 +43,7 @@ export const errorStatus = {
   overloaded: 503,
   worker_failed: 503,
   upstream_unavailable: 503,
+  state_unavailable: 503,
   audit_unavailable: 503,
   shutting_down: 503,
   deadline_exceeded: 504,

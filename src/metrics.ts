@@ -1,87 +1,100 @@
-// Prometheus metrics, declared up front (no lookup by name per request), rendered in the
-// text exposition format on the admin listener.
+// The gateway's metrics, on OpenTelemetry. Every metric is declared up front (no lookup by
+// name per request) as a Counter, Gauge or Histogram of this module, and bound to one
+// MeterProvider per gateway when added: counters and gauges as asynchronous OTel instruments
+// that read the values kept here (one Map update per increment, no SDK work on the hot path),
+// histograms as OTel histograms with explicit buckets. Readers: the Prometheus exporter, read
+// by the admin listener's /metrics (render()), and whatever else src/cli.ts passes in (an
+// OTLP exporter when OTEL_METRICS_EXPORTER asks for one).
+//
+// Prometheus names are the ones given here (no unit suffix is added; counters end in _total),
+// labels in sorted order, no per-scope labels, so scrape configs and dashboards keep working.
+
+import type { Attributes, Histogram as OtelHistogram, Meter } from '@opentelemetry/api'
+import { PrometheusExporter, PrometheusSerializer } from '@opentelemetry/exporter-prometheus'
+import { resourceFromAttributes } from '@opentelemetry/resources'
+import { MeterProvider, type MetricReader } from '@opentelemetry/sdk-metrics'
 
 type Labels = Record<string, string>
 
+/** The labels with their keys in sorted order (stable series identity and exposition order). */
+function sortedLabels(labels: Labels): Attributes {
+  const keys = Object.keys(labels)
+  if (keys.length < 2) return labels
+  keys.sort()
+  const out: Attributes = {}
+  // eslint-disable-next-line bulwark/object-injection -- read-only copy: k comes from Object.keys(labels), the object's own keys
+  for (const k of keys) out[k] = labels[k]
+  return out
+}
+
 function labelKey(labels: Labels): string {
-  const keys = Object.keys(labels).sort()
-  // eslint-disable-next-line bulwark/object-injection -- read-only: k comes from Object.keys(labels), the object's own keys
-  return keys.map((k) => `${k}="${String(labels[k]).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`).join(',')
+  return JSON.stringify(sortedLabels(labels))
 }
 
 abstract class Metric {
   readonly name: string
   readonly help: string
-  abstract readonly type: string
   constructor(name: string, help: string) {
     this.name = name
     this.help = help
   }
-  abstract lines(): string[]
-  render(): string {
-    return [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} ${this.type}`, ...this.lines()].join('\n')
-  }
+  /** Creates the OTel instrument on `meter` (GatewayMetrics.add calls it once). */
+  abstract bind(meter: Meter): void
 }
 
+/** A monotonic count per label set. */
 export class Counter extends Metric {
-  readonly type = 'counter'
-  private readonly values = new Map<string, number>()
+  private readonly values = new Map<string, { attributes: Attributes; value: number }>()
   inc(labels: Labels = {}, by = 1): void {
     const k = labelKey(labels)
-    this.values.set(k, (this.values.get(k) ?? 0) + by)
+    const v = this.values.get(k)
+    if (v) v.value += by
+    else this.values.set(k, { attributes: sortedLabels(labels), value: by })
   }
   get(labels: Labels = {}): number {
-    return this.values.get(labelKey(labels)) ?? 0
+    return this.values.get(labelKey(labels))?.value ?? 0
   }
-  lines(): string[] {
-    return [...this.values].map(([k, v]) => `${this.name}${k ? `{${k}}` : ''} ${v}`)
+  bind(meter: Meter): void {
+    meter.createObservableCounter(this.name, { description: this.help }).addCallback((result) => {
+      for (const { attributes, value } of this.values.values()) result.observe(value, attributes)
+    })
   }
 }
 
+/** A value read when metrics are collected. */
 export class Gauge extends Metric {
-  readonly type = 'gauge'
   private readonly read: () => Iterable<[Labels, number]>
   constructor(name: string, help: string, read: () => Iterable<[Labels, number]>) {
     super(name, help)
     this.read = read
   }
-  lines(): string[] {
-    return [...this.read()].map(([l, v]) => {
-      const k = labelKey(l)
-      return `${this.name}${k ? `{${k}}` : ''} ${v}`
+  bind(meter: Meter): void {
+    meter.createObservableGauge(this.name, { description: this.help }).addCallback((result) => {
+      for (const [labels, value] of this.read()) result.observe(value, sortedLabels(labels))
     })
   }
 }
 
+/** A distribution over fixed buckets. */
 export class Histogram extends Metric {
-  readonly type = 'histogram'
   private readonly buckets: number[]
-  private readonly series = new Map<string, { counts: number[]; sum: number; count: number }>()
+  private readonly counts = new Map<string, number>()
+  private instrument: OtelHistogram | null = null
   constructor(name: string, help: string, buckets: number[]) {
     super(name, help)
     this.buckets = buckets
   }
   observe(labels: Labels, value: number): void {
     const k = labelKey(labels)
-    let s = this.series.get(k)
-    if (!s) this.series.set(k, (s = { counts: new Array(this.buckets.length).fill(0), sum: 0, count: 0 }))
-    for (let i = 0; i < this.buckets.length; i++) if (value <= this.buckets[i]!) s.counts[i]!++
-    s.sum += value
-    s.count++
+    this.counts.set(k, (this.counts.get(k) ?? 0) + 1)
+    this.instrument?.record(value, sortedLabels(labels))
   }
+  /** Observations recorded for a label set (for tests). */
   count(labels: Labels): number {
-    return this.series.get(labelKey(labels))?.count ?? 0
+    return this.counts.get(labelKey(labels)) ?? 0
   }
-  lines(): string[] {
-    const out: string[] = []
-    for (const [k, s] of this.series) {
-      const sep = k ? `${k},` : ''
-      this.buckets.forEach((b, i) => out.push(`${this.name}_bucket{${sep}le="${b}"} ${s.counts[i]}`))
-      out.push(`${this.name}_bucket{${sep}le="+Inf"} ${s.count}`)
-      out.push(`${this.name}_sum${k ? `{${k}}` : ''} ${s.sum}`)
-      out.push(`${this.name}_count${k ? `{${k}}` : ''} ${s.count}`)
-    }
-    return out
+  bind(meter: Meter): void {
+    this.instrument = meter.createHistogram(this.name, { description: this.help, advice: { explicitBucketBoundaries: this.buckets } })
   }
 }
 
@@ -92,26 +105,50 @@ export interface QueueReading {
   queueDepth(): Iterable<[string, number]>
 }
 
+export interface MetricsOptions {
+  /** Further readers (e.g. an OTLP exporter); the Prometheus reader is always there. */
+  readers?: MetricReader[]
+  /** Resource attributes (target_info in Prometheus); default service.name=bulwark. */
+  resource?: Record<string, string>
+}
+
 /** Every metric the gateway exports. */
 export class GatewayMetrics {
   readonly requests = new Counter('bulwark_requests_total', 'Requests answered, by model, verb, status and error code.')
   readonly requestSeconds = new Histogram('bulwark_request_duration_seconds', 'Time from request arrival to response, by model.', LATENCY_BUCKETS_S)
   readonly stageSeconds = new Histogram('bulwark_stage_duration_seconds', 'Time spent in each pipeline stage.', LATENCY_BUCKETS_S)
   readonly batchSize = new Histogram('bulwark_batch_size', 'Items per batch run on the model.', BATCH_BUCKETS)
-  private readonly all: Metric[]
+  private readonly provider: MeterProvider
+  private readonly meter: Meter
+  private readonly prometheus: PrometheusExporter
+  private readonly serializer = new PrometheusSerializer(undefined, false, undefined, false, true)
 
-  constructor(queues: QueueReading) {
+  constructor(queues: QueueReading, options: MetricsOptions = {}) {
+    // preventServerStart: the admin listener serves the exposition; the exporter only collects.
+    this.prometheus = new PrometheusExporter({ preventServerStart: true, withoutScopeInfo: true })
+    this.provider = new MeterProvider({
+      resource: resourceFromAttributes(options.resource ?? { 'service.name': 'bulwark' }),
+      readers: [this.prometheus, ...(options.readers ?? [])],
+    })
+    this.meter = this.provider.getMeter('bulwark')
     const queueDepth = new Gauge('bulwark_queue_depth', 'Requests waiting in each model queue.', function* () {
       for (const [model, depth] of queues.queueDepth()) yield [{ model }, depth] as [Labels, number]
     })
-    this.all = [this.requests, this.requestSeconds, this.stageSeconds, this.batchSize, queueDepth]
+    for (const m of [this.requests, this.requestSeconds, this.stageSeconds, this.batchSize, queueDepth]) this.add(m)
   }
 
   add(metric: Metric): void {
-    this.all.push(metric)
+    metric.bind(this.meter)
   }
 
-  render(): string {
-    return this.all.map((m) => m.render()).join('\n') + '\n'
+  /** The Prometheus text exposition (format 0.0.4) of every metric, as the admin /metrics serves it. */
+  async render(): Promise<string> {
+    const { resourceMetrics } = await this.prometheus.collect()
+    return this.serializer.serialize(resourceMetrics)
+  }
+
+  /** Flushes and stops every reader (a last OTLP export). */
+  async close(): Promise<void> {
+    await this.provider.shutdown().catch(() => {})
   }
 }

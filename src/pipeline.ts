@@ -4,6 +4,7 @@
 
 import { BulwarkError, isBulwarkError } from './errors.ts'
 import type { Clock } from './deps.ts'
+import { startStageTrace } from './telemetry/tracing.ts'
 import type { RequestContext, Stage } from './types.ts'
 
 export interface PipelineStages {
@@ -41,9 +42,10 @@ export function asBulwarkError(err: unknown): BulwarkError {
 }
 
 /**
- * Runs the stages of one phase that apply to the request's verb, timing each. The first
- * refusal ends the run: it is recorded on the context with the stage that raised it, and
- * rethrown for the transport to answer.
+ * Runs the stages of one phase that apply to the request's verb, timing each, each in its
+ * own trace span when the request is traced (src/telemetry/tracing.ts). The first refusal
+ * ends the run: it is recorded on the context with the stage that raised it, and rethrown
+ * for the transport to answer.
  */
 export async function runPhase(
   stages: readonly Stage[],
@@ -54,11 +56,14 @@ export async function runPhase(
   for (const stage of stages) {
     if (stage.phase !== phase || !stage.verbs.includes(ctx.target.verb)) continue
     const t0 = clock.monotonicMs()
+    const traced = startStageTrace(ctx, stage.name)
     try {
-      await stage.run(ctx)
+      await (traced ? traced.run(() => stage.run(ctx)) : stage.run(ctx))
+      traced?.end(ctx, null)
     } catch (err) {
       ctx.error = asBulwarkError(err)
       ctx.failedStage = stage.name
+      traced?.end(ctx, ctx.error)
       throw ctx.error
     } finally {
       ctx.stageMs[stage.name] = clock.monotonicMs() - t0

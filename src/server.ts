@@ -3,6 +3,8 @@
 
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import rateLimitPlugin from '@fastify/rate-limit'
+import { trace, type TracerProvider } from '@opentelemetry/api'
+import type { MetricReader } from '@opentelemetry/sdk-metrics'
 import type { Server as HttpsServer } from 'node:https'
 import path from 'node:path'
 import type { Socket } from 'node:net'
@@ -12,6 +14,7 @@ import { TokenCache } from './auth/token-cache.ts'
 import { ConfigError } from './config/load.ts'
 import { loadPolicies, type PolicySet } from './config/policy.ts'
 import { securityProblems } from './config/security.ts'
+import { scaleoutProblems } from './config/scaleout.ts'
 import { BulwarkError, errorBody, type ErrorCode } from './errors.ts'
 import type { Deps, Logger } from './deps.ts'
 import type { LoadedConfig } from './config/load.ts'
@@ -26,13 +29,16 @@ import { createInputValidationStage } from './stages/input-validation.ts'
 import { createModelInferenceStage } from './stages/model-inference.ts'
 import { createOutputPrivacyStage } from './stages/output-privacy.ts'
 import { FileAccountant } from './privacy/file-accountant.ts'
+import { RedisAccountant } from './privacy/redis-accountant.ts'
+import { SharedState } from './state/redis.ts'
+import { createPipelineTracing } from './telemetry/tracing.ts'
 import { createJwtAuthStage } from './stages/jwt-auth.ts'
 import { createModelPolicyStage } from './stages/model-policy.ts'
 import { createMtlsIdentityStage } from './stages/mtls-identity.ts'
 import { createRateLimitStage } from './stages/rate-limit.ts'
 import { createAdversarialScreenStage } from './stages/adversarial-screen.ts'
 import { buildScreening } from './screening/build.ts'
-import { fastifyLimiter } from './transport/rate-limiter.ts'
+import { fastifyLimiter, redisRateLimitStore } from './transport/rate-limiter.ts'
 import { handshakeFailureReason, httpsServerOptions, loadTlsMaterial, requireClientCertificates, TlsReloader, verifiedPeerCertificate } from './transport/tls.ts'
 import type { RequestContext, Stage } from './types.ts'
 
@@ -52,6 +58,12 @@ export interface GatewayOptions {
   logStream?: { write(line: string): void }
   /** The audit trail's outlets: where `audit.mirror: stdout` lines go (the CLI passes stdout), and the writer's file system (tests inject failures). */
   audit?: Pick<AuditLogDeps, 'mirror' | 'fs'>
+  /**
+   * OpenTelemetry: the tracer provider for request, stage and upstream spans (default: the
+   * global one, which src/cli.ts sets up from the OTEL_* variables; no-op otherwise), and
+   * metric readers besides the Prometheus one the admin listener serves (an OTLP exporter).
+   */
+  telemetry?: { tracerProvider?: TracerProvider; metricReaders?: MetricReader[] }
 }
 
 export interface Gateway {
@@ -67,6 +79,10 @@ export interface Gateway {
   readonly policies: PolicySet
   /** The API listener's TLS files and their reloads; null when tls is off (plain HTTP). */
   readonly tls: TlsReloader | null
+  /** The Redis connection replicas share state through; null without state.redis. */
+  readonly sharedState: SharedState | null
+  /** Requests counted against loadShedding.maxInFlightRequests right now. */
+  readonly inFlight: () => number
   /** Loads the models. Resolves when each one is ready or has failed. */
   load(): Promise<void>
   /** Stops accepting, lets in-flight and queued requests finish (at most graceMs), releases the models. */
@@ -98,15 +114,31 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   let shuttingDown = false
 
   // The front door's files are read before anything starts: what cannot be used stops the start.
-  const frontDoorProblems = securityProblems(config)
+  const frontDoorProblems = [...securityProblems(config), ...scaleoutProblems(config)]
   if (frontDoorProblems.length > 0) throw new ConfigError(loaded.source, frontDoorProblems)
   const policies = await loadPolicies(path.resolve(loaded.baseDir, config.policies.directory), { required: config.authorization.enabled })
   const tlsMaterial = config.tls.enabled ? await loadTlsMaterial(config.tls, loaded.baseDir) : null
 
   // Requests the HTTP parser refuses are audited too (set below, before anything listens).
   let clientError: ((err: Error & { code?: string }, socket: Socket) => void) | null = null
+  let recordUnhooked: AuditLogStage['recordUnhooked'] | null = null
   const api = Fastify({
     clientErrorHandler: (err: Error & { code?: string }, socket: Socket) => (clientError ? clientError(err, socket) : socket.destroy(err)),
+    // Router errors (a URL that is not valid percent-encoding, a path segment over the limit)
+    // get our error body and code like every other refusal; the reply still passes the
+    // onSend hooks, so it is audited.
+    frameworkErrors: (err: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
+      const e = new BulwarkError(
+        'bad_request',
+        err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'a path segment is longer than 128 characters; use a model name from GET /v2/models/{name}' : 'the URL is not valid (bad percent-encoding); encode the path as RFC 3986 says',
+        { cause: err },
+      )
+      const body = JSON.stringify(errorBody(e))
+      reply.code(e.status).type('application/json; charset=utf-8')
+      // Fastify runs no hooks for router errors, so the audit record is written here.
+      if (!recordUnhooked) return reply.send(body)
+      recordUnhooked(request, reply, body).then((payload) => reply.send(payload), (fail: unknown) => reply.code(500).send(String(fail)))
+    },
     logger: { level: options.logLevel ?? 'info', ...(options.logStream ? { stream: options.logStream } : {}) },
     // Per-request logs would double the work on the hot path; refusals are logged with their reason instead.
     logController: new LogController({ disableRequestLogging: true }),
@@ -128,21 +160,58 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   })
 
   let registry: ModelRegistry
-  const metrics = new GatewayMetrics({
-    *queueDepth() {
-      for (const m of registry.list()) yield [m.name, m.batcher?.queueDepth ?? 0]
+  const metrics = new GatewayMetrics(
+    {
+      *queueDepth() {
+        for (const m of registry.list()) yield [m.name, m.batcher?.queueDepth ?? 0]
+      },
     },
+    { readers: options.telemetry?.metricReaders ?? [] },
+  )
+  const tracerProvider = options.telemetry?.tracerProvider ?? trace.getTracerProvider()
+  const tracing = createPipelineTracing(tracerProvider, { acceptTraceContext: config.telemetry.acceptTraceContext })
+
+  // --- upstream models (src/inference/upstream-backend.ts): calls, retries, breaker states ---
+  const upstreamCalls = new Counter('bulwark_upstream_calls_total', 'Calls to upstream model endpoints, by model, endpoint and outcome (ok, failed: counted by the breaker, refused: the upstream refused the request, deadline: the client\'s deadline ran out).')
+  const upstreamSeconds = new Histogram('bulwark_upstream_call_duration_seconds', 'Duration of calls to upstream model endpoints, by model and endpoint.', [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
+  const upstreamRetries = new Counter('bulwark_upstream_retries_total', 'Calls retried on another endpoint (or the same one) after the connection failed before the request was sent, by model and endpoint.')
+  const breakerState = new Gauge('bulwark_upstream_breaker_state', 'Circuit breaker of each upstream endpoint: 1 for its current state (closed, open, half-open), 0 for the others.', function* () {
+    for (const u of registry.upstreams()) {
+      for (const e of u.backend.status()) for (const state of ['closed', 'open', 'half-open']) yield [{ model: u.model, endpoint: e.endpoint, state }, e.state === state ? 1 : 0] as [Record<string, string>, number]
+    }
   })
+  const upstreamOutstanding = new Gauge('bulwark_upstream_outstanding_calls', 'Calls in flight to each upstream endpoint.', function* () {
+    for (const u of registry.upstreams()) for (const e of u.backend.status()) yield [{ model: u.model, endpoint: e.endpoint }, e.outstanding] as [Record<string, string>, number]
+  })
+  for (const m of [upstreamCalls, upstreamSeconds, upstreamRetries, breakerState, upstreamOutstanding]) metrics.add(m)
   registry = new ModelRegistry(config.models, loaded.baseDir, {
     clock,
     log,
     onBatch: (model, items) => metrics.batchSize.observe({ model }, items),
+    random,
+    tracer: tracerProvider.getTracer('bulwark'),
+    upstreamObserver: {
+      call(model, endpoint, outcome, seconds) {
+        upstreamCalls.inc({ model, endpoint, outcome })
+        upstreamSeconds.observe({ model, endpoint }, seconds)
+      },
+      retry: (model, endpoint) => upstreamRetries.inc({ model, endpoint }),
+    },
   })
   const service = new InferenceService(registry)
-  // Privacy budgets survive restarts: the accountant journals every charge under state.directory.
-  const accountant = config.outputPrivacy.enabled
-    ? await FileAccountant.open({ directory: path.join(path.resolve(loaded.baseDir, config.state.directory), 'privacy'), clock, log })
-    : null
+
+  // --- shared state (src/state/redis.ts): rate limits and budgets across replicas ---
+  const sharedState = config.state.redis ? await SharedState.open(config.state.redis, loaded.baseDir, log) : null
+  if (sharedState) {
+    metrics.add(new Gauge('bulwark_state_store_up', 'Whether the shared state store (Redis) is connected: 1 yes, 0 no (budgets refused, rate limits as configured).', () => [[{ store: 'redis' }, sharedState.up ? 1 : 0]]))
+  }
+  // Privacy budgets survive restarts: the accountant journals every charge under
+  // state.directory, or in Redis when replicas share budgets.
+  const accountant = !config.outputPrivacy.enabled
+    ? null
+    : sharedState
+      ? new RedisAccountant({ redis: sharedState.client, clock, random })
+      : await FileAccountant.open({ directory: path.join(path.resolve(loaded.baseDir, config.state.directory), 'privacy'), clock, log })
 
   // --- the front door: mTLS, JWT, policies, rate limits (each can be switched off) ---
   const handshakeFailures = new Counter('bulwark_tls_handshake_failures_total', 'TLS handshakes refused or failed (no or untrusted client certificate, protocol, timeout), by reason.')
@@ -168,7 +237,12 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const keys = config.auth.enabled
     ? await JwksKeySet.open(config.auth.jwks, loaded.baseDir, { clock, log, onChange: () => tokenCache.clear(), onRefresh: (outcome) => jwksRefreshes.inc({ outcome }) })
     : null
-  if (config.rateLimits.enabled) await api.register(rateLimitPlugin, { global: false })
+  if (config.rateLimits.enabled) {
+    await api.register(rateLimitPlugin, {
+      global: false,
+      ...(sharedState ? { store: redisRateLimitStore(sharedState.client), skipOnError: config.state.redis!.rateLimitsWhenUnavailable === 'allow' } : {}),
+    })
+  }
   const rateLimit = config.rateLimits.enabled
     ? createRateLimitStage({ rateLimits: config.rateLimits, policies }, { limiterFor: (limits) => fastifyLimiter(api, limits, config.rateLimits.storeEntries) })
     : undefined
@@ -222,6 +296,16 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const audit = await createAuditLogStage(config.audit, loaded, { clock, random, log, ...options.audit })
   audit.register(api)
   clientError = audit.clientError
+  recordUnhooked = audit.recordUnhooked
+
+  // Load shedding: a global bound on model requests in flight; past it, 503 overloaded at once
+  // rather than queueing into timeouts. Counted from arrival to the end of the response (or of
+  // the connection); health, server metadata and the admin listener are never counted.
+  let inFlight = 0
+  const shed = config.loadShedding
+  const shedCount = new Counter('bulwark_shed_requests_total', 'Requests refused at once with 503 overloaded because loadShedding.maxInFlightRequests were in flight.')
+  metrics.add(shedCount)
+  metrics.add(new Gauge('bulwark_inflight_requests', 'Model requests in flight (counted against loadShedding.maxInFlightRequests).', () => [[{}, inFlight]]))
 
   api.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const verb = request.routeOptions.config.verb
@@ -252,6 +336,23 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
       stageMs: {},
       error: null,
       failedStage: null,
+    }
+    const traceparent = request.headers.traceparent
+    tracing.startRequest(request.ctx, { method: request.method, route: request.routeOptions.url ?? '', traceparent: typeof traceparent === 'string' ? traceparent : undefined })
+    if (shed.enabled) {
+      if (inFlight >= shed.maxInFlightRequests) {
+        shedCount.inc()
+        const err = new BulwarkError('overloaded', 'the gateway is at capacity; retry after the Retry-After delay', {
+          reason: `${inFlight} requests in flight (loadShedding.maxInFlightRequests ${shed.maxInFlightRequests})`,
+          headers: { 'retry-after': String(shed.retryAfterSeconds) },
+        })
+        request.ctx.error = err
+        request.ctx.failedStage = 'load-shedding'
+        throw err
+      }
+      inFlight++
+      if (reply.raw.closed) inFlight--
+      else reply.raw.once('close', () => inFlight--)
     }
     await runPhase(stages, 'headers', request.ctx, clock)
     if (rateLimit) {
@@ -288,12 +389,26 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     if (ctx) {
       metrics.requestSeconds.observe({ model }, (clock.monotonicMs() - ctx.startedMs) / 1000)
       for (const [stage, ms] of Object.entries(ctx.stageMs)) metrics.stageSeconds.observe({ stage }, ms / 1000)
+      tracing.endRequest(ctx, reply.statusCode)
     }
   })
 
   const isShuttingDown = () => shuttingDown
   registerOipRoutes(api, { registry, stages, clock, serverVersion: SERVER_VERSION, isShuttingDown })
-  const adminDeps: AdminDeps = { registry, metrics, isShuttingDown, readinessChecks: [audit.readinessCheck] }
+  const readinessChecks: AdminDeps['readinessChecks'] = [audit.readinessCheck]
+  if (sharedState) readinessChecks.push(() => ({ name: 'shared-state', problem: sharedState.problem() }))
+  for (const m of registry.list()) {
+    if (!m.upstream) continue
+    // A model whose every upstream breaker is open cannot serve: not ready (some open: ready, listed under upstreams).
+    readinessChecks.push(() => ({ name: `upstream:${m.name}`, problem: registry.upstreams().find((u) => u.model === m.name)?.backend.problem() ?? null }))
+  }
+  const adminDeps: AdminDeps = {
+    registry,
+    metrics,
+    isShuttingDown,
+    readinessChecks,
+    details: () => ({ upstreams: Object.fromEntries(registry.upstreams().map((u) => [u.model, u.backend.status()])) }),
+  }
   registerAdminRoutes(admin, adminDeps)
 
   return {
@@ -306,6 +421,8 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     audit,
     policies,
     tls,
+    sharedState,
+    inFlight: () => inFlight,
     load: () => registry.load(),
     async close(graceMs = config.server.shutdownGraceMs) {
       shuttingDown = true
@@ -320,8 +437,10 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
       if (outcome === 'timeout') log.warn({ graceMs }, 'shutdown grace period ended with requests still in flight')
       await registry.close()
       await accountant?.close()
+      await sharedState?.close()
       await audit.close()
       await admin.close()
+      await metrics.close()
     },
   }
 }

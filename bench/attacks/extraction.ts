@@ -5,12 +5,13 @@
 // round with x + lambda * sign(d p_label / d x) of the surrogate, querying only the new points.
 // Deterministic given its seeds and seed images.
 
-export type LabelOracle = (x: Float32Array) => Promise<{ label: number } | { refused: string }>
+/** final: the gateway refuses this caller (403), the run ends; otherwise only this query was refused (422) and the point is dropped. */
+export type LabelOracle = (x: Float32Array) => Promise<{ label: number } | { refused: string; final: boolean }>
 
 export interface ExtractionOutcome {
   /** Queries answered before the first refusal (or all, if none). */
   answered: number
-  /** The 1-based query that was refused first, or null. */
+  /** The 1-based query that got the first final refusal, or null. */
   refusedAt: number | null
   refusal: string | null
   /** Agreement of the surrogate with the labels it was trained on, at the end (sanity check). */
@@ -83,11 +84,16 @@ export async function jacobianAugmentation(
   const surrogate = new SoftmaxRegression(seeds[0]!.length)
   let pending = seeds.slice()
   let answered = 0
-  while (answered < o.maxQueries && pending.length > 0) {
+  let sent = 0
+  while (sent < o.maxQueries && pending.length > 0) {
     for (const x of pending) {
-      if (answered >= o.maxQueries) break
+      if (sent >= o.maxQueries) break
       const r = await oracle(x)
-      if ('refused' in r) return { answered, refusedAt: answered + 1, refusal: r.refused, surrogateFit: fit(surrogate, xs, ys) }
+      sent++
+      if ('refused' in r) {
+        if (r.final) return { answered, refusedAt: sent, refusal: r.refused, surrogateFit: fit(surrogate, xs, ys) }
+        continue
+      }
       answered++
       xs.push(x)
       ys.push(r.label)

@@ -5,6 +5,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { AuthConfig, AuthorizationConfig, PoliciesConfig, RateLimitsConfig, TlsConfig } from './security.ts'
 import { AuditConfig } from './audit.ts'
+import { LoadSheddingConfig, RedisConfig, TelemetryConfig, UpstreamConfig } from './scaleout.ts'
 
 const HostPort = (def: string, description: string) =>
   Type.String({
@@ -32,6 +33,11 @@ const ModelSettings = {
    * rest of the gateway. Linux only.
    */
   threadNiceness: Type.Integer({ minimum: 0, maximum: 19, default: 5 }),
+  /**
+   * Whether ONNX Runtime's threads busy-wait between operators. Spinning saves microseconds
+   * per run on idle dedicated cores and wastes CPU the event loop needs on shared ones.
+   */
+  intraOpSpinning: Type.Boolean({ default: false }),
   batching: Type.Object(
     {
       /** Off: every request runs on its own. On: requests queued together run as one batch. */
@@ -55,6 +61,7 @@ const ModelEntry = Type.Object(
     intraOpThreads: Type.Optional(ModelSettings.intraOpThreads),
     executionProviders: Type.Optional(ModelSettings.executionProviders),
     threadNiceness: Type.Optional(ModelSettings.threadNiceness),
+    intraOpSpinning: Type.Optional(ModelSettings.intraOpSpinning),
     batching: Type.Optional(
       Type.Object(
         {
@@ -66,6 +73,13 @@ const ModelEntry = Type.Object(
         { additionalProperties: false },
       ),
     ),
+    /**
+     * Serve the model from remote model pods (OIP v2) instead of a local file (src/config/scaleout.ts,
+     * docs/scaleout.md). The manifest under models.directory still describes it (validation needs
+     * it); its file and digest are not read. workers, intraOpThreads, executionProviders and
+     * threadNiceness do not apply; batching is off unless the entry turns it on.
+     */
+    upstream: Type.Optional(UpstreamConfig),
   },
   { additionalProperties: false },
 )
@@ -117,6 +131,12 @@ export const StateConfig = Type.Object(
      * pod restart. One gateway process per folder.
      */
     directory: Type.String({ minLength: 1, default: '.bulwark/state', description: 'folder for durable state (privacy budgets)' }),
+    /**
+     * Shared state for several replicas (src/config/scaleout.ts): rate-limit counters and
+     * privacy budgets live in Redis instead of this process and `directory`. Absent: one
+     * replica, the embedded stores.
+     */
+    redis: Type.Optional(RedisConfig),
   },
   { additionalProperties: false, default: {} },
 )
@@ -144,6 +164,9 @@ export const ConfigSchema = Type.Object(
     policies: PoliciesConfig,
     // The audit trail (src/config/audit.ts): where records go, durability, rotation, signing.
     audit: AuditConfig,
+    // Scale-out (src/config/scaleout.ts): global load shedding, tracing.
+    loadShedding: LoadSheddingConfig,
+    telemetry: TelemetryConfig,
   },
   { additionalProperties: false, default: {} },
 )

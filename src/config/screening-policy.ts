@@ -137,7 +137,7 @@ export const ScreeningPolicy = Type.Object(
     stateful: Type.Optional(StatefulPolicy),
     extraction: Type.Optional(ExtractionPolicy),
   },
-  { additionalProperties: false, default: { enabled: false } },
+  { additionalProperties: false, default: {} },
 )
 
 export type ScreeningPolicy = Static<typeof ScreeningPolicy>

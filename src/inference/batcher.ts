@@ -9,6 +9,7 @@
 
 import { BulwarkError } from '../errors.ts'
 import type { Clock } from '../deps.ts'
+import type { Context } from '@opentelemetry/api'
 import type { Backend } from './backend.ts'
 import { allocate, elementCount, type Tensor } from './tensor.ts'
 
@@ -30,6 +31,8 @@ interface Pending {
   items: number
   shapeKey: string
   enqueuedMs: number
+  deadlineMs: number
+  trace: Context | undefined
   timer: NodeJS.Timeout
   settled: boolean
   resolve: (outputs: Tensor[]) => void
@@ -61,7 +64,7 @@ export class DynamicBatcher {
   }
 
   /** Runs `inputs` (batch dimension first) and resolves with this request's outputs. */
-  submit(inputs: Tensor[], deadlineMs: number): Promise<Tensor[]> {
+  submit(inputs: Tensor[], deadlineMs: number, trace?: Context): Promise<Tensor[]> {
     const { clock } = this.opts
     const now = clock.monotonicMs()
     if (deadlineMs <= now) {
@@ -81,6 +84,8 @@ export class DynamicBatcher {
         items: inputs[0]!.shape[0]!,
         shapeKey: shapeKey(inputs),
         enqueuedMs: now,
+        deadlineMs,
+        trace,
         settled: false,
         resolve,
         reject,
@@ -154,7 +159,9 @@ export class DynamicBatcher {
     const items = batch.reduce((n, p) => n + p.items, 0)
     // Concatenate along the batch dimension into fresh buffers that the backend may transfer
     // to its worker; the requests' own tensors stay intact for later stages (audit digests).
-    const inputs: Tensor[] = batch[0]!.inputs.map((first, k) => {
+    // A backend that only borrows its inputs gets a lone request's tensors as they are.
+    const lone = batch.length === 1 && this.opts.backend.borrowsInputs === true
+    const inputs: Tensor[] = lone ? batch[0]!.inputs : batch[0]!.inputs.map((first, k) => {
       const perItem = elementCount(first.shape) / first.shape[0]!
       const data = allocate(first.datatype, items * perItem)
       let offset = 0
@@ -167,7 +174,9 @@ export class DynamicBatcher {
     })
     this.inFlight++
     this.opts.onBatch?.(items)
-    this.opts.backend.execute(inputs, this.opts.outputNames).then(
+    let deadlineMs = Infinity
+    for (const p of batch) deadlineMs = Math.min(deadlineMs, p.deadlineMs)
+    this.opts.backend.execute(inputs, this.opts.outputNames, { deadlineMs, trace: batch[0]!.trace }).then(
       (outputs) => {
         let item = 0
         for (const p of batch) {

@@ -16,6 +16,7 @@ export interface OnnxBackendOptions {
   intraOpThreads: number
   executionProviders: readonly string[]
   niceness: number
+  spinning: boolean
   log: Logger
 }
 
@@ -102,6 +103,7 @@ export class OnnxBackend implements Backend {
       intraOpThreads: this.opts.intraOpThreads,
       executionProviders: [...this.opts.executionProviders],
       niceness: this.opts.niceness,
+      spinning: this.opts.spinning,
     }
   }
 

@@ -16,6 +16,8 @@ export interface WorkerInit {
   executionProviders: string[]
   /** Nice value for the worker and its ONNX Runtime threads (0 = unchanged). */
   niceness: number
+  /** Whether ONNX Runtime's intra-op threads busy-wait for work. */
+  spinning: boolean
 }
 
 export interface WorkerRequest {

@@ -41,6 +41,9 @@ async function createSession(): Promise<{ session: ort.InferenceSession; provide
     intraOpNumThreads: init.intraOpThreads,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
+    // Pool threads busy-wait between operators by default; where the event loop shares the
+    // cores, that spinning takes CPU from it (and from other models' workers).
+    extra: { session: { intra_op: { allow_spinning: init.spinning ? '1' : '0' }, inter_op: { allow_spinning: '0' } } },
   })
   for (const ep of init.executionProviders) {
     if (ep === 'cpu') break

@@ -1,17 +1,26 @@
 // The models this gateway serves: reads each configured manifest, checks the model file's
 // digest, starts its backend and batcher. A model that fails any step is reported not ready
 // with one clear log line, and the others still serve.
+//
+// A model with `upstream:` (src/config/scaleout.ts) is served by remote model pods: its
+// manifest still comes from models/<name>/manifest.json (validation, screening and output
+// protection need its inputs and outputs), but its file, digest and signature are not read
+// (the pod serving it checks those); its backend is an UpstreamBackend behind the same batcher,
+// with batching off unless the entry turns it on (the pods batch for themselves).
 
 import path from 'node:path'
 import { readFile } from 'node:fs/promises'
 import type { KeyObject } from 'node:crypto'
+import { trace, type Tracer } from '@opentelemetry/api'
 import { BulwarkError } from '../errors.ts'
-import type { Clock, Logger } from '../deps.ts'
+import { cryptoRandom, type Clock, type Logger, type RandomSource } from '../deps.ts'
 import type { Config, ModelSettings } from '../config/schema.ts'
+import type { UpstreamConfig } from '../config/scaleout.ts'
 import type { Backend } from './backend.ts'
 import { DynamicBatcher } from './batcher.ts'
 import { readManifest, readVerifiedModel, type Manifest } from './manifest.ts'
 import { OnnxBackend } from './onnx-backend.ts'
+import { UpstreamBackend, type UpstreamObserver, type UpstreamTlsMaterial } from './upstream-backend.ts'
 import { ConfigError } from '../config/load.ts'
 import { checkModelSignature, parsePublicKey } from '../signing/model-signature.ts'
 
@@ -24,6 +33,8 @@ export interface ServedModel {
   /** Why the model is not ready (operator-facing). */
   reason: string | null
   settings: ModelSettings
+  /** Where the model runs when it is not local (null: a local ONNX file). */
+  upstream: UpstreamConfig | null
   backend: Backend | null
   batcher: DynamicBatcher | null
 }
@@ -32,6 +43,11 @@ export interface RegistryDeps {
   clock: Clock
   log: Logger
   onBatch?: (model: string, items: number) => void
+  /** Retry jitter of upstream calls (default: the OS CSPRNG). */
+  random?: RandomSource
+  /** Spans of upstream calls (default: the global tracer provider's). */
+  tracer?: Tracer
+  upstreamObserver?: UpstreamObserver
 }
 
 /** Config defaults overlaid with a model's own settings. */
@@ -42,19 +58,22 @@ function settingsFor(config: Config['models'], name: string): ModelSettings {
     intraOpThreads: entry.intraOpThreads ?? config.defaults.intraOpThreads,
     executionProviders: entry.executionProviders ?? config.defaults.executionProviders,
     threadNiceness: entry.threadNiceness ?? config.defaults.threadNiceness,
-    batching: { ...config.defaults.batching, ...entry.batching },
+    intraOpSpinning: entry.intraOpSpinning ?? config.defaults.intraOpSpinning,
+    batching: { ...config.defaults.batching, ...(entry.upstream ? { enabled: false } : {}), ...entry.batching },
   }
 }
 
 export class ModelRegistry {
   private readonly models = new Map<string, ServedModel>()
   private readonly dir: string
+  private readonly baseDir: string
   private readonly deps: RegistryDeps
   /** models.requireSignature: the public key file every model's signature must verify with; null when off. */
   private readonly signingKeyFile: string | null
 
   constructor(config: Config['models'], baseDir: string, deps: RegistryDeps) {
     this.dir = path.resolve(baseDir, config.directory)
+    this.baseDir = baseDir
     this.deps = deps
     if (config.requireSignature && config.signingPublicKeyFile === undefined) {
       throw new ConfigError('the configuration', ['/models/signingPublicKeyFile: required when /models/requireSignature is on; give the PEM public key that model signatures must verify with'])
@@ -67,6 +86,7 @@ export class ModelRegistry {
         state: 'loading',
         reason: 'loading',
         settings: settingsFor(config, entry.name),
+        upstream: entry.upstream ?? null,
         backend: null,
         batcher: null,
       })
@@ -94,11 +114,14 @@ export class ModelRegistry {
     try {
       m.manifest = await readManifest(manifestPath)
       if (m.manifest.name !== m.name) throw new Error(`${manifestPath} names model "${m.manifest.name}", expected "${m.name}"`)
-      const bytes = await readVerifiedModel(m.manifest, manifestPath)
+      // A remote model's bytes are the model server's to check; its signature still covers the
+      // manifest (what validation enforces) and the model digest that manifest pins.
+      const bytes = m.upstream ? null : await readVerifiedModel(m.manifest, manifestPath)
       if (signing) {
         const problem = 'key' in signing ? await checkModelSignature(path.dirname(manifestPath), m.manifest, bytes, signing.key) : signing.problem
         if (problem !== null) throw new Error(`${m.name}: ${problem}`)
       }
+      if (bytes === null) return await this.startUpstream(m, m.manifest, m.upstream!)
       const backend = await OnnxBackend.create({
         model: m.name,
         bytes,
@@ -106,6 +129,7 @@ export class ModelRegistry {
         intraOpThreads: m.settings.intraOpThreads,
         executionProviders: m.settings.executionProviders,
         niceness: m.settings.threadNiceness,
+        spinning: m.settings.intraOpSpinning,
         log: this.deps.log,
       })
       const b = m.settings.batching
@@ -132,6 +156,49 @@ export class ModelRegistry {
       m.reason = (err as Error).message
       this.deps.log.error({ model: m.name, err: m.reason }, 'model not served')
     }
+  }
+
+  private async startUpstream(m: ServedModel, manifest: Manifest, upstream: UpstreamConfig): Promise<void> {
+    let tls: UpstreamTlsMaterial | null = null
+    if (upstream.tls) {
+      const read = (file: string | undefined) => (file === undefined ? undefined : readFile(path.resolve(this.baseDir, file), 'utf8'))
+      const [ca, cert, key] = await Promise.all([read(upstream.tls.caFile), read(upstream.tls.certFile), read(upstream.tls.keyFile)])
+      tls = { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}), ...(upstream.tls.serverName ? { servername: upstream.tls.serverName } : {}) }
+    }
+    const backend = new UpstreamBackend({
+      model: m.name,
+      manifest,
+      config: upstream,
+      tls,
+      clock: this.deps.clock,
+      random: this.deps.random ?? cryptoRandom,
+      log: this.deps.log,
+      tracer: this.deps.tracer ?? trace.getTracer('bulwark'),
+      ...(this.deps.upstreamObserver ? { observer: this.deps.upstreamObserver } : {}),
+    })
+    const b = m.settings.batching
+    const maxBatch = b.enabled ? Math.min(b.maxBatchSize || manifest.maxBatchSize, manifest.maxBatchSize) : 1
+    m.backend = backend
+    m.batcher = new DynamicBatcher({
+      model: m.name,
+      backend,
+      maxBatchSize: maxBatch,
+      maxQueueDelayMicros: b.maxQueueDelayMicros,
+      maxQueueSize: b.maxQueueSize,
+      outputNames: manifest.outputs.map((o) => o.name),
+      clock: this.deps.clock,
+      onBatch: (items) => this.deps.onBatch?.(m.name, items),
+    })
+    m.state = 'ready'
+    m.reason = null
+    this.deps.log.info({ model: m.name, version: manifest.version, upstream: upstream.endpoints, maxBatch }, 'model ready (upstream)')
+  }
+
+  /** The models served by upstream pods, with their backends (readiness, metrics). */
+  upstreams(): { model: string; backend: UpstreamBackend }[] {
+    const out: { model: string; backend: UpstreamBackend }[] = []
+    for (const m of this.models.values()) if (m.backend instanceof UpstreamBackend) out.push({ model: m.name, backend: m.backend })
+    return out
   }
 
   list(): ServedModel[] {

@@ -1,5 +1,6 @@
 // The admin listener: liveness, readiness and metrics for kubelet and Prometheus. It is a
-// separate listener with no client-certificate requirement and no model routes.
+// separate listener with no client-certificate requirement and no model routes, and it is
+// never shed: load shedding only counts requests on the API listener.
 
 import type { FastifyInstance } from 'fastify'
 import type { ModelRegistry } from '../inference/registry.ts'
@@ -9,8 +10,10 @@ export interface AdminDeps {
   registry: ModelRegistry
   metrics: GatewayMetrics
   isShuttingDown: () => boolean
-  /** Extra readiness checks added by later parts (audit log, upstreams); name -> problem or null. */
+  /** Extra readiness checks added by later parts (audit log, shared state, upstreams); name -> problem or null. */
   readinessChecks: (() => { name: string; problem: string | null })[]
+  /** More state for operators in the /readyz body (upstream breakers); never decides readiness. */
+  details?: () => Record<string, unknown>
 }
 
 export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void {
@@ -25,7 +28,9 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
       shuttingDown: deps.isShuttingDown(),
       models,
       checks: Object.fromEntries(checks.map((c) => [c.name, c.problem ?? 'ok'])),
+      ...deps.details?.(),
     })
   })
-  app.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4; charset=utf-8').send(deps.metrics.render()))
+  // The OpenTelemetry metrics in the Prometheus text format (src/metrics.ts).
+  app.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4; charset=utf-8').send(await deps.metrics.render()))
 }

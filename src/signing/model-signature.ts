@@ -79,8 +79,16 @@ export interface ModelContent {
   manifestBytes: Uint8Array
   /** The resource name of the model bytes: the `file` path, or `npm:<package>/<path>`. */
   modelResource: string
-  modelBytes: Uint8Array
+  /**
+   * The model bytes, or null for a model served by remote model pods (models.serve[].upstream):
+   * then the signed digest of the model must be the one the signed manifest pins, and the
+   * bytes themselves are the model server's to check.
+   */
+  modelBytes: Uint8Array | null
 }
+
+/** A model whose bytes are here (what signing needs). */
+export type LocalModelContent = ModelContent & { modelBytes: Uint8Array }
 
 export type VerifyFailure = 'unsigned' | 'malformed' | 'wrong_key' | 'bad_signature' | 'content_mismatch'
 
@@ -137,7 +145,7 @@ export function modelResourceName(manifest: Manifest): string {
  * (checked against the manifest's digest unless `checkDigest` is false: `model verify`
  * reports an altered file as a signature mismatch instead).
  */
-export async function readModelContent(modelDir: string, { checkDigest = true } = {}): Promise<ModelContent> {
+export async function readModelContent(modelDir: string, { checkDigest = true } = {}): Promise<LocalModelContent> {
   const manifestPath = path.join(modelDir, MANIFEST_FILE)
   const manifest = await readManifest(manifestPath)
   const manifestBytes = new Uint8Array(await readFile(manifestPath))
@@ -149,7 +157,7 @@ export async function readModelContent(modelDir: string, { checkDigest = true } 
 }
 
 /** The in-toto statement over a model's manifest and bytes; `ignorePaths` records the folder's other files. */
-export function buildStatement(content: ModelContent, ignorePaths: string[] = []): Statement {
+export function buildStatement(content: LocalModelContent, ignorePaths: string[] = []): Statement {
   const resources: Resource[] = [
     { name: MANIFEST_FILE, algorithm: 'sha256' as const, digest: sha256Hex(content.manifestBytes) },
     { name: content.modelResource, algorithm: 'sha256' as const, digest: sha256Hex(content.modelBytes) },
@@ -283,14 +291,14 @@ export async function verifySignature(
 
   const byName = new Map(resources.map((r) => [r.name, r]))
   if (byName.size !== resources.length) return fail('malformed', 'a resource is listed twice')
-  const own: [string, Uint8Array][] = [
-    [MANIFEST_FILE, content.manifestBytes],
-    [content.modelResource, content.modelBytes],
+  const own: [string, string][] = [
+    [MANIFEST_FILE, sha256Hex(content.manifestBytes)],
+    // Remote model: the bytes are not here; the signed model digest must be the manifest's.
+    [content.modelResource, content.modelBytes === null ? content.manifest.sha256 : sha256Hex(content.modelBytes)],
   ]
-  for (const [name, bytes] of own) {
+  for (const [name, actual] of own) {
     const signed = byName.get(name)
     if (!signed) return fail('content_mismatch', `${name} is not covered by the signature; re-sign the model`)
-    const actual = sha256Hex(bytes)
     if (actual !== signed.digest) return fail('content_mismatch', `${name} changed since it was signed (sha256 ${actual.slice(0, 16)}…, signed ${signed.digest.slice(0, 16)}…)`)
   }
   for (const r of resources) {
@@ -332,12 +340,14 @@ export async function readSignatureFile(file: string): Promise<Uint8Array | null
 /**
  * The check the model registry runs before serving a model: the model folder's signature
  * file must verify against the key and cover exactly what is about to be loaded. Returns
- * null when the model may be served, else the reason it may not.
+ * null when the model may be served, else the reason it may not. `modelBytes` is null for a
+ * model served by remote model pods: the manifest (what validation enforces) is checked, and
+ * the model digest it pins must be the signed one.
  */
 export async function checkModelSignature(
   modelDir: string,
   manifest: Manifest,
-  modelBytes: Uint8Array,
+  modelBytes: Uint8Array | null,
   publicKey: KeyObject,
 ): Promise<string | null> {
   const sigFile = path.join(modelDir, SIGNATURE_FILE)

@@ -49,6 +49,12 @@ export interface AuditLogStage {
    * answer is fastify's own (400, 431 or 408), sent after its record is written.
    */
   clientError(err: Error & { code?: string }, socket: Socket): void
+  /**
+   * For replies that fastify sends without running hooks (router errors: a URL that is not
+   * valid, a path segment over the limit): writes the record and returns the payload to send,
+   * exactly as the onSend hook does.
+   */
+  recordUnhooked(request: FastifyRequest, reply: FastifyReply, payload: string): Promise<unknown>
   /** For /readyz: not ready while records cannot be written. */
   readinessCheck(): { name: string; problem: string | null }
   /** Writes the shutdown checkpoint and closes the file. */
@@ -201,6 +207,7 @@ export async function createAuditLogStage(
     name: 'audit-log',
     writer,
     clientError,
+    recordUnhooked: onSend,
     register(app) {
       app.addHook('onRequest', (request, _reply, done) => {
         arrived.set(request, { wallMs: clock.nowMs(), monoMs: clock.monotonicMs() })

@@ -10,7 +10,8 @@
 //         batch_too_large (400: one request would cost more than the whole budget),
 //         forbidden (403: the client explicitly asked for an output the policy withholds),
 //         internal (500: the policy names an output that is not a float score tensor, or
-//         the privacy journal cannot be written; the answer is never released then).
+//         the privacy journal cannot be written; the answer is never released then),
+//         state_unavailable (503: the shared accountant, Redis, cannot be reached; likewise).
 //
 // Per protected output row (one answer): snap to the 2^-k grid, add discrete noise,
 // clamp and renormalise, apply the mode, round (src/privacy/*, docs/privacy.md). The
@@ -28,7 +29,7 @@ import { createHash } from 'node:crypto'
 import { Value } from '@sinclair/typebox/value'
 import { OutputPolicy, outputPolicyProblems } from '../config/output-policy.ts'
 import type { RandomSource } from '../deps.ts'
-import { BulwarkError } from '../errors.ts'
+import { BulwarkError, isBulwarkError } from '../errors.ts'
 import type { Tensor } from '../inference/tensor.ts'
 import { costFits, type ChargeResult, type PrivacyAccountant, type PrivacyBudget } from '../privacy/accountant.ts'
 import {
@@ -191,6 +192,8 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
           try {
             charge = await charging
           } catch (err) {
+            // A shared accountant that cannot be reached says so (503 state_unavailable): fail closed.
+            if (isBulwarkError(err)) throw err
             throw new BulwarkError('internal', 'internal error; the operator can find details in the server log', {
               reason: `privacy accountant failed: ${(err as Error).message}`,
               cause: err,

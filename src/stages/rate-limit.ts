@@ -30,8 +30,8 @@ export interface LimitVerdict {
 export type Limiter = (key: string) => Promise<LimitVerdict>
 
 export interface RateLimitDeps {
-  /** A limiter with its own counters, for one model's limits. */
-  limiterFor(limits: { max: number; windowMs: number }): Limiter
+  /** A limiter with its own counters, for one model's limits; `scope` names them (the model) in a shared store. */
+  limiterFor(limits: { max: number; windowMs: number; scope: string }): Limiter
 }
 
 export interface RateLimitStage extends Stage {
@@ -58,10 +58,10 @@ export function createRateLimitStage(config: { rateLimits: RateLimitsConfig; pol
   const limiters = new Map<string, { limiter: Limiter; max: number; windowMs: number }>()
   for (const [model, policy] of config.policies) {
     const { requestsPerWindow: max, windowMs } = policy.rateLimit
-    limiters.set(model, { limiter: deps.limiterFor({ max, windowMs }), max, windowMs })
+    limiters.set(model, { limiter: deps.limiterFor({ max, windowMs, scope: model }), max, windowMs })
   }
   // One shared limiter for every model name without a policy, so made-up names create no state.
-  const unlisted = { limiter: deps.limiterFor({ max: UNLISTED.requestsPerWindow, windowMs: UNLISTED.windowMs }), max: UNLISTED.requestsPerWindow, windowMs: UNLISTED.windowMs }
+  const unlisted = { limiter: deps.limiterFor({ max: UNLISTED.requestsPerWindow, windowMs: UNLISTED.windowMs, scope: '~unlisted' }), max: UNLISTED.requestsPerWindow, windowMs: UNLISTED.windowMs }
   const inFlight = new Map<string, number>()
   const held = new WeakMap<RequestContext, string>()
 

@@ -141,6 +141,8 @@ const bad: [string, () => Promise<{ statusCode: number; json: () => any }>, numb
   ['metadata of an unknown model', () => api.inject('/v2/models/nope'), 404, 'model_not_found'],
   ['a batch over the model maximum', () => infer({ inputs: [{ name: 'input', datatype: 'FP32', shape: [65, 1, 28, 28], data: new Array(65 * 784).fill(0) }] }), 400, 'batch_too_large'],
   ['an empty body', () => infer(''), 400, 'invalid_json'],
+  ['a URL with bad percent-encoding', () => api.inject({ method: 'POST', url: '/v2/models/%zz/infer', payload: fixture, headers: { 'content-type': 'application/json' } }), 400, 'bad_request'],
+  ['a model name over 128 characters', () => infer(fixture, 'm'.repeat(200)), 400, 'bad_request'],
 ]
 
 for (const [name, send, status, code] of bad) {

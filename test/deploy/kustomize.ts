@@ -215,10 +215,27 @@ function renameConfigMapRefs(obj: K8sObject, renames: Map<string, string>): void
 
 /** Renders the kustomization in `dir` to the objects `kubectl apply -k dir` would send. */
 export function render(dir: string): K8sObject[] {
-  return renderDir(path.resolve(dir), new Set()).map((o) => o)
+  const { objects, generated } = renderDir(path.resolve(dir), new Set())
+  // Hash suffixes last, once the content is final (overlays may have merged into a base's
+  // ConfigMap), then every reference follows the new name.
+  const renames = new Map<string, string>()
+  for (const [cm, { base, hash }] of generated) {
+    if (!hash) continue
+    const hashed = `${base}-${nameHash(cm)}`
+    renames.set(base, hashed)
+    cm.metadata.name = hashed
+  }
+  for (const o of objects) renameConfigMapRefs(o, renames)
+  return objects
 }
 
-function renderDir(root: string, visiting: Set<string>): K8sObject[] {
+interface Rendered {
+  objects: K8sObject[]
+  /** Generated ConfigMaps and the name they were generated under (references use it until render() hashes it). */
+  generated: Map<K8sObject, { base: string; hash: boolean }>
+}
+
+function renderDir(root: string, visiting: Set<string>): Rendered {
   if (visiting.has(root)) throw new KustomizeError(`kustomization cycle through ${root}`)
   visiting.add(root)
   const file = kustomizationFile(root)
@@ -228,13 +245,14 @@ function renderDir(root: string, visiting: Set<string>): K8sObject[] {
   for (const key of Object.keys(k)) if (!KUSTOMIZATION_FIELDS.has(key)) throw new KustomizeError(`${file}: field ${key} is not supported by this renderer (or deprecated in kustomize v5)`)
   if (k.apiVersion !== 'kustomize.config.k8s.io/v1beta1' || k.kind !== 'Kustomization') throw new KustomizeError(`${file}: apiVersion kustomize.config.k8s.io/v1beta1, kind Kustomization expected`)
 
-  // Generated ConfigMaps remember their base name: references use it until the hash is added.
   const objects: K8sObject[] = []
-  const generatedNames = new Map<K8sObject, string>()
+  const generated: Rendered['generated'] = new Map()
   for (const res of (k.resources as string[] | undefined) ?? []) {
     const target = path.resolve(root, res)
     if (existsSync(target) && statSync(target).isDirectory()) {
-      for (const o of renderDir(target, visiting)) objects.push(o)
+      const sub = renderDir(target, visiting)
+      objects.push(...sub.objects)
+      for (const [o, g] of sub.generated) generated.set(o, g)
     } else {
       const f = inside(root, res, 'resource')
       for (const doc of readYamlDocs(f)) {
@@ -259,11 +277,11 @@ function renderDir(root: string, visiting: Set<string>): K8sObject[] {
       data[literal.slice(0, i)] = literal.slice(i + 1)
     }
     const behavior = (gen.behavior as string | undefined) ?? 'create'
-    const existing = objects.find((o) => o.kind === 'ConfigMap' && generatedNames.get(o) === name)
+    const existing = objects.find((o) => o.kind === 'ConfigMap' && generated.get(o)?.base === name)
     if (behavior === 'create') {
       if (existing) throw new KustomizeError(`${file}: ConfigMap ${name} is generated twice; use behavior: merge or replace`)
       const cm: K8sObject = { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name, ...(isRec(options.labels) ? { labels: { ...(options.labels as Record<string, string>) } } : {}) }, data }
-      generatedNames.set(cm, name)
+      generated.set(cm, { base: name, hash: options.disableNameSuffixHash !== true })
       objects.push(cm)
     } else {
       if (!existing) throw new KustomizeError(`${file}: ConfigMap ${name} has behavior ${behavior} but no base generates it`)
@@ -303,15 +321,6 @@ function renderDir(root: string, visiting: Set<string>): K8sObject[] {
     for (const o of objects) for (const pod of podSpecs(o)) for (const c of containersOf(pod)) if (typeof c.image === 'string') c.image = setImage(c.image, rules)
   }
 
-  // Hash suffixes last (the content is final), then every reference follows the new name.
   visiting.delete(root)
-  if (options.disableNameSuffixHash === true) return objects
-  const renames = new Map<string, string>()
-  for (const [cm, base] of generatedNames) {
-    const hashed = `${base}-${nameHash(cm)}`
-    renames.set(base, hashed)
-    cm.metadata.name = hashed
-  }
-  for (const o of objects) renameConfigMapRefs(o, renames)
-  return objects
+  return { objects, generated }
 }

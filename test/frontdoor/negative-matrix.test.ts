@@ -55,8 +55,8 @@ for (const c of handshakeCases) {
   t.test(`refused at the handshake: ${c.name}`, async (t) => {
     const refusals = () => gw.logsWith('TLS handshake refused').filter((l) => l.reason === c.reason).length
     const before = refusals()
-    const counted = () => Number(new RegExp(`bulwark_tls_handshake_failures_total\\{reason="${c.reason}"\\} (\\d+)`).exec(gw.gateway.metrics.render())?.[1] ?? 0)
-    const countedBefore = counted()
+    const counted = async () => Number(new RegExp(`bulwark_tls_handshake_failures_total\\{reason="${c.reason}"\\} (\\d+)`).exec(await gw.gateway.metrics.render())?.[1] ?? 0)
+    const countedBefore = await counted()
     const agent = gw.agentWith(c.tls)
     const err = await gw.request('/v2/models/mnist/infer', { body, dispatcher: agent }).then(
       (res) => t.fail(`expected the connection to fail, got HTTP ${res.status}`),
@@ -66,7 +66,7 @@ for (const c of handshakeCases) {
     // The server side of the refused handshake is logged with the precise reason, and counted.
     await waitFor(() => refusals() > before)
     t.pass(`the server log says ${c.reason}`)
-    t.equal(counted(), countedBefore + 1, 'bulwark_tls_handshake_failures_total counts it')
+    t.equal(await counted(), countedBefore + 1, 'bulwark_tls_handshake_failures_total counts it')
     t.notOk(gw.logsWith('request refused').some((l) => (l.reqId as string | undefined) && l.stage === 'mtls-identity'), 'no HTTP request reached the pipeline')
     await stillServes(t)
   })

@@ -105,7 +105,7 @@ t.test('a rotation caught half-way (new certificate, old key) keeps the old file
   t.equal(await gw.gateway.tls!.check(), 'failed', 'certificate without its key: not applied')
   t.equal(gw.gateway.tls!.generation, generation)
   t.ok(gw.logsWith('TLS files changed but cannot be used yet; keeping the current ones and retrying').length > 0, 'a warning says so')
-  t.match(gw.gateway.metrics.render(), /bulwark_tls_reloads_total\{outcome="failed"\} \d+/)
+  t.match(await gw.gateway.metrics.render(), /bulwark_tls_reloads_total\{outcome="failed"\} \d+/)
 
   await writeFileAtomic(files.serverKey, server.keyPem, 0o600)
   await writeFileAtomic(files.ca, ca.certPem)

@@ -279,3 +279,29 @@ t.test('requireSignature without a key stops the start; an unreadable key serves
   await edReg.load()
   t.match(edReg.get('signed', null).reason, /must be ECDSA P-256, P-384 or P-521/)
 })
+
+t.test('a model served by remote model pods: the signature still covers its manifest and the digest it pins', async (t) => {
+  await matrixSetup
+  const { log, lines } = memoryLog()
+  const upstream = { endpoints: ['http://127.0.0.1:9'] }
+  const config = buildConfig(
+    {
+      models: {
+        directory: models,
+        serve: ['signed', 'unsigned', 'other-key', 'manifest-changed', 'byte-changed'].map((name) => ({ name, upstream })),
+        requireSignature: true,
+        signingPublicKeyFile: path.join(keys, 'trusted.pub.pem'),
+      },
+    },
+    'test',
+  )
+  const reg = new ModelRegistry(config.models, work, { clock: systemClock, log })
+  t.teardown(() => reg.close())
+  await reg.load()
+  t.equal(reg.get('signed', null).state, 'ready', 'signed: served from the upstream')
+  t.match(reg.get('unsigned', null).reason, /unsigned/, 'unsigned: refused')
+  t.match(reg.get('other-key', null).reason, /wrong key/, 'another key: refused')
+  t.match(reg.get('manifest-changed', null).reason, /manifest\.json changed since it was signed/, 'changed manifest: refused')
+  t.equal(reg.get('byte-changed', null).state, 'ready', 'the local copy of the bytes is not what is served, so it does not count')
+  t.equal(lines.filter((l) => l.level === 'error').length, 3, 'each refusal logged once')
+})

@@ -1,0 +1,241 @@
+// Query-based black-box attacks, run as one principal through the gateway's API. Each gets
+// an oracle (one query = one request) and stops at the first final refusal (a 403: the
+// gateway has recognised the attack), reporting how many queries it had sent and whether it
+// had already succeeded. A non-final refusal (a 422 for one suspicious input) only costs the
+// attacker that query: NES drops the sample, HopSkipJump counts the point as not adversarial.
+//
+//   NES (Ilyas, Engstrom, Athalye, Lin, ICML 2018), score-based: the gradient of a margin
+//     loss on the returned probabilities is estimated from antithetic Gaussian samples
+//     (x + sigma u, x - sigma u), then projected sign steps in the L-infinity ball of eps.
+//     Success: misclassified within L-infinity eps (0.3, as the white-box attacks).
+//   HopSkipJump (Chen, Jordan, Wainwright, IEEE S&P 2020), decision-based, L2: from a
+//     misclassified start (a natural digit of another class, as attackers with data do; random
+//     noise if none is given), binary search to the boundary, then rounds of a
+//     Monte-Carlo estimate of the boundary's normal (B queries at tiny offsets), a
+//     geometric step along it and a new binary search. Success: misclassified within L2
+//     `successL2` of the original.
+
+export type ScoreOracle = (x: Float32Array) => Promise<{ probs: Float32Array } | { refused: string; final: boolean }>
+
+export interface AttackOutcome {
+  /** Queries sent, the refused one included. */
+  queries: number
+  /** 1-based index of the first final refusal, or null if none. */
+  refusedAt: number | null
+  refusal: string | null
+  /** Queries refused without ending the attack (422 for one input). */
+  skipped: number
+  /** 1-based index of the query that first met the success criterion, or null. */
+  succeededAt: number | null
+  /** Distortion of the best adversarial point found by the end (L-inf for NES, L2 for HSJA); null if none. */
+  bestDistortion: number | null
+}
+
+const clip01 = (v: number) => (v < 0 ? 0 : v > 1 ? 1 : v)
+
+function argmax(p: ArrayLike<number>): number {
+  let b = 0
+  for (let i = 1; i < p.length; i++) if (p[i]! > p[b]!) b = i
+  return b
+}
+
+function l2(a: Float32Array, b: Float32Array): number {
+  let s = 0
+  for (let i = 0; i < a.length; i++) s += (a[i]! - b[i]!) ** 2
+  return Math.sqrt(s)
+}
+
+function linf(a: Float32Array, b: Float32Array): number {
+  let m = 0
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!))
+  return m
+}
+
+class Refused extends Error {}
+class Skipped extends Error {}
+
+/** Counts queries, remembers the first refusal and the first success. */
+class Session {
+  queries = 0
+  refusedAt: number | null = null
+  refusal: string | null = null
+  skipped = 0
+  succeededAt: number | null = null
+  best: number | null = null
+  private readonly oracle: ScoreOracle
+  private readonly budget: number
+  constructor(oracle: ScoreOracle, budget: number) {
+    this.oracle = oracle
+    this.budget = budget
+  }
+  get exhausted(): boolean {
+    return this.queries >= this.budget
+  }
+  async probs(x: Float32Array): Promise<Float32Array> {
+    if (this.exhausted) throw new Refused('budget')
+    this.queries++
+    const r = await this.oracle(x)
+    if ('refused' in r) {
+      if (!r.final) {
+        this.skipped++
+        throw new Skipped(r.refused)
+      }
+      this.refusedAt = this.queries
+      this.refusal = r.refused
+      throw new Refused(r.refused)
+    }
+    return r.probs
+  }
+  /** Records an adversarial point found (its distortion) and whether it meets the criterion. */
+  adversarial(distortion: number, ok: boolean): void {
+    if (this.best === null || distortion < this.best) this.best = distortion
+    if (ok && this.succeededAt === null) this.succeededAt = this.queries
+  }
+  outcome(): AttackOutcome {
+    return { queries: this.queries, refusedAt: this.refusedAt, refusal: this.refusal, skipped: this.skipped, succeededAt: this.succeededAt, bestDistortion: this.best }
+  }
+}
+
+export interface NesOptions {
+  eps: number
+  sigma: number
+  /** Samples per gradient estimate (antithetic pairs: half as many draws). */
+  samples: number
+  stepSize: number
+  maxQueries: number
+  normal: () => number
+}
+
+/** Margin loss in log space: log p_y - max_{j != y} log p_j (the attack drives it below 0). */
+function margin(p: Float32Array, y: number): number {
+  let other = 0
+  for (let j = 0; j < p.length; j++) if (j !== y) other = Math.max(other, p[j]!)
+  return Math.log(p[y]! + 1e-12) - Math.log(other + 1e-12)
+}
+
+export async function nes(oracle: ScoreOracle, x: Float32Array, y: number, o: NesOptions): Promise<AttackOutcome> {
+  const s = new Session(oracle, o.maxQueries)
+  const d = x.length
+  const lo = x.map((v) => Math.max(0, v - o.eps))
+  const hi = x.map((v) => Math.min(1, v + o.eps))
+  let adv = Float32Array.from(x)
+  try {
+    while (!s.exhausted) {
+      const g = new Float32Array(d)
+      for (let k = 0; k < o.samples / 2; k++) {
+        const u = Float32Array.from({ length: d }, () => o.normal())
+        let diff: number
+        try {
+          const plus = margin(await s.probs(adv.map((v, i) => clip01(v + o.sigma * u[i]!))), y)
+          const minus = margin(await s.probs(adv.map((v, i) => clip01(v - o.sigma * u[i]!))), y)
+          diff = plus - minus
+        } catch (err) {
+          if (err instanceof Skipped) continue
+          throw err
+        }
+        for (let i = 0; i < d; i++) g[i]! += diff * u[i]!
+      }
+      adv = adv.map((v, i) => Math.min(hi[i]!, Math.max(lo[i]!, v - o.stepSize * Math.sign(g[i]!))))
+      let p: Float32Array
+      try {
+        p = await s.probs(adv)
+      } catch (err) {
+        if (err instanceof Skipped) continue
+        throw err
+      }
+      if (argmax(p) !== y) s.adversarial(linf(adv, x), linf(adv, x) <= o.eps + 1e-6)
+      if (s.succeededAt !== null) break
+    }
+  } catch (err) {
+    if (!(err instanceof Refused)) throw err
+  }
+  return s.outcome()
+}
+
+export interface HsjaOptions {
+  successL2: number
+  maxQueries: number
+  /** Natural inputs of other classes to start from, tried in order before random noise. */
+  starts?: readonly Float32Array[]
+  /** Gradient-estimation queries in the first round (grows with sqrt(round)). */
+  initialSamples: number
+  maxSamples: number
+  random: () => number
+  normal: () => number
+}
+
+export async function hopSkipJump(oracle: ScoreOracle, x: Float32Array, y: number, o: HsjaOptions): Promise<AttackOutcome> {
+  const s = new Session(oracle, o.maxQueries)
+  const d = x.length
+  const theta = 1 / (Math.sqrt(d) * d)
+  const isAdv = async (z: Float32Array) => {
+    try {
+      return argmax(await s.probs(z)) !== y
+    } catch (err) {
+      if (err instanceof Skipped) return false
+      throw err
+    }
+  }
+  const blend = (a: Float32Array, b: Float32Array, t: number) => a.map((v, i) => (1 - t) * v + t * b[i]!)
+  /** Binary search on the line from x (t = 0) to an adversarial z (t = 1). */
+  const toBoundary = async (z: Float32Array) => {
+    let low = 0
+    let high = 1
+    while (high - low > theta) {
+      const mid = (low + high) / 2
+      if (await isAdv(blend(x, z, mid))) high = mid
+      else low = mid
+    }
+    return blend(x, z, high)
+  }
+  try {
+    let start: Float32Array | null = null
+    for (const z of o.starts ?? []) {
+      if (await isAdv(z)) {
+        start = z
+        break
+      }
+    }
+    for (let tries = 0; tries < 100 && !start; tries++) {
+      const z = Float32Array.from({ length: d }, () => o.random())
+      if (await isAdv(z)) start = z
+    }
+    if (!start) return s.outcome()
+    let xb = await toBoundary(start)
+    s.adversarial(l2(xb, x), l2(xb, x) <= o.successL2)
+    for (let t = 1; !s.exhausted && s.succeededAt === null; t++) {
+      const dist = l2(xb, x)
+      const delta = t === 1 ? 0.1 : Math.sqrt(d) * theta * dist
+      const B = Math.min(o.maxSamples, Math.round(o.initialSamples * Math.sqrt(t)))
+      const us: Float32Array[] = []
+      const phis: number[] = []
+      for (let b = 0; b < B; b++) {
+        const u = Float32Array.from({ length: d }, () => o.normal())
+        const n = Math.hypot(...u)
+        for (let i = 0; i < d; i++) u[i]! /= n
+        const probe = xb.map((v, i) => clip01(v + delta * u[i]!))
+        phis.push((await isAdv(probe)) ? 1 : -1)
+        us.push(u)
+      }
+      const mean = phis.reduce((a, b) => a + b, 0) / B
+      const v = new Float32Array(d)
+      us.forEach((u, b) => {
+        const w = Math.abs(mean) === 1 ? phis[b]! : phis[b]! - mean
+        for (let i = 0; i < d; i++) v[i]! += w * u[i]!
+      })
+      const vn = Math.hypot(...v) || 1
+      for (let i = 0; i < d; i++) v[i]! /= vn
+      let xi = dist / Math.sqrt(t)
+      let next = xb.map((val, i) => clip01(val + xi * v[i]!))
+      while (!(await isAdv(next)) && xi > 1e-6) {
+        xi /= 2
+        next = xb.map((val, i) => clip01(val + xi * v[i]!))
+      }
+      xb = await toBoundary(next)
+      s.adversarial(l2(xb, x), l2(xb, x) <= o.successL2)
+    }
+  } catch (err) {
+    if (!(err instanceof Refused)) throw err
+  }
+  return s.outcome()
+}

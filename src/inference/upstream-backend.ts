@@ -1,0 +1,407 @@
+// Upstream models: a model served by remote model pods that speak the Open Inference Protocol
+// v2 (another Bulwark, Triton, KServe), called with undici over keep-alive pools, with
+// Bulwark's own client certificate when the endpoints are https. The batcher above treats it
+// like any backend: the whole pipeline runs here first, exactly as for a local model.
+//
+// One opossum circuit breaker per endpoint. A call counts as a failure when the connection
+// fails, the upstream answers 5xx, 401, 404, 408 or 429, the response breaks the protocol or
+// the manifest, or it takes longer than breaker.callTimeoutMs. It does not count when the
+// upstream refuses this particular request (other 4xx: the request's fault, not the pod's), or
+// when the client's own deadline ran out first (a client with a short deadline must not be able
+// to open the breaker for everyone). The breaker opens when more than errorThresholdPercentage
+// of at least volumeThreshold calls in the rolling window failed; after resetTimeoutMs it lets
+// one trial call through (half-open): success closes it, failure opens it again.
+//
+// Balancing: each call goes to the endpoint with the fewest outstanding calls among those
+// whose breaker lets a call through (ties rotate). When every breaker is open (or half-open
+// with its trial running), the call fails at once with 503 upstream_unavailable and a
+// Retry-After of the seconds until the first breaker goes half-open.
+//
+// Retries: at most one, only when the connection failed before the request was sent (refused,
+// unreachable, connect timeout, TLS handshake), after a random 0..maxJitterMs pause, on
+// another endpoint when there is one. A request that may have reached the upstream is never
+// sent twice.
+//
+// Deadlines: a call gets min(the request's remaining deadline, callTimeoutMs); the upstream is
+// told the same in the OIP `timeout` parameter (microseconds), and the call is aborted when it
+// passes. Tensors go out as binary data, as validation left them; outputs come back binary
+// (src/inference/upstream-protocol.ts). Each call is a client span whose W3C traceparent goes
+// with it.
+
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, type Span, type Tracer } from '@opentelemetry/api'
+import CircuitBreaker from 'opossum'
+import { Pool } from 'undici'
+import type { UpstreamConfig } from '../config/scaleout.ts'
+import { BulwarkError, errorStatus, isBulwarkError, type ErrorCode } from '../errors.ts'
+import { randomUnit, type Clock, type Logger, type RandomSource } from '../deps.ts'
+import { formatTraceparent } from '../telemetry/tracing.ts'
+import type { Backend, BatchCall } from './backend.ts'
+import type { Manifest } from './manifest.ts'
+import type { Tensor } from './tensor.ts'
+import { concatBatches, decodeUpstreamResponse, encodeUpstreamRequest, HEADER_LENGTH, sliceBatch, upstreamErrorOf } from './upstream-protocol.ts'
+
+export type BreakerState = 'closed' | 'open' | 'half-open'
+
+/** How calls end, for metrics. */
+export type CallOutcome = 'ok' | 'failed' | 'refused' | 'deadline'
+
+export interface UpstreamObserver {
+  call?(model: string, endpoint: string, outcome: CallOutcome, seconds: number): void
+  retry?(model: string, endpoint: string): void
+  breaker?(model: string, endpoint: string, state: BreakerState): void
+}
+
+/** TLS material for https endpoints, already read from the files the config names. */
+export interface UpstreamTlsMaterial {
+  ca?: string
+  cert?: string
+  key?: string
+  servername?: string
+}
+
+export interface UpstreamBackendOptions {
+  /** The model's name here (labels, logs). */
+  model: string
+  manifest: Manifest
+  config: UpstreamConfig
+  tls: UpstreamTlsMaterial | null
+  clock: Clock
+  random: RandomSource
+  log: Logger
+  tracer: Tracer
+  observer?: UpstreamObserver
+}
+
+export interface EndpointStatus {
+  endpoint: string
+  state: BreakerState
+  outstanding: number
+}
+
+/** Connection errors that prove the request was never sent: safe to retry elsewhere. */
+const NOT_SENT = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'EOPENBREAKER',
+])
+
+/** Retry-After of a failed call while other calls may still succeed (a breaker not yet open). */
+const RETRY_SOON = Object.freeze({ 'retry-after': '1' })
+
+/** Upstream statuses that say the pod (or our access to it) is broken, not the request. */
+const FAILURE_STATUSES = new Set([401, 404, 408, 429])
+
+interface Attempt {
+  inputs: Tensor[]
+  outputNames: readonly string[]
+  call: BatchCall
+  retry: boolean
+}
+
+class Endpoint {
+  readonly url: string
+  readonly pool: Pool
+  breaker!: CircuitBreaker<[Attempt], Tensor[]>
+  outstanding = 0
+  /** Monotonic ms the breaker opened (null unless open). */
+  openedAtMs: number | null = null
+  constructor(url: string, pool: Pool) {
+    this.url = url
+    this.pool = pool
+  }
+  get state(): BreakerState {
+    return this.breaker.opened ? 'open' : this.breaker.halfOpen ? 'half-open' : 'closed'
+  }
+  /** Whether the breaker lets a call through now (closed, or half-open with no trial running). */
+  get admits(): boolean {
+    return this.breaker.closed || (this.breaker.halfOpen && this.breaker.pendingClose)
+  }
+}
+
+/** The error code the cause carries (undici, node:net and TLS errors put it on `code`, some on their cause). */
+function causeCode(err: unknown): string | undefined {
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, i = 0; e && i < 4; e = e.cause as typeof e, i++) {
+    if (typeof e.code === 'string' && NOT_SENT.has(e.code)) return e.code
+  }
+  return undefined
+}
+
+function wasNotSent(err: unknown): boolean {
+  return isBulwarkError(err) && err.code === 'upstream_unavailable' && causeCode(err.cause) !== undefined
+}
+
+export class UpstreamBackend implements Backend {
+  readonly concurrency: number
+  readonly executionProvider = 'upstream'
+  readonly borrowsInputs = true
+  private readonly opts: UpstreamBackendOptions
+  private readonly endpoints: Endpoint[]
+  private readonly remoteName: string
+  private readonly path: string
+  private readonly outputSpecs: Manifest['outputs']
+  private rotate = 0
+  private closed = false
+
+  constructor(opts: UpstreamBackendOptions) {
+    this.opts = opts
+    const { config } = opts
+    this.concurrency = config.maxConcurrentCalls
+    this.remoteName = config.model ?? opts.model
+    this.path = `/v2/models/${encodeURIComponent(this.remoteName)}/infer`
+    this.outputSpecs = opts.manifest.outputs
+    this.endpoints = config.endpoints.map((url) => {
+      const pool = new Pool(url, {
+        connections: config.connectionsPerEndpoint,
+        pipelining: 1,
+        keepAliveTimeout: 30_000,
+        // Deadlines are enforced per call (abort); these only stop undici's 300 s defaults.
+        headersTimeout: config.breaker.callTimeoutMs + 1_000,
+        bodyTimeout: config.breaker.callTimeoutMs + 1_000,
+        connect: {
+          timeout: config.connectTimeoutMs,
+          ...(opts.tls ? { ...opts.tls, rejectUnauthorized: true } : {}),
+        },
+      })
+      const ep = new Endpoint(url, pool)
+      ep.breaker = this.breakerFor(ep)
+      return ep
+    })
+  }
+
+  private breakerFor(ep: Endpoint): CircuitBreaker<[Attempt], Tensor[]> {
+    const b = this.opts.config.breaker
+    const breaker = new CircuitBreaker<[Attempt], Tensor[]>((attempt) => this.send(ep, attempt), {
+      timeout: false,
+      errorThresholdPercentage: b.errorThresholdPercentage,
+      volumeThreshold: b.volumeThreshold,
+      rollingCountTimeout: b.rollingWindowMs,
+      rollingCountBuckets: b.rollingBuckets,
+      rollingPercentilesEnabled: false,
+      enableSnapshots: false,
+      resetTimeout: b.resetTimeoutMs,
+      // Not the pod's fault: the client's deadline ran out first, or the pod refused this one request.
+      errorFilter: (err) => isBulwarkError(err) && err.code !== 'upstream_unavailable',
+      name: `${this.opts.model} ${ep.url}`,
+    })
+    const { model, log, observer, clock } = this.opts
+    breaker.on('open', () => {
+      ep.openedAtMs = clock.monotonicMs()
+      log.warn({ model, endpoint: ep.url, resetTimeoutMs: b.resetTimeoutMs }, 'upstream circuit breaker opened')
+      observer?.breaker?.(model, ep.url, 'open')
+    })
+    breaker.on('halfOpen', () => {
+      ep.openedAtMs = null
+      observer?.breaker?.(model, ep.url, 'half-open')
+    })
+    breaker.on('close', () => {
+      ep.openedAtMs = null
+      log.info({ model, endpoint: ep.url }, 'upstream circuit breaker closed')
+      observer?.breaker?.(model, ep.url, 'closed')
+    })
+    return breaker
+  }
+
+  /** Each endpoint's breaker state and outstanding calls (readiness, metrics). */
+  status(): EndpointStatus[] {
+    return this.endpoints.map((e) => ({ endpoint: e.url, state: e.state, outstanding: e.outstanding }))
+  }
+
+  /** Why the model cannot be reached at all (every breaker open), or null. */
+  problem(): string | null {
+    if (this.endpoints.some((e) => e.state !== 'open')) return null
+    return `every upstream endpoint of ${this.opts.model} has its circuit breaker open (${this.endpoints.map((e) => e.url).join(', ')})`
+  }
+
+  async execute(inputs: Tensor[], outputNames: readonly string[], call: BatchCall): Promise<Tensor[]> {
+    if (this.closed) throw new BulwarkError('shutting_down', 'the gateway is shutting down')
+    const items = inputs[0]!.shape[0]!
+    const max = this.opts.manifest.maxBatchSize
+    if (items <= max) return this.callWithRetry(inputs, outputNames, call)
+    // Screening may run a request with its variants as one batch past the model's maximum:
+    // the upstream enforces its maximum, so send it in pieces.
+    const chunks: Promise<Tensor[]>[] = []
+    for (let start = 0; start < items; start += max) chunks.push(this.callWithRetry(sliceBatch(inputs, start, Math.min(max, items - start)), outputNames, call))
+    return concatBatches(await Promise.all(chunks))
+  }
+
+  /** The endpoint for the next call: least outstanding among those admitting calls, `avoid` only if alone. */
+  private pick(avoid: Endpoint | null): Endpoint | null {
+    const n = this.endpoints.length
+    const start = this.rotate++ % n
+    let best: Endpoint | null = null
+    for (let i = 0; i < n; i++) {
+      const e = this.endpoints[(start + i) % n]!
+      if (!e.admits || e === avoid) continue
+      if (!best || e.outstanding < best.outstanding) best = e
+    }
+    return best ?? (avoid?.admits ? avoid : null)
+  }
+
+  private unavailable(reason: string): BulwarkError {
+    const now = this.opts.clock.monotonicMs()
+    const reset = this.opts.config.breaker.resetTimeoutMs
+    let waitMs = reset
+    for (const e of this.endpoints) if (e.openedAtMs !== null) waitMs = Math.min(waitMs, e.openedAtMs + reset - now)
+    return new BulwarkError('upstream_unavailable', `model "${this.opts.model}" is unavailable upstream; retry after the Retry-After delay`, {
+      reason,
+      headers: { 'retry-after': String(Math.max(1, Math.ceil(waitMs / 1000))) },
+    })
+  }
+
+  private async callWithRetry(inputs: Tensor[], outputNames: readonly string[], call: BatchCall): Promise<Tensor[]> {
+    const first = this.pick(null)
+    if (!first) throw this.unavailable('every circuit breaker is open or has its trial call running')
+    try {
+      return await this.attempt(first, { inputs, outputNames, call, retry: false })
+    } catch (err) {
+      const retry = this.opts.config.retry
+      if (!retry.enabled || !wasNotSent(err)) throw err
+      const pauseMs = randomUnit(this.opts.random) * retry.maxJitterMs
+      if (this.opts.clock.monotonicMs() + pauseMs >= call.deadlineMs) throw err
+      if (pauseMs >= 1) await new Promise((r) => setTimeout(r, pauseMs))
+      const second = this.pick(first)
+      if (!second) throw isBulwarkError(err) && err.code === 'upstream_unavailable' ? this.unavailable((err as BulwarkError).reason) : err
+      this.opts.observer?.retry?.(this.opts.model, second.url)
+      return await this.attempt(second, { inputs, outputNames, call, retry: true })
+    }
+  }
+
+  private async attempt(ep: Endpoint, attempt: Attempt): Promise<Tensor[]> {
+    ep.outstanding++
+    try {
+      return await ep.breaker.fire(attempt)
+    } catch (err) {
+      if (CircuitBreaker.isOurError(err)) {
+        // Opened (or its trial began) between pick and fire: nothing was sent.
+        throw new BulwarkError('upstream_unavailable', 'the upstream model is unavailable; retry later', { reason: `${ep.url}: circuit breaker open`, headers: RETRY_SOON, cause: err })
+      }
+      throw err
+    } finally {
+      ep.outstanding--
+    }
+  }
+
+  /** One HTTP call to one endpoint (the breaker's action). Rejects with BulwarkError only. */
+  private async send(ep: Endpoint, a: Attempt): Promise<Tensor[]> {
+    const { clock, config, model, observer } = this.opts
+    const t0 = clock.monotonicMs()
+    const remaining = a.call.deadlineMs - t0
+    if (remaining <= 0) throw new BulwarkError('deadline_exceeded', 'the request deadline passed', { reason: 'deadline passed before the upstream call' })
+    // Which limit binds: the breaker's (a slow pod: a failure) or the client's (not one).
+    const breakerBinds = remaining >= config.breaker.callTimeoutMs
+    const budgetMs = Math.min(remaining, config.breaker.callTimeoutMs)
+    const items = a.inputs[0]!.shape[0]!
+    const wanted = a.outputNames.map((n) => this.outputSpecs.find((s) => s.name === n)!)
+    const { parts, headerLength } = encodeUpstreamRequest(a.inputs, a.outputNames, budgetMs * 1000)
+    const body = Buffer.concat(parts)
+
+    const span = this.opts.tracer.startSpan(
+      'upstream infer',
+      {
+        kind: SpanKind.CLIENT,
+        attributes: {
+          'http.request.method': 'POST',
+          'url.full': `${ep.url}${this.path}`,
+          'bulwark.model': model,
+          'bulwark.upstream.model': this.remoteName,
+          'bulwark.upstream.retry': a.retry,
+          'bulwark.batch_size': items,
+        },
+      },
+      a.call.trace ?? ROOT_CONTEXT,
+    )
+    const headers: Record<string, string> = {
+      'content-type': 'application/octet-stream',
+      [HEADER_LENGTH]: String(headerLength),
+    }
+    const traceparent = formatTraceparent(span.spanContext())
+    if (traceparent) headers.traceparent = traceparent
+
+    const ac = new AbortController()
+    const timer = setTimeout(() => ac.abort(), budgetMs)
+    let outcome: CallOutcome = 'failed'
+    try {
+      const res = await ep.pool.request({ path: this.path, method: 'POST', headers, body, signal: ac.signal })
+      span.setAttribute('http.response.status_code', res.statusCode)
+      const chunks: Buffer[] = []
+      let size = 0
+      for await (const chunk of res.body) {
+        size += (chunk as Buffer).byteLength
+        if (size > config.maxResponseBytes) {
+          ac.abort()
+          throw new BulwarkError('upstream_unavailable', 'the upstream model sent an invalid response; retry later', { reason: `${ep.url}: response larger than maxResponseBytes (${config.maxResponseBytes})`, headers: RETRY_SOON })
+        }
+        chunks.push(chunk as Buffer)
+      }
+      const raw = Buffer.concat(chunks)
+      if (res.statusCode === 200) {
+        const hl = res.headers[HEADER_LENGTH]
+        const outputs = decodeUpstreamResponse(raw, typeof hl === 'string' ? hl : undefined, wanted, items)
+        outcome = 'ok'
+        return outputs
+      }
+      const err = this.fromStatus(ep, res.statusCode, raw, res.headers['retry-after'], breakerBinds)
+      outcome = err.code === 'upstream_unavailable' ? 'failed' : err.code === 'deadline_exceeded' ? 'deadline' : 'refused'
+      throw err
+    } catch (err) {
+      if (isBulwarkError(err)) throw failSpan(span, err)
+      if (ac.signal.aborted) {
+        if (breakerBinds) {
+          throw failSpan(span, new BulwarkError('upstream_unavailable', 'the upstream model did not answer in time; retry later', { reason: `${ep.url}: no answer within callTimeoutMs ${config.breaker.callTimeoutMs}`, headers: RETRY_SOON, cause: err }))
+        }
+        outcome = 'deadline'
+        throw failSpan(span, new BulwarkError('deadline_exceeded', 'the request deadline passed', { reason: `${ep.url}: deadline passed during the upstream call`, cause: err }))
+      }
+      const code = (err as { code?: unknown }).code
+      throw failSpan(span, new BulwarkError('upstream_unavailable', 'the upstream model is unavailable; retry later', {
+        reason: `${ep.url}: ${typeof code === 'string' ? `${code} ` : ''}${(err as Error).message}`,
+        headers: RETRY_SOON,
+        cause: err,
+      }))
+    } finally {
+      clearTimeout(timer)
+      span.end()
+      observer?.call?.(model, ep.url, outcome, (clock.monotonicMs() - t0) / 1000)
+    }
+  }
+
+  /** An upstream error status as ours: the pod's fault (upstream_unavailable, a breaker failure) or the request's. */
+  private fromStatus(ep: Endpoint, status: number, body: Buffer, retryAfter: string | string[] | undefined, breakerBinds: boolean): BulwarkError {
+    const { code, message } = upstreamErrorOf(body)
+    const reason = `${ep.url} answered ${status}${code ? ` ${code}` : ''}: ${message}`
+    if (status === 504 && !breakerBinds) return new BulwarkError('deadline_exceeded', 'the request deadline passed', { reason })
+    if (status >= 500 || FAILURE_STATUSES.has(status) || (status === 403 && code !== 'attack_suspected')) {
+      const after = typeof retryAfter === 'string' && /^[0-9]{1,5}$/.test(retryAfter) ? retryAfter : '1'
+      return new BulwarkError('upstream_unavailable', 'the upstream model is unavailable; retry later', { reason, headers: { 'retry-after': after } })
+    }
+    // The pod refused this request. An upstream Bulwark's refusals of the caller's input or
+    // pattern keep their code; anything else is a mismatch between our manifest and the pod.
+    const known = code !== null && Object.hasOwn(errorStatus, code) ? (code as ErrorCode) : null
+    if (known && errorStatus[known] === status && status >= 400 && status < 500) {
+      return new BulwarkError(known, `the upstream model refused the request (${known})`, { reason })
+    }
+    return new BulwarkError('internal', 'internal error; the operator can find details in the server log', { reason: `upstream refused a request this gateway validated (manifest mismatch?): ${reason}` })
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    for (const e of this.endpoints) e.breaker.shutdown()
+    await Promise.all(this.endpoints.map((e) => e.pool.close().catch(() => e.pool.destroy())))
+  }
+}
+
+function failSpan(span: Span, err: BulwarkError): BulwarkError {
+  span.setAttribute('bulwark.error.code', err.code)
+  if (err.status >= 500) span.setStatus({ code: SpanStatusCode.ERROR, message: err.code })
+  return err
+}

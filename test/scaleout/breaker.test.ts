@@ -1,0 +1,120 @@
+// The circuit breaker, against a real upstream process killed and restarted under a bounded
+// open-loop load through the gateway's full front door: the breaker opens within its rolling
+// window, refusals are fast 503s (p99 under 50 ms), no request outlives its deadline, and once
+// the upstream is back traffic resumes through half-open.
+
+import t from 'tap'
+import { Agent, request } from 'undici'
+import { startGateway } from '../helpers/gateway.ts'
+import type { BreakerState, UpstreamBackend } from '../../src/inference/upstream-backend.ts'
+import { jsonBody, mnistDigits, percentile, startUpstream, waitUntil } from './helpers.ts'
+
+const policy = {
+  model: 'mnist',
+  allow: [{ verbs: ['infer', 'metadata'], workloads: ['spiffe://bulwark.local/ns/default/sa/dev'], scopes: ['mnist:infer'] }],
+  rateLimit: { requestsPerWindow: 10_000, windowMs: 1000 },
+}
+const breaker = { volumeThreshold: 5, errorThresholdPercentage: 50, rollingWindowMs: 2000, rollingBuckets: 10, resetTimeoutMs: 1000, callTimeoutMs: 1000 }
+const DEADLINE_MS = 2000
+const RATE = 80
+
+interface Sample {
+  sentMs: number
+  ms: number
+  status: number
+  code: string | null
+}
+
+t.test('kill the upstream under load: fast 503s, breaker opens, traffic resumes through half-open', async (t) => {
+  let up = await startUpstream()
+  t.teardown(() => up.stop())
+  const { apiPort, adminPort } = up
+  const gw = await startGateway({
+    models: ['mnist'],
+    policies: { mnist: policy },
+    config: {
+      server: { requestTimeoutMs: DEADLINE_MS },
+      models: { serve: [{ name: 'mnist', upstream: { endpoints: [`http://127.0.0.1:${apiPort}`], breaker } }] },
+    },
+  })
+  t.teardown(() => gw.close())
+  const backend = gw.gateway.registry.upstreams()[0]!.backend as UpstreamBackend
+  const states: { ms: number; state: BreakerState }[] = [{ ms: performance.now(), state: 'closed' }]
+  const watch = setInterval(() => {
+    const s = backend.status()[0]!.state
+    if (s !== states.at(-1)!.state) states.push({ ms: performance.now(), state: s })
+  }, 2)
+  t.teardown(() => clearInterval(watch))
+
+  const token = await gw.token({ ttlSeconds: 600 })
+  const bodies = mnistDigits(10).map((d) => JSON.stringify(jsonBody([d])))
+  const client = gw.agent as Agent
+  const samples: Sample[] = []
+  let stop = false
+  const load = (async () => {
+    const t0 = performance.now()
+    const inflight: Promise<void>[] = []
+    for (let i = 0; !stop; i++) {
+      const due = t0 + (i * 1000) / RATE
+      const wait = due - performance.now()
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait))
+      inflight.push(
+        request(`${gw.url}/v2/models/mnist/infer`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+          body: bodies[i % bodies.length],
+          dispatcher: client,
+        }).then(
+          async (res) => {
+            const body = (await res.body.json()) as { code?: string }
+            samples.push({ sentMs: due, ms: performance.now() - due, status: res.statusCode, code: body.code ?? null })
+          },
+          () => void samples.push({ sentMs: due, ms: performance.now() - due, status: 0, code: 'connection' }),
+        ),
+      )
+    }
+    await Promise.all(inflight)
+  })()
+
+  await new Promise((r) => setTimeout(r, 1500))
+  const killMs = performance.now()
+  await up.stop('SIGKILL')
+  t.ok(await waitUntil(() => backend.status()[0]!.state === 'open', breaker.rollingWindowMs), 'the breaker opens')
+  const openMs = states.find((s) => s.state === 'open' && s.ms >= killMs)!.ms
+  t.ok(openMs - killMs <= breaker.rollingWindowMs, `within the rolling window: ${(openMs - killMs).toFixed(0)} ms after the kill (window ${breaker.rollingWindowMs} ms)`)
+  const readyz = await request(`${gw.adminUrl}/readyz`)
+  const rz = (await readyz.body.json()) as any
+  t.equal(readyz.statusCode, 503, '/readyz: not ready while every breaker is open')
+  t.match(rz.checks['upstream:mnist'], /circuit breaker open/)
+  t.equal(rz.upstreams.mnist[0].state, 'open')
+  t.match(await gw.gateway.metrics.render(), /bulwark_upstream_breaker_state\{endpoint="http:\/\/127\.0\.0\.1:\d+",model="mnist",state="open"\} 1/, 'the breaker state is a metric')
+
+  await new Promise((r) => setTimeout(r, 1500))
+  const restartMs = performance.now()
+  up = await startUpstream({}, { apiPort, adminPort })
+  const upMs = performance.now()
+  t.ok(await waitUntil(() => backend.status()[0]!.state === 'closed', breaker.resetTimeoutMs * 3 + 2000), 'the breaker closes again')
+  await new Promise((r) => setTimeout(r, 1000))
+  stop = true
+  await load
+
+  const byPhase = (from: number, to: number) => samples.filter((s) => s.sentMs >= from && s.sentMs < to)
+  const before = byPhase(0, killMs)
+  const refusals = samples.filter((s) => s.status === 503)
+  const after = byPhase(upMs + breaker.resetTimeoutMs + 500, Infinity)
+  const p99 = percentile(refusals.map((s) => s.ms), 99)
+  const worst = Math.max(...samples.map((s) => s.ms))
+  t.comment(`${samples.length} requests at ${RATE}/s; before kill: ${before.filter((s) => s.status === 200).length}/${before.length} ok; ` +
+    `refused: ${refusals.length} (p50 ${percentile(refusals.map((s) => s.ms), 50).toFixed(1)} ms, p99 ${p99.toFixed(1)} ms); ` +
+    `upstream down ${(upMs - killMs).toFixed(0)} ms (restart took ${(upMs - restartMs).toFixed(0)} ms); slowest answer ${worst.toFixed(0)} ms; ` +
+    `breaker: ${states.map((s) => `${s.state}@${(s.ms - killMs).toFixed(0)}`).join(' -> ')}`)
+  t.ok(before.length > 50 && before.every((s) => s.status === 200), 'before the kill every request is served')
+  t.ok(samples.every((s) => s.status === 200 || (s.status === 503 && s.code === 'upstream_unavailable')), 'every request is answered: 200, or 503 upstream_unavailable')
+  t.ok(refusals.length > 50, `refusals while the upstream is down (${refusals.length})`)
+  t.ok(p99 < 50, `p99 of refusals under 50 ms (${p99.toFixed(1)} ms)`)
+  t.ok(worst < DEADLINE_MS, `no request hangs past its deadline (slowest ${worst.toFixed(0)} ms, deadline ${DEADLINE_MS} ms)`)
+  const seq = states.filter((s) => s.ms >= upMs - breaker.resetTimeoutMs).map((s) => s.state)
+  t.ok(seq.includes('half-open') && seq.at(-1) === 'closed', `after the restart: half-open, then closed (${seq.join(', ')})`)
+  t.ok(after.length > 20 && after.every((s) => s.status === 200), `traffic resumes: ${after.filter((s) => s.status === 200).length}/${after.length} served`)
+  t.ok(gw.gateway.metrics.requests.get({ model: 'mnist', verb: 'infer', status: '503', code: 'upstream_unavailable' }) === refusals.length, 'each refusal is counted')
+})

