@@ -37,7 +37,7 @@ import { createPradaDetector } from '../src/screening/prada.ts'
 import { createStatefulDetector } from '../src/screening/stateful.ts'
 import { cryptoRandom } from '../src/deps.ts'
 import { startGateway, type TestGateway } from '../test/helpers/gateway.ts'
-import { hopSkipJump, nes, type AttackOutcome, type ScoreOracle } from './attacks/black-box.ts'
+import { firstWithin, hopSkipJump, nes, type AttackOutcome, type ScoreOracle } from './attacks/black-box.ts'
 import { jacobianAugmentation, type LabelOracle } from './attacks/extraction.ts'
 import type { WhiteBoxJob } from './attacks/white-box-worker.ts'
 import { writeResults } from './report.ts'
@@ -215,7 +215,10 @@ async function whiteBox(): Promise<Record<string, { index: number; image: Float3
 
 // ---- black-box runs ----------------------------------------------------------------------------
 const NES = { eps: 0.3, sigma: 0.02, samples: 50, stepSize: 0.02 }
-const HSJA = { successL2: 3, initialSamples: 100, maxSamples: 1000 }
+// Success for HopSkipJump: misclassified within L2 2.0 (a usual L2 budget for mnist); the
+// looser L2 3.0 is reported beside it.
+const HSJA = { successL2: 2, initialSamples: 100, maxSamples: 1000 }
+const HSJA_LOOSE_L2 = 3
 const attackDigits = (n: number) => shuffled(heldOut.filter((i) => argmax(forward(weights, test.images[i]!).logits) === test.labels[i]), 31).slice(0, n)
 
 async function blackBox(gw: TestGateway, prefix: string, digits: number[], maxQueries: number, final: Final = anyRefusal) {
@@ -375,14 +378,33 @@ for (const attack of ['HopSkipJump', 'NES']) {
   const worst = Math.max(...runs.map((r) => r.outcome.refusedAt ?? Infinity))
   const stoppedFirst = runs.every((r) => r.outcome.refusedAt !== null && r.outcome.refusedAt <= 100 && (r.outcome.succeededAt === null || r.outcome.succeededAt > r.outcome.refusedAt))
   const base = baseline.filter((r) => r.attack === attack)
-  const crit = attack === 'NES' ? `misclassified within L-inf ${NES.eps}` : `misclassified within L2 ${HSJA.successL2}`
+  const nesAttack = attack === 'NES'
+  const crit = nesAttack ? `misclassified within L-inf ${NES.eps}` : `misclassified within L2 ${HSJA.successL2}`
+  const at = (o: AttackOutcome) => (o.distortionAtRefusal === null ? 'none' : o.distortionAtRefusal.toFixed(2))
   row({
     section: 'stateful',
-    check: `${attack} (${attack === 'NES' ? 'score' : 'decision'}-based), ${runs.length} runs: queries until 403; success = ${crit}`,
+    check: `${attack} (${nesAttack ? 'score' : 'decision'}-based), ${runs.length} runs: queries until 403; success = ${crit}`,
     result: `alarm at ${runs.map((r) => r.outcome.refusedAt ?? 'never').join(', ')}; successes before alarm: ${runs.filter((r) => r.outcome.succeededAt !== null).length}`,
     bar: '<= 100 and before success',
     met: stoppedFirst && worst <= 100 ? 'yes' : 'no',
   })
+  row({
+    section: 'stateful',
+    check: `  best adversarial distortion when stopped (${nesAttack ? 'L-inf; none = no adversarial point yet' : 'L2'})`,
+    result: runs.map((r) => at(r.outcome)).join(', '),
+    bar: 'context',
+    met: '-',
+  })
+  if (!nesAttack) {
+    const loose = runs.map((r) => firstWithin(r.outcome, HSJA_LOOSE_L2))
+    row({
+      section: 'stateful',
+      check: `  with the looser success L2 ${HSJA_LOOSE_L2}: runs that succeeded before the alarm`,
+      result: `${loose.filter((q, k) => q !== null && q < (runs[k]!.outcome.refusedAt ?? Infinity)).length} of ${runs.length} (at ${loose.map((q) => q ?? '-').join(', ')})`,
+      bar: 'context',
+      met: '-',
+    })
+  }
   row({
     section: 'stateful',
     check: `  same attack without a defence (budget 3,000)`,

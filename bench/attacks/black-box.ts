@@ -29,6 +29,15 @@ export interface AttackOutcome {
   succeededAt: number | null
   /** Distortion of the best adversarial point found by the end (L-inf for NES, L2 for HSJA); null if none. */
   bestDistortion: number | null
+  /** The same, at the moment of the final refusal (what the attacker had when stopped). */
+  distortionAtRefusal: number | null
+  /** [query, best distortion so far] at each improvement, to judge other success criteria. */
+  trace: [number, number][]
+}
+
+/** The first query at which the best distortion was at most `bound`, or null. */
+export function firstWithin(o: AttackOutcome, bound: number): number | null {
+  return o.trace.find(([, d]) => d <= bound)?.[0] ?? null
 }
 
 const clip01 = (v: number) => (v < 0 ? 0 : v > 1 ? 1 : v)
@@ -60,6 +69,8 @@ class Session {
   refusedAt: number | null = null
   refusal: string | null = null
   skipped = 0
+  atRefusal: number | null = null
+  readonly trace: [number, number][] = []
   succeededAt: number | null = null
   best: number | null = null
   private readonly oracle: ScoreOracle
@@ -82,17 +93,21 @@ class Session {
       }
       this.refusedAt = this.queries
       this.refusal = r.refused
+      this.atRefusal = this.best
       throw new Refused(r.refused)
     }
     return r.probs
   }
   /** Records an adversarial point found (its distortion) and whether it meets the criterion. */
   adversarial(distortion: number, ok: boolean): void {
-    if (this.best === null || distortion < this.best) this.best = distortion
+    if (this.best === null || distortion < this.best) {
+      this.best = distortion
+      this.trace.push([this.queries, distortion])
+    }
     if (ok && this.succeededAt === null) this.succeededAt = this.queries
   }
   outcome(): AttackOutcome {
-    return { queries: this.queries, refusedAt: this.refusedAt, refusal: this.refusal, skipped: this.skipped, succeededAt: this.succeededAt, bestDistortion: this.best }
+    return { queries: this.queries, refusedAt: this.refusedAt, refusal: this.refusal, skipped: this.skipped, succeededAt: this.succeededAt, bestDistortion: this.best, distortionAtRefusal: this.atRefusal, trace: this.trace }
   }
 }
 

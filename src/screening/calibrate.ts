@@ -60,13 +60,13 @@ export async function calibrateCommand(argv: string[], io: CalibrateIo): Promise
     return 2
   }
   const sc = policy.screening
+  if (!sc.featureSqueezing && !sc.featureBounds && !sc.stateful && !sc.extraction) {
+    io.err(`bulwark: the screening section of ${model}'s policy configures no detector; nothing to calibrate\n`)
+    return 2
+  }
   const target = values.out ? path.resolve(io.cwd, values.out) : sc.calibrationFile ? path.resolve(policyDir, sc.calibrationFile) : null
   if (!target) {
     io.err(`bulwark: ${path.join(policyDir, `${model}.yaml`)} names no screening.calibrationFile; add one (e.g. ${model}.screening.json) or give --out\n`)
-    return 2
-  }
-  if (!sc.featureSqueezing && !sc.featureBounds && !sc.stateful && !sc.extraction) {
-    io.err(`bulwark: the screening section of ${model}'s policy configures no detector; nothing to calibrate\n`)
     return 2
   }
   const modelsDir = path.resolve(loaded.baseDir, loaded.config.models.directory)
