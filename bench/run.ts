@@ -5,7 +5,7 @@
 import { parseArgs } from 'node:util'
 import { coreBench } from './core.ts'
 import { frontdoorBench } from './frontdoor.ts'
-import { auditBench, privacyBench } from './defences.ts'
+import { auditBench, privacyBench, screeningBench } from './defences.ts'
 import { printTable, writeResults, type Row } from './report.ts'
 
 const { values } = parseArgs({
@@ -16,7 +16,7 @@ const { values } = parseArgs({
   },
 })
 const opts = { durationMs: Number(values['duration-ms']), warmupMs: Number(values['warmup-ms']) }
-const groups: Record<string, typeof coreBench> = { core: coreBench, frontdoor: frontdoorBench, audit: auditBench, privacy: privacyBench }
+const groups: Record<string, typeof coreBench> = { core: coreBench, frontdoor: frontdoorBench, audit: auditBench, privacy: privacyBench, screening: screeningBench }
 const selected = values.only!.split(',')
 for (const g of selected) if (!groups[g]) throw new Error(`unknown bench group ${g}; known: ${Object.keys(groups).join(', ')}`)
 

@@ -2,7 +2,7 @@
 // the gateway with its defences on. Policies allow the dev identities with limits far above
 // what the bench sends, so the rate-limit stage does its work without refusing.
 
-import { mkdtempSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { stringify } from 'yaml'
@@ -43,6 +43,9 @@ export async function secureEnv(): Promise<SecureEnv> {
     policies(extra = {}) {
       const folder = path.join(dir, `policies-${n++}`)
       mkdirSync(folder)
+      // Screening calibrations (policies/<model>.screening.json) travel with the policies.
+      const bundled = path.resolve(import.meta.dirname, '../policies')
+      for (const f of readdirSync(bundled).filter((f) => f.endsWith('.screening.json'))) copyFileSync(path.join(bundled, f), path.join(folder, f))
       for (const model of MODELS) {
         const policy = {
           model,

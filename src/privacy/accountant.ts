@@ -117,12 +117,91 @@ export function checkKey(key: string): void {
 }
 
 /**
+ * One key's charges in time order, with running sums so that a window's total costs a
+ * binary search instead of a scan (a busy principal may hold thousands of charges in one
+ * window). Entries before `head` have expired; they are dropped in bulk, not one by one.
+ */
+class KeyLog {
+  entries: LedgerEntry[] = []
+  /** cumE[i] = e of entries[0..i], likewise cumR. */
+  cumE: number[] = []
+  cumR: number[] = []
+  head = 0
+
+  get live(): number {
+    return this.entries.length - this.head
+  }
+
+  push(entry: LedgerEntry): void {
+    const n = this.entries.length
+    this.entries.push(entry)
+    this.cumE.push((n > 0 ? this.cumE[n - 1]! : 0) + entry.e)
+    this.cumR.push((n > 0 ? this.cumR[n - 1]! : 0) + entry.r)
+  }
+
+  /** Inserts out of time order (journal replay only), rebuilding the sums after it. */
+  insert(entry: LedgerEntry): void {
+    let i = this.entries.length
+    while (i > this.head && this.entries[i - 1]!.t > entry.t) i--
+    if (i === this.entries.length) return this.push(entry)
+    this.entries.splice(i, 0, entry)
+    this.rebuild(i)
+  }
+
+  private rebuild(from: number): void {
+    this.cumE.length = this.cumR.length = from
+    for (let i = from; i < this.entries.length; i++) {
+      this.cumE.push((i > 0 ? this.cumE[i - 1]! : 0) + this.entries[i]!.e)
+      this.cumR.push((i > 0 ? this.cumR[i - 1]! : 0) + this.entries[i]!.r)
+    }
+  }
+
+  /** Index of the first live entry with t > time. */
+  firstAfter(time: number): number {
+    let lo = this.head
+    let hi = this.entries.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (this.entries[mid]!.t > time) hi = mid
+      else lo = mid + 1
+    }
+    return lo
+  }
+
+  /** Sums of entries [from, end). */
+  sums(from: number): { e: number; r: number } {
+    const last = this.entries.length - 1
+    if (from > last) return { e: 0, r: 0 }
+    const beforeE = from > 0 ? this.cumE[from - 1]! : 0
+    const beforeR = from > 0 ? this.cumR[from - 1]! : 0
+    return { e: this.cumE[last]! - beforeE, r: this.cumR[last]! - beforeR }
+  }
+
+  /** Drops entries with t <= horizon; returns how many. Compacts the arrays now and then. */
+  expire(horizon: number): number {
+    const first = this.firstAfter(horizon)
+    const dropped = first - this.head
+    this.head = first
+    if (this.head > 1024 && this.head * 2 > this.entries.length) {
+      // The running sums are differences, so any constant offset may be dropped with them.
+      const offE = this.cumE[this.head - 1]!
+      const offR = this.cumR[this.head - 1]!
+      this.entries = this.entries.slice(this.head)
+      this.cumE = this.cumE.slice(this.head).map((v) => v - offE)
+      this.cumR = this.cumR.slice(this.head).map((v) => v - offR)
+      this.head = 0
+    }
+    return dropped
+  }
+}
+
+/**
  * The in-memory state and arithmetic that every accountant shares: per key, the charges
  * still within the retention period, sorted by time.
  */
 export class Ledger {
   readonly retentionMs: number
-  readonly #keys = new Map<string, LedgerEntry[]>()
+  readonly #keys = new Map<string, KeyLog>()
 
   constructor(retentionMs: number) {
     this.retentionMs = retentionMs
@@ -130,42 +209,29 @@ export class Ledger {
 
   /** Adds an entry (from disk or a charge), keeping time order. */
   add(key: string, entry: LedgerEntry): void {
-    let list = this.#keys.get(key)
-    if (!list) this.#keys.set(key, (list = []))
-    let i = list.length
-    while (i > 0 && list[i - 1]!.t > entry.t) i--
-    list.splice(i, 0, entry)
+    let log = this.#keys.get(key)
+    if (!log) this.#keys.set(key, (log = new KeyLog()))
+    log.insert(entry)
   }
 
   /** Drops entries older than the retention period; returns how many it dropped. */
   prune(nowMs: number): number {
     let dropped = 0
-    for (const [key, list] of this.#keys) {
-      const n = this.#expiredCount(list, nowMs)
-      if (n > 0) {
-        list.splice(0, n)
-        dropped += n
-      }
-      if (list.length === 0) this.#keys.delete(key)
+    for (const [key, log] of this.#keys) {
+      dropped += log.expire(nowMs - this.retentionMs)
+      if (log.live === 0) this.#keys.delete(key)
     }
     return dropped
   }
 
-  #expiredCount(list: LedgerEntry[], nowMs: number): number {
-    const horizon = nowMs - this.retentionMs
-    let n = 0
-    while (n < list.length && list[n]!.t <= horizon) n++
-    return n
-  }
-
   /** Every retained entry, by key (for compaction). */
   *entries(): Generator<[string, LedgerEntry]> {
-    for (const [key, list] of this.#keys) for (const entry of list) yield [key, entry]
+    for (const [key, log] of this.#keys) for (let i = log.head; i < log.entries.length; i++) yield [key, log.entries[i]!]
   }
 
   get size(): number {
     let n = 0
-    for (const list of this.#keys.values()) n += list.length
+    for (const log of this.#keys.values()) n += log.live
     return n
   }
 
@@ -175,18 +241,10 @@ export class Ledger {
    * Returns the result and, when ok, the new entry.
    */
   charge(key: string, cost: PrivacyCost, budget: PrivacyBudget, nowMs: number, record = true): { result: ChargeResult; entry?: LedgerEntry } {
-    const list = this.#keys.get(key) ?? []
-    const expired = this.#expiredCount(list, nowMs)
-    if (expired > 0) list.splice(0, expired)
-    const from = nowMs - budget.windowMs
-    let e = 0
-    let r = 0
-    let first = list.length
-    for (let i = list.length - 1; i >= 0 && list[i]!.t > from; i--) first = i
-    for (let i = first; i < list.length; i++) {
-      e += list[i]!.e
-      r += list[i]!.r
-    }
+    const log = this.#keys.get(key) ?? new KeyLog()
+    log.expire(nowMs - this.retentionMs)
+    const first = log.firstAfter(nowMs - budget.windowMs)
+    const { e, r } = log.sums(first)
     const deltaOf = (rho: number) => (rho > 0 ? budget.delta : 0)
     const ne = e + cost.epsilonMicros
     const nr = r + cost.rhoNanos
@@ -206,11 +264,11 @@ export class Ledger {
     if (fits(cost.epsilonMicros, cost.rhoNanos, budget)) {
       let we = ne
       let wr = nr
-      for (let i = first; i < list.length; i++) {
-        we -= list[i]!.e
-        wr -= list[i]!.r
+      for (let i = first; i < log.entries.length; i++) {
+        we -= log.entries[i]!.e
+        wr -= log.entries[i]!.r
         if (fits(we, wr, budget)) {
-          retryAfterMs = Math.max(1, list[i]!.t + budget.windowMs - nowMs)
+          retryAfterMs = Math.max(1, log.entries[i]!.t + budget.windowMs - nowMs)
           break
         }
       }
