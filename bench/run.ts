@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util'
 import { coreBench } from './core.ts'
 import { frontdoorBench } from './frontdoor.ts'
 import { auditBench, privacyBench, screeningBench } from './defences.ts'
+import { scaleoutBench } from './scaleout.ts'
 import { printTable, writeResults, type Row } from './report.ts'
 
 const { values } = parseArgs({
@@ -16,7 +17,7 @@ const { values } = parseArgs({
   },
 })
 const opts = { durationMs: Number(values['duration-ms']), warmupMs: Number(values['warmup-ms']) }
-const groups: Record<string, typeof coreBench> = { core: coreBench, frontdoor: frontdoorBench, audit: auditBench, privacy: privacyBench, screening: screeningBench }
+const groups: Record<string, typeof coreBench> = { core: coreBench, frontdoor: frontdoorBench, audit: auditBench, privacy: privacyBench, screening: screeningBench, scaleout: scaleoutBench }
 const selected = values.only!.split(',')
 for (const g of selected) if (!groups[g]) throw new Error(`unknown bench group ${g}; known: ${Object.keys(groups).join(', ')}`)
 

@@ -74,13 +74,12 @@ async function serve(argv: string[]): Promise<void> {
 
   const api = splitHostPort(config.server.listen, 'server.listen')
   const admin = splitHostPort(config.server.admin, 'server.admin')
-  await gateway.admin.listen({ host: admin.host, port: admin.port })
+  const adminBound = await gateway.serveAdmin({ host: admin.host, port: admin.port })
   await gateway.api.listen({ host: api.host, port: api.port })
   // The address actually bound (port 0 picks one); a wildcard host is reached over loopback.
   const bound = gateway.api.server.address() as AddressInfo
   const host = ['0.0.0.0', '::'].includes(bound.address) ? '127.0.0.1' : bound.address.includes(':') ? `[${bound.address}]` : bound.address
   const apiUrl = `${config.tls.enabled ? 'https' : 'http'}://${host}:${bound.port}`
-  const adminBound = gateway.admin.server.address() as AddressInfo
   gateway.log.info({ api: apiUrl, admin: `http://${adminBound.address.includes(':') ? `[${adminBound.address}]` : adminBound.address}:${adminBound.port}`, config: loaded.source }, 'bulwark listening')
   printExample(loaded, apiUrl, gateway.registry.list().map((m) => m.name))
 

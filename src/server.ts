@@ -7,7 +7,7 @@ import { trace, type TracerProvider } from '@opentelemetry/api'
 import type { MetricReader } from '@opentelemetry/sdk-metrics'
 import type { Server as HttpsServer } from 'node:https'
 import path from 'node:path'
-import type { Socket } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import { JwksKeySet } from './auth/jwks.ts'
 import { TokenCache } from './auth/token-cache.ts'
@@ -22,12 +22,13 @@ import { ModelRegistry } from './inference/registry.ts'
 import { InferenceService } from './inference/service.ts'
 import { Counter, Gauge, GatewayMetrics, Histogram } from './metrics.ts'
 import { asBulwarkError, assemblePipeline, runPhase } from './pipeline.ts'
-import { registerAdminRoutes, type AdminDeps } from './routes/admin.ts'
+import { readiness, registerAdminRoutes, type AdminDeps } from './routes/admin.ts'
+import { AdminThread } from './routes/admin-thread.ts'
 import { registerOipRoutes } from './routes/oip.ts'
 import { createAuditLogStage, type AuditLogDeps, type AuditLogStage } from './stages/audit-log.ts'
 import { createInputValidationStage } from './stages/input-validation.ts'
 import { createModelInferenceStage } from './stages/model-inference.ts'
-import { createOutputPrivacyStage } from './stages/output-privacy.ts'
+import { createOutputPrivacyStage, defaultOutputPolicy } from './stages/output-privacy.ts'
 import { FileAccountant } from './privacy/file-accountant.ts'
 import { RedisAccountant } from './privacy/redis-accountant.ts'
 import { SharedState } from './state/redis.ts'
@@ -83,6 +84,12 @@ export interface Gateway {
   readonly sharedState: SharedState | null
   /** Requests counted against loadShedding.maxInFlightRequests right now. */
   readonly inFlight: () => number
+  /**
+   * Starts the admin listener: on its own thread (loadShedding.isolateAdmin, the default) or
+   * as `admin` on this event loop. Returns the bound address. (Tests may listen on `admin`
+   * themselves instead, or inject into it.)
+   */
+  serveAdmin(listen: { host: string; port: number }): Promise<AddressInfo>
   /** Loads the models. Resolves when each one is ready or has failed. */
   load(): Promise<void>
   /** Stops accepting, lets in-flight and queued requests finish (at most graceMs), releases the models. */
@@ -175,6 +182,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const upstreamCalls = new Counter('bulwark_upstream_calls_total', 'Calls to upstream model endpoints, by model, endpoint and outcome (ok, failed: counted by the breaker, refused: the upstream refused the request, deadline: the client\'s deadline ran out).')
   const upstreamSeconds = new Histogram('bulwark_upstream_call_duration_seconds', 'Duration of calls to upstream model endpoints, by model and endpoint.', [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
   const upstreamRetries = new Counter('bulwark_upstream_retries_total', 'Calls retried on another endpoint (or the same one) after the connection failed before the request was sent, by model and endpoint.')
+  const breakerTransitions = new Counter('bulwark_upstream_breaker_transitions_total', 'Circuit breaker state changes of each upstream endpoint, by the state entered (open, half-open, closed); flapping shows here even between scrapes.')
   const breakerState = new Gauge('bulwark_upstream_breaker_state', 'Circuit breaker of each upstream endpoint: 1 for its current state (closed, open, half-open), 0 for the others.', function* () {
     for (const u of registry.upstreams()) {
       for (const e of u.backend.status()) for (const state of ['closed', 'open', 'half-open']) yield [{ model: u.model, endpoint: e.endpoint, state }, e.state === state ? 1 : 0] as [Record<string, string>, number]
@@ -183,7 +191,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const upstreamOutstanding = new Gauge('bulwark_upstream_outstanding_calls', 'Calls in flight to each upstream endpoint.', function* () {
     for (const u of registry.upstreams()) for (const e of u.backend.status()) yield [{ model: u.model, endpoint: e.endpoint }, e.outstanding] as [Record<string, string>, number]
   })
-  for (const m of [upstreamCalls, upstreamSeconds, upstreamRetries, breakerState, upstreamOutstanding]) metrics.add(m)
+  for (const m of [upstreamCalls, upstreamSeconds, upstreamRetries, breakerTransitions, breakerState, upstreamOutstanding]) metrics.add(m)
   registry = new ModelRegistry(config.models, loaded.baseDir, {
     clock,
     log,
@@ -196,6 +204,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
         upstreamSeconds.observe({ model, endpoint }, seconds)
       },
       retry: (model, endpoint) => upstreamRetries.inc({ model, endpoint }),
+      breaker: (model, endpoint, state) => breakerTransitions.inc({ model, endpoint, state }),
     },
   })
   const service = new InferenceService(registry)
@@ -207,11 +216,19 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   }
   // Privacy budgets survive restarts: the accountant journals every charge under
   // state.directory, or in Redis when replicas share budgets.
+  // Keep charges only as long as the longest budget window in use: memory (here, or in Redis)
+  // stays proportional to what the budgets allow per window, not to a week of traffic.
+  const retentionMs = Math.max(60_000, ...[...registry.list()].map((m) => (policies.get(m.name)?.output ?? defaultOutputPolicy).budget.windowMs))
   const accountant = !config.outputPrivacy.enabled
     ? null
     : sharedState
-      ? new RedisAccountant({ redis: sharedState.client, clock, random })
-      : await FileAccountant.open({ directory: path.join(path.resolve(loaded.baseDir, config.state.directory), 'privacy'), clock, log })
+      ? new RedisAccountant({ redis: sharedState.client, clock, random, retentionMs })
+      : await FileAccountant.open({
+          directory: path.join(path.resolve(loaded.baseDir, config.state.directory), 'privacy'),
+          clock,
+          log,
+          retentionMs,
+        })
 
   // --- the front door: mTLS, JWT, policies, rate limits (each can be switched off) ---
   const handshakeFailures = new Counter('bulwark_tls_handshake_failures_total', 'TLS handshakes refused or failed (no or untrusted client certificate, protocol, timeout), by reason.')
@@ -298,12 +315,14 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   clientError = audit.clientError
   recordUnhooked = audit.recordUnhooked
 
-  // Load shedding: a global bound on model requests in flight; past it, 503 overloaded at once
-  // rather than queueing into timeouts. Counted from arrival to the end of the response (or of
-  // the connection); health, server metadata and the admin listener are never counted.
+  // Load shedding (loadShedding): a global bound on model requests in flight, and each model's
+  // queue bound checked on arrival; past either, 503 at once (overloaded, queue_full) rather
+  // than queueing into timeouts, before the body is read or any credential checked. Counted
+  // from arrival to the end of the response (or of the connection); health, server metadata
+  // and the admin listener are never counted or refused.
   let inFlight = 0
   const shed = config.loadShedding
-  const shedCount = new Counter('bulwark_shed_requests_total', 'Requests refused at once with 503 overloaded because loadShedding.maxInFlightRequests were in flight.')
+  const shedCount = new Counter('bulwark_shed_requests_total', 'Requests refused on arrival, before their body is read, by reason: overloaded (loadShedding.maxInFlightRequests in flight) or queue_full (the model\'s queue is full).')
   metrics.add(shedCount)
   metrics.add(new Gauge('bulwark_inflight_requests', 'Model requests in flight (counted against loadShedding.maxInFlightRequests).', () => [[{}, inFlight]]))
 
@@ -341,9 +360,21 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     tracing.startRequest(request.ctx, { method: request.method, route: request.routeOptions.url ?? '', traceparent: typeof traceparent === 'string' ? traceparent : undefined })
     if (shed.enabled) {
       if (inFlight >= shed.maxInFlightRequests) {
-        shedCount.inc()
+        shedCount.inc({ reason: 'overloaded' })
         const err = new BulwarkError('overloaded', 'the gateway is at capacity; retry after the Retry-After delay', {
           reason: `${inFlight} requests in flight (loadShedding.maxInFlightRequests ${shed.maxInFlightRequests})`,
+          headers: { 'retry-after': String(shed.retryAfterSeconds) },
+        })
+        request.ctx.error = err
+        request.ctx.failedStage = 'load-shedding'
+        throw err
+      }
+      // The model's queue is full already: refuse now, before reading the body, rather than
+      // after decoding and validating it (the batcher would refuse it then anyway).
+      if (verb === 'infer' && registry.queueFull(request.ctx.target.model)) {
+        shedCount.inc({ reason: 'queue_full' })
+        const err = new BulwarkError('queue_full', `model ${request.ctx.target.model.slice(0, 64)} is at capacity; retry after the Retry-After delay`, {
+          reason: 'model queue full on arrival (batching.maxQueueSize)',
           headers: { 'retry-after': String(shed.retryAfterSeconds) },
         })
         request.ctx.error = err
@@ -410,6 +441,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     details: () => ({ upstreams: Object.fromEntries(registry.upstreams().map((u) => [u.model, u.backend.status()])) }),
   }
   registerAdminRoutes(admin, adminDeps)
+  let adminThread: AdminThread | null = null
 
   return {
     api,
@@ -423,6 +455,20 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     tls,
     sharedState,
     inFlight: () => inFlight,
+    async serveAdmin(listen) {
+      if (!config.loadShedding.isolateAdmin) {
+        await admin.listen(listen)
+        return admin.server.address() as AddressInfo
+      }
+      adminThread = await AdminThread.start({
+        ...listen,
+        readiness: () => readiness(adminDeps),
+        metrics: () => metrics.render(),
+        log,
+        livenessTimeoutMs: config.loadShedding.livenessTimeoutMs,
+      })
+      return adminThread.address
+    },
     load: () => registry.load(),
     async close(graceMs = config.server.shutdownGraceMs) {
       shuttingDown = true
@@ -439,6 +485,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
       await accountant?.close()
       await sharedState?.close()
       await audit.close()
+      await adminThread?.close()
       await admin.close()
       await metrics.close()
     },

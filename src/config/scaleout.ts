@@ -104,6 +104,14 @@ export const LoadSheddingConfig = Type.Object(
     maxInFlightRequests: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 1024 }),
     /** Retry-After sent with a refusal. */
     retryAfterSeconds: Type.Integer({ minimum: 1, maximum: 3600, default: 1 }),
+    /**
+     * `bulwark serve` answers the admin listener (health, readiness, metrics) from a thread of
+     * its own, so probes stay prompt while the API's event loop is saturated; /healthz then
+     * fails when that event loop stops reporting for livenessTimeoutMs. Off: the admin routes
+     * run on the API's event loop.
+     */
+    isolateAdmin: Type.Boolean({ default: true }),
+    livenessTimeoutMs: Type.Integer({ minimum: 1_000, maximum: 600_000, default: 10_000 }),
   },
   { additionalProperties: false, default: {} },
 )

@@ -77,7 +77,7 @@ const ModelEntry = Type.Object(
      * Serve the model from remote model pods (OIP v2) instead of a local file (src/config/scaleout.ts,
      * docs/scaleout.md). The manifest under models.directory still describes it (validation needs
      * it); its file and digest are not read. workers, intraOpThreads, executionProviders and
-     * threadNiceness do not apply; batching is off unless the entry turns it on.
+     * threadNiceness do not apply; batching does (concurrent requests go upstream as one call).
      */
     upstream: Type.Optional(UpstreamConfig),
   },

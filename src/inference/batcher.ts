@@ -59,6 +59,10 @@ export class DynamicBatcher {
     return this.queue.length
   }
 
+  get maxQueueSize(): number {
+    return this.opts.maxQueueSize
+  }
+
   get running(): number {
     return this.inFlight
   }

