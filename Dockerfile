@@ -12,7 +12,7 @@
 # a read-only root file system: the only writable paths are the audit trail and the state
 # folder, declared as volumes. No HEALTHCHECK: Kubernetes probes /healthz and /readyz on the
 # admin port (9464). Models are copied in (models/, each signed with `bulwark model sign`
-# before the build, see docs/deploy.md); configuration, policies and keys are mounted at
+# before the build, see README.md, Deployment); configuration, policies and keys are mounted at
 # /etc/bulwark at run time, never baked in.
 #
 # Base images are pinned by digest (Renovate or `crane digest IMAGE:TAG` to update).
@@ -65,7 +65,7 @@ RUN npm ci --omit=dev --ignore-scripts \
 # CUDA 12 and cuDNN 9 from NVIDIA's runtime image, Node.js 24 copied from the official image.
 # This base is Ubuntu, so it does have a shell and apt: keep the Falco rules (k8s/falco/) on.
 # Run it with the NVIDIA container runtime and a GPU resource limit, and set
-# models.defaults.executionProviders: [cuda, cpu] in bulwark.yaml (docs/deploy.md).
+# models.defaults.executionProviders: [cuda, cpu] in bulwark.yaml (README.md, Deployment).
 FROM ${CUDA_RUNTIME_IMAGE} AS runtime-cuda
 COPY --from=deps-cuda /usr/local/bin/node /usr/local/bin/node
 COPY --from=app /app /app

@@ -29,7 +29,7 @@ const port = (hostPort: string) => Number(hostPort.slice(hostPort.lastIndexOf(':
 const defaults = defaultConfig(repoRoot).config
 const API_PORT = port(defaults.server.listen)
 const ADMIN_PORT = port(defaults.server.admin)
-const docs = readFileSync(path.join(repoRoot, 'docs/deploy.md'), 'utf8')
+const docs = readFileSync(path.join(repoRoot, 'README.md'), 'utf8')
 const packageVersion = JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')).version as string
 
 const byKind = (objs: K8sObject[], kind: string) => objs.filter((o) => o.kind === kind)
@@ -196,7 +196,7 @@ for (const overlay of OVERLAYS) {
       t.equal((m.volume.secret as Rec).defaultMode, 0o440, `${file}: mode 0440`)
       const key = path.basename(file)
       if (secret === certSecret) t.ok(['tls.crt', 'tls.key', 'ca.crt'].includes(key), `${file} is a key cert-manager writes`)
-      else t.match(docs, new RegExp(`kubectl -n bulwark create secret generic ${secret} --from-file=${key.replace(/\./g, '\\.')}=`), `docs/deploy.md creates Secret ${secret} with key ${key}`)
+      else t.match(docs, new RegExp(`kubectl -n bulwark create secret generic ${secret} --from-file=${key.replace(/\./g, '\\.')}=`), `the README's deployment section creates Secret ${secret} with key ${key}`)
     }
     t.equal(config.tls.enabled && config.auth.enabled && config.authorization.enabled && config.audit.enabled, true, 'the front door and the audit trail are on')
     t.equal(config.models.requireSignature, true, 'models must be signed')
