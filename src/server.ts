@@ -41,7 +41,7 @@ import { createAdversarialScreenStage } from './stages/adversarial-screen.ts'
 import { buildScreening } from './screening/build.ts'
 import { fastifyLimiter, redisRateLimitStore } from './transport/rate-limiter.ts'
 import { handshakeFailureReason, httpsServerOptions, loadTlsMaterial, requireClientCertificates, TlsReloader, verifiedPeerCertificate } from './transport/tls.ts'
-import type { RequestContext, Stage } from './types.ts'
+import { newRequestContext, type RequestContext, type Stage } from './types.ts'
 
 export const SERVER_VERSION = '0.1.0'
 
@@ -333,7 +333,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     const startedMs = clock.monotonicMs()
     const socket = request.raw.socket as Partial<TLSSocket>
     const auth = request.headers.authorization
-    request.ctx = {
+    request.ctx = newRequestContext({
       id: request.id,
       receivedAtMs: clock.nowMs(),
       startedMs,
@@ -344,18 +344,8 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
         peerCertificate: tls ? verifiedPeerCertificate(socket as TLSSocket) : null,
       },
       target: { model: params.model ?? '', version: params.version ?? null, verb },
-      identity: null,
-      principal: null,
       bearerToken: typeof auth === 'string' ? auth : null,
-      body: null,
-      request: null,
-      result: null,
-      flags: [],
-      privacy: null,
-      stageMs: {},
-      error: null,
-      failedStage: null,
-    }
+    })
     const traceparent = request.headers.traceparent
     tracing.startRequest(request.ctx, { method: request.method, route: request.routeOptions.url ?? '', traceparent: typeof traceparent === 'string' ? traceparent : undefined })
     if (shed.enabled) {

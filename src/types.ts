@@ -97,6 +97,26 @@ export interface RequestContext {
   failedStage: string | null
 }
 
+/** What is known when a request arrives; every other field starts empty. */
+export type ContextOrigin = Pick<RequestContext, 'id' | 'receivedAtMs' | 'startedMs' | 'deadlineMs' | 'client' | 'target' | 'bearerToken'>
+
+/** A request context with nothing set yet but what the transport knows at arrival. */
+export function newRequestContext(origin: ContextOrigin): RequestContext {
+  return {
+    ...origin,
+    identity: null,
+    principal: null,
+    body: null,
+    request: null,
+    result: null,
+    flags: [],
+    privacy: null,
+    stageMs: {},
+    error: null,
+    failedStage: null,
+  }
+}
+
 /**
  * One link of the pipeline. `phase: 'headers'` stages run before the body is read, so
  * unauthenticated callers cannot make the gateway parse large bodies; `phase: 'body'`

@@ -5,18 +5,12 @@ import path from 'node:path'
 import { buildConfig } from '../../src/config/load.ts'
 import { realDeps } from '../../src/deps.ts'
 import { buildGateway, type Gateway } from '../../src/server.ts'
+import { noDefences } from '../../bench/gateway-process.ts'
 
 export const repoRoot = path.resolve(import.meta.dirname, '../..')
 
-/** Config keys that turn the security stages off, so only the serving core is exercised. */
-export const coreOnly = {
-  tls: { enabled: false },
-  auth: { enabled: false },
-  authorization: { enabled: false },
-  rateLimits: { enabled: false },
-  outputPrivacy: { enabled: false },
-  audit: { enabled: false },
-}
+/** Every defence off, so only the serving core is exercised. */
+export const coreOnly = noDefences
 
 export async function coreGateway(raw: Record<string, unknown> = {}, baseDir = repoRoot): Promise<Gateway> {
   const config = buildConfig({ ...coreOnly, ...raw }, 'test config')

@@ -3,7 +3,7 @@
 import t from 'tap'
 import { assemblePipeline, runPhase } from '../../src/pipeline.ts'
 import { BulwarkError } from '../../src/errors.ts'
-import type { RequestContext, Stage } from '../../src/types.ts'
+import { newRequestContext, type RequestContext, type Stage } from '../../src/types.ts'
 import { systemClock } from '../../src/deps.ts'
 
 const stage = (name: string, phase: Stage['phase'], log: string[], fail = false): Stage => ({
@@ -17,13 +17,12 @@ const stage = (name: string, phase: Stage['phase'], log: string[], fail = false)
 })
 
 function context(): RequestContext {
-  return {
+  return newRequestContext({
     id: 'r', receivedAtMs: 0, startedMs: 0, deadlineMs: 1e12,
     client: { address: '127.0.0.1', tlsVersion: null, peerCertificate: null },
     target: { model: 'm', version: null, verb: 'infer' },
-    identity: null, principal: null, bearerToken: null, body: null, request: null, result: null,
-    flags: [], privacy: null, stageMs: {}, error: null, failedStage: null,
-  }
+    bearerToken: null,
+  })
 }
 
 t.test('stages run in the documented order', async (t) => {
