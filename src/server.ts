@@ -1,6 +1,7 @@
 // buildGateway(config, deps): assembles the API and admin servers, their routes and the
 // pipeline. It never listens and never touches process state; src/cli.ts does that.
 
+import type { IncomingMessage } from 'node:http'
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import rateLimitPlugin from '@fastify/rate-limit'
 import { trace, type TracerProvider } from '@opentelemetry/api'
@@ -41,6 +42,7 @@ import { createAdversarialScreenStage } from './stages/adversarial-screen.ts'
 import { buildScreening } from './screening/build.ts'
 import { fastifyLimiter, redisRateLimitStore } from './transport/rate-limiter.ts'
 import { handshakeFailureReason, httpsServerOptions, loadTlsMaterial, requireClientCertificates, TlsReloader, verifiedPeerCertificate } from './transport/tls.ts'
+import { readBody } from './protocol/body.ts'
 import { newRequestContext, type RequestContext, type Stage } from './types.ts'
 
 export const SERVER_VERSION = '0.1.0'
@@ -307,7 +309,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   // The protocol's bodies are JSON or JSON + raw tensor bytes; read both as bytes and
   // decode in the pipeline, after the headers-phase stages have accepted the caller.
   api.removeAllContentTypeParsers()
-  api.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body))
+  api.addContentTypeParser('*', (_request: FastifyRequest, payload: IncomingMessage) => readBody(payload, config.server.bodyLimitBytes))
   api.decorateRequest('ctx', null)
   // Audit wraps every exchange on the API listener; its hooks go first (see src/stages/audit-log.ts).
   const audit = await createAuditLogStage(config.audit, loaded, { clock, random, log, ...options.audit })

@@ -4,6 +4,7 @@
 // flight. A refusal (429 privacy_budget_exhausted, ...) is returned, not thrown, so the
 // budget experiment can see where the accountant stopped an attack.
 
+import { setTimeout as sleep } from 'node:timers/promises'
 import { request, type Dispatcher } from 'undici'
 import { HEADER_LENGTH } from '../../src/protocol/oip.ts'
 import { PIXELS } from '../../models/mnist/data.ts'
@@ -17,6 +18,8 @@ export interface Answer {
   refused: { status: number; code: string; retryAfter: string | undefined; atQuery: number } | null
   /** Response parameters of the last successful request (privacy_epsilon_spent, ...). */
   parameters: Record<string, unknown>
+  /** Sum of privacy_epsilon_cost over the answered requests (0 without noise). */
+  epsilonCost: number
 }
 
 export interface MnistClient {
@@ -29,24 +32,27 @@ export interface MnistClient {
 export interface ClientOptions {
   url: string
   dispatcher: Dispatcher
-  /** A bearer token for the caller; called per request batch so it can be refreshed. */
+  /** A bearer token for the caller; called once per classify() call, so tokens stay fresh. */
   token: () => Promise<string>
   /** Requests in flight at once. Default 4. */
   concurrency?: number
+  /**
+   * On 429 privacy_budget_exhausted, wait Retry-After and send the batch again instead of
+   * stopping (for the utility and attack runs, whose budget is per second). Default false.
+   */
+  waitOnBudget?: boolean
 }
 
 export function mnistClient(o: ClientOptions): MnistClient {
   const concurrency = o.concurrency ?? 4
   let answered = 0
-  let tokenValue: Promise<string> | null = null
-  async function one(images: Float32Array[]): Promise<{ rows: Float64Array[] } | { status: number; code: string; retryAfter: string | undefined }> {
+  async function one(images: Float32Array[], token: string): Promise<{ rows: Float64Array[]; parameters: Record<string, unknown> } | { status: number; code: string; retryAfter: string | undefined }> {
     const data = new Float32Array(images.length * PIXELS)
     images.forEach((img, i) => data.set(img, i * PIXELS))
     const head = Buffer.from(JSON.stringify({ inputs: [{ name: 'input', datatype: 'FP32', shape: [images.length, 1, 28, 28], parameters: { binary_data_size: data.byteLength } }] }))
-    tokenValue ??= o.token()
     const res = await request(`${o.url}/v2/models/mnist/infer`, {
       method: 'POST',
-      headers: { 'content-type': 'application/octet-stream', [HEADER_LENGTH]: String(head.length), authorization: `Bearer ${await tokenValue}` },
+      headers: { 'content-type': 'application/octet-stream', [HEADER_LENGTH]: String(head.length), authorization: `Bearer ${token}` },
       body: Buffer.concat([head, Buffer.from(data.buffer)]),
       dispatcher: o.dispatcher,
     })
@@ -59,10 +65,8 @@ export function mnistClient(o: ClientOptions): MnistClient {
     const classes = out.shape[1]!
     const rows: Float64Array[] = []
     for (let i = 0; i < images.length; i++) rows.push(Float64Array.from(out.data.slice(i * classes, (i + 1) * classes)))
-    lastParameters = (body.parameters as Record<string, unknown>) ?? {}
-    return { rows }
+    return { rows, parameters: (body.parameters as Record<string, unknown>) ?? {} }
   }
-  let lastParameters: Record<string, unknown> = {}
 
   return {
     get answered() {
@@ -70,23 +74,34 @@ export function mnistClient(o: ClientOptions): MnistClient {
     },
     async classify(images) {
       const rows: (Float64Array | null)[] = new Array(images.length).fill(null)
-      let refused: Answer['refused'] = null
+      const state: { refused: Answer['refused'] } = { refused: null }
+      let parameters: Record<string, unknown> = {}
+      let epsilonCost = 0
       let next = 0
+      const token = await o.token()
       const worker = async () => {
-        while (next < images.length && !refused) {
+        while (next < images.length && !state.refused) {
           const start = next
-          next = Math.min(images.length, next + MAX_BATCH)
-          const r = await one(images.slice(start, next))
+          const end = (next = Math.min(images.length, next + MAX_BATCH))
+          let r = await one(images.slice(start, end), token)
+          while (o.waitOnBudget && 'code' in r && r.code === 'privacy_budget_exhausted') {
+            await sleep(1000 * Number(r.retryAfter ?? 1))
+            r = await one(images.slice(start, end), token)
+          }
           if ('rows' in r) {
             r.rows.forEach((row, i) => (rows[start + i] = row))
             answered += r.rows.length
-          } else if (!refused || start < refused.atQuery) {
-            refused = { ...r, atQuery: start }
+            parameters = r.parameters
+            epsilonCost += Number(r.parameters.privacy_epsilon_cost ?? 0)
+          } else {
+            // Concurrent requests: keep the refusal of the earliest batch.
+            const earlier = state.refused as Answer['refused']
+            if (!earlier || start < earlier.atQuery) state.refused = { ...r, atQuery: start }
           }
         }
       }
       await Promise.all(Array.from({ length: concurrency }, worker))
-      return { rows, refused, parameters: lastParameters }
+      return { rows, refused: state.refused, parameters, epsilonCost }
     },
   }
 }

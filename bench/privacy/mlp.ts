@@ -23,15 +23,6 @@ export interface MlpOptions {
   temperature: number
   /** L2 weight decay per step, relative to the learning rate. */
   weightDecay: number
-  /**
-   * 'distill': cross-entropy against softTarget(row, temperature).
-   * 'logits': regression of the logit differences to the top class on the log-scores
-   * (Tramèr et al.'s equation solving, relaxed to least squares); a score below `floor`
-   * (rounded to zero) only bounds its logit from above. Needs the released scores.
-   */
-  loss: 'distill' | 'logits'
-  /** 'logits' only: scores below this were released as zero (half the last decimal). */
-  floor: number
 }
 
 export interface Mlp {
@@ -165,13 +156,10 @@ export function train(m: Mlp, xs: Float32Array[], targets: ArrayLike<number>[], 
         const x = xs[order[j]!]!
         const target = targets[order[j]!]!
         const z = logits(m, x, h)
-        if (o.loss === 'logits') logitGrad(z, target, o.floor, dz)
-        else {
-          const p = softmaxT(z, t)
-          // d(cross-entropy at temperature t)/dz = (p - target) / t; the usual t² rescaling
-          // keeps the gradient size comparable across temperatures.
-          for (let c = 0; c < m.classes; c++) dz[c] = (p[c]! - target[c]!) * t
-        }
+        const p = softmaxT(z, t)
+        // d(cross-entropy at temperature t)/dz = (p - target) / t; the usual t² rescaling
+        // keeps the gradient size comparable across temperatures.
+        for (let c = 0; c < m.classes; c++) dz[c] = (p[c]! - target[c]!) * t
         if (m.hidden === 0) {
           accumulate(grads[0]!, grads[1]!, dz, x)
         } else {
@@ -192,27 +180,6 @@ export function train(m: Mlp, xs: Float32Array[], targets: ArrayLike<number>[], 
     }
   }
   return m
-}
-
-/**
- * Gradient of sum_i (e_i - d_i)^2 over the non-top classes, with e_i = z_i - z_top and
- * d_i = log s_i - log s_top; for s_i < floor only e_i > log floor - log s_top is penalised.
- */
-function logitGrad(z: Float32Array, scores: ArrayLike<number>, floor: number, dz: Float32Array): void {
-  const top = argmax(scores)
-  const lt = Math.log(Math.max(scores[top]!, floor))
-  let sum = 0
-  for (let c = 0; c < z.length; c++) {
-    dz[c] = 0
-    if (c === top) continue
-    const s = scores[c]!
-    const e = z[c]! - z[top]!
-    const d = Math.log(Math.max(s, floor)) - lt
-    const r = s >= floor ? e - d : Math.max(0, e - d)
-    dz[c] = 0.2 * r
-    sum += 0.2 * r
-  }
-  dz[top] = -sum
 }
 
 function accumulate(gw: Float32Array, gb: Float32Array, d: Float32Array, x: Float32Array): void {

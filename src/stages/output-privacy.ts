@@ -3,7 +3,7 @@
 //         ctx.target.model, ctx.principal and ctx.identity (whose budget), the model's
 //         `output:` policy.
 // Writes: ctx.result.outputs (protected outputs replaced, unlisted outputs withheld),
-//         ctx.result.parameters (output_mode; with noise: privacy_mechanism,
+//         ctx.result.parameters (output_mode when an output is protected; with noise: privacy_mechanism,
 //         privacy_epsilon_cost, privacy_epsilon_spent, privacy_epsilon_left,
 //         privacy_delta, privacy_window_ms), ctx.privacy.
 // Throws: privacy_budget_exhausted (429, Retry-After in seconds: when enough budget frees),
@@ -185,7 +185,8 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
       const rng = c.noise ? new RandomReader(deps.random) : null
       const replaced = new Map(protect.map((t) => [t.name, protectTensor(t, c, rng)]))
 
-      const params: Record<string, unknown> = { output_mode: c.row.mode }
+      // output_mode describes protected outputs; a pass-through-only answer has none.
+      const params: Record<string, unknown> = protect.length > 0 ? { output_mode: c.row.mode } : {}
       if (c.noise && cost) {
         let charge: ChargeResult
         if (charging) {

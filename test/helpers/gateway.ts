@@ -128,6 +128,11 @@ async function writePolicies(dir: string, policies: Record<string, unknown> | un
     return
   }
   for (const [model, policy] of Object.entries(policies)) await writeFile(path.join(target, `${model}.yaml`), stringify(policy))
+  // Screening calibrations that policies refer to travel with them.
+  const source = path.join(repoRoot, 'policies')
+  for (const name of (await readdir(source)).filter((n) => n.endsWith('.screening.json'))) {
+    await writeFile(path.join(target, name), await readFile(path.join(source, name)))
+  }
 }
 
 export async function startGateway(o: StartOptions = {}): Promise<TestGateway> {

@@ -97,6 +97,14 @@ t.test('an output the client asks for by name but the policy withholds is refuse
   t.same(out(ctx2, 'logits'), [1, 2], 'passed through untouched')
 })
 
+t.test('a pass-through-only answer claims no output_mode (ocr-cls said "label" over raw scores)', async (t) => {
+  const { stage } = setup(policy({ outputs: [], passThrough: ['softmax_0.tmp_0'] }))
+  const ctx = makeCtx([probs([[0.2, 0.8]], 'softmax_0.tmp_0')])
+  await stage.run(ctx)
+  t.same(out(ctx, 'softmax_0.tmp_0'), f32([0.2, 0.8]), 'released as the model produced it')
+  t.same(ctx.result!.parameters, {}, 'no output_mode: nothing was protected')
+})
+
 t.test('Laplace answers are charged per row, reported, and refused with Retry-After once the budget is spent', async (t) => {
   const p = policy({ mode: 'scores', roundDecimals: 9, noise: { mechanism: 'laplace', epsilon: 1 }, budget: { epsilon: 3, windowMs: HOUR } })
   const { stage, clock } = setup(p)

@@ -4,10 +4,12 @@
 // model exactly as a local one; mTLS with the gateway's own client certificate works and a
 // wrong certificate is a clean 503.
 
+import { readFileSync } from 'node:fs'
 import path from 'node:path'
+import { parse } from 'yaml'
 import t from 'tap'
 import { request } from 'undici'
-import { mnistRequest, startGateway, type RequestOptions, type TestGateway } from '../helpers/gateway.ts'
+import { mnistRequest, repoRoot, startGateway, type RequestOptions, type TestGateway } from '../helpers/gateway.ts'
 import { binaryBody, jsonBody, mnistDigits, splitBinaryResponse, startUpstream } from './helpers.ts'
 
 const digits = mnistDigits(10)
@@ -69,10 +71,13 @@ t.test('through the gateway, an upstream model answers exactly what the upstream
 t.test('the pipeline applies to an upstream model exactly as to a local one', async (t) => {
   const up = await startUpstream()
   t.teardown(() => up.stop())
-  // The repo's policies: screening (feature squeezing, stateful, extraction), label-only output.
-  const remote = await startGateway({ models: ['mnist'], config: { models: { serve: [{ name: 'mnist', upstream: { endpoints: [`http://127.0.0.1:${up.apiPort}`] } }] } } })
+  // The repo's mnist policy (screening, label-only output), with the output noise off so that
+  // two gateways' answers can be compared exactly (with noise, two labels may differ by chance).
+  const repoPolicy = parse(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8')) as { output: Record<string, unknown> }
+  const policies = { mnist: { ...repoPolicy, output: { ...repoPolicy.output, noise: { mechanism: 'none' } } } }
+  const remote = await startGateway({ models: ['mnist'], policies, config: { models: { serve: [{ name: 'mnist', upstream: { endpoints: [`http://127.0.0.1:${up.apiPort}`] } }] } } })
   t.teardown(() => remote.close())
-  const local = await startGateway({ models: ['mnist'] })
+  const local = await startGateway({ models: ['mnist'], policies })
   t.teardown(() => local.close())
 
   const body = await mnistRequest()

@@ -1,0 +1,372 @@
+// `npm run eval:privacy`: what the output-privacy stage (docs/privacy.md) costs in accuracy
+// and what it keeps from an attacker, measured through the public API: each output setting
+// runs as its own gateway (real mTLS with a dev PKI, dev tokens, the mnist policy with only
+// its `output:` section replaced) and every query is an HTTPS request of up to 64 digits.
+// Prints one table and writes the JSON under bench/results/privacy-*.json.
+//
+// Per setting (one row):
+//   utility     top-1 accuracy on the held-out digits, and agreement with the undefended
+//               model (a gateway with output protection off);
+//   extraction  surrogates trained on the answers to the first 500 / 2,000 / 10,000 of the
+//               attacker's queries (bench/privacy/extraction.ts); agreement with the
+//               undefended model on the held-out digits;
+//   inversion   reconstructions of each class from NES gradient estimates on the returned
+//               score (bench/privacy/inversion.ts); correlation with the class's mean
+//               training digit, and how often an evaluator MLP, trained here on the train
+//               split (and a noisy copy) with its own seed, reads one as the target class;
+//   ε           spent per principal by the extraction (10,000 queries) and inversion attacks.
+// Utility and attacks run under a budget large enough never to interfere (the per-second
+// maximum). Screening (`screening:`) is left out so that the output defence is measured on
+// its own; `npm run eval:screening` measures screening.
+//
+// Then the budget experiment: the bundled mnist policy as written (its budget included),
+// one principal per attacker, each attack run until the accountant refuses (429
+// privacy_budget_exhausted), and benign callers at the documented rate for several hours of
+// a wall clock moved forward by hand, who must never be refused.
+//
+// Options (defaults in brackets): --settings a,b [all; a setting is picked by its name's start]
+//   --test-digits N [2999]
+//   --extraction-queries 500,2000,10000  --surrogate-repeats N [1]  --temperatures 1,4
+//   --inversion-queries N per reconstruction [2048]  --inversion-restarts N per class [2]
+//   --benign-hours N [6]  --budget-experiment true|false
+//   --seed N [1]
+
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { parseArgs } from 'node:util'
+import { parse } from 'yaml'
+import { CLASSES, loadMnist } from '../models/mnist/data.ts'
+import { cryptoRandom, systemClock, type Clock } from '../src/deps.ts'
+import { repoRoot, startGateway, type TestGateway } from '../test/helpers/gateway.ts'
+import { writeResults } from './report.ts'
+import { mnistClient, type MnistClient } from './privacy/client.ts'
+import { attackerQueries, DEFAULT_SURROGATE, extractionAgreement, shift, type ExtractionCell } from './privacy/extraction.ts'
+import { classMeans, correlation, DEFAULT_INVERSION, invertClass, type InversionOptions, type Oracle } from './privacy/inversion.ts'
+import { agreement, argmax, createMlp, predict, train } from './privacy/mlp.ts'
+import { seededRng } from './privacy/rng.ts'
+
+const { values } = parseArgs({
+  options: {
+    settings: { type: 'string', default: '' },
+    'test-digits': { type: 'string', default: '2999' },
+    'extraction-queries': { type: 'string', default: '500,2000,10000' },
+    'surrogate-repeats': { type: 'string', default: '1' },
+    temperatures: { type: 'string', default: DEFAULT_SURROGATE.temperatures.join(',') },
+    'inversion-queries': { type: 'string', default: String(DEFAULT_INVERSION.queriesPerClass) },
+    'inversion-restarts': { type: 'string', default: '2' },
+    'benign-hours': { type: 'string', default: '6' },
+    'budget-experiment': { type: 'string', default: 'true' },
+    seed: { type: 'string', default: '1' },
+  },
+})
+const seed = Number(values.seed)
+const sizes = values['extraction-queries']!.split(',').map(Number)
+const surrogate = { ...DEFAULT_SURROGATE, repeats: Number(values['surrogate-repeats']), temperatures: values.temperatures!.split(',').map(Number), seed: seed + 6 }
+const inversion: InversionOptions = { ...DEFAULT_INVERSION, queriesPerClass: Number(values['inversion-queries']) }
+const restarts = Number(values['inversion-restarts'])
+const log = (s: string) => process.stderr.write(`[eval:privacy] ${s}\n`)
+
+// ---- the settings --------------------------------------------------------------------------
+
+const bundledPolicy = parse(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8')) as Record<string, any>
+const { screening: _screening, ...mnistPolicy } = bundledPolicy
+/** The largest budget the schema allows, per second: never binding at this evaluation's rate. */
+const NO_LIMIT = { epsilon: 100_000, windowMs: 1000 }
+const laplace = (epsilon: number) => ({ mechanism: 'laplace', epsilon })
+
+const SETTINGS: { name: string; output: Record<string, unknown> }[] = [
+  { name: 'full scores', output: { mode: 'scores', roundDecimals: 9 } },
+  { name: 'scores, 2 decimals', output: { mode: 'scores', roundDecimals: 2 } },
+  { name: 'scores, 1 decimal', output: { mode: 'scores', roundDecimals: 1 } },
+  { name: 'label only', output: { mode: 'label' } },
+  ...[0.1, 1, 10].flatMap((e) => [
+    { name: `DP ε=${e}`, output: { mode: 'scores', roundDecimals: 9, noise: laplace(e), budget: NO_LIMIT } },
+    { name: `DP ε=${e}, 2 decimals`, output: { mode: 'scores', roundDecimals: 2, noise: laplace(e), budget: NO_LIMIT } },
+  ]),
+  { name: 'bundled default', output: { ...bundledPolicy.output, budget: NO_LIMIT } },
+]
+const wanted = values.settings ? values.settings.split(',').map((s) => s.trim()) : null
+const settings = wanted ? SETTINGS.filter((s) => wanted.some((w) => s.name.startsWith(w))) : SETTINGS
+if (settings.length === 0) throw new Error(`no setting matches --settings ${values.settings}; known: ${SETTINGS.map((s) => s.name).join(' | ')}`)
+
+// ---- data, reference and evaluator ---------------------------------------------------------
+
+const data = loadMnist()
+const testImages = data.test.images.slice(0, Number(values['test-digits']))
+const testLabels = data.test.labels.slice(0, testImages.length)
+const queries = attackerQueries(data.train.images, Math.max(...sizes), seededRng(seed))
+const means = classMeans(data.train.images, data.train.labels, CLASSES)
+
+/**
+ * The real clock with a wall-time offset that the benign caller moves forward to simulate
+ * hours. Monotonic time (batcher delays, deadlines) stays real, so the gateway runs as usual.
+ */
+class SkewedClock implements Clock {
+  offsetMs = 0
+  nowMs(): number {
+    return systemClock.nowMs() + this.offsetMs
+  }
+  monotonicMs(): number {
+    return systemClock.monotonicMs()
+  }
+  advance(ms: number): void {
+    this.offsetMs += ms
+  }
+}
+
+async function gateway(output: Record<string, unknown> | null, deps?: { clock: Clock }): Promise<TestGateway> {
+  return startGateway({
+    models: ['mnist'],
+    policies: { mnist: output ? { ...mnistPolicy, output } : mnistPolicy },
+    config: output ? {} : { outputPrivacy: { enabled: false } },
+    ...(deps ? { deps: { clock: deps.clock, random: cryptoRandom } } : {}),
+  })
+}
+
+function client(gw: TestGateway, sub: string, concurrency = 4, waitOnBudget = false): MnistClient {
+  return mnistClient({ url: gw.url, dispatcher: gw.agent, token: () => gw.token({ sub, ttlSeconds: 3600 }), concurrency, waitOnBudget })
+}
+
+const started = performance.now()
+log('undefended reference (output protection off)')
+const reference = await (async () => {
+  const gw = await gateway(null)
+  try {
+    const a = await client(gw, 'reference').classify(testImages)
+    return a.rows.map((r) => argmax(r!))
+  } finally {
+    await gw.close()
+  }
+})()
+const undefendedAccuracy = reference.filter((l, i) => l === testLabels[i]).length / testLabels.length
+
+// The evaluator judges reconstructions, which are noisier than digits: it learns from the
+// train split plus a copy shifted by up to a pixel with Gaussian noise (σ up to 0.3), so that
+// it reads shapes rather than speckle (without the copy it reads a third of label-only
+// reconstructions, which are mostly speckle, as their target).
+log('evaluator: MLP on the train split and a noisy copy, its own seed')
+const evaluator = (() => {
+  const rng = seededRng(seed + 101)
+  const noisy = data.train.images.map((x) => {
+    const img = shift(x, rng.int(3) - 1, rng.int(3) - 1)
+    const sigma = 0.3 * rng.uniform()
+    for (let i = 0; i < img.length; i++) img[i] = Math.min(1, Math.max(0, img[i]! + sigma * rng.normal()))
+    return img
+  })
+  const labels = [...data.train.labels, ...data.train.labels].map((l) => Float64Array.from({ length: CLASSES }, (_, c) => (c === l ? 1 : 0)))
+  const m = createMlp(data.train.images[0]!.length, 128, CLASSES, seededRng(seed + 99))
+  return train(m, [...data.train.images, ...noisy], labels, { hidden: 128, epochs: 10, batchSize: 32, learningRate: 1e-3, temperature: 1, weightDecay: 1e-4 }, seededRng(seed + 100))
+})()
+const evaluatorAccuracy = agreement(evaluator, testImages, testLabels)
+const meansReadAsTheirClass = means.filter((m, c) => predict(evaluator, m) === c).length
+
+// ---- one setting ---------------------------------------------------------------------------
+
+interface SettingResult {
+  name: string
+  output: Record<string, unknown>
+  accuracy: number
+  agreementWithUndefended: number
+  extraction: ExtractionCell[]
+  inversion: { success: number; similarity: number; perClass: { target: number; evaluatorSays: number; similarity: number; finalScore: number | null }[] }
+  epsilonSpent: { extraction: number; inversion: number }
+  seconds: number
+  phaseSeconds: Record<string, number>
+}
+
+function oracleOf(c: MnistClient, spent: { epsilon: number }): Oracle {
+  return async (images) => {
+    const a = await c.classify(images)
+    spent.epsilon += a.epsilonCost
+    return { rows: a.rows, refused: a.refused !== null }
+  }
+}
+
+async function runSetting(s: (typeof SETTINGS)[number]): Promise<SettingResult> {
+  const t0 = performance.now()
+  const phase: Record<string, number> = {}
+  const lap = (name: string, since: number) => ((phase[name] = Math.round(performance.now() - since) / 1000), performance.now())
+  const gw = await gateway(s.output)
+  try {
+    let t = performance.now()
+    const util = await client(gw, 'benign', 4, true).classify(testImages)
+    if (util.refused) throw new Error(`${s.name}: utility queries refused: ${JSON.stringify(util.refused)}`)
+    const top1 = util.rows.map((r) => argmax(r!))
+    const accuracy = top1.filter((l, i) => l === testLabels[i]).length / testLabels.length
+    const agreementWithUndefended = top1.filter((l, i) => l === reference[i]).length / reference.length
+
+    t = lap('utility', t)
+    const ex = await client(gw, 'extractor', 4, true).classify(queries)
+    if (ex.refused) throw new Error(`${s.name}: extraction queries refused: ${JSON.stringify(ex.refused)}`)
+    t = lap('extraction queries', t)
+    const extraction = extractionAgreement(queries, ex.rows as Float64Array[], sizes, testImages, reference, surrogate)
+    t = lap('surrogate training', t)
+
+    const inverter = client(gw, 'inverter', 1, true)
+    const spent = { epsilon: 0 }
+    const oracle = oracleOf(inverter, spent)
+    // Every (restart, class) runs at once: each is a chain of one-batch steps.
+    const recon = await Promise.all(Array.from({ length: restarts * CLASSES }, (_, k) => invertClass(oracle, k % CLASSES, inversion, seededRng(seed * 7919 + k))))
+    lap('inversion', t)
+    const perClass = recon.map((r) => ({ target: r.target, evaluatorSays: predict(evaluator, r.image), similarity: correlation(r.image, means[r.target]!), finalScore: r.finalScore }))
+    return {
+      name: s.name,
+      output: s.output,
+      accuracy,
+      agreementWithUndefended,
+      extraction,
+      inversion: {
+        success: perClass.filter((p) => p.evaluatorSays === p.target).length / perClass.length,
+        similarity: perClass.reduce((a, p) => a + p.similarity, 0) / perClass.length,
+        perClass,
+      },
+      epsilonSpent: { extraction: ex.epsilonCost, inversion: spent.epsilon },
+      seconds: (performance.now() - t0) / 1000,
+      phaseSeconds: phase,
+    }
+  } finally {
+    await gw.close()
+  }
+}
+
+const results: SettingResult[] = []
+for (const s of settings) {
+  log(`setting: ${s.name}`)
+  const r = await runSetting(s)
+  results.push(r)
+  log(`  ${r.seconds.toFixed(0)} s ${JSON.stringify(r.phaseSeconds)}: top-1 ${(r.accuracy * 100).toFixed(1)}%, extraction ${r.extraction.map((e) => (e.agreement * 100).toFixed(1)).join('/')}%, inversion ${(r.inversion.success * 100).toFixed(0)}%`)
+}
+
+// ---- the budget experiment -----------------------------------------------------------------
+
+interface BudgetResult {
+  policy: Record<string, unknown>
+  answersPerWindow: number
+  attacks: { name: string; planned: number; answered: number; epsilonSpent: number; refusal: { status: number; code: string; retryAfter: string | undefined } | null }[]
+  benign: { pattern: string; hours: number; answers: number; refusals: Record<string, number>; maxEpsilonSpent: number }[]
+}
+
+async function budgetExperiment(): Promise<BudgetResult | null> {
+  const policy = bundledPolicy.output as Record<string, any> | undefined
+  if (!policy?.noise || policy.noise.mechanism === 'none') {
+    log('budget experiment skipped: the bundled mnist policy adds no noise, so nothing is charged')
+    return null
+  }
+  const perAnswer = Number(policy.noise.epsilon)
+  const budget = { epsilon: 10, windowMs: 3_600_000, ...policy.budget }
+  const answersPerWindow = Math.floor(budget.epsilon / perAnswer + 1e-9)
+  const clock = new SkewedClock()
+  const gw = await gateway(policy, { clock })
+  try {
+    const attacks: BudgetResult['attacks'] = []
+    for (const n of sizes) {
+      // Each extraction size as its own principal, from an unspent budget.
+      const c = client(gw, `extractor-${n}`)
+      const a = await c.classify(queries.slice(0, n))
+      attacks.push({ name: `extraction, ${n} queries`, planned: n, answered: c.answered, epsilonSpent: a.epsilonCost, refusal: a.refused })
+    }
+    const spent = { epsilon: 0 }
+    const c = client(gw, 'inverter', 1)
+    let refusal: BudgetResult['attacks'][number]['refusal'] = null
+    const oracle: Oracle = async (images) => {
+      const a = await c.classify(images)
+      spent.epsilon += a.epsilonCost
+      refusal ??= a.refused
+      return { rows: a.rows, refused: a.refused !== null }
+    }
+    for (let k = 0; k < CLASSES && !refusal; k++) await invertClass(oracle, k, inversion, seededRng(seed * 7919 + k))
+    attacks.push({ name: `inversion, ${CLASSES} classes x ${inversion.queriesPerClass + 1} queries`, planned: CLASSES * (inversion.queriesPerClass + 1), answered: c.answered, epsilonSpent: spent.epsilon, refusal })
+
+    // Benign callers at the documented rate (answersPerWindow per window), two patterns.
+    const benign: BudgetResult['benign'] = []
+    const hours = Number(values['benign-hours'])
+    const windows = Math.max(1, Math.round((hours * 3_600_000) / budget.windowMs))
+    const patterns = [
+      { pattern: `steady: ${answersPerWindow} answers per window as ${answersPerWindow} single-digit requests, evenly spaced`, perRequest: 1, requests: answersPerWindow },
+      { pattern: `bursty: ${answersPerWindow} answers at the start of each window, in requests of up to 64`, perRequest: 64, requests: Math.ceil(answersPerWindow / 64) },
+    ]
+    for (const p of patterns) {
+      const who = client(gw, `benign-${p.perRequest}`, 1)
+      let answers = 0
+      const refusals: Record<string, number> = {}
+      let maxEpsilonSpent = 0
+      let digit = 0
+      for (let w = 0; w < windows; w++) {
+        let left = answersPerWindow
+        const gap = p.perRequest === 1 ? Math.floor(budget.windowMs / p.requests) : 0
+        for (let r = 0; r < p.requests; r++) {
+          const n = Math.min(p.perRequest, left)
+          left -= n
+          const batch = Array.from({ length: n }, () => testImages[digit++ % testImages.length]!)
+          const a = await who.classify(batch)
+          if (a.refused) refusals[a.refused.code] = (refusals[a.refused.code] ?? 0) + 1
+          else answers += n
+          maxEpsilonSpent = Math.max(maxEpsilonSpent, Number(a.parameters.privacy_epsilon_spent ?? 0))
+          clock.advance(gap)
+        }
+        clock.advance(budget.windowMs - gap * p.requests)
+      }
+      benign.push({ pattern: p.pattern, hours, answers, refusals, maxEpsilonSpent })
+    }
+    return { policy, answersPerWindow, attacks, benign }
+  } finally {
+    await gw.close()
+  }
+}
+
+const budgetResult = values['budget-experiment'] === 'true' ? (log('budget experiment'), await budgetExperiment()) : null
+
+// ---- report ----------------------------------------------------------------------------------
+
+const pct = (x: number) => (x * 100).toFixed(1)
+const header = ['setting', 'top-1 acc %', 'agree undef. %', ...sizes.map((n) => `extract@${n} %`), 'inversion success %', 'inversion similarity', 'ε extraction', 'ε inversion']
+const rows: string[][] = [
+  ['undefended (output protection off)', pct(undefendedAccuracy), '100.0', ...sizes.map(() => ''), '', '', '', ''],
+  ...results.map((r) => [
+    r.name,
+    pct(r.accuracy),
+    pct(r.agreementWithUndefended),
+    ...sizes.map((n) => {
+      const e = r.extraction.find((x) => x.queries === n)!
+      return pct(e.agreement)
+    }),
+    pct(r.inversion.success),
+    r.inversion.similarity.toFixed(3),
+    r.epsilonSpent.extraction ? String(Math.round(r.epsilonSpent.extraction)) : '0',
+    r.epsilonSpent.inversion ? String(Math.round(r.epsilonSpent.inversion)) : '0',
+  ]),
+]
+const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
+const line = (c: string[]) => c.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join('  ')
+const out: string[] = [
+  `mnist, ${testImages.length} held-out digits; undefended top-1 ${pct(undefendedAccuracy)}%; evaluator MLP top-1 ${pct(evaluatorAccuracy)}% (reads ${meansReadAsTheirClass}/10 class means as their class)`,
+  `extraction: MLP surrogate, best of temperatures ${surrogate.temperatures.join('/')}, ${surrogate.repeats} seed(s) per cell; inversion: ${inversion.queriesPerClass + 1} queries per reconstruction, ${restarts} per class`,
+  '',
+  line(header),
+  widths.map((w) => '-'.repeat(w)).join('  '),
+  ...rows.map(line),
+]
+if (budgetResult) {
+  const p = budgetResult.policy as Record<string, any>
+  out.push('', `budget experiment: bundled mnist policy (mode ${p.mode}, ${p.noise.mechanism} ε=${p.noise.epsilon} per answer, budget ε=${p.budget.epsilon} per ${p.budget.windowMs / 60_000} min = ${budgetResult.answersPerWindow} answers per caller per window)`)
+  for (const a of budgetResult.attacks) {
+    const stop = a.refusal ? `stopped after ${a.answered} of ${a.planned} answers: ${a.refusal.status} ${a.refusal.code}, Retry-After ${a.refusal.retryAfter} s` : `completed (${a.answered} answers)`
+    out.push(`  ${a.name.padEnd(38)} ε spent ${String(Math.round(a.epsilonSpent)).padStart(6)}  ${stop}`)
+  }
+  for (const b of budgetResult.benign) {
+    const refused = Object.entries(b.refusals).map(([code, n]) => `${n} ${code}`).join(', ') || 'none'
+    out.push(`  benign, ${b.hours} h, ${b.pattern}: ${b.answers} answers, refused: ${refused}, at most ε ${b.maxEpsilonSpent} spent in a window`)
+  }
+}
+out.push('', `took ${((performance.now() - started) / 1000).toFixed(0)} s`)
+console.log(out.join('\n'))
+const file = writeResults('privacy', {
+  startedAt: new Date().toISOString(),
+  node: process.version,
+  options: { seed, sizes, surrogate, inversion, restarts, testDigits: testImages.length },
+  undefendedAccuracy,
+  evaluator: { accuracy: evaluatorAccuracy, meansReadAsTheirClass },
+  settings: results,
+  budget: budgetResult,
+})
+console.log(`\nresults: ${file}`)
