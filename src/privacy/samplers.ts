@@ -54,6 +54,7 @@ export function sampleDiscreteLaplace(rng: RandomReader, scaleNum: bigint, scale
   const g = gcd(scaleNum, scaleDen)
   const t = scaleNum / g
   const s = scaleDen / g
+  if (t <= SMALL && s <= SMALL) return BigInt(discreteLaplaceSmall(rng, Number(t), Number(s)))
   for (;;) {
     // X = U + t·V is geometric with parameter 1 - e^{-1/t}: U uniform below t, accepted
     // with probability e^{-U/t}, plus t times a geometric count of e^{-1} successes.
@@ -90,5 +91,66 @@ export function sampleDiscreteGaussian(rng: RandomReader, varNum: bigint, varDen
     const absY = y < 0n ? -y : y
     const d = absY * b * t - a
     if (bernoulliExpNeg(rng, d * d, den)) return y
+  }
+}
+
+// --- The same algorithms on small integers, without BigInt ---
+//
+// For the scales output protection uses (t = 2·2^k/ε grid units, a few thousand to a few
+// million), every quantity below fits a double's 53-bit integer range, and uniform draws
+// stay under 2^32, so plain numbers compute exactly what the BigInt code computes, several
+// times faster. The draws read the random source byte for byte as the BigInt path does
+// (uniform(n) for n <= 2^32 is uniformSmall(n)), so both give the same sample from the same
+// bytes; test/privacy/samplers.test.ts checks that.
+
+/** Scales up to 2^20 take the number path; den·k then stays below 2^32 for k < 2^12. */
+const SMALL = 1n << 20n
+const UNIFORM_MAX = 2 ** 32
+
+function bernoulliSmall(rng: RandomReader, num: number, den: number): boolean {
+  if (den <= UNIFORM_MAX) return rng.uniformSmall(den) < num
+  return rng.bernoulli(BigInt(num), BigInt(den))
+}
+
+/** CKS Algorithm 1 on numbers: true with probability exp(-num/den). */
+function bernoulliExpNegSmall(rng: RandomReader, num: number, den: number): boolean {
+  if (num <= den) {
+    let k = 1
+    while (bernoulliSmall(rng, num, den * k)) k++
+    return (k & 1) === 1
+  }
+  const whole = Math.floor(num / den)
+  for (let i = 0; i < whole; i++) {
+    if (!bernoulliExpNegSmall(rng, 1, 1)) return false
+  }
+  return bernoulliExpNegSmall(rng, num - whole * den, den)
+}
+
+/** CKS Algorithm 2 on numbers: discrete Laplace with scale t/s (t, s coprime, <= 2^20). */
+function discreteLaplaceSmall(rng: RandomReader, t: number, s: number): number {
+  for (;;) {
+    const u = rng.uniformSmall(t)
+    if (!bernoulliExpNegSmall(rng, u, t)) continue
+    let v = 0
+    while (bernoulliExpNegSmall(rng, 1, 1)) v++
+    const x = u + t * v
+    const y = (x - (x % s)) / s // exact integer division (x, s are exact integers)
+    const negative = rng.coin()
+    if (negative && y === 0) continue
+    return negative ? -y : y
+  }
+}
+
+/** The BigInt algorithm, kept callable for the equivalence test. */
+export function sampleDiscreteLaplaceBig(rng: RandomReader, t: bigint, s: bigint): bigint {
+  for (;;) {
+    const u = rng.uniform(t)
+    if (!bernoulliExpNeg(rng, u, t)) continue
+    let v = 0n
+    while (bernoulliExpNeg(rng, 1n, 1n)) v++
+    const y = (u + t * v) / s
+    const negative = rng.coin()
+    if (negative && y === 0n) continue
+    return negative ? -y : y
   }
 }

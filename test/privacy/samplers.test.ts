@@ -1,6 +1,6 @@
 import t from 'tap'
 import { RandomReader, isqrt } from '../../src/privacy/random.ts'
-import { bernoulliExpNeg, sampleDiscreteGaussian, sampleDiscreteLaplace } from '../../src/privacy/samplers.ts'
+import { bernoulliExpNeg, sampleDiscreteGaussian, sampleDiscreteLaplace, sampleDiscreteLaplaceBig } from '../../src/privacy/samplers.ts'
 import { chiSquare, seededRandom } from './helpers.ts'
 
 const N = 20_000
@@ -102,4 +102,14 @@ t.test('samplers refuse parameters outside their domain', async (t) => {
   t.throws(() => sampleDiscreteGaussian(rng, 1n, 0n), RangeError)
   t.throws(() => bernoulliExpNeg(rng, -1n, 1n), RangeError)
   t.throws(() => rng.bernoulli(3n, 2n), RangeError)
+})
+
+t.test('the number path of the discrete Laplace draws exactly what the BigInt path draws from the same bytes', async (t) => {
+  let differ = 0
+  for (const [num, den] of [[8192n, 1n], [3n, 2n], [1n, 1n], [65537n, 3n], [1048575n, 7n]] as const) {
+    const fast = new RandomReader(seededRandom(`equivalence-${num}`))
+    const big = new RandomReader(seededRandom(`equivalence-${num}`))
+    for (let i = 0; i < 2000; i++) if (sampleDiscreteLaplace(fast, num, den) !== sampleDiscreteLaplaceBig(big, num, den)) differ++
+  }
+  t.equal(differ, 0, '10,000 draws, identical')
 })
