@@ -26,6 +26,7 @@ import { Worker } from 'node:worker_threads'
 import { request } from 'undici'
 import { argmax, forward, loadWeights } from '../models/mnist/cnn.ts'
 import { loadMnist } from '../models/mnist/data.ts'
+import { mulberry32 as seeded, normalFrom as gaussian } from '../models/mnist/train.ts'
 import { parsePolicy } from '../src/config/policy.ts'
 import { DEV_WORKLOAD } from '../src/config/security.ts'
 import type { ScreeningPolicy } from '../src/config/screening-policy.ts'
@@ -51,17 +52,6 @@ const log = (s: string) => process.stderr.write(`[eval-screening ${((performance
 const T0 = performance.now()
 
 // ---- seeded randomness ---------------------------------------------------------------------
-function seeded(seed: number): () => number {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-const gaussian = (rnd: () => number) => () => Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd())
 function shuffled<T>(xs: readonly T[], seed: number): T[] {
   const out = xs.slice()
   const rnd = seeded(seed)

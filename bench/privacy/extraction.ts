@@ -12,6 +12,7 @@
 // on the held-out digits: an upper bound on this attacker, so conservative for the defence.
 
 import { IMAGE_SIZE, PIXELS } from '../../models/mnist/data.ts'
+import { shift } from '../../models/mnist/train.ts'
 import { agreement, argmax, createMlp, softTarget, train, type Mlp } from './mlp.ts'
 import type { Rng } from './rng.ts'
 import { permutation, seededRng } from './rng.ts'
@@ -31,20 +32,6 @@ export interface SurrogateOptions {
 // reaches 92.9% agreement after 20 epochs and 94.5% after 40, while labels stay near 91.8%
 // (measured while building this evaluation, two seeds each).
 export const DEFAULT_SURROGATE: SurrogateOptions = { hidden: 128, exampleSteps: 60_000, maxEpochs: 40, temperatures: [1, 4], repeats: 1, seed: 7 }
-
-/** Shift by (dx, dy) pixels, filling with black. */
-export function shift(image: Float32Array, dx: number, dy: number): Float32Array {
-  const out = new Float32Array(PIXELS)
-  for (let y = 0; y < IMAGE_SIZE; y++) {
-    const sy = y - dy
-    if (sy < 0 || sy >= IMAGE_SIZE) continue
-    for (let x = 0; x < IMAGE_SIZE; x++) {
-      const sx = x - dx
-      if (sx >= 0 && sx < IMAGE_SIZE) out[y * IMAGE_SIZE + x] = image[sy * IMAGE_SIZE + sx]!
-    }
-  }
-  return out
-}
 
 /** The attacker's query stream: `count` digits from `pool` (train split), then augmented copies. */
 export function attackerQueries(pool: Float32Array[], count: number, rng: Rng): Float32Array[] {

@@ -53,7 +53,7 @@ export const DEFAULT_OPTIONS: TrainOptions = {
 }
 
 /** Shift an image by (dx, dy) pixels, filling with 0 (the background). */
-function shift(image: Float32Array, dx: number, dy: number): Float32Array {
+export function shift(image: Float32Array, dx: number, dy: number): Float32Array {
   const out = new Float32Array(PIXELS)
   for (let y = 0; y < IMAGE_SIZE; y++) {
     const sy = y - dy

@@ -3,7 +3,8 @@
 // pieces whose mistakes would silently flatter or hurt a defence.
 
 import t from 'tap'
-import { attackerQueries, pool2, shift } from '../../bench/privacy/extraction.ts'
+import { attackerQueries, pool2 } from '../../bench/privacy/extraction.ts'
+import { shift } from '../../models/mnist/train.ts'
 import { classMeans, correlation, render } from '../../bench/privacy/inversion.ts'
 import { agreement, createMlp, softTarget, train } from '../../bench/privacy/mlp.ts'
 import { seededRng } from '../../bench/privacy/rng.ts'

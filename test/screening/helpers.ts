@@ -1,25 +1,14 @@
 // Seeded randomness and small fixtures for the screening tests.
 
+import { mulberry32, normalFrom } from '../../models/mnist/train.ts'
 import type { RandomSource } from '../../src/deps.ts'
 import type { ItemLayout } from '../../src/screening/squeezers.ts'
 
 export const MNIST_LAYOUT: ItemLayout = { channels: 1, height: 28, width: 28, lo: 0, hi: 1 }
 
-/** mulberry32: a small seeded generator of doubles in [0, 1). */
-export function seeded(seed: number): () => number {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-export function gaussian(rnd: () => number): () => number {
-  return () => Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd())
-}
+/** The training script's seeded generator (mulberry32) and Box-Muller normals. */
+export const seeded = mulberry32
+export const gaussian = normalFrom
 
 /** A RandomSource from a seed (for the digest keys). */
 export function seededRandom(seed: number): RandomSource {
