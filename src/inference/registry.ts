@@ -132,25 +132,7 @@ export class ModelRegistry {
         spinning: m.settings.intraOpSpinning,
         log: this.deps.log,
       })
-      const b = m.settings.batching
-      const maxBatch = b.enabled ? Math.min(b.maxBatchSize || m.manifest.maxBatchSize, m.manifest.maxBatchSize) : 1
-      m.backend = backend
-      m.batcher = new DynamicBatcher({
-        model: m.name,
-        backend,
-        maxBatchSize: maxBatch,
-        maxQueueDelayMicros: b.maxQueueDelayMicros,
-        maxQueueSize: b.maxQueueSize,
-        outputNames: m.manifest.outputs.map((o) => o.name),
-        clock: this.deps.clock,
-        onBatch: (items) => this.deps.onBatch?.(m.name, items),
-      })
-      m.state = 'ready'
-      m.reason = null
-      this.deps.log.info(
-        { model: m.name, version: m.manifest.version, provider: backend.executionProvider, workers: m.settings.workers, maxBatch },
-        'model ready',
-      )
+      this.serve(m, m.manifest, backend, { provider: backend.executionProvider, workers: m.settings.workers }, 'model ready')
     } catch (err) {
       m.state = 'failed'
       m.reason = (err as Error).message
@@ -176,6 +158,11 @@ export class ModelRegistry {
       tracer: this.deps.tracer ?? trace.getTracer('bulwark'),
       ...(this.deps.upstreamObserver ? { observer: this.deps.upstreamObserver } : {}),
     })
+    this.serve(m, manifest, backend, { upstream: upstream.endpoints }, 'model ready (upstream)')
+  }
+
+  /** Puts a loaded backend behind the model's batcher and marks the model ready. */
+  private serve(m: ServedModel, manifest: Manifest, backend: Backend, logFields: object, message: string): void {
     const b = m.settings.batching
     const maxBatch = b.enabled ? Math.min(b.maxBatchSize || manifest.maxBatchSize, manifest.maxBatchSize) : 1
     m.backend = backend
@@ -191,7 +178,7 @@ export class ModelRegistry {
     })
     m.state = 'ready'
     m.reason = null
-    this.deps.log.info({ model: m.name, version: manifest.version, upstream: upstream.endpoints, maxBatch }, 'model ready (upstream)')
+    this.deps.log.info({ model: m.name, version: manifest.version, ...logFields, maxBatch }, message)
   }
 
   /**

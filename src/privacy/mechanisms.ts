@@ -40,6 +40,7 @@
 
 import type { RandomReader } from './random.ts'
 import { sampleDiscreteGaussian, sampleDiscreteLaplace } from './samplers.ts'
+import { renormalise } from './postprocess.ts'
 
 /** Epsilon is handled in integer micro-epsilon: basic composition is then exact. */
 export const EPSILON_UNITS = 1_000_000
@@ -119,22 +120,12 @@ export function calibrateGaussian(epsilon: number, delta: number, bits: number):
 export function snapToGrid(row: ArrayLike<number>, bits: number): number[] {
   const S = 2 ** bits
   const c = row.length
-  const clean = new Array<number>(c)
-  let total = 0
-  for (let i = 0; i < c; i++) {
-    const v = row[i]!
-    clean[i] = Number.isFinite(v) && v > 0 ? v : 0
-    total += clean[i]!
-  }
-  if (!(total > 0) || !Number.isFinite(total)) {
-    clean.fill(1)
-    total = c
-  }
+  const p = renormalise(row)
   const out = new Array<number>(c)
   const rem = new Array<number>(c)
   let sum = 0
   for (let i = 0; i < c; i++) {
-    const q = Math.min(S, (clean[i]! / total) * S)
+    const q = Math.min(S, p[i]! * S)
     out[i] = Math.floor(q)
     rem[i] = q - out[i]!
     sum += out[i]!
