@@ -328,6 +328,18 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   metrics.add(shedCount)
   metrics.add(new Gauge('bulwark_inflight_requests', 'Model requests in flight (counted against loadShedding.maxInFlightRequests).', () => [[{}, inFlight]]))
 
+  /** Records a load-shedding refusal on the context, as runPhase does for a stage's. */
+  const shedding = (ctx: RequestContext, err: BulwarkError): BulwarkError => {
+    ctx.error = err
+    ctx.failedStage = 'load-shedding'
+    return err
+  }
+  /** Runs `fn` once the response is done or the connection dies ('close' fires in both cases). */
+  const whenClosed = (reply: FastifyReply, fn: () => void) => {
+    if (reply.raw.closed) fn()
+    else reply.raw.once('close', fn)
+  }
+
   api.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const verb = request.routeOptions.config.verb
     if (!verb) return
@@ -357,9 +369,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
           reason: `${inFlight} requests in flight (loadShedding.maxInFlightRequests ${shed.maxInFlightRequests})`,
           headers: { 'retry-after': String(shed.retryAfterSeconds) },
         })
-        request.ctx.error = err
-        request.ctx.failedStage = 'load-shedding'
-        throw err
+        throw shedding(request.ctx, err)
       }
       // The model's queue is full already: refuse now, before reading the body, rather than
       // after decoding and validating it (the batcher would refuse it then anyway).
@@ -369,22 +379,15 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
           reason: 'model queue full on arrival (batching.maxQueueSize)',
           headers: { 'retry-after': String(shed.retryAfterSeconds) },
         })
-        request.ctx.error = err
-        request.ctx.failedStage = 'load-shedding'
-        throw err
+        throw shedding(request.ctx, err)
       }
       inFlight++
-      if (reply.raw.closed) inFlight--
-      else reply.raw.once('close', () => inFlight--)
+      whenClosed(reply, () => inFlight--)
     }
     await runPhase(stages, 'headers', request.ctx, clock)
-    if (rateLimit) {
-      // The in-flight slot taken by the rate-limit stage is freed when the response is done or
-      // the connection dies, whichever comes first ('close' fires in both cases).
-      const ctx = request.ctx
-      if (reply.raw.closed) rateLimit.release(ctx)
-      else reply.raw.once('close', () => rateLimit.release(ctx))
-    }
+    // The in-flight slot taken by the rate-limit stage is freed with the exchange.
+    const ctx = request.ctx
+    if (rateLimit) whenClosed(reply, () => rateLimit.release(ctx))
   })
 
   api.setErrorHandler((raw: FastifyError, request, reply) => {
