@@ -40,6 +40,7 @@ import { createMtlsIdentityStage } from './stages/mtls-identity.ts'
 import { createRateLimitStage } from './stages/rate-limit.ts'
 import { createAdversarialScreenStage } from './stages/adversarial-screen.ts'
 import { buildScreening } from './screening/build.ts'
+import { redisCooldowns } from './screening/cooldowns.ts'
 import { fastifyLimiter, redisRateLimitStore } from './transport/rate-limiter.ts'
 import { handshakeFailureReason, httpsServerOptions, loadTlsMaterial, requireClientCertificates, TlsReloader, verifiedPeerCertificate } from './transport/tls.ts'
 import { readBody } from './protocol/body.ts'
@@ -211,7 +212,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   })
   const service = new InferenceService(registry)
 
-  // --- shared state (src/state/redis.ts): rate limits and budgets across replicas ---
+  // --- shared state (src/state/redis.ts): rate limits, budgets and screening state across replicas ---
   const sharedState = config.state.redis ? await SharedState.open(config.state.redis, loaded.baseDir, log) : null
   if (sharedState) {
     metrics.add(new Gauge('bulwark_state_store_up', 'Whether the shared state store (Redis) is connected: 1 yes, 0 no (budgets refused, rate limits as configured).', () => [[{ store: 'redis' }, sharedState.up ? 1 : 0]]))
@@ -230,6 +231,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
           clock,
           log,
           retentionMs,
+          ...config.state.journal,
         })
 
   // --- the front door: mTLS, JWT, policies, rate limits (each can be switched off) ---
@@ -268,10 +270,12 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   for (const m of registry.list()) if (config.authorization.enabled && !policies.has(m.name)) log.warn({ model: m.name }, 'model has no policy: nobody may call it (default deny)')
 
   // --- screening (src/stages/adversarial-screen.ts): per-model detectors from each policy's `screening:` ---
+  // With shared state, the per-principal state (histories, extraction sets, cool-downs) is in Redis.
   const screening = await buildScreening(policies, {
     policyDir: path.resolve(loaded.baseDir, config.policies.directory),
     modelsDir: path.resolve(loaded.baseDir, config.models.directory),
     random,
+    ...(sharedState ? { shared: { redis: sharedState.client, ttlMs: config.state.redis!.screeningStateTtlMs } } : {}),
   })
   if (screening.problems.length > 0) throw new ConfigError(loaded.source, screening.problems)
   const screeningAlarms = new Counter('bulwark_screening_alarms_total', 'Screening alarms, by detector, action (refused = enforce, flagged = observe) and model.')
@@ -279,7 +283,8 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const screeningState = new Gauge('bulwark_screening_state_entries', 'Queries held by stateful screening detectors, by detector and model.', function* () {
     for (const s of screening.models.values()) for (const d of s.detectors) if (d.memory) yield [{ detector: d.name, model: s.model }, d.memory().stored] as [Record<string, string>, number]
   })
-  for (const m of [screeningAlarms, screeningScores, screeningState]) metrics.add(m)
+  const screeningSkipped = new Counter('bulwark_screening_skipped_total', 'Shared screening detectors and cool-down checks skipped because Redis was unreachable (state.redis.screeningWhenUnavailable: allow), by detector and model.')
+  for (const m of [screeningAlarms, screeningScores, screeningState, screeningSkipped]) metrics.add(m)
   for (const m of registry.list()) if (!screening.models.has(m.name)) log.warn({ model: m.name }, 'model has no screening configured (policy screening:)')
   const adversarialScreen = screening.models.size > 0
     ? createAdversarialScreenStage({
@@ -291,7 +296,9 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
             if (action !== 'passed') screeningAlarms.inc({ detector, action, model })
             if (detector !== 'cooldown') screeningScores.observe({ detector, model }, result.score)
           },
+          skipped: (model, detector) => screeningSkipped.inc({ detector, model }),
         },
+        ...(sharedState ? { cooldowns: redisCooldowns(sharedState.client), whenStateUnavailable: config.state.redis!.screeningWhenUnavailable } : {}),
       })
     : undefined
 

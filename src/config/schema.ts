@@ -131,10 +131,27 @@ export const StateConfig = Type.Object(
      * pod restart. One gateway process per folder.
      */
     directory: Type.String({ minLength: 1, default: '.bulwark/state', description: 'folder for durable state (privacy budgets)' }),
+    /** The privacy-budget journal under `directory` (src/privacy/file-accountant.ts). */
+    journal: Type.Object(
+      {
+        /** strict: an answer is released only after its charge is on disk (one synced write
+         *  per group of charges). relaxed: after its charge is written to the OS (survives a
+         *  killed process, not a power cut), the file synced every relaxedSyncIntervalMs: a
+         *  power cut or kernel crash can forget that window's charges. */
+        durability: Type.Union([Type.Literal('strict'), Type.Literal('relaxed')], { default: 'strict' }),
+        /** With durability relaxed: how often the journal is synced; the loss window on a power cut. */
+        relaxedSyncIntervalMs: Type.Integer({ minimum: 1, maximum: 60_000, default: 200 }),
+        /** Shortest time between two writes: charges made in between share the next one, so a
+         *  busy gateway makes at most 1000/N writes a second, and an answer waits up to N ms
+         *  more. 0: write as soon as the previous write is done. */
+        commitIntervalMs: Type.Integer({ minimum: 0, maximum: 100, default: 0 }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
     /**
-     * Shared state for several replicas (src/config/scaleout.ts): rate-limit counters and
-     * privacy budgets live in Redis instead of this process and `directory`. Absent: one
-     * replica, the embedded stores.
+     * Shared state for several replicas (src/config/scaleout.ts): rate-limit counters,
+     * privacy budgets and screening's per-caller state live in Redis instead of this process
+     * and `directory`. Absent: one replica, the embedded stores.
      */
     redis: Type.Optional(RedisConfig),
   },

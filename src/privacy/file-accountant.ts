@@ -7,9 +7,17 @@
 // The crc covers the JSON text of the other fields in that order, without "crc".
 //
 // Crash safety. A charge is recorded in memory at once (so concurrent requests cannot
-// overspend), then its line is appended and fdatasync'ed; `charge` resolves only after
-// that, so no answer is released whose cost is not on disk. Concurrent charges share
-// one write and one sync (group commit). A crash can leave only the tail torn; at open,
+// overspend), then its line is appended; `charge` resolves only after that. With
+// durability 'strict' (the default) the append is synced (O_DSYNC, or write then fdatasync
+// where the platform lacks O_DSYNC), so no answer is released whose cost is not on disk.
+// With 'relaxed' the append reaches the OS before `charge` resolves (a killed process
+// loses nothing) and the file is synced every relaxedSyncIntervalMs: a power cut or kernel
+// crash can forget the charges of that last interval, never corrupt the journal.
+// Concurrent charges share one write (group commit), and the
+// charges of one key in one write share one line: the summed cost at the latest of their
+// times. Replayed after a restart, such a line frees its whole cost at that latest time,
+// a little later than the charges it merges would have: never earlier, so never an
+// overspend, and a busy caller costs one line per write instead of one per answer. A crash can leave only the tail torn; at open,
 // invalid lines AT THE END are dropped (their answers were never released) and any
 // invalid line FOLLOWED by a valid one stops the start: that is corruption, not a crash,
 // and silently dropping a charge would overspend. After a failed write the accountant
@@ -24,6 +32,7 @@
 // One process per directory: two gateways sharing the directory would each miss the
 // other's charges. Several replicas need a shared accountant (see accountant.ts).
 
+import { constants } from 'node:fs'
 import { mkdir, open, readFile, rename, rm, type FileHandle } from 'node:fs/promises'
 import path from 'node:path'
 import { crc32 } from 'node:zlib'
@@ -57,6 +66,15 @@ export interface FileAccountantOptions {
   retentionMs?: number
   /** Compact once the file has this many lines (and twice the live ones). Default 4096. */
   compactMinLines?: number
+  /** 'strict' (default): synced before `charge` resolves; 'relaxed': see the top of this file. */
+  durability?: 'strict' | 'relaxed'
+  /** With 'relaxed': how often the journal is synced. Default 200 ms. */
+  relaxedSyncIntervalMs?: number
+  /**
+   * Shortest time from the start of one write to the start of the next; charges made
+   * meanwhile wait and share it. Default 0 (write as soon as the last one is done).
+   */
+  commitIntervalMs?: number
   log?: Logger
 }
 
@@ -70,8 +88,41 @@ function sealLine(fields: object): string {
   return `${body.slice(0, -1)},"crc":"${crcHex(body)}"}\n`
 }
 
-function entryLine(key: string, e: LedgerEntry): string {
+function entryLine(key: string, e: Pick<LedgerEntry, 't' | 'e' | 'r'>): string {
   return sealLine({ t: e.t, k: key, e: e.e, r: e.r })
+}
+
+/** Appends that are durable when write() returns, where the platform has O_DSYNC. */
+const DSYNC_APPEND = constants.O_DSYNC ? constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_DSYNC : null
+
+function openForAppend(file: string, strict: boolean): Promise<FileHandle> {
+  return open(file, strict ? (DSYNC_APPEND ?? 'a') : 'a', 0o600)
+}
+
+/** Charges of one key this close together may share a line (see "Crash safety" above). */
+const MERGE_WINDOW_MS = 1000
+
+/**
+ * Journal lines for `entries` (each key's in time order): consecutive charges of a key
+ * within MERGE_WINDOW_MS of the first of them become one line, their summed cost at the
+ * latest of their times. Used for group-commit writes and for compaction alike.
+ */
+function journalText(entries: Iterable<readonly [string, Pick<LedgerEntry, 't' | 'e' | 'r'>]>): string {
+  const open = new Map<string, { first: number; t: number; e: number; r: number }>()
+  let text = ''
+  for (const [key, entry] of entries) {
+    const m = open.get(key)
+    if (m && entry.t - m.first < MERGE_WINDOW_MS) {
+      m.t = Math.max(m.t, entry.t)
+      m.e += entry.e
+      m.r += entry.r
+      continue
+    }
+    if (m) text += entryLine(key, m)
+    open.set(key, { first: entry.t, t: entry.t, e: entry.e, r: entry.r })
+  }
+  for (const [key, m] of open) text += entryLine(key, m)
+  return text
 }
 
 type Parsed = { kind: 'header'; version: unknown } | { kind: 'entry'; key: string; entry: LedgerEntry } | null
@@ -105,9 +156,16 @@ export class FileAccountant implements PrivacyAccountant {
   readonly #file: string
   readonly #dir: string
   readonly #compactMinLines: number
+  readonly #commitIntervalMs: number
+  readonly #strict: boolean
+  /** Relaxed: written since the last sync; the timer that syncs. */
+  #unsynced = false
+  #syncDue = false
+  readonly #syncTimer: NodeJS.Timeout | null
+  #lastWriteStart = -Infinity
   #fh: FileHandle
   #linesInFile: number
-  #queue: { line: string; entry: LedgerEntry }[] = []
+  #queue: { key: string; entry: LedgerEntry }[] = []
   #waiters: Waiter[] = []
   #flushing: Promise<void> | null = null
   #failed: Error | null = null
@@ -122,6 +180,9 @@ export class FileAccountant implements PrivacyAccountant {
     fh: FileHandle
     linesInFile: number
     compactMinLines: number
+    commitIntervalMs: number
+    strict: boolean
+    relaxedSyncIntervalMs: number
   }) {
     this.#ledger = init.ledger
     this.#clock = init.clock
@@ -132,6 +193,15 @@ export class FileAccountant implements PrivacyAccountant {
     this.#linesInFile = init.linesInFile
     this.#compactMinLines = init.compactMinLines
     this.#compactAt = init.compactMinLines
+    this.#commitIntervalMs = init.commitIntervalMs
+    this.#strict = init.strict
+    this.#syncTimer = init.strict
+      ? null
+      : setInterval(() => {
+          if (!this.#unsynced || this.#closed) return
+          this.#syncDue = true
+          this.#kick()
+        }, init.relaxedSyncIntervalMs).unref()
   }
 
   /** Opens (or creates) the journal, replays it, and compacts it. */
@@ -197,16 +267,20 @@ export class FileAccountant implements PrivacyAccountant {
     const tmp = `${file}.tmp`
     // Start from a clean file: the live entries only, no torn tail.
     const needRewrite = lineCount === 0 || torn > 0 || dropped > 0
-    if (needRewrite) await writeJournal(tmp, file, dir, ledger)
-    const fh = await open(file, 'a', 0o600)
+    const linesInFile = needRewrite ? await writeJournal(tmp, file, dir, ledger) : lineCount
+    const strict = (options.durability ?? 'strict') === 'strict'
+    const fh = await openForAppend(file, strict)
     return new FileAccountant({
       ledger,
       clock: options.clock,
       log,
       dir,
       fh,
-      linesInFile: needRewrite ? ledger.size + 1 : lineCount,
+      linesInFile,
       compactMinLines: options.compactMinLines ?? 4096,
+      commitIntervalMs: options.commitIntervalMs ?? 0,
+      strict,
+      relaxedSyncIntervalMs: options.relaxedSyncIntervalMs ?? 200,
     })
   }
 
@@ -216,7 +290,7 @@ export class FileAccountant implements PrivacyAccountant {
     checkCost(cost)
     checkBudget(budget, this.#ledger.retentionMs)
     const { result, entry } = this.#ledger.charge(key, cost, budget, this.#clock.nowMs())
-    if (entry) await this.#persist(entryLine(key, entry), entry)
+    if (entry) await this.#persist(key, entry)
     return result
   }
 
@@ -230,7 +304,10 @@ export class FileAccountant implements PrivacyAccountant {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    if (this.#syncTimer) clearInterval(this.#syncTimer)
     while (this.#flushing) await this.#flushing.catch(() => {})
+    // Relaxed: what was written since the last sync goes to disk now, on a clean shutdown.
+    if (this.#unsynced && !this.#failed) await this.#fh.datasync().catch((err: unknown) => this.#log.error({ file: this.#file, err }, 'privacy journal: final sync failed'))
     await this.#fh.close()
   }
 
@@ -248,38 +325,71 @@ export class FileAccountant implements PrivacyAccountant {
     }
   }
 
-  #persist(line: string, entry: LedgerEntry): Promise<void> {
+  #persist(key: string, entry: LedgerEntry): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.#queue.push({ line, entry })
+      this.#queue.push({ key, entry })
       this.#waiters.push({ resolve, reject })
-      this.#flushing ??= this.#flushLoop().finally(() => {
-        this.#flushing = null
-      })
+      this.#kick()
+    })
+  }
+
+  /** Starts the write loop unless it is running; it takes whatever is queued or due. */
+  #kick(): void {
+    this.#flushing ??= this.#flushLoop().finally(() => {
+      this.#flushing = null
     })
   }
 
   async #flushLoop(): Promise<void> {
-    while (this.#queue.length > 0) {
+    while (this.#queue.length > 0 || this.#syncDue) {
+      if (this.#queue.length === 0) {
+        // Relaxed: the periodic sync, in this loop so it never races a write or a compaction.
+        this.#syncDue = false
+        this.#unsynced = false
+        try {
+          if (!this.#failed) await this.#fh.datasync()
+        } catch (err) {
+          this.#fail(err, [])
+          return
+        }
+        continue
+      }
+      // Each synced write costs the kernel far more than the bytes it carries (a journal
+      // commit on the disk); spacing writes at least commitIntervalMs apart bounds how many
+      // a busy gateway makes per second, at the price of that much latency under load.
+      // After a pause the first charge is written at once.
+      const wait = this.#lastWriteStart + this.#commitIntervalMs - this.#clock.monotonicMs()
+      if (wait > 0 && !this.#closed) await new Promise((r) => setTimeout(r, wait))
+      this.#lastWriteStart = this.#clock.monotonicMs()
       const batch = this.#queue.splice(0)
       const waiters = this.#waiters.splice(0)
       try {
         if (this.#failed) throw this.#failed
-        await writeAll(this.#fh, Buffer.from(batch.map((b) => b.line).join(''), 'utf8'))
-        await this.#fh.datasync()
+        const text = journalText(batch.map((b) => [b.key, b.entry] as const))
+        await writeAll(this.#fh, Buffer.from(text, 'utf8'))
+        if (this.#strict && DSYNC_APPEND === null) await this.#fh.datasync()
+        this.#unsynced ||= !this.#strict
+        this.#linesInFile += countLines(text)
       } catch (err) {
-        // The file may now end in a partial line; appending more would put a damaged line
-        // in the middle. Stop here; a restart drops the torn tail.
-        this.#failed ??= err instanceof Error ? err : new Error(String(err))
-        this.#log.error({ file: this.#file, err }, 'privacy journal write failed; refusing further charges')
-        for (const w of [...waiters, ...this.#waiters.splice(0)]) w.reject(this.#failed)
-        this.#queue.length = 0
+        this.#fail(err, waiters)
         return
       }
       for (const b of batch) b.entry.durable = true
-      this.#linesInFile += batch.length
       for (const w of waiters) w.resolve()
       if (this.#linesInFile > this.#compactAt && this.#linesInFile > 2 * this.#ledger.size + 1) await this.#compact()
     }
+  }
+
+  /**
+   * After a failed write or sync the file may end in a partial line, or hold lines the disk
+   * never got; appending more would put a damaged line in the middle. Refuse every charge
+   * from here on (fail closed); a restart drops a torn tail.
+   */
+  #fail(err: unknown, waiters: Waiter[]): void {
+    this.#failed ??= err instanceof Error ? err : new Error(String(err))
+    this.#log.error({ file: this.#file, err }, 'privacy journal write failed; refusing further charges')
+    for (const w of [...waiters, ...this.#waiters.splice(0)]) w.reject(this.#failed)
+    this.#queue.length = 0
   }
 
   async #compact(): Promise<void> {
@@ -290,9 +400,10 @@ export class FileAccountant implements PrivacyAccountant {
       const written = await writeJournal(tmp, this.#file, this.#dir, this.#ledger, () => {
         renamed = true
       })
-      const fh = await open(this.#file, 'a', 0o600)
+      const fh = await openForAppend(this.#file, this.#strict)
       const old = this.#fh
       this.#fh = fh
+      this.#unsynced = false // the rewrite was synced before the rename
       this.#linesInFile = written
       this.#compactAt = this.#compactMinLines
       await old.close().catch(() => {})
@@ -312,6 +423,12 @@ export class FileAccountant implements PrivacyAccountant {
   }
 }
 
+function countLines(text: string): number {
+  let n = 0
+  for (let i = text.indexOf('\n'); i >= 0; i = text.indexOf('\n', i + 1)) n++
+  return n
+}
+
 async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
   let off = 0
   while (off < buf.length) {
@@ -325,11 +442,13 @@ async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
  * `file`, and syncs the folder so the rename itself survives a crash. Returns the line count.
  */
 async function writeJournal(tmp: string, file: string, dir: string, ledger: Ledger, onRenamed?: () => void): Promise<number> {
-  const parts = [sealLine(HEADER)]
-  for (const [key, entry] of ledger.entries()) if (entry.durable) parts.push(entryLine(key, entry))
+  const durable = function* () {
+    for (const e of ledger.entries()) if (e[1].durable) yield e
+  }
+  const text = sealLine(HEADER) + journalText(durable())
   const fh = await open(tmp, 'w', 0o600)
   try {
-    await writeAll(fh, Buffer.from(parts.join(''), 'utf8'))
+    await writeAll(fh, Buffer.from(text, 'utf8'))
     await fh.sync()
   } finally {
     await fh.close()
@@ -337,7 +456,7 @@ async function writeJournal(tmp: string, file: string, dir: string, ledger: Ledg
   await rename(tmp, file)
   onRenamed?.()
   await syncDirectory(dir)
-  return parts.length
+  return countLines(text)
 }
 
 async function syncDirectory(dir: string): Promise<void> {

@@ -39,7 +39,7 @@
 // report-noisy-max costs anyway here: per-coordinate sensitivity is S and the scale 2S/ε).
 
 import type { RandomReader } from './random.ts'
-import { sampleDiscreteGaussian, sampleDiscreteLaplace } from './samplers.ts'
+import { sampleDiscreteGaussian, sampleDiscreteLaplace, sampleDiscreteLaplaceSmall, smallLaplaceScale } from './samplers.ts'
 import { renormalise } from './postprocess.ts'
 
 /** Epsilon is handled in integer micro-epsilon: basic composition is then exact. */
@@ -58,7 +58,15 @@ export interface PrivacyCost {
 export const zeroCost: PrivacyCost = Object.freeze({ epsilonMicros: 0, rhoNanos: 0 })
 
 export type NoiseSpec =
-  | { mechanism: 'laplace'; bits: number; scaleNum: bigint; scaleDen: bigint; cost: PrivacyCost }
+  | {
+      mechanism: 'laplace'
+      bits: number
+      scaleNum: bigint
+      scaleDen: bigint
+      /** The scale in lowest terms as numbers, when the sampler's number path takes it. */
+      small: { t: number; s: number } | null
+      cost: PrivacyCost
+    }
   | { mechanism: 'gaussian'; bits: number; varNum: bigint; varDen: bigint; cost: PrivacyCost }
 
 /** Micro-epsilon for a policy epsilon: the value is used at 10^-6 resolution. */
@@ -87,13 +95,9 @@ export function calibrateLaplace(epsilon: number, bits: number): NoiseSpec {
   const epsilonMicros = toEpsilonMicros(epsilon)
   const l1 = 2n << BigInt(bits) // 2S
   // scale = 2S / ε = 2S · 10^6 / εµ, as a rational, so the mechanism is exactly εµ·10^-6-DP.
-  return {
-    mechanism: 'laplace',
-    bits,
-    scaleNum: l1 * BigInt(EPSILON_UNITS),
-    scaleDen: BigInt(epsilonMicros),
-    cost: { epsilonMicros, rhoNanos: 0 },
-  }
+  const scaleNum = l1 * BigInt(EPSILON_UNITS)
+  const scaleDen = BigInt(epsilonMicros)
+  return { mechanism: 'laplace', bits, scaleNum, scaleDen, small: smallLaplaceScale(scaleNum, scaleDen), cost: { epsilonMicros, rhoNanos: 0 } }
 }
 
 /** Discrete Gaussian on the 2^-bits grid, calibrated so one answer is (epsilon, delta)-DP. */
@@ -131,6 +135,16 @@ export function snapToGrid(row: ArrayLike<number>, bits: number): number[] {
     sum += out[i]!
   }
   let deficit = S - sum
+  if (deficit > 0 && deficit < c) {
+    // The common case: hand one unit each to the `deficit` largest remainders (ties to the
+    // lower index), picked by selection: cheaper than sorting for a handful of classes.
+    for (; deficit > 0; deficit--) {
+      let best = -1
+      for (let i = 0; i < c; i++) if (rem[i]! >= 0 && (best < 0 || rem[i]! > rem[best]!)) best = i
+      out[best]!++
+      rem[best] = -1
+    }
+  }
   if (deficit !== 0) {
     const order = [...out.keys()].sort((a, b) => rem[b]! - rem[a]! || a - b)
     // deficit > 0: hand out the missing units to the largest remainders. Float error can
@@ -146,15 +160,19 @@ export function snapToGrid(row: ArrayLike<number>, bits: number): number[] {
   return out
 }
 
-/** One noise draw per coordinate, added to the grid integers. */
-export function addNoise(rng: RandomReader, grid: readonly number[], spec: NoiseSpec): bigint[] {
-  const out = new Array<bigint>(grid.length)
+/**
+ * One noise draw per coordinate, added to the grid integers. Plain numbers: the grid is at
+ * most 2^bits and a draw beyond 2^53 has probability far below 2^-1000 at the scales a
+ * policy allows, so the sums are exact integers.
+ */
+export function addNoise(rng: RandomReader, grid: readonly number[], spec: NoiseSpec): number[] {
+  const out = new Array<number>(grid.length)
   for (let i = 0; i < grid.length; i++) {
-    const z =
-      spec.mechanism === 'laplace'
-        ? sampleDiscreteLaplace(rng, spec.scaleNum, spec.scaleDen)
-        : sampleDiscreteGaussian(rng, spec.varNum, spec.varDen)
-    out[i] = BigInt(grid[i]!) + z
+    let z: number
+    if (spec.mechanism === 'gaussian') z = Number(sampleDiscreteGaussian(rng, spec.varNum, spec.varDen))
+    else if (spec.small) z = sampleDiscreteLaplaceSmall(rng, spec.small)
+    else z = Number(sampleDiscreteLaplace(rng, spec.scaleNum, spec.scaleDen))
+    out[i] = grid[i]! + z
   }
   return out
 }

@@ -55,18 +55,24 @@ export function sampleDiscreteLaplace(rng: RandomReader, scaleNum: bigint, scale
   const t = scaleNum / g
   const s = scaleDen / g
   if (t <= SMALL && s <= SMALL) return BigInt(discreteLaplaceSmall(rng, Number(t), Number(s)))
-  for (;;) {
-    // X = U + t·V is geometric with parameter 1 - e^{-1/t}: U uniform below t, accepted
-    // with probability e^{-U/t}, plus t times a geometric count of e^{-1} successes.
-    const u = rng.uniform(t)
-    if (!bernoulliExpNeg(rng, u, t)) continue
-    let v = 0n
-    while (bernoulliExpNeg(rng, 1n, 1n)) v++
-    const y = (u + t * v) / s // geometric with parameter 1 - e^{-s/t}
-    const negative = rng.coin()
-    if (negative && y === 0n) continue // otherwise zero would be counted twice
-    return negative ? -y : y
-  }
+  return sampleDiscreteLaplaceBig(rng, t, s)
+}
+
+/**
+ * The scale t/s in lowest terms as plain numbers when the number path can sample it (both
+ * at most 2^20), else null. Computed once per policy, so the hot path skips the BigInt gcd.
+ */
+export function smallLaplaceScale(scaleNum: bigint, scaleDen: bigint): { t: number; s: number } | null {
+  if (scaleNum < 1n || scaleDen < 1n) throw new RangeError(`smallLaplaceScale: bad scale ${scaleNum}/${scaleDen}`)
+  const g = gcd(scaleNum, scaleDen)
+  const t = scaleNum / g
+  const s = scaleDen / g
+  return t <= SMALL && s <= SMALL ? { t: Number(t), s: Number(s) } : null
+}
+
+/** sampleDiscreteLaplace for a scale from smallLaplaceScale: the same draw, as a number. */
+export function sampleDiscreteLaplaceSmall(rng: RandomReader, scale: { t: number; s: number }): number {
+  return discreteLaplaceSmall(rng, scale.t, scale.s)
 }
 
 /**
@@ -141,16 +147,18 @@ function discreteLaplaceSmall(rng: RandomReader, t: number, s: number): number {
   }
 }
 
-/** The BigInt algorithm, kept callable for the equivalence test. */
+/** CKS Algorithm 2 on BigInt, for any scale t/s (t, s coprime); exported for the equivalence test. */
 export function sampleDiscreteLaplaceBig(rng: RandomReader, t: bigint, s: bigint): bigint {
   for (;;) {
+    // X = U + t·V is geometric with parameter 1 - e^{-1/t}: U uniform below t, accepted
+    // with probability e^{-U/t}, plus t times a geometric count of e^{-1} successes.
     const u = rng.uniform(t)
     if (!bernoulliExpNeg(rng, u, t)) continue
     let v = 0n
     while (bernoulliExpNeg(rng, 1n, 1n)) v++
-    const y = (u + t * v) / s
+    const y = (u + t * v) / s // geometric with parameter 1 - e^{-s/t}
     const negative = rng.coin()
-    if (negative && y === 0n) continue
+    if (negative && y === 0n) continue // otherwise zero would be counted twice
     return negative ? -y : y
   }
 }

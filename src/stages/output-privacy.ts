@@ -44,7 +44,7 @@ import {
   type NoiseSpec,
   type PrivacyCost,
 } from '../privacy/mechanisms.ts'
-import { releaseRow, type RowSpec } from '../privacy/postprocess.ts'
+import { argmax, releaseRow, type RowSpec } from '../privacy/postprocess.ts'
 import { RandomReader } from '../privacy/random.ts'
 import type { RequestContext, Stage } from '../types.ts'
 
@@ -106,22 +106,44 @@ function isScoreTensor(t: Tensor): t is Tensor & { data: Float32Array | Float64A
 function protectTensor(t: Tensor & { data: Float32Array | Float64Array }, c: CompiledOutputPolicy, rng: RandomReader | null): Tensor {
   const classes = t.shape[t.shape.length - 1]!
   const out = t.datatype === 'FP32' ? new Float32Array(t.data.length) : new Float64Array(t.data.length)
-  const S = c.noise ? 1n << BigInt(c.noise.bits) : 0n
+  const S = c.noise ? 2 ** c.noise.bits : 0
   for (let off = 0; off < t.data.length; off += classes) {
     const row = t.data.subarray(off, off + classes)
-    let released: number[]
     if (c.noise && rng) {
       const noisy = addNoise(rng, snapToGrid(row, c.noise.bits), c.noise)
-      const rank = noisy.map(Number)
-      const mass = noisy.map((v) => Number(v < 0n ? 0n : v > S ? S : v))
-      released = releaseRow(rank, mass, c.row)
+      if (c.row.mode === 'label') {
+        // Report-noisy-max: the one-hot of the noisy arg-max (ties to the lower index).
+        out[off + argmax(noisy)] = 1
+        continue
+      }
+      const mass = noisy.map((v) => (v < 0 ? 0 : v > S ? S : v))
+      out.set(releaseRow(noisy, mass, c.row), off)
     } else {
       const rank = Array.from(row, (v) => (Number.isNaN(v) ? -Infinity : v))
-      released = releaseRow(rank, row, c.row)
+      out.set(releaseRow(rank, row, c.row), off)
     }
-    out.set(released, off)
   }
   return { name: t.name, datatype: t.datatype, shape: t.shape, data: out }
+}
+
+/**
+ * privacyKey with a bounded memo: the SHA-256 is per caller, not per request, and a busy
+ * gateway sees the same few callers thousands of times a second. Cleared when full, so a
+ * flood of distinct identities costs a hash each, never unbounded memory.
+ */
+function memoisedPrivacyKey(limit = 10_000): (ctx: Pick<RequestContext, 'principal' | 'identity'>, model: string) => string {
+  const memo = new Map<string, string>()
+  return (ctx, model) => {
+    const p = ctx.principal
+    // JSON.stringify of the parts: unambiguous whatever characters an issuer or subject holds.
+    const id = JSON.stringify([model, p?.issuer ?? null, p?.subject ?? null, ctx.identity?.id ?? null])
+    let key = memo.get(id)
+    if (key === undefined) {
+      if (memo.size >= limit) memo.clear()
+      memo.set(id, (key = privacyKey(ctx, model)))
+    }
+    return key
+  }
 }
 
 export function createOutputPrivacyStage(policies: OutputPolicySource, deps: OutputPrivacyDeps): Stage {
@@ -132,6 +154,7 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
     return c
   }
   compiled(defaultOutputPolicy)
+  const keyOf = memoisedPrivacyKey()
 
   return {
     name: 'output-privacy',
@@ -176,7 +199,7 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
           })
         }
         if (answers > 0) {
-          charging = deps.accountant.charge(privacyKey(ctx, model), cost, c.budget)
+          charging = deps.accountant.charge(keyOf(ctx, model), cost, c.budget)
           charging.catch(() => {}) // awaited below; this only keeps an early failure from being "unhandled"
         }
       }
@@ -201,7 +224,7 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
             })
           }
         } else {
-          charge = await deps.accountant.balance(privacyKey(ctx, model), c.budget)
+          charge = await deps.accountant.balance(keyOf(ctx, model), c.budget)
         }
         ctx.privacy = {
           epsilonSpent: charge.epsilonSpent,

@@ -1,4 +1,4 @@
-import { appendFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { appendFile, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
@@ -102,7 +102,37 @@ t.test('concurrent charges never overspend', async (t) => {
   t.equal(results.filter((r) => r.ok).length, 10)
   await acct.close()
   const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n')
-  t.equal(lines.length, 11, 'header + ten charges on disk')
+  const onDisk = lines.slice(1).reduce((sum, l) => sum + (JSON.parse(l) as { e: number }).e, 0)
+  t.equal(onDisk, 1_000_000, 'the ten accepted charges, and only those, are on disk (1 ε)')
+  t.ok(lines.length < 11, `charges written together share lines (${lines.length - 1} lines for 10 charges)`)
+})
+
+t.test('merged journal lines free their cost no earlier than the charges they merge, and at most 1 s later', async (t) => {
+  const dir = await tempDir(t)
+  const clock = fakeClock()
+  const t0 = clock.nowMs()
+  const b = budget(1, 10_000)
+  const a = await FileAccountant.open({ directory: dir, clock })
+  // The first charge starts a write; everything charged while it runs goes into the next.
+  const pending = [a.charge('other', eps(0.1), b)]
+  for (let i = 0; i < 4; i++) {
+    pending.push(a.charge('k', eps(0.1), b)) // at t0, +200, +400, +600 ms
+    clock.advance(200)
+  }
+  clock.set(t0 + 2_000)
+  pending.push(a.charge('k', eps(0.1), b), a.charge('k', eps(0.1), b))
+  t.ok((await Promise.all(pending)).every((r) => r.ok))
+  await a.close()
+  const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n').slice(1)
+  const kLines = lines.map((l) => JSON.parse(l) as { t: number; k: string; e: number }).filter((l) => l.k === 'k')
+  t.same(kLines.map((l) => [l.t - t0, l.e]), [[600, 400_000], [2_000, 200_000]], 'one line per key and second, at the latest time of its charges')
+  const reopened = await FileAccountant.open({ directory: dir, clock })
+  t.equal((await reopened.balance('k', b)).epsilonSpent, 0.6, 'the whole cost survives the restart')
+  clock.set(t0 + 10_000)
+  t.equal((await reopened.balance('k', b)).epsilonSpent, 0.6, 'the first charge of a merged line does not free at its own time')
+  clock.set(t0 + 10_600)
+  t.equal((await reopened.balance('k', b)).epsilonSpent, 0.2, 'the merged line frees 600 ms later, all at once')
+  await reopened.close()
 })
 
 t.test('budgets survive a restart: a new accountant over the same folder sees what was spent', async (t) => {
@@ -180,6 +210,67 @@ t.test('compaction keeps the journal bounded and loses nothing live', async (t) 
   const after = await Promise.all([0, 1, 2].map((k) => reopened.balance(`k${k}`, b)))
   t.same(after, live, 'a restart after compaction sees the same balances')
   await reopened.close()
+})
+
+/** Counts FileHandle.datasync calls in this process while `fn` runs. */
+async function countingSyncs<T>(fn: (syncs: () => number) => Promise<T>): Promise<T> {
+  const probe = await open(path.join(tmpdir(), `bulwark-probe-${process.pid}`), 'w')
+  const proto = Object.getPrototypeOf(probe) as { datasync(): Promise<void> }
+  await probe.close()
+  const original = proto.datasync
+  let n = 0
+  proto.datasync = function (this: unknown) {
+    n++
+    return original.call(this)
+  }
+  try {
+    return await fn(() => n)
+  } finally {
+    proto.datasync = original
+  }
+}
+
+t.test('relaxed durability: a charge is in the file when it resolves, and synced within the interval', async (t) => {
+  const dir = await tempDir(t)
+  const clock = fakeClock()
+  await countingSyncs(async (syncs) => {
+    const a = await FileAccountant.open({ directory: dir, clock, durability: 'relaxed', relaxedSyncIntervalMs: 20 })
+    const before = syncs()
+    t.ok((await a.charge('k', eps(0.3), budget(1))).ok)
+    const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n')
+    t.equal(lines.length, 2, 'the charge reached the file before it resolved')
+    // A killed process (no close): a new accountant reads it back.
+    const b = await FileAccountant.open({ directory: dir, clock })
+    t.equal((await b.balance('k', budget(1))).epsilonSpent, 0.3, 'the budget spent before the "crash" is still spent')
+    await b.close()
+    await new Promise((r) => setTimeout(r, 120))
+    const afterInterval = syncs()
+    t.ok(afterInterval > before, 'the interval synced the written charge')
+    await new Promise((r) => setTimeout(r, 120))
+    t.equal(syncs(), afterInterval, 'nothing written since: no more syncs')
+    await a.charge('k', eps(0.1), budget(1))
+    await a.close()
+    t.ok(syncs() > afterInterval, 'close syncs what was written since the last sync')
+  })
+})
+
+t.test('commitIntervalMs: charges made within the interval share the next write', async (t) => {
+  const linesFor = async (commitIntervalMs: number) => {
+    const dir = await tempDir(t)
+    const clock = fakeClock()
+    const a = await FileAccountant.open({ directory: dir, clock, commitIntervalMs })
+    // Three charges 10 ms apart in real time, at the same wall time (so they may merge).
+    const pending = []
+    for (let i = 0; i < 3; i++) {
+      pending.push(a.charge('k', eps(0.1), budget(1)))
+      await new Promise((r) => setTimeout(r, 10))
+    }
+    await Promise.all(pending)
+    await a.close()
+    return (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n').length - 1
+  }
+  t.equal(await linesFor(0), 3, 'interval 0: each charge is written as it comes')
+  t.equal(await linesFor(200), 2, 'interval 200 ms: the first at once, the next two together')
 })
 
 t.test('entries older than the retention are dropped at open', async (t) => {
