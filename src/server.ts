@@ -215,7 +215,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   // --- shared state (src/state/redis.ts): rate limits, budgets and screening state across replicas ---
   const sharedState = config.state.redis ? await SharedState.open(config.state.redis, loaded.baseDir, log) : null
   if (sharedState) {
-    metrics.add(new Gauge('bulwark_state_store_up', 'Whether the shared state store (Redis) is connected: 1 yes, 0 no (budgets refused, rate limits as configured).', () => [[{ store: 'redis' }, sharedState.up ? 1 : 0]]))
+    metrics.add(new Gauge('bulwark_state_store_up', 'Whether the shared state store (Redis) is connected: 1 yes, 0 no (budgets refused; rate limits and screening as configured).', () => [[{ store: 'redis' }, sharedState.up ? 1 : 0]]))
   }
   // Privacy budgets survive restarts: the accountant journals every charge under
   // state.directory, or in Redis when replicas share budgets.

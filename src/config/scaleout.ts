@@ -74,7 +74,7 @@ export const UpstreamConfig = Type.Object(
   { additionalProperties: false },
 )
 
-/** Redis, shared by every replica: rate-limit counters and privacy budgets. */
+/** Redis, shared by every replica: rate-limit counters, privacy budgets and screening state. */
 export const RedisConfig = Type.Object(
   {
     /** redis://host:port/db or rediss://host:port/db (TLS). Put no password here: use passwordFile. */
@@ -92,6 +92,19 @@ export const RedisConfig = Type.Object(
     commandTimeoutMs: Type.Integer({ minimum: 5, maximum: 60_000, default: 500 }),
     /** Redis unreachable: refuse (503 state_unavailable) or allow requests past the rate limit. Budgets always refuse. */
     rateLimitsWhenUnavailable: Type.Union([Type.Literal('refuse'), Type.Literal('allow')], { default: 'refuse' }),
+    /**
+     * Redis unreachable: refuse screened requests (503 state_unavailable), or allow them to be
+     * judged without the stateful and extraction detectors and the cool-down check (the
+     * stateless detectors still judge; each skip is counted). Refuse: an attacker who can
+     * knock Redis over must not get unwatched queries.
+     */
+    screeningWhenUnavailable: Type.Union([Type.Literal('refuse'), Type.Literal('allow')], { default: 'refuse' }),
+    /**
+     * How long a caller's screening state (query history, extraction sets) is kept after its
+     * last query; bounds Redis memory to the callers active within it. Long enough that a
+     * slow attack (a query every few hours) stays in view. Default one day.
+     */
+    screeningStateTtlMs: Type.Integer({ minimum: 60_000, maximum: 30 * 86_400_000, default: 86_400_000 }),
   },
   { additionalProperties: false },
 )

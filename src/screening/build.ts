@@ -4,7 +4,9 @@
 // the order they judge a request in: the cheap stateless check first, then the stateful
 // query detector (both before the model runs), then feature squeezing, then extraction
 // (after it). The first enforcing alarm ends the screening: later detectors never see a
-// refused request, so the extraction detector counts only answered queries.
+// refused request, so the extraction detector counts only answered queries. With a shared
+// store (`state.redis`), the stateful and extraction detectors keep their per-principal state
+// in Redis (stateful-shared.ts, prada-shared.ts); the others keep none.
 
 import path from 'node:path'
 import type { ScreeningMode, ScreeningPolicy } from '../config/screening-policy.ts'
@@ -12,13 +14,16 @@ import { keyedDigester, type Digester } from './digest.ts'
 import type { RandomSource } from '../deps.ts'
 import { readManifest, type Manifest } from '../inference/manifest.ts'
 import { readCalibrationFile, type CalibrationFile } from './calibration.ts'
-import type { Detector } from './detector.ts'
+import type { AnyDetector } from './detector.ts'
 import { poolingEncoder } from './encoder.ts'
 import { createFeatureBoundsDetector } from './feature-bounds.ts'
 import { createFeatureSqueezingDetector } from './feature-squeezing.ts'
 import { createPradaDetector } from './prada.ts'
+import { createSharedPradaDetector } from './prada-shared.ts'
+import type { ScreeningStore } from './shared-store.ts'
 import { parseSqueezer, type ItemLayout } from './squeezers.ts'
 import { createStatefulDetector } from './stateful.ts'
+import { createSharedStatefulDetector } from './stateful-shared.ts'
 
 export interface ModelScreening {
   readonly model: string
@@ -28,7 +33,7 @@ export interface ModelScreening {
   readonly layout: ItemLayout
   /** Values per item of the screened input. */
   readonly itemSize: number
-  readonly detectors: readonly Detector[]
+  readonly detectors: readonly AnyDetector[]
   /** Whether a detector needs the model's answer (the stage then runs the model itself). */
   readonly needsModel: boolean
   readonly cooldownMs: number
@@ -42,6 +47,8 @@ export interface ScreeningSources {
   modelsDir: string
   /** Secret keys of the digests (deps.random). */
   random: RandomSource
+  /** Redis, when replicas share per-principal state (`state.redis`); absent: in process. */
+  shared?: ScreeningStore
 }
 
 /** Layout of one item of a model input [batch, ..., H, W], or a problem. */
@@ -66,6 +73,7 @@ export function compileScreening(
   manifest: Manifest,
   calibration: CalibrationFile | null,
   random: RandomSource,
+  shared?: ScreeningStore,
 ): ModelScreening {
   const problems: string[] = []
   const inputName = policy.input ?? (manifest.inputs.length === 1 ? manifest.inputs[0]!.name : '')
@@ -87,7 +95,7 @@ export function compileScreening(
       problems.push(`/screening/calibrationFile: the file was calibrated on model file ${calibration.modelSha256.slice(0, 12)}..., the manifest now pins ${manifest.sha256.slice(0, 12)}...; ${recalibrate}`)
     }
   }
-  const detectors: Detector[] = []
+  const detectors: AnyDetector[] = []
 
   const fb = policy.featureBounds
   if (fb) {
@@ -112,7 +120,8 @@ export function compileScreening(
     if (st.k > st.historyPerPrincipal) problems.push(`/screening/stateful/k: ${st.k} exceeds historyPerPrincipal ${st.historyPerPrincipal}; the k nearest must fit in the history`)
     if (st.poolSize > Math.max(layout.height, layout.width)) problems.push(`/screening/stateful/poolSize: ${st.poolSize} is larger than the input's ${layout.height}x${layout.width}`)
     if (threshold !== undefined && problems.length === 0) {
-      detectors.push(createStatefulDetector({ ...st, threshold, mode: modeOf(st.mode), encoder: poolingEncoder(layout, st.poolSize) }))
+      const options = { ...st, threshold, mode: modeOf(st.mode), encoder: poolingEncoder(layout, st.poolSize) }
+      detectors.push(shared ? createSharedStatefulDetector(options, model, shared) : createStatefulDetector(options))
     }
   }
 
@@ -141,7 +150,10 @@ export function compileScreening(
   if (ex) {
     if (ex.warmupPerClass > ex.growingSetPerClass) problems.push(`/screening/extraction/warmupPerClass: ${ex.warmupPerClass} exceeds growingSetPerClass ${ex.growingSetPerClass}; no distance would ever be recorded`)
     if (ex.minQueries > ex.windowSize) problems.push(`/screening/extraction/minQueries: ${ex.minQueries} exceeds windowSize ${ex.windowSize}; the test would never run`)
-    else detectors.push(createPradaDetector({ ...ex, mode: modeOf(ex.mode), encoder: poolingEncoder(layout, ex.poolSize) }))
+    else {
+      const options = { ...ex, mode: modeOf(ex.mode), encoder: poolingEncoder(layout, ex.poolSize) }
+      detectors.push(shared ? createSharedPradaDetector(options, model, shared, random) : createPradaDetector(options))
+    }
   }
 
   if (problems.length > 0) throw new Error(problems.join('\n'))
@@ -181,7 +193,7 @@ export async function buildScreening(
       const manifest = await readManifest(path.join(sources.modelsDir, model, 'manifest.json'))
       const calFile = policy.screening.calibrationFile
       const calibration = calFile ? await readCalibrationFile(path.resolve(sources.policyDir, calFile)) : null
-      models.set(model, compileScreening(model, policy.screening, manifest, calibration, sources.random))
+      models.set(model, compileScreening(model, policy.screening, manifest, calibration, sources.random, sources.shared))
     } catch (err) {
       for (const line of (err as Error).message.split('\n')) problems.push(`${file} ${line}`)
     }

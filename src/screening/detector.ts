@@ -3,6 +3,11 @@
 // (with its thresholds and bounded per-principal state) and then asked, per request, how
 // suspicious the request is. Adding a detector means implementing `Detector` and listing it
 // in src/screening/build.ts; the stage does not change.
+//
+// Two kinds: a `Detector` keeps its per-principal state in this process and judges
+// synchronously (the default, and the only kind without `state.redis`); a `SharedDetector`
+// keeps it in Redis, shared by the replicas (src/screening/shared-store.ts), and its
+// inspection is a promise that fails with 503 state_unavailable when Redis cannot be reached.
 
 import type { ScreeningMode } from '../config/screening-policy.ts'
 
@@ -30,7 +35,8 @@ export interface DetectorResult {
   alarm: boolean
 }
 
-export interface Detector {
+/** What the stage and the metrics read of any detector. */
+interface DetectorInfo {
   /** Stable name: the `detector` of audit flags and of the metric label. */
   readonly name: string
   /** 'input': judged before the model runs. 'output': needs the model's answer for each item. */
@@ -41,12 +47,25 @@ export interface Detector {
   readonly mode: ScreeningMode
   /** Transformed copies of an item that the model must also run, in the same batch as the original. */
   variants?(item: Float32Array): Float32Array[]
+  /** Memory held by per-principal state in this process, for metrics and tests. */
+  memory?(): { principals: number; stored: number; evictions: number }
+}
+
+export interface Detector extends DetectorInfo {
+  readonly shared?: undefined
   /**
    * Scores the request, and records it in the principal's state if the detector keeps any.
    * `variantProbabilities[i][j]` is the model's answer for variant j of item i. Returns null
    * when there is nothing to score yet (too little history), which is not an alarm.
    */
   inspect(batch: ScreenBatch, variantProbabilities?: readonly (readonly Float32Array[])[]): DetectorResult | null
-  /** Memory held by per-principal state, for metrics and tests. */
-  memory?(): { principals: number; stored: number; evictions: number }
 }
+
+/** A detector whose per-principal state lives in Redis: the same judgement, awaited. */
+export interface SharedDetector extends DetectorInfo {
+  readonly shared: true
+  /** As Detector.inspect; rejects with BulwarkError state_unavailable when the store cannot be used. */
+  inspect(batch: ScreenBatch, variantProbabilities?: readonly (readonly Float32Array[])[]): Promise<DetectorResult | null>
+}
+
+export type AnyDetector = Detector | SharedDetector

@@ -16,6 +16,8 @@
 // distances, and principals live in an LRU store capped in entries and stored queries.
 // Inputs are compared after the same pooling as the stateful detector (encoder.ts; the test
 // statistic is scale-free). Exact repeats are skipped: a retry is not a new query.
+// With `state.redis` the state lives in Redis instead (prada-shared.ts), judged by the same
+// `judgeBatch` on a copy loaded for the request.
 
 import type { ExtractionPolicy } from '../config/screening-policy.ts'
 import type { Detector, DetectorResult, ScreenBatch, ScreeningMode } from './detector.ts'
@@ -29,7 +31,7 @@ export interface PradaOptions
   encoder: Encoder
 }
 
-class GrowingSet {
+export class GrowingSet {
   vectors: Float32Array
   count = 0
   next = 0
@@ -68,7 +70,7 @@ class GrowingSet {
   }
 }
 
-class PradaState {
+export class PradaState {
   readonly classes = new Map<number, GrowingSet>()
   readonly distances: Float64Array
   /** Digests of the last windowSize distinct queries (a set and its ring), for skipping repeats. */
@@ -100,12 +102,56 @@ class PradaState {
     this.next = (this.next + 1) % this.distances.length
     if (this.count < this.distances.length) this.count++
   }
+
+  /** A new, empty growing set for a class (a hook: the shared store tracks what it writes). */
+  newClass(dims: number, capacity: number): GrowingSet {
+    return new GrowingSet(dims, capacity)
+  }
 }
 
-function argmax(p: Float32Array): number {
+export function argmax(p: Float32Array): number {
   let best = 0
   for (let i = 1; i < p.length; i++) if (p[i]! > p[best]!) best = i
   return best
+}
+
+/**
+ * Runs Algorithm 1 over a batch on one principal's state (recording every distinct item) and
+ * tests the window. Both stores run this, so one replica and many judge alike.
+ */
+export function judgeBatch(s: PradaState, batch: ScreenBatch, probabilities: readonly Float32Array[], o: PradaOptions): DetectorResult | null {
+  batch.items.forEach((item, i) => {
+    if (!s.remember(batch.digests[i]!)) return
+    const c = argmax(probabilities[i]!)
+    let g = s.classes.get(c)
+    if (!g) s.classes.set(c, (g = s.newClass(o.encoder.dims, o.growingSetPerClass)))
+    const v = o.encoder.encode(item)
+    if (g.count < o.warmupPerClass) {
+      g.add(v)
+      s.stored++
+      return
+    }
+    const d = g.nearest(v)
+    s.record(d)
+    if (d > g.threshold) {
+      if (g.count < g.capacity) s.stored++
+      g.add(v)
+      g.n++
+      g.sum += d
+      g.sumSq += d * d
+      const mean = g.sum / g.n
+      const std = Math.sqrt(Math.max(0, g.sumSq / g.n - mean * mean))
+      g.threshold = Math.max(g.threshold, mean - std)
+    }
+  })
+  if (s.count < o.minQueries) return null
+  let w: number
+  try {
+    w = shapiroWilk(s.count === s.distances.length ? s.distances : s.distances.subarray(0, s.count)).w
+  } catch {
+    w = 0 // every distance equal: as far from natural inputs as a sample can be
+  }
+  return { score: w, threshold: o.wThreshold, alarm: w < o.wThreshold }
 }
 
 export function createPradaDetector(o: PradaOptions): Detector {
@@ -125,39 +171,9 @@ export function createPradaDetector(o: PradaOptions): Detector {
       const probabilities = batch.probabilities
       if (!probabilities) throw new Error('extraction detector needs the model output')
       const s = store.use(batch.principal)
-      batch.items.forEach((item, i) => {
-        if (!s.remember(batch.digests[i]!)) return
-        const c = argmax(probabilities[i]!)
-        let g = s.classes.get(c)
-        if (!g) s.classes.set(c, (g = new GrowingSet(o.encoder.dims, o.growingSetPerClass)))
-        const v = o.encoder.encode(item)
-        if (g.count < o.warmupPerClass) {
-          g.add(v)
-          s.stored++
-          return
-        }
-        const d = g.nearest(v)
-        s.record(d)
-        if (d > g.threshold) {
-          if (g.count < g.capacity) s.stored++
-          g.add(v)
-          g.n++
-          g.sum += d
-          g.sumSq += d * d
-          const mean = g.sum / g.n
-          const std = Math.sqrt(Math.max(0, g.sumSq / g.n - mean * mean))
-          g.threshold = Math.max(g.threshold, mean - std)
-        }
-      })
+      const result = judgeBatch(s, batch, probabilities, o)
       store.settle(batch.principal)
-      if (s.count < o.minQueries) return null
-      let w: number
-      try {
-        w = shapiroWilk(s.count === s.distances.length ? s.distances : s.distances.subarray(0, s.count)).w
-      } catch {
-        w = 0 // every distance equal: as far from natural inputs as a sample can be
-      }
-      return { score: w, threshold: o.wThreshold, alarm: w < o.wThreshold }
+      return result
     },
     memory: () => ({ principals: store.principals, stored: store.units, evictions: store.evictions }),
   }

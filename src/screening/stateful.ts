@@ -19,6 +19,8 @@
 // Cost per item: one pooling pass and at most historyPerPrincipal partial distances over
 // `dims` values (early exit once a distance cannot be among the k nearest). Memory: dims*4+8
 // bytes per stored query, bounded per principal (the ring) and over principals (LRU store).
+// With `state.redis` the ring lives in Redis instead (stateful-shared.ts), judged by the same
+// `judgeBatch`.
 
 import type { StatefulPolicy } from '../config/screening-policy.ts'
 import type { Detector, DetectorResult, ScreenBatch, ScreeningMode } from './detector.ts'
@@ -32,7 +34,7 @@ export interface StatefulOptions extends Pick<StatefulPolicy, 'k' | 'historyPerP
 }
 
 /** One principal's recent queries: a ring of encoded vectors that grows to its capacity. */
-class History {
+export class History {
   vectors: Float32Array
   digests: Float64Array
   readonly seen = new Set<number>()
@@ -69,7 +71,7 @@ class History {
 }
 
 /** Mean of the k smallest distances from `v` to the history (RMS per value), or null with fewer than k. */
-function meanNearestDistance(h: History, v: Float32Array, k: number): number | null {
+export function meanNearestDistance(h: History, v: Float32Array, k: number): number | null {
   if (h.count < k) return null
   // The k smallest squared distances so far, ascending.
   const best = new Float64Array(k).fill(Infinity)
@@ -88,6 +90,25 @@ function meanNearestDistance(h: History, v: Float32Array, k: number): number | n
   return sum / k
 }
 
+/**
+ * Judges a batch against a principal's history and records it there, item by item: an exact
+ * repeat (its digest is in the history) is skipped; any other item is scored against the
+ * history, earlier items of the batch included, then added. Returns the smallest score
+ * (Infinity: nothing scored). Both stores run this, so one replica and many judge alike.
+ */
+export function judgeBatch(history: History, digests: ArrayLike<number>, encoded: (i: number) => Float32Array, k: number): number {
+  let score = Infinity
+  for (let i = 0; i < digests.length; i++) {
+    const digest = digests[i]!
+    if (history.seen.has(digest)) continue
+    const v = encoded(i)
+    const d = meanNearestDistance(history, v, k)
+    if (d !== null && d < score) score = d
+    history.add(v, digest)
+  }
+  return score
+}
+
 export function createStatefulDetector(o: StatefulOptions): Detector {
   if (o.k > o.historyPerPrincipal) throw new RangeError(`stateful: k (${o.k}) must not exceed historyPerPrincipal (${o.historyPerPrincipal})`)
   const store = new PrincipalStore<History>({
@@ -104,15 +125,7 @@ export function createStatefulDetector(o: StatefulOptions): Detector {
     mode: o.mode,
     inspect(batch: ScreenBatch): DetectorResult | null {
       const history = store.use(batch.principal)
-      let score = Infinity
-      batch.items.forEach((item, i) => {
-        const digest = batch.digests[i]!
-        if (history.seen.has(digest)) return
-        const v = o.encoder.encode(item)
-        const d = meanNearestDistance(history, v, o.k)
-        if (d !== null && d < score) score = d
-        history.add(v, digest)
-      })
+      const score = judgeBatch(history, batch.digests, (i) => o.encoder.encode(batch.items[i]!), o.k)
       store.settle(batch.principal)
       if (score === Infinity) return null
       return { score, threshold: o.threshold, alarm: score < o.threshold }

@@ -9,17 +9,22 @@
 // Throws: attack_suspected (403) for an enforced stateful or extraction alarm, and while
 //         the principal sits out a cool-down after one; suspicious_input (422) for an
 //         enforced feature-squeezing or feature-bounds alarm; whatever inference throws
-//         (503/504) when the stage runs the model.
+//         (503/504) when the stage runs the model; state_unavailable (503) when the
+//         per-principal state is shared in Redis (`state.redis`) and Redis cannot be used,
+//         unless `screeningWhenUnavailable: allow` (then those detectors and the cool-down
+//         check are skipped, and counted).
 //
 // Detectors judge in the order build.ts gives, input detectors before the model and output
 // detectors after; the first enforcing alarm ends the screening (later detectors never see
 // the request). Observe mode serves and flags. Scores and alarms are counted per detector,
-// action and model.
+// action and model. In-process detectors and cool-downs answer synchronously; only shared ones
+// (src/screening/*-shared.ts, cooldowns.ts) are awaited.
 
 import { BulwarkError } from '../errors.ts'
 import type { Clock } from '../deps.ts'
 import type { ModelScreening } from '../screening/build.ts'
-import type { Detector, DetectorResult, ScreenBatch } from '../screening/detector.ts'
+import { memoryCooldowns, type Cooldowns } from '../screening/cooldowns.ts'
+import type { AnyDetector, DetectorResult, ScreenBatch } from '../screening/detector.ts'
 import { rowsOf, runWithVariants, type InferenceRunner } from '../screening/model-run.ts'
 import type { RequestContext, Stage } from '../types.ts'
 import { principalKey } from './rate-limit.ts'
@@ -28,6 +33,8 @@ import { principalKey } from './rate-limit.ts'
 export interface ScreeningObserver {
   /** action: 'refused' (enforce, alarm), 'flagged' (observe, alarm) or 'passed' (no alarm). */
   scored(model: string, detector: string, result: DetectorResult, action: 'refused' | 'flagged' | 'passed'): void
+  /** A shared detector (or the cool-down check) skipped: Redis unavailable, and whenStateUnavailable 'allow'. */
+  skipped?(model: string, detector: string): void
 }
 
 export interface AdversarialScreenDeps {
@@ -37,8 +44,15 @@ export interface AdversarialScreenDeps {
   inference: InferenceRunner
   clock: Clock
   observer?: ScreeningObserver
-  /** Principals remembered in cool-down, per model (LRU). Default 100,000. */
+  /** Principals remembered in cool-down, per model (LRU), when cool-downs are kept in process. Default 100,000. */
   maxCooldowns?: number
+  /** Where cool-downs live: in process by default; in Redis (redisCooldowns) when replicas share them. */
+  cooldowns?: Cooldowns
+  /**
+   * Shared state unreachable (a shared detector or cool-down rejects with state_unavailable):
+   * 'refuse' (default) fails the request closed with that 503; 'allow' judges it without them.
+   */
+  whenStateUnavailable?: 'refuse' | 'allow'
 }
 
 export const COOLDOWN_DETECTOR = 'cooldown'
@@ -49,30 +63,44 @@ const REFUSALS = {
 } as const
 
 export function createAdversarialScreenStage(deps: AdversarialScreenDeps): Stage {
-  const maxCooldowns = deps.maxCooldowns ?? 100_000
-  // model -> principal -> monotonic ms until which the principal is refused.
-  const cooldowns = new Map<string, Map<string, number>>()
+  const cooldowns = deps.cooldowns ?? memoryCooldowns(deps.clock, deps.maxCooldowns ?? 100_000)
+  const allowUnavailable = deps.whenStateUnavailable === 'allow'
 
-  const block = (model: string, principal: string, untilMs: number) => {
-    let m = cooldowns.get(model)
-    if (!m) cooldowns.set(model, (m = new Map()))
-    m.delete(principal)
-    m.set(principal, untilMs)
-    if (m.size > maxCooldowns) m.delete(m.keys().next().value!)
+  /** Awaits shared state; when it is unavailable and that is allowed, counts the skip and gives `fallback`. */
+  const shared = async <T>(s: ModelScreening, detector: string, pending: Promise<T>, fallback: T): Promise<T> => {
+    try {
+      return await pending
+    } catch (err) {
+      if (!allowUnavailable || !(err instanceof BulwarkError) || err.code !== 'state_unavailable') throw err
+      deps.observer?.skipped?.(s.model, detector)
+      return fallback
+    }
   }
 
-  /** Runs one detector, flags and counts it; returns the refusal to throw, if any. */
-  const judge = (ctx: RequestContext, s: ModelScreening, d: Detector, batch: ScreenBatch, variants?: Float32Array[][]): BulwarkError | null => {
-    const result = d.inspect(batch, variants)
+  /** Flags and counts one detector's result; returns the refusal to throw, if any. */
+  const decide = (ctx: RequestContext, s: ModelScreening, d: AnyDetector, result: DetectorResult | null): BulwarkError | null => {
     if (!result) return null
     ctx.flags.push({ detector: d.name, score: result.score, threshold: result.threshold, alarm: result.alarm })
     const action = !result.alarm ? 'passed' : d.mode === 'enforce' ? 'refused' : 'flagged'
     deps.observer?.scored(s.model, d.name, result, action)
     if (action !== 'refused') return null
-    if (d.refusal === 'attack_suspected' && s.cooldownMs > 0) block(s.model, batch.principal, deps.clock.monotonicMs() + s.cooldownMs)
     return new BulwarkError(d.refusal, REFUSALS[d.refusal], {
       reason: `${d.name} alarm on model ${s.model}: score ${result.score} ${d.alarmWhen === 'above' ? '>' : '<'} threshold ${result.threshold}`,
     })
+  }
+
+  /** The refusal, after starting the principal's cool-down when the alarm calls for one. */
+  const refuse = async (s: ModelScreening, d: AnyDetector, principal: string, refusal: BulwarkError): Promise<BulwarkError> => {
+    if (d.refusal !== 'attack_suspected' || s.cooldownMs <= 0) return refusal
+    const started = cooldowns.start(s.model, principal, s.cooldownMs)
+    if (!started) return refusal
+    try {
+      await started
+      return refusal
+    } catch (err) {
+      // The caller is refused either way; only the cool-down is missing, and the log says so.
+      return new BulwarkError(refusal.code, refusal.message, { reason: `${refusal.reason}; cool-down not recorded: ${(err as BulwarkError).reason ?? String(err)}` })
+    }
   }
 
   return {
@@ -85,16 +113,16 @@ export function createAdversarialScreenStage(deps: AdversarialScreenDeps): Stage
       if (!s || !request) return
       const principal = principalKey(ctx)
 
-      const until = cooldowns.get(s.model)?.get(principal)
-      if (until !== undefined) {
-        const left = until - deps.clock.monotonicMs()
+      // A model without cool-downs never starts one: nothing to look up.
+      if (s.cooldownMs > 0) {
+        const pending = cooldowns.left(s.model, principal)
+        const left = typeof pending === 'number' ? pending : await shared(s, COOLDOWN_DETECTOR, pending, 0)
         if (left > 0) {
           const result = { score: left, threshold: s.cooldownMs, alarm: true }
           ctx.flags.push({ detector: COOLDOWN_DETECTOR, ...result })
           deps.observer?.scored(s.model, COOLDOWN_DETECTOR, result, 'refused')
           throw new BulwarkError('attack_suspected', REFUSALS.attack_suspected, { reason: `principal in cool-down on model ${s.model} for ${Math.ceil(left)} ms more` })
         }
-        cooldowns.get(s.model)!.delete(principal)
       }
 
       const tensor = request.inputs.find((t) => t.name === s.inputName)
@@ -104,8 +132,9 @@ export function createAdversarialScreenStage(deps: AdversarialScreenDeps): Stage
 
       for (const d of s.detectors) {
         if (d.needs !== 'input') continue
-        const refusal = judge(ctx, s, d, batch)
-        if (refusal) throw refusal
+        // In-process detectors judge synchronously; only shared ones are awaited.
+        const refusal = decide(ctx, s, d, d.shared ? await shared(s, d.name, d.inspect(batch), null) : d.inspect(batch))
+        if (refusal) throw await refuse(s, d, principal, refusal)
       }
       if (!s.needsModel) return
 
@@ -126,8 +155,8 @@ export function createAdversarialScreenStage(deps: AdversarialScreenDeps): Stage
           const count = made[k]![0]!.length
           own = run.variantProbabilities.map((v) => v.slice(offset, offset + count))
         }
-        const refusal = judge(ctx, s, d, batch, own)
-        if (refusal) throw refusal
+        const refusal = decide(ctx, s, d, d.shared ? await shared(s, d.name, d.inspect(batch, own), null) : d.inspect(batch, own))
+        if (refusal) throw await refuse(s, d, principal, refusal)
       }
       // Screened and served: the originals' answer is the request's result; model-inference
       // sees ctx.result set and does not run the model again. Only the requested outputs leave.

@@ -1,12 +1,13 @@
 // The Redis connection that replicas share state through (`state.redis`, docs/scaleout.md):
-// rate-limit counters (src/transport/rate-limiter.ts) and privacy budgets
-// (src/privacy/redis-accountant.ts). One client per gateway, multiplexed.
+// rate-limit counters (src/transport/rate-limiter.ts), privacy budgets
+// (src/privacy/redis-accountant.ts) and screening's per-principal state (src/screening/
+// *-shared.ts, cooldowns.ts). One client per gateway, multiplexed.
 //
 // Failure is fast and visible: commands are never queued while the connection is down
 // (enableOfflineQueue off) and time out after commandTimeoutMs, so a request that needs Redis
-// fails at once (closed for budgets; for rate limits as configured) instead of waiting; the
-// client reconnects in the background with capped backoff; `problem()` feeds /readyz and
-// `up` the bulwark_state_store_up gauge.
+// fails at once (closed for budgets; for rate limits and screening as configured) instead of
+// waiting; the client reconnects in the background with capped backoff; `problem()` feeds
+// /readyz and `up` the bulwark_state_store_up gauge.
 
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
@@ -34,7 +35,7 @@ export class SharedState {
     })
     client.on('error', (err: Error) => {
       // ioredis emits one error per failed (re)connect; log only changes of cause.
-      if (this.lastError !== err.message) log.warn({ redis: target, err: err.message }, 'shared state: Redis unreachable; budgets refuse, rate limits as configured')
+      if (this.lastError !== err.message) log.warn({ redis: target, err: err.message }, 'shared state: Redis unreachable; budgets refuse, rate limits and screening as configured')
       this.lastError = err.message
     })
   }
@@ -82,7 +83,7 @@ export class SharedState {
   /** Why shared state cannot be used now (for /readyz), or null. */
   problem(): string | null {
     if (this.up) return null
-    return `Redis ${this.target} is ${this.client.status}${this.lastError ? `: ${this.lastError}` : ''}; privacy budgets are refused until it is back`
+    return `Redis ${this.target} is ${this.client.status}${this.lastError ? `: ${this.lastError}` : ''}; privacy budgets are refused until it is back (rate limits and screening as configured)`
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,91 @@
+// What the screening detectors share across replicas when `state.redis` is configured
+// (docs/scaleout.md): the Redis client (keys under the configured keyPrefix, which the client
+// adds), how long a caller's state outlives its last query, the key of a detector's state, the
+// digest that tells exact repeats apart on every replica, and the one error a store failure
+// becomes.
+//
+// Digests. In-process detectors use a 53-bit digest keyed with a per-process secret
+// (digest.ts), which differs between replicas, so a retry sent to another replica would look
+// like a new query at distance 0. Replicas share no secret, so the shared stores use SHA-256 of
+// the item's bytes, cut to 128 bits: no key is needed because finding two inputs with the same
+// digest (to pass a probe off as a retry) costs about 2^64 hashes.
+//
+// Vectors and numbers are stored as the platform's Float32/Float64 bytes (little-endian on
+// x86-64 and arm64, where the replicas of one gateway run).
+
+import { createHash } from 'node:crypto'
+import type { Redis } from 'ioredis'
+import { BulwarkError } from '../errors.ts'
+
+export const SHARED_DIGEST_BYTES = 16
+
+export interface ScreeningStore {
+  readonly redis: Redis
+  /** How long a caller's screening state is kept after its last query (PEXPIRE on every write). */
+  readonly ttlMs: number
+}
+
+/**
+ * Key of one principal's state of one detector on one model. `shape` names the stored layout
+ * (history length, vector size...): a policy change that alters it starts afresh instead of
+ * misreading old bytes, and the old keys expire.
+ */
+export function stateKey(detector: string, model: string, shape: string, principal: string): string {
+  return `screening:${detector}:${model}:${shape}:${principal}`
+}
+
+/** SHA-256 of the item's bytes, first 128 bits. */
+export function sharedDigest(item: Float32Array): Buffer {
+  return createHash('sha256').update(new Uint8Array(item.buffer, item.byteOffset, item.byteLength)).digest().subarray(0, SHARED_DIGEST_BYTES)
+}
+
+/**
+ * Local numbers for digests within one request: the detectors' in-process code keeps digests
+ * as numbers; the shared stores map each distinct 128-bit digest to one for the request.
+ */
+export class DigestIds {
+  private readonly ids = new Map<string, number>()
+  private readonly digests: Buffer[] = []
+
+  id(digest: Buffer): number {
+    const key = digest.toString('latin1')
+    let id = this.ids.get(key)
+    if (id === undefined) {
+      id = this.digests.push(digest)
+      this.ids.set(key, id)
+    }
+    return id
+  }
+
+  digest(id: number): Buffer {
+    return this.digests[id - 1]!
+  }
+}
+
+/** A Redis failure (down, timed out, refused) as the request's refusal: 503, fail closed. */
+export function stateUnavailable(what: string, err: unknown): BulwarkError {
+  if (err instanceof BulwarkError) return err
+  return new BulwarkError('state_unavailable', 'screening state cannot be read right now; retry after the Retry-After delay', {
+    reason: `${what}: Redis: ${(err as Error).message}`,
+    headers: { 'retry-after': '1' },
+    cause: err,
+  })
+}
+
+/** A Float32Array or Float64Array copy of `bytes` (Redis replies are not aligned for a view). */
+export function float32s(bytes: Buffer, offset: number, count: number): Float32Array {
+  const out = new Float32Array(count)
+  new Uint8Array(out.buffer).set(bytes.subarray(offset, offset + count * 4))
+  return out
+}
+
+export function float64s(bytes: Buffer, offset: number, count: number): Float64Array {
+  const out = new Float64Array(count)
+  new Uint8Array(out.buffer).set(bytes.subarray(offset, offset + count * 8))
+  return out
+}
+
+/** A copy of the bytes of a typed array (or part of one), as Redis arguments want them. */
+export function bytesOf(a: Float32Array | Float64Array, start = 0, length = a.length - start): Buffer {
+  return Buffer.from(new Uint8Array(a.buffer, a.byteOffset + start * a.BYTES_PER_ELEMENT, length * a.BYTES_PER_ELEMENT))
+}
