@@ -221,7 +221,8 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   // state.directory, or in Redis when replicas share budgets.
   // Keep charges only as long as the longest budget window in use: memory (here, or in Redis)
   // stays proportional to what the budgets allow per window, not to a week of traffic.
-  const retentionMs = Math.max(60_000, ...[...registry.list()].map((m) => (policies.get(m.name)?.output ?? defaultOutputPolicy).budget.windowMs))
+  // (Policies are read once at start, so no window can grow past it while the gateway runs.)
+  const retentionMs = Math.max(1000, ...[...registry.list()].map((m) => (policies.get(m.name)?.output ?? defaultOutputPolicy).budget.windowMs))
   const accountant = !config.outputPrivacy.enabled
     ? null
     : sharedState

@@ -68,6 +68,12 @@ export interface LedgerEntry {
   r: number
   /** Whether the entry is on disk (file accountant); entries loaded from disk are. */
   durable: boolean
+  /**
+   * Set on a new charge while it may still absorb later charges of the same key made in
+   * the same millisecond (one entry instead of many, with identical arithmetic: they free
+   * at the same instant). A writer clears it when it takes the entry to write it.
+   */
+  pending?: boolean
 }
 
 const KEY_RE = /^[\x21-\x7e]{1,256}$/
@@ -137,6 +143,23 @@ class KeyLog {
     this.entries.push(entry)
     this.cumE.push((n > 0 ? this.cumE[n - 1]! : 0) + entry.e)
     this.cumR.push((n > 0 ? this.cumR[n - 1]! : 0) + entry.r)
+  }
+
+  /** Adds a charge to the last entry (same key, same millisecond). */
+  addToLast(e: number, r: number): LedgerEntry {
+    const last = this.entries.length - 1
+    const entry = this.entries[last]!
+    entry.e += e
+    entry.r += r
+    this.cumE[last]! += e
+    this.cumR[last]! += r
+    return entry
+  }
+
+  /** The newest entry, if it may still absorb a charge made at `t`. */
+  openAt(t: number): boolean {
+    const last = this.entries[this.entries.length - 1]
+    return last !== undefined && this.entries.length > this.head && last.t === t && last.pending === true
   }
 
   /** Inserts out of time order (journal replay only), rebuilding the sums after it. */
@@ -238,9 +261,10 @@ export class Ledger {
   /**
    * The check-and-add: evaluates `cost` against `budget` at `nowMs` and, if it fits,
    * records it. Synchronous, so concurrent requests cannot both pass on the same budget.
-   * Returns the result and, when ok, the new entry.
+   * Returns the result and, when ok, the entry that holds the charge: a new one, or (merged:
+   * true) the key's pending entry of the same millisecond, which now holds it too.
    */
-  charge(key: string, cost: PrivacyCost, budget: PrivacyBudget, nowMs: number, record = true): { result: ChargeResult; entry?: LedgerEntry } {
+  charge(key: string, cost: PrivacyCost, budget: PrivacyBudget, nowMs: number, record = true): { result: ChargeResult; entry?: LedgerEntry; merged?: boolean } {
     const log = this.#keys.get(key) ?? new KeyLog()
     log.expire(nowMs - this.retentionMs)
     const first = log.firstAfter(nowMs - budget.windowMs)
@@ -250,13 +274,19 @@ export class Ledger {
     const nr = r + cost.rhoNanos
     if (fits(ne, nr, budget)) {
       let entry: LedgerEntry | undefined
+      let merged = false
       if (record && (cost.epsilonMicros > 0 || cost.rhoNanos > 0)) {
-        entry = { t: nowMs, e: cost.epsilonMicros, r: cost.rhoNanos, durable: false }
-        this.add(key, entry)
+        if (log.openAt(nowMs)) {
+          entry = log.addToLast(cost.epsilonMicros, cost.rhoNanos)
+          merged = true
+        } else {
+          entry = { t: nowMs, e: cost.epsilonMicros, r: cost.rhoNanos, durable: false, pending: true }
+          this.add(key, entry)
+        }
       }
       return {
         result: { ok: true, epsilonSpent: spentEpsilon(ne, nr, budget.delta), epsilonLeft: leftEpsilon(ne, nr, budget), delta: deltaOf(nr), retryAfterMs: 0 },
-        ...(entry ? { entry } : {}),
+        ...(entry ? { entry, merged } : {}),
       }
     }
     // Does not fit: find the earliest moment enough of the oldest charges have expired.

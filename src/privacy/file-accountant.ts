@@ -289,8 +289,10 @@ export class FileAccountant implements PrivacyAccountant {
     checkKey(key)
     checkCost(cost)
     checkBudget(budget, this.#ledger.retentionMs)
-    const { result, entry } = this.#ledger.charge(key, cost, budget, this.#clock.nowMs())
-    if (entry) await this.#persist(key, entry)
+    const { result, entry, merged } = this.#ledger.charge(key, cost, budget, this.#clock.nowMs())
+    // A merged charge rides in an entry that is queued and not yet taken by a write (the
+    // Ledger merges only into pending entries): wait for that write.
+    if (entry) await (merged ? this.#awaitQueued() : this.#persist(key, entry))
     return result
   }
 
@@ -333,6 +335,12 @@ export class FileAccountant implements PrivacyAccountant {
     })
   }
 
+  #awaitQueued(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#waiters.push({ resolve, reject })
+    })
+  }
+
   /** Starts the write loop unless it is running; it takes whatever is queued or due. */
   #kick(): void {
     this.#flushing ??= this.#flushLoop().finally(() => {
@@ -363,6 +371,8 @@ export class FileAccountant implements PrivacyAccountant {
       this.#lastWriteStart = this.#clock.monotonicMs()
       const batch = this.#queue.splice(0)
       const waiters = this.#waiters.splice(0)
+      // From here on these entries are being written: later charges must not merge into them.
+      for (const b of batch) b.entry.pending = false
       try {
         if (this.#failed) throw this.#failed
         const text = journalText(batch.map((b) => [b.key, b.entry] as const))

@@ -2,7 +2,7 @@ import { appendFile, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/prom
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
-import { MemoryAccountant, type PrivacyBudget } from '../../src/privacy/accountant.ts'
+import { Ledger, MemoryAccountant, type PrivacyBudget } from '../../src/privacy/accountant.ts'
 import { FileAccountant, JOURNAL_FILE, PrivacyStateError } from '../../src/privacy/file-accountant.ts'
 import { calibrateGaussian, epsilonForRho, rhoFor, RHO_UNITS } from '../../src/privacy/mechanisms.ts'
 import { fakeClock } from './helpers.ts'
@@ -133,6 +133,31 @@ t.test('merged journal lines free their cost no earlier than the charges they me
   clock.set(t0 + 10_600)
   t.equal((await reopened.balance('k', b)).epsilonSpent, 0.2, 'the merged line frees 600 ms later, all at once')
   await reopened.close()
+})
+
+t.test('charges of one key in the same millisecond share an entry, never one that is being written', async (t) => {
+  const ledger = new Ledger(HOUR)
+  const clock = fakeClock()
+  for (let i = 0; i < 100; i++) ledger.charge('k', eps(0.01), budget(2), clock.nowMs())
+  ledger.charge('other', eps(0.01), budget(2), clock.nowMs())
+  clock.advance(1)
+  ledger.charge('k', eps(0.01), budget(2), clock.nowMs())
+  t.equal(ledger.size, 3, '100 same-millisecond charges of k in one entry, one of other, one a millisecond later')
+  t.equal(ledger.charge('k', eps(0), budget(2), clock.nowMs(), false).result.epsilonSpent, 1.01, 'with the exact sum')
+
+  // In the file accountant, a charge made while its key's entry is being written starts a
+  // new entry: it must reach the disk too.
+  const dir = await tempDir(t)
+  const a = await FileAccountant.open({ directory: dir, clock })
+  const first = a.charge('k', eps(0.1), budget(1)) // taken by a write at once
+  const more = Array.from({ length: 5 }, () => a.charge('k', eps(0.1), budget(1))) // same ms, next write
+  t.ok((await Promise.all([first, ...more])).every((r) => r.ok))
+  const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n').slice(1)
+  t.same(lines.map((l) => (JSON.parse(l) as { e: number }).e), [100_000, 500_000], 'one line for the first write, one for the five that waited')
+  const b = await FileAccountant.open({ directory: dir, clock })
+  t.equal((await b.balance('k', budget(1))).epsilonSpent, 0.6, 'all six charges survive a restart')
+  await b.close()
+  await a.close()
 })
 
 t.test('budgets survive a restart: a new accountant over the same folder sees what was spent', async (t) => {
