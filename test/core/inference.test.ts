@@ -70,10 +70,14 @@ t.test('a crashed worker fails its request with 503 and is replaced', async (t) 
   const m = reg.ready('mnist', null)
   const backend = m.backend as unknown as { all: Set<{ worker: import('node:worker_threads').Worker }>; liveWorkers: number }
   const x = randomInput('input', [1, 28, 28], 0, 1)
-  const pending = m.batcher!.submit(x, systemClock.monotonicMs() + 30_000)
-  // Kill the worker thread while it holds the request, as a native crash would.
+  // Kill the worker thread while it holds the request, as a native crash would. The kill
+  // starts first (the backend learns of it only from the 'exit' event, a turn later), so the
+  // request is handed to a dying worker and never answered: deterministic, whatever the
+  // machine's load (submitting first let a fast worker answer before the kill landed).
   const [victim] = [...backend.all]
-  await victim!.worker.terminate()
+  const killing = victim!.worker.terminate()
+  const pending = m.batcher!.submit(x, systemClock.monotonicMs() + 30_000)
+  await killing
   await t.rejects(pending, { code: 'worker_failed', status: 503 })
   t.ok(lines.some((l) => l.level === 'error' && /crashed/.test(l.msg ?? '')), 'the crash is logged')
   for (let i = 0; i < 100 && backend.liveWorkers === 0; i++) await new Promise((r) => setTimeout(r, 50))
