@@ -43,7 +43,7 @@ import { buildScreening } from './screening/build.ts'
 import { redisCooldowns } from './screening/cooldowns.ts'
 import { fastifyLimiter, redisRateLimitStore } from './transport/rate-limiter.ts'
 import { handshakeFailureReason, httpsServerOptions, loadTlsMaterial, requireClientCertificates, TlsReloader, verifiedPeerCertificate } from './transport/tls.ts'
-import { readBody } from './protocol/body.ts'
+import { readBody, releaseBody } from './protocol/body.ts'
 import { newRequestContext, type RequestContext, type Stage } from './types.ts'
 
 export const SERVER_VERSION = '0.1.0'
@@ -416,6 +416,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     return reply.code(404).send(errorBody(err))
   })
   api.addHook('onResponse', async (request, reply) => {
+    releaseBody(request.body)
     const ctx = request.ctx
     const model = ctx?.target.model ?? ''
     const code = ctx?.error?.code ?? (reply.statusCode < 400 ? 'ok' : 'error')

@@ -11,7 +11,8 @@ import { BulwarkError } from '../errors.ts'
 import type { Clock } from '../deps.ts'
 import type { Context } from '@opentelemetry/api'
 import type { Backend } from './backend.ts'
-import { allocate, elementCount, type Tensor } from './tensor.ts'
+import { batchBuffers } from './buffer-pool.ts'
+import { elementCount, numericDatatypes, type Datatype, type Tensor, type TensorData } from './tensor.ts'
 
 export interface BatcherOptions {
   model: string
@@ -161,13 +162,13 @@ export class DynamicBatcher {
 
   private runBatch(batch: Pending[]): void {
     const items = batch.reduce((n, p) => n + p.items, 0)
-    // Concatenate along the batch dimension into fresh buffers that the backend may transfer
+    // Concatenate along the batch dimension into pooled buffers that the backend may transfer
     // to its worker; the requests' own tensors stay intact for later stages (audit digests).
     // A backend that only borrows its inputs gets a lone request's tensors as they are.
     const lone = batch.length === 1 && this.opts.backend.borrowsInputs === true
     const inputs: Tensor[] = lone ? batch[0]!.inputs : batch[0]!.inputs.map((first, k) => {
       const perItem = elementCount(first.shape) / first.shape[0]!
-      const data = allocate(first.datatype, items * perItem)
+      const data = pooledData(first.datatype, items * perItem)
       let offset = 0
       for (const p of batch) {
         const src = p.inputs[k]!.data
@@ -203,6 +204,12 @@ export class DynamicBatcher {
     if (this.inFlight === 0 && this.queue.length === 0) return Promise.resolve()
     return new Promise((resolve) => this.idleWaiters.push(resolve))
   }
+}
+
+/** `count` elements over a pooled buffer (buffer-pool.ts), which the backend may transfer whole. */
+function pooledData(datatype: Datatype, count: number): TensorData {
+  const { bytes, array: Ctor } = numericDatatypes[datatype]
+  return new Ctor(batchBuffers.take(count * bytes), 0, count)
 }
 
 /** Items [start, start+count) of a batch-first tensor, as a view (no copy). */

@@ -6,6 +6,7 @@ import { Worker } from 'node:worker_threads'
 import { BulwarkError } from '../errors.ts'
 import type { Logger } from '../deps.ts'
 import type { Backend } from './backend.ts'
+import { batchBuffers } from './buffer-pool.ts'
 import type { WorkerInit, WorkerRequest, WorkerResponse, WireTensor } from './onnx-protocol.ts'
 import { numericDatatypes, type Tensor } from './tensor.ts'
 
@@ -128,6 +129,7 @@ export class OnnxBackend implements Backend {
   }
 
   private onMessage(pooled: PooledWorker, msg: WorkerResponse): void {
+    if (msg.type === 'result' || msg.type === 'failure') for (const b of msg.recycle ?? []) batchBuffers.give(b)
     const job = pooled.job
     if (!job || (msg.type !== 'result' && msg.type !== 'failure') || msg.id !== job.request.id) return
     if (msg.type === 'result') job.resolve(msg.outputs.map(fromWire))
@@ -180,10 +182,11 @@ export class OnnxBackend implements Backend {
     if (this.closed) return Promise.reject(new BulwarkError('shutting_down', 'the gateway is shutting down'))
     const wire: WireTensor[] = inputs.map((t) => {
       const d = t.data
-      // The batcher hands over fresh buffers it owns; transfer those whole.
-      const whole = d.byteOffset === 0 && d.byteLength === d.buffer.byteLength && d.buffer instanceof ArrayBuffer
-      const buffer = whole ? (d.buffer as ArrayBuffer) : (d.buffer.slice(d.byteOffset, d.byteOffset + d.byteLength) as ArrayBuffer)
-      return { name: t.name, datatype: t.datatype, shape: t.shape, buffer }
+      // The batcher hands over pooled buffers it owns (buffer-pool.ts): transfer those whole,
+      // with the length in use; they come back with the result for reuse. Copy anything else.
+      const owned = d.byteOffset === 0 && d.buffer instanceof ArrayBuffer && (d.byteLength === d.buffer.byteLength || batchBuffers.issued(d.buffer))
+      const buffer = owned ? (d.buffer as ArrayBuffer) : (d.buffer.slice(d.byteOffset, d.byteOffset + d.byteLength) as ArrayBuffer)
+      return { name: t.name, datatype: t.datatype, shape: t.shape, buffer, byteLength: d.byteLength }
     })
     return new Promise((resolve, reject) => {
       const job: Job = {

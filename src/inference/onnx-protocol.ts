@@ -6,8 +6,10 @@ export interface WireTensor {
   name: string
   datatype: Datatype
   shape: number[]
-  /** Exactly the tensor's bytes; transferred, not copied. */
+  /** The tensor's bytes, from offset 0; transferred, not copied. */
   buffer: ArrayBuffer
+  /** Bytes of the tensor when the buffer is larger (a pooled batch buffer); else all of it. */
+  byteLength?: number
 }
 
 export interface WorkerInit {
@@ -29,5 +31,6 @@ export interface WorkerRequest {
 export type WorkerResponse =
   | { type: 'ready'; provider: string; notes: string[]; inputNames: readonly string[]; outputNames: readonly string[] }
   | { type: 'load-failed'; message: string }
-  | { type: 'result'; id: number; outputs: WireTensor[] }
-  | { type: 'failure'; id: number; message: string }
+  /** `recycle`: the request's input buffers, handed back for reuse (buffer-pool.ts). */
+  | { type: 'result'; id: number; outputs: WireTensor[]; recycle?: ArrayBuffer[] }
+  | { type: 'failure'; id: number; message: string; recycle?: ArrayBuffer[] }

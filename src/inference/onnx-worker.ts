@@ -73,18 +73,25 @@ async function main(): Promise<void> {
   const { session, provider, notes } = await createSession()
   port.postMessage({ type: 'ready', provider, notes, inputNames: session.inputNames, outputNames: session.outputNames } satisfies WorkerResponse)
   port.on('message', async (msg: WorkerRequest) => {
+    // Once the run is over nothing here reads the inputs again: their buffers go back to the
+    // main thread's pool with the answer.
+    const inputBuffers = msg.inputs.map((t) => t.buffer)
     try {
       const feeds: Record<string, ort.Tensor> = {}
       for (const t of msg.inputs) {
-        const Ctor = numericDatatypes[t.datatype].array
-        feeds[t.name] = new ort.Tensor(numericDatatypes[t.datatype].ort, new Ctor(t.buffer), t.shape)
+        const { array: Ctor, bytes } = numericDatatypes[t.datatype]
+        const view = new Ctor(t.buffer, 0, (t.byteLength ?? t.buffer.byteLength) / bytes)
+        feeds[t.name] = new ort.Tensor(numericDatatypes[t.datatype].ort, view, t.shape)
       }
       const results = await session.run(feeds, msg.outputs)
       // eslint-disable-next-line bulwark/object-injection -- read-only: the output names were checked against the manifest before the batch was sent, and results is onnxruntime's own map
       const outputs = msg.outputs.map((name) => toWire(name, results[name]!))
-      port.postMessage({ type: 'result', id: msg.id, outputs } satisfies WorkerResponse, outputs.map((o) => o.buffer))
+      const outBuffers = outputs.map((o) => o.buffer)
+      // An output that is an input's own buffer (an identity graph) is not recycled.
+      const recycle = inputBuffers.filter((b) => !outBuffers.includes(b))
+      port.postMessage({ type: 'result', id: msg.id, outputs, recycle } satisfies WorkerResponse, [...outBuffers, ...recycle])
     } catch (err) {
-      port.postMessage({ type: 'failure', id: msg.id, message: (err as Error).message } satisfies WorkerResponse)
+      port.postMessage({ type: 'failure', id: msg.id, message: (err as Error).message, recycle: inputBuffers } satisfies WorkerResponse, inputBuffers)
     }
   })
 }

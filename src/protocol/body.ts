@@ -5,6 +5,7 @@
 
 import type { IncomingMessage } from 'node:http'
 import { BulwarkError } from '../errors.ts'
+import { bodyBuffers } from '../inference/buffer-pool.ts'
 import { HEADER_LENGTH } from './oip.ts'
 
 const ALIGN = 8
@@ -21,7 +22,9 @@ export function readBody(req: IncomingMessage, limitBytes: number): Promise<Buff
   const headerLength = Number(req.headers[HEADER_LENGTH])
   const pad = Number.isSafeInteger(headerLength) && headerLength > 0 ? (ALIGN - (headerLength % ALIGN)) % ALIGN : 0
   return new Promise((resolve, reject) => {
-    let buf = Buffer.allocUnsafeSlow(pad + (declared ?? 64 * 1024))
+    // With a Content-Length (the usual case) the buffer comes from the pool; releaseBody
+    // hands it back. A body without one grows into plain allocations.
+    let buf = declared !== null ? Buffer.from(bodyBuffers.take(pad + declared), 0, pad + declared) : Buffer.allocUnsafeSlow(pad + 64 * 1024)
     let size = 0
     const fail = (err: Error) => {
       req.removeListener('data', onData)
@@ -48,4 +51,14 @@ export function readBody(req: IncomingMessage, limitBytes: number): Promise<Buff
       resolve(buf.subarray(pad, pad + size))
     })
   })
+}
+
+/**
+ * Returns a body from readBody to the pool. Only once nothing can read it again: the server
+ * calls this when the response has been sent ('finish'), after the handler, the stages and
+ * the audit record (onSend) are done with the request. A request whose client went away
+ * first never gets here; its buffer is left to the GC.
+ */
+export function releaseBody(body: unknown): void {
+  if (Buffer.isBuffer(body) && bodyBuffers.issued(body.buffer)) bodyBuffers.give(body.buffer as ArrayBuffer)
 }

@@ -91,3 +91,25 @@ t.test('inputs with different batch sizes are refused', async (t) => {
   const two: Manifest = { ...manifest, inputs: [...manifest.inputs, { name: 'w', datatype: 'FP32', shape: [-1, 1] }] }
   t.throws(() => decodeInferRequest(json({ inputs: [input(), { name: 'w', datatype: 'FP32', shape: [2, 1], data: [0, 0] }] }), two), { code: 'shape_mismatch', message: /differs/ })
 })
+
+t.test('a value out of range or NaN is found at every position, in every lane of the fast check', async (t) => {
+  // 2 × 3 × 3 = 18 elements: four groups of four and a tail of two.
+  const big: Manifest = { ...manifest, inputs: [{ name: 'x', datatype: 'FP32', shape: [-1, 3, 3], range: [0, 1] }] }
+  const send = (values: number[]) =>
+    decodeInferRequest(binary({ inputs: [{ name: 'x', datatype: 'FP32', shape: [2, 3, 3], parameters: { binary_data_size: 72 } }] }, f32(...values)), big)
+  const ok = Array.from({ length: 18 }, (_, i) => (i % 5) / 4)
+  t.doesNotThrow(() => send(ok), 'all inside [0, 1], the edges included')
+  let found = 0
+  for (let i = 0; i < 18; i++) {
+    for (const [bad, code] of [[1.5, 'value_out_of_range'], [-0.25, 'value_out_of_range'], [NaN, 'non_finite_value']] as const) {
+      const values = [...ok]
+      values[i] = bad
+      try {
+        send(values)
+      } catch (err) {
+        if ((err as { code?: string }).code === code && new RegExp(`element ${i} is`).test((err as Error).message)) found++
+      }
+    }
+  }
+  t.equal(found, 54, 'each of 18 positions × 3 bad values refused, naming the element')
+})
