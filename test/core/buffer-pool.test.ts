@@ -67,7 +67,7 @@ for (const [model, name, shape, output] of [
     const policies = mkdtempSync(path.join(tmpdir(), 'bulwark-no-policies-'))
     const gateway = await coreGateway({ policies: { directory: policies }, models: { serve: [{ name: model, batching: { enabled: true, maxBatchSize: 8 } }] } })
     t.teardown(() => gateway.close(1000))
-    const n = shape.reduce((a, b) => a * b, 1)
+    const n = shape.reduce((a: number, b: number) => a * b, 1)
     const send = async (x: Float32Array): Promise<number[]> => {
       const head = Buffer.from(JSON.stringify({
         inputs: [{ name, datatype: 'FP32', shape, parameters: { binary_data_size: x.byteLength } }],
