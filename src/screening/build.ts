@@ -21,7 +21,7 @@ import { createFeatureSqueezingDetector } from './feature-squeezing.ts'
 import { createPradaDetector } from './prada.ts'
 import { createSharedPradaDetector } from './prada-shared.ts'
 import type { ScreeningStore } from './shared-store.ts'
-import { parseSqueezer, type ItemLayout } from './squeezers.ts'
+import { parseSqueezer, parseSqueezers, type ItemLayout } from './squeezers.ts'
 import { createStatefulDetector } from './stateful.ts'
 import { createSharedStatefulDetector } from './stateful-shared.ts'
 
@@ -135,15 +135,16 @@ export function compileScreening(
         problems.push(`/screening/featureSqueezing/squeezers: calibrated for [${cal.squeezers.join(', ')}], the policy says [${fs.squeezers.join(', ')}]; ${recalibrate} or set threshold`)
       } else threshold = cal.threshold
     }
-    const squeezers = fs.squeezers.flatMap((name, i) => {
+    let ok = true
+    fs.squeezers.forEach((name, i) => {
       try {
-        return [parseSqueezer(name, layout)]
+        parseSqueezer(name, layout)
       } catch (err) {
         problems.push(`/screening/featureSqueezing/squeezers/${i}: ${(err as Error).message}`)
-        return []
+        ok = false
       }
     })
-    if (threshold !== undefined && squeezers.length === fs.squeezers.length) detectors.push(createFeatureSqueezingDetector({ squeezers, threshold, mode: modeOf(fs.mode) }))
+    if (threshold !== undefined && ok) detectors.push(createFeatureSqueezingDetector({ squeeze: parseSqueezers(fs.squeezers, layout), threshold, mode: modeOf(fs.mode) }))
   }
 
   const ex = policy.extraction

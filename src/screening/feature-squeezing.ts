@@ -8,10 +8,9 @@
 // (src/screening/calibration.ts, `bulwark calibrate MODEL`).
 
 import type { Detector, DetectorResult, ScreenBatch, ScreeningMode } from './detector.ts'
-import type { Squeezer } from './squeezers.ts'
-
 export interface FeatureSqueezingOptions {
-  squeezers: readonly Squeezer[]
+  /** An item's squeezed variants (squeezers.ts parseSqueezers). */
+  squeeze: (item: Float32Array) => Float32Array[]
   threshold: number
   mode: ScreeningMode
 }
@@ -36,7 +35,7 @@ export function createFeatureSqueezingDetector(o: FeatureSqueezingOptions): Dete
     alarmWhen: 'above',
     refusal: 'suspicious_input',
     mode: o.mode,
-    variants: (item) => o.squeezers.map((s) => s(item)),
+    variants: o.squeeze,
     inspect(batch: ScreenBatch, variantProbabilities): DetectorResult {
       const probabilities = batch.probabilities
       if (!probabilities || !variantProbabilities) throw new Error('feature squeezing needs the model output for each item and its variants')

@@ -23,7 +23,7 @@ import type { ExtractionPolicy } from '../config/screening-policy.ts'
 import type { Detector, DetectorResult, ScreenBatch, ScreeningMode } from './detector.ts'
 import { squaredDistance, type Encoder } from './encoder.ts'
 import { PrincipalStore } from './principal-store.ts'
-import { shapiroWilk } from './shapiro-wilk.ts'
+import { shapiroWilkSorted } from './shapiro-wilk.ts'
 
 export interface PradaOptions
   extends Pick<ExtractionPolicy, 'wThreshold' | 'minQueries' | 'windowSize' | 'warmupPerClass' | 'growingSetPerClass' | 'maxPrincipals' | 'maxStoredQueries'> {
@@ -97,16 +97,65 @@ export class PradaState {
     return true
   }
 
+  /** The window's distances in ascending order, kept up to date once sortedWindow() was asked for. */
+  #sorted: Float64Array | null = null
+
   record(d: number): void {
+    if (this.#sorted) {
+      // Keep the sorted copy in step: the distance this one overwrites leaves, d enters.
+      const full = this.count === this.distances.length
+      if (full) removeSorted(this.#sorted, this.count, this.distances[this.next]!)
+      insertSorted(this.#sorted, full ? this.count - 1 : this.count, d)
+    }
     this.distances[this.next] = d
     this.next = (this.next + 1) % this.distances.length
     if (this.count < this.distances.length) this.count++
+  }
+
+  /**
+   * The window's distances, sorted: built once by sorting, then maintained by record() with a
+   * binary search and a move per query instead of a sort of the whole window (1,000 values).
+   * A state whose distances are set in bulk (the shared store restores a fresh one per
+   * request) builds it on first use.
+   */
+  sortedWindow(): Float64Array {
+    if (!this.#sorted) {
+      this.#sorted = new Float64Array(this.distances.length)
+      this.#sorted.set(this.distances.subarray(0, this.count))
+      this.#sorted.subarray(0, this.count).sort()
+    }
+    return this.#sorted.subarray(0, this.count)
   }
 
   /** A new, empty growing set for a class (a hook: the shared store tracks what it writes). */
   newClass(dims: number, capacity: number): GrowingSet {
     return new GrowingSet(dims, capacity)
   }
+}
+
+/** Inserts v into a[0..n) (ascending), which has room for one more. */
+function insertSorted(a: Float64Array, n: number, v: number): void {
+  let lo = 0
+  let hi = n
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (a[mid]! <= v) lo = mid + 1
+    else hi = mid
+  }
+  a.copyWithin(lo + 1, lo, n)
+  a[lo] = v
+}
+
+/** Removes one element equal to v from a[0..n) (ascending). */
+function removeSorted(a: Float64Array, n: number, v: number): void {
+  let lo = 0
+  let hi = n
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (a[mid]! < v) lo = mid + 1
+    else hi = mid
+  }
+  if (lo < n && a[lo] === v) a.copyWithin(lo, lo + 1, n)
 }
 
 export function argmax(p: Float32Array): number {
@@ -147,7 +196,7 @@ export function judgeBatch(s: PradaState, batch: ScreenBatch, probabilities: rea
   if (s.count < o.minQueries) return null
   let w: number
   try {
-    w = shapiroWilk(s.count === s.distances.length ? s.distances : s.distances.subarray(0, s.count)).w
+    w = shapiroWilkSorted(s.sortedWindow()).w
   } catch {
     w = 0 // every distance equal: as far from natural inputs as a sample can be
   }

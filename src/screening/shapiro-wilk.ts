@@ -148,7 +148,13 @@ export interface ShapiroWilkResult {
 export function shapiroWilk(sample: ArrayLike<number>): ShapiroWilkResult {
   const n = sample.length
   if (n < SW_MIN_N || n > SW_MAX_N) throw new RangeError(`Shapiro-Wilk needs between ${SW_MIN_N} and ${SW_MAX_N} values, got ${n}`)
-  const x = Float64Array.from(sample).sort()
+  return shapiroWilkSorted(Float64Array.from(sample).sort())
+}
+
+/** shapiroWilk for a sample already in ascending order (a caller that keeps it sorted skips the sort). */
+export function shapiroWilkSorted(x: Float64Array): ShapiroWilkResult {
+  const n = x.length
+  if (n < SW_MIN_N || n > SW_MAX_N) throw new RangeError(`Shapiro-Wilk needs between ${SW_MIN_N} and ${SW_MAX_N} values, got ${n}`)
   const range = x[n - 1]! - x[0]!
   if (!(range > 0)) throw new RangeError('Shapiro-Wilk is undefined for a sample whose values are all equal')
   const a = shapiroWilkCoefficients(n)

@@ -6,7 +6,7 @@ import { jacobianAugmentation } from '../../bench/attacks/extraction.ts'
 import { argmax, forward, loadWeights } from '../../models/mnist/cnn.ts'
 import { loadMnist } from '../../models/mnist/data.ts'
 import { poolingEncoder } from '../../src/screening/encoder.ts'
-import { createPradaDetector } from '../../src/screening/prada.ts'
+import { createPradaDetector, PradaState } from '../../src/screening/prada.ts'
 import { freshDigest, MNIST_LAYOUT, seeded } from './helpers.ts'
 
 const weights = loadWeights()
@@ -79,4 +79,21 @@ t.test('memory is bounded over principals', async (t) => {
     if (m.principals > 20 || m.stored > 100) t.fail(JSON.stringify(m))
   }
   t.ok(d.memory!().evictions > 0)
+})
+
+t.test('the sorted window kept by record() always equals a sort of the window', async (t) => {
+  const s = new PradaState(50)
+  let seed = 11
+  const next = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648
+  let differ = 0
+  for (let i = 0; i < 400; i++) {
+    // Few distinct values, so that equal distances enter and leave the window.
+    s.record(Math.floor(next() * 20) / 4)
+    if (i === 30 || i > 60) {
+      const kept = Array.from(s.sortedWindow())
+      const fresh = Array.from(s.distances.subarray(0, s.count)).sort((a, b) => a - b)
+      if (JSON.stringify(kept) !== JSON.stringify(fresh)) differ++
+    }
+  }
+  t.equal(differ, 0, 'asked for first at 30 records, then checked after each of 339 more (the ring wraps 7 times)')
 })
