@@ -35,7 +35,7 @@ import type { RandomSource } from '../deps.ts'
 import { BulwarkError } from '../errors.ts'
 import type { DetectorResult, ScreenBatch, SharedDetector } from './detector.ts'
 import { KeyedQueue } from './keyed-queue.ts'
-import { argmax, GrowingSet, judgeBatch, PradaState, type PradaOptions } from './prada.ts'
+import { argmax, GrowingSet, judgeBatch, PRADA_DETECTOR, PradaState, type PradaOptions } from './prada.ts'
 import { bytesOf, DigestIds, float32s, float64s, SHARED_DIGEST_BYTES, sharedDigest, stateKey, stateUnavailable, type ScreeningStore } from './shared-store.ts'
 
 /** Races lost to other replicas' writes before a request claims the principal's state. */
@@ -257,10 +257,7 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
   }
 
   return {
-    name: 'extraction',
-    needs: 'output',
-    alarmWhen: 'below',
-    refusal: 'attack_suspected',
+    ...PRADA_DETECTOR,
     mode: o.mode,
     shared: true,
     inspect(batch: ScreenBatch): Promise<DetectorResult | null> {

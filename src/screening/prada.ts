@@ -203,6 +203,9 @@ export function judgeBatch(s: PradaState, batch: ScreenBatch, probabilities: rea
   return { score: w, threshold: o.wThreshold, alarm: w < o.wThreshold }
 }
 
+/** What the extraction detector is, in process or shared (prada-shared.ts) alike. */
+export const PRADA_DETECTOR = { name: 'extraction', needs: 'output', alarmWhen: 'below', refusal: 'attack_suspected' } as const
+
 export function createPradaDetector(o: PradaOptions): Detector {
   const store = new PrincipalStore<PradaState>({
     maxPrincipals: o.maxPrincipals,
@@ -211,10 +214,7 @@ export function createPradaDetector(o: PradaOptions): Detector {
     units: (s) => s.stored,
   })
   return {
-    name: 'extraction',
-    needs: 'output',
-    alarmWhen: 'below',
-    refusal: 'attack_suspected',
+    ...PRADA_DETECTOR,
     mode: o.mode,
     inspect(batch: ScreenBatch): DetectorResult | null {
       const probabilities = batch.probabilities

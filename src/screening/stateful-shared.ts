@@ -22,7 +22,7 @@
 import type { Redis } from 'ioredis'
 import type { DetectorResult, ScreenBatch, SharedDetector } from './detector.ts'
 import { bytesOf, DigestIds, SHARED_DIGEST_BYTES, sharedDigest, stateKey, stateUnavailable, type ScreeningStore } from './shared-store.ts'
-import { History, judgeBatch, type StatefulOptions } from './stateful.ts'
+import { History, judgeBatch, STATEFUL_DETECTOR, type StatefulOptions } from './stateful.ts'
 
 const HEADER_BYTES = 40
 
@@ -105,10 +105,7 @@ export function createSharedStatefulDetector(o: StatefulOptions, model: string, 
     store.redis.defineCommand('bulwarkStatefulAppend', { numberOfKeys: 1, lua: APPEND_SCRIPT })
   }
   return {
-    name: 'stateful',
-    needs: 'input',
-    alarmWhen: 'below',
-    refusal: 'attack_suspected',
+    ...STATEFUL_DETECTOR,
     mode: o.mode,
     shared: true,
     async inspect(batch: ScreenBatch): Promise<DetectorResult | null> {

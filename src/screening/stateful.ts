@@ -109,6 +109,9 @@ export function judgeBatch(history: History, digests: ArrayLike<number>, encoded
   return score
 }
 
+/** What the stateful detector is, in process or shared (stateful-shared.ts) alike. */
+export const STATEFUL_DETECTOR = { name: 'stateful', needs: 'input', alarmWhen: 'below', refusal: 'attack_suspected' } as const
+
 export function createStatefulDetector(o: StatefulOptions): Detector {
   if (o.k > o.historyPerPrincipal) throw new RangeError(`stateful: k (${o.k}) must not exceed historyPerPrincipal (${o.historyPerPrincipal})`)
   const store = new PrincipalStore<History>({
@@ -118,10 +121,7 @@ export function createStatefulDetector(o: StatefulOptions): Detector {
     units: (h) => h.count,
   })
   return {
-    name: 'stateful',
-    needs: 'input',
-    alarmWhen: 'below',
-    refusal: 'attack_suspected',
+    ...STATEFUL_DETECTOR,
     mode: o.mode,
     inspect(batch: ScreenBatch): DetectorResult | null {
       const history = store.use(batch.principal)

@@ -7,9 +7,7 @@
 
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
-import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { Redis } from 'ioredis'
 import { loadMnist } from '../../models/mnist/data.ts'
 import { parsePolicy } from '../../src/config/policy.ts'
 import type { RedisConfig } from '../../src/config/scaleout.ts'
@@ -27,7 +25,7 @@ import { FakeClock } from '../helpers/fake-clock.ts'
 import { cnnRunner } from '../screening/cnn-runner.ts'
 import { gaussian, jitter, seeded, seededRandom } from '../screening/helpers.ts'
 import { REDIS_SERVER, startRedis, waitUntil } from './helpers.ts'
-import { redisConfig, replicaClients } from './screening-replicas.ts'
+import { redisConfig, sharedScreeningRedis } from './screening-replicas.ts'
 
 const repoRoot = path.resolve(import.meta.dirname, '../..')
 const bundled = parsePolicy(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8'), 'mnist.yaml').policy!.screening
@@ -71,15 +69,9 @@ async function probe(stages: Stage[], sub: string): Promise<number> {
   return 0
 }
 
-const sharedUrl = process.env.BULWARK_TEST_REDIS_URL
-if (!sharedUrl && !REDIS_SERVER) t.test('needs redis-server (.ci/run installs it)', { skip: 'redis-server is not installed' }, () => {})
-else {
-  const url = sharedUrl ?? (await startRedis(t)).url
-  const run = randomUUID()
-  const raw = new Redis(url, { lazyConnect: true })
-  await raw.connect()
-  t.teardown(() => raw.quit())
-  const replicas = replicaClients(t, url, `bulwark-test:${run}:`)
+const redis = await sharedScreeningRedis(t)
+if (redis) {
+  const { run, raw, replicas } = redis
 
   t.test('a probing run alternated between two replicas is refused where one replica refuses it, and the cool-down follows the caller', async (t) => {
     const [a, b] = await replicas.open('stage', 2)

@@ -4,9 +4,7 @@
 // the alarm comes at the same query); requests racing on both replicas lose no update; and
 // what Redis holds is compact and bounded (pooled vectors, capped rings).
 
-import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { Redis } from 'ioredis'
 import { jacobianAugmentation } from '../../bench/attacks/extraction.ts'
 import { argmax, forward } from '../../models/mnist/cnn.ts'
 import { loadMnist } from '../../models/mnist/data.ts'
@@ -20,8 +18,7 @@ import { createStatefulDetector, type StatefulOptions } from '../../src/screenin
 import { createSharedStatefulDetector } from '../../src/screening/stateful-shared.ts'
 import { weights } from '../screening/cnn-runner.ts'
 import { gaussian, jitter, MNIST_LAYOUT, seeded, seededRandom } from '../screening/helpers.ts'
-import { REDIS_SERVER, startRedis } from './helpers.ts'
-import { replicaClients } from './screening-replicas.ts'
+import { sharedScreeningRedis } from './screening-replicas.ts'
 
 const test = loadMnist().test
 const HOUR = 3_600_000
@@ -44,15 +41,9 @@ const pradaOptions = (over: Partial<PradaOptions> = {}): PradaOptions => ({
 const digestOf = keyedDigester(seededRandom(5))
 const same = (a: DetectorResult | null, b: DetectorResult | null) => JSON.stringify(a) === JSON.stringify(b)
 
-const sharedUrl = process.env.BULWARK_TEST_REDIS_URL
-if (!sharedUrl && !REDIS_SERVER) t.test('needs redis-server (.ci/run installs it)', { skip: 'redis-server is not installed' }, () => {})
-else {
-  const url = sharedUrl ?? (await startRedis(t)).url
-  const run = randomUUID()
-  const raw = new Redis(url, { lazyConnect: true })
-  await raw.connect()
-  t.teardown(() => raw.quit())
-  const replicas = replicaClients(t, url, `bulwark-test:${run}:`)
+const redis = await sharedScreeningRedis(t)
+if (redis) {
+  const { run, raw, replicas } = redis
 
   t.test('stateful: near-duplicates alternated between two replicas are judged as by one, query for query', async (t) => {
     const [a, b] = await replicas.open('stateful', 2)
