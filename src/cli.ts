@@ -74,8 +74,11 @@ async function serve(argv: string[]): Promise<void> {
 
   const api = splitHostPort(config.server.listen, 'server.listen')
   const admin = splitHostPort(config.server.admin, 'server.admin')
-  const adminBound = await gateway.serveAdmin({ host: admin.host, port: admin.port })
+  // The API listener first: once /readyz can say 200, requests must find the API port open
+  // (with the admin listener first, a probe could see "ready" before the API was bound, and
+  // the first request after it was refused).
   await gateway.api.listen({ host: api.host, port: api.port })
+  const adminBound = await gateway.serveAdmin({ host: admin.host, port: admin.port })
   // The address actually bound (port 0 picks one); a wildcard host is reached over loopback.
   const bound = gateway.api.server.address() as AddressInfo
   const host = ['0.0.0.0', '::'].includes(bound.address) ? '127.0.0.1' : bound.address.includes(':') ? `[${bound.address}]` : bound.address
