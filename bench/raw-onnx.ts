@@ -2,11 +2,14 @@
 // Items per second for each batch size and thread count; the best is the gateway's target.
 
 import { performance } from 'node:perf_hooks'
+import { Worker } from 'node:worker_threads'
 import * as ort from 'onnxruntime-node'
 
 export interface RawResult {
   batch: number
   threads: number
+  /** Sessions running at once, each in a worker thread of its own (1: this thread). */
+  sessions?: number
   itemsPerSec: number
   msPerItem: number
   p50: number
@@ -44,4 +47,31 @@ export async function rawOnnx(modelBytes: Uint8Array, inputName: string, itemSha
     await session.release()
   }
   return results
+}
+
+/**
+ * `sessions` sessions of `threads` intra-op threads each, in worker threads running at once:
+ * the other way to use several cores (a session per core, as the gateway's workers do).
+ * Items/s is the sum over sessions; latencies are not measured here.
+ */
+export async function rawOnnxParallel(modelBytes: Uint8Array, inputName: string, itemShape: number[], batch: number, sessions: number, threads: number, durationMs: number): Promise<RawResult> {
+  const workers = Array.from({ length: sessions }, () => new Worker(new URL('./raw-onnx-worker.ts', import.meta.url), {
+    workerData: { model: modelBytes, inputName, shape: [batch, ...itemShape], threads, durationMs },
+  }))
+  try {
+    await Promise.all(workers.map((w) => new Promise((resolve, reject) => {
+      w.once('message', resolve)
+      w.once('error', reject)
+    })))
+    const done = workers.map((w) => new Promise<{ runs: number; seconds: number }>((resolve, reject) => {
+      w.once('message', resolve)
+      w.once('error', reject)
+    }))
+    for (const w of workers) w.postMessage('go')
+    const results = await Promise.all(done)
+    const itemsPerSec = results.reduce((n, r) => n + (r.runs * batch) / r.seconds, 0)
+    return { batch, threads, sessions, itemsPerSec, msPerItem: 1000 / itemsPerSec, p50: NaN, p99: NaN }
+  } finally {
+    await Promise.all(workers.map((w) => w.terminate()))
+  }
 }
