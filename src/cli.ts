@@ -149,6 +149,8 @@ async function token(argv: string[]): Promise<void> {
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv
+  // What every subcommand that prints gets: its working folder and the two streams.
+  const io = { cwd: process.cwd(), out: (text: string) => process.stdout.write(text), err: (text: string) => process.stderr.write(text) }
   switch (command) {
     case 'serve':
       return serve(rest)
@@ -157,29 +159,13 @@ async function main(argv: string[]): Promise<void> {
     case 'token':
       return token(rest)
     case 'calibrate':
-      process.exitCode = await calibrateCommand(rest, {
-        cwd: process.cwd(),
-        out: (text) => process.stdout.write(text),
-        err: (text) => process.stderr.write(text),
-        clock: realDeps.clock,
-        random: realDeps.random,
-        log: silentLogger,
-      })
+      process.exitCode = await calibrateCommand(rest, { ...io, clock: realDeps.clock, random: realDeps.random, log: silentLogger })
       return
     case 'audit':
-      process.exitCode = await auditCommand(rest, {
-        cwd: process.cwd(),
-        out: (text) => process.stdout.write(text),
-        err: (text) => process.stderr.write(text),
-        random: realDeps.random,
-      })
+      process.exitCode = await auditCommand(rest, { ...io, random: realDeps.random })
       return
     case 'model':
-      process.exitCode = await modelCommand(rest, {
-        cwd: process.cwd(),
-        out: (text) => process.stdout.write(text),
-        err: (text) => process.stderr.write(text),
-      })
+      process.exitCode = await modelCommand(rest, io)
       return
     case undefined:
     case 'help':

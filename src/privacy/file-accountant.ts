@@ -13,14 +13,14 @@
 // With 'relaxed' the append reaches the OS before `charge` resolves (a killed process
 // loses nothing) and the file is synced every relaxedSyncIntervalMs: a power cut or kernel
 // crash can forget the charges of that last interval, never corrupt the journal.
-// Concurrent charges share one write (group commit), and the
-// charges of one key in one write share one line: the summed cost at the latest of their
-// times. Replayed after a restart, such a line frees its whole cost at that latest time,
-// a little later than the charges it merges would have: never earlier, so never an
-// overspend, and a busy caller costs one line per write instead of one per answer. A crash can leave only the tail torn; at open,
-// invalid lines AT THE END are dropped (their answers were never released) and any
-// invalid line FOLLOWED by a valid one stops the start: that is corruption, not a crash,
-// and silently dropping a charge would overspend. After a failed write the accountant
+// Concurrent charges share one write (group commit), and the charges of one key in one
+// write share one line: the summed cost at the latest of their times. Replayed after a
+// restart, such a line frees its whole cost at that latest time, a little later than the
+// charges it merges would have: never earlier, so never an overspend, and a busy caller
+// costs one line per write instead of one per answer. A crash can leave only the tail
+// torn; at open, invalid lines AT THE END are dropped (their answers were never released)
+// and any invalid line FOLLOWED by a valid one stops the start: that is corruption, not a
+// crash, and silently dropping a charge would overspend. After a failed write the accountant
 // refuses every further charge (fail closed) until restarted.
 //
 // Size. Entries older than the retention period (the longest window) are dead. When the

@@ -51,11 +51,14 @@ export function bernoulliExpNeg(rng: RandomReader, num: bigint, den: bigint): bo
  */
 export function sampleDiscreteLaplace(rng: RandomReader, scaleNum: bigint, scaleDen: bigint): bigint {
   if (scaleNum < 1n || scaleDen < 1n) throw new RangeError(`sampleDiscreteLaplace: bad scale ${scaleNum}/${scaleDen}`)
-  const g = gcd(scaleNum, scaleDen)
-  const t = scaleNum / g
-  const s = scaleDen / g
+  const { t, s } = lowestTerms(scaleNum, scaleDen)
   if (t <= SMALL && s <= SMALL) return BigInt(discreteLaplaceSmall(rng, Number(t), Number(s)))
   return sampleDiscreteLaplaceBig(rng, t, s)
+}
+
+function lowestTerms(num: bigint, den: bigint): { t: bigint; s: bigint } {
+  const g = gcd(num, den)
+  return { t: num / g, s: den / g }
 }
 
 /**
@@ -64,9 +67,7 @@ export function sampleDiscreteLaplace(rng: RandomReader, scaleNum: bigint, scale
  */
 export function smallLaplaceScale(scaleNum: bigint, scaleDen: bigint): { t: number; s: number } | null {
   if (scaleNum < 1n || scaleDen < 1n) throw new RangeError(`smallLaplaceScale: bad scale ${scaleNum}/${scaleDen}`)
-  const g = gcd(scaleNum, scaleDen)
-  const t = scaleNum / g
-  const s = scaleDen / g
+  const { t, s } = lowestTerms(scaleNum, scaleDen)
   return t <= SMALL && s <= SMALL ? { t: Number(t), s: Number(s) } : null
 }
 

@@ -60,8 +60,6 @@ export function median(h: number, w: number, layout: ItemLayout): Squeezer {
       }
     }
   }
-  const rank = Math.floor(size / 2)
-  const window = new Float64Array(size)
   if (size === 4) {
     // 2x2, the common case: the upper middle of four values is the second largest,
     // max(min of the pairs' maxima, max of the pairs' minima): no sorting at all.
@@ -86,6 +84,8 @@ export function median(h: number, w: number, layout: ItemLayout): Squeezer {
       return out
     }
   }
+  const rank = Math.floor(size / 2)
+  const window = new Float64Array(size)
   return (item) => {
     const out = new Float32Array(item.length)
     for (let ch = 0; ch < channels; ch++) {
@@ -111,9 +111,8 @@ export function median(h: number, w: number, layout: ItemLayout): Squeezer {
 
 /** A squeezer from its policy name (see the file header); throws on a name it cannot build. */
 export function parseSqueezer(name: string, layout: ItemLayout): Squeezer {
-  const steps = name.split('+').map((step) => parseStep(step, name, layout))
-  if (steps.length === 1) return steps[0]!
-  return (item) => steps.reduce((x, s) => s(x), item)
+  const one = parseSqueezers([name], layout)
+  return (item) => one(item)[0]!
 }
 
 /**
