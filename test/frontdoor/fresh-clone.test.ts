@@ -27,9 +27,23 @@ t.teardown(async () => {
     const exited = new Promise((r) => server!.once('exit', r))
     process.kill(-server.pid, 'SIGTERM') // npm and the gateway it started: the group we created
     await exited
+    await groupGone(server.pid)
   }
-  await rm(clone, { recursive: true, force: true })
+  await rm(clone, { recursive: true, force: true, maxRetries: 5 })
 })
+
+/** npm can exit before the gateway it started has drained and closed its audit file, which
+ *  would still be writing into the clone while it is removed: wait for the whole group. */
+async function groupGone(pgid: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    try {
+      process.kill(-pgid, 0)
+    } catch {
+      return // ESRCH: no process left in the group
+    }
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
 
 /** Starts `npm start` in the clone and resolves with the curl example it prints. */
 function npmStart(): Promise<string> {
