@@ -145,6 +145,15 @@ export const StateConfig = Type.Object(
          *  busy gateway makes at most 1000/N writes a second, and an answer waits up to N ms
          *  more. 0: write as soon as the previous write is done. */
         commitIntervalMs: Type.Integer({ minimum: 0, maximum: 100, default: 0 }),
+        /** Charge ahead: a busy caller's charges are covered by one durable reservation of up
+         *  to this fraction of its budget, instead of one write per answer (see
+         *  file-accountant.ts). What a crash or restart costs a caller: at most the unused part
+         *  of its last reservations, counted as spent until they expire. 0: one write per
+         *  group of answers, no reservations. */
+        reserveFraction: Type.Number({ minimum: 0, maximum: 0.25, default: 0.02 }),
+        /** How long a reservation may be drawn on; its record is stamped at its end, so after a
+         *  restart a budget frees at most this much later than it would have. */
+        reserveLeaseMs: Type.Integer({ minimum: 10, maximum: 60_000, default: 1000 }),
       },
       { additionalProperties: false, default: {} },
     ),

@@ -23,6 +23,20 @@
 // crash, and silently dropping a charge would overspend. After a failed write the accountant
 // refuses every further charge (fail closed) until restarted.
 //
+// Reservations (charge ahead), with reserveFraction > 0 (the gateway's default). One write
+// per answer, even grouped, costs a busy caller a synced write every few answers. Instead a
+// caller's charge may be covered by a reservation: one journal line for the cost of n
+// answers, stamped at the END of its lease (now + reserveLeaseMs), written and synced before
+// the first answer it covers is released. Later answers of that caller within the lease draw
+// on it in memory, with no write. Decisions (fits or 429, ε spent and left) come from the
+// exact in-memory ledger of actual charges; the journal holds the reservations. Replayed
+// after a crash, every actual charge is covered by a line of at least its cost stamped no
+// earlier than it was made, so the rebuilt budget never shows less spent than was: the price
+// of a crash is the unused rest of the reservations, counted as spent until they expire (and
+// budgets freeing up to one lease later). n starts at 1, doubles while reservations run out
+// within their lease, falls to what the last one served when it expired, and is capped at
+// reserveFraction of the budget and at what the window has left.
+//
 // Size. Entries older than the retention period (the longest window) are dead. When the
 // file holds more than `compactMinLines` lines and more than twice the live entries, it
 // is rewritten: temp file, fsync, rename over the journal, fsync of the directory. Either
@@ -44,12 +58,13 @@ import {
   checkBudget,
   checkCost,
   checkKey,
+  costFits,
   type ChargeResult,
   type LedgerEntry,
   type PrivacyAccountant,
   type PrivacyBudget,
 } from './accountant.ts'
-import type { PrivacyCost } from './mechanisms.ts'
+import { EPSILON_UNITS, type PrivacyCost } from './mechanisms.ts'
 
 export const JOURNAL_FILE = 'journal.jsonl'
 const HEADER = { journal: 'bulwark-privacy', version: 1 }
@@ -75,7 +90,24 @@ export interface FileAccountantOptions {
    * meanwhile wait and share it. Default 0 (write as soon as the last one is done).
    */
   commitIntervalMs?: number
+  /** Reservations (see the top of this file): at most this fraction of a budget per line. Default 0: none. */
+  reserveFraction?: number
+  /** How long a reservation may be drawn on. Default 1000 ms. */
+  reserveLeaseMs?: number
   log?: Logger
+}
+
+/** One key's current reservation: what is left of it, and how it was sized and used. */
+interface Reserve {
+  e: number
+  r: number
+  /** Its journal stamp: answers after this time need a new reservation. */
+  until: number
+  /** Answers it was sized for, and answers it has covered. */
+  size: number
+  served: number
+  /** Until its line is durable: the write that answers drawing on it wait for. */
+  written: Promise<void> | null
 }
 
 function crcHex(text: string): string {
@@ -150,7 +182,14 @@ interface Waiter {
 }
 
 export class FileAccountant implements PrivacyAccountant {
+  /** Actual charges: every decision. */
   readonly #ledger: Ledger
+  /** What the journal holds: the same object as #ledger without reservations. */
+  readonly #journal: Ledger
+  readonly #reserves = new Map<string, Reserve>()
+  #sweepReservesAt = 1024
+  readonly #reserveFraction: number
+  readonly #reserveLeaseMs: number
   readonly #clock: Clock
   readonly #log: Logger
   readonly #file: string
@@ -174,6 +213,9 @@ export class FileAccountant implements PrivacyAccountant {
 
   private constructor(init: {
     ledger: Ledger
+    journal: Ledger
+    reserveFraction: number
+    reserveLeaseMs: number
     clock: Clock
     log: Logger
     dir: string
@@ -185,6 +227,9 @@ export class FileAccountant implements PrivacyAccountant {
     relaxedSyncIntervalMs: number
   }) {
     this.#ledger = init.ledger
+    this.#journal = init.journal
+    this.#reserveFraction = init.reserveFraction
+    this.#reserveLeaseMs = init.reserveLeaseMs
     this.#clock = init.clock
     this.#log = init.log
     this.#dir = init.dir
@@ -270,8 +315,17 @@ export class FileAccountant implements PrivacyAccountant {
     const linesInFile = needRewrite ? await writeJournal(tmp, file, dir, ledger) : lineCount
     const strict = (options.durability ?? 'strict') === 'strict'
     const fh = await openForAppend(file, strict)
+    const reserveFraction = options.reserveFraction ?? 0
+    if (!(reserveFraction >= 0 && reserveFraction <= 1)) throw new RangeError('reserveFraction must lie in [0, 1]')
+    // With reservations, decisions start from the replayed lines too (conservative: they hold
+    // at least what was charged), but in a ledger of their own: the journal's keeps lines.
+    const live = reserveFraction > 0 ? new Ledger(retentionMs) : ledger
+    if (live !== ledger) for (const [key, e] of ledger.entries()) live.add(key, { ...e })
     return new FileAccountant({
-      ledger,
+      ledger: live,
+      journal: ledger,
+      reserveFraction,
+      reserveLeaseMs: options.reserveLeaseMs ?? 1000,
       clock: options.clock,
       log,
       dir,
@@ -289,11 +343,70 @@ export class FileAccountant implements PrivacyAccountant {
     checkKey(key)
     checkCost(cost)
     checkBudget(budget, this.#ledger.retentionMs)
-    const { result, entry, merged } = this.#ledger.charge(key, cost, budget, this.#clock.nowMs())
+    const now = this.#clock.nowMs()
+    const { result, entry, merged } = this.#ledger.charge(key, cost, budget, now)
+    if (!entry) return result
+    if (this.#reserveFraction > 0) {
+      const written = this.#cover(key, cost, budget, now, result)
+      if (written) await written
+      return result
+    }
     // A merged charge rides in an entry that is queued and not yet taken by a write (the
     // Ledger merges only into pending entries): wait for that write.
-    if (entry) await (merged ? this.#awaitQueued() : this.#persist(key, entry))
+    await (merged ? this.#awaitQueued() : this.#persist(key, entry))
     return result
+  }
+
+  /**
+   * Covers an accepted charge by the key's reservation, or by a new one: returns the write
+   * to wait for, if its line is not durable yet.
+   */
+  #cover(key: string, cost: PrivacyCost, budget: PrivacyBudget, now: number, result: ChargeResult): Promise<void> | null {
+    const old = this.#reserves.get(key)
+    if (old && now <= old.until && cost.epsilonMicros <= old.e && cost.rhoNanos <= old.r) {
+      old.e -= cost.epsilonMicros
+      old.r -= cost.rhoNanos
+      old.served++
+      return old.written
+    }
+    if (this.#reserves.size >= this.#sweepReservesAt) this.#sweepReserves(now)
+    const n = this.#reserveSize(!old ? 1 : now <= old.until ? old.size * 2 : old.served, cost, budget, result)
+    // Stamped at the lease's end, never before the key's previous stamp (a clock stepping back).
+    const until = Math.max(now + this.#reserveLeaseMs, old?.until ?? 0)
+    const entry: LedgerEntry = { t: until, e: cost.epsilonMicros * n, r: cost.rhoNanos * n, durable: false }
+    this.#journal.add(key, entry)
+    const written = this.#persist(key, entry)
+    const reserve: Reserve = { e: entry.e - cost.epsilonMicros, r: entry.r - cost.rhoNanos, until, size: n, served: 1, written }
+    this.#reserves.set(key, reserve)
+    written.then(
+      () => {
+        reserve.written = null
+      },
+      () => {
+        if (this.#reserves.get(key) === reserve) this.#reserves.delete(key)
+      },
+    )
+    return written
+  }
+
+  /** `wanted` answers' worth, at most reserveFraction of the budget and what the window has left. */
+  #reserveSize(wanted: number, cost: PrivacyCost, budget: PrivacyBudget, result: ChargeResult): number {
+    const cap = { ...budget, epsilonMicros: Math.floor(budget.epsilonMicros * this.#reserveFraction) }
+    let n = Math.max(1, Math.floor(wanted))
+    if (cost.epsilonMicros > 0) {
+      // This answer plus what is left after it; rounded down, so never past the budget.
+      const left = Math.floor(result.epsilonLeft * EPSILON_UNITS + 1e-6)
+      n = Math.min(n, Math.floor(cap.epsilonMicros / cost.epsilonMicros), 1 + Math.floor(left / cost.epsilonMicros))
+    }
+    // zCDP parts compose by a formula: halve until the n answers fit in the cap.
+    while (n > 1 && !costFits({ epsilonMicros: cost.epsilonMicros * n, rhoNanos: cost.rhoNanos * n }, cap)) n = Math.floor(n / 2)
+    return Math.max(1, n)
+  }
+
+  /** Forgets reservations whose lease is over (their lines stay in the journal). */
+  #sweepReserves(now: number): void {
+    for (const [key, r] of this.#reserves) if (r.until < now && r.written === null) this.#reserves.delete(key)
+    this.#sweepReservesAt = Math.max(1024, 2 * this.#reserves.size)
   }
 
   async balance(key: string, budget: PrivacyBudget): Promise<ChargeResult> {
@@ -386,7 +499,7 @@ export class FileAccountant implements PrivacyAccountant {
       }
       for (const b of batch) b.entry.durable = true
       for (const w of waiters) w.resolve()
-      if (this.#linesInFile > this.#compactAt && this.#linesInFile > 2 * this.#ledger.size + 1) await this.#compact()
+      if (this.#linesInFile > this.#compactAt && this.#linesInFile > 2 * this.#journal.size + 1) await this.#compact()
     }
   }
 
@@ -404,10 +517,12 @@ export class FileAccountant implements PrivacyAccountant {
 
   async #compact(): Promise<void> {
     const tmp = `${this.#file}.tmp`
-    this.#ledger.prune(this.#clock.nowMs())
+    const now = this.#clock.nowMs()
+    this.#journal.prune(now)
+    if (this.#ledger !== this.#journal) this.#ledger.prune(now)
     let renamed = false
     try {
-      const written = await writeJournal(tmp, this.#file, this.#dir, this.#ledger, () => {
+      const written = await writeJournal(tmp, this.#file, this.#dir, this.#journal, () => {
         renamed = true
       })
       const fh = await openForAppend(this.#file, this.#strict)
