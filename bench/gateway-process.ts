@@ -33,11 +33,12 @@ export interface GatewayProcess {
 
 /**
  * `config` is the bulwark.yaml content; server.listen/admin are filled with free ports, or the
- * given ones (to restart a gateway where its clients expect it). `env` is added to the child's.
+ * given ones (to restart a gateway where its clients expect it). `env` is added to the child's;
+ * `nodeArgs` go to its node (V8 flags, which NODE_OPTIONS refuses).
  */
 export async function startGateway(
   config: Record<string, any>,
-  opts: { cwd?: string; logLevel?: string; readyTimeoutMs?: number; apiPort?: number; adminPort?: number; env?: Record<string, string> } = {},
+  opts: { cwd?: string; logLevel?: string; readyTimeoutMs?: number; apiPort?: number; adminPort?: number; env?: Record<string, string>; nodeArgs?: string[] } = {},
 ): Promise<GatewayProcess> {
   const apiPort = opts.apiPort ?? (await freePort())
   const adminPort = opts.adminPort ?? (await freePort())
@@ -49,7 +50,7 @@ export async function startGateway(
   }
   const file = path.join(dir, `bulwark-${apiPort}.yaml`)
   writeFileSync(file, stringify(full))
-  const child = spawn(process.execPath, [path.join(repoRoot, 'bin/bulwark.js'), 'serve', '--config', file], {
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), path.join(repoRoot, 'bin/bulwark.js'), 'serve', '--config', file], {
     cwd: dir,
     env: { ...process.env, BULWARK_LOG_LEVEL: opts.logLevel ?? 'warn', ...opts.env },
     stdio: ['ignore', 'ignore', 'pipe'],
