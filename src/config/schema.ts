@@ -134,8 +134,9 @@ export const StateConfig = Type.Object(
     /** The privacy-budget journal under `directory` (src/privacy/file-accountant.ts). */
     journal: Type.Object(
       {
-        /** strict: an answer is released only after its charge is on disk (one synced write
-         *  per group of charges). relaxed: after its charge is written to the OS (survives a
+        /** strict: an answer is released only after its charge, or a reservation covering it,
+         *  is on disk (one synced write per group of lines). relaxed: after that line is
+         *  written to the OS (survives a
          *  killed process, not a power cut), the file synced every relaxedSyncIntervalMs: a
          *  power cut or kernel crash can forget that window's charges. */
         durability: Type.Union([Type.Literal('strict'), Type.Literal('relaxed')], { default: 'strict' }),
