@@ -136,9 +136,9 @@ export const StateConfig = Type.Object(
       {
         /** strict: an answer is released only after its charge, or a reservation covering it,
          *  is on disk (one synced write per group of lines). relaxed: after that line is
-         *  written to the OS (survives a
-         *  killed process, not a power cut), the file synced every relaxedSyncIntervalMs: a
-         *  power cut or kernel crash can forget that window's charges. */
+         *  written to the OS (survives a killed process, not a power cut), the file synced
+         *  every relaxedSyncIntervalMs: a power cut or kernel crash can forget that window's
+         *  charges. */
         durability: Type.Union([Type.Literal('strict'), Type.Literal('relaxed')], { default: 'strict' }),
         /** With durability relaxed: how often the journal is synced; the loss window on a power cut. */
         relaxedSyncIntervalMs: Type.Integer({ minimum: 1, maximum: 60_000, default: 200 }),
