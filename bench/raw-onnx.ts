@@ -67,11 +67,14 @@ export async function rawOnnxParallel(modelBytes: Uint8Array, inputName: string,
       w.once('message', resolve)
       w.once('error', reject)
     }))
+    const exited = workers.map((w) => new Promise((resolve) => w.once('exit', resolve)))
     for (const w of workers) w.postMessage('go')
     const results = await Promise.all(done)
+    await Promise.all(exited) // each ends by itself once its session is released
     const itemsPerSec = results.reduce((n, r) => n + (r.runs * batch) / r.seconds, 0)
     return { batch, threads, sessions, itemsPerSec, msPerItem: 1000 / itemsPerSec, p50: NaN, p99: NaN }
   } finally {
-    await Promise.all(workers.map((w) => w.terminate()))
+    // Only on an error path is a worker still running here.
+    await Promise.all(workers.filter((w) => w.threadId >= 0).map((w) => w.terminate()))
   }
 }
