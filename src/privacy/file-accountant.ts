@@ -64,7 +64,7 @@ import {
   type PrivacyAccountant,
   type PrivacyBudget,
 } from './accountant.ts'
-import { EPSILON_UNITS, type PrivacyCost } from './mechanisms.ts'
+import { EPSILON_UNITS, scaleCost, type PrivacyCost } from './mechanisms.ts'
 
 export const JOURNAL_FILE = 'journal.jsonl'
 const HEADER = { journal: 'bulwark-privacy', version: 1 }
@@ -373,7 +373,8 @@ export class FileAccountant implements PrivacyAccountant {
     const n = this.#reserveSize(!old ? 1 : now <= old.until ? old.size * 2 : old.served, cost, budget, result)
     // Stamped at the lease's end, never before the key's previous stamp (a clock stepping back).
     const until = Math.max(now + this.#reserveLeaseMs, old?.until ?? 0)
-    const entry: LedgerEntry = { t: until, e: cost.epsilonMicros * n, r: cost.rhoNanos * n, durable: false }
+    const reserved = scaleCost(cost, n)
+    const entry: LedgerEntry = { t: until, e: reserved.epsilonMicros, r: reserved.rhoNanos, durable: false }
     this.#journal.add(key, entry)
     const written = this.#persist(key, entry)
     const reserve: Reserve = { e: entry.e - cost.epsilonMicros, r: entry.r - cost.rhoNanos, until, size: n, served: 1, written }
@@ -399,7 +400,7 @@ export class FileAccountant implements PrivacyAccountant {
       n = Math.min(n, Math.floor(cap.epsilonMicros / cost.epsilonMicros), 1 + Math.floor(left / cost.epsilonMicros))
     }
     // zCDP parts compose by a formula: halve until the n answers fit in the cap.
-    while (n > 1 && !costFits({ epsilonMicros: cost.epsilonMicros * n, rhoNanos: cost.rhoNanos * n }, cap)) n = Math.floor(n / 2)
+    while (n > 1 && !costFits(scaleCost(cost, n), cap)) n = Math.floor(n / 2)
     return Math.max(1, n)
   }
 

@@ -55,6 +55,9 @@ export interface PrivacyCost {
   rhoNanos: number
 }
 
+/** The cost of n answers of cost c: both parts add up (basic and zCDP composition). */
+export const scaleCost = (c: PrivacyCost, n: number): PrivacyCost => ({ epsilonMicros: c.epsilonMicros * n, rhoNanos: c.rhoNanos * n })
+
 export const zeroCost: PrivacyCost = Object.freeze({ epsilonMicros: 0, rhoNanos: 0 })
 
 export type NoiseSpec =

@@ -39,6 +39,7 @@ import {
   epsilonForRho,
   EPSILON_UNITS,
   RHO_UNITS,
+  scaleCost,
   snapToGrid,
   toEpsilonMicros,
   type NoiseSpec,
@@ -95,7 +96,6 @@ export function privacyKey(ctx: Pick<RequestContext, 'principal' | 'identity'>, 
   return createHash('sha256').update(JSON.stringify(['bulwark-privacy-key/1', model, ...who])).digest('hex')
 }
 
-const scaleCost = (c: PrivacyCost, n: number): PrivacyCost => ({ epsilonMicros: c.epsilonMicros * n, rhoNanos: c.rhoNanos * n })
 /** ε figures to 6 decimals (micro-epsilon, the accountant's unit); cheaper than toFixed on the hot path. */
 const show = (x: number) => Math.round(x * 1e6) / 1e6
 

@@ -1,21 +1,11 @@
-import { appendFile, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
+import { appendFile, open, readFile, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
 import { Ledger, MemoryAccountant, type PrivacyBudget } from '../../src/privacy/accountant.ts'
 import { FileAccountant, JOURNAL_FILE, PrivacyStateError } from '../../src/privacy/file-accountant.ts'
 import { calibrateGaussian, epsilonForRho, rhoFor, RHO_UNITS } from '../../src/privacy/mechanisms.ts'
-import { fakeClock } from './helpers.ts'
-
-const HOUR = 3_600_000
-const eps = (e: number) => ({ epsilonMicros: Math.round(e * 1e6), rhoNanos: 0 })
-const budget = (epsilon: number, windowMs = HOUR): PrivacyBudget => ({ epsilonMicros: Math.round(epsilon * 1e6), delta: 1e-6, windowMs })
-
-async function tempDir(t: { teardown(fn: () => unknown): void }): Promise<string> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'bulwark-privacy-'))
-  t.teardown(() => rm(dir, { recursive: true, force: true }))
-  return dir
-}
+import { budget, eps, fakeClock, HOUR, tempDir } from './helpers.ts'
 
 t.test('basic composition is exact: ten charges of 0.1 spend exactly 1.0', async (t) => {
   const acct = new MemoryAccountant({ clock: fakeClock() })

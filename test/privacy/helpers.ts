@@ -2,7 +2,24 @@
 // repeatable), a fake clock, and a chi-square goodness-of-fit check.
 
 import { createHash } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
 import type { Clock, RandomSource } from '../../src/deps.ts'
+import type { PrivacyBudget } from '../../src/privacy/accountant.ts'
+
+export const HOUR = 3_600_000
+/** A pure-ε cost of `e`. */
+export const eps = (e: number) => ({ epsilonMicros: Math.round(e * 1e6), rhoNanos: 0 })
+/** A budget of `epsilon` per window (δ 1e-6). */
+export const budget = (epsilon: number, windowMs = HOUR): PrivacyBudget => ({ epsilonMicros: Math.round(epsilon * 1e6), delta: 1e-6, windowMs })
+
+/** A temp folder for a journal, removed at the test's teardown. */
+export async function tempDir(t: { teardown(fn: () => unknown): void }): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'bulwark-privacy-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  return dir
+}
 
 /**
  * xoshiro128** seeded from SHA-256 of `seed`: fast, statistically good, deterministic.

@@ -2,24 +2,12 @@
 // answers of a busy caller, and whatever moment a crash picks, the journal read back shows
 // at least what was released, stamped no earlier, and at most one reservation more.
 
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
-import type { PrivacyBudget } from '../../src/privacy/accountant.ts'
 import { FileAccountant, JOURNAL_FILE } from '../../src/privacy/file-accountant.ts'
-import { fakeClock } from './helpers.ts'
-
-const HOUR = 3_600_000
-const eps = (e: number) => ({ epsilonMicros: Math.round(e * 1e6), rhoNanos: 0 })
-const budget = (epsilon: number, windowMs = HOUR): PrivacyBudget => ({ epsilonMicros: Math.round(epsilon * 1e6), delta: 1e-6, windowMs })
-
-async function tempDir(t: { teardown(fn: () => unknown): void }): Promise<string> {
-  const dir = await mkdtemp(path.join(tmpdir(), 'bulwark-reserve-'))
-  t.teardown(() => rm(dir, { recursive: true, force: true }))
-  return dir
-}
+import { budget, eps, fakeClock, HOUR, tempDir } from './helpers.ts'
 
 type Line = { t: number; k: string; e: number; r: number }
 function journalLines(dir: string): Line[] {
