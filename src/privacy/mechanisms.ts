@@ -122,12 +122,12 @@ export function calibrateGaussian(epsilon: number, delta: number, bits: number):
 /**
  * snap_k: the score row projected onto the simplex and rounded to integers that sum to
  * exactly 2^bits (largest remainder; ties to the lower index). Deterministic: it is the
- * query, not part of the noise.
+ * query, not part of the noise. The row is `row[from..to)`: a tensor's row, without a view.
  */
-export function snapToGrid(row: ArrayLike<number>, bits: number): number[] {
+export function snapToGrid(row: ArrayLike<number>, bits: number, from = 0, to = row.length): number[] {
   const S = 2 ** bits
-  const c = row.length
-  const p = renormalise(row)
+  const c = to - from
+  const p = renormalise(row, from, to)
   const out = new Array<number>(c)
   const rem = new Array<number>(c)
   let sum = 0

@@ -28,13 +28,16 @@ export function roundDecimals(x: number, d: number): number {
   return Number(x.toFixed(d))
 }
 
-/** Non-negative mass, normalised to sum 1; all zero (or no finite mass) becomes uniform. */
-export function renormalise(mass: ArrayLike<number>): number[] {
-  const c = mass.length
+/**
+ * Non-negative mass, normalised to sum 1; all zero (or no finite mass) becomes uniform.
+ * Reads `mass[from..to)`.
+ */
+export function renormalise(mass: ArrayLike<number>, from = 0, to = mass.length): number[] {
+  const c = to - from
   const out = new Array<number>(c)
   let total = 0
   for (let i = 0; i < c; i++) {
-    const v = mass[i]!
+    const v = mass[from + i]!
     out[i] = Number.isFinite(v) && v > 0 ? v : 0
     total += out[i]!
   }

@@ -31,17 +31,56 @@ import { gcd, isqrt, type RandomReader } from './random.ts'
  */
 export function bernoulliExpNeg(rng: RandomReader, num: bigint, den: bigint): boolean {
   if (num < 0n || den < 1n) throw new RangeError(`bernoulliExpNeg: bad γ ${num}/${den}`)
-  if (num <= den) {
+  if (num === den) return bernoulliInvE(rng)
+  if (num < den) {
     let k = 1n
     while (rng.bernoulli(num, den * k)) k++
     return (k & 1n) === 1n
   }
   const whole = num / den
   for (let i = 0n; i < whole; i++) {
-    if (!bernoulliExpNeg(rng, 1n, 1n)) return false
+    if (!bernoulliInvE(rng)) return false
   }
   return bernoulliExpNeg(rng, num - whole * den, den)
 }
+
+/**
+ * True with probability e^-1 exactly, reading 2 random bits on average: a uniform random
+ * real compared with e^-1 one binary digit at a time (see random.ts), where CKS Algorithm 1
+ * takes about e draws of Bernoulli(1/k). The samplers need e^-1 for every unit of a
+ * geometric count. The first 64 digits are computed once; the rest, needed with
+ * probability 2^-64, when asked for.
+ */
+export function bernoulliInvE(rng: RandomReader): boolean {
+  for (let i = 1; ; i++) {
+    const digit = i <= 32 ? (INV_E_HI >>> (32 - i)) & 1 : i <= 64 ? (INV_E_LO >>> (64 - i)) & 1 : Number(invEFloor(i) & 1n)
+    const b = rng.coin() ? 1 : 0
+    if (b !== digit) return b < digit
+  }
+}
+
+/**
+ * floor(e^-1 · 2^n), exactly. The partial sums S_K = A_K / K! of e^-1 = Σ (-1)^k / k!
+ * alternate around it (A_0 = 1, A_K = K·A_(K-1) + (-1)^K) and it lies strictly between two
+ * consecutive ones, so once both have the same floor, so does e^-1.
+ */
+export function invEFloor(n: number): bigint {
+  const scale = 1n << BigInt(n)
+  let a = 1n
+  let fact = 1n
+  let prev = scale // floor(2^n · S_0)
+  for (let k = 1n; ; k++) {
+    a = k * a + (k % 2n === 0n ? 1n : -1n)
+    fact *= k
+    const floor = (scale * a) / fact // a > 0 for k >= 2, and S_1 = 0: BigInt division floors here
+    if (floor === prev) return floor
+    prev = floor
+  }
+}
+
+const INV_E_64 = invEFloor(64)
+const INV_E_HI = Number(INV_E_64 >> 32n)
+const INV_E_LO = Number(INV_E_64 & 0xffff_ffffn)
 
 /**
  * A sample Z of the discrete Laplace distribution with scale t = scaleNum/scaleDen:
@@ -106,29 +145,25 @@ export function sampleDiscreteGaussian(rng: RandomReader, varNum: bigint, varDen
 // For the scales output protection uses (t = 2·2^k/ε grid units, a few thousand to a few
 // million), every quantity below fits a double's 53-bit integer range, and uniform draws
 // stay under 2^32, so plain numbers compute exactly what the BigInt code computes, several
-// times faster. The draws read the random source byte for byte as the BigInt path does
-// (uniform(n) for n <= 2^32 is uniformSmall(n)), so both give the same sample from the same
-// bytes; test/privacy/samplers.test.ts checks that.
+// times faster. The draws read the random source bit for bit as the BigInt path does
+// (uniform(n) for n <= 2^32 is uniformSmall(n), bernoulli(num, den) for den <= 2^52 is
+// bernoulliSmall), so both give the same sample from the same bytes;
+// test/privacy/samplers.test.ts checks that.
 
-/** Scales up to 2^20 take the number path; den·k then stays below 2^32 for k < 2^12. */
+/** Scales up to 2^20 take the number path; den·k then stays far below 2^52 (bernoulliSmall's limit). */
 const SMALL = 1n << 20n
-const UNIFORM_MAX = 2 ** 32
-
-function bernoulliSmall(rng: RandomReader, num: number, den: number): boolean {
-  if (den <= UNIFORM_MAX) return rng.uniformSmall(den) < num
-  return rng.bernoulli(BigInt(num), BigInt(den))
-}
 
 /** CKS Algorithm 1 on numbers: true with probability exp(-num/den). */
 function bernoulliExpNegSmall(rng: RandomReader, num: number, den: number): boolean {
-  if (num <= den) {
+  if (num === den) return bernoulliInvE(rng)
+  if (num < den) {
     let k = 1
-    while (bernoulliSmall(rng, num, den * k)) k++
+    while (rng.bernoulliSmall(num, den * k)) k++
     return (k & 1) === 1
   }
   const whole = Math.floor(num / den)
   for (let i = 0; i < whole; i++) {
-    if (!bernoulliExpNegSmall(rng, 1, 1)) return false
+    if (!bernoulliInvE(rng)) return false
   }
   return bernoulliExpNegSmall(rng, num - whole * den, den)
 }
@@ -139,7 +174,7 @@ function discreteLaplaceSmall(rng: RandomReader, t: number, s: number): number {
     const u = rng.uniformSmall(t)
     if (!bernoulliExpNegSmall(rng, u, t)) continue
     let v = 0
-    while (bernoulliExpNegSmall(rng, 1, 1)) v++
+    while (bernoulliInvE(rng)) v++
     const x = u + t * v
     const y = (x - (x % s)) / s // exact integer division (x, s are exact integers)
     const negative = rng.coin()
@@ -156,7 +191,7 @@ export function sampleDiscreteLaplaceBig(rng: RandomReader, t: bigint, s: bigint
     const u = rng.uniform(t)
     if (!bernoulliExpNeg(rng, u, t)) continue
     let v = 0n
-    while (bernoulliExpNeg(rng, 1n, 1n)) v++
+    while (bernoulliInvE(rng)) v++
     const y = (u + t * v) / s // geometric with parameter 1 - e^{-s/t}
     const negative = rng.coin()
     if (negative && y === 0n) continue // otherwise zero would be counted twice

@@ -99,19 +99,20 @@ export function privacyKey(ctx: Pick<RequestContext, 'principal' | 'identity'>, 
 /** ε figures to 6 decimals (micro-epsilon, the accountant's unit); cheaper than toFixed on the hot path. */
 const show = (x: number) => Math.round(x * 1e6) / 1e6
 
-function isScoreTensor(t: Tensor): t is Tensor & { data: Float32Array | Float64Array } {
+type ScoreTensor = Tensor & { data: Float32Array | Float64Array }
+
+function isScoreTensor(t: Tensor): t is ScoreTensor {
   return (t.datatype === 'FP32' || t.datatype === 'FP64') && t.shape.length >= 1 && (t.shape[t.shape.length - 1] ?? 0) >= 1
 }
 
 /** The protected copy of one score tensor (rows along the last axis). */
-function protectTensor(t: Tensor & { data: Float32Array | Float64Array }, c: CompiledOutputPolicy, rng: RandomReader | null): Tensor {
+function protectTensor(t: ScoreTensor, c: CompiledOutputPolicy, rng: RandomReader | null): Tensor {
   const classes = t.shape[t.shape.length - 1]!
   const out = t.datatype === 'FP32' ? new Float32Array(t.data.length) : new Float64Array(t.data.length)
   const S = c.noise ? 2 ** c.noise.bits : 0
   for (let off = 0; off < t.data.length; off += classes) {
-    const row = t.data.subarray(off, off + classes)
     if (c.noise && rng) {
-      const noisy = addNoise(rng, snapToGrid(row, c.noise.bits), c.noise)
+      const noisy = addNoise(rng, snapToGrid(t.data, c.noise.bits, off, off + classes), c.noise)
       if (c.row.mode === 'label') {
         // Report-noisy-max: the one-hot of the noisy arg-max (ties to the lower index).
         out[off + argmax(noisy)] = 1
@@ -120,6 +121,7 @@ function protectTensor(t: Tensor & { data: Float32Array | Float64Array }, c: Com
       const mass = noisy.map((v) => (v < 0 ? 0 : v > S ? S : v))
       out.set(releaseRow(noisy, mass, c.row), off)
     } else {
+      const row = t.data.subarray(off, off + classes)
       const rank = Array.from(row, (v) => (Number.isNaN(v) ? -Infinity : v))
       out.set(releaseRow(rank, row, c.row), off)
     }
@@ -136,8 +138,9 @@ function memoisedPrivacyKey(limit = 10_000): (ctx: Pick<RequestContext, 'princip
   const memo = new Map<string, string>()
   return (ctx, model) => {
     const p = ctx.principal
-    // JSON.stringify of the parts: unambiguous whatever characters an issuer or subject holds.
-    const id = JSON.stringify([model, p?.issuer ?? null, p?.subject ?? null, ctx.identity?.id ?? null])
+    // Length-prefixed parts: unambiguous whatever characters an issuer or subject holds.
+    const part = (s: string | undefined) => (s === undefined ? '-' : `${s.length}:${s}`)
+    const id = part(model) + part(p?.issuer) + part(p?.subject) + part(ctx.identity?.id)
     let key = memo.get(id)
     if (key === undefined) {
       if (memo.size >= limit) memo.clear()
@@ -156,6 +159,9 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
   }
   compiled(defaultOutputPolicy)
   const keyOf = memoisedPrivacyKey()
+  // One reader for every answer: it reads the source in blocks of a few KiB, and the draws
+  // of one answer are independent of every other answer's whichever block they come from.
+  const rng = new RandomReader(deps.random)
 
   return {
     name: 'output-privacy',
@@ -167,10 +173,10 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
       const model = ctx.target.model
       const c = compiled(policies(model) ?? defaultOutputPolicy)
 
-      // Which outputs leave, and which must be protected first.
-      const requested = new Set((ctx.request?.outputs ?? []).map((o) => o.name))
-      const protect: (Tensor & { data: Float32Array | Float64Array })[] = []
-      const withheld: string[] = []
+      // Which outputs leave (in the model's order), and which of them must be protected first.
+      const released: Tensor[] = []
+      const protect: ScoreTensor[] = []
+      let requested: Set<string> | null = null
       for (const t of result.outputs) {
         if (c.protect.has(t.name)) {
           if (!isScoreTensor(t)) {
@@ -179,20 +185,24 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
             })
           }
           protect.push(t)
-        } else if (!c.passThrough.has(t.name)) {
+          released.push(t) // replaced by its protected copy below
+        } else if (c.passThrough.has(t.name)) {
+          released.push(t)
+        } else {
+          requested ??= new Set((ctx.request?.outputs ?? []).map((o) => o.name))
           if (requested.has(t.name)) {
             throw new BulwarkError('forbidden', `output "${t.name}" is not released by this model's policy`, {
               reason: `output "${t.name}" of model "${model}" is neither protected nor passed through by the output policy`,
             })
           }
-          withheld.push(t.name)
         }
       }
 
       let charging: Promise<ChargeResult> | null = null
       let cost: PrivacyCost | null = null
       if (c.noise) {
-        const answers = protect.reduce((n, t) => n + t.data.length / t.shape[t.shape.length - 1]!, 0)
+        let answers = 0
+        for (const t of protect) answers += t.data.length / t.shape[t.shape.length - 1]!
         cost = scaleCost(c.noise.cost, answers)
         if (!costFits(cost, c.budget)) {
           throw new BulwarkError('batch_too_large', `this request's ${answers} answers would cost more than the whole privacy budget of this model; send fewer items per request`, {
@@ -206,11 +216,14 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
       }
 
       // Computed while the charge is being made durable; released only after it is.
-      const rng = c.noise ? new RandomReader(deps.random) : null
-      const replaced = new Map(protect.map((t) => [t.name, protectTensor(t, c, rng)]))
+      for (let i = 0; i < released.length; i++) {
+        const t = released[i]!
+        if (c.protect.has(t.name)) released[i] = protectTensor(t as ScoreTensor, c, c.noise ? rng : null)
+      }
 
+      const params: Record<string, unknown> = { ...result.parameters }
       // output_mode describes protected outputs; a pass-through-only answer has none.
-      const params: Record<string, unknown> = protect.length > 0 ? { output_mode: c.row.mode } : {}
+      if (protect.length > 0) params.output_mode = c.row.mode
       if (c.noise && cost) {
         let charge: ChargeResult
         if (charging) {
@@ -249,8 +262,8 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
         params.privacy_window_ms = c.budget.windowMs
       }
 
-      result.outputs = result.outputs.filter((t) => !withheld.includes(t.name)).map((t) => replaced.get(t.name) ?? t)
-      result.parameters = { ...result.parameters, ...params }
+      result.outputs = released
+      result.parameters = params
     },
   }
 }

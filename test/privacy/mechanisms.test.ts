@@ -130,3 +130,10 @@ t.test('noise lands on the grid and follows the calibrated distribution', async 
   const gfit = chiSquare(gNoise, (z) => Math.exp(-(z * z) / (2 * sigma2)) / norm)
   t.ok(gfit.stat < gfit.critical, `Gaussian noise is N_Z(0, ${sigma2.toFixed(1)}): chi2 ${gfit.stat.toFixed(1)} < ${gfit.critical.toFixed(1)}`)
 })
+
+t.test('snap_k of a row inside a longer array reads that row only', async (t) => {
+  const rows = Float32Array.from([0.25, 0.75, 1, 1, 1, 0.1, 0.2, 0.7])
+  t.same(snapToGrid(rows, 4, 0, 2), [4, 12])
+  t.same(snapToGrid(rows, 4, 2, 5), [6, 5, 5])
+  t.same(snapToGrid(rows, 4, 5, 8), snapToGrid([0.1, 0.2, 0.7], 4))
+})

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { RandomReader, isqrt } from '../../src/privacy/random.ts'
-import { bernoulliExpNeg, sampleDiscreteGaussian, sampleDiscreteLaplace, sampleDiscreteLaplaceBig } from '../../src/privacy/samplers.ts'
+import { bernoulliExpNeg, bernoulliInvE, invEFloor, sampleDiscreteGaussian, sampleDiscreteLaplace, sampleDiscreteLaplaceBig } from '../../src/privacy/samplers.ts'
 import { chiSquare, seededRandom } from './helpers.ts'
 
 const N = 20_000
@@ -112,4 +112,38 @@ t.test('the number path of the discrete Laplace draws exactly what the BigInt pa
     for (let i = 0; i < 2000; i++) if (sampleDiscreteLaplace(fast, num, den) !== sampleDiscreteLaplaceBig(big, num, den)) differ++
   }
   t.equal(differ, 0, '10,000 draws, identical')
+})
+
+t.test('rational coin flips read random bits lazily and keep their exact probability', async (t) => {
+  const rng = new RandomReader(seededRandom('bernoulli'))
+  for (const [num, den] of [[1n, 3n], [5n, 7n], [1n, 1024n], [2n ** 62n, 3n * 2n ** 61n + 1n]] as const) {
+    const p = Number(num) / Number(den)
+    let hits = 0
+    for (let i = 0; i < N; i++) if (rng.bernoulli(num, den)) hits++
+    const z = (hits / N - p) / Math.sqrt((p * (1 - p)) / N)
+    t.ok(Math.abs(z) < 4, `${num}/${den}: frequency ${(hits / N).toFixed(4)} vs ${p.toFixed(4)} (z = ${z.toFixed(2)})`)
+  }
+  t.ok(Array.from({ length: 100 }, () => rng.bernoulli(0n, 5n)).every((b) => !b), 'probability 0 never')
+  t.ok(Array.from({ length: 100 }, () => rng.bernoulliSmall(5, 5)).every(Boolean), 'probability 1 always')
+  t.throws(() => rng.bernoulliSmall(1, 2 ** 53), RangeError)
+})
+
+t.test('e^-1 digits: exact, and the coin reads past the 64 precomputed ones when the random bits match them', async (t) => {
+  for (let n = 1; n <= 48; n++) t.equal(Number(invEFloor(n)), Math.floor(Math.exp(-1) * 2 ** n), `floor(e^-1 · 2^${n})`)
+  let prefix = true
+  for (let n = 1; n < 300; n++) prefix &&= invEFloor(n + 1) >> 1n === invEFloor(n)
+  t.ok(prefix, 'each floor extends the one before by one digit, up to 300 digits')
+  // A source whose bits are e^-1's first 128 digits with digit d flipped: the coin must read
+  // d bits and answer from e^-1's d-th digit (a 0 where e^-1 has a 1: below it, true).
+  const digits = invEFloor(128)
+  const answers = []
+  for (let d = 60; d <= 80; d++) {
+    const flipped = digits ^ (1n << BigInt(128 - d))
+    const source = {
+      bytes: (n: number) => Uint8Array.from({ length: n }, (_, i) => (i < 16 ? Number((flipped >> BigInt(8 * (15 - i))) & 0xffn) : 0)),
+      uuid: () => '',
+    }
+    answers.push(bernoulliInvE(new RandomReader(source)) === (((digits >> BigInt(128 - d)) & 1n) === 1n))
+  }
+  t.same(answers, answers.map(() => true), 'digits 60 to 80: each flip decides the coin by e^-1\'s own digit')
 })
