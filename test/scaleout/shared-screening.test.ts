@@ -2,7 +2,8 @@
 // replicas, each with its own Redis client on one Redis, judge a caller whose queries alternate
 // between them exactly as one replica judges all of them (the same score for every query, so
 // the alarm comes at the same query); requests racing on both replicas lose no update; and
-// what Redis holds is compact and bounded (pooled vectors, capped rings).
+// what Redis holds is compact and bounded (pooled vectors, capped rings); and a claim left by a
+// replica that died delays the others by its lease at most.
 
 import t from 'tap'
 import { jacobianAugmentation } from '../../bench/attacks/extraction.ts'
@@ -172,5 +173,28 @@ if (redis) {
       const pttl = await raw.pttl(key)
       t.ok(pttl > 0 && pttl <= ttlMs, `${key.slice(key.indexOf('screening:'))}: PTTL ${pttl}`)
     }
+  })
+
+  t.test('extraction: a claim left by a replica that died holds the principal for its lease, then lapses; one that outlasts the wait is refused and loses nothing', async (t) => {
+    const [a] = await replicas.open('dead-claim', 1)
+    const prada = createSharedPradaDetector(pradaOptions(), 'mnist', { redis: a!.client, ttlMs: HOUR }, cryptoRandom)
+    const part = (p: string, who: string) => `bulwark-test:${run}:dead-claim:screening:extraction:mnist:w1000g100d196:${p}:${who}`
+    const x = test.images[300]!
+    const batch = (who: string) => ({ principal: who, items: [x], digests: [0], probabilities: [forward(weights, x).probs] })
+
+    // A claim as a live replica sets it (2 s lease) whose holder never writes.
+    await raw.set(part('claim', 'p'), 'dead-replica:1', 'PX', 2000)
+    const pending = prada.inspect(batch('p'))
+    await new Promise((r) => setTimeout(r, 500))
+    t.equal(await raw.get(part('v', 'p')), null, 'nothing is written while the dead claim stands')
+    await pending
+    t.equal(await raw.get(part('v', 'p')), '1', 'the write goes through once its lease has run out')
+    t.equal(await raw.get(part('claim', 'p')), null, 'and ends the claim it took')
+
+    // A claim that stands longer than a request waits (3 s): a clear 503, and the state untouched.
+    await raw.set(part('claim', 'q'), 'dead-replica:2', 'PX', 60_000)
+    await t.rejects(prada.inspect(batch('q')), { code: 'state_unavailable', status: 503, reason: /another replica held the principal's state for 3000 ms/ })
+    t.equal(await raw.get(part('v', 'q')), null, 'nothing written')
+    t.equal(await raw.get(part('claim', 'q')), 'dead-replica:2', 'the standing claim is left alone')
   })
 }
