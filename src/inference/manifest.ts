@@ -77,9 +77,9 @@ export function modelFilePath(manifest: Manifest, manifestPath: string): string 
   const pkg = manifest.package!
   // Packages may hide their files behind "exports", so find the package folder the way
   // Node's resolver walks node_modules, then take the file from it directly.
-  const require = createRequire(manifestPath)
-  // eslint-disable-next-line no-restricted-globals -- TODO(habit 7): pass the working directory in from cli.ts; kept so npm-package models resolve for model folders outside the repo
-  const searched = [...(require.resolve.paths(pkg.name) ?? []), path.join(process.cwd(), 'node_modules')]
+  // First from the manifest's folder, then from Bulwark's own installation: a model folder
+  // outside the repository (a mounted volume) still finds the packages `npm ci` installed.
+  const searched = [manifestPath, import.meta.url].flatMap((from) => createRequire(from).resolve.paths(pkg.name) ?? [])
   for (const dir of searched) {
     const candidate = path.join(dir, pkg.name)
     if (existsSync(path.join(candidate, 'package.json'))) {

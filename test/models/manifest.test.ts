@@ -1,12 +1,13 @@
 // Every bundled manifest must pass the gateway's own schema and pin the SHA-256 of the file
 // it names, or the model would be refused at load.
 import { createHash } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import * as ort from 'onnxruntime-node'
-import { readManifest, readVerifiedModel, type Manifest } from '../../src/inference/manifest.ts'
+import { modelFilePath, readManifest, readVerifiedModel, type Manifest } from '../../src/inference/manifest.ts'
 import { packageFile } from '../../models/package-file.ts'
 
 const MODELS = fileURLToPath(new URL('../../models/', import.meta.url))
@@ -60,4 +61,20 @@ t.test('mnist manifest contents', async (t) => {
   t.match(cls, { maxBatchSize: 32, labels: ['0', '180'], inputs: [{ shape: [-1, 3, 48, 192], range: [-1, 1] }] })
   const det = await readManifest(path.join(MODELS, 'ocr-det', 'manifest.json'))
   t.match(det, { maxBatchSize: 4, inputs: [{ shape: [-1, 3, -1, -1] }] })
+})
+
+t.test('npm-package models resolve from a model folder outside the repository, whatever the working directory', async (t) => {
+  const outside = mkdtempSync(path.join(tmpdir(), 'bulwark-models-'))
+  const cwd = process.cwd()
+  t.teardown(() => {
+    process.chdir(cwd)
+    rmSync(outside, { recursive: true, force: true })
+  })
+  const manifestPath = path.join(outside, 'manifest.json')
+  copyFileSync(path.join(MODELS, 'ocr-cls', 'manifest.json'), manifestPath)
+  process.chdir(outside) // no node_modules here or above
+  const m = await readManifest(manifestPath)
+  t.equal(modelFilePath(m, manifestPath), packageFile(m.package!.name, m.package!.path), "found in Bulwark's own node_modules")
+  t.throws(() => modelFilePath({ ...m, package: { name: 'bulwark-no-such-package', path: 'x.onnx' } }, manifestPath), /npm package bulwark-no-such-package is not installed; run npm ci/)
+  t.throws(() => modelFilePath({ ...m, package: { name: m.package!.name, path: '../../etc/passwd' } }, manifestPath), /package\.path must stay inside the package/)
 })
