@@ -42,12 +42,15 @@ export class RandomReader {
     return this.#buf[this.#pos++]!
   }
 
+  /** The next 32 random bits, once the last word is used up. */
+  #refill(): void {
+    this.#word = ((this.#byte() << 24) | (this.#byte() << 16) | (this.#byte() << 8) | this.#byte()) >>> 0
+    this.#left = 32
+  }
+
   /** One random bit. */
   #bit(): number {
-    if (this.#left === 0) {
-      this.#word = ((this.#byte() << 24) | (this.#byte() << 16) | (this.#byte() << 8) | this.#byte()) >>> 0
-      this.#left = 32
-    }
+    if (this.#left === 0) this.#refill()
     this.#left--
     return (this.#word >>> this.#left) & 1
   }
@@ -56,10 +59,7 @@ export class RandomReader {
   #bits(k: number): number {
     let v = 0
     while (k > 0) {
-      if (this.#left === 0) {
-        this.#word = ((this.#byte() << 24) | (this.#byte() << 16) | (this.#byte() << 8) | this.#byte()) >>> 0
-        this.#left = 32
-      }
+      if (this.#left === 0) this.#refill()
       const n = k < this.#left ? k : this.#left
       this.#left -= n
       if (n === 32) {

@@ -129,6 +129,9 @@ function protectTensor(t: ScoreTensor, c: CompiledOutputPolicy, rng: RandomReade
   return { name: t.name, datatype: t.datatype, shape: t.shape, data: out }
 }
 
+/** Length-prefixed: parts joined this way are unambiguous whatever characters they hold. */
+const part = (s: string | undefined) => (s === undefined ? '-' : `${s.length}:${s}`)
+
 /**
  * privacyKey with a bounded memo: the SHA-256 is per caller, not per request, and a busy
  * gateway sees the same few callers thousands of times a second. Cleared when full, so a
@@ -138,8 +141,6 @@ function memoisedPrivacyKey(limit = 10_000): (ctx: Pick<RequestContext, 'princip
   const memo = new Map<string, string>()
   return (ctx, model) => {
     const p = ctx.principal
-    // Length-prefixed parts: unambiguous whatever characters an issuer or subject holds.
-    const part = (s: string | undefined) => (s === undefined ? '-' : `${s.length}:${s}`)
     const id = part(model) + part(p?.issuer) + part(p?.subject) + part(ctx.identity?.id)
     let key = memo.get(id)
     if (key === undefined) {
@@ -175,7 +176,8 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
 
       // Which outputs leave (in the model's order), and which of them must be protected first.
       const released: Tensor[] = []
-      const protect: ScoreTensor[] = []
+      /** The protected outputs, with their place in `released`. */
+      const protect: { at: number; t: ScoreTensor }[] = []
       let requested: Set<string> | null = null
       for (const t of result.outputs) {
         if (c.protect.has(t.name)) {
@@ -184,7 +186,7 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
               reason: `output policy of model "${model}" protects output "${t.name}", which is ${t.datatype} ${JSON.stringify(t.shape)}, not a float score tensor; fix policies/${model}.yaml`,
             })
           }
-          protect.push(t)
+          protect.push({ at: released.length, t })
           released.push(t) // replaced by its protected copy below
         } else if (c.passThrough.has(t.name)) {
           released.push(t)
@@ -202,7 +204,7 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
       let cost: PrivacyCost | null = null
       if (c.noise) {
         let answers = 0
-        for (const t of protect) answers += t.data.length / t.shape[t.shape.length - 1]!
+        for (const { t } of protect) answers += t.data.length / t.shape[t.shape.length - 1]!
         cost = scaleCost(c.noise.cost, answers)
         if (!costFits(cost, c.budget)) {
           throw new BulwarkError('batch_too_large', `this request's ${answers} answers would cost more than the whole privacy budget of this model; send fewer items per request`, {
@@ -216,10 +218,7 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
       }
 
       // Computed while the charge is being made durable; released only after it is.
-      for (let i = 0; i < released.length; i++) {
-        const t = released[i]!
-        if (c.protect.has(t.name)) released[i] = protectTensor(t as ScoreTensor, c, c.noise ? rng : null)
-      }
+      for (const { at, t } of protect) released[at] = protectTensor(t, c, c.noise ? rng : null)
 
       const params: Record<string, unknown> = { ...result.parameters }
       // output_mode describes protected outputs; a pass-through-only answer has none.
