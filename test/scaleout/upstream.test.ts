@@ -113,11 +113,15 @@ t.test('https upstream with mTLS: the gateway presents its own client certificat
   const dev = path.join(up.dir, '.bulwark/dev')
   const endpoint = `https://127.0.0.1:${up.apiPort}`
   const tls = { caFile: path.join(dev, 'ca.pem'), certFile: path.join(dev, 'client.pem'), keyFile: path.join(dev, 'client-key.pem') }
-  const gw = await startGateway({ models: ['mnist'], config: { models: { serve: [{ name: 'mnist', upstream: { endpoints: [endpoint], tls } }] } } })
+  // Raw scores, so the answer can be checked exactly: the bundled policy's noisy label is
+  // wrong about 1% of the time even for a confident digit (docs/privacy.md), and the
+  // protected path to an upstream is tested above.
+  const gw = await startGateway({ models: ['mnist'], config: { models: { serve: [{ name: 'mnist', upstream: { endpoints: [endpoint], tls } }] }, outputPrivacy: { enabled: false } } })
   t.teardown(() => gw.close())
   const ok = await gw.request('/v2/models/mnist/infer', { body: await mnistRequest() })
   t.equal(ok.status, 200, 'served over mTLS')
-  t.equal(ok.body.outputs[0].data.indexOf(1), 7, 'the handwritten 7')
+  const scores: number[] = ok.body.outputs[0].data
+  t.equal(scores.indexOf(Math.max(...scores)), 7, 'the handwritten 7')
 
   // Without a client certificate the upstream refuses the handshake: a clean 503, never a hang.
   const anon = await startGateway({
