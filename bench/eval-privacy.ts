@@ -110,6 +110,9 @@ class SkewedClock implements Clock {
   monotonicMs(): number {
     return systemClock.monotonicMs()
   }
+  setTimeout: Clock['setTimeout'] = (fn, ms, o) => systemClock.setTimeout(fn, ms, o)
+  setInterval: Clock['setInterval'] = (fn, ms, o) => systemClock.setInterval(fn, ms, o)
+  sleep: Clock['sleep'] = (ms, signal) => systemClock.sleep(ms, signal)
   advance(ms: number): void {
     this.offsetMs += ms
   }

@@ -5,11 +5,27 @@
 import { randomBytes, randomFillSync, randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 
+/** A pending timer; cancel() is idempotent and harmless after the timer fired. */
+export interface Timer {
+  cancel(): void
+}
+
+export interface TimerOptions {
+  /** Whether the timer alone keeps the process alive (default true, as Node's own timers). */
+  keepAlive?: boolean
+}
+
 export interface Clock {
   /** Wall-clock time in milliseconds since the epoch: for records and token checks. */
   nowMs(): number
   /** Monotonic time in milliseconds with sub-millisecond precision: for durations and deadlines. */
   monotonicMs(): number
+  /** Calls `fn` once, `ms` of monotonic time from now. */
+  setTimeout(fn: () => void, ms: number, options?: TimerOptions): Timer
+  /** Calls `fn` every `ms` of monotonic time until cancelled. */
+  setInterval(fn: () => void, ms: number, options?: TimerOptions): Timer
+  /** Resolves after `ms` of monotonic time; rejects with the signal's reason if it aborts first. */
+  sleep(ms: number, signal?: AbortSignal): Promise<void>
 }
 
 export interface RandomSource {
@@ -19,9 +35,33 @@ export interface RandomSource {
   uuid(): string
 }
 
+function nodeTimer(handle: NodeJS.Timeout, options: TimerOptions | undefined, clear: (h: NodeJS.Timeout) => void): Timer {
+  if (options?.keepAlive === false) handle.unref()
+  return { cancel: () => clear(handle) }
+}
+
 export const systemClock: Clock = {
   nowMs: () => Date.now(),
   monotonicMs: () => performance.now(),
+  setTimeout: (fn, ms, options) => nodeTimer(setTimeout(fn, ms), options, clearTimeout),
+  setInterval: (fn, ms, options) => nodeTimer(setInterval(fn, ms), options, clearInterval),
+  sleep: (ms, signal) => sleepFor(systemClock, ms, signal),
+}
+
+/** sleep() on top of a clock's setTimeout: one definition for the real clock and the fake one. */
+export function sleepFor(clock: Pick<Clock, 'setTimeout'>, ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason)
+    const onAbort = () => {
+      timer.cancel()
+      reject(signal!.reason)
+    }
+    const timer = clock.setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    signal?.addEventListener('abort', onAbort, { once: true })
+  })
 }
 
 /**

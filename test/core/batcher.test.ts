@@ -4,7 +4,7 @@ import t from 'tap'
 import { DynamicBatcher } from '../../src/inference/batcher.ts'
 import type { Backend } from '../../src/inference/backend.ts'
 import type { Tensor } from '../../src/inference/tensor.ts'
-import type { Clock } from '../../src/deps.ts'
+import { systemClock, type Clock } from '../../src/deps.ts'
 
 /** Sums each item's elements; holds every batch until release() so tests control timing. */
 class SummingBackend implements Backend {
@@ -32,7 +32,7 @@ class SummingBackend implements Backend {
 }
 
 let now = 0
-const clock: Clock = { nowMs: () => now, monotonicMs: () => now }
+const clock: Clock = { ...systemClock, nowMs: () => now, monotonicMs: () => now }
 const tensor = (items: number, value: number, width = 3): Tensor[] => [
   { name: 'x', datatype: 'FP32', shape: [items, width], data: new Float32Array(items * width).fill(value) },
 ]

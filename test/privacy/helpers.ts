@@ -5,7 +5,8 @@ import { createHash } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import type { Clock, RandomSource } from '../../src/deps.ts'
+import type { RandomSource } from '../../src/deps.ts'
+import { FakeClock } from '../../kit/clock.ts'
 import type { PrivacyBudget } from '../../src/privacy/accountant.ts'
 
 export const HOUR = 3_600_000
@@ -63,26 +64,18 @@ function rotl(x: number, k: number): number {
   return ((x << k) | (x >>> (32 - k))) >>> 0
 }
 
-export interface FakeClock extends Clock {
-  advance(ms: number): void
-  set(ms: number): void
-}
+/** A fake clock starting at wall time `startMs` and monotonic 0; `set` steps the wall clock alone. */
+export class PrivacyClock extends FakeClock {
+  constructor(startMs = 1_700_000_000_000) {
+    super(startMs, 0)
+  }
 
-export function fakeClock(startMs = 1_700_000_000_000): FakeClock {
-  let now = startMs
-  let mono = 0
-  return {
-    nowMs: () => now,
-    monotonicMs: () => mono,
-    advance(ms) {
-      now += ms
-      mono += ms
-    },
-    set(ms) {
-      now = ms
-    },
+  set(ms: number): void {
+    this.setWall(ms)
   }
 }
+
+export const fakeClock = (startMs?: number) => new PrivacyClock(startMs)
 
 /**
  * Chi-square statistic of integer samples against a pmf, binning every value with
