@@ -5,7 +5,11 @@ import type { X509Certificate } from 'node:crypto'
 import type { BulwarkError } from './errors.ts'
 import type { Tensor } from './inference/tensor.ts'
 
-export type Verb = 'infer' | 'metadata'
+/** What a request asks of a model; 'server' for requests that name none (health, server metadata, unknown routes). */
+export type Verb = ModelVerb | 'server'
+
+/** The verbs a policy grants on a model. */
+export type ModelVerb = 'infer' | 'metadata'
 
 /** The workload that opened the TLS connection (set by mtls-identity). */
 export interface WorkloadIdentity {
@@ -38,7 +42,7 @@ export interface InferenceRequest {
   batchSize: number
 }
 
-/** The inference result (set by model-inference, changed by output-privacy). */
+/** The inference result (set by model-inference; screen-output strips the variants; output-privacy changes it). */
 export interface InferenceResult {
   modelName: string
   modelVersion: string
@@ -53,7 +57,26 @@ export interface ScreeningFlag {
   alarm: boolean
 }
 
-/** What the raw HTTP body looked like, before decoding (set by the route). */
+export interface Exchange {
+  method: string
+  /** The path without the query string. */
+  path: string
+  /** The route template that matched (e.g. /v2/models/:model/infer); '' when none did. */
+  route: string
+  /** The body length the client declared, if it did. */
+  declaredBytes: number | null
+  /** The W3C traceparent the caller sent, if any. */
+  traceparent: string | undefined
+}
+
+/** A request body as the transport delivers it, read in full. */
+export interface IncomingBody {
+  bytes: Buffer
+  /** The JSON header's length for binary tensor requests, as the client sent it; undefined for JSON bodies. */
+  headerLength: string | undefined
+}
+
+/** What the raw HTTP body looked like, before decoding (set by body-read). */
 export interface RawBody {
   contentType: 'json' | 'binary'
   /** The parsed JSON header (whole body for JSON requests). */
@@ -61,6 +84,21 @@ export interface RawBody {
   /** Bytes after the JSON header in binary requests. */
   binary?: Uint8Array
   sizeBytes: number
+}
+
+/** The items screen-variants appended to the model's batch, for screen-output to judge and strip. */
+export interface ScreeningVariants {
+  /** Items of the caller's own request: the first rows of the batch. */
+  originals: number
+  /** Variants per original item, per variant-making detector in the model's detector order. */
+  perDetector: number[]
+}
+
+/** The answer as the transport is about to send it (set by the transport before the response links run). */
+export interface AnswerFacts {
+  status: number
+  /** Bytes of the body sent, when known. */
+  bytesOut: number | null
 }
 
 export interface RequestContext {
@@ -79,53 +117,104 @@ export interface RequestContext {
     peerCertificate: X509Certificate | null
   }
   readonly target: { model: string; version: string | null; verb: Verb }
+  /** What the transport knows of the exchange, for the trace and the audit record (set by the transport). */
+  readonly exchange: Exchange
   identity: WorkloadIdentity | null
   principal: Principal | null
   /** Raw credentials, readable only by jwt-auth; never logged or audited. */
   readonly bearerToken: string | null
+  /**
+   * The key of the caller for per-caller state (rate limits, screening state, privacy
+   * budgets): set once by the caller-key link from the identity and principal
+   * (callerKeyOf); '' before it runs.
+   */
+  callerKey: string
+  /** Reads the request body (supplied by the transport, called by the body-read link); null when there is none. */
+  readonly readBody: (() => Promise<IncomingBody>) | null
+  /** The body's bytes as read, before decoding (set by body-read; its digest is audited when decoding fails). */
+  bodyBytes: Uint8Array | null
   body: RawBody | null
   request: InferenceRequest | null
+  /**
+   * What the inference link sends to the model (set by input-validation to the request;
+   * screen-variants appends the squeezed variants and asks for the screened output too).
+   */
+  modelRequest: InferenceRequest | null
+  /** The variants in modelRequest beyond the caller's items (set by screen-variants). */
+  variants: ScreeningVariants | null
   result: InferenceResult | null
   flags: ScreeningFlag[]
   /** Privacy accounting for this answer (set by output-privacy). */
   privacy: { epsilonSpent: number; epsilonLeft: number; deltaSpent?: number } | null
   /** Milliseconds spent in each stage, keyed by stage name (set by the pipeline runner). */
   stageMs: Record<string, number>
-  /** The error that ended the request, if any (set by the pipeline runner). */
+  /** The refusal that ended the request, if any (set by the pipeline runner, or by the transport for its own). */
   error: BulwarkError | null
-  /** The stage that produced `error` (set by the pipeline runner). */
+  /** The link (or 'transport', 'router') that produced `error` (set with it). */
   failedStage: string | null
+  /** The answer about to be sent (set by the transport before the response links). */
+  response: AnswerFacts | null
 }
 
 /** What is known when a request arrives; every other field starts empty. */
-export type ContextOrigin = Pick<RequestContext, 'id' | 'receivedAtMs' | 'startedMs' | 'deadlineMs' | 'client' | 'target' | 'bearerToken'>
+export type ContextOrigin = Pick<RequestContext, 'id' | 'receivedAtMs' | 'startedMs' | 'deadlineMs' | 'client' | 'target' | 'bearerToken'> &
+  Partial<Pick<RequestContext, 'exchange' | 'readBody'>>
 
 /** A request context with nothing set yet but what the transport knows at arrival. */
 export function newRequestContext(origin: ContextOrigin): RequestContext {
   return {
+    exchange: { method: 'POST', path: '', route: '', declaredBytes: null, traceparent: undefined },
+    readBody: null,
     ...origin,
     identity: null,
     principal: null,
+    callerKey: '',
+    bodyBytes: null,
     body: null,
     request: null,
+    modelRequest: null,
+    variants: null,
     result: null,
     flags: [],
     privacy: null,
     stageMs: {},
     error: null,
     failedStage: null,
+    response: null,
   }
 }
 
 /**
- * One link of the pipeline. `phase: 'headers'` stages run before the body is read, so
- * unauthenticated callers cannot make the gateway parse large bodies; `phase: 'body'`
- * stages run after. A stage rejects by throwing a BulwarkError.
+ * The caller a per-caller limit, detector state or budget applies to: token issuer and
+ * subject with the workload identity; the workload alone when no token was checked; and one
+ * shared key for callers with neither (front door off), which is conservative: they share
+ * one rate limit, one screening history and one budget.
+ */
+export function callerKeyOf(ctx: Pick<RequestContext, 'principal' | 'identity'>): string {
+  const p = ctx.principal
+  if (p) return JSON.stringify(['jwt', p.issuer, p.subject, ctx.identity?.id ?? ''])
+  if (ctx.identity) return JSON.stringify(['workload', ctx.identity.id])
+  return JSON.stringify(['anonymous'])
+}
+
+/**
+ * When a link runs. 'arrival': as the request arrives, before any credential is checked
+ * (admission). 'headers': with only the headers, so unauthenticated callers cannot make the
+ * gateway read a body. 'body': the body, the model and what follows it. 'response': once the
+ * answer (or refusal) is final, before its bytes leave: what is recorded about the exchange.
+ */
+export type Phase = 'arrival' | 'headers' | 'body' | 'response'
+
+/**
+ * One link of the chain. A link rejects by throwing a BulwarkError (response links do not
+ * reject: they record). `onDestroy` runs once when the exchange ends, whatever ended it (the
+ * answer sent, a refusal, the connection lost), for links that hold something per request.
  */
 export interface Stage {
   readonly name: string
-  readonly phase: 'headers' | 'body'
-  /** Which verbs the stage applies to. */
+  readonly phase: Phase
+  /** Which verbs the link applies to. */
   readonly verbs: readonly Verb[]
   run(ctx: RequestContext): void | Promise<void>
+  onDestroy?(ctx: RequestContext): void
 }

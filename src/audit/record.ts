@@ -69,8 +69,6 @@ export interface ResponseFacts {
   status: number
   bytesIn: number | null
   bytesOut: number | null
-  /** The error body sent, for refusals no stage recorded on the context (unknown route, fastify's own). */
-  sentError: { code: string; message: string } | null
   /** The raw request body, if one was read. */
   rawBody: Uint8Array | null
   /** Why the HTTP parser refused the request (no route, no context, no error body of ours). */
@@ -92,11 +90,12 @@ export function tensorDigest(t: Tensor): TensorDigest {
 
 export function buildAuditRecord(ctx: RequestContext | null, f: ResponseFacts): AuditRecord {
   const error = ctx?.error ?? null
-  const sent = error ? null : f.sentError
   const parserError = f.parserError ?? null
-  const refused = error !== null || sent !== null || parserError !== null
+  const refused = error !== null || parserError !== null
   const decision = !refused ? 'allowed' : f.status >= 500 ? 'error' : 'denied'
-  const stage = ctx?.failedStage ?? (!refused ? 'complete' : sent?.code === 'not_found' ? 'router' : 'transport')
+  const stage = ctx?.failedStage ?? (!refused ? 'complete' : 'transport')
+  // A server-level request names no model.
+  const modelCtx = ctx && ctx.target.verb !== 'server' ? ctx : null
   const stageMs: Record<string, number> = {}
   // eslint-disable-next-line bulwark/object-injection -- k is a stage name the pipeline wrote (own keys of ctx.stageMs), never request data
   if (ctx) for (const [k, v] of Object.entries(ctx.stageMs)) stageMs[k] = round3(v)
@@ -104,7 +103,7 @@ export function buildAuditRecord(ctx: RequestContext | null, f: ResponseFacts): 
   const outputs = ctx?.result && f.status < 400 ? ctx.result.outputs.map(tensorDigest) : null
   const identity = ctx?.identity ? { id: ctx.identity.id, kind: ctx.identity.kind, certSha256: ctx.identity.certSha256 ?? null } : null
   const principal = ctx?.principal ? { sub: ctx.principal.subject, iss: ctx.principal.issuer } : null
-  const reason = error ? error.reason : sent ? sent.message : parserError
+  const reason = error ? error.reason : parserError
   return {
     type: 'request',
     id: f.id,
@@ -116,14 +115,14 @@ export function buildAuditRecord(ctx: RequestContext | null, f: ResponseFacts): 
     client: { address: f.client.address, tls: f.client.tlsVersion },
     identity,
     principal,
-    model: ctx ? ctx.target.model : null,
+    model: modelCtx ? modelCtx.target.model : null,
     // The version that answered, else the one asked for.
-    version: ctx ? (ctx.result?.modelVersion ?? ctx.target.version) : null,
+    version: modelCtx ? (modelCtx.result?.modelVersion ?? modelCtx.target.version) : null,
     verb: ctx ? ctx.target.verb : 'server',
     decision,
     stage,
     status: f.status,
-    code: (error?.code ?? (sent?.code as ErrorCode | undefined) ?? null),
+    code: error?.code ?? null,
     reason: reason === null ? null : clip(reason, MAX_REASON),
     stageMs,
     bytesIn: ctx?.body?.sizeBytes ?? f.bytesIn,

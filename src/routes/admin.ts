@@ -9,7 +9,7 @@
 
 import type { FastifyInstance } from 'fastify'
 import type { ModelRegistry } from '../inference/registry.ts'
-import type { GatewayMetrics } from '../metrics.ts'
+import type { GatewayMetrics } from '../telemetry/metrics.ts'
 
 export interface AdminDeps {
   registry: ModelRegistry

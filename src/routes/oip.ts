@@ -1,28 +1,18 @@
 // Thin HTTP adapters for the Open Inference Protocol v2 endpoints (KServe/Triton). Each
-// route only translates: HTTP in, pipeline, HTTP out. Server health and metadata carry no
-// model and run no pipeline stages; model metadata, readiness and inference do.
+// route only translates the request context, after the chain's body phase has run
+// (src/transport/http-chain.ts), into the protocol's answer. Server health and metadata name
+// no model, so only the arrival and response links apply to them.
 
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { BulwarkError } from '../errors.ts'
-import type { Clock } from '../deps.ts'
-import { runPhase } from '../pipeline.ts'
-import { encodeInferResponse, HEADER_LENGTH, splitBody } from '../protocol/oip.ts'
+import { encodeInferResponse, HEADER_LENGTH } from '../protocol/oip.ts'
 import type { ModelRegistry } from '../inference/registry.ts'
-import type { RequestContext, Stage, Verb } from '../types.ts'
+import type { RequestContext } from '../types.ts'
 
 export interface OipRouteDeps {
   registry: ModelRegistry
-  stages: readonly Stage[]
-  clock: Clock
   serverVersion: string
   isShuttingDown: () => boolean
-}
-
-declare module 'fastify' {
-  interface FastifyContextConfig {
-    /** The pipeline verb of a model route; absent on server-level routes. */
-    verb?: Verb
-  }
 }
 
 /** The OIP v2 extensions this server implements. */
@@ -34,7 +24,7 @@ function ctxOf(request: FastifyRequest): RequestContext {
 }
 
 export function registerOipRoutes(app: FastifyInstance, deps: OipRouteDeps): void {
-  const { registry, stages, clock } = deps
+  const { registry } = deps
 
   // --- server level: no model, no pipeline ---
   app.get('/v2/health/live', async () => ({ live: true }))
@@ -44,10 +34,9 @@ export function registerOipRoutes(app: FastifyInstance, deps: OipRouteDeps): voi
   })
   app.get('/v2', async () => ({ name: 'bulwark', version: deps.serverVersion, extensions: EXTENSIONS }))
 
-  // --- model level: every route below runs the pipeline for its verb ---
+  // --- model level: the chain's links for the route's verb have run ---
   const metadata = async (request: FastifyRequest) => {
     const ctx = ctxOf(request)
-    await runPhase(stages, 'body', ctx, clock)
     const m = registry.get(ctx.target.model, ctx.target.version)
     if (!m.manifest) throw new BulwarkError('model_not_ready', `model "${m.name}" failed to load; its metadata is unavailable`, { reason: m.reason ?? '' })
     const tensor = (t: { name: string; datatype: string; shape: number[] }) => ({ name: t.name, datatype: t.datatype, shape: t.shape })
@@ -61,18 +50,12 @@ export function registerOipRoutes(app: FastifyInstance, deps: OipRouteDeps): voi
   }
   const modelReady = async (request: FastifyRequest, reply: FastifyReply) => {
     const ctx = ctxOf(request)
-    await runPhase(stages, 'body', ctx, clock)
     const m = registry.get(ctx.target.model, ctx.target.version)
     const ready = m.state === 'ready' && !deps.isShuttingDown()
     return reply.code(ready ? 200 : 503).send({ name: m.name, ready })
   }
   const infer = async (request: FastifyRequest, reply: FastifyReply) => {
     const ctx = ctxOf(request)
-    const header = request.headers[HEADER_LENGTH]
-    if (Array.isArray(header)) throw new BulwarkError('invalid_binary_header', `send ${HEADER_LENGTH} once`)
-    if (!Buffer.isBuffer(request.body)) throw new BulwarkError('bad_request', 'the request has no body; send an OIP v2 inference request')
-    ctx.body = splitBody(request.body, header)
-    await runPhase(stages, 'body', ctx, clock)
     const encoded = encodeInferResponse(ctx.result!, ctx.request!)
     reply.type(encoded.contentType)
     if (encoded.headerLength !== undefined) reply.header(HEADER_LENGTH, encoded.headerLength)

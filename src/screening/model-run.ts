@@ -1,8 +1,6 @@
-// Running a request's items together with their squeezed variants, as one batch on the
-// model (the batcher may exceed the model's maxBatchSize for this one submission: with two
-// squeezers a full batch of 64 runs as 192 items, which the ONNX session's dynamic batch
-// dimension accepts). The originals' outputs become the request's result, so the model
-// does not run a second time in model-inference.
+// A request's items together with their squeezed variants, as one batch for the model
+// (screen-variants builds it, the inference link runs it, splitting it over the model's
+// maxBatchSize if it must; screen-output reads the scores and keeps the originals' rows).
 
 import { allocate, type Tensor } from '../inference/tensor.ts'
 import type { InferenceRequest, InferenceResult } from '../types.ts'
@@ -52,17 +50,11 @@ function sliceRows(t: Tensor, start: number, count: number): Tensor {
 }
 
 /**
- * Runs the request's items and, after them, each item's variants (item 0's first, then item
- * 1's, ...). Inputs other than the screened one are repeated for each variant of an item.
+ * The request's items and, after them, each item's variants (item 0's first, then item 1's,
+ * ...), as one batch. Inputs other than the screened one are repeated for each variant of an
+ * item. The batch asks for every output: the screened one is needed whatever the caller asked.
  */
-export async function runWithVariants(
-  runner: InferenceRunner,
-  target: { model: string; version: string | null },
-  request: InferenceRequest,
-  io: ScreenedIO,
-  variants: readonly (readonly Float32Array[])[],
-  deadlineMs: number,
-): Promise<ModelRun> {
+export function withVariants(request: InferenceRequest, io: ScreenedIO, variants: readonly (readonly Float32Array[])[]): InferenceRequest {
   const n = request.batchSize
   const perItem = variants[0]?.length ?? 0
   const total = n * (1 + perItem)
@@ -83,8 +75,12 @@ export async function runWithVariants(
           }
           return { name: t.name, datatype: t.datatype, shape: [total, ...t.shape.slice(1)], data }
         })
-  const run: InferenceRequest = { parameters: {}, inputs, outputs: [], binaryOutputs: false, batchSize: total }
-  const result = await runner.infer(target.model, target.version, run, deadlineMs)
+  return { parameters: {}, inputs, outputs: [], binaryOutputs: false, batchSize: total }
+}
+
+/** Class probabilities of the originals and of each original's variants, from a batch withVariants made. */
+export function scoresOf(result: InferenceResult, io: ScreenedIO, originals: number, perItem: number): Pick<ModelRun, 'probabilities' | 'variantProbabilities'> {
+  const total = originals * (1 + perItem)
   const scores = result.outputs.find((t) => t.name === io.outputName)
   if (!scores) throw new Error(`the model returned no output "${io.outputName}"`)
   const classes = scores.data.length / total
@@ -93,10 +89,33 @@ export async function runWithVariants(
     return io.outputKind === 'logits' ? softmaxInPlace(r) : r
   }
   return {
-    outputs: result.outputs.map((t) => sliceRows(t, 0, n)),
+    probabilities: Array.from({ length: originals }, (_, i) => row(i)),
+    variantProbabilities: Array.from({ length: originals }, (_, i) => Array.from({ length: perItem }, (_, j) => row(originals + i * perItem + j))),
+  }
+}
+
+/** The originals' rows of each output, limited to the outputs the caller asked for (all when `wanted` is empty). */
+export function originalsOnly(result: InferenceResult, originals: number, wanted: readonly { name: string }[]): InferenceResult {
+  const names = wanted.length > 0 ? new Set(wanted.map((o) => o.name)) : null
+  const outputs = result.outputs.filter((t) => !names || names.has(t.name)).map((t) => sliceRows(t, 0, originals))
+  return { ...result, outputs }
+}
+
+/** Runs the items with their variants and reads the scores: for calibration, outside the request path. */
+export async function runWithVariants(
+  runner: InferenceRunner,
+  target: { model: string; version: string | null },
+  request: InferenceRequest,
+  io: ScreenedIO,
+  variants: readonly (readonly Float32Array[])[],
+  deadlineMs: number,
+): Promise<ModelRun> {
+  const n = request.batchSize
+  const result = await runner.infer(target.model, target.version, withVariants(request, io, variants), deadlineMs)
+  return {
+    outputs: originalsOnly(result, n, []).outputs,
     modelName: result.modelName,
     modelVersion: result.modelVersion,
-    probabilities: Array.from({ length: n }, (_, i) => row(i)),
-    variantProbabilities: Array.from({ length: n }, (_, i) => Array.from({ length: perItem }, (_, j) => row(n + i * perItem + j))),
+    ...scoresOf(result, io, n, variants[0]?.length ?? 0),
   }
 }

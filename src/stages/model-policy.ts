@@ -13,7 +13,7 @@
 
 import { BulwarkError } from '../errors.ts'
 import type { PolicySet } from '../config/policy.ts'
-import type { RequestContext, Stage, Verb } from '../types.ts'
+import type { ModelVerb, RequestContext, Stage } from '../types.ts'
 
 interface CompiledRule {
   index: number
@@ -57,9 +57,9 @@ function mismatch(rule: CompiledRule, workload: string, scopes: readonly string[
 }
 
 export function createModelPolicyStage(policies: PolicySet): Stage {
-  const compiled = new Map<string, Record<Verb, CompiledRule[]>>()
+  const compiled = new Map<string, Record<ModelVerb, CompiledRule[]>>()
   for (const [model, policy] of policies) {
-    const byVerb: Record<Verb, CompiledRule[]> = { infer: [], metadata: [] }
+    const byVerb: Record<ModelVerb, CompiledRule[]> = { infer: [], metadata: [] }
     policy.allow.forEach((rule, i) => {
       const c = compile(i, rule)
       for (const verb of rule.verbs) byVerb[verb].push(c)
@@ -74,7 +74,7 @@ export function createModelPolicyStage(policies: PolicySet): Stage {
     verbs: ['infer', 'metadata'],
     run(ctx: RequestContext) {
       const { model, verb } = ctx.target
-      const rules = compiled.get(model)?.[verb]
+      const rules = verb === 'server' ? undefined : compiled.get(model)?.[verb]
       const what = `${verb} on model ${JSON.stringify(model.slice(0, 64))}`
       if (rules === undefined) throw refuse(`${what}: no policy for this model (default deny); add policies/${model.slice(0, 64)}.yaml`)
       if (rules.length === 0) throw refuse(`${what}: the model's policy has no rule for this verb`)

@@ -1,7 +1,7 @@
 // Stage: output-privacy ('body' phase, verb 'infer', right after model-inference).
 // Reads:  ctx.result (model outputs), ctx.request (which outputs the client asked for),
-//         ctx.target.model, ctx.principal and ctx.identity (whose budget), the model's
-//         `output:` policy.
+//         ctx.target.model, ctx.callerKey (whose budget), the model's `output:` policy,
+//         compiled at start.
 // Writes: ctx.result.outputs (protected outputs replaced, unlisted outputs withheld),
 //         ctx.result.parameters (output_mode when an output is protected; with noise: privacy_mechanism,
 //         privacy_epsilon_cost, privacy_epsilon_spent, privacy_epsilon_left,
@@ -19,14 +19,14 @@
 // write) runs while the noise is computed, and the new outputs replace the model's only
 // once the charge has been accepted and synced.
 //
-// Whose budget: one per (model, token issuer, token subject, workload identity). With the
-// front door off (no principal), the workload identity alone, and callers with neither
-// share the single key 'anonymous' per model, which is conservative: they draw on one
-// budget. A caller holding many identities holds many budgets; issuing identities is
-// the front door's job, and the guarantee is per identity (docs/privacy.md).
+// Whose budget: one per model and caller key (ctx.callerKey: token issuer and subject with
+// the workload identity; the workload alone without a token; one shared key, conservative,
+// for callers with neither). A caller holding many identities holds many budgets; issuing
+// identities is the front door's job, and the guarantee is per identity (docs/privacy.md).
 
 import { createHash } from 'node:crypto'
 import { Value } from '@sinclair/typebox/value'
+import { ConfigError } from '../config/load.ts'
 import { OutputPolicy, outputPolicyProblems } from '../config/output-policy.ts'
 import type { RandomSource } from '../deps.ts'
 import { BulwarkError, isBulwarkError } from '../errors.ts'
@@ -49,9 +49,6 @@ import { argmax, releaseRow, type RowSpec } from '../privacy/postprocess.ts'
 import { RandomReader } from '../privacy/random.ts'
 import type { RequestContext, Stage } from '../types.ts'
 
-/** The model's output policy; undefined means "none configured": the defaults apply. */
-export type OutputPolicySource = (model: string) => OutputPolicy | undefined
-
 export interface OutputPrivacyDeps {
   /** Where budgets are kept (FileAccountant in production); it owns the wall clock. */
   accountant: PrivacyAccountant
@@ -72,10 +69,10 @@ export interface CompiledOutputPolicy {
 export const defaultOutputPolicy: OutputPolicy = Object.freeze(Value.Default(OutputPolicy, {}) as OutputPolicy)
 
 /** Validates a policy (schema and cross-field) and precomputes the noise calibration. */
-export function compileOutputPolicy(policy: OutputPolicy): CompiledOutputPolicy {
+export function compileOutputPolicy(policy: OutputPolicy, source = 'output policy'): CompiledOutputPolicy {
   const problems = [...Value.Errors(OutputPolicy, policy)].map((e) => `/output${e.path}: ${e.message}`)
   if (problems.length === 0) problems.push(...outputPolicyProblems(policy))
-  if (problems.length > 0) throw new Error(`invalid output policy:\n  - ${problems.join('\n  - ')}`)
+  if (problems.length > 0) throw new ConfigError(source, problems)
   const { noise, budget } = policy
   let spec: NoiseSpec | null = null
   if (noise.mechanism === 'laplace') spec = calibrateLaplace(noise.epsilon, noise.granularityBits)
@@ -89,11 +86,14 @@ export function compileOutputPolicy(policy: OutputPolicy): CompiledOutputPolicy 
   })
 }
 
-/** The accountant key of the caller for a model (a hash: no identities in the journal). */
-export function privacyKey(ctx: Pick<RequestContext, 'principal' | 'identity'>, model: string): string {
-  const p = ctx.principal
-  const who = p ? ['jwt', p.issuer, p.subject, ctx.identity?.id ?? ''] : ctx.identity ? ['workload', ctx.identity.id] : ['anonymous']
-  return createHash('sha256').update(JSON.stringify(['bulwark-privacy-key/1', model, ...who])).digest('hex')
+/**
+ * The accountant key of a caller (its ctx.callerKey, a JSON array) for a model: a hash, so
+ * no identity is written to the journal. The hashed text is the JSON array
+ * ["bulwark-privacy-key/1", model, ...caller], as journals written before keys were computed
+ * on the context hold it.
+ */
+export function privacyKey(callerKey: string, model: string): string {
+  return createHash('sha256').update(`["bulwark-privacy-key/1",${JSON.stringify(model)},${callerKey.slice(1)}`).digest('hex')
 }
 
 /** ε figures to 6 decimals (micro-epsilon, the accountant's unit); cheaper than toFixed on the hot path. */
@@ -129,36 +129,28 @@ function protectTensor(t: ScoreTensor, c: CompiledOutputPolicy, rng: RandomReade
   return { name: t.name, datatype: t.datatype, shape: t.shape, data: out }
 }
 
-/** Length-prefixed: parts joined this way are unambiguous whatever characters they hold. */
-const part = (s: string | undefined) => (s === undefined ? '-' : `${s.length}:${s}`)
-
 /**
  * privacyKey with a bounded memo: the SHA-256 is per caller, not per request, and a busy
  * gateway sees the same few callers thousands of times a second. Cleared when full, so a
  * flood of distinct identities costs a hash each, never unbounded memory.
  */
-function memoisedPrivacyKey(limit = 10_000): (ctx: Pick<RequestContext, 'principal' | 'identity'>, model: string) => string {
+function memoisedPrivacyKey(limit = 10_000): (callerKey: string, model: string) => string {
   const memo = new Map<string, string>()
-  return (ctx, model) => {
-    const p = ctx.principal
-    const id = part(model) + part(p?.issuer) + part(p?.subject) + part(ctx.identity?.id)
+  return (callerKey, model) => {
+    const id = `${model.length}:${model}${callerKey}`
     let key = memo.get(id)
     if (key === undefined) {
       if (memo.size >= limit) memo.clear()
-      memo.set(id, (key = privacyKey(ctx, model)))
+      memo.set(id, (key = privacyKey(callerKey, model)))
     }
     return key
   }
 }
 
-export function createOutputPrivacyStage(policies: OutputPolicySource, deps: OutputPrivacyDeps): Stage {
-  const cache = new WeakMap<OutputPolicy, CompiledOutputPolicy>()
-  const compiled = (policy: OutputPolicy): CompiledOutputPolicy => {
-    let c = cache.get(policy)
-    if (!c) cache.set(policy, (c = compileOutputPolicy(policy)))
-    return c
-  }
-  compiled(defaultOutputPolicy)
+/** Each model's compiled output policy (compileOutputPolicy, at start); the defaults' for a model without one. */
+export type CompiledPolicySource = (model: string) => CompiledOutputPolicy
+
+export function createOutputPrivacyStage(policies: CompiledPolicySource, deps: OutputPrivacyDeps): Stage {
   const keyOf = memoisedPrivacyKey()
   // One reader for every answer: it reads the source in blocks of a few KiB, and the draws
   // of one answer are independent of every other answer's whichever block they come from.
@@ -172,7 +164,7 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
       const result = ctx.result
       if (!result) return
       const model = ctx.target.model
-      const c = compiled(policies(model) ?? defaultOutputPolicy)
+      const c = policies(model)
 
       // Which outputs leave (in the model's order), and which of them must be protected first.
       const released: Tensor[] = []
@@ -212,7 +204,7 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
           })
         }
         if (answers > 0) {
-          charging = deps.accountant.charge(keyOf(ctx, model), cost, c.budget)
+          charging = deps.accountant.charge(keyOf(ctx.callerKey, model), cost, c.budget)
           charging.catch(() => {}) // awaited below; this only keeps an early failure from being "unhandled"
         }
       }
@@ -237,7 +229,7 @@ export function createOutputPrivacyStage(policies: OutputPolicySource, deps: Out
             })
           }
         } else {
-          charge = await deps.accountant.balance(keyOf(ctx, model), c.budget)
+          charge = await deps.accountant.balance(keyOf(ctx.callerKey, model), c.budget)
         }
         ctx.privacy = {
           epsilonSpent: charge.epsilonSpent,

@@ -1,8 +1,8 @@
 // Stage: rate-limit.
-// Reads: ctx.principal and ctx.identity (the key: token issuer and subject, and workload),
-//        ctx.target.model, the model's policy (rateLimit.requestsPerWindow per windowMs).
-// Writes: nothing on the context; holds one in-flight slot per admitted request until
-//         release(ctx) (the server calls it when the response is done or the connection dies).
+// Reads: ctx.callerKey, ctx.target.model, the model's policy (rateLimit.requestsPerWindow
+//        per windowMs).
+// Writes: nothing on the context; holds one in-flight slot per admitted request until the
+//         exchange ends (its onDestroy: the response is done or the connection died).
 // Throws: rate_limited (429, with Retry-After and X-RateLimit-Limit/Remaining/Reset) when the
 //         principal has used up the model's window, or already has maxInFlightPerPrincipal
 //         requests in flight across all models.
@@ -36,18 +36,9 @@ export interface RateLimitDeps {
 
 export interface RateLimitStage extends Stage {
   /** Frees the in-flight slot the request holds, if any. Idempotent. */
-  release(ctx: RequestContext): void
-  /** Requests in flight for a principal key (for tests and metrics). */
+  onDestroy(ctx: RequestContext): void
+  /** Requests in flight for a caller key (for tests and metrics). */
   inFlight(key: string): number
-}
-
-/** The principal a limit applies to: issuer and subject of the token, and the workload. */
-export function principalKey(ctx: RequestContext): string {
-  const p = ctx.principal
-  const w = ctx.identity?.id ?? ''
-  // Without token and certificate (front door off), fall back to the client address.
-  if (p === null && w === '') return JSON.stringify(['addr', ctx.client.address])
-  return JSON.stringify([p?.issuer ?? '', p?.subject ?? '', w])
 }
 
 /** Defaults for a model without a policy (only reachable when authorization is off). */
@@ -70,7 +61,7 @@ export function createRateLimitStage(config: { rateLimits: RateLimitsConfig; pol
     phase: 'headers',
     verbs: ['infer', 'metadata'],
     async run(ctx: RequestContext) {
-      const key = principalKey(ctx)
+      const key = ctx.callerKey
       const n = inFlight.get(key) ?? 0
       if (n >= maxInFlight) {
         throw new BulwarkError('rate_limited', 'too many requests in flight; retry after Retry-After seconds', {
@@ -99,7 +90,7 @@ export function createRateLimitStage(config: { rateLimits: RateLimitsConfig; pol
       inFlight.set(key, now + 1)
       held.set(ctx, key)
     },
-    release(ctx: RequestContext) {
+    onDestroy(ctx: RequestContext) {
       const key = held.get(ctx)
       if (key === undefined) return
       held.delete(ctx)

@@ -5,8 +5,9 @@
 import t from 'tap'
 import { isBulwarkError } from '../../src/errors.ts'
 import type { PolicySet } from '../../src/config/policy.ts'
-import { createRateLimitStage, principalKey, type Limiter } from '../../src/stages/rate-limit.ts'
+import { createRateLimitStage, type Limiter } from '../../src/stages/rate-limit.ts'
 import { fakeContext } from '../helpers/context.ts'
+import { callerKeyOf } from '../../src/types.ts'
 import { startGateway } from '../helpers/gateway.ts'
 
 const dev = 'spiffe://bulwark.local/ns/default/sa/dev'
@@ -70,15 +71,16 @@ t.test('the stage: at most maxInFlightPerPrincipal at once, across models; relea
   const other = fakeContext({ identity: who.identity, principal: { ...who.principal, subject: 'bob' }, target: { model: 'a' } })
   await stage.run(other)
   t.pass('another principal is not affected')
-  stage.release(one)
-  stage.release(one)
-  t.equal(stage.inFlight(principalKey(one)), 1, 'a double release frees one slot only')
+  stage.onDestroy(one)
+  stage.onDestroy(one)
+  t.equal(stage.inFlight(one.callerKey), 1, 'a double release frees one slot only')
   await stage.run(three)
   t.pass('a freed slot admits the next')
 })
 
-t.test('the principal key: issuer, subject and workload; the address when the front door is off', async (t) => {
+t.test('the caller key: issuer, subject and workload; the workload alone; one shared key with neither', async (t) => {
   const ctx = fakeContext({ identity: { id: 'spiffe://td/x', kind: 'spiffe' }, principal: { subject: 'a|b', issuer: 'i', scopes: [], claims: {}, expiresAtMs: 0 } })
-  t.equal(principalKey(ctx), JSON.stringify(['i', 'a|b', 'spiffe://td/x']), 'JSON-encoded, so no subject can forge another principal\'s key')
-  t.equal(principalKey(fakeContext({ client: { address: '10.0.0.7' } })), JSON.stringify(['addr', '10.0.0.7']))
+  t.equal(callerKeyOf(ctx), JSON.stringify(['jwt', 'i', 'a|b', 'spiffe://td/x']), 'JSON-encoded, so no subject can forge another caller\'s key')
+  t.equal(callerKeyOf(fakeContext({ identity: { id: 'spiffe://td/x', kind: 'spiffe' } })), JSON.stringify(['workload', 'spiffe://td/x']))
+  t.equal(callerKeyOf(fakeContext({ client: { address: '10.0.0.7' } })), callerKeyOf(fakeContext({ client: { address: '10.0.0.8' } })), 'callers with neither token nor certificate share one key')
 })

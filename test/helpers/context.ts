@@ -1,7 +1,7 @@
 // A request context for running one stage by itself, with every field at its "nothing set
-// yet" value; pass what the test is about.
+// yet" value (and the caller key derived from what is passed); pass what the test is about.
 
-import { newRequestContext, type RequestContext } from '../../src/types.ts'
+import { callerKeyOf, newRequestContext, type RequestContext } from '../../src/types.ts'
 
 export function fakeContext(over: Partial<Omit<RequestContext, 'client' | 'target'>> & {
   client?: Partial<RequestContext['client']>
@@ -17,5 +17,8 @@ export function fakeContext(over: Partial<Omit<RequestContext, 'client' | 'targe
     target: { model: 'mnist', version: null, verb: 'infer', ...target },
     bearerToken: null,
   })
-  return Object.assign(ctx, rest)
+  Object.assign(ctx, rest)
+  // As the caller-key link would set it, unless the test sets its own.
+  if (rest.callerKey === undefined) ctx.callerKey = callerKeyOf(ctx)
+  return ctx
 }

@@ -1,11 +1,13 @@
 import t from 'tap'
+import { createHash } from 'node:crypto'
 import { Value } from '@sinclair/typebox/value'
 import { OutputPolicy } from '../../src/config/output-policy.ts'
 import { BulwarkError } from '../../src/errors.ts'
 import type { Tensor } from '../../src/inference/tensor.ts'
 import { MemoryAccountant, type PrivacyAccountant } from '../../src/privacy/accountant.ts'
-import { compileOutputPolicy, createOutputPrivacyStage, privacyKey } from '../../src/stages/output-privacy.ts'
-import type { Principal, RequestContext, Stage } from '../../src/types.ts'
+import { compileOutputPolicy, createOutputPrivacyStage, defaultOutputPolicy, privacyKey } from '../../src/stages/output-privacy.ts'
+import { fakeContext } from '../helpers/context.ts'
+import { callerKeyOf, type Principal, type RequestContext, type Stage } from '../../src/types.ts'
 import { fakeClock, seededRandom } from './helpers.ts'
 
 const HOUR = 3_600_000
@@ -21,32 +23,21 @@ function probs(rows: number[][], name = 'probabilities'): Tensor {
 const alice: Principal = { subject: 'alice', issuer: 'https://issuer.test', scopes: [], claims: {}, expiresAtMs: 0 }
 
 function makeCtx(outputs: Tensor[], over: Partial<RequestContext> = {}, requested: string[] = []): RequestContext {
-  return {
-    id: 'req-1',
-    receivedAtMs: 0,
-    startedMs: 0,
+  return fakeContext({
     deadlineMs: 1e9,
-    client: { address: '127.0.0.1', tlsVersion: null, peerCertificate: null },
-    target: { model: 'mnist', version: null, verb: 'infer' },
     identity: { id: 'spiffe://test/ns/default/sa/client', kind: 'spiffe' },
     principal: alice,
-    bearerToken: null,
-    body: null,
     request: { parameters: {}, inputs: [], outputs: requested.map((name) => ({ name, binary: false })), binaryOutputs: false, batchSize: 1 },
     result: { modelName: 'mnist', modelVersion: '1', outputs, parameters: {} },
-    flags: [],
-    privacy: null,
-    stageMs: {},
-    error: null,
-    failedStage: null,
     ...over,
-  } as RequestContext
+  })
 }
 
 function setup(p: OutputPolicy | undefined, accountant?: PrivacyAccountant) {
   const clock = fakeClock()
   const acct = accountant ?? new MemoryAccountant({ clock })
-  const stage = createOutputPrivacyStage(() => p, { accountant: acct, random: seededRandom('stage') })
+  const compiled = compileOutputPolicy(p ?? defaultOutputPolicy)
+  const stage = createOutputPrivacyStage(() => compiled, { accountant: acct, random: seededRandom('stage') })
   return { clock, acct, stage }
 }
 
@@ -183,8 +174,12 @@ t.test('budgets are per principal (issuer, subject, workload) and per model', as
   t.equal(await run({ principal: null }), 'privacy_budget_exhausted')
   t.equal(await run({ principal: null, identity: null }), 'ok', 'nothing known: anonymous')
   t.equal(await run({ principal: null, identity: null }), 'privacy_budget_exhausted', 'all anonymous callers share one budget')
-  t.not(privacyKey({ principal: alice, identity: null }, 'mnist'), privacyKey({ principal: alice, identity: null }, 'mnist2'))
-  t.match(privacyKey({ principal: alice, identity: null }, 'mnist'), /^[0-9a-f]{64}$/, 'keys are hashes: no identities on disk')
+  const key = callerKeyOf({ principal: alice, identity: null })
+  t.not(privacyKey(key, 'mnist'), privacyKey(key, 'mnist2'))
+  t.match(privacyKey(key, 'mnist'), /^[0-9a-f]{64}$/, 'keys are hashes: no identities on disk')
+  // Journals written before the key moved to the context hashed this text: budgets carry over.
+  const before = createHash('sha256').update(JSON.stringify(['bulwark-privacy-key/1', 'mnist', 'jwt', alice.issuer, alice.subject, ''])).digest('hex')
+  t.equal(privacyKey(key, 'mnist'), before, 'the same hash as before for the same caller')
 })
 
 t.test('nothing is released when the charge cannot be made durable', async (t) => {

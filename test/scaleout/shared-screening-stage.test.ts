@@ -17,7 +17,8 @@ import type { Manifest } from '../../src/inference/manifest.ts'
 import { compileScreening } from '../../src/screening/build.ts'
 import type { CalibrationFile } from '../../src/screening/calibration.ts'
 import { redisCooldowns } from '../../src/screening/cooldowns.ts'
-import { createAdversarialScreenStage } from '../../src/stages/adversarial-screen.ts'
+import { createScreeningLinks } from '../../src/stages/screening.ts'
+import { createModelInferenceStage } from '../../src/stages/model-inference.ts'
 import { SharedState } from '../../src/state/redis.ts'
 import type { RequestContext, Stage } from '../../src/types.ts'
 import { fakeContext } from '../helpers/context.ts'
@@ -33,17 +34,21 @@ const manifest = JSON.parse(readFileSync(path.join(repoRoot, 'models/mnist/manif
 const calibration = JSON.parse(readFileSync(path.join(repoRoot, 'policies/mnist.screening.json'), 'utf8')) as CalibrationFile
 const test = loadMnist().test
 
-/** A stage over the CNN; with `state`, its per-principal state and cool-downs are in that Redis. */
+/**
+ * The screening links around model-inference over the CNN, as one stage; with `state`, the
+ * per-caller state and cool-downs are in that Redis.
+ */
 function stage(state: SharedState | null, o: { policy?: ScreeningPolicy; allow?: boolean; skipped?: string[] } = {}): Stage {
   const shared = state ? { redis: state.client, ttlMs: 3_600_000 } : undefined
   const screening = compileScreening('mnist', o.policy ?? bundled, manifest, calibration, seededRandom(5), shared)
-  return createAdversarialScreenStage({
+  const links = createScreeningLinks({
     models: new Map([['mnist', screening]]),
-    inference: cnnRunner(),
     clock: new FakeClock(),
-    observer: { scored() {}, skipped: (_model, detector) => o.skipped?.push(detector) },
+    observer: { scored() {}, skipped: (_model: string, detector: string) => o.skipped?.push(detector) },
     ...(state ? { cooldowns: redisCooldowns(state.client), whenStateUnavailable: o.allow ? 'allow' : 'refuse' } : {}),
   })
+  const chain = [links.screenInput, links.screenVariants, createModelInferenceStage({ service: cnnRunner() }), links.screenOutput]
+  return { name: 'screening', phase: 'body', verbs: ['infer'], run: async (ctx) => { for (const link of chain) await link.run(ctx) } }
 }
 
 function request(image: Float32Array, sub: string): RequestContext {

@@ -1,6 +1,7 @@
-// The adversarial-screen stage with the bundled mnist policy and calibration, over the CNN
-// in TypeScript: what reaches the model, what is refused (enforce) or served and flagged
-// (observe), the cool-down, and that model-inference does not run the model twice.
+// The screening links around model-inference, with the bundled mnist policy and calibration,
+// over the CNN in TypeScript: what reaches the model (one batch of originals and variants,
+// run by model-inference only), what is refused (enforce) or served and flagged (observe),
+// the cool-down, and that variants never reach the result.
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
@@ -11,9 +12,8 @@ import type { ScreeningPolicy } from '../../src/config/screening-policy.ts'
 import type { Manifest } from '../../src/inference/manifest.ts'
 import { compileScreening } from '../../src/screening/build.ts'
 import type { CalibrationFile } from '../../src/screening/calibration.ts'
-import { createAdversarialScreenStage, type ScreeningObserver } from '../../src/stages/adversarial-screen.ts'
+import { createScreeningLinks, type ScreeningObserver } from '../../src/stages/screening.ts'
 import { createModelInferenceStage } from '../../src/stages/model-inference.ts'
-import type { InferenceService } from '../../src/inference/service.ts'
 import type { RequestContext } from '../../src/types.ts'
 import { fakeContext } from '../helpers/context.ts'
 import { FakeClock } from '../helpers/fake-clock.ts'
@@ -42,8 +42,11 @@ function setup(policy: ScreeningPolicy = bundled, clock = new FakeClock()) {
   const screening = compileScreening('mnist', policy, manifest, calibration, seededRandom(5))
   const scored: { detector: string; action: string }[] = []
   const observer: ScreeningObserver = { scored: (_m, detector, _r, action) => scored.push({ detector, action }) }
-  const stage = createAdversarialScreenStage({ models: new Map([['mnist', screening]]), inference: runner, clock, observer })
-  return { runner, stage, scored, clock }
+  const links = createScreeningLinks({ models: new Map([['mnist', screening]]), clock, observer })
+  const chain = [links.screenInput, links.screenVariants, createModelInferenceStage({ service: runner }), links.screenOutput]
+  // The body phase's links from screen-input to screen-output, in the chain's order.
+  const stage = { run: async (ctx: RequestContext) => { for (const link of chain) await link.run(ctx) } }
+  return { runner, stage, links, scored, clock }
 }
 
 function request(images: Float32Array[], sub = 'alice', outputs: string[] = []): RequestContext {
@@ -73,11 +76,8 @@ t.test('a benign digit is served from one batch of the original and its two sque
   t.same(ctx.flags.map((f) => f.detector), ['feature-bounds', 'feature-squeezing'], 'stateful and extraction have too little history to score')
   t.notOk(ctx.flags.some((f) => f.alarm))
 
-  // model-inference sees the result and does not run the model again.
-  let called = 0
-  const service = { infer: async () => (called++, ctx.result!) } as unknown as InferenceService
-  await createModelInferenceStage({ service }).run(ctx)
-  t.equal(called, 0)
+  t.same(Object.keys(ctx.stageMs), [], 'run outside the pipeline runner: nothing else involved')
+
 })
 
 t.test('a batch runs as originals then each item\'s variants; the result keeps the originals only', async (t) => {
@@ -96,7 +96,7 @@ t.test('enforce: an adversarial example is refused with 422 suspicious_input, fl
   const flag = ctx.flags.find((f) => f.detector === 'feature-squeezing')!
   t.ok(flag.alarm && flag.score > flag.threshold, JSON.stringify(flag))
   t.equal(flag.threshold, calibration.featureSqueezing!.threshold)
-  t.equal(ctx.result, null, 'nothing is served')
+  t.same(ctx.result!.outputs.map((o) => o.shape), [[1, 10]], 'the variants are stripped before the refusal, whatever is answered')
   t.match(scored, [{ detector: 'feature-bounds' }, { detector: 'feature-squeezing', action: 'refused' }])
 })
 
@@ -134,10 +134,12 @@ t.test('a run of near-duplicates gets 403 attack_suspected, then the caller sits
   await stage.run(request([test.images[8]!], 'mallory'))
 })
 
-t.test('with screening switched off nothing is compiled; stateful-only runs no model', async (t) => {
-  const { runner, stage } = setup({ ...bundled, featureBounds: undefined, featureSqueezing: undefined, extraction: undefined } as ScreeningPolicy)
+t.test('no screening link runs the model: with stateful detection only, the one batch is the request itself', async (t) => {
+  const { runner, stage, links } = setup({ ...bundled, featureBounds: undefined, featureSqueezing: undefined, extraction: undefined } as ScreeningPolicy)
   const ctx = request([test.images[0]!])
-  await stage.run(ctx)
-  t.same(runner.batches, [], 'the model runs in model-inference, not here')
-  t.equal(ctx.result, null)
+  for (const link of [links.screenInput, links.screenVariants, links.screenOutput]) await link.run(ctx)
+  t.same(runner.batches, [], 'the screening links alone never call the model')
+  t.equal(ctx.modelRequest, null, 'nothing added to the batch')
+  await stage.run(request([test.images[0]!]))
+  t.same(runner.batches, [1], 'model-inference runs the request as it came')
 })

@@ -14,7 +14,7 @@ import { PrometheusExporter, PrometheusSerializer } from '@opentelemetry/exporte
 import { resourceFromAttributes } from '@opentelemetry/resources'
 import { MeterProvider, type MetricReader } from '@opentelemetry/sdk-metrics'
 
-type Labels = Record<string, string>
+export type Labels = Record<string, string>
 
 /** The labels with their keys in sorted order (stable series identity and exposition order). */
 function sortedLabels(labels: Labels): Attributes {
@@ -31,7 +31,7 @@ function labelKey(labels: Labels): string {
   return JSON.stringify(sortedLabels(labels))
 }
 
-abstract class Metric {
+export abstract class Metric {
   readonly name: string
   readonly help: string
   constructor(name: string, help: string) {
@@ -137,8 +137,8 @@ export class GatewayMetrics {
     for (const m of [this.requests, this.requestSeconds, this.stageSeconds, this.batchSize, queueDepth]) this.add(m)
   }
 
-  add(metric: Metric): void {
-    metric.bind(this.meter)
+  add(...metrics: readonly Metric[]): void {
+    for (const metric of metrics) metric.bind(this.meter)
   }
 
   /** The Prometheus text exposition (format 0.0.4) of every metric, as the admin /metrics serves it. */

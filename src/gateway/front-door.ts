@@ -1,0 +1,85 @@
+// The front door: TLS with client certificates (and their reloads from disk), JWT
+// verification against the key set, the per-model policies and the rate limits. Each can be
+// switched off by the configuration; what is on hands its link to the chain.
+
+import rateLimitPlugin from '@fastify/rate-limit'
+import type { FastifyInstance } from 'fastify'
+import type { Server as HttpsServer } from 'node:https'
+import type { TLSSocket } from 'node:tls'
+import { JwksKeySet } from '../auth/jwks.ts'
+import { TokenCache } from '../auth/token-cache.ts'
+import type { PolicySet } from '../config/policy.ts'
+import type { Config } from '../config/schema.ts'
+import type { Clock, Logger } from '../deps.ts'
+import type { SharedState } from '../state/redis.ts'
+import { createJwtAuthStage } from '../stages/jwt-auth.ts'
+import { createModelPolicyStage } from '../stages/model-policy.ts'
+import { createMtlsIdentityStage } from '../stages/mtls-identity.ts'
+import { createRateLimitStage } from '../stages/rate-limit.ts'
+import { Counter, type GatewayMetrics } from '../telemetry/metrics.ts'
+import { fastifyLimiter, redisRateLimitStore } from '../transport/rate-limit-store.ts'
+import { handshakeFailureReason, requireClientCertificates, TlsReloader, type TlsMaterial } from '../transport/tls.ts'
+import type { Stage } from '../types.ts'
+
+export interface FrontDoor {
+  links: { mtlsIdentity?: Stage | undefined; jwtAuth?: Stage | undefined; modelPolicy?: Stage | undefined; rateLimit?: Stage | undefined }
+  /** The API listener's TLS files and their reloads; null when tls is off (plain HTTP). */
+  tls: TlsReloader | null
+  close(): Promise<void>
+}
+
+export async function buildFrontDoor(
+  config: Config,
+  where: { baseDir: string },
+  deps: { api: FastifyInstance; tlsMaterial: TlsMaterial | null; policies: PolicySet; sharedState: SharedState | null; clock: Clock; log: Logger; metrics: GatewayMetrics },
+): Promise<FrontDoor> {
+  const { api, log, clock, policies, sharedState } = deps
+  const handshakeFailures = new Counter('bulwark_tls_handshake_failures_total', 'TLS handshakes refused or failed (no or untrusted client certificate, protocol, timeout), by reason.')
+  const tlsReloads = new Counter('bulwark_tls_reloads_total', 'Changes of the TLS certificate, key or CA files on disk, by outcome (changed = applied, failed = kept the old ones).')
+  const jwksRefreshes = new Counter('bulwark_jwks_refreshes_total', 'Re-reads of the JSON Web Key Set, by outcome.')
+  deps.metrics.add(handshakeFailures, tlsReloads, jwksRefreshes)
+  const off = (['tls', 'auth', 'authorization', 'rateLimits'] as const).filter((k) => !config[k].enabled)
+  if (off.length > 0) log.warn({ off }, 'front door partly or wholly switched off by the configuration')
+
+  let tls: TlsReloader | null = null
+  if (deps.tlsMaterial) {
+    tls = new TlsReloader(config.tls, where.baseDir, deps.tlsMaterial, { log, clock, onReload: (outcome) => tlsReloads.inc({ outcome }) })
+    tls.attach(api.server as HttpsServer)
+    // A refused handshake has no HTTP request: count it, and log why for the operator.
+    const refused = (reason: string, socket: TLSSocket, err?: string) => {
+      handshakeFailures.inc({ reason })
+      log.info({ reason, ...(err ? { err } : {}), remote: socket.remoteAddress }, 'TLS handshake refused')
+    }
+    requireClientCertificates(api.server as HttpsServer, refused)
+    api.server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => refused(handshakeFailureReason(err), socket, err.message))
+  }
+
+  const tokenCache = new TokenCache(config.auth.tokenCacheEntries)
+  const keys = config.auth.enabled
+    ? await JwksKeySet.open(config.auth.jwks, where.baseDir, { clock, log, onChange: () => tokenCache.clear(), onRefresh: (outcome) => jwksRefreshes.inc({ outcome }) })
+    : null
+
+  let rateLimit: Stage | undefined
+  if (config.rateLimits.enabled) {
+    const redis = sharedState && config.state.redis
+    await api.register(rateLimitPlugin, {
+      global: false,
+      ...(redis ? { store: redisRateLimitStore(sharedState.client), skipOnError: redis.rateLimitsWhenUnavailable === 'allow' } : {}),
+    })
+    rateLimit = createRateLimitStage({ rateLimits: config.rateLimits, policies }, { limiterFor: (limits) => fastifyLimiter(api, limits, config.rateLimits.storeEntries) })
+  }
+
+  return {
+    links: {
+      mtlsIdentity: config.tls.enabled ? createMtlsIdentityStage() : undefined,
+      jwtAuth: keys ? createJwtAuthStage(config.auth, { clock, getKey: keys.getKey, cache: tokenCache }) : undefined,
+      modelPolicy: config.authorization.enabled ? createModelPolicyStage(policies) : undefined,
+      rateLimit,
+    },
+    tls,
+    async close() {
+      tls?.close()
+      await keys?.close()
+    },
+  }
+}

@@ -1,0 +1,54 @@
+// The models: the registry (in-process ONNX sessions behind dynamic batchers, or upstream
+// model pods behind circuit breakers), the transport-neutral inference service, and the
+// counters of the upstream calls.
+
+import type { Tracer } from '@opentelemetry/api'
+import type { Config } from '../config/schema.ts'
+import type { Clock, Logger, RandomSource } from '../deps.ts'
+import { ModelRegistry } from '../inference/registry.ts'
+import { InferenceService } from '../inference/service.ts'
+import { Counter, Gauge, Histogram, type GatewayMetrics, type Labels } from '../telemetry/metrics.ts'
+
+export interface Models {
+  registry: ModelRegistry
+  service: InferenceService
+}
+
+export function buildModels(
+  config: Config['models'],
+  baseDir: string,
+  deps: { clock: Clock; log: Logger; random: RandomSource; metrics: GatewayMetrics; tracer: Tracer },
+): Models {
+  let registry: ModelRegistry | null = null
+  const upstreams = () => registry?.upstreams() ?? []
+  const calls = new Counter('bulwark_upstream_calls_total', 'Calls to upstream model endpoints, by model, endpoint and outcome (ok, failed: counted by the breaker, refused: the upstream refused the request, deadline: the client\'s deadline ran out).')
+  const seconds = new Histogram('bulwark_upstream_call_duration_seconds', 'Duration of calls to upstream model endpoints, by model and endpoint.', [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
+  const retries = new Counter('bulwark_upstream_retries_total', 'Calls retried on another endpoint (or the same one) after the connection failed before the request was sent, by model and endpoint.')
+  const transitions = new Counter('bulwark_upstream_breaker_transitions_total', 'Circuit breaker state changes of each upstream endpoint, by the state entered (open, half-open, closed); flapping shows here even between scrapes.')
+  const breakerState = new Gauge('bulwark_upstream_breaker_state', 'Circuit breaker of each upstream endpoint: 1 for its current state (closed, open, half-open), 0 for the others.', function* () {
+    for (const u of upstreams()) {
+      for (const e of u.backend.status()) for (const state of ['closed', 'open', 'half-open']) yield [{ model: u.model, endpoint: e.endpoint, state }, e.state === state ? 1 : 0] as [Labels, number]
+    }
+  })
+  const outstanding = new Gauge('bulwark_upstream_outstanding_calls', 'Calls in flight to each upstream endpoint.', function* () {
+    for (const u of upstreams()) for (const e of u.backend.status()) yield [{ model: u.model, endpoint: e.endpoint }, e.outstanding] as [Labels, number]
+  })
+  deps.metrics.add(calls, seconds, retries, transitions, breakerState, outstanding)
+
+  registry = new ModelRegistry(config, baseDir, {
+    clock: deps.clock,
+    log: deps.log,
+    random: deps.random,
+    tracer: deps.tracer,
+    onBatch: (model, items) => deps.metrics.batchSize.observe({ model }, items),
+    upstreamObserver: {
+      call(model, endpoint, outcome, s) {
+        calls.inc({ model, endpoint, outcome })
+        seconds.observe({ model, endpoint }, s)
+      },
+      retry: (model, endpoint) => retries.inc({ model, endpoint }),
+      breaker: (model, endpoint, state) => transitions.inc({ model, endpoint, state }),
+    },
+  })
+  return { registry, service: new InferenceService(registry) }
+}

@@ -1,0 +1,193 @@
+// The REST transport's side of the chain (src/pipeline.ts): where each phase runs in
+// fastify's request lifecycle. The transport only translates; every decision is a link's.
+//   onRequest   a request context for every request (verb 'server' for routes that name no
+//               model, and for unknown ones), then the arrival and headers phases
+//   preHandler  the body phase (model routes): body read, validation, screening, the model,
+//               output privacy
+//   handler     the route turns the context into the protocol's answer (src/routes/oip.ts)
+//   onSend      the response phase (the audit record) once the answer is final
+//   close       each link's onDestroy, however the exchange ended
+// Refusals by the transport itself (unknown route, a fastify error) are recorded on the
+// context as a typed value like any link's.
+
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { TLSSocket } from 'node:tls'
+import type { Clock, Logger } from '../deps.ts'
+import { BulwarkError, errorBody, type ErrorCode } from '../errors.ts'
+import { asBulwarkError, destroyChain, refuse, runPhase } from '../pipeline.ts'
+import { readBody } from '../protocol/body.ts'
+import { HEADER_LENGTH } from '../protocol/oip.ts'
+import { newRequestContext, type RequestContext, type Stage, type Verb } from '../types.ts'
+import { tlsVersionOf } from './peer.ts'
+import { verifiedPeerCertificate } from './tls.ts'
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The chain's request context; set on arrival for every request on the API listener. */
+    ctx: RequestContext | null
+  }
+  interface FastifyContextConfig {
+    /** The verb of a model route; absent on server-level routes. */
+    verb?: Verb
+  }
+}
+
+export interface HttpChainOptions {
+  chain: readonly Stage[]
+  clock: Clock
+  log: Logger
+  bodyLimitBytes: number
+  /** ms from arrival to the request's deadline (server.requestTimeoutMs). */
+  requestTimeoutMs: number
+  /** Whether the listener is TLS (the peer certificate is read for mtls-identity). */
+  tls: boolean
+}
+
+/** Fastify's own errors (body limit, content type, ...) as our catalogue's codes. */
+function fromFastifyError(err: FastifyError): BulwarkError {
+  const map: Record<string, ErrorCode> = {
+    FST_ERR_CTP_BODY_TOO_LARGE: 'payload_too_large',
+    FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type',
+    FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'bad_request',
+    FST_ERR_CTP_EMPTY_JSON_BODY: 'invalid_json',
+  }
+  const code = map[err.code]
+  if (code === 'payload_too_large') {
+    return new BulwarkError(code, 'the request body exceeds the server limit; send fewer items per request or use binary tensors', { cause: err })
+  }
+  if (code) return new BulwarkError(code, err.message, { cause: err })
+  if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
+    return new BulwarkError('bad_request', err.message, { cause: err })
+  }
+  return asBulwarkError(err)
+}
+
+function byteLength(payload: unknown): number | null {
+  if (typeof payload === 'string') return Buffer.byteLength(payload)
+  if (payload instanceof Uint8Array) return payload.byteLength
+  if (payload === null || payload === undefined) return 0
+  return null
+}
+
+export interface HttpChain {
+  /** For fastify's frameworkErrors (router errors run no hooks): answers `err` through the chain's response phase. */
+  answerUnrouted(err: BulwarkError, request: FastifyRequest, reply: FastifyReply): void
+}
+
+/** Adds the chain's hooks and handlers to the API instance; call before registering routes. */
+export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChain {
+  const { chain, clock } = o
+
+  const contextOf = (request: FastifyRequest): RequestContext => {
+    const verb = request.routeOptions.config?.verb ?? 'server'
+    const params = (request.params ?? {}) as { model?: string; version?: string }
+    const startedMs = clock.monotonicMs()
+    const socket = request.raw.socket
+    const auth = request.headers.authorization
+    const declared = Number(request.headers['content-length'])
+    const traceparent = request.headers.traceparent
+    return newRequestContext({
+      id: request.id,
+      receivedAtMs: clock.nowMs(),
+      startedMs,
+      deadlineMs: startedMs + o.requestTimeoutMs,
+      client: {
+        address: request.ip,
+        tlsVersion: tlsVersionOf(socket),
+        peerCertificate: o.tls ? verifiedPeerCertificate(socket as TLSSocket) : null,
+      },
+      target: { model: verb === 'server' ? '' : (params.model ?? ''), version: params.version ?? null, verb },
+      exchange: {
+        method: request.method,
+        path: request.url.split('?', 1)[0]!,
+        route: request.routeOptions.url ?? '',
+        declaredBytes: request.headers['content-length'] !== undefined && Number.isSafeInteger(declared) ? declared : null,
+        traceparent: typeof traceparent === 'string' ? traceparent : undefined,
+      },
+      bearerToken: typeof auth === 'string' ? auth : null,
+      readBody: async () => {
+        const header = request.headers[HEADER_LENGTH]
+        if (Array.isArray(header)) throw new BulwarkError('invalid_binary_header', `send ${HEADER_LENGTH} once`)
+        return { bytes: await readBody(request.raw, o.bodyLimitBytes), headerLength: header }
+      },
+    })
+  }
+
+  const begin = (request: FastifyRequest, reply: FastifyReply): RequestContext => {
+    const ctx = contextOf(request)
+    request.ctx = ctx
+    const end = () => destroyChain(chain, ctx, (link, err) => o.log.error({ link, err }, 'a link failed to clean up after a request'))
+    // 'close' fires once the answer is sent or the connection is gone, whichever comes first.
+    if (reply.raw.closed) end()
+    else reply.raw.once('close', end)
+    return ctx
+  }
+
+  /** The response phase; an audit failure turns the answer into its refusal (fail closed). */
+  const respond = async (ctx: RequestContext, reply: FastifyReply, payload: unknown): Promise<unknown> => {
+    reply.header('x-request-id', ctx.id)
+    ctx.response = { status: reply.statusCode, bytesOut: byteLength(payload) }
+    try {
+      await runPhase(chain, 'response', ctx, clock)
+      return payload
+    } catch (err) {
+      const e = asBulwarkError(err)
+      ctx.response = { status: e.status, bytesOut: null }
+      reply.code(e.status).headers(e.headers)
+      reply.removeHeader(HEADER_LENGTH)
+      reply.removeHeader('content-length')
+      reply.type('application/json; charset=utf-8')
+      return JSON.stringify(errorBody(e))
+    }
+  }
+
+  // The protocol's bodies are JSON or JSON + raw tensor bytes: the body-read link reads
+  // them, after the headers links have admitted the caller, so no parser may read first.
+  api.removeAllContentTypeParsers()
+  api.addContentTypeParser('*', (_request: FastifyRequest, _payload: unknown, done: (err: null, body?: undefined) => void) => done(null))
+  api.decorateRequest('ctx', null)
+
+  api.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
+    const ctx = begin(request, reply)
+    await runPhase(chain, 'arrival', ctx, clock)
+    await runPhase(chain, 'headers', ctx, clock)
+  })
+  api.addHook('preHandler', async (request: FastifyRequest) => {
+    const ctx = request.ctx
+    if (ctx && ctx.target.verb !== 'server') await runPhase(chain, 'body', ctx, clock)
+  })
+  api.addHook('onSend', async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
+    const ctx = request.ctx
+    return ctx ? respond(ctx, reply, payload) : payload
+  })
+
+  api.setErrorHandler((raw: FastifyError, request, reply) => {
+    const err = raw instanceof BulwarkError ? raw : fromFastifyError(raw)
+    const ctx = request.ctx
+    if (ctx) refuse(ctx, err, 'transport')
+    const fields = { code: err.code, reason: err.reason, stage: ctx?.failedStage ?? 'transport' }
+    if (err.code === 'internal') request.log.error({ ...fields, err: err.cause ?? err }, 'request failed')
+    else if (err.status >= 500) request.log.warn(fields, 'request not served')
+    else request.log.info(fields, 'request refused')
+    return reply.code(err.status).headers(err.headers).send(errorBody(err))
+  })
+  api.setNotFoundHandler((request, reply) => {
+    const err = new BulwarkError('not_found', `no route ${request.method} ${request.url.split('?')[0]!.slice(0, 100)}; see GET /v2 and the Open Inference Protocol v2 paths`)
+    if (request.ctx) refuse(request.ctx, err, 'router')
+    return reply.code(404).send(errorBody(err))
+  })
+
+  return {
+    answerUnrouted(err, request, reply) {
+      // Fastify runs no hooks for router errors: the context and the response phase are run here.
+      const ctx = begin(request, reply)
+      refuse(ctx, err, 'router')
+      const body = JSON.stringify(errorBody(err))
+      reply.code(err.status).type('application/json; charset=utf-8')
+      respond(ctx, reply, body).then(
+        (payload) => reply.send(payload),
+        (fail: unknown) => reply.code(500).send(String(fail)),
+      )
+    },
+  }
+}
