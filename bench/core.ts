@@ -1,4 +1,4 @@
-// Serving-core scenarios (issue 2): the raw onnxruntime ceiling on ocr-cls; the gateway on
+// Serving-core scenarios: the raw onnxruntime ceiling on ocr-cls; the gateway on
 // ocr-cls with JSON and binary tensors, batching off and on, at concurrency 1, 16 and 64;
 // the gateway on mnist; and proof that inference runs off the event loop (health and mnist
 // stay responsive while the larger PaddleOCR detection model is saturated).

@@ -1,8 +1,8 @@
 // What each body-side defence costs, each measured against the same gateway with it off,
 // side by side in one run:
-// - audit (issue 4): strict durability with group commit vs audit off, ocr-cls binary c64;
-// - output privacy (issue 6): the bundled mnist output policy vs output protection off, mnist c64;
-// - screening (issue 5): feature squeezing + stateful detectors, stateful detectors alone,
+// - audit: strict durability with group commit vs audit off, ocr-cls binary c64;
+// - output privacy: the bundled mnist output policy vs output protection off, mnist c64;
+// - screening: feature squeezing + stateful detectors, stateful detectors alone,
 //   and screening off, mnist c64.
 
 import { readFileSync } from 'node:fs'

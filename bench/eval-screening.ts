@@ -1,4 +1,4 @@
-// `npm run eval:screening [-- --pgd-count N] [--quick]`: the screening evaluation of issue 5,
+// `npm run eval:screening [-- --pgd-count N] [--quick]`: the adversarial-input screening evaluation,
 // through the public API (TLS with the dev client certificate, real JWTs, one JWT subject
 // per principal), against in-process gateways that differ only in the mnist policy's
 // `screening:` section. Prints one table and writes JSON under bench/results/.
@@ -7,7 +7,7 @@
 //               black-box attacks' baseline (how far they get without a defence)
 //   squeezing   feature squeezing only, as calibrated: detection rate per white-box attack,
 //               false-positive rate on the 2,999 held-out digits (never the calibration split)
-//   bounds      per-feature bounds only (issue part 1; observe-only in the bundled policy)
+//   bounds      per-feature bounds only (observe-only in the bundled policy)
 //   stateful    the stateful query detector only: HopSkipJump and NES, each as one principal
 //   extraction  the extraction detector only: Jacobian-based augmentation, and augmented seeds
 //   bundled     the screening section of policies/mnist.yaml as shipped: the benign traffic

@@ -1,4 +1,4 @@
-// Front-door scenarios (issue 3): what mTLS + JWT + authorization + rate limiting cost.
+// Front-door scenarios: what mTLS + JWT + authorization + rate limiting cost.
 // - ocr-cls, binary tensors, concurrency 64: full front door vs the same gateway over plain
 //   HTTP with those stages off;
 // - mnist at a moderate fixed rate: added latency at p50/p90/p99;

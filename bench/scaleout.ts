@@ -1,4 +1,4 @@
-// Scale-out scenarios (issue 8): what upstream mode adds over calling the upstream model pod
+// Scale-out scenarios: what upstream mode adds over calling the upstream model pod
 // directly. An upstream Bulwark serves the model (defences off, as a bare model pod); a second
 // gateway (defences off too, so only upstream mode is measured) serves it as an upstream model.
 // Each pair of rows is the same load (closed loop, binary tensors) against the pod directly

@@ -4,7 +4,7 @@
 // refusal teaches an attacker nothing that the code does not already say.
 //
 // The status table is a Record over the code union: a new code does not compile until it
-// has a status, and test/errors.test.ts fails until docs/errors.md documents it.
+// has a status, and the error catalogue's test fails until docs/errors.md documents it.
 
 export const errorStatus = {
   // 400: the request itself is wrong; fixing it is the client's job.

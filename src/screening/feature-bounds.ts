@@ -1,4 +1,4 @@
-// Per-feature bounds learned from a calibration set (issue 5, part 1). Input validation
+// Per-feature bounds learned from a calibration set. Input validation
 // already refuses values outside the manifest's range and NaN/Inf; this detector asks
 // whether an item lies where the model's data lies. For each feature it knows the smallest
 // and largest value seen on the calibration set; an item's score is the total amount, in

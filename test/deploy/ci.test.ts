@@ -1,6 +1,7 @@
-// .ci/run runs the security checks (type check, lint, production dependency audit, the fuzz
-// test), keeps going to report every failure, fails if any failed, and ends with `npm test`
-// so its last line is `N passed, N failed`.
+// .ci/run checks that the tools some tests need are there (redis-server, kubectl with
+// kustomize), runs the security checks (type check, lint, production dependency audit, the
+// fuzz test), keeps going to report every failure, fails if any failed, and ends with
+// `npm test` so its last line is `N passed, N failed`.
 import t from 'tap'
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
@@ -19,6 +20,13 @@ t.test('every check runs, in order, and npm test is last', async (t) => {
   t.equal(last, 'npm test', 'npm test is the last npm command (its last line is N passed, N failed)')
   t.notOk(commands.slice(commands.indexOf('npm test') + 1).some((l) => /\becho\b|printf/.test(l)), 'nothing is printed after the tests')
   t.match(run, /if \(\(\$\{#failed\[@\]\} > 0\)\); then exit 1; fi/, 'a failed check fails the run')
+})
+
+t.test('a machine without kubectl fails the run: the deploy tests would skip there and check nothing', async (t) => {
+  t.match(run, /^check "kubectl with kustomize[^"]*" kubectl_kustomize$/m, 'kubectl is one of the checks')
+  t.match(run, /command -v kubectl/, 'absent kubectl fails the check')
+  t.match(run, /Kustomize Version/, 'so does a kubectl without kustomize')
+  t.ok(commands.findIndex((l) => l.startsWith('check "kubectl')) < commands.indexOf('npm test'), 'checked before the tests run')
 })
 
 t.test('the scripts behind the checks', async (t) => {

@@ -152,7 +152,7 @@ t.test('read-only root file system: the writable paths are volumes, where bulwar
   t.ok(app.body.some((i) => i.op === 'WORKDIR' && i.args === '/app') && app.body.some((i) => i.op === 'COPY' && i.args === 'models ./models'), 'models are copied to /app/models')
 })
 
-t.test('every local module the gateway imports statically is in the image (the build context)', async (t) => {
+t.test('every local module the gateway and its commands import is in the image (the build context)', async (t) => {
   // What .dockerignore lets through, for the local source files that matter here.
   const inContext = (rel: string) => /^(bin|src)\//.test(rel) || (/^models\//.test(rel) && !rel.endsWith('.ts') && !rel.endsWith('weights.json')) || rel.startsWith('policies/')
   const seen = new Set<string>()
@@ -161,9 +161,10 @@ t.test('every local module the gateway imports statically is in the image (the b
     if (seen.has(rel)) return
     seen.add(rel)
     const source = readFileSync(file, 'utf8')
-    // Static imports and re-exports only: a dynamic import() is loaded by the command that needs it.
-    for (const m of source.matchAll(/^\s*(?:import|export)\s[^'"]*?from\s+['"](\.{1,2}\/[^'"]+)['"]|^\s*import\s+['"](\.{1,2}\/[^'"]+)['"]/gm)) {
-      visit(path.resolve(path.dirname(file), m[1] ?? m[2]!))
+    // Dynamic imports too: a command that loads a module only when it runs fails in the
+    // image all the same if the module was left out.
+    for (const m of source.matchAll(/^\s*(?:import|export)\s[^'"]*?from\s+['"](\.{1,2}\/[^'"]+)['"]|^\s*import\s+['"](\.{1,2}\/[^'"]+)['"]|\bimport\(\s*(?:new URL\(\s*)?['"](\.{1,2}\/[^'"]+)['"]/gm)) {
+      visit(path.resolve(path.dirname(file), m[1] ?? m[2] ?? m[3]!))
     }
   }
   visit(path.join(repoRoot, 'bin/bulwark.js'))

@@ -13,7 +13,7 @@ import path from 'node:path'
 import ts from 'typescript'
 import { Type, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
-import type { K8sObject } from './kustomize.ts'
+import type { K8sObject } from './kubectl-kustomize.ts'
 
 const repoRoot = path.resolve(import.meta.dirname, '../..')
 
