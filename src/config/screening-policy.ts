@@ -1,5 +1,5 @@
 // Per-model screening settings: the `screening:` section of policies/<model>.yaml, read by
-// the adversarial-screen stage (src/stages/adversarial-screen.ts; docs/screening.md).
+// the screening links (src/stages/screening.ts; docs/screening.md).
 //
 // Each detector is switched on by giving its section; a policy without `screening:` (or with
 // `enabled: false`) screens nothing. Detection thresholds depend on the model and its

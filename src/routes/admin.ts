@@ -47,6 +47,6 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
     const r = readiness(deps)
     return reply.code(r.status).send(r.body)
   })
-  // The OpenTelemetry metrics in the Prometheus text format (src/metrics.ts).
+  // The OpenTelemetry metrics in the Prometheus text format (src/telemetry/metrics.ts).
   app.get('/metrics', async (_req, reply) => reply.type(PROMETHEUS_CONTENT_TYPE).send(await deps.metrics.render()))
 }

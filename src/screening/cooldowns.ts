@@ -1,5 +1,5 @@
 // The cool-down after an enforced stateful or extraction alarm: the principal is refused on
-// that model for the policy's cooldownMs (src/stages/adversarial-screen.ts).
+// that model for the policy's cooldownMs (src/stages/screening.ts).
 //
 // In process (one replica): per model, a map of monotonic deadlines; past maxEntries the
 // principal blocked longest ago is forgotten. With `state.redis`: one key per model and

@@ -1,5 +1,5 @@
 // The one small interface every screening detector implements, and what the
-// adversarial-screen stage hands it. A detector is built once per model from its policy
+// screening links hand it. A detector is built once per model from its policy
 // (with its thresholds and bounded per-principal state) and then asked, per request, how
 // suspicious the request is. Adding a detector means implementing `Detector` and listing it
 // in src/screening/build.ts; the stage does not change.

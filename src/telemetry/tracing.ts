@@ -144,7 +144,8 @@ function decisionAttributes(stage: string, ctx: RequestContext): Attributes {
       return { 'bulwark.token.verified': ctx.principal !== null }
     case 'input-validation':
       return ctx.request ? { 'bulwark.batch_size': ctx.request.batchSize, 'bulwark.encoding': ctx.body?.contentType ?? 'json' } : {}
-    case 'adversarial-screen':
+    case 'screen-input':
+    case 'screen-output':
       return {
         'bulwark.screening.scored': ctx.flags.map((f) => f.detector),
         'bulwark.screening.alarms': ctx.flags.filter((f) => f.alarm).map((f) => f.detector),

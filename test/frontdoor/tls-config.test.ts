@@ -4,6 +4,7 @@
 // baseline: the same gateway over plain HTTP without these stages).
 
 import t from 'tap'
+import { once } from 'node:events'
 import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls'
 import { readFile } from 'node:fs/promises'
 import { buildConfig, ConfigError, defaultConfig } from '../../src/config/load.ts'
@@ -43,8 +44,10 @@ t.test('TLS 1.3 only by default', async (t) => {
   const s = await handshake(gw.url, client)
   t.equal(s.getProtocol(), 'TLSv1.3')
   s.destroy()
+  // The gateway's listener was added first: by this event its log line is written.
+  const failed = once(gw.gateway.api.server, 'tlsClientError')
   await t.rejects(handshake(gw.url, { ...client, maxVersion: 'TLSv1.2' }), 'a TLS 1.2 client cannot connect')
-  await new Promise((r) => setTimeout(r, 50))
+  await failed
   t.ok(gw.logsWith('TLS handshake refused').some((l) => /VERSION|PROTOCOL/.test(String(l.reason))), 'the refusal is logged with its reason')
 })
 

@@ -45,7 +45,7 @@ else {
     t.equal(refused.status, 503)
     t.equal(refused.body.code, 'state_unavailable', 'a screened request fails closed')
     t.ok(refused.headers['retry-after'])
-    t.match(gateways[0]!.logsWith('request not served').at(-1), { code: 'state_unavailable', stage: 'adversarial-screen' })
+    t.match(gateways[0]!.logsWith('request not served').at(-1), { code: 'state_unavailable', stage: 'screen-input' })
     const readyz = await undiciRequest(`${gateways[0]!.adminUrl}/readyz`)
     const rz = (await readyz.body.json()) as { checks: Record<string, string> }
     t.equal(readyz.statusCode, 503, '/readyz: not ready')
