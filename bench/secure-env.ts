@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { stringify } from 'yaml'
 import { realDeps } from '../src/deps.ts'
-import { writeDevPki, type DevPki } from '../src/pki/dev-pki.ts'
-import { loadSigningKey, mintToken } from '../src/auth/mint.ts'
+import { writeDevPki, type DevPki } from '../src/dev/pki.ts'
+import { loadSigningKey, mintToken } from '../src/dev/mint-token.ts'
 import { DEV_AUDIENCE, DEV_DIR, DEV_ISSUER, DEV_WORKLOAD } from '../src/config/security.ts'
 
 export interface SecureEnv {

@@ -12,10 +12,10 @@ import { AUDIT_USAGE, auditCommand } from './audit/commands.ts'
 import { CALIBRATE_USAGE, calibrateCommand } from './screening/calibrate.ts'
 import { MODEL_USAGE, modelCommand } from './signing/commands.ts'
 import type { AddressInfo } from 'node:net'
-import { loadSigningKey, mintToken } from './auth/mint.ts'
+import { loadSigningKey, mintToken } from './dev/mint-token.ts'
 import { DEV_AUDIENCE, DEV_DIR, DEV_ISSUER } from './config/security.ts'
-import { devPkiPaths, devPkiProblem, ensureDevPki, writeDevPki } from './pki/dev-pki.ts'
-import { curlExample, devPkiDirFor, devScopes } from './pki/dev-setup.ts'
+import { devPkiPaths, devPkiProblem, ensureDevPki, writeDevPki } from './dev/pki.ts'
+import { curlExample, devPkiDirFor, devScopes } from './dev/setup.ts'
 
 const USAGE = `usage: bulwark <command> [options]
 

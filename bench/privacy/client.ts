@@ -6,7 +6,7 @@
 
 import { setTimeout as sleep } from 'node:timers/promises'
 import { request, type Dispatcher } from 'undici'
-import { HEADER_LENGTH } from '../../src/protocol/oip.ts'
+import { HEADER_LENGTH } from '../../src/oip/codec.ts'
 import { PIXELS } from '../../models/mnist/data.ts'
 
 export const MAX_BATCH = 64

@@ -8,7 +8,7 @@ import type { Config } from '../config/schema.ts'
 import type { Logger, RandomSource } from '../deps.ts'
 import type { ModelRegistry } from '../inference/registry.ts'
 import { readiness, registerAdminRoutes, type AdminDeps } from '../routes/admin.ts'
-import { AdminThread } from '../routes/admin-thread.ts'
+import { AdminThread } from './admin-thread.ts'
 import type { GatewayMetrics } from '../telemetry/metrics.ts'
 
 export type ReadinessCheck = AdminDeps['readinessChecks'][number]

@@ -4,7 +4,7 @@
 //
 // Two ways to serve it, with the same answers: these Fastify routes on the gateway's event
 // loop (tests inject into them), or, in `bulwark serve` by default, a thread of its own
-// (src/routes/admin-thread.ts) so probes are answered promptly while the API's event loop is
+// (src/gateway/admin-thread.ts) so probes are answered promptly while the API's event loop is
 // saturated or pausing for garbage collection; that thread serves the readiness computed here.
 
 import type { FastifyInstance } from 'fastify'

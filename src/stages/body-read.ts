@@ -7,8 +7,8 @@
 // When the exchange ends, a pooled body buffer goes back to the pool.
 
 import { BulwarkError } from '../errors.ts'
-import { releaseBody } from '../protocol/body.ts'
-import { splitBody } from '../protocol/oip.ts'
+import { releaseBody } from '../transport/read-body.ts'
+import { splitBody } from '../oip/codec.ts'
 import type { RequestContext, Stage } from '../types.ts'
 
 export function createBodyReadLink(): Stage {

@@ -4,7 +4,7 @@
 //               model, and for unknown ones), then the arrival and headers phases
 //   preHandler  the body phase (model routes): body read, validation, screening, the model,
 //               output privacy
-//   handler     the route turns the context into the protocol's answer (src/routes/oip.ts)
+//   handler     the route turns the context into the protocol's answer (src/routes/inference-api.ts)
 //   onSend      the response phase (the audit record) once the answer is final
 //   close       each link's onDestroy, however the exchange ended
 // Refusals by the transport itself (unknown route, a fastify error) are recorded on the
@@ -15,8 +15,8 @@ import type { TLSSocket } from 'node:tls'
 import type { Clock, Logger } from '../deps.ts'
 import { BulwarkError, errorBody, type ErrorCode } from '../errors.ts'
 import { asBulwarkError, destroyChain, refuse, runPhase } from '../pipeline.ts'
-import { readBody } from '../protocol/body.ts'
-import { HEADER_LENGTH } from '../protocol/oip.ts'
+import { readBody } from './read-body.ts'
+import { HEADER_LENGTH } from '../oip/codec.ts'
 import { newRequestContext, type RequestContext, type Stage, type Verb } from '../types.ts'
 import { tlsVersionOf } from './peer.ts'
 import { verifiedPeerCertificate } from './tls.ts'

@@ -1,7 +1,7 @@
 // Every malformed request gets the right code and a message that says what is wrong.
 import t from 'tap'
 import { decodeInferRequest } from '../../src/stages/input-validation.ts'
-import { splitBody } from '../../src/protocol/oip.ts'
+import { splitBody } from '../../src/oip/codec.ts'
 import type { Manifest } from '../../src/inference/manifest.ts'
 
 const manifest: Manifest = {

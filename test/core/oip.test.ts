@@ -3,7 +3,7 @@
 import t, { type Test } from 'tap'
 import { readFileSync } from 'node:fs'
 import { coreGateway, repoRoot } from './core-gateway.ts'
-import { HEADER_LENGTH } from '../../src/protocol/oip.ts'
+import { HEADER_LENGTH } from '../../src/oip/codec.ts'
 
 const gateway = await coreGateway({ server: { bodyLimitBytes: 1024 * 1024 } })
 t.teardown(() => gateway.close(1000))
@@ -96,7 +96,7 @@ t.test('binary tensors in, binary tensors out', async (t) => {
 })
 
 t.test('JSON outputs print float32 values in their shortest exact form', async (t) => {
-  const { float32Text } = await import('../../src/protocol/oip.ts')
+  const { float32Text } = await import('../../src/oip/codec.ts')
   t.equal(float32Text(Math.fround(0.12)), '0.12')
   t.equal(float32Text(Math.fround(1 / 3)), '0.33333334')
   t.equal(float32Text(0), '0')

@@ -5,7 +5,7 @@ import t from 'tap'
 import { X509Certificate } from 'node:crypto'
 import { realDeps } from '../../src/deps.ts'
 import { isBulwarkError } from '../../src/errors.ts'
-import { createCa, issueCertificate } from '../../src/pki/dev-pki.ts'
+import { createCa, issueCertificate } from '../../src/dev/pki.ts'
 import { createMtlsIdentityStage, workloadIdentity } from '../../src/stages/mtls-identity.ts'
 import { fakeContext } from '../helpers/context.ts'
 

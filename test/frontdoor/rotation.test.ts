@@ -1,14 +1,22 @@
 // Certificate rotation without a restart: the server certificate, its key and the CA bundle
 // are replaced on disk (atomically, as cert-manager and SPIRE do) while a keep-alive client
-// is connected. New handshakes use the new files; the open connection is not dropped.
+// is connected. New handshakes use the new files; the open connection is not dropped. And
+// the periodic check, on the reloader's clock, applies a rotation that no file event reported.
 
 import t from 'tap'
-import { readFile } from 'node:fs/promises'
+import { once } from 'node:events'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import type { Server as HttpsServer } from 'node:https'
+import os from 'node:os'
+import path from 'node:path'
 import { connect, type PeerCertificate } from 'node:tls'
 import { Client } from 'undici'
-import { createCa, issueCertificate, writeFileAtomic } from '../../src/pki/dev-pki.ts'
+import { buildConfig } from '../../src/config/load.ts'
+import { createCa, issueCertificate, writeFileAtomic } from '../../src/dev/pki.ts'
 import { DEV_WORKLOAD } from '../../src/config/security.ts'
-import { realDeps } from '../../src/deps.ts'
+import { realDeps, silentLogger } from '../../src/deps.ts'
+import { loadTlsMaterial, TlsReloader } from '../../src/transport/tls.ts'
+import { FakeClock } from '../helpers/fake-clock.ts'
 import { startGateway } from '../helpers/gateway.ts'
 
 const gw = await startGateway({ config: { tls: { reloadCheckIntervalMs: 200 } } })
@@ -29,22 +37,18 @@ function serverCertificate(ca: string, client: { cert: string; key: string }): P
   })
 }
 
-async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const until = Date.now() + ms
-  while (!cond()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 25))
-  }
-}
-
 /**
  * Waits until the gateway has applied every file written so far: the watcher or the periodic
  * check may catch a rotation between two files, so wait for a change and then for a check
  * that finds nothing newer.
  */
 async function settled(generation: number): Promise<void> {
-  await waitFor(() => gw.gateway.tls!.generation > generation, 'the gateway to pick up the new files')
-  while ((await gw.gateway.tls!.check()) !== 'unchanged') await new Promise((r) => setTimeout(r, 25))
+  // Real: the gateway's own file watch and reload interval pick up the files, on real time.
+  for (const until = Date.now() + 5000; gw.gateway.tls!.generation <= generation; await new Promise((r) => setTimeout(r, 25))) {
+    if (Date.now() > until) throw new Error('timed out waiting for the gateway to pick up the new files')
+  }
+  // Every file is on disk by now, so each check reads the final set: no pause between them.
+  while ((await gw.gateway.tls!.check()) !== 'unchanged');
 }
 
 /** GET /v2/models/mnist through `client` with a fresh token: 2xx/5xx means the front door let it in. */
@@ -92,8 +96,11 @@ t.test('server certificate and CA replaced on disk while a keep-alive client is 
   await t.rejects(serverCertificate(oldCa, oldClient), 'a client trusting only the old CA no longer accepts the server')
   const stale = new Client(gw.url, { connect: { ca: newCa.certPem, cert: oldClient.cert, key: oldClient.key } })
   t.teardown(() => stale.destroy())
+  // The gateway's own listener runs first (it is prepended): by this event its log line is written.
+  const verified = once(gw.gateway.api.server, 'secureConnection')
   await t.rejects(metadata(stale), 'a client certificate of the old CA is refused')
-  await waitFor(() => gw.logsWith('TLS handshake refused').some((l) => l.reason === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE'), 'the refusal to be logged')
+  await verified
+  t.ok(gw.logsWith('TLS handshake refused').some((l) => l.reason === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE'), 'the refusal is logged with its reason')
 })
 
 t.test('a rotation caught half-way (new certificate, old key) keeps the old files until the key arrives', async (t) => {
@@ -113,4 +120,48 @@ t.test('a rotation caught half-way (new certificate, old key) keeps the old file
   const c = new Client(gw.url, { connect: { ca: ca.certPem, cert: client.certPem, key: client.keyPem } })
   t.teardown(() => c.destroy())
   t.equal(await metadata(c), 404, 'the completed set is served')
+})
+
+t.test('the periodic check applies a rotation no file event reported, when the clock says', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-rotation-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const config = buildConfig({ tls: { certFile: 'server.pem', keyFile: 'server-key.pem', caFile: 'ca.pem', reloadCheckIntervalMs: 1000 } }, 'test').tls
+  const write = async (ca: Awaited<ReturnType<typeof createCa>>) => {
+    const server = await issueCertificate(ca, realDeps, { commonName: 'localhost', usage: 'server', dnsNames: ['localhost'] })
+    await writeFileAtomic(path.join(dir, 'server-key.pem'), server.keyPem, 0o600)
+    await writeFileAtomic(path.join(dir, 'server.pem'), server.certPem)
+    await writeFileAtomic(path.join(dir, 'ca.pem'), ca.certPem)
+  }
+  await write(await createCa(realDeps, { commonName: 'First CA' }))
+  const initial = await loadTlsMaterial(config, dir)
+  // Rotated before the watch starts: no file event will report it, only the periodic check.
+  const rotated = await createCa(realDeps, { commonName: 'Second CA' })
+  await write(rotated)
+
+  const clock = new FakeClock()
+  let reloaded: (outcome: string) => void = () => {}
+  const reload = () => new Promise<string>((resolve) => (reloaded = resolve))
+  const reloader = new TlsReloader(config, dir, initial, { log: silentLogger, clock, onReload: (outcome) => reloaded(outcome) })
+  t.teardown(() => reloader.close())
+  const applied: string[] = []
+  reloader.attach({ setSecureContext: (o: { ca: string }) => void applied.push(o.ca) } as unknown as HttpsServer)
+  let checks = 0
+  const check = reloader.check.bind(reloader)
+  reloader.check = () => (checks++, check())
+
+  await clock.tick(999)
+  t.equal(checks, 0, 'no check before the interval is up')
+  const first = reload()
+  await clock.tick(1)
+  t.equal(checks, 1, 'one when it is')
+  t.equal(await first, 'changed', 'which applies the rotated files')
+  t.same(applied, [rotated.certPem], 'the server gets a secure context with the new CA')
+  t.equal(reloader.generation, 1)
+
+  await clock.tick(1000)
+  t.equal(checks, 2, 'and again a period later')
+  t.equal(await check(), 'unchanged', 'which finds nothing new (the call joins its reload when still running)')
+  reloader.close()
+  await clock.tick(5000)
+  t.equal(checks, 2, 'none after close')
 })

@@ -23,7 +23,7 @@ import path from 'node:path'
 import { buildConfig } from '../../src/config/load.ts'
 import { realDeps } from '../../src/deps.ts'
 import { errorCodes } from '../../src/errors.ts'
-import { HEADER_LENGTH } from '../../src/protocol/oip.ts'
+import { HEADER_LENGTH } from '../../src/oip/codec.ts'
 import { buildGateway } from '../../src/server.ts'
 
 const RUNS = Number(process.env.BULWARK_FUZZ_RUNS ?? 10_000)

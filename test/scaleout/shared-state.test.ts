@@ -10,7 +10,7 @@ import t from 'tap'
 import { Agent, request } from 'undici'
 import { stringify } from 'yaml'
 import { startGateway as startProcess, type GatewayProcess } from '../../bench/gateway-process.ts'
-import { loadSigningKey, mintToken } from '../../src/auth/mint.ts'
+import { loadSigningKey, mintToken } from '../../src/dev/mint-token.ts'
 import { DEV_AUDIENCE, DEV_ISSUER } from '../../src/config/security.ts'
 import { realDeps } from '../../src/deps.ts'
 import { mnistRequest, startGateway } from '../helpers/gateway.ts'
@@ -99,6 +99,7 @@ else {
     t.equal((await closed.request('/v2/models/mnist/infer', { body })).status, 200, 'served while Redis is up')
 
     await redis.stop()
+    // Real: ioredis notices the killed redis-server on its socket, on real time.
     t.ok(await waitUntil(() => closed.gateway.sharedState!.up === false, 2000), 'the gateway notices')
     const refused = await closed.request('/v2/models/mnist/infer', { body })
     t.equal(refused.status, 503)
@@ -115,6 +116,7 @@ else {
     t.match(await closed.gateway.metrics.render(), /bulwark_state_store_up\{store="redis"\} 0/)
 
     await redis.start()
+    // Real: ioredis reconnects to the restarted redis-server with its own backoff timers.
     t.ok(await waitUntil(() => closed.gateway.sharedState!.up, 5000), 'reconnects by itself')
     t.equal((await closed.request('/v2/models/mnist/infer', { body })).status, 200, 'and serves again')
   })

@@ -1,4 +1,4 @@
-// Serves the admin listener from a thread of its own (src/routes/admin-worker.ts), so health
+// Serves the admin listener from a thread of its own (src/gateway/admin-worker.ts), so health
 // probes are answered in well under a millisecond of work even while the gateway's event loop
 // is saturated by API traffic or paused for garbage collection. The event loop reports its
 // readiness (the same computation as the in-process routes, src/routes/admin.ts) every
@@ -8,7 +8,7 @@
 import type { AddressInfo } from 'node:net'
 import { Worker } from 'node:worker_threads'
 import type { Logger } from '../deps.ts'
-import { PROMETHEUS_CONTENT_TYPE } from './admin.ts'
+import { PROMETHEUS_CONTENT_TYPE } from '../routes/admin.ts'
 import type { FromWorker, ToWorker } from './admin-worker.ts'
 
 export interface AdminThreadOptions {

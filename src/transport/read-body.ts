@@ -6,7 +6,7 @@
 import type { IncomingMessage } from 'node:http'
 import { BulwarkError } from '../errors.ts'
 import { bodyBuffers } from '../inference/buffer-pool.ts'
-import { HEADER_LENGTH } from './oip.ts'
+import { HEADER_LENGTH } from '../oip/codec.ts'
 
 const ALIGN = 8
 

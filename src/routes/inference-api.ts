@@ -5,7 +5,7 @@
 
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { BulwarkError } from '../errors.ts'
-import { encodeInferResponse, HEADER_LENGTH } from '../protocol/oip.ts'
+import { encodeInferResponse, HEADER_LENGTH } from '../oip/codec.ts'
 import type { ModelRegistry } from '../inference/registry.ts'
 import type { RequestContext } from '../types.ts'
 

@@ -6,7 +6,7 @@ import path from 'node:path'
 import type { Config } from '../config/schema.ts'
 import { loadPolicies, scopesFor } from '../config/policy.ts'
 import { DEV_DIR, DEV_WORKLOAD, isUrl } from '../config/security.ts'
-import { devPkiPaths } from './dev-pki.ts'
+import { devPkiPaths } from './pki.ts'
 
 const inside = (dir: string, file: string) => !path.relative(dir, file).startsWith('..')
 

@@ -1,4 +1,4 @@
-// The admin listener's own thread (started by src/routes/admin-thread.ts). It answers kubelet
+// The admin listener's own thread (started by src/gateway/admin-thread.ts). It answers kubelet
 // and Prometheus without waiting for the gateway's event loop:
 //   GET /healthz  200 while the gateway's event loop reports in (a state message at least every
 //                 livenessTimeoutMs), else 503: a wedged event loop fails liveness, as it should.
