@@ -23,6 +23,7 @@ import type { ExtractionPolicy } from '../config/screening-policy.ts'
 import type { Detector, DetectorResult, ScreenBatch, ScreeningMode } from './detector.ts'
 import { squaredDistance, type Encoder } from './encoder.ts'
 import { PrincipalStore } from './principal-store.ts'
+import { VectorRing } from './vector-ring.ts'
 import { shapiroWilkSorted } from './shapiro-wilk.ts'
 
 export interface PradaOptions
@@ -31,42 +32,15 @@ export interface PradaOptions
   encoder: Encoder
 }
 
-export class GrowingSet {
-  vectors: Float32Array
-  count = 0
-  next = 0
-  /** Running sums of the distances that grew the set, for T_c. */
+/** One class's growing set, with the running sums of the distances that grew it (for T_c). */
+export class GrowingSet extends VectorRing {
   n = 0
   sum = 0
   sumSq = 0
   threshold = 0
-  readonly capacity: number
-  readonly dims: number
 
   constructor(dims: number, capacity: number) {
-    this.dims = dims
-    this.capacity = capacity
-    this.vectors = new Float32Array(Math.min(capacity, 8) * dims)
-  }
-
-  add(v: Float32Array): void {
-    if (this.count < this.capacity && this.count * this.dims === this.vectors.length) {
-      const grown = new Float32Array(Math.min(this.capacity, this.count * 2) * this.dims)
-      grown.set(this.vectors)
-      this.vectors = grown
-    }
-    this.vectors.set(v, this.next * this.dims)
-    if (this.count < this.capacity) this.count++
-    this.next = (this.next + 1) % this.capacity
-  }
-
-  nearest(v: Float32Array): number {
-    let best = Infinity
-    for (let row = 0; row < this.count; row++) {
-      const d = squaredDistance(v, this.vectors, row, best)
-      if (d < best) best = d
-    }
-    return Math.sqrt(best)
+    super(dims, capacity, 8)
   }
 }
 

@@ -90,7 +90,7 @@ function restore(ring: Buffer | null, o: StatefulOptions, slotBytes: number, ids
   for (let i = 0; i < count; i++) {
     const off = HEADER_BYTES + ((first + i) % cap) * slotBytes
     const digest = Buffer.from(bytes.buffer, off, SHARED_DIGEST_BYTES)
-    history.add(new Float32Array(bytes.buffer, off + SHARED_DIGEST_BYTES, dims), ids.id(digest))
+    history.addQuery(new Float32Array(bytes.buffer, off + SHARED_DIGEST_BYTES, dims), ids.id(digest))
   }
   return history
 }

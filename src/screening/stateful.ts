@@ -26,6 +26,7 @@ import type { StatefulPolicy } from '../config/screening-policy.ts'
 import type { Detector, DetectorResult, ScreenBatch, ScreeningMode } from './detector.ts'
 import { squaredDistance, type Encoder } from './encoder.ts'
 import { PrincipalStore } from './principal-store.ts'
+import { VectorRing } from './vector-ring.ts'
 
 export interface StatefulOptions extends Pick<StatefulPolicy, 'k' | 'historyPerPrincipal' | 'maxPrincipals' | 'maxStoredQueries'> {
   threshold: number
@@ -33,40 +34,28 @@ export interface StatefulOptions extends Pick<StatefulPolicy, 'k' | 'historyPerP
   encoder: Encoder
 }
 
-/** One principal's recent queries: a ring of encoded vectors that grows to its capacity. */
-export class History {
-  vectors: Float32Array
+/** One caller's recent queries, with the digest of each (to tell exact repeats). */
+export class History extends VectorRing {
   digests: Float64Array
   readonly seen = new Set<number>()
-  count = 0
-  next = 0
-  readonly capacity: number
-  readonly dims: number
 
   constructor(dims: number, capacity: number) {
-    this.dims = dims
-    this.capacity = capacity
-    const initial = Math.min(capacity, 16)
-    this.vectors = new Float32Array(initial * dims)
-    this.digests = new Float64Array(initial)
+    super(dims, capacity, 16)
+    this.digests = new Float64Array(Math.min(capacity, 16))
   }
 
-  add(v: Float32Array, digest: number): void {
-    if (this.count < this.capacity && this.count * this.dims === this.vectors.length) {
-      const grown = Math.min(this.capacity, this.count * 2)
-      const vectors = new Float32Array(grown * this.dims)
-      vectors.set(this.vectors)
-      const digests = new Float64Array(grown)
-      digests.set(this.digests)
-      this.vectors = vectors
-      this.digests = digests
-    }
+  addQuery(v: Float32Array, digest: number): void {
     if (this.count === this.capacity) this.seen.delete(this.digests[this.next]!)
-    else this.count++
-    this.vectors.set(v, this.next * this.dims)
-    this.digests[this.next] = digest
+    const slot = this.add(v)
+    this.digests[slot] = digest
     this.seen.add(digest)
-    this.next = (this.next + 1) % this.capacity
+  }
+
+  protected override grow(slots: number): void {
+    super.grow(slots)
+    const digests = new Float64Array(slots)
+    digests.set(this.digests)
+    this.digests = digests
   }
 }
 
@@ -104,7 +93,7 @@ export function judgeBatch(history: History, digests: ArrayLike<number>, encoded
     const v = encoded(i)
     const d = meanNearestDistance(history, v, k)
     if (d !== null && d < score) score = d
-    history.add(v, digest)
+    history.addQuery(v, digest)
   }
   return score
 }
