@@ -1,7 +1,7 @@
 // `npm run lint`: eslint-plugin-security's recommended rules over the gateway's sources, as
 // errors (CI fails on any finding; a finding that is a false positive is disabled in place,
 // on its line, with the reason), and STYLE.md habit 7 as a rule: only src/deps.ts touches
-// ambient time and randomness, only src/cli.ts touches `process`. Tests, benches, model
+// ambient time, timers and randomness, only src/cli.ts touches `process`. Tests, benches, model
 // scripts and tooling get the rules that still matter outside the request path.
 
 import js from '@eslint/js'
@@ -53,6 +53,13 @@ const ambientTimeAndRandomness = [
   { selector: "MemberExpression[object.name='Math'][property.name='random']", message: `Math.random(): ${habit7}` },
   { selector: `MemberExpression[property.name=/^(${RANDOM_FUNCTIONS.join('|')})$/]`, message: `crypto randomness: ${habit7}` },
 ]
+// Timers too: a timer is time, and a test of code that sets one should move a fake clock
+// (kit/clock.ts) rather than wait.
+const ambientTimers = [
+  { selector: "CallExpression[callee.type='Identifier'][callee.name=/^(setTimeout|setInterval)$/]", message: `a global timer: ${habit7} (clock.setTimeout, clock.setInterval, clock.sleep)` },
+  { selector: "CallExpression[callee.object.name='globalThis'][callee.property.name=/^(setTimeout|setInterval)$/]", message: `a global timer: ${habit7}` },
+]
+const timerImports = ['timers', 'node:timers', 'timers/promises', 'node:timers/promises'].map((name) => ({ name, message: `${habit7}: timers and sleeps come from the Clock` }))
 const cryptoImports = ['crypto', 'node:crypto'].map((name) => ({ name, importNames: RANDOM_FUNCTIONS, message: habit7 }))
 const processImports = ['process', 'node:process'].map((name) => ({ name, message: 'STYLE.md habit 7: only src/cli.ts touches the process (argv, env, exit, signals); pass what you need in' }))
 
@@ -135,9 +142,9 @@ export default tseslint.config(
     files: ['src/**/*.ts'],
     ignores: ['src/deps.ts', 'src/cli.ts'],
     rules: {
-      'no-restricted-syntax': ['error', ...ambientTimeAndRandomness],
+      'no-restricted-syntax': ['error', ...ambientTimeAndRandomness, ...ambientTimers],
       'no-restricted-globals': ['error', { name: 'process', message: processImports[0].message }],
-      'no-restricted-imports': ['error', { paths: [...cryptoImports, ...processImports] }],
+      'no-restricted-imports': ['error', { paths: [...cryptoImports, ...processImports, ...timerImports] }],
     },
   },
   {
@@ -145,8 +152,8 @@ export default tseslint.config(
     name: 'bulwark/src/cli.ts: habit 7 (time and randomness only)',
     files: ['src/cli.ts'],
     rules: {
-      'no-restricted-syntax': ['error', ...ambientTimeAndRandomness],
-      'no-restricted-imports': ['error', { paths: cryptoImports }],
+      'no-restricted-syntax': ['error', ...ambientTimeAndRandomness, ...ambientTimers],
+      'no-restricted-imports': ['error', { paths: [...cryptoImports, ...timerImports] }],
     },
   },
   {

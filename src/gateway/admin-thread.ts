@@ -7,7 +7,7 @@
 
 import type { AddressInfo } from 'node:net'
 import { Worker } from 'node:worker_threads'
-import type { Logger } from '../deps.ts'
+import { systemClock, type Clock, type Logger, type Timer } from '../deps.ts'
 import { PROMETHEUS_CONTENT_TYPE } from '../routes/admin.ts'
 import type { FromWorker, ToWorker } from './admin-worker.ts'
 
@@ -23,6 +23,8 @@ export interface AdminThreadOptions {
   livenessTimeoutMs?: number
   /** A scrape the event loop does not answer in this long gets 503. */
   metricsTimeoutMs?: number
+  /** Times the heartbeat and the close timeout (default: the system clock). */
+  clock?: Clock
 }
 
 const workerUrl = new URL('./admin-worker.ts', import.meta.url)
@@ -30,13 +32,15 @@ const workerUrl = new URL('./admin-worker.ts', import.meta.url)
 export class AdminThread {
   readonly address: AddressInfo
   private readonly worker: Worker
-  private readonly timer: NodeJS.Timeout
+  private readonly timer: Timer
+  private readonly clock: Clock
   private closed = false
 
-  private constructor(worker: Worker, address: AddressInfo, timer: NodeJS.Timeout) {
+  private constructor(worker: Worker, address: AddressInfo, timer: Timer, clock: Clock) {
     this.worker = worker
     this.address = address
     this.timer = timer
+    this.clock = clock
   }
 
   static async start(o: AdminThreadOptions): Promise<AdminThread> {
@@ -82,9 +86,9 @@ export class AdminThread {
       )
     })
     report()
-    const timer = setInterval(report, o.heartbeatMs ?? 250)
-    timer.unref()
-    const thread = new AdminThread(worker, address, timer)
+    const clock = o.clock ?? systemClock
+    const timer = clock.setInterval(report, o.heartbeatMs ?? 250, { keepAlive: false })
+    const thread = new AdminThread(worker, address, timer, clock)
     worker.on('error', (err) => o.log.error({ err: err.message }, 'admin listener thread failed; probes will fail'))
     worker.on('exit', (code) => {
       if (!thread.closed) o.log.error({ code }, 'admin listener thread exited; probes will fail')
@@ -95,11 +99,11 @@ export class AdminThread {
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
-    clearInterval(this.timer)
+    this.timer.cancel()
     const exited = new Promise((r) => this.worker.once('exit', r))
     this.worker.postMessage({ type: 'close' } satisfies ToWorker)
-    const timeout = setTimeout(() => void this.worker.terminate(), 2_000)
+    const timeout = this.clock.setTimeout(() => void this.worker.terminate(), 2_000)
     await exited
-    clearTimeout(timeout)
+    timeout.cancel()
   }
 }

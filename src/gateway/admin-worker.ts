@@ -10,6 +10,10 @@
 
 import http from 'node:http'
 import { parentPort, workerData } from 'node:worker_threads'
+import { systemClock, type Timer } from '../deps.ts'
+
+// A thread of its own: the gateway's injected clock cannot cross into it, so it takes the system's.
+const clock = systemClock
 
 interface Init {
   host: string
@@ -26,7 +30,7 @@ const init = workerData as Init
 const port = parentPort!
 let state: { status: number; body: string } | null = null
 let stale = false
-let staleTimer: NodeJS.Timeout | null = null
+let staleTimer: Timer | null = null
 let nextId = 1
 const scrapes = new Map<number, http.ServerResponse>()
 
@@ -45,9 +49,9 @@ const server = http.createServer((req, res) => {
     const id = nextId++
     scrapes.set(id, res)
     port.postMessage({ type: 'metrics', id } satisfies FromWorker)
-    setTimeout(() => {
+    clock.setTimeout(() => {
       if (scrapes.delete(id)) json(res, 503, JSON.stringify({ error: 'metrics were not collected in time', code: 'overloaded' }))
-    }, init.metricsTimeoutMs).unref()
+    }, init.metricsTimeoutMs, { keepAlive: false })
     return
   }
   json(res, 404, JSON.stringify({ error: `no route ${req.method} ${path?.slice(0, 100)}; the admin listener serves /healthz, /readyz and /metrics`, code: 'not_found' }))
@@ -58,9 +62,8 @@ port.on('message', (msg: ToWorker) => {
   if (msg.type === 'state') {
     state = { status: msg.status, body: JSON.stringify(msg.body) }
     stale = false
-    if (staleTimer) clearTimeout(staleTimer)
-    staleTimer = setTimeout(() => (stale = true), init.livenessTimeoutMs)
-    staleTimer.unref()
+    staleTimer?.cancel()
+    staleTimer = clock.setTimeout(() => (stale = true), init.livenessTimeoutMs, { keepAlive: false })
   } else if (msg.type === 'metrics') {
     const res = scrapes.get(msg.id)
     if (!scrapes.delete(msg.id) || !res) return
@@ -68,7 +71,7 @@ port.on('message', (msg: ToWorker) => {
     res.writeHead(200, { 'content-type': init.contentType, 'content-length': Buffer.byteLength(msg.text) })
     res.end(msg.text)
   } else if (msg.type === 'close') {
-    if (staleTimer) clearTimeout(staleTimer)
+    staleTimer?.cancel()
     server.close(() => port.close())
     server.closeAllConnections()
   }
