@@ -6,18 +6,22 @@
 //
 // Bounds: a full queue refuses at once (503 queue_full with Retry-After), and each request's
 // deadline is armed from submission, so nothing waits past it (504 deadline_exceeded).
+//
+// A submission is at most the model's maxBatchSize (InferenceService splits larger ones);
+// one larger than this batcher's own maxBatchSize (batching configured smaller, or off) runs
+// alone, as sent. Timers come from the injected clock.
 
 import { BulwarkError } from '../errors.ts'
-import type { Clock } from '../deps.ts'
+import type { Clock, Timer } from '../deps.ts'
 import type { Context } from '@opentelemetry/api'
 import type { Backend } from './backend.ts'
 import { batchBuffers } from './buffer-pool.ts'
-import { elementCount, numericDatatypes, type Datatype, type Tensor, type TensorData } from './tensor.ts'
+import { concatBatches, numericDatatypes, sliceBatch, type Datatype, type Tensor, type TensorData } from './tensor.ts'
 
 export interface BatcherOptions {
   model: string
   backend: Backend
-  /** Largest batch in items; 1 turns batching off (each request runs as sent). */
+  /** Most items combined into one batch; 1 turns batching off (each request runs as sent). */
   maxBatchSize: number
   maxQueueDelayMicros: number
   maxQueueSize: number
@@ -34,7 +38,7 @@ interface Pending {
   enqueuedMs: number
   deadlineMs: number
   trace: Context | undefined
-  timer: NodeJS.Timeout
+  timer: Timer
   settled: boolean
   resolve: (outputs: Tensor[]) => void
   reject: (err: Error) => void
@@ -49,7 +53,7 @@ export class DynamicBatcher {
   private readonly opts: BatcherOptions
   private readonly queue: Pending[] = []
   private inFlight = 0
-  private flushTimer: NodeJS.Timeout | null = null
+  private flushTimer: Timer | null = null
   private idleWaiters: (() => void)[] = []
 
   constructor(opts: BatcherOptions) {
@@ -94,9 +98,9 @@ export class DynamicBatcher {
         settled: false,
         resolve,
         reject,
-        timer: setTimeout(() => this.expire(pending), Math.max(0, deadlineMs - now)),
+        // Deadlines alone do not keep the process up: whoever waits on the answer does.
+        timer: clock.setTimeout(() => this.expire(pending), Math.max(0, deadlineMs - now), { keepAlive: false }),
       }
-      pending.timer.unref()
       this.queue.push(pending)
       this.schedule()
     })
@@ -113,7 +117,7 @@ export class DynamicBatcher {
   private settle(p: Pending, result: Tensor[] | Error): void {
     if (p.settled) return
     p.settled = true
-    clearTimeout(p.timer)
+    p.timer.cancel()
     if (result instanceof Error) p.reject(result)
     else p.resolve(result)
   }
@@ -126,7 +130,7 @@ export class DynamicBatcher {
         const remainingMs = this.opts.maxQueueDelayMicros / 1000 - waitedMs
         if (remainingMs > 0 && this.queuedItems(head.shapeKey) < this.opts.maxBatchSize) {
           if (!this.flushTimer) {
-            this.flushTimer = setTimeout(() => {
+            this.flushTimer = this.opts.clock.setTimeout(() => {
               this.flushTimer = null
               this.schedule()
             }, remainingMs)
@@ -166,17 +170,7 @@ export class DynamicBatcher {
     // to its worker; the requests' own tensors stay intact for later stages (audit digests).
     // A backend that only borrows its inputs gets a lone request's tensors as they are.
     const lone = batch.length === 1 && this.opts.backend.borrowsInputs === true
-    const inputs: Tensor[] = lone ? batch[0]!.inputs : batch[0]!.inputs.map((first, k) => {
-      const perItem = elementCount(first.shape) / first.shape[0]!
-      const data = pooledData(first.datatype, items * perItem)
-      let offset = 0
-      for (const p of batch) {
-        const src = p.inputs[k]!.data
-        ;(data as Float32Array).set(src as Float32Array, offset)
-        offset += src.length
-      }
-      return { name: first.name, datatype: first.datatype, shape: [items, ...first.shape.slice(1)], data }
-    })
+    const inputs = lone ? batch[0]!.inputs : concatBatches(batch.map((p) => p.inputs), pooledData)
     this.inFlight++
     this.opts.onBatch?.(items)
     let deadlineMs = Infinity
@@ -185,7 +179,7 @@ export class DynamicBatcher {
       (outputs) => {
         let item = 0
         for (const p of batch) {
-          this.settle(p, outputs.map((t) => sliceItems(t, item, p.items)))
+          this.settle(p, sliceBatch(outputs, item, p.items))
           item += p.items
         }
       },
@@ -212,14 +206,3 @@ function pooledData(datatype: Datatype, count: number): TensorData {
   return new Ctor(batchBuffers.take(count * bytes), 0, count)
 }
 
-/** Items [start, start+count) of a batch-first tensor, as a view (no copy). */
-function sliceItems(t: Tensor, start: number, count: number): Tensor {
-  const total = t.shape[0]!
-  const perItem = total === 0 ? 0 : t.data.length / total
-  return {
-    name: t.name,
-    datatype: t.datatype,
-    shape: [count, ...t.shape.slice(1)],
-    data: t.data.subarray(start * perItem, (start + count) * perItem),
-  }
-}

@@ -76,5 +76,5 @@ export class BufferPool {
 /** The process's pool for batch tensors on their way to and from inference workers. */
 export const batchBuffers = new BufferPool({ maxBytes: 64 * 1024 * 1024 })
 
-/** The process's pool for request bodies (src/protocol/body.ts): one per request in flight. */
+/** The process's pool for request bodies (src/transport/read-body.ts): one per request in flight. */
 export const bodyBuffers = new BufferPool({ maxBytes: 64 * 1024 * 1024, maxPerClass: 128 })

@@ -4,7 +4,7 @@
 
 import { Worker } from 'node:worker_threads'
 import { BulwarkError } from '../errors.ts'
-import type { Logger } from '../deps.ts'
+import { systemClock, type Clock, type Logger } from '../deps.ts'
 import type { Backend } from './backend.ts'
 import { batchBuffers } from './buffer-pool.ts'
 import type { WorkerInit, WorkerRequest, WorkerResponse, WireTensor } from './onnx-protocol.ts'
@@ -19,6 +19,8 @@ export interface OnnxBackendOptions {
   niceness: number
   spinning: boolean
   log: Logger
+  /** Times the respawn backoff (default: the system clock). */
+  clock?: Clock
 }
 
 interface Job {
@@ -155,7 +157,9 @@ export class OnnxBackend implements Backend {
   private respawn(): void {
     const delay = this.respawnDelayMs
     this.respawnDelayMs = Math.min(this.respawnDelayMs * 2, RESPAWN_MAX_MS)
-    setTimeout(() => {
+    const clock = this.opts.clock ?? systemClock
+    // The backoff alone must not hold a stopping process open.
+    clock.setTimeout(() => {
       if (this.closed) return
       startWorker(this.init()).then(
         ({ pooled }) => (this.closed ? void pooled.worker.terminate() : this.adopt(pooled)),
@@ -164,7 +168,7 @@ export class OnnxBackend implements Backend {
           this.respawn()
         },
       )
-    }, delay).unref()
+    }, delay, { keepAlive: false })
   }
 
   private failWaiting(why: string): void {

@@ -131,6 +131,7 @@ export class ModelRegistry {
         niceness: m.settings.threadNiceness,
         spinning: m.settings.intraOpSpinning,
         log: this.deps.log,
+        clock: this.deps.clock,
       })
       this.serve(m, m.manifest, backend, { provider: backend.executionProvider, workers: m.settings.workers }, 'model ready')
     } catch (err) {

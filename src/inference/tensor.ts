@@ -77,3 +77,42 @@ export function viewBytes(datatype: Datatype, bytes: Uint8Array): TensorData {
 export function tensorBytes(data: TensorData): Uint8Array {
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
 }
+
+/** Items per row of a batch-first tensor's data (0 for an empty batch). */
+function rowLength(t: Tensor): number {
+  const items = t.shape[0]!
+  return items === 0 ? 0 : t.data.length / items
+}
+
+/** Rows [start, start + count) of each batch-first tensor, as views of their data (no copy). */
+export function sliceBatch(tensors: readonly Tensor[], start: number, count: number): Tensor[] {
+  return tensors.map((t) => {
+    const per = rowLength(t)
+    return { name: t.name, datatype: t.datatype, shape: [count, ...t.shape.slice(1)], data: t.data.subarray(start * per, (start + count) * per) }
+  })
+}
+
+/**
+ * Batches of the same tensors (the k-th tensor of each batch alike but for the batch
+ * dimension) joined in order along that dimension, copied into storage from `alloc` (fresh
+ * arrays unless given: the batcher passes its pooled buffers).
+ */
+export function concatBatches(batches: readonly (readonly Tensor[])[], alloc: (datatype: Datatype, count: number) => TensorData = allocate): Tensor[] {
+  return batches[0]!.map((first, k) => {
+    let items = 0
+    let total = 0
+    for (const b of batches) {
+      items += b[k]!.shape[0]!
+      total += b[k]!.data.length
+    }
+    const data = alloc(first.datatype, total)
+    let offset = 0
+    for (const b of batches) {
+      const src = b[k]!.data
+      // One datatype per k: the cast only satisfies the typed-array union.
+      ;(data as Float32Array).set(src as Float32Array, offset)
+      offset += src.length
+    }
+    return { name: first.name, datatype: first.datatype, shape: [items, ...first.shape.slice(1)], data }
+  })
+}

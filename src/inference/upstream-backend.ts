@@ -24,9 +24,13 @@
 //
 // Deadlines: a call gets min(the request's remaining deadline, callTimeoutMs); the upstream is
 // told the same in the OIP `timeout` parameter (microseconds), and the call is aborted when it
-// passes. Tensors go out as binary data, as validation left them; outputs come back binary
-// (src/inference/upstream-protocol.ts). Each call is a client span whose W3C traceparent goes
-// with it.
+// passes. That timer and the retry pause run on the injected clock; the breaker's rolling
+// window and reset timeout run on opossum's own timers.
+//
+// Tensors go out as binary data, as validation left them; outputs come back binary
+// (src/inference/upstream-protocol.ts). A batch never exceeds the manifest's maxBatchSize
+// (InferenceService splits larger requests), so each batch is one call. Each call is a client
+// span whose W3C traceparent goes with it.
 
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, type Span, type Tracer } from '@opentelemetry/api'
 import CircuitBreaker from 'opossum'
@@ -38,7 +42,7 @@ import { formatTraceparent } from '../telemetry/tracing.ts'
 import type { Backend, BatchCall } from './backend.ts'
 import type { Manifest } from './manifest.ts'
 import type { Tensor } from './tensor.ts'
-import { concatBatches, decodeUpstreamResponse, encodeUpstreamRequest, HEADER_LENGTH, sliceBatch, upstreamErrorOf } from './upstream-protocol.ts'
+import { decodeUpstreamResponse, encodeUpstreamRequest, HEADER_LENGTH, upstreamErrorOf } from './upstream-protocol.ts'
 
 export type BreakerState = 'closed' | 'open' | 'half-open'
 
@@ -227,14 +231,7 @@ export class UpstreamBackend implements Backend {
 
   async execute(inputs: Tensor[], outputNames: readonly string[], call: BatchCall): Promise<Tensor[]> {
     if (this.closed) throw new BulwarkError('shutting_down', 'the gateway is shutting down')
-    const items = inputs[0]!.shape[0]!
-    const max = this.opts.manifest.maxBatchSize
-    if (items <= max) return this.callWithRetry(inputs, outputNames, call)
-    // Screening may run a request with its variants as one batch past the model's maximum:
-    // the upstream enforces its maximum, so send it in pieces.
-    const chunks: Promise<Tensor[]>[] = []
-    for (let start = 0; start < items; start += max) chunks.push(this.callWithRetry(sliceBatch(inputs, start, Math.min(max, items - start)), outputNames, call))
-    return concatBatches(await Promise.all(chunks))
+    return this.callWithRetry(inputs, outputNames, call)
   }
 
   /** The endpoint for the next call: least outstanding among those admitting calls, `avoid` only if alone. */
@@ -271,7 +268,7 @@ export class UpstreamBackend implements Backend {
       if (!retry.enabled || !wasNotSent(err)) throw err
       const pauseMs = randomUnit(this.opts.random) * retry.maxJitterMs
       if (this.opts.clock.monotonicMs() + pauseMs >= call.deadlineMs) throw err
-      if (pauseMs >= 1) await new Promise((r) => setTimeout(r, pauseMs))
+      if (pauseMs >= 1) await this.opts.clock.sleep(pauseMs)
       const second = this.pick(first)
       if (!second) throw isBulwarkError(err) && err.code === 'upstream_unavailable' ? this.unavailable((err as BulwarkError).reason) : err
       this.opts.observer?.retry?.(this.opts.model, second.url)
@@ -335,7 +332,7 @@ export class UpstreamBackend implements Backend {
     if (traceparent) headers.traceparent = traceparent
 
     const ac = new AbortController()
-    const timer = setTimeout(() => ac.abort(), budgetMs)
+    const timer = clock.setTimeout(() => ac.abort(), budgetMs)
     let outcome: CallOutcome = 'failed'
     try {
       const res = await ep.pool.request({ path: this.path, method: 'POST', headers, body, signal: ac.signal })
@@ -376,7 +373,7 @@ export class UpstreamBackend implements Backend {
         cause: err,
       }))
     } finally {
-      clearTimeout(timer)
+      timer.cancel()
       span.end()
       observer?.call?.(model, ep.url, outcome, (clock.monotonicMs() - t0) / 1000)
     }

@@ -8,7 +8,7 @@
 // that fails any check is a protocol error: the upstream is broken, not the request.
 
 import { BulwarkError } from '../errors.ts'
-import { HEADER_LENGTH } from '../protocol/oip.ts'
+import { HEADER_LENGTH } from '../oip/codec.ts'
 import type { TensorSpec } from './manifest.ts'
 import { allocate, bytesPerElement, elementCount, tensorBytes, viewBytes, type Tensor, type TensorData } from './tensor.ts'
 
@@ -137,26 +137,3 @@ export function upstreamErrorOf(body: Buffer): { code: string | null; message: s
   return { code: null, message: body.subarray(0, 300).toString('utf8') }
 }
 
-/** Items [start, start + count) of every tensor (views, no copy). */
-export function sliceBatch(inputs: readonly Tensor[], start: number, count: number): Tensor[] {
-  return inputs.map((t) => {
-    const per = t.data.length / t.shape[0]!
-    return { name: t.name, datatype: t.datatype, shape: [count, ...t.shape.slice(1)], data: t.data.subarray(start * per, (start + count) * per) }
-  })
-}
-
-/** Chunks' outputs joined along the batch dimension (one copy). */
-export function concatBatches(chunks: readonly Tensor[][]): Tensor[] {
-  if (chunks.length === 1) return chunks[0]!
-  return chunks[0]!.map((first, k) => {
-    const items = chunks.reduce((n, c) => n + c[k]!.shape[0]!, 0)
-    const total = chunks.reduce((n, c) => n + c[k]!.data.length, 0)
-    const data = allocate(first.datatype, total)
-    let off = 0
-    for (const c of chunks) {
-      ;(data as Float32Array).set(c[k]!.data as Float32Array, off)
-      off += c[k]!.data.length
-    }
-    return { name: first.name, datatype: first.datatype, shape: [items, ...first.shape.slice(1)], data }
-  })
-}

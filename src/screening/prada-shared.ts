@@ -29,9 +29,8 @@
 // holder's write is accepted, and the write ends it. A replica that dies holding a claim
 // delays the others by the lease at most.
 
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { Redis } from 'ioredis'
-import type { RandomSource } from '../deps.ts'
+import { systemClock, type Clock, type RandomSource } from '../deps.ts'
 import { BulwarkError } from '../errors.ts'
 import type { DetectorResult, ScreenBatch, SharedDetector } from './detector.ts'
 import { KeyedQueue } from './keyed-queue.ts'
@@ -42,7 +41,7 @@ import { bytesOf, DigestIds, float32s, float64s, SHARED_DIGEST_BYTES, sharedDige
 export const OPTIMISTIC_ATTEMPTS = 3
 /** A claim's lease: longer than a read and a write take (two commands, commandTimeoutMs each). */
 const CLAIM_LEASE_MS = 2_000
-/** How often a request waiting for another replica's claim asks again, and for how long at most. */
+/** How often a request waiting for another replica's claim asks again, and for how long at most (clock time). */
 const CLAIM_POLL_MS = 2
 const CLAIM_WAIT_MS = 3_000
 
@@ -86,9 +85,10 @@ class TrackedSet extends GrowingSet {
   /** Stored bytes were not a valid set: replace them. */
   reset = false
 
-  override add(v: Float32Array): void {
-    this.written.add(this.next)
-    super.add(v)
+  override add(v: Float32Array): number {
+    const slot = super.add(v)
+    this.written.add(slot)
+    return slot
   }
 }
 
@@ -182,7 +182,7 @@ function ringWrites(reset: boolean, header: Float64Array, slots: Iterable<number
   return out
 }
 
-export function createSharedPradaDetector(o: PradaOptions, model: string, store: ScreeningStore, random: RandomSource): SharedDetector {
+export function createSharedPradaDetector(o: PradaOptions, model: string, store: ScreeningStore, random: RandomSource, clock: Clock = systemClock): SharedDetector {
   const dims = o.encoder.dims
   const shape = `w${o.windowSize}g${o.growingSetPerClass}d${dims}`
   const redis = store.redis as Redis & CommitScript
@@ -243,7 +243,8 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
   /** Waits until this request holds the principal's claim (SET NX), polling while another does. */
   const claim = async (principal: string, token: string): Promise<void> => {
     const claimKey = stateKey('extraction', model, `${shape}:claim`, principal)
-    for (let waited = 0; waited <= CLAIM_WAIT_MS; waited += CLAIM_POLL_MS) {
+    const giveUpMs = clock.monotonicMs() + CLAIM_WAIT_MS
+    for (;;) {
       let ok: string | null
       try {
         ok = await redis.set(claimKey, token, 'PX', CLAIM_LEASE_MS, 'NX')
@@ -251,7 +252,8 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
         throw unavailable(err)
       }
       if (ok === 'OK') return
-      await sleep(CLAIM_POLL_MS)
+      if (clock.monotonicMs() >= giveUpMs) break
+      await clock.sleep(CLAIM_POLL_MS)
     }
     throw contention(`another replica held the principal's state for ${CLAIM_WAIT_MS} ms`)
   }

@@ -1,5 +1,5 @@
 // The Redis connection that replicas share state through (`state.redis`, docs/scaleout.md):
-// rate-limit counters (src/transport/rate-limiter.ts), privacy budgets
+// rate-limit counters (src/transport/rate-limit-store.ts), privacy budgets
 // (src/privacy/redis-accountant.ts) and screening's per-principal state (src/screening/
 // *-shared.ts, cooldowns.ts). One client per gateway, multiplexed.
 //
@@ -13,7 +13,7 @@ import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { Redis } from 'ioredis'
 import type { RedisConfig } from '../config/scaleout.ts'
-import type { Logger } from '../deps.ts'
+import { systemClock, type Clock, type Logger, type Timer } from '../deps.ts'
 
 export class SharedState {
   readonly client: Redis
@@ -45,7 +45,7 @@ export class SharedState {
    * that is down at start does not stop the start: the gateway reports not ready and fails
    * closed until it connects.
    */
-  static async open(config: RedisConfig, baseDir: string, log: Logger): Promise<SharedState> {
+  static async open(config: RedisConfig, baseDir: string, log: Logger, clock: Clock = systemClock): Promise<SharedState> {
     const file = (f: string | undefined) => (f === undefined ? undefined : readFile(path.resolve(baseDir, f), 'utf8'))
     const [password, ca, cert, key] = await Promise.all([file(config.passwordFile), file(config.tls?.caFile), file(config.tls?.certFile), file(config.tls?.keyFile)])
     const url = new URL(config.url)
@@ -67,12 +67,12 @@ export class SharedState {
         : {}),
     })
     const state = new SharedState(client, target, config.keyPrefix, log)
-    let timer: NodeJS.Timeout | undefined
+    let timer: Timer | undefined
     await Promise.race([
       client.connect().catch(() => {}),
-      new Promise<void>((resolve) => (timer = setTimeout(resolve, config.connectTimeoutMs))),
+      new Promise<void>((resolve) => (timer = clock.setTimeout(resolve, config.connectTimeoutMs))),
     ])
-    clearTimeout(timer)
+    timer?.cancel()
     return state
   }
 

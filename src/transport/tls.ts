@@ -19,7 +19,7 @@ import path from 'node:path'
 import { createSecureContext, type SecureContextOptions, type TLSSocket } from 'node:tls'
 import { ConfigError } from '../config/load.ts'
 import type { TlsConfig } from '../config/security.ts'
-import type { Logger } from '../deps.ts'
+import { systemClock, type Clock, type Logger, type Timer } from '../deps.ts'
 
 /** The TLS 1.3 suites (all AEAD), offered first whatever the minimum version. */
 const TLS13_CIPHERS = ['TLS_AES_128_GCM_SHA256', 'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256']
@@ -134,6 +134,8 @@ export type ReloadOutcome = 'changed' | 'unchanged' | 'failed'
 
 export interface TlsReloaderDeps {
   log: Logger
+  /** Times the periodic check and the debounce (default: the system clock). */
+  clock?: Clock
   onReload?: (outcome: ReloadOutcome) => void
 }
 
@@ -145,8 +147,9 @@ export class TlsReloader {
   private lastBadDigest: string | null = null
   private server: HttpsServer | null = null
   private watchers: FSWatcher[] = []
-  private timer: NodeJS.Timeout | null = null
-  private debounce: NodeJS.Timeout | null = null
+  private readonly clock: Clock
+  private timer: Timer | null = null
+  private debounce: Timer | null = null
   private inFlight: Promise<ReloadOutcome> | null = null
   /** How many times the secure context was replaced. */
   generation = 0
@@ -156,6 +159,7 @@ export class TlsReloader {
     this.paths = tlsPaths(config, baseDir)
     this.current = initial
     this.deps = deps
+    this.clock = deps.clock ?? systemClock
   }
 
   /** Starts watching the files and applying changes to `server`. */
@@ -171,15 +175,14 @@ export class TlsReloader {
         this.deps.log.warn({ dir, err: (err as Error).message }, 'cannot watch TLS folder; relying on the periodic check')
       }
     }
-    this.timer = setInterval(() => void this.check(), this.config.reloadCheckIntervalMs)
-    this.timer.unref()
+    // Reload checks alone must not keep a stopping process up.
+    this.timer = this.clock.setInterval(() => void this.check(), this.config.reloadCheckIntervalMs, { keepAlive: false })
   }
 
   /** Events come in bursts (write, rename, chmod): check once, shortly after the last. */
   private soon(): void {
-    if (this.debounce) clearTimeout(this.debounce)
-    this.debounce = setTimeout(() => void this.check(), 50)
-    this.debounce.unref()
+    this.debounce?.cancel()
+    this.debounce = this.clock.setTimeout(() => void this.check(), 50, { keepAlive: false })
   }
 
   /** Re-reads the files; applies them if they changed and are consistent. */
@@ -222,8 +225,8 @@ export class TlsReloader {
   close(): void {
     for (const w of this.watchers) w.close()
     this.watchers = []
-    if (this.timer) clearInterval(this.timer)
-    if (this.debounce) clearTimeout(this.debounce)
+    this.timer?.cancel()
+    this.debounce?.cancel()
     this.timer = this.debounce = null
   }
 }
