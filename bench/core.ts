@@ -7,9 +7,10 @@ import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
 import { closedLoop, openLoop, type LoadResult } from './load.ts'
-import { binaryRequest, jsonRequest, ocrImage } from './payloads.ts'
+import { binaryRequest, jsonRequest, ocrImage } from '../kit/payloads.ts'
 import { rawOnnx, rawOnnxParallel, type RawResult } from './raw-onnx.ts'
-import { noDefences, repoRoot, startGateway } from './gateway-process.ts'
+import { noDefences, startGateway } from '../kit/gateway-process.ts'
+import { repoRoot } from '../kit/paths.ts'
 import type { Row } from './report.ts'
 
 export interface BenchOptions {

@@ -37,17 +37,17 @@ import { poolingEncoder } from '../src/screening/encoder.ts'
 import { createPradaDetector } from '../src/screening/prada.ts'
 import { createStatefulDetector } from '../src/screening/stateful.ts'
 import { cryptoRandom } from '../src/deps.ts'
-import { startGateway, type TestGateway } from '../test/helpers/gateway.ts'
+import { startGateway, type TestGateway } from '../kit/gateway.ts'
 import { firstWithin, hopSkipJump, nes, type AttackOutcome, type ScoreOracle } from './attacks/black-box.ts'
 import { jacobianAugmentation, type LabelOracle } from './attacks/extraction.ts'
 import type { WhiteBoxJob } from './attacks/white-box-worker.ts'
 import { writeResults } from './report.ts'
+import { repoRoot } from '../kit/paths.ts'
 
 const { values: args } = parseArgs({ options: { 'pgd-count': { type: 'string' }, quick: { type: 'boolean' } } })
 const quick = args.quick === true
 const PGD_COUNT = Number(args['pgd-count'] ?? (quick ? 60 : 600))
 const CONCURRENCY = 8
-const repoRoot = path.resolve(import.meta.dirname, '..')
 const log = (s: string) => process.stderr.write(`[eval-screening ${((performance.now() - T0) / 1000).toFixed(0)}s] ${s}\n`)
 const T0 = performance.now()
 

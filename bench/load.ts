@@ -4,15 +4,7 @@
 
 import { performance } from 'node:perf_hooks'
 import { Pool, type Dispatcher } from 'undici'
-
-export interface LoadRequest {
-  method: 'GET' | 'POST'
-  path: string
-  headers?: Record<string, string>
-  body?: Buffer | string
-  /** Items the request carries (batch size), for items/s. */
-  items?: number
-}
+import type { LoadRequest } from '../kit/payloads.ts'
 
 export interface LoadResult {
   requests: number

@@ -8,8 +8,9 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { stringify } from 'yaml'
 import { closedLoop } from './load.ts'
-import { freePort, repoRoot } from './gateway-process.ts'
-import { binaryRequest, ocrImage } from './payloads.ts'
+import { freePort } from '../kit/gateway-process.ts'
+import { repoRoot } from '../kit/paths.ts'
+import { binaryRequest, ocrImage } from '../kit/payloads.ts'
 import { mnistDigits } from './core.ts'
 
 const [configFile, model = 'mnist', seconds = '4'] = process.argv.slice(2)

@@ -12,9 +12,9 @@
 
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
-import { closedLoop, type LoadRequest } from './load.ts'
-import { binaryRequest, ocrImage } from './payloads.ts'
-import { noDefences, startGateway, type GatewayProcess } from './gateway-process.ts'
+import { closedLoop } from './load.ts'
+import { binaryRequest, ocrImage, type LoadRequest } from '../kit/payloads.ts'
+import { noDefences, startGateway, type GatewayProcess } from '../kit/gateway-process.ts'
 import { mnistDigits, type BenchOptions } from './core.ts'
 import type { Row } from './report.ts'
 

@@ -1,5 +1,7 @@
 // Seeded randomness for the attacker and the evaluator (the gateway's noise comes from the
-// operating system's CSPRNG and is not seeded). Same seed, same attack.
+// operating system's CSPRNG and is not seeded). Same seed, same attack. Floats from
+// mulberry32, the generator of the model training script, not the kit's seeded RandomSource
+// (kit/random.ts, bytes): a seed gives the same attack and surrogate as in earlier runs.
 
 import { mulberry32, normalFrom } from '../../models/mnist/train.ts'
 

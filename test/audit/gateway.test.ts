@@ -19,7 +19,8 @@ import { publicKeyPath, writeSigningKey } from '../../src/audit/keys.ts'
 import { verifyAuditLog } from '../../src/audit/verify.ts'
 import { cryptoRandom } from '../../src/deps.ts'
 import { DEV_WORKLOAD } from '../../src/config/security.ts'
-import { repoRoot, startGateway, frontDoorOff } from '../helpers/gateway.ts'
+import { startGateway, frontDoorOff } from '../../kit/gateway.ts'
+import { repoRoot } from '../../kit/paths.ts'
 import { faultyFs, publicKeys, requestRecords, sleep, tempDir, testKey } from './helpers.ts'
 
 const SHAPE = [1, 3, 48, 192]

@@ -1,13 +1,11 @@
 // Builds a gateway over the bundled models with the front door off, for tests of the
 // serving core itself (the front door has its own tests under test/frontdoor/).
 
-import path from 'node:path'
 import { buildConfig } from '../../src/config/load.ts'
 import { realDeps } from '../../src/deps.ts'
 import { buildGateway, type Gateway } from '../../src/server.ts'
-import { noDefences } from '../../bench/gateway-process.ts'
-
-export const repoRoot = path.resolve(import.meta.dirname, '../..')
+import { noDefences } from '../../kit/gateway-process.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
 /** Every defence off, so only the serving core is exercised. */
 export const coreOnly = noDefences

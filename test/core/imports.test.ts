@@ -3,6 +3,11 @@
 // repository and fails in the image, and only when the code path that loads it runs. So no
 // file under src/ may refer to them, whether by a static import or re-export, a dynamic
 // import(), an import type, require() or a `new URL(..., import.meta.url)` (workers).
+//
+// Outside src/, the folders depend one way: kit/ (the test kit: clock, seeded randomness,
+// gateway launchers, payloads, paths) is shared by test/ and bench/ and imports neither;
+// bench/ may use kit/ but not test/; test/ may import bench/ to test it. A cycle between
+// test/ and bench/ would make each one's helpers the other's API.
 import t from 'tap'
 import { readdirSync, readFileSync } from 'node:fs'
 import path from 'node:path'
@@ -11,8 +16,8 @@ import { repoRoot } from '../../kit/paths.ts'
 
 const FORBIDDEN = ['models', 'test', 'bench', 'kit']
 
-/** Each reference in one source file that leaves src/ for a forbidden folder, or cannot be read. */
-function forbiddenReferences(file: string, text: string): string[] {
+/** Each reference in one source file to a file under a forbidden top-level folder, or that cannot be read. */
+function forbiddenReferences(file: string, text: string, forbidden: readonly string[] = FORBIDDEN): string[] {
   const source = ts.createSourceFile(file, text, ts.ScriptTarget.Latest, true, ts.ScriptKind.TS)
   const problems: string[] = []
   const where = (node: ts.Node) => `${path.relative(repoRoot, file)}:${source.getLineAndCharacterOfPosition(node.getStart()).line + 1}`
@@ -20,7 +25,7 @@ function forbiddenReferences(file: string, text: string): string[] {
     if (!spec.startsWith('.') && !path.isAbsolute(spec)) return // a package, resolved from node_modules
     const target = path.relative(repoRoot, path.resolve(path.dirname(file), spec))
     const top = target.split(path.sep)[0]!
-    if (FORBIDDEN.includes(top)) problems.push(`${where(node)} refers to ${target}`)
+    if (forbidden.includes(top)) problems.push(`${where(node)} refers to ${target}`)
   }
   /** A module named by a string, or by `new URL('...', import.meta.url)` (with or without .href). */
   const specifier = (node: ts.Expression): string | null => {
@@ -69,12 +74,22 @@ t.test('no module of src/ refers to models/, test/, bench/ or kit/', async (t) =
   t.same(files.flatMap((f) => forbiddenReferences(f, readFileSync(f, 'utf8'))), [])
 })
 
+t.test('bench/ refers to nothing in test/, and kit/ to nothing in test/ or bench/', async (t) => {
+  const scan = (dir: string, forbidden: string[]) => {
+    const files = sourceFiles(path.join(repoRoot, dir))
+    t.ok(files.length > 0, `${files.length} files under ${dir}/`)
+    return files.flatMap((f) => forbiddenReferences(f, readFileSync(f, 'utf8'), forbidden))
+  }
+  t.same(scan('bench', ['test']), [], 'bench/ uses kit/, not test/')
+  t.same(scan('kit', ['test', 'bench']), [], 'kit/ uses neither test/ nor bench/')
+})
+
 t.test('the scan finds every way of loading a module', async (t) => {
   const file = path.join(repoRoot, 'src/screening/example.ts')
   const found = (code: string) => forbiddenReferences(file, code)
   const hit = (target: string) => [`src/screening/example.ts:1 refers to ${target}`]
   t.same(found(`import { loadMnist } from '../../models/mnist/data.ts'`), hit('models/mnist/data.ts'), 'a static import')
-  t.same(found(`export { x } from '../../test/helpers/gateway.ts'`), hit('test/helpers/gateway.ts'), 'a re-export')
+  t.same(found(`export { x } from '../../test/helpers/fake-clock.ts'`), hit('test/helpers/fake-clock.ts'), 'a re-export')
   t.same(found(`import '../../bench/run.ts'`), hit('bench/run.ts'), 'an import for its side effects')
   t.same(found(`const m = await import('../../kit/clock.ts')`), hit('kit/clock.ts'), 'a dynamic import')
   t.same(found(`const m = await import(new URL('../../models/mnist/data.ts', import.meta.url).href)`), hit('models/mnist/data.ts'), 'a dynamic import of a URL')

@@ -9,7 +9,7 @@ import { ModelRegistry } from '../../src/inference/registry.ts'
 import { buildConfig } from '../../src/config/load.ts'
 import { systemClock, type Logger } from '../../src/deps.ts'
 import type { Tensor } from '../../src/inference/tensor.ts'
-import { repoRoot } from './core-gateway.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
 /** A logger that keeps what it is told, to assert on log lines. */
 function memoryLog() {

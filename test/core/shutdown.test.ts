@@ -2,8 +2,8 @@
 // requests finish, then exits 0.
 import t from 'tap'
 import { request } from 'undici'
-import { ocrImage, binaryRequest } from '../../bench/payloads.ts'
-import { noDefences, startGateway } from '../../bench/gateway-process.ts'
+import { ocrImage, binaryRequest } from '../../kit/payloads.ts'
+import { noDefences, startGateway } from '../../kit/gateway-process.ts'
 
 // A real `bulwark serve` child process, serving ocr-cls with every defence off.
 const gw = await startGateway({

@@ -5,8 +5,8 @@
 import t from 'tap'
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
+import { repoRoot } from '../../kit/paths.ts'
 
-const repoRoot = path.resolve(import.meta.dirname, '../..')
 const run = readFileSync(path.join(repoRoot, '.ci/run'), 'utf8')
 const scripts = JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')).scripts as Record<string, string>
 const commands = run.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'))

@@ -9,8 +9,8 @@ import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parse } from 'yaml'
 import { buildConfig, defaultConfig } from '../../src/config/load.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
-const repoRoot = path.resolve(import.meta.dirname, '../..')
 const text = readFileSync(path.join(repoRoot, 'Dockerfile'), 'utf8')
 const dockerignore = readFileSync(path.join(repoRoot, '.dockerignore'), 'utf8').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'))
 
@@ -117,7 +117,7 @@ t.test('no ADD from URLs, no secrets, no keys in the build context', async (t) =
   t.equal(dockerignore[0], '*', '.dockerignore denies by default')
   for (const needed of ['!package.json', '!package-lock.json', '!.npmrc', '!bin/', '!src/', '!models/', '!policies/']) t.ok(dockerignore.includes(needed), `context includes ${needed.slice(1)}`)
   for (const never of ['**/*.pem', '**/*.key', '**/.env']) t.ok(dockerignore.includes(never), `context excludes ${never}`)
-  t.notOk(dockerignore.some((l) => /^!\.bulwark|^!node_modules|^!\.git/.test(l)), 'never re-includes .bulwark, node_modules or .git')
+  t.notOk(dockerignore.some((l) => /^!(\.bulwark|node_modules|\.git|test|bench|kit)\b/.test(l)), 'never re-includes .bulwark, node_modules, .git, test/, bench/ or kit/')
 })
 
 t.test('runtimes: non-root numeric user, nothing to run at start, no HEALTHCHECK, exec-form entrypoint', async (t) => {

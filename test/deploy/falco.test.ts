@@ -8,8 +8,8 @@ import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parse, parseAllDocuments } from 'yaml'
 import { buildConfig } from '../../src/config/load.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
-const repoRoot = path.resolve(import.meta.dirname, '../..')
 type Item = Record<string, unknown>
 const items = parse(readFileSync(path.join(repoRoot, 'k8s/falco/bulwark-rules.yaml'), 'utf8')) as Item[]
 const configs = ['sidecar', 'gateway'].map((o) => buildConfig(parse(readFileSync(path.join(repoRoot, `k8s/overlays/${o}/bulwark.yaml`), 'utf8')), `k8s/overlays/${o}/bulwark.yaml`))

@@ -14,8 +14,7 @@ import ts from 'typescript'
 import { Type, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import type { K8sObject } from './kubectl-kustomize.ts'
-
-const repoRoot = path.resolve(import.meta.dirname, '../..')
+import { repoRoot } from '../../kit/paths.ts'
 
 /** The kubernetes-models module of a built-in kind: kubernetes-models/<group>/<version>/<Kind>. */
 function modelModule(obj: K8sObject): string {

@@ -18,9 +18,9 @@ import { registerAdminRoutes, type AdminDeps } from '../../src/routes/admin.ts'
 import { certManagerProblems, isCertManager, openApiProblems, strictFieldProblems } from './k8s-schemas.ts'
 import { containersOf, kustomizeMissing, podSpecs, render, type K8sObject } from './kubectl-kustomize.ts'
 import { hardeningViolations, restrictedViolations } from './pod-security.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
 type Rec = Record<string, unknown>
-const repoRoot = path.resolve(import.meta.dirname, '../..')
 const OVERLAYS = ['sidecar', 'gateway'] as const
 const missing = await kustomizeMissing()
 const rendered = Object.fromEntries(

@@ -11,7 +11,7 @@ import { mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { promisify } from 'node:util'
-import { repoRoot } from '../helpers/gateway.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
 const run = promisify(execFile)
 const SKIP = new Set(['.bulwark', '.git', '.tap', 'coverage', 'dist'])

@@ -10,7 +10,7 @@ import { request } from 'undici'
 import { createCa, issueCertificate } from '../../src/dev/pki.ts'
 import { DEV_WORKLOAD } from '../../src/config/security.ts'
 import { realDeps } from '../../src/deps.ts'
-import { mnistRequest, startGateway } from '../helpers/gateway.ts'
+import { mnistRequest, startGateway } from '../../kit/gateway.ts'
 
 const gw = await startGateway({ models: ['mnist'] })
 t.teardown(() => gw.close())

@@ -13,7 +13,7 @@ import { isBulwarkError } from '../../src/errors.ts'
 import { createModelPolicyStage } from '../../src/stages/model-policy.ts'
 import type { Principal, Verb, WorkloadIdentity } from '../../src/types.ts'
 import { fakeContext } from '../helpers/context.ts'
-import { repoRoot } from '../helpers/gateway.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
 const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-policy-'))
 t.teardown(() => rm(dir, { recursive: true, force: true }))

@@ -8,7 +8,7 @@ import type { PolicySet } from '../../src/config/policy.ts'
 import { createRateLimitStage, type Limiter } from '../../src/stages/rate-limit.ts'
 import { fakeContext } from '../helpers/context.ts'
 import { callerKeyOf } from '../../src/types.ts'
-import { startGateway } from '../helpers/gateway.ts'
+import { startGateway } from '../../kit/gateway.ts'
 
 const dev = 'spiffe://bulwark.local/ns/default/sa/dev'
 const policy = (model: string, requestsPerWindow: number) => ({

@@ -17,7 +17,7 @@ import { DEV_WORKLOAD } from '../../src/config/security.ts'
 import { realDeps, silentLogger } from '../../src/deps.ts'
 import { loadTlsMaterial, TlsReloader } from '../../src/transport/tls.ts'
 import { FakeClock } from '../helpers/fake-clock.ts'
-import { startGateway } from '../helpers/gateway.ts'
+import { startGateway } from '../../kit/gateway.ts'
 
 const gw = await startGateway({ config: { tls: { reloadCheckIntervalMs: 200 } } })
 t.teardown(() => gw.close())

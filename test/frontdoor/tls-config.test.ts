@@ -11,7 +11,7 @@ import { buildConfig, ConfigError, defaultConfig } from '../../src/config/load.t
 import { securityProblems, TLS12_AEAD_CIPHERS } from '../../src/config/security.ts'
 import { buildGateway } from '../../src/server.ts'
 import { realDeps } from '../../src/deps.ts'
-import { frontDoorOff, startGateway } from '../helpers/gateway.ts'
+import { frontDoorOff, startGateway } from '../../kit/gateway.ts'
 
 function handshake(url: string, o: ConnectionOptions): Promise<TLSSocket> {
   const { port } = new URL(url)

@@ -25,10 +25,10 @@ import { realDeps } from '../../src/deps.ts'
 import { errorCodes } from '../../src/errors.ts'
 import { HEADER_LENGTH } from '../../src/oip/codec.ts'
 import { buildGateway } from '../../src/server.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
 const RUNS = Number(process.env.BULWARK_FUZZ_RUNS ?? 10_000)
 const SEED = process.env.BULWARK_FUZZ_SEED === undefined ? undefined : Number(process.env.BULWARK_FUZZ_SEED)
-const repoRoot = path.resolve(import.meta.dirname, '../..')
 const work = mkdtempSync(path.join(tmpdir(), 'bulwark-fuzz-'))
 
 // The serving core with the front door off (as test/core/core-gateway.ts), the audit trail on

@@ -1,11 +1,9 @@
-// Test doubles for the privacy tests: a seeded RandomSource (so statistical tests are
+// Test doubles for the privacy tests: the kit's seeded RandomSource (so statistical tests are
 // repeatable), a fake clock, and a chi-square goodness-of-fit check.
 
-import { createHash } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import type { RandomSource } from '../../src/deps.ts'
 import { FakeClock } from '../../kit/clock.ts'
 import type { PrivacyBudget } from '../../src/privacy/accountant.ts'
 
@@ -22,47 +20,7 @@ export async function tempDir(t: { teardown(fn: () => unknown): void }): Promise
   return dir
 }
 
-/**
- * xoshiro128** seeded from SHA-256 of `seed`: fast, statistically good, deterministic.
- * Not a CSPRNG; tests only.
- */
-export function seededRandom(seed: string): RandomSource {
-  const h = createHash('sha256').update(seed).digest()
-  const s = new Uint32Array([h.readUInt32LE(0), h.readUInt32LE(4), h.readUInt32LE(8), h.readUInt32LE(12)])
-  const next = (): number => {
-    const result = Math.imul(rotl(Math.imul(s[1]!, 5), 7), 9) >>> 0
-    const t = (s[1]! << 9) >>> 0
-    s[2]! ^= s[0]!
-    s[3]! ^= s[1]!
-    s[1]! ^= s[2]!
-    s[0]! ^= s[3]!
-    s[2]! ^= t
-    s[3] = rotl(s[3]!, 11)
-    return result
-  }
-  let counter = 0
-  return {
-    bytes(n: number) {
-      const out = new Uint8Array(n)
-      for (let i = 0; i < n; i += 4) {
-        const w = next()
-        out[i] = w & 0xff
-        if (i + 1 < n) out[i + 1] = (w >>> 8) & 0xff
-        if (i + 2 < n) out[i + 2] = (w >>> 16) & 0xff
-        if (i + 3 < n) out[i + 3] = w >>> 24
-      }
-      return out
-    },
-    uuid() {
-      counter++
-      return `00000000-0000-4000-8000-${counter.toString(16).padStart(12, '0')}`
-    },
-  }
-}
-
-function rotl(x: number, k: number): number {
-  return ((x << k) | (x >>> (32 - k))) >>> 0
-}
+export { seededRandom } from '../../kit/random.ts'
 
 /** A fake clock starting at wall time `startMs` and monotonic 0; `set` steps the wall clock alone. */
 export class PrivacyClock extends FakeClock {

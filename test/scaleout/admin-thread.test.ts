@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process'
 import t from 'tap'
 import { request } from 'undici'
-import { mnistRequest, startGateway } from '../helpers/gateway.ts'
+import { mnistRequest, startGateway } from '../../kit/gateway.ts'
 
 t.test('the admin thread answers what the in-process routes answer', async (t) => {
   const gw = await startGateway({ models: ['mnist'], config: { loadShedding: { livenessTimeoutMs: 1000 } } })

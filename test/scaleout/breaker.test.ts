@@ -5,7 +5,7 @@
 
 import t from 'tap'
 import { Agent, request } from 'undici'
-import { startGateway } from '../helpers/gateway.ts'
+import { startGateway } from '../../kit/gateway.ts'
 import type { BreakerState, UpstreamBackend } from '../../src/inference/upstream-backend.ts'
 import { jsonBody, mnistDigits, percentile, startUpstream, waitUntil } from './helpers.ts'
 

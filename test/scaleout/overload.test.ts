@@ -13,8 +13,8 @@ import { spawn } from 'node:child_process'
 import os from 'node:os'
 import t from 'tap'
 import { Pool, request } from 'undici'
-import { freePort, noDefences, startGateway as startProcess } from '../../bench/gateway-process.ts'
-import { binaryRequest, ocrImage } from '../../bench/payloads.ts'
+import { freePort, noDefences, startGateway as startProcess } from '../../kit/gateway-process.ts'
+import { binaryRequest, ocrImage } from '../../kit/payloads.ts'
 import { percentile, rssMiB } from './helpers.ts'
 
 const MAX_IN_FLIGHT = 24

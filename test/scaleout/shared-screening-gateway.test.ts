@@ -8,7 +8,7 @@
 import t from 'tap'
 import { request as undiciRequest } from 'undici'
 import { loadMnist } from '../../models/mnist/data.ts'
-import { startGateway, type TestGateway } from '../helpers/gateway.ts'
+import { startGateway, type TestGateway } from '../../kit/gateway.ts'
 import { gaussian, jitter, seeded } from '../screening/helpers.ts'
 import { REDIS_SERVER, startRedis, waitUntil } from './helpers.ts'
 

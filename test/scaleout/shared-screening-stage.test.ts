@@ -27,8 +27,8 @@ import { cnnRunner } from '../screening/cnn-runner.ts'
 import { gaussian, jitter, seeded, seededRandom } from '../screening/helpers.ts'
 import { REDIS_SERVER, startRedis, waitUntil } from './helpers.ts'
 import { redisConfig, sharedScreeningRedis } from './screening-replicas.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
-const repoRoot = path.resolve(import.meta.dirname, '../..')
 const bundled = parsePolicy(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8'), 'mnist.yaml').policy!.screening
 const manifest = JSON.parse(readFileSync(path.join(repoRoot, 'models/mnist/manifest.json'), 'utf8')) as Manifest
 const calibration = JSON.parse(readFileSync(path.join(repoRoot, 'policies/mnist.screening.json'), 'utf8')) as CalibrationFile

@@ -9,11 +9,11 @@ import path from 'node:path'
 import t from 'tap'
 import { Agent, request } from 'undici'
 import { stringify } from 'yaml'
-import { startGateway as startProcess, type GatewayProcess } from '../../bench/gateway-process.ts'
+import { startGateway as startProcess, type GatewayProcess } from '../../kit/gateway-process.ts'
 import { loadSigningKey, mintToken } from '../../src/dev/mint-token.ts'
 import { DEV_AUDIENCE, DEV_ISSUER } from '../../src/config/security.ts'
 import { realDeps } from '../../src/deps.ts'
-import { mnistRequest, startGateway } from '../helpers/gateway.ts'
+import { mnistRequest, startGateway } from '../../kit/gateway.ts'
 import { REDIS_SERVER, startRedis, waitUntil } from './helpers.ts'
 
 const RATE = 9

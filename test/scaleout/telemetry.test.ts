@@ -8,7 +8,7 @@ import t from 'tap'
 import { trace } from '@opentelemetry/api'
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import { request } from 'undici'
-import { mnistRequest, startGateway } from '../helpers/gateway.ts'
+import { mnistRequest, startGateway } from '../../kit/gateway.ts'
 import { formatTraceparent, parseTraceparent } from '../../src/telemetry/tracing.ts'
 
 const exporter = new InMemorySpanExporter()

@@ -14,7 +14,7 @@ import { cryptoRandom, silentLogger, systemClock } from '../../src/deps.ts'
 import type { Manifest } from '../../src/inference/manifest.ts'
 import type { Tensor } from '../../src/inference/tensor.ts'
 import { UpstreamBackend } from '../../src/inference/upstream-backend.ts'
-import { freePort } from '../../bench/gateway-process.ts'
+import { freePort } from '../../kit/gateway-process.ts'
 
 const manifest: Manifest = {
   name: 'toy',

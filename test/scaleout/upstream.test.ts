@@ -9,7 +9,8 @@ import path from 'node:path'
 import { parse } from 'yaml'
 import t from 'tap'
 import { request } from 'undici'
-import { mnistRequest, repoRoot, startGateway, type RequestOptions, type TestGateway } from '../helpers/gateway.ts'
+import { mnistRequest, startGateway, type RequestOptions, type TestGateway } from '../../kit/gateway.ts'
+import { repoRoot } from '../../kit/paths.ts'
 import { binaryBody, jsonBody, mnistDigits, splitBinaryResponse, startUpstream } from './helpers.ts'
 
 const digits = mnistDigits(10)

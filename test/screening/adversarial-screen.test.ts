@@ -19,8 +19,8 @@ import { fakeContext } from '../helpers/context.ts'
 import { FakeClock } from '../helpers/fake-clock.ts'
 import { cnnRunner, weights } from './cnn-runner.ts'
 import { gaussian, jitter, seeded, seededRandom } from './helpers.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
-const repoRoot = path.resolve(import.meta.dirname, '../..')
 const bundled = parsePolicy(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8'), 'mnist.yaml').policy!.screening
 const manifest = JSON.parse(readFileSync(path.join(repoRoot, 'models/mnist/manifest.json'), 'utf8')) as Manifest
 const calibration = JSON.parse(readFileSync(path.join(repoRoot, 'policies/mnist.screening.json'), 'utf8')) as CalibrationFile

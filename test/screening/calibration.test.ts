@@ -8,8 +8,8 @@ import type { Manifest } from '../../src/inference/manifest.ts'
 import { compileScreening, screens } from '../../src/screening/build.ts'
 import { featureBounds, leaveOneOutBoundsScores, thresholdForRate, type CalibrationFile } from '../../src/screening/calibration.ts'
 import { seededRandom } from './helpers.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
-const repoRoot = path.resolve(import.meta.dirname, '../..')
 const manifest = JSON.parse(readFileSync(path.join(repoRoot, 'models/mnist/manifest.json'), 'utf8')) as Manifest
 const calibration = JSON.parse(readFileSync(path.join(repoRoot, 'policies/mnist.screening.json'), 'utf8')) as CalibrationFile
 const policy = (screening: unknown) => {

@@ -6,7 +6,7 @@ import path from 'node:path'
 import t from 'tap'
 import { argmax, forward, lossInputGradient } from '../../models/mnist/cnn.ts'
 import { loadMnist } from '../../models/mnist/data.ts'
-import { startGateway } from '../helpers/gateway.ts'
+import { startGateway } from '../../kit/gateway.ts'
 import { weights } from './cnn-runner.ts'
 import { gaussian, jitter, seeded } from './helpers.ts'
 

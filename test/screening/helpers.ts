@@ -1,7 +1,6 @@
 // Seeded randomness and small fixtures for the screening tests.
 
 import { mulberry32, normalFrom } from '../../models/mnist/train.ts'
-import type { RandomSource } from '../../src/deps.ts'
 import type { ItemLayout } from '../../src/screening/squeezers.ts'
 
 export const MNIST_LAYOUT: ItemLayout = { channels: 1, height: 28, width: 28, lo: 0, hi: 1 }
@@ -10,14 +9,8 @@ export const MNIST_LAYOUT: ItemLayout = { channels: 1, height: 28, width: 28, lo
 export const seeded = mulberry32
 export const gaussian = normalFrom
 
-/** A RandomSource from a seed (for the digest keys). */
-export function seededRandom(seed: number): RandomSource {
-  const rnd = seeded(seed)
-  return {
-    bytes: (n) => Uint8Array.from({ length: n }, () => Math.floor(rnd() * 256)),
-    uuid: () => '00000000-0000-4000-8000-000000000000',
-  }
-}
+/** The kit's seeded RandomSource (for the digest keys: any fixed key will do). */
+export { seededRandom } from '../../kit/random.ts'
 
 /** x + N(0, sigma^2) per value, clipped to [0, 1]. */
 export function jitter(x: Float32Array, sigma: number, normal: () => number): Float32Array {

@@ -23,8 +23,8 @@ import {
   verifySignature,
   IN_TOTO_PAYLOAD_TYPE,
 } from '../../src/signing/model-signature.ts'
+import { repoRoot } from '../../kit/paths.ts'
 
-const repoRoot = path.resolve(import.meta.dirname, '../..')
 const work = mkdtempSync(path.join(tmpdir(), 'bulwark-signing-'))
 
 function ecKey(namedCurve: string): { privatePem: string; publicPem: string; publicKey: KeyObject } {

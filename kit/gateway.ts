@@ -1,6 +1,7 @@
-// startGateway(): a real Bulwark gateway for tests, listening on 127.0.0.1 (random ports)
-// with the full front door: mTLS and JWT from a development PKI written into a fresh temp
-// dir, the repo's bundled policies (or the ones a test gives), and the repo's models.
+// startGateway(): a real Bulwark gateway in this process, for tests and the evaluations,
+// listening on 127.0.0.1 (random ports) with the full front door: mTLS and JWT from a
+// development PKI written into a fresh temp dir, the repo's bundled policies (or the ones a
+// test gives), and the repo's models.
 //
 //   const gw = await startGateway({ models: ['mnist'] })
 //   t.teardown(() => gw.close())
@@ -30,15 +31,14 @@ import path from 'node:path'
 import { Agent, request as undiciRequest, type Dispatcher } from 'undici'
 import { stringify } from 'yaml'
 import type { JWTPayload } from 'jose'
-import { loadSigningKey, mintToken, type SigningKey } from '../../src/auth/mint.ts'
-import { buildConfig } from '../../src/config/load.ts'
-import { scopesFor, type PolicySet } from '../../src/config/policy.ts'
-import { DEV_AUDIENCE, DEV_DIR, DEV_ISSUER, DEV_WORKLOAD } from '../../src/config/security.ts'
-import { realDeps, type Deps } from '../../src/deps.ts'
-import { loadCertificateAuthority, writeDevPki, type CertificateAuthority, type DevPki } from '../../src/pki/dev-pki.ts'
-import { buildGateway, type Gateway } from '../../src/server.ts'
-
-export const repoRoot = path.resolve(import.meta.dirname, '../..')
+import { loadSigningKey, mintToken, type SigningKey } from '../src/dev/mint-token.ts'
+import { buildConfig } from '../src/config/load.ts'
+import { scopesFor, type PolicySet } from '../src/config/policy.ts'
+import { DEV_AUDIENCE, DEV_DIR, DEV_ISSUER, DEV_WORKLOAD } from '../src/config/security.ts'
+import { realDeps, type Deps } from '../src/deps.ts'
+import { loadCertificateAuthority, writeDevPki, type CertificateAuthority, type DevPki } from '../src/dev/pki.ts'
+import { buildGateway, type Gateway } from '../src/server.ts'
+import { repoRoot } from './paths.ts'
 
 export interface StartOptions {
   /** Models to serve from the repo's models/ folder (default: none; the front door needs no model). */

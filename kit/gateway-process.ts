@@ -8,8 +8,7 @@ import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { stringify } from 'yaml'
-
-export const repoRoot = path.resolve(import.meta.dirname, '..')
+import { repoRoot } from './paths.ts'
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

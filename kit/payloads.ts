@@ -1,7 +1,17 @@
-// Request bodies for the bench: ocr-cls images as JSON or binary tensors, mnist digits.
+// Request bodies for the bench and for tests that load a gateway: ocr-cls images as JSON or
+// binary tensors, in the load generator's request shape.
 
-import { HEADER_LENGTH } from '../src/protocol/oip.ts'
-import type { LoadRequest } from './load.ts'
+import { HEADER_LENGTH } from '../src/oip/codec.ts'
+
+/** One request of the load generator (bench/load.ts). */
+export interface LoadRequest {
+  method: 'GET' | 'POST'
+  path: string
+  headers?: Record<string, string>
+  body?: Buffer | string
+  /** Items the request carries (batch size), for items/s. */
+  items?: number
+}
 
 /** A deterministic pseudo-image in the ocr-cls input range [-1, 1]. */
 export function ocrImage(batch: number, seed = 1): Float32Array {
