@@ -4,7 +4,7 @@ import t from 'tap'
 import { DynamicBatcher } from '../../src/inference/batcher.ts'
 import type { Backend } from '../../src/inference/backend.ts'
 import type { Tensor } from '../../src/inference/tensor.ts'
-import { systemClock, type Clock } from '../../src/deps.ts'
+import { FakeClock } from '../helpers/fake-clock.ts'
 
 /** Sums each item's elements; holds every batch until release() so tests control timing. */
 class SummingBackend implements Backend {
@@ -31,12 +31,12 @@ class SummingBackend implements Backend {
   async close(): Promise<void> {}
 }
 
-let now = 0
-const clock: Clock = { ...systemClock, nowMs: () => now, monotonicMs: () => now }
+const clock = new FakeClock()
 const tensor = (items: number, value: number, width = 3): Tensor[] => [
   { name: 'x', datatype: 'FP32', shape: [items, width], data: new Float32Array(items * width).fill(value) },
 ]
-const tick = () => new Promise((r) => setImmediate(r))
+/** Lets the batcher's promise chains run (no time passes). */
+const tick = () => clock.tick()
 
 function batcher(backend: Backend, over: Partial<ConstructorParameters<typeof DynamicBatcher>[0]> = {}) {
   return new DynamicBatcher({ model: 'm', backend, maxBatchSize: 8, maxQueueDelayMicros: 0, maxQueueSize: 16, outputNames: ['sum'], clock, ...over })
@@ -116,11 +116,14 @@ t.test('a request whose deadline passes while queued gets 504 and leaves the que
   const b = batcher(backend)
   const running = b.submit(tensor(1, 1), 1e9)
   await tick()
-  // Deadline timers do not hold the process open (a server's sockets do); this test must.
-  const keepAlive = setTimeout(() => {}, 5000)
-  const doomed = b.submit(tensor(1, 1), now + 20)
-  await t.rejects(doomed, { code: 'deadline_exceeded', status: 504 })
-  clearTimeout(keepAlive)
+  const doomed = b.submit(tensor(1, 1), clock.monotonicMs() + 20)
+  let outcome: unknown = 'pending'
+  doomed.catch((err: unknown) => (outcome = err))
+  await clock.tick(19)
+  t.equal(outcome, 'pending', 'still queued just before its deadline')
+  t.equal(b.queueDepth, 1)
+  await clock.tick(1)
+  t.match(outcome, { code: 'deadline_exceeded', status: 504, reason: 'deadline passed while queued' })
   t.equal(b.queueDepth, 0)
   backend.release()
   await running
@@ -128,7 +131,7 @@ t.test('a request whose deadline passes while queued gets 504 and leaves the que
 
 t.test('a deadline already past is refused without queueing', async (t) => {
   const b = batcher(new SummingBackend())
-  await t.rejects(b.submit(tensor(1, 1), now - 1), { code: 'deadline_exceeded' })
+  await t.rejects(b.submit(tensor(1, 1), clock.monotonicMs() - 1), { code: 'deadline_exceeded' })
 })
 
 t.test('maxQueueDelayMicros lets an idle worker wait for company', async (t) => {
@@ -136,13 +139,46 @@ t.test('maxQueueDelayMicros lets an idle worker wait for company', async (t) => 
   const b = batcher(backend, { maxQueueDelayMicros: 30_000 })
   const a = b.submit(tensor(1, 1), 1e9)
   const c = b.submit(tensor(1, 2), 1e9)
-  await tick()
+  await clock.tick(29)
   t.same(backend.batches, [], 'nothing runs before the delay')
-  now += 31 // the clock says the delay has passed; the real timer fires shortly
-  await new Promise((r) => setTimeout(r, 40))
-  t.same(backend.batches, [2], 'both requests ran together')
+  await clock.tick(1)
+  t.same(backend.batches, [2], 'both requests ran together when it passed')
   backend.release()
   await Promise.all([a, c])
+})
+
+t.test('a request whose deadline passes while it runs gets 504; its batch-mates still get their answers', async (t) => {
+  const backend = new SummingBackend()
+  const b = batcher(backend)
+  const blocker = b.submit(tensor(1, 1), 1e9)
+  await tick()
+  const short = b.submit(tensor(1, 2), clock.monotonicMs() + 50)
+  const long = b.submit(tensor(1, 3), 1e9)
+  backend.release()
+  await blocker
+  await tick()
+  t.same(backend.batches, [1, 2], 'both queued requests run together')
+  const expired = t.rejects(short, { code: 'deadline_exceeded', reason: 'deadline passed while running' })
+  await clock.tick(50)
+  await expired
+  backend.release()
+  t.same(Array.from((await long)[0]!.data as Float32Array), [9])
+})
+
+t.test('a submission larger than maxBatchSize runs alone, as sent', async (t) => {
+  const backend = new SummingBackend()
+  const b = batcher(backend, { maxBatchSize: 2 })
+  const blocker = b.submit(tensor(1, 1), 1e9)
+  await tick()
+  const big = b.submit(tensor(5, 1), 1e9)
+  const small = [b.submit(tensor(1, 2), 1e9), b.submit(tensor(1, 3), 1e9)]
+  for (let i = 0; i < 3; i++) {
+    backend.release()
+    await tick()
+  }
+  t.same(backend.batches, [1, 5, 2], 'the large one whole, then the two small ones together')
+  t.same((await big)[0]!.shape, [5, 1])
+  await Promise.all([blocker, ...small])
 })
 
 t.test('a backend failure fails every request of that batch and the batcher goes on', async (t) => {

@@ -1,14 +1,20 @@
 // The inference runtime with real models in real onnxruntime worker threads: batched
-// results equal unbatched ones, a crashed worker fails only its batch and is replaced, a
-// model whose file does not match its digest is not served while the others are.
+// results equal unbatched ones, a crashed worker fails only its batch and is replaced after
+// its backoff, a model whose file does not match its digest is not served while the others
+// are. And the one place a batch is split: a request past the model's maxBatchSize runs in
+// chunks, concurrently, its outputs joined in order.
 import t from 'tap'
 import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { ModelRegistry } from '../../src/inference/registry.ts'
 import { buildConfig } from '../../src/config/load.ts'
-import { systemClock, type Logger } from '../../src/deps.ts'
+import { systemClock, type Clock, type Logger } from '../../src/deps.ts'
+import type { Backend } from '../../src/inference/backend.ts'
+import { DynamicBatcher } from '../../src/inference/batcher.ts'
+import { InferenceService } from '../../src/inference/service.ts'
 import type { Tensor } from '../../src/inference/tensor.ts'
+import { FakeClock } from '../helpers/fake-clock.ts'
 import { repoRoot } from '../../kit/paths.ts'
 
 /** A logger that keeps what it is told, to assert on log lines. */
@@ -19,9 +25,9 @@ function memoryLog() {
   return { log, lines }
 }
 
-function registry(raw: Record<string, unknown>, baseDir = repoRoot, log = memoryLog().log) {
+function registry(raw: Record<string, unknown>, baseDir = repoRoot, log = memoryLog().log, clock: Clock = systemClock) {
   const config = buildConfig({ models: raw }, 'test')
-  return new ModelRegistry(config.models, baseDir, { clock: systemClock, log })
+  return new ModelRegistry(config.models, baseDir, { clock, log })
 }
 
 let seed = 12345
@@ -62,9 +68,10 @@ for (const [model, input, itemShape, lo, hi] of [
   })
 }
 
-t.test('a crashed worker fails its request with 503 and is replaced', async (t) => {
+t.test('a crashed worker fails its request with 503 and is replaced after its backoff', async (t) => {
   const { log, lines } = memoryLog()
-  const reg = registry({ serve: [{ name: 'mnist', batching: { enabled: false } }] }, repoRoot, log)
+  const clock = new FakeClock()
+  const reg = registry({ serve: [{ name: 'mnist', batching: { enabled: false } }] }, repoRoot, log, clock)
   t.teardown(() => reg.close())
   await reg.load()
   const m = reg.ready('mnist', null)
@@ -76,13 +83,19 @@ t.test('a crashed worker fails its request with 503 and is replaced', async (t) 
   // machine's load (submitting first let a fast worker answer before the kill landed).
   const [victim] = [...backend.all]
   const killing = victim!.worker.terminate()
-  const pending = m.batcher!.submit(x, systemClock.monotonicMs() + 30_000)
+  const pending = m.batcher!.submit(x, clock.monotonicMs() + 30_000)
   await killing
   await t.rejects(pending, { code: 'worker_failed', status: 503 })
   t.ok(lines.some((l) => l.level === 'error' && /crashed/.test(l.msg ?? '')), 'the crash is logged')
+  t.equal(clock.pendingTimers, 1, 'the replacement waits for its backoff')
+  await clock.tick(99)
+  t.equal(clock.pendingTimers, 1, 'not yet started 99 ms after the crash')
+  await clock.tick(1)
+  t.equal(clock.pendingTimers, 0, 'started once the 100 ms backoff passed')
+  // Real: the replacement is a worker thread loading the model, on this machine's time.
   for (let i = 0; i < 100 && backend.liveWorkers === 0; i++) await new Promise((r) => setTimeout(r, 50))
   t.equal(backend.liveWorkers, 1, 'a replacement worker is running')
-  const out = await m.batcher!.submit(x, systemClock.monotonicMs() + 30_000)
+  const out = await m.batcher!.submit(x, clock.monotonicMs() + 30_000)
   t.same(out[0]!.shape, [1, 10], 'and serves again')
 })
 
@@ -116,4 +129,51 @@ t.test('an unavailable execution provider falls back to cpu with a log line', as
   const m = reg.ready('mnist', null)
   t.equal(m.backend!.executionProvider, 'cpu')
   t.ok(lines.some((l) => l.level === 'warn' && /execution provider cuda unavailable/.test(l.msg ?? '')), 'fallback logged')
+})
+
+/** Doubles every element; counts the items of each batch and how many batches ran at once. */
+class DoublingBackend implements Backend {
+  readonly concurrency = 4
+  readonly executionProvider = 'test'
+  readonly batches: number[] = []
+  running = 0
+  mostAtOnce = 0
+  private held: (() => void)[] = []
+  async execute(inputs: Tensor[], outputNames: readonly string[]): Promise<Tensor[]> {
+    const x = inputs[0]!
+    this.batches.push(x.shape[0]!)
+    this.mostAtOnce = Math.max(this.mostAtOnce, ++this.running)
+    await new Promise<void>((r) => this.held.push(r))
+    this.running--
+    return outputNames.map((name) => ({ name, datatype: 'FP32' as const, shape: x.shape, data: (x.data as Float32Array).map((v) => 2 * v) }))
+  }
+  release(): void {
+    for (const r of this.held.splice(0)) r()
+  }
+  async close(): Promise<void> {}
+}
+
+t.test('a request past the model\'s maxBatchSize runs in chunks, concurrently, its outputs joined in order', async (t) => {
+  const clock = new FakeClock()
+  const backend = new DoublingBackend()
+  const batcher = new DynamicBatcher({ model: 'toy', backend, maxBatchSize: 4, maxQueueDelayMicros: 0, maxQueueSize: 16, outputNames: ['y', 'z'], clock })
+  const models = { ready: () => ({ batcher, manifest: { version: '7', maxBatchSize: 4 } }) } as unknown as ModelRegistry
+  const service = new InferenceService(models)
+  const x = Float32Array.from({ length: 20 }, (_, i) => i)
+  const request = { parameters: {}, inputs: [{ name: 'x', datatype: 'FP32' as const, shape: [10, 2], data: x }], outputs: [{ name: 'z', binary: false }], binaryOutputs: false, batchSize: 10 }
+  const answer = service.infer('toy', null, request, clock.monotonicMs() + 1000)
+  await clock.tick()
+  t.same(backend.batches, [4, 4, 2], 'chunks of at most 4 items, in the request\'s order')
+  t.equal(backend.mostAtOnce, 3, 'all three run at once')
+  backend.release()
+  const result = await answer
+  t.same(result.outputs.map((o) => [o.name, o.shape]), [['z', [10, 2]]], 'the asked-for output only, one batch of 10')
+  t.same(Array.from(result.outputs[0]!.data as Float32Array), Array.from(x, (v) => 2 * v), 'rows in order')
+  t.equal(result.modelVersion, '7')
+
+  const whole = service.infer('toy', null, { ...request, inputs: [{ ...request.inputs[0]!, shape: [4, 2], data: x.subarray(0, 8) }], batchSize: 4 }, clock.monotonicMs() + 1000)
+  await clock.tick()
+  t.same(backend.batches.slice(3), [4], 'a request at the maximum goes as one batch')
+  backend.release()
+  t.same((await whole).outputs[0]!.shape, [4, 2])
 })

@@ -40,6 +40,7 @@ else {
     t.match(await (await fetch(`${gateways[1]!.adminUrl}/metrics`)).text(), /bulwark_screening_alarms_total\{action="refused",detector="cooldown",model="mnist"\} 1/, 'counted as a cool-down refusal')
 
     await redis.stop()
+    // Real: ioredis notices the killed redis-server on its socket, on real time.
     t.ok(await waitUntil(() => gateways.every((gw) => !gw.gateway.sharedState!.up), 3000), 'the gateways notice')
     const refused = await gateways[0]!.request('/v2/models/mnist/infer', { body: body(test.images[0]!), token: await gateways[0]!.token({ sub: 'alice' }) })
     t.equal(refused.status, 503)

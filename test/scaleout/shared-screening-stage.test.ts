@@ -121,6 +121,7 @@ if (redis) {
     t.pass('served while Redis is up')
 
     await redis.stop()
+    // Real: ioredis notices the killed redis-server on its socket, on real time.
     t.ok(await waitUntil(() => !closed.up && !noCooldown.up && !allowed.up, 3000), 'the clients notice')
     await t.rejects(async () => refusing.run(request(test.images[1]!, 'alice')), { code: 'state_unavailable', status: 503, headers: { 'retry-after': '1' }, reason: /cool-down on model mnist: Redis/ }, 'the cool-down check fails closed')
     await t.rejects(async () => refusingDetector.run(request(test.images[1]!, 'alice')), { code: 'state_unavailable', status: 503, reason: /stateful detector on model mnist: Redis/ }, 'so does the stateful detector')
@@ -131,6 +132,7 @@ if (redis) {
     t.same(skipped, ['cooldown', 'stateful', 'extraction'], 'each skip counted')
 
     await redis.start()
+    // Real: ioredis reconnects to the restarted redis-server with its own backoff timers.
     t.ok(await waitUntil(() => closed.up, 5000), 'reconnects by itself')
     await refusing.run(request(test.images[2]!, 'alice'))
     t.pass('and screens again')

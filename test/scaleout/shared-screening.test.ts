@@ -9,7 +9,7 @@ import t from 'tap'
 import { jacobianAugmentation } from '../../bench/attacks/extraction.ts'
 import { argmax, forward } from '../../models/mnist/cnn.ts'
 import { loadMnist } from '../../models/mnist/data.ts'
-import { cryptoRandom } from '../../src/deps.ts'
+import { cryptoRandom, type Timer } from '../../src/deps.ts'
 import { keyedDigester } from '../../src/screening/digest.ts'
 import type { DetectorResult } from '../../src/screening/detector.ts'
 import { poolingEncoder } from '../../src/screening/encoder.ts'
@@ -19,6 +19,7 @@ import { createStatefulDetector, type StatefulOptions } from '../../src/screenin
 import { createSharedStatefulDetector } from '../../src/screening/stateful-shared.ts'
 import { weights } from '../screening/cnn-runner.ts'
 import { gaussian, jitter, MNIST_LAYOUT, seeded, seededRandom } from '../screening/helpers.ts'
+import { FakeClock } from '../helpers/fake-clock.ts'
 import { sharedScreeningRedis } from './screening-replicas.ts'
 
 const test = loadMnist().test
@@ -41,6 +42,19 @@ const pradaOptions = (over: Partial<PradaOptions> = {}): PradaOptions => ({
 // The single replica's digests are keyed by bytes too, so an exact repeat is a repeat for both.
 const digestOf = keyedDigester(seededRandom(5))
 const same = (a: DetectorResult | null, b: DetectorResult | null) => JSON.stringify(a) === JSON.stringify(b)
+
+/** A fake clock that says when the next timer is set: a request waiting for a claim sleeps on it between its polls. */
+class PollClock extends FakeClock {
+  private waiting: (() => void)[] = []
+  override setTimeout(fn: () => void, ms: number): Timer {
+    const timer = super.setTimeout(fn, ms)
+    for (const resolve of this.waiting.splice(0)) resolve()
+    return timer
+  }
+  nextTimer(): Promise<void> {
+    return new Promise((resolve) => this.waiting.push(resolve))
+  }
+}
 
 const redis = await sharedScreeningRedis(t)
 if (redis) {
@@ -175,25 +189,41 @@ if (redis) {
     }
   })
 
-  t.test('extraction: a claim left by a replica that died holds the principal for its lease, then lapses; one that outlasts the wait is refused and loses nothing', async (t) => {
+  t.test('extraction: a claim left by a replica that died holds the principal until it lapses; one that outlasts the wait is refused and loses nothing', async (t) => {
     const [a] = await replicas.open('dead-claim', 1)
-    const prada = createSharedPradaDetector(pradaOptions(), 'mnist', { redis: a!.client, ttlMs: HOUR }, cryptoRandom)
+    const clock = new PollClock()
+    const prada = createSharedPradaDetector(pradaOptions(), 'mnist', { redis: a!.client, ttlMs: HOUR }, cryptoRandom, clock)
     const part = (p: string, who: string) => `bulwark-test:${run}:dead-claim:screening:extraction:mnist:w1000g100d196:${p}:${who}`
     const x = test.images[300]!
     const batch = (who: string) => ({ principal: who, items: [x], digests: [0], probabilities: [forward(weights, x).probs] })
 
-    // A claim as a live replica sets it (2 s lease) whose holder never writes.
-    await raw.set(part('claim', 'p'), 'dead-replica:1', 'PX', 2000)
-    const pending = prada.inspect(batch('p'))
-    await new Promise((r) => setTimeout(r, 500))
+    // A claim as a live replica sets it, whose holder never writes.
+    await raw.set(part('claim', 'p'), 'dead-replica:1', 'PX', 60_000)
+    let polled = clock.nextTimer()
+    let outcome: unknown = 'pending'
+    const pending = prada.inspect(batch('p')).then((r) => (outcome = r))
+    for (let i = 0; i < 5; i++) {
+      await polled
+      polled = clock.nextTimer()
+      clock.advance(2)
+    }
+    await polled
+    t.equal(outcome, 'pending', 'the request waits, asking again and again')
     t.equal(await raw.get(part('v', 'p')), null, 'nothing is written while the dead claim stands')
+    // Its lease runs out: Redis drops the key (as PX would, without waiting a real lease here).
+    await raw.del(part('claim', 'p'))
+    clock.advance(2)
     await pending
-    t.equal(await raw.get(part('v', 'p')), '1', 'the write goes through once its lease has run out')
+    t.equal(await raw.get(part('v', 'p')), '1', 'the write goes through once the claim has lapsed')
     t.equal(await raw.get(part('claim', 'p')), null, 'and ends the claim it took')
 
-    // A claim that stands longer than a request waits (3 s): a clear 503, and the state untouched.
+    // A claim that stands longer than a request waits (3 s of the clock): a clear 503, and the state untouched.
     await raw.set(part('claim', 'q'), 'dead-replica:2', 'PX', 60_000)
-    await t.rejects(prada.inspect(batch('q')), { code: 'state_unavailable', status: 503, reason: /another replica held the principal's state for 3000 ms/ })
+    const firstPoll = clock.nextTimer()
+    const refused = t.rejects(prada.inspect(batch('q')), { code: 'state_unavailable', status: 503, reason: /another replica held the principal's state for 3000 ms/ })
+    await firstPoll
+    clock.advance(3000)
+    await refused
     t.equal(await raw.get(part('v', 'q')), null, 'nothing written')
     t.equal(await raw.get(part('claim', 'q')), 'dead-replica:2', 'the standing claim is left alone')
   })
