@@ -110,7 +110,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const { metrics } = observability
   const models = buildModels(config.models, baseDir, { clock, log, random, metrics, tracer: observability.tracerProvider.getTracer('bulwark') })
   registry = models.registry
-  const sharedState = config.state.redis ? await SharedState.open(config.state.redis, baseDir, log) : null
+  const sharedState = config.state.redis ? await SharedState.open(config.state.redis, baseDir, log, clock) : null
   if (sharedState) metrics.add(new Gauge('bulwark_state_store_up', 'Whether the shared state store (Redis) is connected: 1 yes, 0 no (budgets refused; rate limits and screening as configured).', () => [[{ store: 'redis' }, sharedState.up ? 1 : 0]]))
   const outputPrivacy = await buildOutputPrivacy(config, { baseDir, policyDir }, { policies, registry, sharedState, clock, random, log })
   const frontDoor = await buildFrontDoor(config, { baseDir }, { api, tlsMaterial, policies, sharedState, clock, log, metrics })

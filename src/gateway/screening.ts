@@ -24,6 +24,7 @@ export async function buildScreeningLinks(
     policyDir: path.resolve(where.baseDir, config.policies.directory),
     modelsDir: path.resolve(where.baseDir, config.models.directory),
     random: deps.random,
+    clock: deps.clock,
     ...(redis ? { shared: { redis: deps.sharedState!.client, ttlMs: redis.screeningStateTtlMs } } : {}),
   })
   if (screening.problems.length > 0) throw new ConfigError(where.source, screening.problems)

@@ -11,7 +11,7 @@
 import path from 'node:path'
 import type { ScreeningMode, ScreeningPolicy } from '../config/screening-policy.ts'
 import { keyedDigester, type Digester } from './digest.ts'
-import type { RandomSource } from '../deps.ts'
+import { systemClock, type Clock, type RandomSource } from '../deps.ts'
 import { readManifest, type Manifest } from '../inference/manifest.ts'
 import { readCalibrationFile, type CalibrationFile } from './calibration.ts'
 import type { AnyDetector } from './detector.ts'
@@ -49,6 +49,8 @@ export interface ScreeningSources {
   random: RandomSource
   /** Redis, when replicas share per-principal state (`state.redis`); absent: in process. */
   shared?: ScreeningStore
+  /** Times the shared detectors' waits (default: the system clock). */
+  clock?: Clock
 }
 
 /** Layout of one item of a model input [batch, ..., H, W], or a problem. */
@@ -74,6 +76,7 @@ export function compileScreening(
   calibration: CalibrationFile | null,
   random: RandomSource,
   shared?: ScreeningStore,
+  clock: Clock = systemClock,
 ): ModelScreening {
   const problems: string[] = []
   const inputName = policy.input ?? (manifest.inputs.length === 1 ? manifest.inputs[0]!.name : '')
@@ -153,7 +156,7 @@ export function compileScreening(
     if (ex.minQueries > ex.windowSize) problems.push(`/screening/extraction/minQueries: ${ex.minQueries} exceeds windowSize ${ex.windowSize}; the test would never run`)
     else {
       const options = { ...ex, mode: modeOf(ex.mode), encoder: poolingEncoder(layout, ex.poolSize) }
-      detectors.push(shared ? createSharedPradaDetector(options, model, shared, random) : createPradaDetector(options))
+      detectors.push(shared ? createSharedPradaDetector(options, model, shared, random, clock) : createPradaDetector(options))
     }
   }
 
@@ -194,7 +197,7 @@ export async function buildScreening(
       const manifest = await readManifest(path.join(sources.modelsDir, model, 'manifest.json'))
       const calFile = policy.screening.calibrationFile
       const calibration = calFile ? await readCalibrationFile(path.resolve(sources.policyDir, calFile)) : null
-      models.set(model, compileScreening(model, policy.screening, manifest, calibration, sources.random, sources.shared))
+      models.set(model, compileScreening(model, policy.screening, manifest, calibration, sources.random, sources.shared, sources.clock))
     } catch (err) {
       for (const line of (err as Error).message.split('\n')) problems.push(`${file} ${line}`)
     }

@@ -2,7 +2,7 @@
 // (screen-variants builds it, the inference link runs it, splitting it over the model's
 // maxBatchSize if it must; screen-output reads the scores and keeps the originals' rows).
 
-import { allocate, type Tensor } from '../inference/tensor.ts'
+import { allocate, sliceBatch, type Tensor } from '../inference/tensor.ts'
 import type { InferenceRequest, InferenceResult } from '../types.ts'
 
 export interface InferenceRunner {
@@ -41,12 +41,6 @@ export function softmaxInPlace(row: Float32Array): Float32Array {
   for (let i = 0; i < row.length; i++) sum += row[i] = Math.exp(row[i]! - max)
   for (let i = 0; i < row.length; i++) row[i]! /= sum
   return row
-}
-
-function sliceRows(t: Tensor, start: number, count: number): Tensor {
-  const total = t.shape[0]!
-  const per = t.data.length / total
-  return { name: t.name, datatype: t.datatype, shape: [count, ...t.shape.slice(1)], data: t.data.subarray(start * per, (start + count) * per) }
 }
 
 /**
@@ -97,8 +91,8 @@ export function scoresOf(result: InferenceResult, io: ScreenedIO, originals: num
 /** The originals' rows of each output, limited to the outputs the caller asked for (all when `wanted` is empty). */
 export function originalsOnly(result: InferenceResult, originals: number, wanted: readonly { name: string }[]): InferenceResult {
   const names = wanted.length > 0 ? new Set(wanted.map((o) => o.name)) : null
-  const outputs = result.outputs.filter((t) => !names || names.has(t.name)).map((t) => sliceRows(t, 0, originals))
-  return { ...result, outputs }
+  const outputs = result.outputs.filter((t) => !names || names.has(t.name))
+  return { ...result, outputs: sliceBatch(outputs, 0, originals) }
 }
 
 /** Runs the items with their variants and reads the scores: for calibration, outside the request path. */
