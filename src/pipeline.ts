@@ -1,5 +1,5 @@
 // The chain every request passes, in order, from arrival to the audit record. This list is
-// the one place the order lives; test/core/pipeline.test.ts pins it. The transport (REST
+// the one place the order lives; test/pipeline.test.ts pins it. The transport (REST
 // today) creates the request context, runs each phase at its moment (arrival and headers on
 // arrival, body in the route, response just before the answer leaves) and calls each link's
 // onDestroy when the exchange ends, whatever ended it.

@@ -31,7 +31,7 @@ const RUNS = Number(process.env.BULWARK_FUZZ_RUNS ?? 10_000)
 const SEED = process.env.BULWARK_FUZZ_SEED === undefined ? undefined : Number(process.env.BULWARK_FUZZ_SEED)
 const work = mkdtempSync(path.join(tmpdir(), 'bulwark-fuzz-'))
 
-// The serving core with the front door off (as test/core/core-gateway.ts), the audit trail on
+// The serving core with the front door off (as test/gateway/core-gateway.ts), the audit trail on
 // (every refusal is recorded, so record building sees every odd input too) in a scratch folder.
 const config = buildConfig(
   {

@@ -17,8 +17,8 @@ import { createModelInferenceStage } from '../../src/stages/model-inference.ts'
 import type { RequestContext } from '../../src/types.ts'
 import { fakeContext } from '../helpers/context.ts'
 import { FakeClock } from '../helpers/fake-clock.ts'
-import { cnnRunner, weights } from './cnn-runner.ts'
-import { gaussian, jitter, seeded, seededRandom } from './helpers.ts'
+import { cnnRunner, weights } from '../screening/cnn-runner.ts'
+import { gaussian, jitter, seeded, seededRandom } from '../screening/helpers.ts'
 import { repoRoot } from '../../kit/paths.ts'
 
 const bundled = parsePolicy(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8'), 'mnist.yaml').policy!.screening

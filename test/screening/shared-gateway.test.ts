@@ -9,8 +9,8 @@ import t from 'tap'
 import { request as undiciRequest } from 'undici'
 import { loadMnist } from '../../models/mnist/data.ts'
 import { startGateway, type TestGateway } from '../../kit/gateway.ts'
-import { gaussian, jitter, seeded } from '../screening/helpers.ts'
-import { REDIS_SERVER, startRedis, waitUntil } from './helpers.ts'
+import { gaussian, jitter, seeded } from './helpers.ts'
+import { REDIS_SERVER, startRedis, waitUntil } from '../helpers/scaleout.ts'
 
 const test = loadMnist().test
 const body = (x: Float32Array) => ({ inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28], data: Array.from(x) }] })

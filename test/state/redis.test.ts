@@ -14,7 +14,7 @@ import { loadSigningKey, mintToken } from '../../src/dev/mint-token.ts'
 import { DEV_AUDIENCE, DEV_ISSUER } from '../../src/config/security.ts'
 import { realDeps } from '../../src/deps.ts'
 import { mnistRequest, startGateway } from '../../kit/gateway.ts'
-import { REDIS_SERVER, startRedis, waitUntil } from './helpers.ts'
+import { REDIS_SERVER, startRedis, waitUntil } from '../helpers/scaleout.ts'
 
 const RATE = 9
 const policy = {

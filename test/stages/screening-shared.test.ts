@@ -25,8 +25,8 @@ import { fakeContext } from '../helpers/context.ts'
 import { FakeClock } from '../helpers/fake-clock.ts'
 import { cnnRunner } from '../screening/cnn-runner.ts'
 import { gaussian, jitter, seeded, seededRandom } from '../screening/helpers.ts'
-import { REDIS_SERVER, startRedis, waitUntil } from './helpers.ts'
-import { redisConfig, sharedScreeningRedis } from './screening-replicas.ts'
+import { REDIS_SERVER, startRedis, waitUntil } from '../helpers/scaleout.ts'
+import { redisConfig, sharedScreeningRedis } from '../screening/replicas.ts'
 import { repoRoot } from '../../kit/paths.ts'
 
 const bundled = parsePolicy(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8'), 'mnist.yaml').policy!.screening

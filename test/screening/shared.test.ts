@@ -17,10 +17,10 @@ import { createPradaDetector, type PradaOptions } from '../../src/screening/prad
 import { createSharedPradaDetector } from '../../src/screening/prada-shared.ts'
 import { createStatefulDetector, type StatefulOptions } from '../../src/screening/stateful.ts'
 import { createSharedStatefulDetector } from '../../src/screening/stateful-shared.ts'
-import { weights } from '../screening/cnn-runner.ts'
-import { gaussian, jitter, MNIST_LAYOUT, seeded, seededRandom } from '../screening/helpers.ts'
+import { weights } from './cnn-runner.ts'
+import { gaussian, jitter, MNIST_LAYOUT, seeded, seededRandom } from './helpers.ts'
 import { FakeClock } from '../helpers/fake-clock.ts'
-import { sharedScreeningRedis } from './screening-replicas.ts'
+import { sharedScreeningRedis } from './replicas.ts'
 
 const test = loadMnist().test
 const HOUR = 3_600_000

@@ -8,7 +8,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { noDefences, startGateway } from '../../kit/gateway-process.ts'
 import { tracingRequested } from '../../src/telemetry/sdk.ts'
-import { jsonBody, mnistDigits, waitUntil } from './helpers.ts'
+import { jsonBody, mnistDigits, waitUntil } from '../helpers/scaleout.ts'
 
 t.test('trace export is off unless the OTEL_* variables ask for it', async (t) => {
   t.equal(tracingRequested({}), false, 'nothing set: off')

@@ -11,7 +11,7 @@ import t from 'tap'
 import { Agent, request } from 'undici'
 import { startGateway } from '../../kit/gateway.ts'
 import type { BreakerState, UpstreamBackend } from '../../src/inference/upstream-backend.ts'
-import { jsonBody, mnistDigits, startUpstream, waitUntil } from './helpers.ts'
+import { jsonBody, mnistDigits, startUpstream, waitUntil } from '../helpers/scaleout.ts'
 
 const policy = {
   model: 'mnist',

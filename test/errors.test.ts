@@ -2,9 +2,9 @@
 // and the docs list no code that does not exist (as fastify's errors test does).
 import t from 'tap'
 import { readFileSync } from 'node:fs'
-import { BulwarkError, errorBody, errorCodes, errorStatus } from '../../src/errors.ts'
+import { BulwarkError, errorBody, errorCodes, errorStatus } from '../src/errors.ts'
 
-const doc = readFileSync(new URL('../../docs/errors.md', import.meta.url), 'utf8')
+const doc = readFileSync(new URL('../docs/errors.md', import.meta.url), 'utf8')
 const rows = new Map<string, number>()
 for (const m of doc.matchAll(/^\| `([a-z_]+)` \| (\d{3}) \|/gm)) rows.set(m[1]!, Number(m[2]))
 

@@ -2,7 +2,7 @@
 // (fastify inject), with the real bundled models running in onnxruntime worker threads.
 import t, { type Test } from 'tap'
 import { readFileSync } from 'node:fs'
-import { coreGateway } from './core-gateway.ts'
+import { coreGateway } from '../gateway/core-gateway.ts'
 import { repoRoot } from '../../kit/paths.ts'
 import { HEADER_LENGTH } from '../../src/oip/codec.ts'
 

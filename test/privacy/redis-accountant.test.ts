@@ -10,8 +10,8 @@ import { MemoryAccountant, type PrivacyBudget } from '../../src/privacy/accounta
 import { RedisAccountant } from '../../src/privacy/redis-accountant.ts'
 import { calibrateGaussian } from '../../src/privacy/mechanisms.ts'
 import { cryptoRandom } from '../../src/deps.ts'
-import { fakeClock, seededRandom } from '../privacy/helpers.ts'
-import { REDIS_SERVER, startRedis } from './helpers.ts'
+import { fakeClock, seededRandom } from './helpers.ts'
+import { REDIS_SERVER, startRedis } from '../helpers/scaleout.ts'
 
 const HOUR = 3_600_000
 const eps = (e: number) => ({ epsilonMicros: Math.round(e * 1e6), rhoNanos: 0 })

@@ -8,7 +8,7 @@ import type { Test } from 'tap'
 import type { RedisConfig } from '../../src/config/scaleout.ts'
 import { silentLogger } from '../../src/deps.ts'
 import { SharedState } from '../../src/state/redis.ts'
-import { REDIS_SERVER, startRedis } from './helpers.ts'
+import { REDIS_SERVER, startRedis } from '../helpers/scaleout.ts'
 
 export function redisConfig(url: string, keyPrefix: string, over: Partial<RedisConfig> = {}): RedisConfig {
   return {

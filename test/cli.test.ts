@@ -9,7 +9,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { promisify } from 'node:util'
 import { createLocalJWKSet, jwtVerify } from 'jose'
-import { repoRoot } from '../../kit/paths.ts'
+import { repoRoot } from '../kit/paths.ts'
 
 const run = promisify(execFile)
 const bulwark = (...args: string[]) => run(process.execPath, [path.join(repoRoot, 'bin', 'bulwark.js'), ...args], { cwd: repoRoot })

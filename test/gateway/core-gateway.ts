@@ -1,5 +1,5 @@
 // Builds a gateway over the bundled models with the front door off, for tests of the
-// serving core itself (the front door has its own tests under test/frontdoor/).
+// serving core itself (the front door has its own tests, one per link, under test/stages/).
 
 import { buildConfig } from '../../src/config/load.ts'
 import { realDeps } from '../../src/deps.ts'

@@ -3,10 +3,10 @@
 // first refusal stops its phase and is recorded on the context, and every link's onDestroy
 // runs once at the end, whatever ended the exchange.
 import t from 'tap'
-import { assembleChain, destroyChain, runPhase, type ChainLinks } from '../../src/pipeline.ts'
-import { BulwarkError } from '../../src/errors.ts'
-import { newRequestContext, type Phase, type RequestContext, type Stage } from '../../src/types.ts'
-import { FakeClock } from '../../kit/clock.ts'
+import { assembleChain, destroyChain, runPhase, type ChainLinks } from '../src/pipeline.ts'
+import { BulwarkError } from '../src/errors.ts'
+import { newRequestContext, type Phase, type RequestContext, type Stage } from '../src/types.ts'
+import { FakeClock } from '../kit/clock.ts'
 
 const clock = new FakeClock()
 

@@ -7,7 +7,7 @@ import path from 'node:path'
 import t from 'tap'
 import { BufferPool, batchBuffers, bodyBuffers } from '../../src/inference/buffer-pool.ts'
 import { HEADER_LENGTH } from '../../src/oip/codec.ts'
-import { coreGateway } from './core-gateway.ts'
+import { coreGateway } from '../gateway/core-gateway.ts'
 
 t.test('capacities are powers of two from 4 KiB; a buffer given back is handed out again', async (t) => {
   const pool = new BufferPool({ maxBytes: 1 << 20 })

@@ -11,7 +11,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { mnistRequest, startGateway, type RequestOptions, type TestGateway } from '../../kit/gateway.ts'
 import { repoRoot } from '../../kit/paths.ts'
-import { binaryBody, jsonBody, mnistDigits, splitBinaryResponse, startUpstream } from './helpers.ts'
+import { binaryBody, jsonBody, mnistDigits, splitBinaryResponse, startUpstream } from '../helpers/scaleout.ts'
 
 const digits = mnistDigits(10)
 

@@ -19,7 +19,7 @@ import t from 'tap'
 import { Pool, request } from 'undici'
 import { noDefences, startGateway as startProcess } from '../../kit/gateway-process.ts'
 import { binaryRequest, ocrImage } from '../../kit/payloads.ts'
-import { rssMiB } from './helpers.ts'
+import { rssMiB } from '../helpers/scaleout.ts'
 
 const MAX_IN_FLIGHT = 24
 const MAX_QUEUE = 8
