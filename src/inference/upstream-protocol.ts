@@ -9,6 +9,7 @@
 
 import { BulwarkError } from '../errors.ts'
 import { HEADER_LENGTH } from '../oip/codec.ts'
+import { decodeJsonData } from '../oip/json-data.ts'
 import type { TensorSpec } from './manifest.ts'
 import { allocate, bytesPerElement, elementCount, tensorBytes, viewBytes, type Tensor, type TensorData } from './tensor.ts'
 
@@ -37,31 +38,6 @@ export function encodeUpstreamRequest(inputs: readonly Tensor[], outputNames: re
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)
-
-/** A JSON `data` array (flat or nested) as a typed array of `count` elements of the spec's datatype. */
-function fromJsonData(spec: TensorSpec, data: unknown, count: number): TensorData {
-  if (!Array.isArray(data)) throw problem(`output "${spec.name}": "data" is not an array`)
-  if (spec.datatype === 'FP16') throw problem(`output "${spec.name}": FP16 must come as binary data`)
-  const flat = (data as unknown[]).flat(32)
-  if (flat.length !== count) throw problem(`output "${spec.name}": ${flat.length} elements, shape implies ${count}`)
-  const out = allocate(spec.datatype, count)
-  const big = spec.datatype === 'INT64' || spec.datatype === 'UINT64'
-  for (let i = 0; i < count; i++) {
-    const v = flat[i]
-    if (spec.datatype === 'BOOL') {
-      if (typeof v !== 'boolean') throw problem(`output "${spec.name}": element ${i} is not a boolean`)
-      out[i] = v ? 1 : 0
-    } else if (typeof v !== 'number') {
-      throw problem(`output "${spec.name}": element ${i} is not a number`)
-    } else if (big) {
-      if (!Number.isSafeInteger(v)) throw problem(`output "${spec.name}": element ${i} is not a safe integer`)
-      ;(out as BigInt64Array)[i] = BigInt(v)
-    } else {
-      ;(out as Float32Array)[i] = v
-    }
-  }
-  return out
-}
 
 /** The response's outputs named `wanted`, in that order, checked against their specs. Throws upstream_unavailable. */
 export function decodeUpstreamResponse(body: Buffer, headerLength: string | undefined, wanted: readonly TensorSpec[], items: number): Tensor[] {
@@ -114,7 +90,7 @@ export function decodeUpstreamResponse(body: Buffer, headerLength: string | unde
       data = viewBytes(spec.datatype, binary.subarray(offset, offset + size))
       offset += size
     } else {
-      data = fromJsonData(spec, raw.data, count)
+      data = decodeJsonData(`output "${spec.name}"`, spec.datatype, raw.data, count, (_problem, message) => problem(message))
     }
     found.set(spec.name, { name: spec.name, datatype: spec.datatype, shape: dims, data })
   }

@@ -11,6 +11,7 @@
 
 import { BulwarkError } from '../errors.ts'
 import type { Manifest, TensorSpec } from '../inference/manifest.ts'
+import { decodeJsonData, type JsonDataFail } from '../oip/json-data.ts'
 import {
   allocate,
   bytesPerElement,
@@ -67,47 +68,8 @@ function checkShape(name: string, shape: unknown, spec: TensorSpec, maxBatch: nu
   return dims
 }
 
-/** Flattens JSON `data` (flat or nested) into a typed array, checking every element's type. */
-function fromJson(name: string, datatype: Datatype, data: unknown, count: number): TensorData {
-  if (!Array.isArray(data)) bad(`input "${name}": "data" must be an array (flat or nested)`)
-  const out = allocate(datatype, count)
-  const isBig = datatype === 'INT64' || datatype === 'UINT64'
-  const isBool = datatype === 'BOOL'
-  if (datatype === 'FP16') bad(`input "${name}": send FP16 tensors as binary data`)
-  let n = 0
-  const stack: { arr: unknown[]; i: number }[] = [{ arr: data, i: 0 }]
-  while (stack.length > 0) {
-    const top = stack[stack.length - 1]!
-    if (top.i === top.arr.length) {
-      stack.pop()
-      continue
-    }
-    const v = top.arr[top.i++]
-    if (Array.isArray(v)) {
-      if (stack.length > 32) bad(`input "${name}": "data" is nested more than 32 levels deep`)
-      stack.push({ arr: v, i: 0 })
-      continue
-    }
-    if (n === count) {
-      throw new BulwarkError('data_length_mismatch', `input "${name}": "data" has more than the ${count} elements its shape implies`)
-    }
-    if (isBool) {
-      if (typeof v !== 'boolean') bad(`input "${name}": element ${n} must be true or false for BOOL`)
-      out[n++] = v ? 1 : 0
-    } else if (typeof v !== 'number') {
-      bad(`input "${name}": element ${n} is ${v === null ? 'null' : typeof v}; ${datatype} data must be numbers`)
-    } else if (isBig) {
-      if (!Number.isSafeInteger(v)) bad(`input "${name}": element ${n} (${v}) is not an integer in the safe range`)
-      ;(out as BigInt64Array)[n++] = BigInt(v)
-    } else {
-      ;(out as Float32Array)[n++] = v
-    }
-  }
-  if (n !== count) {
-    throw new BulwarkError('data_length_mismatch', `input "${name}": "data" has ${n} elements but shape implies ${count}`)
-  }
-  return out
-}
+/** JSON data problems as the client's refusals: a length that disagrees with the shape, or bad data. */
+const clientFail: JsonDataFail = (problem, message) => new BulwarkError(problem === 'length' ? 'data_length_mismatch' : 'bad_request', message)
 
 /**
  * -1 when every element lies in [lo, hi] (NaN never does), else the start of a group of four
@@ -210,7 +172,7 @@ export function decodeInferRequest(body: RawBody, manifest: Manifest): Inference
       binaryOffset += want
     } else {
       if (raw.data === undefined) bad(`input "${name}": "data" is missing`)
-      data = fromJson(name, spec.datatype, raw.data, count)
+      data = decodeJsonData(`input "${name}"`, spec.datatype, raw.data, count, clientFail)
     }
     checkValues(name, spec, data)
     inputs.push({ name, datatype: spec.datatype, shape, data })
