@@ -127,6 +127,7 @@ export default tseslint.config(
       'src/privacy/file-accountant.ts',
       'src/transport/tls.ts',
       'src/inference/manifest.ts',
+      'src/inference/package-dir.ts',
       'src/inference/registry.ts',
       'src/signing/model-signature.ts',
       'src/signing/commands.ts',

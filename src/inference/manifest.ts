@@ -3,9 +3,8 @@
 // never served.
 
 import { createHash } from 'node:crypto'
-import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import { createRequire } from 'node:module'
+import { packageDir } from './package-dir.ts'
 import path from 'node:path'
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
@@ -75,18 +74,13 @@ export async function readManifest(manifestPath: string): Promise<Manifest> {
 export function modelFilePath(manifest: Manifest, manifestPath: string): string {
   if (manifest.file !== undefined) return path.resolve(path.dirname(manifestPath), manifest.file)
   const pkg = manifest.package!
-  // Packages may hide their files behind "exports", so find the package folder the way
-  // Node's resolver walks node_modules, then take the file from it directly.
   // First from the manifest's folder, then from Bulwark's own installation: a model folder
   // outside the repository (a mounted volume) still finds the packages `npm ci` installed.
-  const searched = [manifestPath, import.meta.url].flatMap((from) => createRequire(from).resolve.paths(pkg.name) ?? [])
-  for (const dir of searched) {
-    const candidate = path.join(dir, pkg.name)
-    if (existsSync(path.join(candidate, 'package.json'))) {
-      const file = path.resolve(candidate, pkg.path)
-      if (!file.startsWith(candidate + path.sep)) throw new ManifestError(`${manifestPath}: package.path must stay inside the package`)
-      return file
-    }
+  const dir = packageDir(pkg.name, [manifestPath, import.meta.url])
+  if (dir) {
+    const file = path.resolve(dir, pkg.path)
+    if (!file.startsWith(dir + path.sep)) throw new ManifestError(`${manifestPath}: package.path must stay inside the package`)
+    return file
   }
   throw new ManifestError(`${manifestPath}: npm package ${pkg.name} is not installed; run npm ci`)
 }

