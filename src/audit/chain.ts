@@ -21,6 +21,9 @@
 
 import { createHash, sign, verify, type KeyObject } from 'node:crypto'
 
+// The writer and the verifier read lines the same way (a torn tail is what a crash leaves).
+export { splitLines } from '../durable/lines.ts'
+
 export const GENESIS = '0'.repeat(64)
 export const HEAD_FILE = 'audit-head.json'
 /** Bytes of each line hash kept in a checkpoint's marks. */
@@ -113,15 +116,124 @@ export function sortAuditFiles(names: readonly string[]): string[] {
     .map((e) => e.n)
 }
 
-/** Splits file bytes into complete lines and a torn tail (bytes after the last newline). */
-export function splitLines(buf: Buffer): { lines: Buffer[]; torn: Buffer | null } {
-  const lines: Buffer[] = []
-  let start = 0
-  for (;;) {
-    const nl = buf.indexOf(0x0a, start)
-    if (nl === -1) break
-    lines.push(buf.subarray(start, nl))
-    start = nl + 1
+/** Where the chain stands: what the next line continues from. */
+export interface ChainState {
+  /** seq of the last line written (0: none yet). */
+  seq: number
+  /** SHA-256 (hex) of the last line. */
+  head: string
+  /** seq of the first line not yet covered by a checkpoint's marks. */
+  since: number
+  /** Hashes of the lines since the last checkpoint. */
+  marks: Buffer[]
+  recordsSinceCheckpoint: number
+}
+
+export const newChain = (): ChainState => ({ seq: 0, head: GENESIS, since: 1, marks: [], recordsSinceCheckpoint: 0 })
+
+/** The seq of a chained line, or null when the line is not one. */
+export function lineSeq(line: Buffer): number | null {
+  try {
+    const obj = JSON.parse(line.toString('utf8')) as { seq?: unknown }
+    return Number.isSafeInteger(obj.seq) ? (obj.seq as number) : null
+  } catch {
+    return null
   }
-  return { lines, torn: start < buf.length ? buf.subarray(start) : null }
+}
+
+export function isCheckpointLine(line: Buffer): boolean {
+  // Cheap pre-check before parsing: every checkpoint line has this exact text.
+  if (!line.includes('"type":"checkpoint"')) return false
+  try {
+    return (JSON.parse(line.toString('utf8')) as { type?: unknown }).type === 'checkpoint'
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Where a chain continues after the complete `lines` of its newest file (at least one): from
+ * the last line, with the lines since the file's last checkpoint still to be covered. null when
+ * the last line is not a chained line (a damaged file: the writer must not guess past it).
+ */
+export function resumeChain(lines: readonly Buffer[]): ChainState | null {
+  const last = lines[lines.length - 1]!
+  const seq = lineSeq(last)
+  if (seq === null) return null
+  let j = lines.length - 1
+  while (j >= 0 && !isCheckpointLine(lines[j]!)) j--
+  const marks = lines.slice(j + 1).map((l) => sha256(l))
+  return {
+    seq,
+    head: sha256(last).toString('hex'),
+    since: j >= 0 ? lineSeq(lines[j]!)! + 1 : (lineSeq(lines[0]!) ?? seq),
+    marks,
+    recordsSinceCheckpoint: marks.length,
+  }
+}
+
+export type ChainItem = { kind: 'record'; body: string } | { kind: 'checkpoint'; event: CheckpointEvent }
+
+export interface ChainContext {
+  /** ISO time for the checkpoints of this batch. */
+  at: string
+  /** The file the lines go to (named in checkpoints). */
+  file: string
+  /** The file has no "open" checkpoint yet: this batch starts with one. */
+  opensFile: boolean
+  checkpointEveryRecords: number
+  key: { keyId: string; privateKey: KeyObject }
+}
+
+export interface ChainStep {
+  state: ChainState
+  /** The chained lines, without newlines. */
+  lines: string[]
+  records: number
+  checkpoints: number
+  /** The batch's last checkpoint line, for the head file. */
+  lastCheckpoint: string | null
+}
+
+/**
+ * One batch of the chain: each record and checkpoint as a line chained to the one before, a
+ * checkpoint every checkpointEveryRecords records. A checkpoint asked for with nothing new to
+ * cover ('interval' from a timer) is skipped; the others always write. Pure: `state` is not
+ * changed, the caller adopts the returned one once the lines are on disk.
+ */
+export function chainBatch(state: ChainState, items: readonly ChainItem[], ctx: ChainContext): ChainStep {
+  let { seq, head, since, recordsSinceCheckpoint } = state
+  let marks = state.marks.slice()
+  const lines: string[] = []
+  let records = 0
+  let checkpoints = 0
+  let lastCheckpoint: string | null = null
+  const add = (body: string) => {
+    seq++
+    const line = chainLine(seq, head, body)
+    const h = sha256(line)
+    lines.push(line)
+    head = h.toString('hex')
+    marks.push(h)
+  }
+  const addCheckpoint = (event: CheckpointEvent) => {
+    const fields = { seq: seq + 1, event, at: ctx.at, file: ctx.file, since, head, marks: encodeMarks(marks), key: ctx.key.keyId }
+    add(checkpointBody(fields, ctx.key.privateKey))
+    lastCheckpoint = lines[lines.length - 1]!
+    since = seq + 1
+    marks = []
+    recordsSinceCheckpoint = 0
+    checkpoints++
+  }
+  if (ctx.opensFile) addCheckpoint('open')
+  for (const item of items) {
+    if (item.kind === 'record') {
+      add(item.body)
+      records++
+      if (++recordsSinceCheckpoint >= ctx.checkpointEveryRecords) addCheckpoint('interval')
+    } else if (item.event !== 'interval' || recordsSinceCheckpoint > 0) {
+      addCheckpoint(item.event)
+    }
+  }
+  return { state: { seq, head, since, marks, recordsSinceCheckpoint }, lines, records, checkpoints, lastCheckpoint }
 }

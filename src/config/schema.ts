@@ -122,6 +122,39 @@ export const ModelsConfig = Type.Object(
   { additionalProperties: false, default: {} },
 )
 
+/**
+ * The privacy-budget journal under `state.directory` (src/privacy/file-accountant.ts). Its
+ * defaults are the journal's only defaults: the accountant fills what it is not given from here.
+ */
+export const JournalConfig = Type.Object(
+  {
+    /** strict: an answer is released only after its charge, or a reservation covering it,
+     *  is on disk (one synced write per group of lines). relaxed: after that line is
+     *  written to the OS (survives a killed process, not a power cut), the file synced
+     *  every relaxedSyncIntervalMs: a power cut or kernel crash can forget that window's
+     *  charges. */
+    durability: Type.Union([Type.Literal('strict'), Type.Literal('relaxed')], { default: 'strict' }),
+    /** With durability relaxed: how often the journal is synced; the loss window on a power cut. */
+    relaxedSyncIntervalMs: Type.Integer({ minimum: 1, maximum: 60_000, default: 200 }),
+    /** Shortest time between two writes: charges made in between share the next one, so a
+     *  busy gateway makes at most 1000/N writes a second, and an answer waits up to N ms
+     *  more. 0: write as soon as the previous write is done. */
+    commitIntervalMs: Type.Integer({ minimum: 0, maximum: 100, default: 0 }),
+    /** Charge ahead: a busy caller's charges are covered by one durable reservation of up
+     *  to this fraction of its budget, instead of one write per answer (see
+     *  file-accountant.ts). What a crash or restart costs a caller: at most the unused part
+     *  of its last reservations, counted as spent until they expire. 0: one write per
+     *  group of answers, no reservations. */
+    reserveFraction: Type.Number({ minimum: 0, maximum: 0.25, default: 0.02 }),
+    /** How long a reservation may be drawn on; its record is stamped at its end, so after a
+     *  restart a budget frees at most this much later than it would have. */
+    reserveLeaseMs: Type.Integer({ minimum: 10, maximum: 60_000, default: 1000 }),
+  },
+  { additionalProperties: false, default: {} },
+)
+
+export type JournalConfig = Static<typeof JournalConfig>
+
 /** Where the gateway keeps state that must survive a restart (privacy budgets under `privacy/`). */
 export const StateConfig = Type.Object(
   {
@@ -132,32 +165,7 @@ export const StateConfig = Type.Object(
      */
     directory: Type.String({ minLength: 1, default: '.bulwark/state', description: 'folder for durable state (privacy budgets)' }),
     /** The privacy-budget journal under `directory` (src/privacy/file-accountant.ts). */
-    journal: Type.Object(
-      {
-        /** strict: an answer is released only after its charge, or a reservation covering it,
-         *  is on disk (one synced write per group of lines). relaxed: after that line is
-         *  written to the OS (survives a killed process, not a power cut), the file synced
-         *  every relaxedSyncIntervalMs: a power cut or kernel crash can forget that window's
-         *  charges. */
-        durability: Type.Union([Type.Literal('strict'), Type.Literal('relaxed')], { default: 'strict' }),
-        /** With durability relaxed: how often the journal is synced; the loss window on a power cut. */
-        relaxedSyncIntervalMs: Type.Integer({ minimum: 1, maximum: 60_000, default: 200 }),
-        /** Shortest time between two writes: charges made in between share the next one, so a
-         *  busy gateway makes at most 1000/N writes a second, and an answer waits up to N ms
-         *  more. 0: write as soon as the previous write is done. */
-        commitIntervalMs: Type.Integer({ minimum: 0, maximum: 100, default: 0 }),
-        /** Charge ahead: a busy caller's charges are covered by one durable reservation of up
-         *  to this fraction of its budget, instead of one write per answer (see
-         *  file-accountant.ts). What a crash or restart costs a caller: at most the unused part
-         *  of its last reservations, counted as spent until they expire. 0: one write per
-         *  group of answers, no reservations. */
-        reserveFraction: Type.Number({ minimum: 0, maximum: 0.25, default: 0.02 }),
-        /** How long a reservation may be drawn on; its record is stamped at its end, so after a
-         *  restart a budget frees at most this much later than it would have. */
-        reserveLeaseMs: Type.Integer({ minimum: 10, maximum: 60_000, default: 1000 }),
-      },
-      { additionalProperties: false, default: {} },
-    ),
+    journal: JournalConfig,
     /**
      * Shared state for several replicas (src/config/scaleout.ts): rate-limit counters,
      * privacy budgets and screening's per-caller state live in Redis instead of this process

@@ -45,6 +45,7 @@ function serve(): Promise<{ child: ChildProcess; url: string }> {
   child.stderr!.on('data', (c: Buffer) => (err += c.toString()))
   return new Promise((resolve, reject) => {
     let buf = ''
+    // A real process on real time: a deadline for its start, not a wait.
     const timer = setTimeout(() => reject(new Error(`gateway did not start in time: ${err}`)), 30_000)
     child.stdout!.on('data', (c: Buffer) => {
       buf += c.toString()
@@ -58,6 +59,14 @@ function serve(): Promise<{ child: ChildProcess; url: string }> {
     })
     child.on('exit', (code) => reject(new Error(`gateway exited (${code}) before listening: ${err}`)))
   })
+}
+
+/** Starts a second `bulwark serve` on the same folders; resolves with how it ended. */
+function serveAgain(): Promise<{ code: number | null; stderr: string }> {
+  const child = spawn(process.execPath, [path.join(repo, 'bin/bulwark.js'), 'serve', '--config', configFile], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
+  let stderr = ''
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()))
+  return new Promise((resolve) => child.once('exit', (code) => resolve({ code, stderr })))
 }
 
 const shapes = [
@@ -113,7 +122,15 @@ t.test('SIGKILL mid-run: every response received has its record, and the log ver
 
 t.test('a restart continues the chain after the crash, and SIGTERM seals it', async (t) => {
   const before = readAudit(auditDir)
+  // The killed gateway left its folder lock behind: the restart takes it over.
   const { child, url } = await serve()
+  // A second gateway on the same folders is refused: it would fork the chain.
+  const second = await serveAgain()
+  t.equal(second.code, 1, 'a second gateway on the same folders does not start')
+  // Whichever of its folders it opens first: the audit folder, or the privacy journal's.
+  const folders = `(${auditDir}|${path.join(dir, '.bulwark/state/privacy')})`
+  t.match(second.stderr, new RegExp(`folder ${folders} is in use: another process holds it \\(pid ${child.pid} on host `), 'and says which folder and who holds it')
+  t.match(second.stderr, /Stop the other process, or give this one a folder of its own \((audit|state)\.directory\)/, 'and what to do')
   const pool = new Pool(url, { connections: 2 })
   for (let i = 0; i < 10; i++) {
     const res = await pool.request({ method: 'GET', path: '/v2' })

@@ -205,6 +205,8 @@ t.test('when the audit log cannot be written every request gets 503 audit_unavai
   t.match(notReady.json().checks.audit, /ENOSPC/)
 
   fs.fail = null
+  // A whole gateway on the real clock (realDeps): the writer's probe runs on real time, so
+  // this waits for it, polling, at most 2 s. The probe itself is tested on a fake clock in writer.test.ts.
   for (let i = 0; i < 100 && gateway.audit.writer!.problem !== null; i++) await sleep(20)
   t.equal((await gateway.admin.inject({ url: '/readyz' })).json().checks.audit, 'ok', 'ready again')
   const again = await gateway.api.inject({ url: '/v2/health/live' })

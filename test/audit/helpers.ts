@@ -5,7 +5,8 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { KeyObject } from 'node:crypto'
-import { cryptoRandom, systemClock, type Logger } from '../../src/deps.ts'
+import { cryptoRandom, type Logger } from '../../src/deps.ts'
+import { FakeClock } from '../../kit/clock.ts'
 import { nodeAuditFs, type AuditFileHandle, type AuditFs } from '../../src/audit/fs.ts'
 import { generateSigningKey, type SigningKey } from '../../src/audit/keys.ts'
 import { sortAuditFiles } from '../../src/audit/chain.ts'
@@ -41,6 +42,11 @@ export function memoryLogger(): Logger & { entries: LogEntry[] } {
   }
 }
 
+/**
+ * Test-sized settings on a fake clock that starts at the real time (file ages and names stay
+ * plausible) and moves only when a test ticks it: no timer fires, and nothing sleeps, unless
+ * the test says so. Pass `clock` to tick it.
+ */
 export function writerOptions(directory: string, over: Partial<AuditWriterOptions> = {}): AuditWriterOptions {
   return {
     directory,
@@ -54,7 +60,7 @@ export function writerOptions(directory: string, over: Partial<AuditWriterOption
     checkpointEveryMs: 60_000,
     retryMs: 50,
     key: testKey,
-    clock: systemClock,
+    clock: new FakeClock(Date.now()),
     random: cryptoRandom,
     log: memoryLogger(),
     ...over,
@@ -65,6 +71,12 @@ export async function startWriter(directory: string, over: Partial<AuditWriterOp
   const w = new AuditWriter(writerOptions(directory, over))
   await w.start()
   return w
+}
+
+/** Moves the writer's fake clock and waits until the batches that its timers started are done. */
+export async function tickWriter(clock: FakeClock, w: AuditWriter, ms: number): Promise<void> {
+  await clock.tick(ms)
+  await w.whenIdle()
 }
 
 /** A record body like the gateway's, small. */
@@ -81,15 +93,17 @@ function errno(code: string): NodeJS.ErrnoException {
  * code (ENOSPC: disk full, EACCES: permission revoked); `handles` are the open files, so a
  * test can close one behind the writer's back. Counts calls.
  */
-export function faultyFs(): AuditFs & { fail: string | null; failOnly: 'write' | 'datasync' | null; handles: AuditFileHandle[]; writes: number; syncs: number } {
+export function faultyFs(): AuditFs & { fail: string | null; failOnly: 'write' | 'datasync' | null; handles: AuditFileHandle[]; writes: number; syncs: number; opens: number } {
   const fs = {
     fail: null as string | null,
     failOnly: null as 'write' | 'datasync' | null,
     handles: [] as AuditFileHandle[],
     writes: 0,
     syncs: 0,
+    opens: 0,
     ...nodeAuditFs,
     async open(file: string, flags: 'wx' | 'a', mode: number): Promise<AuditFileHandle> {
+      fs.opens++
       if (fs.fail && fs.failOnly === null) throw errno(fs.fail)
       const inner = await nodeAuditFs.open(file, flags, mode)
       const handle: AuditFileHandle = {
@@ -144,4 +158,5 @@ export const requestRecords = (dir: string) => readAudit(dir).filter((l) => l.re
 
 export const auditFiles = (dir: string) => sortAuditFiles(readdirSync(dir))
 
+/** Real time: only for a whole gateway on the real clock (test/audit/gateway.test.ts). */
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))

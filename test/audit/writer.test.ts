@@ -7,7 +7,13 @@ import path from 'node:path'
 import { BulwarkError } from '../../src/errors.ts'
 import { GENESIS, HEAD_FILE, sha256 } from '../../src/audit/chain.ts'
 import { verifyAuditLog } from '../../src/audit/verify.ts'
-import { auditFiles, body, faultyFs, memoryLogger, publicKeys, readAudit, requestRecords, sleep, startWriter, tempDir } from './helpers.ts'
+import { FakeClock } from '../../kit/clock.ts'
+import { FolderLockedError } from '../../src/durable/lock.ts'
+import { crashLock } from '../durable/helpers.ts'
+import { auditFiles, body, faultyFs, memoryLogger, publicKeys, readAudit, requestRecords, startWriter, tempDir, tickWriter } from './helpers.ts'
+
+/** A fake clock at the real time, for the tests that move it. */
+const realNow = () => new FakeClock(Date.now())
 
 t.test('records written together share one sync, and each promise resolves only after it', async (t) => {
   const dir = tempDir('group')
@@ -47,9 +53,10 @@ t.test('each line chains to the previous one and the first to the genesis', asyn
 
 t.test('a checkpoint is written on a timer when records are waiting for one', async (t) => {
   const dir = tempDir('timer')
-  const w = await startWriter(dir, { checkpointEveryMs: 100 })
+  const clock = realNow()
+  const w = await startWriter(dir, { checkpointEveryMs: 100, clock })
   await w.append(body(1))
-  await sleep(350)
+  for (let i = 0; i < 4; i++) await tickWriter(clock, w, 100)
   const events = readAudit(dir).filter((l) => l.rec.type === 'checkpoint').map((l) => l.rec.event)
   t.same(events, ['open', 'interval'], 'one timed checkpoint after the record, none while idle')
   await w.close()
@@ -78,9 +85,10 @@ t.test('rotation by size keeps the chain across files; each file opens with a ch
 
 t.test('rotation by age', async (t) => {
   const dir = tempDir('age')
-  const w = await startWriter(dir, { maxFileAgeMs: 100 })
+  const clock = realNow()
+  const w = await startWriter(dir, { maxFileAgeMs: 100, clock })
   await w.append(body(1))
-  await sleep(150)
+  await tickWriter(clock, w, 150)
   await w.append(body(2))
   await w.close()
   t.equal(auditFiles(dir).length, 2)
@@ -126,6 +134,7 @@ t.test('a restart continues the chain in a new file, also after a torn last line
   // No close: as if the process died. Then a write cut short by the crash.
   const first = w1.currentFile!
   appendFileSync(first, '{"seq":99,"prev":"ab')
+  crashLock(dir)
   const w2 = await startWriter(dir)
   await w2.append(body(5))
   await w2.close()
@@ -147,13 +156,18 @@ t.test('a restart continues the chain in a new file, also after a torn last line
 t.test('relaxed durability acknowledges after the write and syncs on a timer', async (t) => {
   const dir = tempDir('relaxed')
   const fs = faultyFs()
-  const w = await startWriter(dir, { fs, durability: 'relaxed', relaxedSyncIntervalMs: 400 })
+  const clock = realNow()
+  const w = await startWriter(dir, { fs, durability: 'relaxed', relaxedSyncIntervalMs: 400, clock })
   const syncsBefore = fs.syncs
   for (let i = 0; i < 20; i++) await w.append(body(i))
   t.equal(fs.syncs, syncsBefore, 'no sync per record')
   t.equal(requestRecords(dir).length, 20, 'but every record is written to the file (survives a killed process)')
-  for (let i = 0; i < 100 && fs.syncs === syncsBefore; i++) await sleep(20)
-  t.ok(fs.syncs > syncsBefore, 'the timer synced the file')
+  await tickWriter(clock, w, 399)
+  t.equal(fs.syncs, syncsBefore, 'not before the interval')
+  await tickWriter(clock, w, 1)
+  t.equal(fs.syncs, syncsBefore + 1, 'the timer synced the file, once')
+  await tickWriter(clock, w, 400)
+  t.equal(fs.syncs, syncsBefore + 1, 'nothing written since: no more syncs')
   await w.close()
   t.ok((await verifyAuditLog(dir, publicKeys)).ok)
 })
@@ -171,7 +185,8 @@ t.test('a full disk fails closed: callers get audit_unavailable, logged once, th
   const dir = tempDir('enospc')
   const fs = faultyFs()
   const log = memoryLogger()
-  const w = await startWriter(dir, { fs, log, retryMs: 50 })
+  const clock = realNow()
+  const w = await startWriter(dir, { fs, log, retryMs: 50, clock })
   await w.append(body(0))
   t.equal(w.problem, null)
 
@@ -188,11 +203,15 @@ t.test('a full disk fails closed: callers get audit_unavailable, logged once, th
   const writes = fs.writes
   for (let i = 0; i < 20; i++) await t.rejects(w.append(body(200 + i)), { code: 'audit_unavailable' })
   t.equal(fs.writes, writes, 'no write attempt per request')
-  await sleep(200) // probes keep failing
+  const opens = fs.opens
+  for (let i = 0; i < 4; i++) await tickWriter(clock, w, 50) // probes keep failing
+  t.equal(fs.opens - opens, 4, 'a probe every retryMs')
   t.equal(log.entries.filter((e) => e.level === 'error').length, 1, 'the failure is logged once, not per request or probe')
 
   fs.fail = null
-  for (let i = 0; i < 50 && w.problem !== null; i++) await sleep(20)
+  await tickWriter(clock, w, 49)
+  t.not(w.problem, null, 'no probe before retryMs')
+  await tickWriter(clock, w, 1)
   t.equal(w.problem, null, 'recovered without a restart')
   t.ok(log.entries.some((e) => e.level === 'info' && /writable again/.test(e.msg ?? '')), 'recovery is logged')
   await w.append(body(1))
@@ -208,13 +227,14 @@ t.test('a full disk fails closed: callers get audit_unavailable, logged once, th
 t.test('a failing fdatasync fails closed too (EIO), and recovers', async (t) => {
   const dir = tempDir('eio')
   const fs = faultyFs()
-  const w = await startWriter(dir, { fs, retryMs: 30 })
+  const clock = realNow()
+  const w = await startWriter(dir, { fs, retryMs: 30, clock })
   fs.fail = 'EIO'
   fs.failOnly = 'datasync'
   await t.rejects(w.append(body(1)), { code: 'audit_unavailable' })
   fs.fail = null
   fs.failOnly = null
-  for (let i = 0; i < 50 && w.problem !== null; i++) await sleep(20)
+  await tickWriter(clock, w, 30)
   t.equal(w.problem, null)
   await w.append(body(2))
   await w.close()
@@ -226,11 +246,12 @@ t.test('a file descriptor closed under the writer fails closed, then the writer 
   const dir = tempDir('ebadf')
   const fs = faultyFs()
   const log = memoryLogger()
-  const w = await startWriter(dir, { fs, log, retryMs: 30 })
+  const clock = realNow()
+  const w = await startWriter(dir, { fs, log, retryMs: 30, clock })
   await w.append(body(1))
   await fs.handles[fs.handles.length - 1]!.close()
   await t.rejects(w.append(body(2)), { code: 'audit_unavailable' })
-  for (let i = 0; i < 50 && w.problem !== null; i++) await sleep(20)
+  await tickWriter(clock, w, 30)
   t.equal(w.problem, null, 'recovered')
   await w.append(body(3))
   await w.close()
@@ -256,4 +277,27 @@ t.test('after close, appends are refused', async (t) => {
   await w.close()
   await t.rejects(w.append(body(1)), { code: 'audit_unavailable' })
   t.match(w.problem, /closed/)
+})
+
+t.test('a second writer on the same folder refuses to start, naming the folder; the first goes on', async (t) => {
+  const dir = tempDir('locked')
+  const w1 = await startWriter(dir)
+  await w1.append(body(1))
+  const clock = realNow()
+  const err = await startWriter(dir, { clock }).then(
+    () => null,
+    (e: unknown) => e,
+  )
+  t.type(err, FolderLockedError)
+  t.match((err as Error).message, `the audit log folder ${dir} is in use`)
+  t.match((err as Error).message, 'two writers would fork the hash chain')
+  t.match((err as Error).message, '(audit.directory)')
+  t.equal(clock.pendingTimers, 0, 'the refused writer left no timer behind')
+  await w1.append(body(2))
+  await w1.close()
+  t.same(requestRecords(dir).map((l) => l.rec.id), ['r1', 'r2'], 'only the first wrote')
+  const w3 = await startWriter(dir)
+  t.pass('once closed, the folder is free')
+  await w3.close()
+  t.ok((await verifyAuditLog(dir, publicKeys)).ok)
 })

@@ -3,9 +3,16 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t from 'tap'
 import { Ledger, MemoryAccountant, type PrivacyBudget } from '../../src/privacy/accountant.ts'
-import { FileAccountant, JOURNAL_FILE, PrivacyStateError } from '../../src/privacy/file-accountant.ts'
+import { FileAccountant, JOURNAL_FILE, journalFileText, journalSettings, journalText, parseJournalLine, PrivacyStateError, replayJournal, sealLine } from '../../src/privacy/file-accountant.ts'
 import { calibrateGaussian, epsilonForRho, rhoFor, RHO_UNITS } from '../../src/privacy/mechanisms.ts'
+import { nodeDurableFs } from '../../src/durable/fs.ts'
+import { FolderLockedError } from '../../src/durable/lock.ts'
+import { crashLock } from '../durable/helpers.ts'
 import { budget, eps, fakeClock, HOUR, tempDir } from './helpers.ts'
+
+// These tests pin the journal's lines one charge at a time: reservations (charge ahead, the
+// configured default) have their own tests in reservations.test.ts.
+const noReservations = { reserveFraction: 0 }
 
 t.test('basic composition is exact: ten charges of 0.1 spend exactly 1.0', async (t) => {
   const acct = new MemoryAccountant({ clock: fakeClock() })
@@ -87,7 +94,7 @@ t.test('pure and zCDP charges in one window add up', async (t) => {
 
 t.test('concurrent charges never overspend', async (t) => {
   const dir = await tempDir(t)
-  const acct = await FileAccountant.open({ directory: dir, clock: fakeClock() })
+  const acct = await FileAccountant.open({ directory: dir, clock: fakeClock(), ...noReservations })
   const results = await Promise.all(Array.from({ length: 25 }, () => acct.charge('k', eps(0.1), budget(1))))
   t.equal(results.filter((r) => r.ok).length, 10)
   await acct.close()
@@ -102,7 +109,7 @@ t.test('merged journal lines free their cost no earlier than the charges they me
   const clock = fakeClock()
   const t0 = clock.nowMs()
   const b = budget(1, 10_000)
-  const a = await FileAccountant.open({ directory: dir, clock })
+  const a = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   // The first charge starts a write; everything charged while it runs goes into the next.
   const pending = [a.charge('other', eps(0.1), b)]
   for (let i = 0; i < 4; i++) {
@@ -116,7 +123,7 @@ t.test('merged journal lines free their cost no earlier than the charges they me
   const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n').slice(1)
   const kLines = lines.map((l) => JSON.parse(l) as { t: number; k: string; e: number }).filter((l) => l.k === 'k')
   t.same(kLines.map((l) => [l.t - t0, l.e]), [[600, 400_000], [2_000, 200_000]], 'one line per key and second, at the latest time of its charges')
-  const reopened = await FileAccountant.open({ directory: dir, clock })
+  const reopened = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   t.equal((await reopened.balance('k', b)).epsilonSpent, 0.6, 'the whole cost survives the restart')
   clock.set(t0 + 10_000)
   t.equal((await reopened.balance('k', b)).epsilonSpent, 0.6, 'the first charge of a merged line does not free at its own time')
@@ -138,13 +145,14 @@ t.test('charges of one key in the same millisecond share an entry, never one tha
   // In the file accountant, a charge made while its key's entry is being written starts a
   // new entry: it must reach the disk too.
   const dir = await tempDir(t)
-  const a = await FileAccountant.open({ directory: dir, clock })
+  const a = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   const first = a.charge('k', eps(0.1), budget(1)) // taken by a write at once
   const more = Array.from({ length: 5 }, () => a.charge('k', eps(0.1), budget(1))) // same ms, next write
   t.ok((await Promise.all([first, ...more])).every((r) => r.ok))
   const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n').slice(1)
   t.same(lines.map((l) => (JSON.parse(l) as { e: number }).e), [100_000, 500_000], 'one line for the first write, one for the five that waited')
-  const b = await FileAccountant.open({ directory: dir, clock })
+  crashLock(dir) // a stays open, as a killed process's files would
+  const b = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   t.equal((await b.balance('k', budget(1))).epsilonSpent, 0.6, 'all six charges survive a restart')
   await b.close()
   await a.close()
@@ -153,18 +161,19 @@ t.test('charges of one key in the same millisecond share an entry, never one tha
 t.test('budgets survive a restart: a new accountant over the same folder sees what was spent', async (t) => {
   const dir = await tempDir(t)
   const clock = fakeClock()
-  const first = await FileAccountant.open({ directory: dir, clock })
+  const first = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   for (let i = 0; i < 3; i++) t.ok((await first.charge('alice', eps(0.1), budget(1))).ok)
   t.ok((await first.charge('bob', eps(0.4), budget(1))).ok)
   // No close(): as after a crash. Every resolved charge is already synced.
-  const second = await FileAccountant.open({ directory: dir, clock })
+  crashLock(dir)
+  const second = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   t.equal((await second.balance('alice', budget(1))).epsilonSpent, 0.3)
   t.equal((await second.balance('bob', budget(1))).epsilonLeft, 0.6)
   for (let i = 0; i < 7; i++) t.ok((await second.charge('alice', eps(0.1), budget(1))).ok)
   t.equal((await second.charge('alice', eps(0.1), budget(1))).ok, false, 'the budget spent before the restart stays spent')
   await second.close()
   await first.close()
-  const third = await FileAccountant.open({ directory: dir, clock })
+  const third = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   t.equal((await third.balance('alice', budget(1))).epsilonSpent, 1)
   await third.close()
 })
@@ -173,21 +182,21 @@ t.test('a torn last line is dropped and the journal stays usable', async (t) => 
   const dir = await tempDir(t)
   const clock = fakeClock()
   const file = path.join(dir, JOURNAL_FILE)
-  const a = await FileAccountant.open({ directory: dir, clock })
+  const a = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   await a.charge('k', eps(0.2), budget(1))
   await a.close()
   await appendFile(file, '{"t":1700000000000,"k":"k","e":3000')
-  const b = await FileAccountant.open({ directory: dir, clock })
+  const b = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   t.equal((await b.balance('k', budget(1))).epsilonSpent, 0.2, 'the torn charge was never acknowledged: not counted')
   t.ok((await b.charge('k', eps(0.3), budget(1))).ok)
   await b.close()
-  const c = await FileAccountant.open({ directory: dir, clock })
+  const c = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   t.equal((await c.balance('k', budget(1))).epsilonSpent, 0.5, 'charges after the tear are read back')
   await c.close()
   // A tail of zeros (file extended, data never written) is a torn tail too.
   await appendFile(file, Buffer.alloc(40))
   await appendFile(file, '\n')
-  const d = await FileAccountant.open({ directory: dir, clock })
+  const d = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   t.equal((await d.balance('k', budget(1))).epsilonSpent, 0.5)
   await d.close()
 })
@@ -196,22 +205,22 @@ t.test('a damaged line followed by intact ones stops the start (corruption, not 
   const dir = await tempDir(t)
   const clock = fakeClock()
   const file = path.join(dir, JOURNAL_FILE)
-  const a = await FileAccountant.open({ directory: dir, clock })
+  const a = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   for (let i = 0; i < 3; i++) await a.charge('k', eps(0.1), budget(1))
   await a.close()
   const lines = (await readFile(file, 'utf8')).split('\n')
   lines[2] = lines[2]!.replace('"e":100000', '"e":100')
   await writeFile(file, lines.join('\n'))
-  await t.rejects(FileAccountant.open({ directory: dir, clock }), PrivacyStateError)
+  await t.rejects(FileAccountant.open({ directory: dir, clock, ...noReservations }), PrivacyStateError)
   await writeFile(file, 'not a journal\n')
-  await t.rejects(FileAccountant.open({ directory: dir, clock }), PrivacyStateError)
+  await t.rejects(FileAccountant.open({ directory: dir, clock, ...noReservations }), PrivacyStateError)
 })
 
 t.test('compaction keeps the journal bounded and loses nothing live', async (t) => {
   const dir = await tempDir(t)
   const clock = fakeClock()
   const b = budget(1, 10_000)
-  const acct = await FileAccountant.open({ directory: dir, clock, retentionMs: 10_000, compactMinLines: 16 })
+  const acct = await FileAccountant.open({ directory: dir, clock, retentionMs: 10_000, compactMinLines: 16, ...noReservations })
   let maxLines = 0
   for (let i = 0; i < 400; i++) {
     await acct.charge(`k${i % 3}`, eps(0.05), b)
@@ -221,7 +230,7 @@ t.test('compaction keeps the journal bounded and loses nothing live', async (t) 
   t.ok(maxLines <= 64, `the journal never exceeded ${maxLines} lines over 400 charges`)
   const live = await Promise.all([0, 1, 2].map((k) => acct.balance(`k${k}`, b)))
   await acct.close() // a compaction may still be running after the last charge resolved
-  const reopened = await FileAccountant.open({ directory: dir, clock, retentionMs: 10_000 })
+  const reopened = await FileAccountant.open({ directory: dir, clock, retentionMs: 10_000, ...noReservations })
   const after = await Promise.all([0, 1, 2].map((k) => reopened.balance(`k${k}`, b)))
   t.same(after, live, 'a restart after compaction sees the same balances')
   await reopened.close()
@@ -249,19 +258,22 @@ t.test('relaxed durability: a charge is in the file when it resolves, and synced
   const dir = await tempDir(t)
   const clock = fakeClock()
   await countingSyncs(async (syncs) => {
-    const a = await FileAccountant.open({ directory: dir, clock, durability: 'relaxed', relaxedSyncIntervalMs: 20 })
+    const a = await FileAccountant.open({ directory: dir, clock, durability: 'relaxed', relaxedSyncIntervalMs: 20, ...noReservations })
     const before = syncs()
     t.ok((await a.charge('k', eps(0.3), budget(1))).ok)
     const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n')
     t.equal(lines.length, 2, 'the charge reached the file before it resolved')
     // A killed process (no close): a new accountant reads it back.
-    const b = await FileAccountant.open({ directory: dir, clock })
+    crashLock(dir)
+    const b = await FileAccountant.open({ directory: dir, clock, ...noReservations })
     t.equal((await b.balance('k', budget(1))).epsilonSpent, 0.3, 'the budget spent before the "crash" is still spent')
     await b.close()
-    await new Promise((r) => setTimeout(r, 120))
+    await clock.tick(120)
+    await a.whenIdle()
     const afterInterval = syncs()
     t.ok(afterInterval > before, 'the interval synced the written charge')
-    await new Promise((r) => setTimeout(r, 120))
+    await clock.tick(120)
+    await a.whenIdle()
     t.equal(syncs(), afterInterval, 'nothing written since: no more syncs')
     await a.charge('k', eps(0.1), budget(1))
     await a.close()
@@ -273,13 +285,16 @@ t.test('commitIntervalMs: charges made within the interval share the next write'
   const linesFor = async (commitIntervalMs: number) => {
     const dir = await tempDir(t)
     const clock = fakeClock()
-    const a = await FileAccountant.open({ directory: dir, clock, commitIntervalMs })
-    // Three charges 10 ms apart in real time, at the same wall time (so they may merge).
+    const a = await FileAccountant.open({ directory: dir, clock, commitIntervalMs, ...noReservations })
+    // Three charges 10 ms apart (so they never share a ledger entry, and may share a line
+    // only by sharing a write): the first is written at once, whatever the interval.
+    await a.charge('k', eps(0.1), budget(1))
     const pending = []
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < 2; i++) {
       pending.push(a.charge('k', eps(0.1), budget(1)))
-      await new Promise((r) => setTimeout(r, 10))
+      await clock.tick(10)
     }
+    await clock.tick(commitIntervalMs)
     await Promise.all(pending)
     await a.close()
     return (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n').length - 1
@@ -291,11 +306,11 @@ t.test('commitIntervalMs: charges made within the interval share the next write'
 t.test('entries older than the retention are dropped at open', async (t) => {
   const dir = await tempDir(t)
   const clock = fakeClock()
-  const a = await FileAccountant.open({ directory: dir, clock, retentionMs: HOUR })
+  const a = await FileAccountant.open({ directory: dir, clock, retentionMs: HOUR, ...noReservations })
   await a.charge('k', eps(0.5), budget(1))
   await a.close()
   clock.advance(HOUR)
-  const b = await FileAccountant.open({ directory: dir, clock, retentionMs: HOUR })
+  const b = await FileAccountant.open({ directory: dir, clock, retentionMs: HOUR, ...noReservations })
   t.equal(b.journalLines, 1, 'only the header is left')
   await b.close()
 })
@@ -305,4 +320,91 @@ t.test('misuse is refused', async (t) => {
   await t.rejects(acct.charge('k', eps(0.1), budget(1, 2 * HOUR)), RangeError, 'a window longer than the retention')
   await t.rejects(acct.charge('has space', eps(0.1), budget(1)), RangeError)
   await t.rejects(acct.charge('k', { epsilonMicros: 0.5, rhoNanos: 0 }, budget(1)), RangeError)
+})
+
+t.test('a second accountant on the same folder refuses to open; the first goes on', async (t) => {
+  const dir = await tempDir(t)
+  const clock = fakeClock()
+  const a = await FileAccountant.open({ directory: dir, clock, ...noReservations })
+  await t.rejects(FileAccountant.open({ directory: dir, clock }), FolderLockedError)
+  await t.rejects(FileAccountant.open({ directory: dir, clock }), { message: /privacy journal folder .* is in use: .*\(state\.directory\)/ })
+  t.ok((await a.charge('k', eps(0.1), budget(1))).ok)
+  await a.close()
+  const b = await FileAccountant.open({ directory: dir, clock, ...noReservations })
+  t.equal((await b.balance('k', budget(1))).epsilonSpent, 0.1, 'once closed, the next one opens it')
+  await b.close()
+})
+
+t.test('a write that fails closes the journal to charges until a restart, which keeps what was on disk', async (t) => {
+  const dir = await tempDir(t)
+  const clock = fakeClock()
+  let fail = false
+  const fs = {
+    ...nodeDurableFs,
+    async open(file: string, flags: 'wx' | 'a', mode: number) {
+      const h = await nodeDurableFs.open(file, flags, mode)
+      return { ...h, write: (b: Uint8Array, o: number, n: number) => (fail ? Promise.resolve({ bytesWritten: 0 }) : h.write(b, o, n)) }
+    },
+  }
+  const a = await FileAccountant.open({ directory: dir, clock, fs, ...noReservations })
+  t.ok((await a.charge('k', eps(0.1), budget(1))).ok)
+  fail = true
+  await t.rejects(a.charge('k', eps(0.1), budget(1)), { name: 'PrivacyStateError', message: /cannot be written \(write made no progress/ })
+  fail = false
+  await t.rejects(a.charge('k', eps(0.1), budget(1)), { name: 'PrivacyStateError', message: /failed earlier.*refusing charges until restart/ })
+  await a.close()
+  const b = await FileAccountant.open({ directory: dir, clock, ...noReservations })
+  t.equal((await b.balance('k', budget(1))).epsilonSpent, 0.1, 'the charge written before the failure survives')
+  await b.close()
+})
+
+// --- the journal's format, pure ---
+
+t.test('journal lines carry a CRC of their content: read back exactly, and any change makes a line damaged', async (t) => {
+  const line = sealLine({ t: 1_700_000_000_000, k: 'alice', e: 250_000, r: 7 })
+  t.match(line, /^\{"t":1700000000000,"k":"alice","e":250000,"r":7,"crc":"[0-9a-f]{8}"\}\n$/)
+  t.same(parseJournalLine(line.trimEnd()), { kind: 'entry', key: 'alice', entry: { t: 1_700_000_000_000, e: 250_000, r: 7, durable: true } })
+  t.equal(parseJournalLine(line.trimEnd().replace('250000', '250001')), null, 'a changed digit')
+  t.equal(parseJournalLine(sealLine({ t: 1, k: 'a', e: 1, r: 0, x: 1 }).trimEnd()), null, 'a field too many, even sealed')
+  t.equal(parseJournalLine(sealLine({ t: 1, k: 'a', e: -1, r: 0 }).trimEnd()), null, 'a negative cost')
+  t.equal(parseJournalLine('\0\0\0'), null, 'zeros')
+  t.same(parseJournalLine(sealLine({ journal: 'bulwark-privacy', version: 1 }).trimEnd()), { kind: 'header', version: 1 })
+})
+
+t.test("journalText: a key's charges within 1 s of the first of them share a line, their summed cost at the latest time", async (t) => {
+  const text = journalText([
+    ['k', { t: 0, e: 1, r: 0 }],
+    ['j', { t: 100, e: 5, r: 1 }],
+    ['k', { t: 999, e: 2, r: 3 }],
+    ['k', { t: 1000, e: 4, r: 0 }],
+  ])
+  const lines = text.trimEnd().split('\n').map((l) => parseJournalLine(l))
+  t.same(
+    lines.map((l) => (l?.kind === 'entry' ? [l.key, l.entry.t, l.entry.e, l.entry.r] : null)),
+    [
+      ['k', 999, 3, 3],
+      ['k', 1000, 4, 0],
+      ['j', 100, 5, 1],
+    ],
+  )
+})
+
+t.test('replayJournal: the charges; a torn tail dropped and counted; corruption and foreign files refused with the reason', async (t) => {
+  const header = sealLine({ journal: 'bulwark-privacy', version: 1 })
+  const a = sealLine({ t: 1, k: 'a', e: 10, r: 0 })
+  const b = sealLine({ t: 2, k: 'b', e: 20, r: 0 })
+  const good = header + a + b
+  t.match(replayJournal(Buffer.alloc(0)), { ok: true, entries: [], lines: 0 }, 'no journal yet')
+  t.match(replayJournal(Buffer.from(good)), { ok: true, lines: 3, droppedLines: 0, intactBytes: Buffer.byteLength(good), entries: [{ key: 'a' }, { key: 'b' }] })
+  t.equal(journalFileText([['a', { t: 1, e: 10, r: 0 }], ['b', { t: 2, e: 20, r: 0 }]]), good, 'the file text is the header and the lines')
+  t.match(replayJournal(Buffer.from(good + '{"t":3,"k":"c","e"')), { ok: true, lines: 3, droppedLines: 1, intactBytes: Buffer.byteLength(good) }, 'a write cut short')
+  t.match(replayJournal(Buffer.from(header + a.replace('"e":10', '"e":11') + b)), { ok: false, problem: /^line 2 is damaged but later lines are intact/ })
+  t.match(replayJournal(Buffer.from('{"some":"other file"}\n')), { ok: false, problem: /first line is not a Bulwark privacy journal header/ })
+  t.match(replayJournal(Buffer.from(header + a + header)), { ok: false, problem: /^line 3: a journal header in the middle/ })
+  t.match(replayJournal(Buffer.from(sealLine({ journal: 'bulwark-privacy', version: 2 }))), { ok: false, problem: /journal version 2 is not supported/ })
+})
+
+t.test('the journal settings an accountant is not given are the configuration schema\'s defaults', async (t) => {
+  t.same(journalSettings({}), { durability: 'strict', relaxedSyncIntervalMs: 200, commitIntervalMs: 0, reserveFraction: 0.02, reserveLeaseMs: 1000 })
+  t.match(journalSettings({ reserveFraction: 0, durability: undefined }), { reserveFraction: 0, durability: 'strict' }, 'what is given wins; undefined is not given')
 })

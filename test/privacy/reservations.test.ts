@@ -6,7 +6,10 @@ import { readFile } from 'node:fs/promises'
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import { FileAccountant, JOURNAL_FILE } from '../../src/privacy/file-accountant.ts'
+import { costFits } from '../../src/privacy/accountant.ts'
+import { FileAccountant, JOURNAL_FILE, reservationSize } from '../../src/privacy/file-accountant.ts'
+import { calibrateGaussian, scaleCost } from '../../src/privacy/mechanisms.ts'
+import { crashLock } from '../durable/helpers.ts'
 import { budget, eps, fakeClock, HOUR, tempDir } from './helpers.ts'
 
 type Line = { t: number; k: string; e: number; r: number }
@@ -84,6 +87,7 @@ t.test('after a restart nothing released is forgotten, and the rest of the last 
   const before = (await a.balance('alice', budget(100))).epsilonSpent
   t.equal(before, 3.7, 'decisions use the exact charges, not the reservations')
   // No close(): as after a crash.
+  crashLock(dir)
   const b = await FileAccountant.open({ directory: dir, clock, reserveFraction: 0.02 })
   const after = (await b.balance('alice', budget(100))).epsilonSpent
   t.ok(after >= before, `spent after the restart (${after}) is at least what was spent before (${before})`)
@@ -135,7 +139,7 @@ t.test('a caller that slows down gets reservations sized to what the last one se
 t.test('without reservations (reserveFraction 0) every charge is written as before', async (t) => {
   const dir = await tempDir(t)
   const clock = fakeClock()
-  const a = await FileAccountant.open({ directory: dir, clock })
+  const a = await FileAccountant.open({ directory: dir, clock, reserveFraction: 0 })
   for (let i = 0; i < 5; i++) {
     await a.charge('k', eps(0.1), budget(1))
     clock.advance(2000)
@@ -146,4 +150,34 @@ t.test('without reservations (reserveFraction 0) every charge is written as befo
     'one line per charge, of its exact cost',
   )
   await a.close()
+})
+
+t.test("an accountant opened without journal settings takes the configuration's defaults: reservations on", async (t) => {
+  const dir = await tempDir(t)
+  const clock = fakeClock()
+  const a = await FileAccountant.open({ directory: dir, clock })
+  for (let i = 0; i < 3; i++) await a.charge('k', eps(0.1), budget(100))
+  t.same(
+    journalLines(dir).map((l) => l.e / 100_000),
+    [1, 2],
+    'reserveFraction 0.02, as the gateway config says by default: a line of 1 answer, then one of 2',
+  )
+  await a.close()
+})
+
+t.test('reservationSize: 1 for a new caller, doubling within the lease, what was served after it, capped by the fraction and what is left', async (t) => {
+  const now = 10_000
+  const cost = eps(0.01)
+  const b = budget(100)
+  const size = (last: { until: number; size: number; served: number } | undefined, left = 100, fraction = 0.05) => reservationSize(last, now, cost, b, left, fraction)
+  t.equal(size(undefined), 1, 'a new caller')
+  t.equal(size({ until: now, size: 8, served: 8 }), 16, 'ran out within its lease: twice as many')
+  t.equal(size({ until: now - 1, size: 8, served: 3 }), 3, 'lease over: what the last one served')
+  t.equal(size({ until: now - 1, size: 8, served: 0 }), 1, 'never less than this answer')
+  t.equal(size({ until: now, size: 4096, served: 4096 }), 500, 'at most reserveFraction (5% of 100 = 5 ε = 500 answers)')
+  t.equal(size({ until: now, size: 64, served: 64 }, 0.02), 3, 'at most this answer and what is left after it (0.02 ε: 2 more)')
+  const g = calibrateGaussian(0.25, 1e-6, 16).cost
+  const n = reservationSize({ until: now, size: 1024, served: 1024 }, now, g, b, 100, 0.02)
+  const cap = { ...b, epsilonMicros: Math.floor(b.epsilonMicros * 0.02) }
+  t.ok(n >= 1 && costFits(scaleCost(g, n), cap), `zCDP answers: ${n} fit in the cap together`)
 })
