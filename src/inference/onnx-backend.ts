@@ -7,7 +7,7 @@ import { BulwarkError } from '../errors.ts'
 import { systemClock, type Clock, type Logger } from '../deps.ts'
 import type { Backend } from './backend.ts'
 import { batchBuffers } from './buffer-pool.ts'
-import type { WorkerInit, WorkerRequest, WorkerResponse, WireTensor } from './onnx-protocol.ts'
+import type { WorkerInit, WorkerRequest, WorkerResponse, WireTensor } from './onnx-messages.ts'
 import { numericDatatypes, type Tensor } from './tensor.ts'
 
 export interface OnnxBackendOptions {

@@ -6,7 +6,7 @@ import { readlinkSync } from 'node:fs'
 import { setPriority } from 'node:os'
 import { parentPort, workerData } from 'node:worker_threads'
 import * as ort from 'onnxruntime-node'
-import type { WorkerInit, WorkerRequest, WorkerResponse, WireTensor } from './onnx-protocol.ts'
+import type { WorkerInit, WorkerRequest, WorkerResponse, WireTensor } from './onnx-messages.ts'
 import { numericDatatypes, type Datatype } from './tensor.ts'
 
 const init = workerData as WorkerInit

@@ -28,7 +28,7 @@
 // window and reset timeout run on opossum's own timers.
 //
 // Tensors go out as binary data, as validation left them; outputs come back binary
-// (src/inference/upstream-protocol.ts). A batch never exceeds the manifest's maxBatchSize
+// (src/inference/upstream-codec.ts). A batch never exceeds the manifest's maxBatchSize
 // (InferenceService splits larger requests), so each batch is one call. Each call is a client
 // span whose W3C traceparent goes with it.
 
@@ -42,7 +42,7 @@ import { formatTraceparent } from '../telemetry/tracing.ts'
 import type { Backend, BatchCall } from './backend.ts'
 import type { Manifest } from './manifest.ts'
 import type { Tensor } from './tensor.ts'
-import { decodeUpstreamResponse, encodeUpstreamRequest, HEADER_LENGTH, upstreamErrorOf } from './upstream-protocol.ts'
+import { decodeUpstreamResponse, encodeUpstreamRequest, HEADER_LENGTH, upstreamErrorOf } from './upstream-codec.ts'
 
 export type BreakerState = 'closed' | 'open' | 'half-open'
 
