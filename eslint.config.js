@@ -119,6 +119,7 @@ export default tseslint.config(
       'src/config/load.ts',
       'src/config/policy.ts',
       'src/audit/fs.ts',
+      'src/durable/fs.ts',
       'src/audit/keys.ts',
       'src/audit/verify.ts',
       'src/auth/jwks.ts',

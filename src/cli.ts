@@ -4,6 +4,7 @@
 import { parseArgs } from 'node:util'
 import path from 'node:path'
 import { ConfigError, defaultConfig, loadConfigFile, type LoadedConfig } from './config/load.ts'
+import { FolderLockedError } from './durable/lock.ts'
 import { buildConfig } from './config/load.ts'
 import { realDeps, silentLogger } from './deps.ts'
 import { buildGateway } from './server.ts'
@@ -183,6 +184,11 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof ConfigError) {
     process.stderr.write(`bulwark: ${err.message}\n`)
     process.exit(2)
+  }
+  // Another process holds the folder: the message says which and what to do; no stack.
+  if (err instanceof FolderLockedError) {
+    process.stderr.write(`bulwark: ${err.message}\n`)
+    process.exit(1)
   }
   const e = err as Error & { code?: string }
   if (e.code?.startsWith('ERR_PARSE_ARGS')) {

@@ -110,13 +110,15 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const { metrics } = observability
   const models = buildModels(config.models, baseDir, { clock, log, random, metrics, tracer: observability.tracerProvider.getTracer('bulwark') })
   registry = models.registry
-  const sharedState = config.state.redis ? await SharedState.open(config.state.redis, baseDir, log, clock) : null
+  // What holds a folder lock, a connection or a watcher is closed again if a later part fails to start.
+  const undo: Undo = []
+  const sharedState = config.state.redis ? await opening(undo, () => SharedState.open(config.state.redis!, baseDir, log, clock), (s) => s.close()) : null
   if (sharedState) metrics.add(new Gauge('bulwark_state_store_up', 'Whether the shared state store (Redis) is connected: 1 yes, 0 no (budgets refused; rate limits and screening as configured).', () => [[{ store: 'redis' }, sharedState.up ? 1 : 0]]))
-  const outputPrivacy = await buildOutputPrivacy(config, { baseDir, policyDir }, { policies, registry, sharedState, clock, random, log })
-  const frontDoor = await buildFrontDoor(config, { baseDir }, { api, tlsMaterial, policies, sharedState, clock, log, metrics })
+  const outputPrivacy = await opening(undo, () => buildOutputPrivacy(config, { baseDir, policyDir }, { policies, registry, sharedState, clock, random, log }), (p) => p?.accountant.close())
+  const frontDoor = await opening(undo, () => buildFrontDoor(config, { baseDir }, { api, tlsMaterial, policies, sharedState, clock, log, metrics }), (f) => f.close())
   for (const m of registry.list()) if (config.authorization.enabled && !policies.has(m.name)) log.warn({ model: m.name }, 'model has no policy: nobody may call it (default deny)')
-  const screening = await buildScreeningLinks(config, { baseDir, source }, { policies, registry, sharedState, clock, random, log, metrics })
-  const audit = await createAuditLogStage(config.audit, loaded, { clock, random, log, ...options.audit })
+  const screening = await opening(undo, () => buildScreeningLinks(config, { baseDir, source }, { policies, registry, sharedState, clock, random, log, metrics }), async () => {})
+  const audit = await opening(undo, () => createAuditLogStage(config.audit, loaded, { clock, random, log, ...options.audit }), (a) => a.close())
   late.audit = audit
   const loadShedding = config.loadShedding.enabled ? createLoadSheddingLink(config.loadShedding, { queueFull: (model) => registry.queueFull(model) }) : undefined
   if (loadShedding) metrics.add(...loadShedding.metrics)
@@ -175,6 +177,20 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
       await admin.close()
       await metrics.close()
     },
+  }
+}
+
+type Undo = (() => Promise<unknown>)[]
+
+/** Opens one part of the gateway; if it fails, closes every part opened before it (newest first) and rethrows. */
+async function opening<T>(undo: Undo, open: () => Promise<T>, close: (t: T) => Promise<unknown> | undefined): Promise<T> {
+  try {
+    const opened = await open()
+    undo.push(async () => close(opened))
+    return opened
+  } catch (err) {
+    for (const closeOne of undo.reverse()) await closeOne().catch(() => {})
+    throw err
   }
 }
 
