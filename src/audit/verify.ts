@@ -133,6 +133,31 @@ function localize(seg: SegLine[], signed: string[], since: number, at: Loc): Ver
 }
 
 /**
+ * The signed head file against the log: a head checkpoint past the log's end means records
+ * were cut off the end; one inside it must be the very checkpoint the log holds.
+ */
+function checkHead(headLine: Buffer | null, keyById: ReadonlyMap<string, KeyObject>, report: VerifyReport, end: Loc, checkpointHashes: ReadonlyMap<number, string>): VerifyProblem | null {
+  if (!headLine) {
+    return { kind: 'head', file: HEAD_FILE, line: 0, seq: null, message: `${HEAD_FILE} is missing: records cut off the end could not be detected` }
+  }
+  const { lines } = splitLines(headLine)
+  const rec = lines.length === 1 ? parseLine(lines[0]!) : null
+  const cp = rec ? asCheckpoint(rec) : null
+  const key = cp ? keyById.get(cp.key) : undefined
+  if (!cp || !key || !checkpointSignatureValid(cp, key)) {
+    return { kind: 'head', file: HEAD_FILE, line: 1, seq: null, message: `${HEAD_FILE} is not a checkpoint signed by the given key: it was altered` }
+  }
+  if (report.lastSeq === null || cp.seq > report.lastSeq) {
+    const from = (report.lastSeq ?? 0) + 1
+    return { kind: 'truncated', ...end, seq: from, message: `the log ends here, but ${HEAD_FILE} holds a signed checkpoint at seq ${cp.seq}: records seq ${from}..${cp.seq} were cut off` }
+  }
+  if (cp.seq >= (report.firstSeq ?? 0) && checkpointHashes.get(cp.seq) !== sha256(lines[0]!).toString('hex')) {
+    return { kind: 'modified', ...end, seq: cp.seq, message: `the checkpoint at seq ${cp.seq} in the log differs from the one in ${HEAD_FILE}` }
+  }
+  return null
+}
+
+/**
  * Verifies an audit file, or every audit file in a folder (plus its audit-head.json), with
  * the given public keys (a checkpoint names the key that signed it).
  */
@@ -275,28 +300,8 @@ export async function verifyAuditLog(target: string, keys: readonly KeyObject[])
   report.closedCleanly = lastWasShutdown
 
   if (isDir) {
-    const end = lastLoc ?? { file: names[names.length - 1]!, line: 0 }
-    if (!headLine) {
-      note({ kind: 'head', file: HEAD_FILE, line: 0, seq: null, message: `${HEAD_FILE} is missing: records cut off the end could not be detected` })
-    } else {
-      const { lines } = splitLines(headLine)
-      const rec = lines.length === 1 ? parseLine(lines[0]!) : null
-      const cp = rec ? asCheckpoint(rec) : null
-      const key = cp ? keyById.get(cp.key) : undefined
-      if (!cp || !key || !checkpointSignatureValid(cp, key)) {
-        note({ kind: 'head', file: HEAD_FILE, line: 1, seq: null, message: `${HEAD_FILE} is not a checkpoint signed by the given key: it was altered` })
-      } else if (report.lastSeq === null || cp.seq > report.lastSeq) {
-        const from = (report.lastSeq ?? 0) + 1
-        note({
-          kind: 'truncated',
-          ...end,
-          seq: from,
-          message: `the log ends here, but ${HEAD_FILE} holds a signed checkpoint at seq ${cp.seq}: records seq ${from}..${cp.seq} were cut off`,
-        })
-      } else if (cp.seq >= (report.firstSeq ?? 0) && checkpointHashes.get(cp.seq) !== sha256(lines[0]!).toString('hex')) {
-        note({ kind: 'modified', ...end, seq: cp.seq, message: `the checkpoint at seq ${cp.seq} in the log differs from the one in ${HEAD_FILE}` })
-      }
-    }
+    const problem = checkHead(headLine, keyById, report, lastLoc ?? { file: names[names.length - 1]!, line: 0 }, checkpointHashes)
+    if (problem) note(problem)
   }
   if (!report.closedCleanly && report.problems.length === 0) {
     report.warnings.push(
