@@ -17,6 +17,7 @@ export class FakeClock implements Clock {
   private mono: number
   private seq = 0
   private timers: Pending[] = []
+  private timerWatchers: { ms: number; resolve: () => void }[] = []
 
   constructor(startMs = Date.UTC(2030, 0, 1), startMonoMs = 1_000) {
     this.wall = startMs
@@ -41,6 +42,15 @@ export class FakeClock implements Clock {
 
   sleep(ms: number, signal?: AbortSignal): Promise<void> {
     return sleepFor(this, ms, signal)
+  }
+
+  /**
+   * Resolves once a timer of `ms` is pending (at once if one is): for a test that must not
+   * move time before the code under test has started waiting on it.
+   */
+  timerSet(ms: number): Promise<void> {
+    if (this.timers.some((t) => !t.cancelled && t.every === null && t.due - this.mono === ms)) return Promise.resolve()
+    return new Promise((resolve) => this.timerWatchers.push({ ms, resolve }))
   }
 
   /** Timers not yet fired or cancelled. */
@@ -82,6 +92,8 @@ export class FakeClock implements Clock {
   private schedule(fn: () => void, ms: number, every: number | null): Timer {
     const t: Pending = { due: this.mono + Math.max(0, ms), seq: this.seq++, every, fn, cancelled: false }
     this.timers.push(t)
+    for (const w of this.timerWatchers.filter((w) => w.ms === ms)) w.resolve()
+    this.timerWatchers = this.timerWatchers.filter((w) => w.ms !== ms)
     return { cancel: () => (t.cancelled = true) }
   }
 

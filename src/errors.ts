@@ -28,6 +28,8 @@ export const errorStatus = {
   not_found: 404,
   model_not_found: 404,
   version_not_found: 404,
+  // 408: the request did not arrive in time (a stalled upload is cut off).
+  request_timeout: 408,
   // 413/415: the body is too big or of a type the protocol does not define.
   payload_too_large: 413,
   unsupported_media_type: 415,
@@ -36,6 +38,9 @@ export const errorStatus = {
   // 429: too much, too often.
   rate_limited: 429,
   privacy_budget_exhausted: 429,
+  // 499 (nginx's "client closed request"): the client went away before the answer; nobody
+  // reads it, but the log and the audit record say what happened, without a 5xx.
+  client_closed_request: 499,
   // 5xx: the gateway cannot serve right now; retrying later may work.
   internal: 500,
   model_not_ready: 503,

@@ -33,6 +33,7 @@ import { createModelInferenceStage } from './stages/model-inference.ts'
 import { createTraceLink } from './stages/trace.ts'
 import { SharedState } from './state/redis.ts'
 import { Gauge, type GatewayMetrics } from './telemetry/metrics.ts'
+import { limitConnections } from './transport/connection-limits.ts'
 import { attachChain } from './transport/http-chain.ts'
 import { httpsServerOptions, loadTlsMaterial, type TlsMaterial, type TlsReloader } from './transport/tls.ts'
 import type { Stage } from './types.ts'
@@ -120,6 +121,8 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const screening = await opening(undo, () => buildScreeningLinks(config, { baseDir, source }, { policies, registry, sharedState, clock, random, log, metrics }), async () => {})
   const audit = await opening(undo, () => createAuditLogStage(config.audit, loaded, { clock, random, log, ...options.audit }), (a) => a.close())
   late.audit = audit
+  const connections = limitConnections(api.server, { maxConnections: config.server.maxConnections, maxPerClient: config.server.maxConnectionsPerClient, tls: tlsMaterial !== null })
+  metrics.add(connections.refused)
   const loadShedding = config.loadShedding.enabled ? createLoadSheddingLink(config.loadShedding, { queueFull: (model) => registry.queueFull(model) }) : undefined
   if (loadShedding) metrics.add(...loadShedding.metrics)
 
@@ -135,9 +138,9 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     modelInference: createModelInferenceStage({ service: models.service }),
     outputPrivacy: outputPrivacy?.link,
     auditRecord: audit.link,
-    metrics: createMetricsLink(metrics, clock),
+    metrics: createMetricsLink(metrics, clock, registry.list().map((m) => m.name)),
   })
-  late.unrouted = attachChain(api, { chain, clock, log, bodyLimitBytes: config.server.bodyLimitBytes, requestTimeoutMs: config.server.requestTimeoutMs, tls: tlsMaterial !== null }).answerUnrouted
+  late.unrouted = attachChain(api, { chain, clock, log, server: config.server, tls: tlsMaterial !== null }).answerUnrouted
   registerOipRoutes(api, { registry, serverVersion: SERVER_VERSION, isShuttingDown })
 
   const readinessChecks: ReadinessCheck[] = [audit.readinessCheck]
@@ -206,7 +209,10 @@ function apiServer(
   tlsMaterial: TlsMaterial | null,
   late: { audit: AuditLogStage | null; unrouted: ((err: BulwarkError, request: FastifyRequest, reply: FastifyReply) => void) | null },
 ): FastifyInstance {
-  return Fastify({
+  // Node checks the header and request timeouts on this interval (30 s by default, which
+  // would let a stalled client hold on that much past its timeout).
+  const receiving = { maxHeaderSize: config.server.maxHeaderBytes, connectionsCheckingInterval: Math.min(1000, config.server.headersTimeoutMs) }
+  const api = Fastify({
     clientErrorHandler: (err: Error & { code?: string }, socket: Socket) => (late.audit ? late.audit.clientError(err, socket) : socket.destroy(err)),
     // Router errors (a URL that is not valid percent-encoding, a path segment over the limit)
     // get our error body and code like every other refusal, and an audit record.
@@ -229,7 +235,10 @@ function apiServer(
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     keepAliveTimeout: 65_000,
-    http: { maxHeaderSize: config.server.maxHeaderBytes },
-    ...(tlsMaterial ? { https: httpsServerOptions(config.tls, tlsMaterial, { maxHeaderSize: config.server.maxHeaderBytes }) } : {}),
+    requestTimeout: config.server.receiveTimeoutMs,
+    http: { ...receiving },
+    ...(tlsMaterial ? { https: httpsServerOptions(config.tls, tlsMaterial, receiving) } : {}),
   } as Parameters<typeof Fastify>[0]) as unknown as FastifyInstance
+  api.server.headersTimeout = config.server.headersTimeoutMs
+  return api
 }

@@ -82,8 +82,18 @@ export function buildConfig(raw: unknown, source: string): Readonly<Config> {
   }
   const withDefaults = Value.Default(ConfigSchema, structuredClone(raw ?? {}))
   const problems = schemaProblems(ConfigSchema, withDefaults)
+  if (problems.length === 0) problems.push(...serverProblems((withDefaults as Config).server))
   if (problems.length > 0) throw new ConfigError(source, problems)
   return deepFreeze(withDefaults as Config)
+}
+
+/** Cross-field rules of the `server:` slice. */
+function serverProblems(server: Config['server']): string[] {
+  const problems: string[] = []
+  if (server.receiveTimeoutMs < server.headersTimeoutMs) {
+    problems.push(`/server/receiveTimeoutMs: ${server.receiveTimeoutMs} is shorter than headersTimeoutMs (${server.headersTimeoutMs}); the whole request cannot arrive before its headers: raise it`)
+  }
+  return problems
 }
 
 export interface LoadedConfig {

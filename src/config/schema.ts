@@ -98,6 +98,32 @@ export const ServerConfig = Type.Object(
     shutdownGraceMs: Type.Integer({ minimum: 0, maximum: 600_000, default: 10_000 }),
     /** Largest accepted request header section; bounds work done before authentication. */
     maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1024 * 1024, default: 16 * 1024 }),
+    /**
+     * Time for a request's whole header section to arrive. A client that trickles headers
+     * holds a connection and a parser before anything can be checked; 10 s is ample on any
+     * working network. Node answers 408 and closes.
+     */
+    headersTimeoutMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 10_000 }),
+    /**
+     * Time for a whole request, headers and body, to arrive. Bounds how long any upload can
+     * hold its buffer and its slots; 60 s carries the largest body (bodyLimitBytes) at about
+     * 4 Mbit/s. Node answers 408 and closes. Must be at least headersTimeoutMs.
+     */
+    receiveTimeoutMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 60_000 }),
+    /**
+     * Longest pause between two pieces of a body being read: a stalled upload (one byte short
+     * of its Content-Length, then silence) is answered 408 request_timeout and its connection
+     * closed, so it cannot hold its buffer, its rate-limit slot or its load-shedding slot.
+     */
+    bodyIdleTimeoutMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 10_000 }),
+    /** Open connections on the API listener, all clients together; past it, new ones are closed at once. */
+    maxConnections: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 4096 }),
+    /**
+     * Open connections per client: per client certificate with TLS on, per address with it
+     * off. One client cannot take the connections every other client needs; 64 carries far
+     * more than the per-caller in-flight limit.
+     */
+    maxConnectionsPerClient: Type.Integer({ minimum: 1, maximum: 100_000, default: 64 }),
   },
   { additionalProperties: false, default: {} },
 )

@@ -11,7 +11,9 @@
 // context as a typed value like any link's.
 
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { IncomingMessage } from 'node:http'
 import type { TLSSocket } from 'node:tls'
+import type { Config } from '../config/schema.ts'
 import type { Clock, Logger } from '../deps.ts'
 import { BulwarkError, errorBody, type ErrorCode } from '../errors.ts'
 import { asBulwarkError, destroyChain, refuse, runPhase } from '../pipeline.ts'
@@ -36,9 +38,8 @@ export interface HttpChainOptions {
   chain: readonly Stage[]
   clock: Clock
   log: Logger
-  bodyLimitBytes: number
-  /** ms from arrival to the request's deadline (server.requestTimeoutMs). */
-  requestTimeoutMs: number
+  /** bodyLimitBytes, bodyIdleTimeoutMs, and requestTimeoutMs (ms from arrival to the request's deadline). */
+  server: Pick<Config['server'], 'bodyLimitBytes' | 'bodyIdleTimeoutMs' | 'requestTimeoutMs'>
   /** Whether the listener is TLS (the peer certificate is read for mtls-identity). */
   tls: boolean
 }
@@ -60,6 +61,42 @@ function fromFastifyError(err: FastifyError): BulwarkError {
     return new BulwarkError('bad_request', err.message, { cause: err })
   }
   return asBulwarkError(err)
+}
+
+/** Whether a request still has body bytes on the wire that nothing has read. */
+function bodyPending(req: IncomingMessage): boolean {
+  if (req.complete) return false
+  const declared = req.headers['content-length']
+  return req.headers['transfer-encoding'] !== undefined || (declared !== undefined && declared !== '0')
+}
+
+/**
+ * `reading` (a body being read from `req`), cut off with 408 request_timeout when no byte
+ * arrives for `idleMs`: a client one byte short of its Content-Length cannot hold the
+ * buffer, or the slots its request holds, for as long as it keeps the connection open.
+ */
+function whileArriving<T>(req: IncomingMessage, clock: Clock, idleMs: number, reading: Promise<T>): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const stalled = () => {
+      req.off('data', arrived)
+      req.pause()
+      reject(new BulwarkError('request_timeout', 'the request body stopped arriving; send the whole body without pauses', { reason: `no body bytes for ${idleMs} ms (server.bodyIdleTimeoutMs)` }))
+    }
+    let timer = clock.setTimeout(stalled, idleMs)
+    const arrived = () => {
+      timer.cancel()
+      timer = clock.setTimeout(stalled, idleMs)
+    }
+    req.on('data', arrived)
+    const done = () => {
+      timer.cancel()
+      req.off('data', arrived)
+    }
+    reading.then(
+      (value) => (done(), resolve(value)),
+      (err: unknown) => (done(), reject(err)),
+    )
+  })
 }
 
 function byteLength(payload: unknown): number | null {
@@ -90,7 +127,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
       id: request.id,
       receivedAtMs: clock.nowMs(),
       startedMs,
-      deadlineMs: startedMs + o.requestTimeoutMs,
+      deadlineMs: startedMs + o.server.requestTimeoutMs,
       client: {
         address: request.ip,
         tlsVersion: tlsVersionOf(socket),
@@ -108,7 +145,8 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
       readBody: async () => {
         const header = request.headers[HEADER_LENGTH]
         if (Array.isArray(header)) throw new BulwarkError('invalid_binary_header', `send ${HEADER_LENGTH} once`)
-        return { bytes: await readBody(request.raw, o.bodyLimitBytes), headerLength: header }
+        const bytes = await whileArriving(request.raw, clock, o.server.bodyIdleTimeoutMs, readBody(request.raw, o.server.bodyLimitBytes))
+        return { bytes, headerLength: header }
       },
     })
   }
@@ -126,6 +164,9 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
   /** The response phase; an audit failure turns the answer into its refusal (fail closed). */
   const respond = async (ctx: RequestContext, reply: FastifyReply, payload: unknown): Promise<unknown> => {
     reply.header('x-request-id', ctx.id)
+    // A body nobody read (an unknown route, a refusal before the body phase, a stalled
+    // upload) is not read now either: the connection closes after this answer instead.
+    if (ctx.bodyBytes === null && bodyPending(reply.request.raw)) reply.header('connection', 'close')
     ctx.response = { status: reply.statusCode, bytesOut: byteLength(payload) }
     try {
       await runPhase(chain, 'response', ctx, clock)
@@ -168,6 +209,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     const fields = { code: err.code, reason: err.reason, stage: ctx?.failedStage ?? 'transport' }
     if (err.code === 'internal') request.log.error({ ...fields, err: err.cause ?? err }, 'request failed')
     else if (err.status >= 500) request.log.warn(fields, 'request not served')
+    else if (err.code === 'client_closed_request') request.log.info(fields, 'client closed the request')
     else request.log.info(fields, 'request refused')
     return reply.code(err.status).headers(err.headers).send(errorBody(err))
   })

@@ -7,16 +7,19 @@
 // every reloadCheckIntervalMs besides (events miss some swaps); when their content changed and
 // the new set is consistent (the key matches the certificate, the CA parses), the server's
 // secure context is replaced with `server.setSecureContext()`. New handshakes use the new
-// files; open connections keep theirs and are not dropped. An inconsistent set (a rotation
-// caught half-way, key written before certificate) keeps the old context and is retried at the
-// next event or tick, with one warning per distinct bad state.
+// files; open connections keep theirs and are not dropped, unless the CA bundle changed and
+// the connection's client certificate no longer chains to it: a CA taken out of the bundle is
+// distrusted, and a keep-alive connection must not outlive that trust. Those are closed at
+// once (and handshakes that began under the old bundle are checked as they complete). An
+// inconsistent set (a rotation caught half-way, key written before certificate) keeps the old
+// context and is retried at the next event or tick, with one warning per distinct bad state.
 
-import { createHash, type X509Certificate } from 'node:crypto'
+import { createHash, X509Certificate } from 'node:crypto'
 import { watch, type FSWatcher } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import type { Server as HttpsServer, ServerOptions as HttpsServerOptions } from 'node:https'
 import path from 'node:path'
-import { createSecureContext, type SecureContextOptions, type TLSSocket } from 'node:tls'
+import { createSecureContext, type DetailedPeerCertificate, type SecureContextOptions, type TLSSocket } from 'node:tls'
 import { ConfigError } from '../config/load.ts'
 import type { TlsConfig } from '../config/security.ts'
 import { systemClock, type Clock, type Logger, type Timer } from '../deps.ts'
@@ -95,13 +98,13 @@ export async function loadTlsMaterial(config: TlsConfig, baseDir: string): Promi
  * be attached to the server: Node's own `rejectUnauthorized` would drop such connections
  * without a word, and the operator could not learn why a workload cannot connect.
  */
-export function httpsServerOptions(config: TlsConfig, m: TlsMaterial, extra: { maxHeaderSize: number }): HttpsServerOptions {
+export function httpsServerOptions(config: TlsConfig, m: TlsMaterial, receiving: { maxHeaderSize: number; connectionsCheckingInterval?: number }): HttpsServerOptions {
   return {
     ...contextOptions(config, m),
     requestCert: true,
     rejectUnauthorized: false,
     handshakeTimeout: config.handshakeTimeoutMs,
-    maxHeaderSize: extra.maxHeaderSize,
+    ...receiving,
   }
 }
 
@@ -130,13 +133,57 @@ export function requireClientCertificates(server: HttpsServer, onRefused: (reaso
   })
 }
 
+/** Longest certificate chain followed, leaf and trust anchor included. */
+const MAX_CHAIN = 10
+
+/** The certificates of a PEM bundle. */
+export function parseBundle(pem: string): X509Certificate[] {
+  return [...pem.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)].map((m) => new X509Certificate(m[0]))
+}
+
+const issues = (issuer: X509Certificate, cert: X509Certificate) => cert.checkIssued(issuer) && cert.verify(issuer.publicKey)
+const validAt = (cert: X509Certificate, nowMs: number) => cert.validFromDate.getTime() <= nowMs && nowMs <= cert.validToDate.getTime()
+
+/**
+ * Whether `chain` (leaf first, then what the peer sent and the handshake found) leads to a
+ * trust anchor of `bundle`: a self-signed certificate of the bundle, valid at `nowMs`, reached
+ * by signatures from the leaf, with the bundle's certificates preferred as issuers. As OpenSSL
+ * does by default, a chain that ends at a bundle certificate that is not self-signed does not
+ * count (no partial chains). The rest of path validation (the leaf's own dates, key usage) was
+ * done at the handshake and does not depend on the bundle.
+ */
+export function chainsToBundle(chain: readonly X509Certificate[], bundle: readonly X509Certificate[], nowMs: number): boolean {
+  const trusted = new Set(bundle.map((c) => c.fingerprint256))
+  const pool = [...bundle, ...chain.slice(1)]
+  let current = chain[0]
+  for (let depth = 0; current !== undefined && depth < MAX_CHAIN; depth++) {
+    const cert: X509Certificate = current
+    if (trusted.has(cert.fingerprint256) && issues(cert, cert)) return validAt(cert, nowMs)
+    current = pool.find((c) => c.fingerprint256 !== cert.fingerprint256 && issues(c, cert))
+  }
+  return false
+}
+
+/** The chain of a connection's peer as Node reports it: leaf, then each issuer it knows. */
+function peerChain(socket: TLSSocket): X509Certificate[] {
+  const chain: X509Certificate[] = []
+  const seen = new Set<DetailedPeerCertificate>()
+  for (let c: DetailedPeerCertificate | undefined = socket.getPeerCertificate(true); c?.raw && !seen.has(c) && chain.length < MAX_CHAIN; c = c.issuerCertificate) {
+    seen.add(c)
+    chain.push(new X509Certificate(c.raw))
+  }
+  return chain
+}
+
 export type ReloadOutcome = 'changed' | 'unchanged' | 'failed'
 
 export interface TlsReloaderDeps {
   log: Logger
-  /** Times the periodic check and the debounce (default: the system clock). */
+  /** Times the periodic check and the debounce, and dates the CA's validity (default: the system clock). */
   clock?: Clock
   onReload?: (outcome: ReloadOutcome) => void
+  /** Open connections closed because their client certificate no longer chains to the CA bundle. */
+  onDistrusted?: (count: number) => void
 }
 
 export class TlsReloader {
@@ -151,6 +198,10 @@ export class TlsReloader {
   private timer: Timer | null = null
   private debounce: Timer | null = null
   private inFlight: Promise<ReloadOutcome> | null = null
+  /** The API listener's open connections with a verified client certificate. */
+  private readonly open = new Set<TLSSocket>()
+  /** The CA bundle's certificates once it changed, and when (monotonic): handshakes begun before are checked against it. */
+  private bundleChange: { anchors: X509Certificate[]; atMs: number } | null = null
   /** How many times the secure context was replaced. */
   generation = 0
 
@@ -165,6 +216,8 @@ export class TlsReloader {
   /** Starts watching the files and applying changes to `server`. */
   attach(server: HttpsServer): void {
     this.server = server
+    // Before the HTTP layer's listener: a connection closed here has not been read from.
+    server.prependListener('secureConnection', (socket: TLSSocket) => this.track(socket))
     const dirs = new Set(Object.values(this.paths).map((f) => path.dirname(f)))
     for (const dir of dirs) {
       try {
@@ -199,8 +252,10 @@ export class TlsReloader {
       return this.failed(`read:${(err as Error).message}`, err)
     }
     if (next.digest === this.current.digest) return 'unchanged'
+    let anchors: X509Certificate[] | null
     try {
       validate(this.config, next)
+      anchors = next.ca === this.current.ca ? null : parseBundle(next.ca)
       this.server?.setSecureContext(contextOptions(this.config, next))
     } catch (err) {
       return this.failed(next.digest, err)
@@ -210,7 +265,55 @@ export class TlsReloader {
     this.generation++
     this.deps.log.info({ ...this.paths, generation: this.generation }, 'TLS certificate, key or CA changed on disk; new connections use them')
     this.deps.onReload?.('changed')
+    if (anchors) this.distrustOpen(anchors)
     return 'changed'
+  }
+
+  /** Keeps the verified connections, to be checked again when the CA bundle changes. */
+  private track(socket: TLSSocket): void {
+    if (!socket.authorized || socket.destroyed) return
+    // A handshake that began before the bundle changed was verified against the old one (the
+    // context is fixed when the connection is accepted); one that began after passes anyway.
+    const change = this.bundleChange
+    if (change && this.clock.monotonicMs() - change.atMs <= this.config.handshakeTimeoutMs && !this.trusts(socket, change.anchors)) {
+      this.distrust(socket)
+      this.deps.onDistrusted?.(1)
+      return
+    }
+    this.open.add(socket)
+    socket.once('close', () => this.open.delete(socket))
+  }
+
+  /** Closes each open connection whose client certificate does not chain to the new bundle. */
+  private distrustOpen(anchors: X509Certificate[]): void {
+    this.bundleChange = { anchors, atMs: this.clock.monotonicMs() }
+    let closed = 0
+    for (const socket of [...this.open]) {
+      if (socket.destroyed || this.trusts(socket, anchors)) continue
+      this.open.delete(socket)
+      this.distrust(socket)
+      closed++
+    }
+    if (closed > 0) this.deps.onDistrusted?.(closed)
+  }
+
+  /** Whether the connection's client certificate chains to `anchors` (fails closed: a chain that cannot be read does not). */
+  private trusts(socket: TLSSocket, anchors: readonly X509Certificate[]): boolean {
+    try {
+      return chainsToBundle(peerChain(socket), anchors, this.clock.nowMs())
+    } catch {
+      return false
+    }
+  }
+
+  private distrust(socket: TLSSocket): void {
+    const leaf = socket.getPeerX509Certificate()
+    const remote = socket.remoteAddress
+    socket.destroy()
+    this.deps.log.warn(
+      { caFile: this.paths.caFile, remote, subject: leaf?.subject, certSha256: leaf?.fingerprint256.replace(/:/g, '').toLowerCase() },
+      'closed a connection whose client certificate no longer chains to the reloaded CA bundle',
+    )
   }
 
   private failed(state: string, err: unknown): ReloadOutcome {
