@@ -1,4 +1,4 @@
-// `npm run bench [-- --only core,frontdoor] [--duration-ms N]`: runs the scenario groups side
+// `npm run bench [-- --only core,frontdoor,abuse] [--duration-ms N]`: runs the scenario groups side
 // by side in one run, prints one table, and writes JSON under bench/results/. Every load is
 // bounded in time, targets 127.0.0.1 and stops by itself.
 
@@ -7,6 +7,7 @@ import { coreBench } from './core.ts'
 import { frontdoorBench } from './frontdoor.ts'
 import { auditBench, privacyBench, screeningBench } from './defences.ts'
 import { scaleoutBench } from './scaleout.ts'
+import { abuseBench } from './abuse.ts'
 import { printTable, writeResults, type Row } from './report.ts'
 
 const { values } = parseArgs({
@@ -17,7 +18,7 @@ const { values } = parseArgs({
   },
 })
 const opts = { durationMs: Number(values['duration-ms']), warmupMs: Number(values['warmup-ms']) }
-const groups: Record<string, typeof coreBench> = { core: coreBench, frontdoor: frontdoorBench, audit: auditBench, privacy: privacyBench, screening: screeningBench, scaleout: scaleoutBench }
+const groups: Record<string, typeof coreBench> = { core: coreBench, frontdoor: frontdoorBench, audit: auditBench, privacy: privacyBench, screening: screeningBench, scaleout: scaleoutBench, abuse: abuseBench }
 const selected = values.only!.split(',')
 for (const g of selected) if (!groups[g]) throw new Error(`unknown bench group ${g}; known: ${Object.keys(groups).join(', ')}`)
 

@@ -121,7 +121,13 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const screening = await opening(undo, () => buildScreeningLinks(config, { baseDir, source }, { policies, registry, sharedState, clock, random, log, metrics }), async () => {})
   const audit = await opening(undo, () => createAuditLogStage(config.audit, loaded, { clock, random, log, ...options.audit }), (a) => a.close())
   late.audit = audit
-  const connections = limitConnections(api.server, { maxConnections: config.server.maxConnections, maxPerClient: config.server.maxConnectionsPerClient, tls: tlsMaterial !== null })
+  const connections = limitConnections(api.server, {
+    maxConnections: config.server.maxConnections,
+    maxPerClient: config.server.maxConnectionsPerClient,
+    newPerSecondPerAddress: config.server.newConnectionsPerSecondPerAddress,
+    tls: tlsMaterial !== null,
+    clock,
+  })
   metrics.add(connections.refused)
   const loadShedding = config.loadShedding.enabled ? createLoadSheddingLink(config.loadShedding, { queueFull: (model) => registry.queueFull(model) }) : undefined
   if (loadShedding) metrics.add(...loadShedding.metrics)

@@ -124,9 +124,40 @@ export const ServerConfig = Type.Object(
      * more than the per-caller in-flight limit.
      */
     maxConnectionsPerClient: Type.Integer({ minimum: 1, maximum: 100_000, default: 64 }),
+    /**
+     * New connections per second from one address, checked before the TLS handshake (a burst
+     * of as many passes). Handshakes cost CPU; a client reconnecting in a loop would otherwise
+     * spend what the others' requests need. Clients that keep their connections alive open
+     * few; 200 a second leaves room for a restarted fleet behind one NAT address.
+     */
+    newConnectionsPerSecondPerAddress: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 200 }),
   },
   { additionalProperties: false, default: {} },
 )
+
+/**
+ * The per-client limit before authentication (the client-limit link): a token bucket per
+ * client, its certificate with TLS on, its address with it off. Every request, a junk one
+ * without a token included, costs the gateway work and an audit record; this bounds what one
+ * client can make it do before any credential is checked.
+ */
+export const ClientLimitsConfig = Type.Object(
+  {
+    /** Off: only the per-principal limits (rateLimits), which apply after the token check. */
+    enabled: Type.Boolean({ default: true }),
+    /** Sustained requests per second one client may send. 1000: more than one workload
+     *  instance sends to a model in normal use, far below what floods the audit disk. */
+    requestsPerSecond: Type.Number({ exclusiveMinimum: 0, maximum: 1_000_000, default: 1000 }),
+    /** Requests a client may send at once above the sustained rate (the bucket's size). */
+    burst: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 2000 }),
+    /** Clients tracked (LRU, about 100 bytes each); past it the one idle longest is
+     *  forgotten, and starts again with a full bucket if it returns. */
+    maxClients: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 10_000 }),
+  },
+  { additionalProperties: false, default: {} },
+)
+
+export type ClientLimitsConfig = Static<typeof ClientLimitsConfig>
 
 export const ModelsConfig = Type.Object(
   {
@@ -217,6 +248,8 @@ export const ConfigSchema = Type.Object(
     models: ModelsConfig,
     state: StateConfig,
     outputPrivacy: OutputPrivacyConfig,
+    // Before authentication: the per-client limit (the client-limit link).
+    clientLimits: ClientLimitsConfig,
     // The front door (src/config/security.ts): mTLS, JWT, per-model policies, rate limits.
     tls: TlsConfig,
     auth: AuthConfig,

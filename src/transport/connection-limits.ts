@@ -1,13 +1,18 @@
-// Caps on the API listener's open connections: all clients together (server.maxConnections,
-// Node's own cap) and per client (server.maxConnectionsPerClient), so that one client, even
-// one with only a certificate and no token, cannot take every connection the others need.
-// A client is its certificate (SHA-256 of the DER) once the TLS handshake has verified it,
-// or its address on plain HTTP. A connection past either cap is closed at once, counted.
+// Caps on the API listener's connections: open ones, all clients together
+// (server.maxConnections, Node's own cap) and per client (server.maxConnectionsPerClient), so
+// that one client, even one with only a certificate and no token, cannot take every
+// connection the others need; and new ones per address and second
+// (server.newConnectionsPerSecondPerAddress), checked before the TLS handshake, so that a
+// client reconnecting as fast as it can (each answer from the headers closes its connection)
+// cannot spend the CPU the others' requests need on handshakes. A client is its certificate
+// (SHA-256 of the DER) once the TLS handshake has verified it, or its address on plain HTTP.
+// A connection past any cap is closed at once, and counted.
 
 import { createHash } from 'node:crypto'
 import type { Server } from 'node:http'
 import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
+import type { Clock } from '../deps.ts'
 import { Counter } from '../telemetry/metrics.ts'
 
 export interface ConnectionLimits {
@@ -16,12 +21,39 @@ export interface ConnectionLimits {
   open(client: string): number
 }
 
-export function limitConnections(server: Server, o: { maxConnections: number; maxPerClient: number; tls: boolean }): ConnectionLimits {
-  const refused = new Counter('bulwark_connections_refused_total', 'Connections closed on arrival, by reason: total (server.maxConnections open) or per_client (server.maxConnectionsPerClient open for that client).')
+/** Addresses whose connection rate is tracked at once; the least recently seen is forgotten first. */
+const MAX_TRACKED_ADDRESSES = 10_000
+
+export function limitConnections(
+  server: Server,
+  o: { maxConnections: number; maxPerClient: number; newPerSecondPerAddress: number; tls: boolean; clock: Clock },
+): ConnectionLimits {
+  const refused = new Counter('bulwark_connections_refused_total', 'Connections closed on arrival, by reason: total (server.maxConnections open), per_client (server.maxConnectionsPerClient open for that client) or rate (server.newConnectionsPerSecondPerAddress exceeded).')
   const open = new Map<string, number>()
   server.maxConnections = o.maxConnections
   // Node closes a connection past maxConnections itself, and says so.
   server.on('drop', () => refused.inc({ reason: 'total' }))
+
+  // A token bucket per address, a second's worth deep: bursts of reconnects pass, floods do not.
+  const buckets = new Map<string, { tokens: number; atMs: number }>()
+  const rate = o.newPerSecondPerAddress
+  const allowNew = (address: string): boolean => {
+    const now = o.clock.monotonicMs()
+    const b = buckets.get(address) ?? { tokens: rate, atMs: now }
+    buckets.delete(address)
+    b.tokens = Math.min(rate, b.tokens + ((now - b.atMs) * rate) / 1000)
+    b.atMs = now
+    const ok = b.tokens >= 1
+    if (ok) b.tokens -= 1
+    buckets.set(address, b)
+    if (buckets.size > MAX_TRACKED_ADDRESSES) buckets.delete(buckets.keys().next().value!)
+    return ok
+  }
+  server.prependListener('connection', (socket: Socket) => {
+    if (allowNew(socket.remoteAddress ?? '')) return
+    refused.inc({ reason: 'rate' })
+    socket.destroy()
+  })
 
   const admit = (socket: Socket, client: string) => {
     const n = open.get(client) ?? 0
@@ -45,7 +77,9 @@ export function limitConnections(server: Server, o: { maxConnections: number; ma
       admit(socket, raw ? `cert:${createHash('sha256').update(raw).digest('hex')}` : `addr:${socket.remoteAddress ?? ''}`)
     })
   } else {
-    server.on('connection', (socket: Socket) => admit(socket, `addr:${socket.remoteAddress ?? ''}`))
+    server.on('connection', (socket: Socket) => {
+      if (!socket.destroyed) admit(socket, `addr:${socket.remoteAddress ?? ''}`)
+    })
   }
   return { refused, open: (client) => open.get(client) ?? 0 }
 }

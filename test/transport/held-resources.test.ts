@@ -38,7 +38,10 @@ async function connect(gw: TestGateway, creds?: { cert: string; key: string }): 
   socket.on('data', (d: Buffer) => (text += d.toString('latin1')))
   socket.on('error', () => {})
   const closed = once(socket, 'close').then(() => text)
-  await once(socket, 'secureConnect')
+  // A connection closed before its handshake completes rejects (the server refused it).
+  const refused = closed.then(() => Promise.reject(new Error('closed before the TLS handshake completed')))
+  refused.catch(() => {}) // a connection closed after its handshake settles nothing here
+  await Promise.race([once(socket, 'secureConnect'), refused])
   return { socket, closed }
 }
 
@@ -104,6 +107,24 @@ t.test('one client certificate cannot open more than maxConnectionsPerClient con
   second.socket.destroy()
   const metrics = await gw.gateway.metrics.render()
   t.match(metrics, /bulwark_connections_refused_total\{reason="per_client"\} 1/)
+})
+
+t.test('new connections past newConnectionsPerSecondPerAddress are closed before the handshake, until the second is over', async (t) => {
+  const clock = new FakeClock(Date.now())
+  const gw = await startGateway({ deps: { clock, random: cryptoRandom }, config: { server: { newConnectionsPerSecondPerAddress: 2 } } })
+  t.teardown(() => gw.close())
+  const a = await connect(gw)
+  const b = await connect(gw)
+  const refused = await connect(gw).then(
+    () => 'handshake completed',
+    () => 'closed before the handshake',
+  )
+  t.equal(refused, 'closed before the handshake', 'the third new connection within the second')
+  clock.advance(1000)
+  const c = await connect(gw)
+  t.ok(c.socket.authorized, 'a second later, a new connection is admitted again')
+  for (const x of [a, b, c]) x.socket.destroy()
+  t.match(await gw.gateway.metrics.render(), /bulwark_connections_refused_total\{reason="rate"\} 1/)
 })
 
 t.test('the receive timeouts reach the server, and a receive timeout shorter than the header timeout stops the start', async (t) => {

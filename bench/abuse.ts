@@ -1,0 +1,195 @@
+// Abuse alongside normal traffic: does what an abusive client can send leave the others'
+// service alone? One gateway with the defended configuration (mTLS, JWT, policies, rate
+// limits, audit on); normal traffic is mnist binary at a fixed concurrency with a valid
+// token. Rounds alternate, so drift in machine load hits both alike:
+//   quiet:  the normal traffic alone;
+//   abused: the same, while one client with only a certificate keeps stalled unauthenticated
+//           uploads open (30 MiB announced, 1 KiB sent; each closed one reopened after a
+//           pause), sends requests for invented model names, and sends requests with forged
+//           tokens, all from its own loopback address (127.0.0.2).
+// Reported: the normal traffic's items/s (abused as a ratio of quiet), p50/p99, the abusive
+// requests sent and how they were answered, the gateway's peak RSS, the /metrics size and
+// the audit folder's growth. Every load is bounded in time, targets 127.0.0.1 and stops by
+// itself.
+
+import { readdirSync, readFileSync, statSync } from 'node:fs'
+import path from 'node:path'
+import net from 'node:net'
+import tls from 'node:tls'
+import { realDeps } from '../src/deps.ts'
+import { issueCertificate, loadCertificateAuthority } from '../src/dev/pki.ts'
+import { closedLoop, openLoop, type LoadResult } from './load.ts'
+import { binaryRequest } from '../kit/payloads.ts'
+import { noDefences, startGateway, type GatewayProcess } from '../kit/gateway-process.ts'
+import { secureEnv, type SecureEnv } from './secure-env.ts'
+import { mnistDigits, type BenchOptions } from './core.ts'
+import type { Row } from './report.ts'
+
+const STALLED_UPLOADS = 32
+/** Each stalled-upload slot reconnects this long after the gateway closes it: about 640 attempts a second in all. */
+const RECONNECT_PAUSE_MS = 50
+const JUNK_RATE = 200
+/** The abusive client's own loopback address, so per-address limits can tell it from the normal traffic. */
+const ABUSER = '127.0.0.2'
+
+/** The gateway's resident set size, from /proc (Linux). */
+function rssBytes(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  return m ? Number(m[1]) * 1024 : NaN
+}
+
+function folderBytes(dir: string): number {
+  let total = 0
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name)
+    total += e.isDirectory() ? folderBytes(p) : statSync(p).size
+  }
+  return total
+}
+
+/**
+ * Keeps `count` stalled uploads open against `port` until `until` (ms since the epoch): each
+ * announces 30 MiB and sends 1 KiB; when the gateway closes one, another takes its place.
+ * Returns how many were opened and how many the gateway answered before closing.
+ */
+async function stalledUploads(creds: Creds, port: number, count: number, until: number): Promise<{ opened: number; answered: number }> {
+  let opened = 0
+  let answered = 0
+  const one = () =>
+    new Promise<void>((resolve) => {
+      opened++
+      const tcp = net.connect({ host: '127.0.0.1', port, localAddress: ABUSER })
+      tcp.on('error', () => {})
+      const socket = tls.connect({ socket: tcp, ca: creds.ca, cert: creds.cert, key: creds.key, servername: 'localhost' })
+      socket.setTimeout(Math.max(1, until - Date.now()), () => socket.destroy())
+      socket.on('error', () => {})
+      socket.once('secureConnect', () => socket.write(`POST /v2/models/mnist/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${30 * 1024 * 1024}\r\n\r\n${' '.repeat(1024)}`))
+      socket.once('data', () => answered++)
+      socket.once('close', () => resolve())
+    })
+  await Promise.all(
+    Array.from({ length: count }, async () => {
+      while (Date.now() < until) {
+        await one()
+        await new Promise((r) => setTimeout(r, RECONNECT_PAUSE_MS))
+      }
+    }),
+  )
+  return { opened, answered }
+}
+
+/** TLS client credentials: the CA to trust, and a client certificate and key. */
+interface Creds {
+  ca: string
+  cert: string
+  key: string
+}
+
+/** A client certificate of its own for the abusive client, from the bench's dev CA. */
+async function abuserCreds(env: SecureEnv): Promise<Creds> {
+  const ca = await loadCertificateAuthority(readFileSync(env.pki.files.ca, 'utf8'), readFileSync(env.pki.files.caKey, 'utf8'))
+  const issued = await issueCertificate(ca, realDeps, { commonName: 'abuser', usage: 'client', uris: ['spiffe://bulwark.local/ns/default/sa/abuser'] })
+  return { ca: env.connect.ca, cert: issued.certPem, key: issued.keyPem }
+}
+
+interface Round {
+  normal: LoadResult
+  junk?: LoadResult
+  stalled?: { opened: number; answered: number }
+  peakRssBytes: number
+}
+
+async function round(gw: GatewayProcess, env: SecureEnv, abuser: Creds, opts: BenchOptions, abused: boolean, digits: Float32Array[]): Promise<Round> {
+  const origin = `https://127.0.0.1:${gw.apiPort}`
+  const good = digits.map((d) => binaryRequest('mnist', 'input', [1, 1, 28, 28], d, { authorization: `Bearer ${env.token}` }))
+  let peak = rssBytes(gw.child.pid!)
+  const sampler = setInterval(() => (peak = Math.max(peak, rssBytes(gw.child.pid!))), 100)
+  const until = Date.now() + opts.warmupMs + opts.durationMs
+  try {
+    const normal = closedLoop({ origin, connect: env.connect, concurrency: 16, durationMs: opts.durationMs, warmupMs: opts.warmupMs, next: (i) => good[i % good.length]! })
+    if (!abused) return { normal: await normal, peakRssBytes: peak }
+    const forged = `Bearer ${env.token.slice(0, -8)}AAAAAAAA`
+    const { authorization: _, ...anonymous } = good[0]!.headers ?? {}
+    const junk = openLoop({
+      origin,
+      connect: { ...abuser, localAddress: ABUSER },
+      ratePerSec: JUNK_RATE,
+      connections: 4,
+      durationMs: opts.durationMs,
+      warmupMs: opts.warmupMs,
+      // Alternately: an invented model name with no token, and a real model with a forged token.
+      next: (i) => (i % 2 === 0 ? { ...good[0]!, path: `/v2/models/junk-${i}/infer`, headers: anonymous } : { ...good[0]!, headers: { ...good[0]!.headers, authorization: forged } }),
+    })
+    const stalled = stalledUploads(abuser, gw.apiPort, STALLED_UPLOADS, until)
+    const [n, j, s] = await Promise.all([normal, junk, stalled])
+    return { normal: n, junk: j, stalled: s, peakRssBytes: peak }
+  } finally {
+    clearInterval(sampler)
+  }
+}
+
+function sumStatuses(results: LoadResult[]): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const r of results) for (const [status, n] of Object.entries(r.statuses)) out[status] = (out[status] ?? 0) + n
+  return out
+}
+
+export async function abuseBench(opts: BenchOptions, log: (s: string) => void): Promise<{ rows: Row[]; raw: unknown }> {
+  const group = 'abuse'
+  const env = await secureEnv()
+  const config = {
+    ...noDefences,
+    tls: { enabled: true },
+    auth: { enabled: true },
+    authorization: { enabled: true },
+    rateLimits: { enabled: true, maxInFlightPerPrincipal: 1024 },
+    audit: { enabled: true, directory: path.join(env.dir, 'audit') },
+    policies: { directory: env.policies() },
+    models: { serve: [{ name: 'mnist', workers: 1, intraOpThreads: 1 }] },
+  }
+  const gw = await startGateway(config, { cwd: env.dir })
+  const digits = mnistDigits(100)
+  const abuser = await abuserCreds(env)
+  const rounds: { abused: boolean; r: Round; metricsBytes: number; auditBytes: number }[] = []
+  try {
+    for (const abused of [false, true, false, true]) {
+      log(`${abused ? 'abused' : 'quiet'} round`)
+      const auditBefore = folderBytes(config.audit.directory)
+      const r = await round(gw, env, abuser, opts, abused, digits)
+      const metricsBytes = (await (await fetch(`http://127.0.0.1:${gw.adminPort}/metrics`)).text()).length
+      rounds.push({ abused, r, metricsBytes, auditBytes: folderBytes(config.audit.directory) - auditBefore })
+    }
+  } finally {
+    await gw.stop()
+  }
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length
+  const quiet = rounds.filter((x) => !x.abused)
+  const abused = rounds.filter((x) => x.abused)
+  const quietRate = mean(quiet.map((x) => x.r.normal.itemsPerSec))
+  const rows: Row[] = []
+  for (const [name, set] of [['normal traffic, quiet', quiet], ['normal traffic, under abuse', abused]] as const) {
+    const rate = mean(set.map((x) => x.r.normal.itemsPerSec))
+    const junk = set.flatMap((x) => (x.r.junk ? [x.r.junk] : []))
+    const stalled = set.flatMap((x) => (x.r.stalled ? [x.r.stalled] : []))
+    const notes = [
+      `peak RSS ${(Math.max(...set.map((x) => x.r.peakRssBytes)) / 2 ** 20).toFixed(0)} MiB`,
+      `/metrics ${(Math.max(...set.map((x) => x.metricsBytes)) / 1024).toFixed(0)} KB`,
+      `audit +${(mean(set.map((x) => x.auditBytes)) / 1024).toFixed(0)} KB/round`,
+      ...(junk.length ? [`junk ${junk.reduce((n, j) => n + j.requests, 0)} sent: ${JSON.stringify(sumStatuses(junk))}`] : []),
+      ...(stalled.length ? [`stalled uploads ${stalled.reduce((n, s) => n + s.opened, 0)} opened, ${stalled.reduce((n, s) => n + s.answered, 0)} answered from headers`] : []),
+    ]
+    rows.push({
+      group,
+      scenario: `mnist binary c16: ${name}`,
+      concurrency: 16,
+      itemsPerSec: rate,
+      p50: mean(set.map((x) => x.r.normal.p50)),
+      p99: mean(set.map((x) => x.r.normal.p99)),
+      ratio: rate / quietRate,
+      ratioTo: 'quiet',
+      errors: set.reduce((n, x) => n + x.r.normal.requests - x.r.normal.ok, 0),
+      note: notes.join('; '),
+    })
+  }
+  return { rows, raw: rounds }
+}
