@@ -7,6 +7,16 @@
 // Bounds: a full queue refuses at once (503 queue_full with Retry-After), and each request's
 // deadline is armed from submission, so nothing waits past it (504 deadline_exceeded).
 //
+// One request affects no other: its deadline, the backend's refusal of its content and its
+// body's lifetime are its own. A batch runs to the latest deadline of its requests (a
+// client's short `timeout` would otherwise cut the call short for everyone); a request whose
+// deadline passes first gets its 504 alone, and when the call returns only the requests still
+// within their deadlines are answered. A batch the backend refuses for its content
+// (Backend.refusesContent: an upstream's 4xx) is retried apart until the refusal reaches only
+// the requests at fault. A request's pooled body (buffer-pool.ts) is held from submission
+// until the request is settled, so a client that goes away cannot have it reused under a
+// batch that still copies or sends it.
+//
 // A submission is at most the model's maxBatchSize (InferenceService splits larger ones);
 // one larger than this batcher's own maxBatchSize (batching configured smaller, or off) runs
 // alone, as sent. Timers come from the injected clock.
@@ -15,7 +25,7 @@ import { BulwarkError } from '../errors.ts'
 import type { Clock, Timer } from '../deps.ts'
 import type { Context } from '@opentelemetry/api'
 import type { Backend } from './backend.ts'
-import { batchBuffers } from './buffer-pool.ts'
+import { batchBuffers, holdBodies, type BodyHold } from './buffer-pool.ts'
 import { concatBatches, numericDatatypes, sliceBatch, type Datatype, type Tensor, type TensorData } from './tensor.ts'
 
 export interface BatcherOptions {
@@ -39,10 +49,15 @@ interface Pending {
   deadlineMs: number
   trace: Context | undefined
   timer: Timer
+  /** The request's pooled body, held until it is settled. */
+  body: BodyHold
   settled: boolean
   resolve: (outputs: Tensor[]) => void
   reject: (err: Error) => void
 }
+
+/** A refused batch of at most this many requests is retried one request per call; a larger one in halves. */
+const ONE_BY_ONE = 4
 
 /** Non-batch dimensions of every input: only requests with equal keys can share a batch. */
 function shapeKey(inputs: Tensor[]): string {
@@ -95,6 +110,7 @@ export class DynamicBatcher {
         enqueuedMs: now,
         deadlineMs,
         trace,
+        body: holdBodies(inputs),
         settled: false,
         resolve,
         reject,
@@ -118,6 +134,7 @@ export class DynamicBatcher {
     if (p.settled) return
     p.settled = true
     p.timer.cancel()
+    p.body.release()
     if (result instanceof Error) p.reject(result)
     else p.resolve(result)
   }
@@ -165,32 +182,56 @@ export class DynamicBatcher {
   }
 
   private runBatch(batch: Pending[]): void {
-    const items = batch.reduce((n, p) => n + p.items, 0)
-    // Concatenate along the batch dimension into pooled buffers that the backend may transfer
-    // to its worker; the requests' own tensors stay intact for later stages (audit digests).
-    // A backend that only borrows its inputs gets a lone request's tensors as they are.
-    const lone = batch.length === 1 && this.opts.backend.borrowsInputs === true
-    const inputs = lone ? batch[0]!.inputs : concatBatches(batch.map((p) => p.inputs), pooledData)
     this.inFlight++
-    this.opts.onBatch?.(items)
-    let deadlineMs = Infinity
-    for (const p of batch) deadlineMs = Math.min(deadlineMs, p.deadlineMs)
-    this.opts.backend.execute(inputs, this.opts.outputNames, { deadlineMs, trace: batch[0]!.trace }).then(
-      (outputs) => {
-        let item = 0
-        for (const p of batch) {
-          this.settle(p, sliceBatch(outputs, item, p.items))
-          item += p.items
-        }
-      },
-      (err: Error) => {
-        for (const p of batch) this.settle(p, err)
-      },
-    ).finally(() => {
+    void this.call(batch).catch((err: Error) => {
+      for (const p of batch) this.settle(p, err)
+    }).finally(() => {
       this.inFlight--
       this.schedule()
       if (this.inFlight === 0 && this.queue.length === 0) for (const w of this.idleWaiters.splice(0)) w()
     })
+  }
+
+  /**
+   * One backend call for the requests of `group` still waiting (one whose deadline passed has
+   * its 504 already and is not sent again), run to the latest of their deadlines. A refusal
+   * of the group's content sends its requests again apart: one by one when they are few,
+   * else in two halves, each the same way, side by side in the batch's slot. Halving n
+   * requests costs at most 2n - 2 further calls, each with fewer items; a lone request's
+   * refusal is its own answer.
+   */
+  private async call(group: Pending[]): Promise<void> {
+    const live = group.filter((p) => !p.settled)
+    if (live.length === 0) return
+    const { backend, clock } = this.opts
+    // Concatenate along the batch dimension into pooled buffers that the backend may transfer
+    // to its worker; the requests' own tensors stay intact for later stages (audit digests).
+    // A backend that only borrows its inputs gets a lone request's tensors as they are.
+    const lone = live.length === 1 && backend.borrowsInputs === true
+    const inputs = lone ? live[0]!.inputs : concatBatches(live.map((p) => p.inputs), pooledData)
+    this.opts.onBatch?.(live.reduce((n, p) => n + p.items, 0))
+    let deadlineMs = -Infinity
+    for (const p of live) deadlineMs = Math.max(deadlineMs, p.deadlineMs)
+    let outputs: Tensor[]
+    try {
+      outputs = await backend.execute(inputs, this.opts.outputNames, { deadlineMs, trace: live[0]!.trace })
+    } catch (err) {
+      if (live.length > 1 && backend.refusesContent?.(err) === true) {
+        const half = live.length >> 1
+        const parts = live.length <= ONE_BY_ONE ? live.map((p) => [p]) : [live.slice(0, half), live.slice(half)]
+        await Promise.all(parts.map((part) => this.call(part)))
+      } else for (const p of live) this.settle(p, err as Error)
+      return
+    }
+    // A timer can fire late on a busy event loop: a request already past its deadline gets
+    // its 504, as if its timer had fired before the answer came.
+    const now = clock.monotonicMs()
+    let item = 0
+    for (const p of live) {
+      if (now >= p.deadlineMs) this.expire(p)
+      else this.settle(p, sliceBatch(outputs, item, p.items))
+      item += p.items
+    }
   }
 
   /** Resolves once nothing is queued or running (for graceful shutdown). */

@@ -22,10 +22,21 @@
 // another endpoint when there is one. A request that may have reached the upstream is never
 // sent twice.
 //
-// Deadlines: a call gets min(the request's remaining deadline, callTimeoutMs); the upstream is
+// Deadlines: a call gets min(the batch's remaining deadline, callTimeoutMs), the batch's being
+// the latest of its requests' (the batcher answers each request by its own); the upstream is
 // told the same in the OIP `timeout` parameter (microseconds), and the call is aborted when it
 // passes. That timer and the retry pause run on the injected clock; the breaker's rolling
 // window and reset timeout run on opossum's own timers.
+//
+// Refusals: an upstream 4xx about the request (the last two cases of fromStatus) refuses the
+// batch's content (refusesContent), and the batcher retries the batch's requests apart, so
+// one poisoned item costs only its own request an answer.
+//
+// Request bodies: a lone request's tensors, views of its pooled body, are sent as they are
+// (large ones part by part, as undici writes them). The call holds those bodies until it
+// settles; one that ends without a whole answer (aborted, failed, refused) may have left body
+// bytes queued on its socket, which undici is not told to drop, so it retires them: they are
+// never pooled again, and another request can never be read out in their place.
 //
 // Tensors go out as binary data, as validation left them; outputs come back binary
 // (src/inference/upstream-codec.ts). A batch never exceeds the manifest's maxBatchSize
@@ -40,6 +51,7 @@ import { BulwarkError, errorStatus, isBulwarkError, type ErrorCode } from '../er
 import { randomUnit, type Clock, type Logger, type RandomSource } from '../deps.ts'
 import { formatTraceparent } from '../telemetry/tracing.ts'
 import type { Backend, BatchCall } from './backend.ts'
+import { holdBodies } from './buffer-pool.ts'
 import type { Manifest } from './manifest.ts'
 import type { Tensor } from './tensor.ts'
 import { decodeUpstreamResponse, encodeUpstreamRequest, HEADER_LENGTH, upstreamErrorOf } from './upstream-codec.ts'
@@ -158,6 +170,8 @@ export class UpstreamBackend implements Backend {
   private readonly outputSpecs: Manifest['outputs']
   private rotate = 0
   private closed = false
+  /** The upstream's refusals of a request's content (fromStatus), for refusesContent. */
+  private readonly refusals = new WeakSet<BulwarkError>()
 
   constructor(opts: UpstreamBackendOptions) {
     this.opts = opts
@@ -231,7 +245,20 @@ export class UpstreamBackend implements Backend {
 
   async execute(inputs: Tensor[], outputNames: readonly string[], call: BatchCall): Promise<Tensor[]> {
     if (this.closed) throw new BulwarkError('shutting_down', 'the gateway is shutting down')
-    return this.callWithRetry(inputs, outputNames, call)
+    // Across the retry's pause too: a retry encodes the request again from these bytes.
+    const bodies = holdBodies(inputs)
+    try {
+      const outputs = await this.callWithRetry(inputs, outputNames, call)
+      bodies.release()
+      return outputs
+    } catch (err) {
+      bodies.retire()
+      throw err
+    }
+  }
+
+  refusesContent(err: unknown): boolean {
+    return err instanceof BulwarkError && this.refusals.has(err)
   }
 
   /** The endpoint for the next call: least outstanding among those admitting calls, `avoid` only if alone. */
@@ -391,10 +418,13 @@ export class UpstreamBackend implements Backend {
     // The pod refused this request. An upstream Bulwark's refusals of the caller's input or
     // pattern keep their code; anything else is a mismatch between our manifest and the pod.
     const known = code !== null && Object.hasOwn(errorStatus, code) ? (code as ErrorCode) : null
-    if (known && errorStatus[known] === status && status >= 400 && status < 500) {
-      return new BulwarkError(known, `the upstream model refused the request (${known})`, { reason })
-    }
-    return new BulwarkError('internal', 'internal error; the operator can find details in the server log', { reason: `upstream refused a request this gateway validated (manifest mismatch?): ${reason}` })
+    const refusal =
+      known && errorStatus[known] === status && status >= 400 && status < 500
+        ? new BulwarkError(known, `the upstream model refused the request (${known})`, { reason })
+        : new BulwarkError('internal', 'internal error; the operator can find details in the server log', { reason: `upstream refused a request this gateway validated (manifest mismatch?): ${reason}` })
+    // A 4xx is about the request; another status (a 3xx, a 2xx other than 200) is not a refusal.
+    if (status >= 400) this.refusals.add(refusal)
+    return refusal
   }
 
   async close(): Promise<void> {

@@ -2,15 +2,26 @@
 // serving mnist locally with its defences off), called by a gateway with its whole pipeline
 // on. Answers through the gateway equal the upstream's own; the pipeline treats an upstream
 // model exactly as a local one; mTLS with the gateway's own client certificate works and a
-// wrong certificate is a clean 503.
+// wrong certificate is a clean 503. Against a slow mnist pod over mTLS that the test
+// controls: one caller's short deadline or poisoned item, batched with another caller's
+// requests, costs only its own request an answer.
 
 import { readFileSync } from 'node:fs'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import https from 'node:https'
+import type { AddressInfo } from 'node:net'
+import os from 'node:os'
 import path from 'node:path'
 import { parse } from 'yaml'
 import t from 'tap'
 import { request } from 'undici'
 import { mnistRequest, startGateway, type RequestOptions, type TestGateway } from '../../kit/gateway.ts'
 import { repoRoot } from '../../kit/paths.ts'
+import { DEV_WORKLOAD } from '../../src/config/security.ts'
+import { realDeps } from '../../src/deps.ts'
+import { writeDevPki } from '../../src/dev/pki.ts'
+import type { DynamicBatcher } from '../../src/inference/batcher.ts'
+import { HEADER_LENGTH } from '../../src/oip/codec.ts'
 import { binaryBody, jsonBody, mnistDigits, splitBinaryResponse, startUpstream } from '../helpers/scaleout.ts'
 
 const digits = mnistDigits(10)
@@ -161,4 +172,182 @@ t.test('the config names every upstream problem at once', async (t) => {
   )
   const problems = scaleoutProblems(config)
   t.match(problems, [/mix of http/, /give both certFile and keyFile/, /divide evenly/, /rediss/])
+})
+
+/** One call the pod received, waiting for the test to answer or refuse it. */
+interface PodCall {
+  /** Each item's first pixel (the tests mark each request there). */
+  firsts: number[]
+  /** Whether the gateway's side closed the call before it was answered (an aborted call). */
+  closed: boolean
+  /** 200, each item's probabilities [x0, 1 - x0, 0, ...] with x0 its first pixel. */
+  answer(): void
+  refuse(status: number, body: unknown): void
+}
+
+interface Pod {
+  endpoint: string
+  /** The gateway's TLS settings for the pod: the pod's CA, and a client certificate it accepts. */
+  tls: { caFile: string; certFile: string; keyFile: string }
+  calls: PodCall[]
+  /** Resolves with the next call the pod receives. */
+  nextCall(): Promise<PodCall>
+}
+
+/** An mnist model pod speaking OIP v2 over mTLS (a development PKI of its own); `onCall` sees each call first. */
+async function fakePod(t: { teardown(fn: () => unknown): void }, onCall: (call: PodCall) => void = () => {}): Promise<Pod> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-pod-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const pki = await writeDevPki(dir, realDeps)
+  const [ca, cert, key] = await Promise.all([readFile(pki.files.ca, 'utf8'), readFile(pki.files.serverCert, 'utf8'), readFile(pki.files.serverKey, 'utf8')])
+  const calls: PodCall[] = []
+  let waiters: ((c: PodCall) => void)[] = []
+  const server = https.createServer({ ca, cert, key, requestCert: true, rejectUnauthorized: true }, (req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const body = Buffer.concat(chunks)
+      const n = Number(req.headers[HEADER_LENGTH])
+      const items = JSON.parse(body.subarray(0, n).toString()).inputs[0].shape[0] as number
+      const pixels = new Float32Array(body.buffer.slice(body.byteOffset + n, body.byteOffset + body.byteLength))
+      const firsts = Array.from({ length: items }, (_, i) => pixels[i * 784]!)
+      const call: PodCall = {
+        firsts,
+        closed: false,
+        answer() {
+          const out = new Float32Array(items * 10)
+          firsts.forEach((x, i) => out.set([x, 1 - x], i * 10))
+          const head = Buffer.from(JSON.stringify({ model_name: 'mnist', outputs: [{ name: 'probabilities', datatype: 'FP32', shape: [items, 10], parameters: { binary_data_size: out.byteLength } }] }))
+          res.writeHead(200, { 'content-type': 'application/octet-stream', [HEADER_LENGTH]: String(head.byteLength) }).end(Buffer.concat([head, Buffer.from(out.buffer)]))
+        },
+        refuse(status, body) {
+          res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
+        },
+      }
+      res.once('close', () => (call.closed = !res.writableFinished))
+      calls.push(call)
+      for (const w of waiters.splice(0)) w(call)
+      onCall(call)
+    })
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  t.teardown(() => new Promise<void>((r) => {
+    server.closeAllConnections()
+    server.close(() => r())
+  }))
+  return {
+    endpoint: `https://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    tls: { caFile: pki.files.ca, certFile: pki.files.clientCert, keyFile: pki.files.clientKey },
+    calls,
+    nextCall: () => new Promise((r) => waiters.push(r)),
+  }
+}
+
+/** Resolves once `batcher` holds `n` queued requests, checked at each submission. */
+function queued(batcher: DynamicBatcher, n: number): Promise<void> {
+  const submit = batcher.submit.bind(batcher)
+  return new Promise((resolve) => {
+    batcher.submit = (...args) => {
+      const p = submit(...args)
+      if (batcher.queueDepth >= n) {
+        batcher.submit = submit
+        resolve()
+      }
+      return p
+    }
+  })
+}
+
+/**
+ * A gateway (full front door, no screening, raw scores) serving mnist from `pod` with one
+ * upstream call at a time, so that requests sent while the first call is held queue into
+ * one batch; and a client that marks each request's digit by its first pixel.
+ */
+async function gatewayFor(t: { teardown(fn: () => unknown): void }, pod: Pod) {
+  const policy = { model: 'mnist', allow: [{ verbs: ['infer'], workloads: [DEV_WORKLOAD], scopes: ['mnist:infer'] }], rateLimit: { requestsPerWindow: 10_000, windowMs: 1000 } }
+  const gw = await startGateway({
+    models: ['mnist'],
+    policies: { mnist: policy },
+    config: {
+      outputPrivacy: { enabled: false },
+      audit: { durability: 'relaxed' },
+      models: { serve: [{ name: 'mnist', upstream: { endpoints: [pod.endpoint], tls: pod.tls, maxConcurrentCalls: 1 } }] },
+    },
+  })
+  t.teardown(() => gw.close())
+  const digits = mnistDigits(10)
+  const infer = async (token: string, marker: number, parameters?: Record<string, unknown>) => {
+    const digit = digits[Math.round(marker * 100) % 10]!.slice()
+    digit[0] = marker
+    return gw.request('/v2/models/mnist/infer', { token, body: jsonBody([digit], parameters ? { parameters } : {}) })
+  }
+  return { gw, infer, batcher: gw.gateway.registry.ready('mnist', null).batcher! }
+}
+
+t.test('one caller\'s short deadline gets its own 504; another caller\'s requests in the same upstream call all get their answers', async (t) => {
+  const pod = await fakePod(t)
+  const { gw, infer, batcher } = await gatewayFor(t, pod)
+  const [victim, hostile] = [await gw.token({ sub: 'victim' }), await gw.token({ sub: 'hostile' })]
+
+  const firstCall = pod.nextCall()
+  const first = infer(victim, 0.005)
+  const blocker = await firstCall
+  const victimsQueued = queued(batcher, 24)
+  const markers = Array.from({ length: 24 }, (_, i) => (i + 1) / 100)
+  const victims = markers.map((m) => infer(victim, m))
+  await victimsQueued
+  // The hostile caller's `timeout`: 500 ms (OIP counts it in microseconds).
+  const allQueued = queued(batcher, 25)
+  const refused = infer(hostile, 0.5, { timeout: 500_000 })
+  await allQueued
+  const batchCall = pod.nextCall()
+  blocker.answer()
+  t.equal((await first).status, 200)
+  const call = await batchCall
+  t.same(call.firsts, [...markers, 0.5].map(Math.fround), 'the 24 requests and the hostile one went up as one call')
+
+  const h = await refused
+  t.equal(h.status, 504, 'the short deadline passes while the call runs')
+  t.equal(h.body.code, 'deadline_exceeded')
+  t.notOk(call.closed, 'the upstream call goes on')
+  call.answer()
+  const answers = await Promise.all(victims)
+  t.same(answers.map((a) => a.status), markers.map(() => 200), 'all 24 of the other caller\'s requests answered')
+  t.same(answers.map((a) => a.body.outputs?.[0]?.data[0]), markers, 'each with its own item\'s answer')
+  t.equal(pod.calls.length, 2, 'and nothing was sent twice')
+})
+
+t.test('an upstream that refuses a batch for one poisoned item: the others are answered, the poisoned one gets the refusal', async (t) => {
+  const POISON = 0.9
+  let holdFirst = true
+  // The pod refuses (an upstream Bulwark's 422) any call holding the poisoned item; the first call waits for the test.
+  const pod = await fakePod(t, (call) => {
+    if (holdFirst) return void (holdFirst = false)
+    if (call.firsts.includes(Math.fround(POISON))) call.refuse(422, { error: 'the input looks adversarial', code: 'suspicious_input' })
+    else call.answer()
+  })
+  const { gw, infer, batcher } = await gatewayFor(t, pod)
+  const [victim, mallory] = [await gw.token({ sub: 'victim' }), await gw.token({ sub: 'mallory' })]
+
+  const firstCall = pod.nextCall()
+  const first = infer(victim, 0.005)
+  const blocker = await firstCall
+  const allQueued = queued(batcher, 9)
+  const markers = Array.from({ length: 8 }, (_, i) => (i + 1) / 100)
+  const victims = markers.map((m) => infer(victim, m))
+  const poisoned = infer(mallory, POISON)
+  await allQueued
+  blocker.answer()
+  t.equal((await first).status, 200)
+
+  const answers = await Promise.all(victims)
+  t.same(answers.map((a) => a.status), markers.map(() => 200), 'every other request answered')
+  t.same(answers.map((a) => a.body.outputs?.[0]?.data[0]), markers, 'each with its own item\'s answer')
+  const p = await poisoned
+  t.equal(p.status, 422)
+  t.equal(p.body.code, 'suspicious_input', 'the poisoned request gets the upstream\'s refusal')
+  t.equal(pod.calls[1]!.firsts.length, 9, 'all nine went up as one call first')
+  const extra = pod.calls.length - 2
+  t.ok(extra >= 2 && extra <= 2 * 9 - 2, `then ${extra} smaller calls (at most 2n - 2 = 16)`)
+  t.equal(gw.gateway.registry.upstreams()[0]!.backend.status()[0]!.state, 'closed', 'refusals are not the pod\'s faults: the breaker stays closed')
 })

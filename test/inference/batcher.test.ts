@@ -1,8 +1,14 @@
 // The dynamic batcher against a backend that computes a known function per item (the
-// batcher is under test here; the real ONNX backend is tested in inference.test.ts).
+// batcher is under test here; the real ONNX backend is tested in inference.test.ts), and
+// what one request may not do to the others of its batch: a short deadline ends that request
+// alone, a refusal of its content reaches that request alone, and its pooled body is not
+// reused before the batcher is done with it.
 import t from 'tap'
+import { BulwarkError, isBulwarkError } from '../../src/errors.ts'
+import type { Timer } from '../../src/deps.ts'
 import { DynamicBatcher } from '../../src/inference/batcher.ts'
-import type { Backend } from '../../src/inference/backend.ts'
+import type { Backend, BatchCall } from '../../src/inference/backend.ts'
+import { bodyBuffers } from '../../src/inference/buffer-pool.ts'
 import type { Tensor } from '../../src/inference/tensor.ts'
 import { FakeClock } from '../helpers/fake-clock.ts'
 
@@ -211,4 +217,170 @@ t.test('drain resolves once queued and running work is done', async (t) => {
   backend.release()
   await Promise.all([...work, d])
   t.ok(drained)
+})
+
+/**
+ * Runs each batch until release(), or fails it at the call's deadline as the upstream backend
+ * does (deadline_exceeded); records each call's deadline.
+ */
+class DeadlineBackend implements Backend {
+  readonly concurrency = 1
+  readonly executionProvider = 'test'
+  readonly deadlines: number[] = []
+  private held: (() => void)[] = []
+  private readonly clock: FakeClock
+  constructor(clock: FakeClock) {
+    this.clock = clock
+  }
+  execute(inputs: Tensor[], _names: readonly string[], call: BatchCall): Promise<Tensor[]> {
+    this.deadlines.push(call.deadlineMs)
+    const n = inputs[0]!.shape[0]!
+    const per = inputs[0]!.data.length / n
+    return new Promise((resolve, reject) => {
+      const timer = this.clock.setTimeout(() => reject(new BulwarkError('deadline_exceeded', 'the request deadline passed')), call.deadlineMs - this.clock.monotonicMs())
+      this.held.push(() => {
+        timer.cancel()
+        resolve([{ name: 'sum', datatype: 'FP32', shape: [n, 1], data: Float32Array.from({ length: n }, (_, i) => (inputs[0]!.data as Float32Array)[i * per]! * per) }])
+      })
+    })
+  }
+  release(): void {
+    for (const r of this.held.splice(0)) r()
+  }
+  async close(): Promise<void> {}
+}
+
+/** The promise's outcome so far: 'pending', the resolved value, or the rejection. */
+function watch<T>(p: Promise<T>): () => T | unknown {
+  let state: unknown = 'pending'
+  p.then((v) => (state = v), (err: unknown) => (state = err))
+  return () => state
+}
+
+const sumOf = (out: Tensor[]) => Array.from(out[0]!.data as Float32Array)
+
+t.test('a short deadline in a batch gets its own 504; the call runs on, to the latest deadline, for the others', async (t) => {
+  const clock = new FakeClock()
+  const backend = new DeadlineBackend(clock)
+  const b = batcher(backend, { clock })
+  const blocker = b.submit(tensor(1, 1), clock.monotonicMs() + 10_000)
+  await clock.tick()
+  // One caller's 50 ms deadline queued with another caller's three 5 s ones.
+  const hostile = watch(b.submit(tensor(1, 9), clock.monotonicMs() + 50))
+  const others = [2, 3, 4].map((v) => watch(b.submit(tensor(1, v), clock.monotonicMs() + 5000)))
+  backend.release()
+  await blocker
+  await clock.tick()
+  t.equal(backend.deadlines[1], clock.monotonicMs() + 5000, 'the batch\'s call runs to its latest deadline')
+  await clock.tick(50)
+  t.match(hostile(), { code: 'deadline_exceeded', reason: 'deadline passed while running' }, 'the short deadline ends its own request')
+  t.same(others.map((o) => o()), ['pending', 'pending', 'pending'], 'the others still wait for the call')
+  backend.release()
+  await clock.tick()
+  t.same(others.map((o) => sumOf(o() as Tensor[])), [[6], [9], [12]], 'and get their answers')
+})
+
+t.test('an answer that comes back after a request\'s deadline is not given to it, even if its timer is late', async (t) => {
+  /** Timers that never fire: the batcher's deadline timers stand for ones an overloaded event loop runs late. */
+  class LateTimers extends FakeClock {
+    override setTimeout(_fn: () => void, _ms: number): Timer {
+      return { cancel() {} }
+    }
+  }
+  const clock = new LateTimers()
+  const backend = new SummingBackend()
+  const b = batcher(backend, { clock })
+  const blocker = b.submit(tensor(1, 1), 1e9)
+  await tick()
+  const short = watch(b.submit(tensor(1, 2), clock.monotonicMs() + 50))
+  const long = b.submit(tensor(1, 3), 1e9)
+  backend.release()
+  await blocker
+  await tick()
+  clock.advance(50)
+  backend.release()
+  t.same(sumOf(await long), [9])
+  t.match(short(), { code: 'deadline_exceeded', status: 504 })
+})
+
+/** Sums each item like SummingBackend, but refuses any batch holding an item of value 666, as an upstream's 4xx does. */
+class RefusingBackend implements Backend {
+  readonly concurrency = 1
+  readonly executionProvider = 'test'
+  /** The items of each call. */
+  readonly calls: number[][] = []
+  private readonly fault: 'refuse' | 'fail'
+  constructor(fault: 'refuse' | 'fail' = 'refuse') {
+    this.fault = fault
+  }
+  async execute(inputs: Tensor[]): Promise<Tensor[]> {
+    const n = inputs[0]!.shape[0]!
+    const per = inputs[0]!.data.length / n
+    const firsts = Array.from({ length: n }, (_, i) => (inputs[0]!.data as Float32Array)[i * per]!)
+    this.calls.push(firsts)
+    if (firsts.includes(666)) {
+      if (this.fault === 'fail') throw new BulwarkError('upstream_unavailable', 'the upstream model is unavailable; retry later')
+      throw new BulwarkError('suspicious_input', 'the upstream model refused the request (suspicious_input)')
+    }
+    return [{ name: 'sum', datatype: 'FP32', shape: [n, 1], data: Float32Array.from(firsts, (v) => v * per) }]
+  }
+  refusesContent(err: unknown): boolean {
+    return this.fault === 'refuse' && isBulwarkError(err) && err.code === 'suspicious_input'
+  }
+  async close(): Promise<void> {}
+}
+
+/** One request per value, all in one batch (the idle worker waits for them), each request's sum or refusal. */
+async function oneBatch(backend: Backend, values: number[]): Promise<unknown[]> {
+  const b = batcher(backend, { maxBatchSize: values.length, maxQueueDelayMicros: 1000, maxQueueSize: 64 })
+  return Promise.all(values.map((v) => b.submit(tensor(1, v), 1e9).then((out) => sumOf(out)[0], (err: unknown) => err)))
+}
+
+t.test('a refusal of one request\'s content reaches that request alone: the rest are retried apart and answered', async (t) => {
+  const backend = new RefusingBackend()
+  const values = [1, 2, 3, 666, 5, 6, 7, 8]
+  const outcomes = await oneBatch(backend, values)
+  t.same(outcomes.filter((o, i) => i !== 3), [3, 6, 9, 15, 18, 21, 24], 'every other request gets its own answer')
+  t.match(outcomes[3], { code: 'suspicious_input', status: 422 }, 'the poisoned one gets the refusal')
+  t.same(backend.calls, [values, [1, 2, 3, 666], [5, 6, 7, 8], [1], [2], [3], [666]], 'halves, then one by one once few')
+  t.ok(backend.calls.length - 1 <= 2 * values.length - 2, 'extra calls within 2n - 2')
+})
+
+t.test('a batch of poisoned requests costs at most 2n - 2 further calls, and each still gets its own outcome', async (t) => {
+  const backend = new RefusingBackend()
+  const values = [666, 1, 666, 666, 2, 666, 666, 666, 666, 3, 666, 666, 666]
+  const outcomes = await oneBatch(backend, values)
+  values.forEach((v, i) => (v === 666 ? t.match(outcomes[i], { code: 'suspicious_input' }) : t.equal(outcomes[i], v * 3)))
+  t.ok(backend.calls.length - 1 <= 2 * values.length - 2, `${backend.calls.length - 1} extra calls for ${values.length} requests`)
+  t.ok(backend.calls.every((c, i) => i === 0 || c.length < values.length), 'each retry smaller than the batch')
+})
+
+t.test('a failure that is not a refusal of content fails the whole batch, with no retry', async (t) => {
+  const backend = new RefusingBackend('fail')
+  const outcomes = await oneBatch(backend, [1, 666, 3])
+  t.same(outcomes.map((o) => (isBulwarkError(o) ? o.code : o)), ['upstream_unavailable', 'upstream_unavailable', 'upstream_unavailable'])
+  t.equal(backend.calls.length, 1, 'one call')
+})
+
+t.test('a request\'s pooled body is not handed to another request before the batcher is done with it', async (t) => {
+  const backend = new SummingBackend()
+  const b = batcher(backend)
+  const blocker = b.submit(tensor(1, 1), 1e9)
+  await tick()
+  // A request whose tensor views its pooled body, queued behind the blocker.
+  const body = bodyBuffers.take(12)
+  const x = new Float32Array(body, 0, 3).fill(5)
+  const queued = b.submit([{ name: 'x', datatype: 'FP32', shape: [1, 3], data: x }], 1e9)
+  // Its client goes away: the transport gives the body back while the request still waits.
+  bodyBuffers.give(body)
+  const other = bodyBuffers.take(12)
+  t.not(other, body, 'another request gets another buffer')
+  new Float32Array(other, 0, 3).fill(7)
+  backend.release()
+  await blocker
+  await tick()
+  backend.release()
+  t.same(sumOf(await queued), [15], 'the batch read the request\'s own bytes')
+  t.equal(bodyBuffers.take(12), body, 'once the request is settled, its body is back in the pool')
+  bodyBuffers.give(other)
 })

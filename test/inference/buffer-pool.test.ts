@@ -1,6 +1,7 @@
 // The pools behind request bodies and batch tensors (src/inference/buffer-pool.ts): the pool's
-// own rules, and, through the gateway with the real models, that reuse never lets one
-// request's bytes reach another's answer.
+// own rules (a buffer given back while someone reads it waits for the last reader; a retired
+// one never comes back), and, through the gateway with the real models, that reuse never
+// lets one request's bytes reach another's answer.
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -33,6 +34,38 @@ t.test('a buffer given back twice is handed out once', async (t) => {
   const second = pool.take(4096)
   t.equal(first, a)
   t.not(second, a, 'the second take gets a fresh buffer')
+})
+
+t.test('a buffer given back while held is reused only after its last reader lets go', async (t) => {
+  const pool = new BufferPool({ maxBytes: 1 << 20 })
+  const a = pool.take(4096)
+  t.ok(pool.hold(a), 'an issued buffer can be held')
+  t.ok(pool.hold(a), 'by several readers')
+  pool.give(a)
+  t.equal(pool.heldBytes, 0, 'given back while held: not in the pool yet')
+  t.not(pool.take(4096), a, 'so another taker gets another buffer')
+  pool.release(a)
+  t.not(pool.take(4096), a, 'nor after the first reader lets go')
+  pool.release(a)
+  t.equal(pool.take(4096), a, 'after the last, it is reused')
+  pool.release(a)
+  pool.give(a)
+  t.equal(pool.take(4096), a, 'a release without a hold changes nothing')
+  t.notOk(pool.hold(new ArrayBuffer(4096)), 'a buffer the pool did not issue is not held')
+})
+
+t.test('a retired buffer is never handed out again', async (t) => {
+  const pool = new BufferPool({ maxBytes: 1 << 20 })
+  const a = pool.take(4096)
+  pool.hold(a)
+  pool.hold(a)
+  pool.retire(a)
+  pool.give(a)
+  pool.release(a)
+  t.equal(pool.heldBytes, 0, 'not pooled, whatever order its owner and other readers let go in')
+  t.not(pool.take(4096), a)
+  t.notOk(pool.issued(a), 'and no longer counted as issued')
+  t.notOk(pool.hold(a), 'nor held again')
 })
 
 t.test('the pool is bounded, and keeps only its own size classes', async (t) => {

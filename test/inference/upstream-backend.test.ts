@@ -1,7 +1,9 @@
 // The upstream backend against small fake OIP servers: least-outstanding balancing, at most
 // one retry (after its jitter) and only when nothing was sent, which errors count against the
 // breaker (the pod's faults) and which do not (the request's, or the client's short deadline),
-// responses checked against the manifest, and Retry-After when every breaker is open. The
+// which refuse the batch's content (for the batcher to retry its requests apart), responses
+// checked against the manifest, Retry-After when every breaker is open, and pooled request
+// bodies never reused while a call may still read them. The
 // servers are real sockets; the backend's timers (call deadline, retry pause) run on a fake
 // clock, so a test moves time instead of waiting for it.
 
@@ -12,6 +14,7 @@ import { trace } from '@opentelemetry/api'
 import { buildConfig } from '../../src/config/load.ts'
 import type { UpstreamConfig } from '../../src/config/scaleout.ts'
 import { randomUnit, silentLogger, type RandomSource, type Timer } from '../../src/deps.ts'
+import { bodyBuffers } from '../../src/inference/buffer-pool.ts'
 import type { Manifest } from '../../src/inference/manifest.ts'
 import type { Tensor } from '../../src/inference/tensor.ts'
 import { UpstreamBackend } from '../../src/inference/upstream-backend.ts'
@@ -258,4 +261,65 @@ t.test('a large tensor goes up as its own bytes, part by part', async (t) => {
   const [y] = await b.execute([{ name: 'x', datatype: 'FP32', shape: [2, 20_000], data: x }], ['y'], call(clock))
   const sum = (r: Float32Array) => r.reduce((a, b) => a + b, 0)
   t.same(Array.from(y!.data as Float32Array), [Math.fround(sum(x.subarray(0, 20_000))), 0, Math.fround(sum(x.subarray(20_000))), x[20_000]!], '160 KB in, the right answer back')
+})
+
+t.test('an upstream 4xx refuses the batch\'s content; the pod\'s faults and the deadline do not', async (t) => {
+  const refusal = async (behave: Behaviour, deadlineInMs = 5000) => {
+    const f = await fake(t, behave)
+    const { b, clock } = backend(t, [f.url], { over: { retry: { enabled: false } } })
+    const p = b.execute(rows([1, 1, 1]), ['y'], call(clock, deadlineInMs)).catch((e: unknown) => e)
+    if (deadlineInMs < 5000) {
+      await f.nextArrival()
+      await clock.tick(deadlineInMs)
+    }
+    const err = await p
+    return [(err as { code: string }).code, b.refusesContent(err)]
+  }
+  t.same(await refusal(() => ({ status: 422, body: { error: 'no', code: 'suspicious_input' } })), ['suspicious_input', true], 'an upstream Bulwark\'s refusal of the input')
+  t.same(await refusal(() => ({ status: 400, body: { error: 'bad tensor' } })), ['internal', true], 'any other server\'s 400')
+  t.same(await refusal(() => ({ status: 503, body: { error: 'busy' } })), ['upstream_unavailable', false], 'a 5xx is the pod\'s')
+  t.same(await refusal(() => ({ status: 429, body: { error: 'slow down' } })), ['upstream_unavailable', false], 'so is a 429')
+  t.same(await refusal(() => 'hang', 50), ['deadline_exceeded', false], 'a deadline is nobody\'s content')
+})
+
+t.test('a request\'s pooled body stays its own through the retry\'s pause, though its owner gives it back', async (t) => {
+  const dead = `http://127.0.0.1:${await freePort()}`
+  const ok = await fake(t)
+  const pauseMs = randomUnit(fixedRandom(0x80)) * 20
+  const clock = new WatchedClock()
+  const { b } = backend(t, [dead, ok.url], { clock, random: fixedRandom(0x80), over: { retry: { maxJitterMs: 20 } } })
+  // A lone request's tensor is a view of its pooled body (src/transport/read-body.ts).
+  const body = bodyBuffers.take(12)
+  new Float32Array(body, 0, 3).set([1, 2, 3])
+  const paused = clock.timerOf(pauseMs)
+  const answer = b.execute([{ name: 'x', datatype: 'FP32', shape: [1, 3], data: new Float32Array(body, 0, 3) }], ['y'], call(clock))
+  await paused
+  // The first endpoint refused the connection; while the retry waits, the request's client
+  // goes away and the transport gives its body back, and another request arrives.
+  bodyBuffers.give(body)
+  const other = bodyBuffers.take(12)
+  t.not(other, body, 'the other request gets another buffer')
+  new Float32Array(other, 0, 3).set([7, 8, 9])
+  await clock.tick(pauseMs)
+  const [y] = await answer
+  t.same(Array.from(y!.data as Float32Array), [6, 1], 'the retry sent the request\'s own bytes')
+  t.equal(bodyBuffers.take(12), body, 'once the call is done, the body is back in the pool')
+  bodyBuffers.give(other)
+})
+
+t.test('a call that ends without its answer never lets its pooled body be reused', async (t) => {
+  const hanging = await fake(t, () => 'hang')
+  const wide: Manifest = { ...manifest, inputs: [{ name: 'x', datatype: 'FP32', shape: [-1, 20_000] }] }
+  const { b, clock } = backend(t, [hanging.url], { manifest: wide })
+  // 160 KB: sent as the body's own bytes, part by part, which the socket may still hold after an abort.
+  const body = bodyBuffers.take(160_000)
+  const x = new Float32Array(body, 0, 40_000).fill(0.5)
+  const arrived = hanging.nextArrival()
+  const answer = b.execute([{ name: 'x', datatype: 'FP32', shape: [2, 20_000], data: x }], ['y'], call(clock, 50)).catch((e: unknown) => e)
+  await arrived
+  await clock.tick(50)
+  t.match(await answer, { code: 'deadline_exceeded' })
+  // The request is answered (504) and the transport gives its body back.
+  bodyBuffers.give(body)
+  t.not(bodyBuffers.take(160_000), body, 'the next request gets another buffer: the aborted call\'s bytes are nobody else\'s')
 })
