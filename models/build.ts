@@ -134,6 +134,10 @@ async function buildOcr(): Promise<void> {
   // Text detector (DB). PaddleOCR normalises with the ImageNet mean/std after x/255:
   // min = (0 - 0.485)/0.229 = -2.1179, max = (1 - 0.406)/0.225 = 2.64; the range is rounded
   // outwards so float32 rounding of a legitimate pixel is never refused.
+  // Height and width are free (multiples of 32). PaddleOCR resizes a page so that its longer
+  // side is at most det_limit_side_len = 960 before detection; 1920 per side is twice that,
+  // and holds a Full HD frame (1088 x 1920 once padded to multiples of 32). The model's memory
+  // and time grow with height x width, so larger claims are refused before any work.
   const detPath = 'assets/ch_PP-OCRv4_det_infer.onnx'
   const det = await inspect(detPath, [1, 3, 64, 64])
   console.log(`ocr-det: ${det.inputName} [-1,3,-1,-1] -> ${det.outputName} [${det.outputShape}] (probe output [${det.probeOutput}])`)
@@ -147,7 +151,7 @@ async function buildOcr(): Promise<void> {
     package: { name: OCR_PACKAGE, path: detPath },
     sha256: det.sha256,
     maxBatchSize: 4,
-    inputs: [{ name: det.inputName, datatype: 'FP32', shape: [-1, 3, -1, -1], range: [-2.118, 2.641], allowNonFinite: false }],
+    inputs: [{ name: det.inputName, datatype: 'FP32', shape: [-1, 3, -1, -1], maxShape: [-1, 3, 1920, 1920], range: [-2.118, 2.641], allowNonFinite: false }],
     outputs: [{ name: det.outputName, datatype: 'FP32', shape: det.outputShape, range: [0, 1], allowNonFinite: false }],
   })
 }

@@ -133,6 +133,11 @@ export const TelemetryConfig = Type.Object(
   {
     /** Continue a client's trace (W3C traceparent) instead of starting a new one. Off when clients are not trusted to choose sampling. */
     acceptTraceContext: Type.Boolean({ default: true }),
+    /** Most label sets (series) one metric keeps, its overflow series included; past it, new ones
+     *  are counted in `otel_metric_overflow="true"`. Label values come from the configuration
+     *  (served models, endpoints, detectors), so this is a backstop against unbounded growth of
+     *  memory and scrape size; 2000 is the OpenTelemetry SDK's default. */
+    maxSeriesPerMetric: Type.Integer({ minimum: 10, maximum: 100_000, default: 2000 }),
   },
   { additionalProperties: false, default: {} },
 )

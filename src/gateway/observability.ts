@@ -18,7 +18,7 @@ export function buildObservability(
   options: { tracerProvider?: TracerProvider | undefined; metricReaders?: MetricReader[] | undefined },
   queues: QueueReading,
 ): Observability {
-  const metrics = new GatewayMetrics(queues, { readers: options.metricReaders ?? [] })
+  const metrics = new GatewayMetrics(queues, { readers: options.metricReaders ?? [], maxSeriesPerMetric: config.maxSeriesPerMetric })
   // The global provider is the one src/cli.ts sets up from the OTEL_* variables (no-op otherwise).
   const tracerProvider = options.tracerProvider ?? trace.getTracerProvider()
   const tracing = createPipelineTracing(tracerProvider, { acceptTraceContext: config.acceptTraceContext })

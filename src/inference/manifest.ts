@@ -10,16 +10,30 @@ import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { datatypes } from './tensor.ts'
 
-const TensorSpec = Type.Object(
+const tensorFields = {
+  name: Type.String({ minLength: 1 }),
+  datatype: Type.Union(datatypes.map((d) => Type.Literal(d))),
+  /** -1 marks a variable dimension; the first dimension is the batch. */
+  shape: Type.Array(Type.Integer({ minimum: -1 }), { minItems: 1 }),
+  /** Inclusive value range the model was trained on; validation refuses values outside. */
+  range: Type.Optional(Type.Tuple([Type.Number(), Type.Number()])),
+  /** Whether NaN and ±Inf may be sent (false for every bundled model). */
+  allowNonFinite: Type.Optional(Type.Boolean()),
+}
+
+const TensorSpec = Type.Object(tensorFields, { additionalProperties: false })
+
+const InputSpec = Type.Object(
   {
-    name: Type.String({ minLength: 1 }),
-    datatype: Type.Union(datatypes.map((d) => Type.Literal(d))),
-    /** -1 marks a variable dimension; the first dimension is the batch. */
-    shape: Type.Array(Type.Integer({ minimum: -1 }), { minItems: 1 }),
-    /** Inclusive value range the model was trained on; validation refuses values outside. */
-    range: Type.Optional(Type.Tuple([Type.Number(), Type.Number()])),
-    /** Whether NaN and ±Inf may be sent (false for every bundled model). */
-    allowNonFinite: Type.Optional(Type.Boolean()),
+    ...tensorFields,
+    /**
+     * The largest shape a request may claim, same rank as `shape`: a positive limit for each
+     * free dimension (-1 in `shape`), the fixed size for the others. The batch dimension may be
+     * -1 here: the model's maxBatchSize bounds it already. Without it a free dimension is bounded
+     * only by the data the request carries, which lets one request make the model compute on
+     * (and answer with) an image far larger than it is ever used for.
+     */
+    maxShape: Type.Optional(Type.Array(Type.Integer({ minimum: -1 }), { minItems: 1 })),
   },
   { additionalProperties: false },
 )
@@ -38,7 +52,7 @@ export const ManifestSchema = Type.Object(
     ),
     sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
     maxBatchSize: Type.Integer({ minimum: 1, maximum: 4096 }),
-    inputs: Type.Array(TensorSpec, { minItems: 1 }),
+    inputs: Type.Array(InputSpec, { minItems: 1 }),
     outputs: Type.Array(TensorSpec, { minItems: 1 }),
     /** Class labels for classifier outputs, in output order. */
     labels: Type.Optional(Type.Array(Type.String())),
@@ -48,6 +62,7 @@ export const ManifestSchema = Type.Object(
 
 export type Manifest = Static<typeof ManifestSchema>
 export type TensorSpec = Static<typeof TensorSpec>
+export type InputSpec = Static<typeof InputSpec>
 
 export class ManifestError extends Error {
   override name = 'ManifestError'
@@ -67,7 +82,35 @@ export async function readManifest(manifestPath: string): Promise<Manifest> {
   if ((manifest.file === undefined) === (manifest.package === undefined)) {
     throw new ManifestError(`${manifestPath}: give exactly one of "file" or "package"`)
   }
+  const shapeProblems = maxShapeProblems(manifest)
+  if (shapeProblems.length > 0) throw new ManifestError(`${manifestPath}: invalid manifest:\n  ${shapeProblems.join('\n  ')}`)
   return manifest
+}
+
+/** What is wrong with the inputs' maxShape against their shape and maxBatchSize (empty = fine). */
+export function maxShapeProblems(manifest: Pick<Manifest, 'inputs' | 'maxBatchSize'>): string[] {
+  const problems: string[] = []
+  manifest.inputs.forEach((spec, i) => {
+    const max = spec.maxShape
+    if (max === undefined) return
+    const where = `/inputs/${i}/maxShape`
+    if (max.length !== spec.shape.length) {
+      problems.push(`${where}: has ${max.length} dimensions, shape ${JSON.stringify(spec.shape)} has ${spec.shape.length}; give one limit per dimension`)
+      return
+    }
+    max.forEach((limit, d) => {
+      const dim = spec.shape[d]!
+      if (d === 0 && limit === -1) return // the batch: maxBatchSize bounds it
+      if (d === 0 && (limit < 1 || limit > manifest.maxBatchSize)) {
+        problems.push(`${where}/0: the batch limit ${limit} must be -1 (maxBatchSize applies) or 1..${manifest.maxBatchSize} (maxBatchSize)`)
+      } else if (dim !== -1 && limit !== dim) {
+        problems.push(`${where}/${d}: dimension ${d} is fixed at ${dim} in shape; give ${dim} here too`)
+      } else if (dim === -1 && limit < 1) {
+        problems.push(`${where}/${d}: dimension ${d} is free in shape; give its largest size (a positive integer)`)
+      }
+    })
+  })
+  return problems
 }
 
 /** Absolute path of the ONNX file a manifest names. */

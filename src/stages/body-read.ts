@@ -3,7 +3,8 @@
 // splits a binary tensor request into its JSON header and tensor bytes.
 // Reads: ctx.readBody (the transport's reader). Writes: ctx.bodyBytes, ctx.body.
 // Throws: bad_request (no body, a length that disagrees with Content-Length),
-//         payload_too_large (over the limit), invalid_json, invalid_binary_header.
+//         payload_too_large (over the limit), invalid_json, invalid_binary_header,
+//         client_closed_request (499: the client hung up mid-body; src/transport/read-body.ts).
 // When the exchange ends, a pooled body buffer goes back to the pool.
 
 import { BulwarkError } from '../errors.ts'

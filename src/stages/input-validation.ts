@@ -6,11 +6,13 @@
 //         datatype_mismatch, shape_mismatch, data_length_mismatch, value_out_of_range,
 //         non_finite_value, batch_too_large, invalid_binary_header (all 400).
 //
-// Every check runs before any allocation proportional to what the client claims: the
-// element count from `shape` is compared with the data actually sent first.
+// Every check runs before any allocation proportional to what the client claims: the shape
+// is held to the manifest (fixed dimensions, maxBatchSize, each free dimension's maxShape)
+// first, then the element count it implies is compared with the data actually sent. Binary
+// tensors are viewed in place, never copied.
 
 import { BulwarkError } from '../errors.ts'
-import type { Manifest, TensorSpec } from '../inference/manifest.ts'
+import type { InputSpec, Manifest } from '../inference/manifest.ts'
 import { decodeJsonData, type JsonDataFail } from '../oip/json-data.ts'
 import {
   allocate,
@@ -38,7 +40,7 @@ function bad(message: string): never {
   throw new BulwarkError('bad_request', message)
 }
 
-function checkShape(name: string, shape: unknown, spec: TensorSpec, maxBatch: number): number[] {
+function checkShape(name: string, shape: unknown, spec: InputSpec, maxBatch: number): number[] {
   if (!Array.isArray(shape) || shape.length === 0 || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
     bad(`input "${name}": "shape" must be a non-empty array of non-negative integers`)
   }
@@ -61,6 +63,20 @@ function checkShape(name: string, shape: unknown, spec: TensorSpec, maxBatch: nu
   if (dims[0]! < 1) throw new BulwarkError('shape_mismatch', `input "${name}": the batch dimension must be at least 1`)
   if (dims[0]! > maxBatch) {
     throw new BulwarkError('batch_too_large', `input "${name}": batch of ${dims[0]} exceeds this model's maximum of ${maxBatch}; split the request`)
+  }
+  // The manifest's bound on each free dimension, before the data is looked at: a shape the
+  // model is never used with is refused even when the body carries all of its data.
+  const max = spec.maxShape
+  if (max) {
+    for (let i = 0; i < dims.length; i++) {
+      const limit = max[i]!
+      if (limit !== -1 && dims[i]! > limit) {
+        throw new BulwarkError(
+          i === 0 ? 'batch_too_large' : 'shape_mismatch',
+          `input "${name}": dimension ${i} is ${dims[i]}, over this model's limit of ${limit} (largest shape ${JSON.stringify(max)}, -1 = maxBatchSize); ${i === 0 ? 'split the request' : 'resize the input'}`,
+        )
+      }
+    }
   }
   if (dims.some((d) => d === 0) || dims.reduce((a, b) => a * b, 1) > MAX_ELEMENTS) {
     throw new BulwarkError('shape_mismatch', `input "${name}": shape ${JSON.stringify(dims)} is empty or too large`)
@@ -93,7 +109,7 @@ function firstOutside(data: Float32Array, lo: number, hi: number): number {
   return -1
 }
 
-function checkValues(name: string, spec: TensorSpec, data: TensorData): void {
+function checkValues(name: string, spec: InputSpec, data: TensorData): void {
   if (data instanceof BigInt64Array || data instanceof BigUint64Array) return
   if (spec.datatype === 'FP16') return // raw half-precision bits; the bundled models take none
   const checkFinite = spec.allowNonFinite !== true

@@ -19,6 +19,9 @@ export function readBody(req: IncomingMessage, limitBytes: number): Promise<Buff
     req.resume() // drain, so the connection can answer
     return Promise.reject(new BulwarkError('payload_too_large', 'the request body exceeds the server limit; send fewer items per request or use binary tensors', { reason: `Content-Length ${declared} > ${limitBytes}` }))
   }
+  // Gone while the headers links ran: 'error' and 'close' have been emitted already, and a
+  // read started now would wait for events that never come.
+  if (req.destroyed && !req.complete) return Promise.reject(clientClosed(req.errored, 'before its body was read'))
   const headerLength = Number(req.headers[HEADER_LENGTH])
   const pad = Number.isSafeInteger(headerLength) && headerLength > 0 ? (ALIGN - (headerLength % ALIGN)) % ALIGN : 0
   return new Promise((resolve, reject) => {
@@ -44,12 +47,39 @@ export function readBody(req: IncomingMessage, limitBytes: number): Promise<Buff
       chunk.copy(buf, pad + size)
       size += chunk.length
     }
+    // A client that goes away mid-body surfaces here: Node destroys the request with
+    // ECONNRESET "aborted" ('error'), or only closes it. Either is the client's doing, not a
+    // fault of ours, and is answered as such (not as `internal`, with a stack trace).
+    const gone = (err: Error | null) => fail(err && !isClientAbort(err) ? err : clientClosed(err, `after ${size} of ${declared ?? 'an undeclared number of'} body bytes`))
     req.on('data', onData)
-    req.once('error', reject)
+    req.once('error', gone)
+    req.once('close', () => {
+      if (!req.complete) gone(null)
+    })
     req.once('end', () => {
       if (declared !== null && size !== declared) return reject(new BulwarkError('bad_request', `the body has ${size} bytes but Content-Length says ${declared}`))
       resolve(buf.subarray(pad, pad + size))
     })
+  })
+}
+
+const ABORT_CODES = new Set(['ECONNRESET', 'ECONNABORTED', 'EPIPE', 'ERR_STREAM_PREMATURE_CLOSE'])
+
+/** Whether a socket or stream error is the peer going away (not a fault of the gateway). */
+export function isClientAbort(err: Error): boolean {
+  const code = (err as NodeJS.ErrnoException).code
+  return code !== undefined && ABORT_CODES.has(code)
+}
+
+/**
+ * The refusal for a client that closed its connection before the answer (499, as nginx
+ * logs it), keeping what Node reported as the cause. `when` says how far the exchange got.
+ */
+export function clientClosed(cause: unknown, when: string): BulwarkError {
+  const how = cause instanceof Error ? `: ${(cause as NodeJS.ErrnoException).code ?? cause.name} ${cause.message}` : ''
+  return new BulwarkError('client_closed_request', 'the client closed the connection before the request was answered', {
+    reason: `client closed the connection ${when}${how}`,
+    ...(cause === null || cause === undefined ? {} : { cause }),
   })
 }
 

@@ -250,3 +250,61 @@ t.test('an upload to a route that takes no body is answered from its headers; th
   }
   await stillServes(t)
 })
+
+// --- abuse: made-up model names, a client that hangs up mid-body ---
+
+t.test('refused requests for made-up model names add no metric series and name none of them', async (t) => {
+  const series = async () => (await gw.gateway.metrics.render()).split('\n').filter((l) => l.startsWith('bulwark_'))
+  const names = ['made-up-a', 'made-up-b', 'made-up-c'].map((n) => `${n}-${'z'.repeat(60)}`)
+  // One of each refusal first, so that every series the rest could touch exists.
+  await gw.request('/v2/models/warm-up/infer', { body, token: null })
+  await gw.request('/v2/models/warm-up/infer', { body })
+  const before = await series()
+  for (const name of names) {
+    t.equal((await gw.request(`/v2/models/${name}/infer`, { body, token: null })).status, 401)
+    t.equal((await gw.request(`/v2/models/${name}/infer`, { body })).status, 403)
+  }
+  const after = await series()
+  t.equal(after.length, before.length, 'no new series')
+  t.notOk(after.some((l) => names.some((n) => l.includes(n))), 'no made-up name is a label value')
+  t.ok(after.some((l) => l.startsWith('bulwark_requests_total{code="unauthenticated",model="_unknown"')), 'they count under model="_unknown"')
+  await stillServes(t)
+})
+
+t.test('a client that hangs up mid-body: 499 client_closed_request, logged at info, audited; the gateway keeps serving', async (t) => {
+  const { connect } = await import('node:tls')
+  const { EventEmitter } = await import('node:events')
+  const writer = gw.gateway.audit.writer!
+  const append = writer.append.bind(writer)
+  t.teardown(() => void (writer.append = append))
+  // The record, once durable: a spy on the writer, so the test waits for the gateway, not a timer.
+  const recorded = new Promise<Record<string, unknown>>((resolve) => {
+    writer.append = (line: string) => {
+      const written = append(line)
+      const rec = JSON.parse(line) as Record<string, unknown>
+      if (rec.code === 'client_closed_request') void written.then(() => resolve(rec))
+      return written
+    }
+  })
+  // The gateway has begun reading the body when it listens for its data.
+  const reading = new Promise<void>((resolve) =>
+    gw.gateway.api.server.once('request', (req: import('node:http').IncomingMessage) => {
+      const on = req.on.bind(req)
+      req.on = ((event: string, listener: (...args: unknown[]) => void) => (on(event, listener), event === 'data' && resolve(), req)) as typeof req.on
+    }),
+  )
+  const url = new URL(gw.url)
+  const [ca, cert, key] = await Promise.all([gw.pki.files.ca, gw.pki.files.clientCert, gw.pki.files.clientKey].map((f) => readFile(f)))
+  const text = JSON.stringify(body)
+  const socket = connect({ host: url.hostname, port: Number(url.port), ca, cert, key, servername: 'localhost' })
+  await EventEmitter.once(socket, 'secureConnect')
+  socket.write(`POST /v2/models/mnist/infer HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${await gw.token()}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\n\r\n${text.slice(0, 200)}`)
+  await reading
+  socket.destroy()
+  const rec = await recorded
+  t.match(rec, { status: 499, code: 'client_closed_request', stage: 'body-read' }, 'the audit record')
+  const line = gw.logs.find((l) => l.reqId === rec.id && l.code === 'client_closed_request')
+  t.equal(line?.level, 30, 'logged at info')
+  t.notOk(gw.logs.some((l) => l.reqId === rec.id && (l.level as number) >= 50), 'no error line for it')
+  await stillServes(t)
+})
