@@ -1,6 +1,6 @@
 // Starts `bulwark serve` as a child process with a given config (written to a temp file),
-// waits until /readyz says ready, and stops it again. Used by the bench and by tests that
-// need a real process.
+// waits until it says it is listening and /readyz says ready, and stops it again. Used by the
+// bench and by tests that need a real process.
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, writeFileSync } from 'node:fs'
@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { stringify } from 'yaml'
 import { repoRoot } from './paths.ts'
+import { within } from './wait.ts'
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -49,26 +50,32 @@ export async function startGateway(
   }
   const file = path.join(dir, `bulwark-${apiPort}.yaml`)
   writeFileSync(file, stringify(full))
+  // The IPC channel carries one message: `bulwark serve` says when both listeners are bound
+  // (src/cli.ts), so nothing here polls the admin port.
   const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), path.join(repoRoot, 'bin/bulwark.js'), 'serve', '--config', file], {
     cwd: dir,
     env: { ...process.env, BULWARK_LOG_LEVEL: opts.logLevel ?? 'warn', ...opts.env },
-    stdio: ['ignore', 'ignore', 'pipe'],
+    stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
   })
   let err = ''
   child.stderr!.on('data', (d) => (err = (err + d).slice(-20_000)))
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
-  const deadline = Date.now() + (opts.readyTimeoutMs ?? 60_000)
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`gateway exited with ${child.exitCode}: ${err}`)
-    try {
-      const res = await fetch(`http://127.0.0.1:${adminPort}/readyz`)
-      if (res.status === 200) break
-    } catch {}
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL')
-      throw new Error(`gateway not ready in time: ${err}`)
-    }
-    await new Promise((r) => setTimeout(r, 100))
+  const listening = new Promise<void>((resolve, reject) => {
+    child.on('message', (msg: { type?: string }) => msg.type === 'listening' && resolve())
+    void exited.then((code) => reject(new Error(`gateway exited with ${code}`)))
+  })
+  try {
+    await within(listening, opts.readyTimeoutMs ?? 60_000, 'gateway listening')
+  } catch (e) {
+    child.kill('SIGKILL')
+    throw new Error(`${(e as Error).message}\n${err}`)
+  }
+  child.disconnect()
+  // Listening is not yet ready when a model or a readiness check is not: say which.
+  const ready = await fetch(`http://127.0.0.1:${adminPort}/readyz`)
+  if (ready.status !== 200) {
+    child.kill('SIGKILL')
+    throw new Error(`gateway listening but not ready: ${await ready.text()}\n${err}`)
   }
   return {
     child,

@@ -18,6 +18,7 @@
 //   gw.ca                  the dev CA, to issue more certificates (issueCertificate)
 //   gw.pki.files           absolute paths of ca.pem, client.pem, jwt-key.pem, jwks.json...
 //   gw.logs                every log line the gateway wrote, parsed (refusal reasons live here)
+//   gw.logged(match)       the first log line `match` accepts, as soon as it is written (no polling)
 //   gw.gateway             the Gateway itself (metrics, tls reloader, stages)
 //   gw.close()             stops the gateway, closes the agents, removes the temp dir
 //
@@ -39,6 +40,7 @@ import { realDeps, type Deps } from '../src/deps.ts'
 import { loadCertificateAuthority, writeDevPki, type CertificateAuthority, type DevPki } from '../src/dev/pki.ts'
 import { buildGateway, type Gateway } from '../src/server.ts'
 import { repoRoot } from './paths.ts'
+import { Changes } from './wait.ts'
 
 export interface StartOptions {
   /** Models to serve from the repo's models/ folder (default: none; the front door needs no model). */
@@ -99,6 +101,8 @@ export interface TestGateway {
   agentWith(tls: { cert?: string; key?: string; ca?: string }): Agent
   /** Log lines whose msg matches, e.g. logsWith('request refused'). */
   logsWith(msg: string): Record<string, unknown>[]
+  /** The first log line from index `since` (default 0) that `match` accepts; waits for it to be written. */
+  logged(match: (line: Record<string, unknown>) => boolean, since?: number): Promise<Record<string, unknown>>
   close(): Promise<void>
 }
 
@@ -117,6 +121,31 @@ export const frontDoorOff = {
   auth: { enabled: false },
   authorization: { enabled: false },
   rateLimits: { enabled: false },
+}
+
+export type LogLine = Record<string, unknown>
+
+/** A pino stream that keeps every line, parsed, and lets a test wait for one. */
+export interface LogSink {
+  readonly lines: LogLine[]
+  readonly stream: { write(line: string): void }
+  /** The first line from index `since` (default 0) that `match` accepts: now, or when it is written. */
+  next(match: (line: LogLine) => boolean, since?: number): Promise<LogLine>
+}
+
+export function logSink(): LogSink {
+  const lines: LogLine[] = []
+  const written = new Changes()
+  return {
+    lines,
+    stream: {
+      write(line) {
+        lines.push(JSON.parse(line) as LogLine)
+        written.notify()
+      },
+    },
+    next: (match, since = 0) => written.until(() => lines.slice(since).find(match)),
+  }
 }
 
 async function writePolicies(dir: string, policies: Record<string, unknown> | undefined): Promise<void> {
@@ -152,9 +181,9 @@ export async function startGateway(o: StartOptions = {}): Promise<TestGateway> {
   if (o.config) raw = deepMerge(raw, o.config)
   const config = buildConfig(raw, 'test config')
 
-  const logs: Record<string, unknown>[] = []
-  const logStream = { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) }
-  const gateway = await buildGateway({ config, baseDir: dir, source: 'test config' }, deps, { logLevel: 'info', logStream })
+  const sink = logSink()
+  const logs = sink.lines
+  const gateway = await buildGateway({ config, baseDir: dir, source: 'test config' }, deps, { logLevel: 'info', logStream: sink.stream })
   await gateway.load()
   await gateway.api.listen({ host: '127.0.0.1', port: 0 })
   await gateway.admin.listen({ host: '127.0.0.1', port: 0 })
@@ -232,6 +261,7 @@ export async function startGateway(o: StartOptions = {}): Promise<TestGateway> {
     request,
     agentWith,
     logsWith: (msg) => logs.filter((l) => l.msg === msg),
+    logged: sink.next,
     async close() {
       await gateway.close(2_000)
       await Promise.all(agents.map((a) => a.destroy()))

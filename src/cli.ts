@@ -84,7 +84,11 @@ async function serve(argv: string[]): Promise<void> {
   const bound = gateway.api.server.address() as AddressInfo
   const host = ['0.0.0.0', '::'].includes(bound.address) ? '127.0.0.1' : bound.address.includes(':') ? `[${bound.address}]` : bound.address
   const apiUrl = `${config.tls.enabled ? 'https' : 'http'}://${host}:${bound.port}`
-  gateway.log.info({ api: apiUrl, admin: `http://${adminBound.address.includes(':') ? `[${adminBound.address}]` : adminBound.address}:${adminBound.port}`, config: loaded.source }, 'bulwark listening')
+  const adminUrl = `http://${adminBound.address.includes(':') ? `[${adminBound.address}]` : adminBound.address}:${adminBound.port}`
+  gateway.log.info({ api: apiUrl, admin: adminUrl, config: loaded.source }, 'bulwark listening')
+  // A parent that started this process with an IPC channel (the test kit, the bench) learns
+  // that both listeners are bound without polling /readyz. Without a channel, nothing is sent.
+  process.send?.({ type: 'listening', api: apiUrl, admin: adminUrl })
   printExample(loaded, apiUrl, gateway.registry.list().map((m) => m.name))
 
   let stopping = false

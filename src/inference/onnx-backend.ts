@@ -162,7 +162,12 @@ export class OnnxBackend implements Backend {
     clock.setTimeout(() => {
       if (this.closed) return
       startWorker(this.init()).then(
-        ({ pooled }) => (this.closed ? void pooled.worker.terminate() : this.adopt(pooled)),
+        ({ pooled }) => {
+          if (this.closed) return void pooled.worker.terminate()
+          this.adopt(pooled)
+          // The crash's line has its answer: operators (and tests) see when serving resumes.
+          this.opts.log.info({ model: this.opts.model, liveWorkers: this.all.size }, 'replacement inference worker ready')
+        },
         (err: Error) => {
           this.opts.log.error({ model: this.opts.model, err: err.message }, 'replacement worker failed to load; retrying')
           this.respawn()

@@ -172,6 +172,7 @@ export class UpstreamBackend implements Backend {
   private closed = false
   /** The upstream's refusals of a request's content (fromStatus), for refusesContent. */
   private readonly refusals = new WeakSet<BulwarkError>()
+  private readonly breakerListeners = new Set<(endpoint: string, state: BreakerState) => void>()
 
   constructor(opts: UpstreamBackendOptions) {
     this.opts = opts
@@ -215,21 +216,35 @@ export class UpstreamBackend implements Backend {
       name: `${this.opts.model} ${ep.url}`,
     })
     const { model, log, observer, clock } = this.opts
+    const changed = (state: BreakerState) => {
+      observer?.breaker?.(model, ep.url, state)
+      for (const listener of this.breakerListeners) listener(ep.url, state)
+    }
     breaker.on('open', () => {
       ep.openedAtMs = clock.monotonicMs()
       log.warn({ model, endpoint: ep.url, resetTimeoutMs: b.resetTimeoutMs }, 'upstream circuit breaker opened')
-      observer?.breaker?.(model, ep.url, 'open')
+      changed('open')
     })
     breaker.on('halfOpen', () => {
       ep.openedAtMs = null
-      observer?.breaker?.(model, ep.url, 'half-open')
+      changed('half-open')
     })
     breaker.on('close', () => {
       ep.openedAtMs = null
       log.info({ model, endpoint: ep.url }, 'upstream circuit breaker closed')
-      observer?.breaker?.(model, ep.url, 'closed')
+      changed('closed')
     })
     return breaker
+  }
+
+  /**
+   * Calls `listener` at each breaker transition, as it happens (after the observer), so a test
+   * can wait for one instead of polling status(): the reset timeout runs on opossum's own
+   * timers, which no fake clock moves. Returns the function that removes it.
+   */
+  onBreakerChange(listener: (endpoint: string, state: BreakerState) => void): () => void {
+    this.breakerListeners.add(listener)
+    return () => void this.breakerListeners.delete(listener)
   }
 
   /** Each endpoint's breaker state and outstanding calls (readiness, metrics). */

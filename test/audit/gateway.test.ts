@@ -19,9 +19,9 @@ import { publicKeyPath, writeSigningKey } from '../../src/audit/keys.ts'
 import { verifyAuditLog } from '../../src/audit/verify.ts'
 import { cryptoRandom } from '../../src/deps.ts'
 import { DEV_WORKLOAD } from '../../src/config/security.ts'
-import { startGateway, frontDoorOff } from '../../kit/gateway.ts'
+import { logSink, startGateway, frontDoorOff } from '../../kit/gateway.ts'
 import { repoRoot } from '../../kit/paths.ts'
-import { faultyFs, publicKeys, requestRecords, sleep, tempDir, testKey } from './helpers.ts'
+import { faultyFs, publicKeys, requestRecords, tempDir, testKey } from './helpers.ts'
 
 const SHAPE = [1, 3, 48, 192]
 const COUNT = SHAPE.reduce((a, b) => a * b, 1)
@@ -180,13 +180,14 @@ async function plainGateway(over: Record<string, unknown> = {}, fs?: ReturnType<
     { ...frontDoorOff, models: { serve: [] }, audit: { directory: path.join(dir, 'audit'), retryMs: 30, checkpoint: { signingKeyFile: keyFile } }, ...over },
     'test config',
   )
-  const gateway = await buildGateway({ config, baseDir: dir, source: 'test config' }, realDeps, { logLevel: 'silent', audit: { fs } })
-  return { gateway, dir, auditDir: path.join(dir, 'audit') }
+  const logs = logSink()
+  const gateway = await buildGateway({ config, baseDir: dir, source: 'test config' }, realDeps, { logLevel: 'info', logStream: logs.stream, audit: { fs } })
+  return { gateway, dir, auditDir: path.join(dir, 'audit'), logs }
 }
 
 t.test('when the audit log cannot be written every request gets 503 audit_unavailable, /readyz says why, and it recovers', async (t) => {
   const fs = faultyFs()
-  const { gateway, auditDir } = await plainGateway({}, fs)
+  const { gateway, auditDir, logs } = await plainGateway({}, fs)
   t.teardown(() => gateway.close(500))
   const ok = await gateway.api.inject({ url: '/v2/health/live' })
   t.equal(ok.statusCode, 200)
@@ -205,9 +206,9 @@ t.test('when the audit log cannot be written every request gets 503 audit_unavai
   t.match(notReady.json().checks.audit, /ENOSPC/)
 
   fs.fail = null
-  // A whole gateway on the real clock (realDeps): the writer's probe runs on real time, so
-  // this waits for it, polling, at most 2 s. The probe itself is tested on a fake clock in writer.test.ts.
-  for (let i = 0; i < 100 && gateway.audit.writer!.problem !== null; i++) await sleep(20)
+  // A whole gateway on the real clock (realDeps): the writer's probe runs on real time, and its
+  // log line says when it has recovered. The probe itself is tested on a fake clock in writer.test.ts.
+  await logs.next((l) => /writable again/.test(String(l.msg)))
   t.equal((await gateway.admin.inject({ url: '/readyz' })).json().checks.audit, 'ok', 'ready again')
   const again = await gateway.api.inject({ url: '/v2/health/live' })
   t.equal(again.statusCode, 200, 'serving again')

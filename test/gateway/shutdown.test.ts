@@ -4,6 +4,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { ocrImage, binaryRequest } from '../../kit/payloads.ts'
 import { noDefences, startGateway } from '../../kit/gateway-process.ts'
+import { eventually } from '../../kit/wait.ts'
 
 // A real `bulwark serve` child process, serving ocr-cls with every defence off.
 const gw = await startGateway({
@@ -14,22 +15,28 @@ const gw = await startGateway({
 const { apiPort, adminPort, child, exited } = gw
 t.teardown(() => void child.kill('SIGKILL'))
 
+const N = 24
+const BATCH = 16
+
 t.test('SIGTERM drains in-flight and queued requests, then exits 0', async (t) => {
-  const r = binaryRequest('ocr-cls', 'x', [1, 3, 48, 192], ocrImage(1))
-  // 24 requests: one runs, the rest wait in the model queue when the signal arrives.
-  const inflight = Array.from({ length: 24 }, () =>
+  // N requests of BATCH crops each: enough model work that, once all are inside the gateway,
+  // some still wait in the model queue.
+  const r = binaryRequest('ocr-cls', 'x', [BATCH, 3, 48, 192], ocrImage(BATCH))
+  const inflight = Array.from({ length: N }, () =>
     request(`http://127.0.0.1:${apiPort}${r.path}`, { method: 'POST', headers: r.headers, body: r.body }).then(async (res) => {
       await res.body.dump()
       return res.statusCode
     }),
   )
-  // Signal once the gateway holds them all: one running, 23 in the model queue.
-  for (let i = 0; i < 300; i++) {
-    const res = await request(`http://127.0.0.1:${adminPort}/metrics`)
-    const depth = Number(/bulwark_queue_depth\{model="ocr-cls"\} (\d+)/.exec(await res.body.text())?.[1] ?? 0)
-    if (depth >= 23) break
-    await new Promise((r) => setTimeout(r, 5))
+  // Signal once the gateway holds them all (in flight, or answered) and some still wait in the model queue.
+  const held = async () => {
+    const text = await (await request(`http://127.0.0.1:${adminPort}/metrics`)).body.text()
+    const metric = (re: RegExp) => Number(re.exec(text)?.[1] ?? 0)
+    const inside = metric(/bulwark_inflight_requests (\d+)/) + metric(/bulwark_requests_total\{code="ok",model="ocr-cls",status="200",verb="infer"\} (\d+)/)
+    return inside === N && metric(/bulwark_queue_depth\{model="ocr-cls"\} (\d+)/) > 0
   }
+  // real wait: the requests are inside another process, which says nothing when they arrive; its metrics are read until they show.
+  await eventually(held, { timeoutMs: 10_000, everyMs: 5, what: 'every request inside the gateway, some queued' })
   child.kill('SIGTERM')
   const statuses = await Promise.all(inflight)
   t.same(statuses, new Array(24).fill(200), 'every request sent before SIGTERM was answered')

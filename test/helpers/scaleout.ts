@@ -1,16 +1,18 @@
 // Helpers for the scale-out tests: a real upstream model pod (Bulwark serving mnist in a
 // child process), a real Redis (Debian's redis-server on a free loopback port, in a temp dir,
-// stopped at teardown), mnist digits and OIP requests, and small measuring tools.
+// stopped at teardown) and a way to wait for a client to notice it going or coming back, mnist
+// digits and OIP requests, and small measuring tools.
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { freePort, noDefences, startGateway as startProcess, type GatewayProcess } from '../../kit/gateway-process.ts'
 import { HEADER_LENGTH } from '../../src/oip/codec.ts'
 import { repoRoot } from '../../kit/paths.ts'
+import { whenEmitted } from '../../kit/wait.ts'
+import type { SharedState } from '../../src/state/redis.ts'
 
 export const REDIS_SERVER = ['/usr/bin/redis-server', '/usr/local/bin/redis-server'].find((p) => existsSync(p)) ?? null
 
@@ -65,23 +67,6 @@ export interface RedisServer {
   start(): Promise<void>
 }
 
-async function ping(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1')
-    s.setTimeout(500)
-    s.once('connect', () => s.write('PING\r\n'))
-    s.once('data', (d) => {
-      s.destroy()
-      resolve(d.toString().startsWith('+PONG'))
-    })
-    s.once('error', () => resolve(false))
-    s.once('timeout', () => {
-      s.destroy()
-      resolve(false)
-    })
-  })
-}
-
 /** A Redis server of our own on a free loopback port, no persistence; stopped and removed at teardown. */
 export async function startRedis(t: { teardown(fn: () => unknown): void }): Promise<RedisServer> {
   if (!REDIS_SERVER) throw new Error('redis-server is not installed (apt-get install redis-server; .ci/run does it)')
@@ -92,12 +77,19 @@ export async function startRedis(t: { teardown(fn: () => unknown): void }): Prom
     url: `redis://127.0.0.1:${port}/0`,
     port,
     async start() {
-      child = spawn(REDIS_SERVER!, ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], { stdio: 'ignore' })
-      for (let i = 0; i < 100; i++) {
-        if (await ping(port)) return
-        await new Promise((r) => setTimeout(r, 50))
-      }
-      throw new Error('redis-server did not start')
+      const c = spawn(REDIS_SERVER!, ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], { stdio: ['ignore', 'pipe', 'ignore'] })
+      child = c
+      // redis-server says on stdout when it accepts connections; it exits when it cannot.
+      let out = ''
+      let ready = false
+      await new Promise<void>((resolve, reject) => {
+        c.stdout!.on('data', (d: Buffer) => {
+          if (ready) return // read on, so the pipe never fills
+          out += d.toString()
+          if ((ready = out.includes('Ready to accept connections'))) resolve()
+        })
+        c.once('exit', (code) => reject(new Error(`redis-server exited (${code}) before accepting connections:\n${out}`)))
+      })
     },
     async stop() {
       const c = child
@@ -116,14 +108,14 @@ export async function startRedis(t: { teardown(fn: () => unknown): void }): Prom
   return server
 }
 
-/** Polls `cond` every 10 ms until it holds (true) or `ms` pass (false). */
-export async function waitUntil(cond: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
-  const end = performance.now() + ms
-  while (performance.now() < end) {
-    if (await cond()) return true
-    await new Promise((r) => setTimeout(r, 10))
-  }
-  return cond()
+const REDIS_STATUS_EVENTS = ['connect', 'ready', 'error', 'close', 'reconnecting', 'end']
+
+/**
+ * Resolves once the shared state's Redis client is ready (up) or is not (down), as ioredis
+ * reports at its own status events: the test waits for the client to notice, not for a time.
+ */
+export function sharedState(state: SharedState, want: 'up' | 'down'): Promise<true> {
+  return whenEmitted(state.client, REDIS_STATUS_EVENTS, () => state.up === (want === 'up'))
 }
 
 /** Resident set size of a process, in MiB (Linux /proc). */

@@ -15,14 +15,19 @@ import { DynamicBatcher } from '../../src/inference/batcher.ts'
 import { InferenceService } from '../../src/inference/service.ts'
 import type { Tensor } from '../../src/inference/tensor.ts'
 import { FakeClock } from '../helpers/fake-clock.ts'
+import { Changes } from '../../kit/wait.ts'
 import { repoRoot } from '../../kit/paths.ts'
 
-/** A logger that keeps what it is told, to assert on log lines. */
+/** A logger that keeps what it is told, to assert on log lines and to wait for one. */
 function memoryLog() {
   const lines: { level: string; obj: object; msg?: string }[] = []
-  const at = (level: string) => (obj: object, msg?: string) => void lines.push({ level, obj, msg })
+  const written = new Changes()
+  const at = (level: string) => (obj: object, msg?: string) => {
+    lines.push({ level, obj, msg })
+    written.notify()
+  }
   const log: Logger = { info: at('info'), warn: at('warn'), error: at('error') }
-  return { log, lines }
+  return { log, lines, logged: (msg: string) => written.until(() => lines.find((l) => l.msg === msg)) }
 }
 
 function registry(raw: Record<string, unknown>, baseDir = repoRoot, log = memoryLog().log, clock: Clock = systemClock) {
@@ -69,7 +74,7 @@ for (const [model, input, itemShape, lo, hi] of [
 }
 
 t.test('a crashed worker fails its request with 503 and is replaced after its backoff', async (t) => {
-  const { log, lines } = memoryLog()
+  const { log, lines, logged } = memoryLog()
   const clock = new FakeClock()
   const reg = registry({ serve: [{ name: 'mnist', batching: { enabled: false } }] }, repoRoot, log, clock)
   t.teardown(() => reg.close())
@@ -92,8 +97,8 @@ t.test('a crashed worker fails its request with 503 and is replaced after its ba
   t.equal(clock.pendingTimers, 1, 'not yet started 99 ms after the crash')
   await clock.tick(1)
   t.equal(clock.pendingTimers, 0, 'started once the 100 ms backoff passed')
-  // Real: the replacement is a worker thread loading the model, on this machine's time.
-  for (let i = 0; i < 100 && backend.liveWorkers === 0; i++) await new Promise((r) => setTimeout(r, 50))
+  // The replacement is a worker thread loading the model: its line says when it serves.
+  await logged('replacement inference worker ready')
   t.equal(backend.liveWorkers, 1, 'a replacement worker is running')
   const out = await m.batcher!.submit(x, clock.monotonicMs() + 30_000)
   t.same(out[0]!.shape, [1, 10], 'and serves again')

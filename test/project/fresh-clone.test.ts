@@ -7,6 +7,7 @@
 
 import t from 'tap'
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
@@ -22,28 +23,22 @@ for (const name of await readdir(repoRoot)) {
 }
 
 let server: ChildProcess | null = null
+/**
+ * npm can exit before the gateway it started has drained and closed its audit file, which
+ * would still be writing into the clone while it is removed: wait for the whole group. Every
+ * process of it holds the stdout and stderr pipes npm handed down, so the child's 'close'
+ * (npm exited and both pipes closed) is the moment the last of them is gone.
+ */
+let closed: Promise<unknown> = Promise.resolve()
 t.teardown(async () => {
-  if (server?.pid && server.exitCode === null) {
-    const exited = new Promise((r) => server!.once('exit', r))
-    process.kill(-server.pid, 'SIGTERM') // npm and the gateway it started: the group we created
-    await exited
-    await groupGone(server.pid)
+  if (server?.pid) {
+    try {
+      process.kill(-server.pid, 'SIGTERM') // npm and the gateway it started: the group we created
+    } catch {} // ESRCH: the group is gone already
+    await closed
   }
   await rm(clone, { recursive: true, force: true, maxRetries: 5 })
 })
-
-/** npm can exit before the gateway it started has drained and closed its audit file, which
- *  would still be writing into the clone while it is removed: wait for the whole group. */
-async function groupGone(pgid: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    try {
-      process.kill(-pgid, 0)
-    } catch {
-      return // ESRCH: no process left in the group
-    }
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
 
 /** Starts `npm start` in the clone and resolves with the curl example it prints. */
 function npmStart(): Promise<string> {
@@ -54,6 +49,7 @@ function npmStart(): Promise<string> {
       env: { ...process.env, BULWARK_LOG_LEVEL: 'warn' },
       stdio: ['ignore', 'pipe', 'pipe'],
     })
+    closed = once(server, 'close').catch(() => {})
     let out = ''
     let err = ''
     server.stdout!.on('data', (d: Buffer) => {

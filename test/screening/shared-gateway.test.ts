@@ -10,7 +10,7 @@ import { request as undiciRequest } from 'undici'
 import { loadMnist } from '../../models/mnist/data.ts'
 import { startGateway, type TestGateway } from '../../kit/gateway.ts'
 import { gaussian, jitter, seeded } from './helpers.ts'
-import { REDIS_SERVER, startRedis, waitUntil } from '../helpers/scaleout.ts'
+import { REDIS_SERVER, sharedState, startRedis } from '../helpers/scaleout.ts'
 
 const test = loadMnist().test
 const body = (x: Float32Array) => ({ inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28], data: Array.from(x) }] })
@@ -40,8 +40,9 @@ else {
     t.match(await (await fetch(`${gateways[1]!.adminUrl}/metrics`)).text(), /bulwark_screening_alarms_total\{action="refused",detector="cooldown",model="mnist"\} 1/, 'counted as a cool-down refusal')
 
     await redis.stop()
-    // Real: ioredis notices the killed redis-server on its socket, on real time.
-    t.ok(await waitUntil(() => gateways.every((gw) => !gw.gateway.sharedState!.up), 3000), 'the gateways notice')
+    // ioredis notices the killed redis-server on its socket: wait for its status event.
+    await Promise.all(gateways.map((gw) => sharedState(gw.gateway.sharedState!, 'down')))
+    t.ok(gateways.every((gw) => !gw.gateway.sharedState!.up), 'the gateways notice')
     const refused = await gateways[0]!.request('/v2/models/mnist/infer', { body: body(test.images[0]!), token: await gateways[0]!.token({ sub: 'alice' }) })
     t.equal(refused.status, 503)
     t.equal(refused.body.code, 'state_unavailable', 'a screened request fails closed')

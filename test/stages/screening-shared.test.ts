@@ -25,7 +25,7 @@ import { fakeContext } from '../helpers/context.ts'
 import { FakeClock } from '../helpers/fake-clock.ts'
 import { cnnRunner } from '../screening/cnn-runner.ts'
 import { gaussian, jitter, seeded, seededRandom } from '../screening/helpers.ts'
-import { REDIS_SERVER, startRedis, waitUntil } from '../helpers/scaleout.ts'
+import { REDIS_SERVER, sharedState, startRedis } from '../helpers/scaleout.ts'
 import { redisConfig, sharedScreeningRedis } from '../screening/replicas.ts'
 import { repoRoot } from '../../kit/paths.ts'
 
@@ -121,8 +121,9 @@ if (redis) {
     t.pass('served while Redis is up')
 
     await redis.stop()
-    // Real: ioredis notices the killed redis-server on its socket, on real time.
-    t.ok(await waitUntil(() => !closed.up && !noCooldown.up && !allowed.up, 3000), 'the clients notice')
+    // ioredis notices the killed redis-server on its socket: wait for its status events.
+    await Promise.all([closed, noCooldown, allowed].map((s) => sharedState(s, 'down')))
+    t.ok(!closed.up && !noCooldown.up && !allowed.up, 'the clients notice')
     await t.rejects(async () => refusing.run(request(test.images[1]!, 'alice')), { code: 'state_unavailable', status: 503, headers: { 'retry-after': '1' }, reason: /cool-down on model mnist: Redis/ }, 'the cool-down check fails closed')
     await t.rejects(async () => refusingDetector.run(request(test.images[1]!, 'alice')), { code: 'state_unavailable', status: 503, reason: /stateful detector on model mnist: Redis/ }, 'so does the stateful detector')
     const ctx = request(test.images[1]!, 'alice')
@@ -132,8 +133,9 @@ if (redis) {
     t.same(skipped, ['cooldown', 'stateful', 'extraction'], 'each skip counted')
 
     await redis.start()
-    // Real: ioredis reconnects to the restarted redis-server with its own backoff timers.
-    t.ok(await waitUntil(() => closed.up, 5000), 'reconnects by itself')
+    // ioredis reconnects on its own backoff timers: wait for its 'ready'.
+    await sharedState(closed, 'up')
+    t.ok(closed.up, 'reconnects by itself')
     await refusing.run(request(test.images[2]!, 'alice'))
     t.pass('and screens again')
   })

@@ -14,7 +14,7 @@ import { loadSigningKey, mintToken } from '../../src/dev/mint-token.ts'
 import { DEV_AUDIENCE, DEV_ISSUER } from '../../src/config/security.ts'
 import { realDeps } from '../../src/deps.ts'
 import { mnistRequest, startGateway } from '../../kit/gateway.ts'
-import { REDIS_SERVER, startRedis, waitUntil } from '../helpers/scaleout.ts'
+import { REDIS_SERVER, sharedState, startRedis } from '../helpers/scaleout.ts'
 
 const RATE = 9
 const policy = {
@@ -99,8 +99,9 @@ else {
     t.equal((await closed.request('/v2/models/mnist/infer', { body })).status, 200, 'served while Redis is up')
 
     await redis.stop()
-    // Real: ioredis notices the killed redis-server on its socket, on real time.
-    t.ok(await waitUntil(() => closed.gateway.sharedState!.up === false, 2000), 'the gateway notices')
+    // ioredis notices the killed redis-server on its socket: wait for its status event.
+    await sharedState(closed.gateway.sharedState!, 'down')
+    t.equal(closed.gateway.sharedState!.up, false, 'the gateway notices')
     const refused = await closed.request('/v2/models/mnist/infer', { body })
     t.equal(refused.status, 503)
     t.equal(refused.body.code, 'state_unavailable', 'rate limits refuse by default')
@@ -116,8 +117,9 @@ else {
     t.match(await closed.gateway.metrics.render(), /bulwark_state_store_up\{store="redis"\} 0/)
 
     await redis.start()
-    // Real: ioredis reconnects to the restarted redis-server with its own backoff timers.
-    t.ok(await waitUntil(() => closed.gateway.sharedState!.up, 5000), 'reconnects by itself')
+    // ioredis reconnects on its own backoff timers: wait for its 'ready'.
+    await sharedState(closed.gateway.sharedState!, 'up')
+    t.ok(closed.gateway.sharedState!.up, 'reconnects by itself')
     t.equal((await closed.request('/v2/models/mnist/infer', { body })).status, 200, 'and serves again')
   })
 }

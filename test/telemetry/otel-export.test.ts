@@ -8,7 +8,8 @@ import t from 'tap'
 import { request } from 'undici'
 import { noDefences, startGateway } from '../../kit/gateway-process.ts'
 import { tracingRequested } from '../../src/telemetry/sdk.ts'
-import { jsonBody, mnistDigits, waitUntil } from '../helpers/scaleout.ts'
+import { Changes } from '../../kit/wait.ts'
+import { jsonBody, mnistDigits } from '../helpers/scaleout.ts'
 
 t.test('trace export is off unless the OTEL_* variables ask for it', async (t) => {
   t.equal(tracingRequested({}), false, 'nothing set: off')
@@ -21,11 +22,13 @@ t.test('trace export is off unless the OTEL_* variables ask for it', async (t) =
 
 t.test('with an OTLP endpoint, spans and metrics reach the collector', async (t) => {
   const received: { path: string; body: Buffer }[] = []
+  const arrivals = new Changes()
   const collector = http.createServer((req, res) => {
     const chunks: Buffer[] = []
     req.on('data', (c: Buffer) => chunks.push(c))
     req.on('end', () => {
       received.push({ path: req.url ?? '', body: Buffer.concat(chunks) })
+      arrivals.notify()
       res.writeHead(200, { 'content-type': req.headers['content-type'] ?? 'application/json' }).end()
     })
   })
@@ -43,7 +46,8 @@ t.test('with an OTLP endpoint, spans and metrics reach the collector', async (t)
   await res.body.dump()
 
   const traces = () => received.filter((r) => r.path === '/v1/traces').map((r) => r.body.toString('latin1')).join('')
-  t.ok(await waitUntil(() => traces().includes('stage model-inference'), 5000), 'the stage spans are exported')
+  // The exporters send on their own schedule (OTEL_BSP_SCHEDULE_DELAY, OTEL_METRIC_EXPORT_INTERVAL): wait for what arrives.
+  t.ok(await arrivals.until(() => traces().includes('stage model-inference')), 'the stage spans are exported')
   for (const name of ['POST /v2/models/:model/infer', 'stage input-validation', 'stage model-inference', 'bulwark-test']) t.ok(traces().includes(name), `with ${name}`)
-  t.ok(await waitUntil(() => received.some((r) => r.path === '/v1/metrics' && r.body.includes('bulwark_requests_total')), 5000), 'metrics go out over OTLP too')
+  t.ok(await arrivals.until(() => received.some((r) => r.path === '/v1/metrics' && r.body.includes('bulwark_requests_total'))), 'metrics go out over OTLP too')
 })

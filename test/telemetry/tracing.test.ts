@@ -10,8 +10,22 @@ import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type Re
 import { request } from 'undici'
 import { mnistRequest, startGateway } from '../../kit/gateway.ts'
 import { formatTraceparent, parseTraceparent } from '../../src/telemetry/tracing.ts'
+import { Changes } from '../../kit/wait.ts'
 
-const exporter = new InMemorySpanExporter()
+/** The in-memory exporter, saying when spans end: a request's span ends when its exchange does, after the client has the answer. */
+class WatchedExporter extends InMemorySpanExporter {
+  readonly ended = new Changes()
+  override export(spans: ReadableSpan[], done: Parameters<InMemorySpanExporter['export']>[1]): void {
+    super.export(spans, done)
+    this.ended.notify()
+  }
+  /** Resolves with the first finished span `match` accepts: now, or when it ends. */
+  span(match: (s: ReadableSpan) => boolean): Promise<ReadableSpan> {
+    return this.ended.until(() => this.getFinishedSpans().find(match))
+  }
+}
+
+const exporter = new WatchedExporter()
 trace.setGlobalTracerProvider(new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }))
 
 const startNs = (s: ReadableSpan) => s.startTime[0] * 1e9 + s.startTime[1]
@@ -37,17 +51,20 @@ t.test('one request: a server span, one child span per stage in pipeline order, 
   const clientTrace = { traceId: '4bf92f3577b34da6a3ce929d0e0e4736', spanId: '00f067aa0ba902b7' }
   const res = await gw.request('/v2/models/mnist/infer', { body: await mnistRequest(), token, headers: { traceparent: `00-${clientTrace.traceId}-${clientTrace.spanId}-01` } })
   t.equal(res.status, 200)
-  await new Promise((r) => setTimeout(r, 50))
+  // The two request spans (the gateway's, the upstream's) end when their exchanges do; every
+  // stage span ends before its request's.
+  const front = await exporter.span((s) => s.kind === 1 /* SERVER */ && parentOf(s) === clientTrace.spanId)
+  const client = await exporter.span((s) => s.name === 'upstream infer')
+  await exporter.span((s) => s.kind === 1 && parentOf(s) === client.spanContext().spanId)
   const spans = exporter.getFinishedSpans()
 
   const servers = spans.filter((s) => s.kind === 1 /* SERVER */)
-  const front = servers.find((s) => parentOf(s) === clientTrace.spanId)
   t.ok(front, 'the gateway continues the client\'s trace')
-  t.equal(front!.spanContext().traceId, clientTrace.traceId)
-  t.equal(front!.name, 'POST /v2/models/:model/infer')
-  t.match(front!.attributes, { 'http.response.status_code': 200, 'bulwark.decision': 'served', 'bulwark.model': 'mnist', 'bulwark.verb': 'infer' })
+  t.equal(front.spanContext().traceId, clientTrace.traceId)
+  t.equal(front.name, 'POST /v2/models/:model/infer')
+  t.match(front.attributes, { 'http.response.status_code': 200, 'bulwark.decision': 'served', 'bulwark.model': 'mnist', 'bulwark.verb': 'infer' })
 
-  const stages = spans.filter((s) => parentOf(s) === front!.spanContext().spanId && s.name.startsWith('stage ')).sort((a, b) => startNs(a) - startNs(b))
+  const stages = spans.filter((s) => parentOf(s) === front.spanContext().spanId && s.name.startsWith('stage ')).sort((a, b) => startNs(a) - startNs(b))
   t.same(stages.map((s) => s.name), gw.gateway.stages.filter((s) => s.name !== 'trace').map((s) => `stage ${s.name}`), 'every link after the request span starts, in chain order')
   t.same(stages.map((s) => s.name.slice(6)), ['load-shedding', 'mtls-identity', 'jwt-auth', 'caller-key', 'model-policy', 'rate-limit', 'body-read', 'input-validation', 'screen-input', 'screen-variants', 'model-inference', 'screen-output', 'output-privacy', 'audit-log', 'metrics'])
   t.ok(stages.every((s) => s.attributes['bulwark.stage.outcome'] === 'passed'), 'each says it passed')
@@ -60,7 +77,6 @@ t.test('one request: a server span, one child span per stage in pipeline order, 
 
   // The upstream call: a client span under the stage that ran the model, whose traceparent the
   // upstream gateway continued.
-  const client = spans.find((s) => s.name === 'upstream infer')!
   t.ok(client, 'a client span for the upstream call')
   t.ok(stages.some((s) => s.spanContext().spanId === parentOf(client)), `under the stage that ran the model (${stages.find((s) => s.spanContext().spanId === parentOf(client))?.name})`)
   const remote = servers.find((s) => parentOf(s) === client.spanContext().spanId)
@@ -82,8 +98,8 @@ t.test('a refused request: its stage says refused, with the code, and the reques
   exporter.reset()
   const res = await gw.request('/v2/models/mnist/infer', { body: await mnistRequest(), token: await gw.token({ scopes: ['ocr-cls:infer'] }) })
   t.equal(res.status, 403)
+  const server = await exporter.span((s) => s.kind === 1)
   const spans = exporter.getFinishedSpans()
-  const server = spans.find((s) => s.kind === 1)!
   t.match(server.attributes, { 'bulwark.decision': 'refused', 'bulwark.error.code': 'forbidden', 'bulwark.failed_stage': 'model-policy', 'http.response.status_code': 403 })
   const stages = spans.filter((s) => parentOf(s) === server.spanContext().spanId).sort((a, b) => startNs(a) - startNs(b))
   t.same(stages.map((s) => s.name), ['stage mtls-identity', 'stage jwt-auth', 'stage model-policy'], 'the run stops at the refusing stage')
