@@ -1,11 +1,12 @@
 // The tools the manifest tests rely on, shown to catch what they claim to: kustomize as the
 // tests run it (the features k8s/ uses, its refusals, a deprecated field failing the render),
-// the schema checks (unknown fields, wrong types, cert-manager) and the Pod Security Standards
-// "restricted" checker.
+// the schema checks (unknown fields, wrong types, cert-manager and approver-policy), the Pod
+// Security Standards "restricted" checker, and the reading of who may get which certificate.
 import t from 'tap'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { boundIn, notPermitted, selects, uriProblems, wildcard, type Policy } from './issuance.ts'
 import { certManagerProblems, openApiProblems, strictFieldProblems } from './k8s-schemas.ts'
 import { kustomizeMissing, render, type K8sObject } from './kubectl-kustomize.ts'
 import { hardeningViolations, restrictedViolations } from './pod-security.ts'
@@ -97,6 +98,54 @@ t.test('schema checks catch unknown fields, wrong types and bad cert-manager obj
   t.match(certManagerProblems(cert({ usages: ['server-auth'] })), [/usages/], 'unknown key usage')
   t.match(certManagerProblems(cert({ duration: '1h', renewBefore: '2h' })), [/renewBefore/], 'renewBefore longer than duration')
   t.match(certManagerProblems(cert({ privateKey: { rotationPolicy: 'Sometimes' } })), [/rotationPolicy/])
+
+  const issuer = (kind: string, spec: Record<string, unknown>, namespace?: string): K8sObject => ({ apiVersion: 'cert-manager.io/v1', kind, metadata: { name: 'ca', ...(namespace ? { namespace } : {}) }, spec })
+  t.same(certManagerProblems(issuer('Issuer', { ca: { secretName: 'ca' } }, 'ns')), [])
+  t.match(certManagerProblems(issuer('ClusterIssuer', { acme: {} })).join('\n'), /acme/, 'an issuer type without a schema here is reported')
+  t.match(certManagerProblems(issuer('ClusterIssuer', { ca: { secretName: 'ca' } }, 'ns')).join('\n'), /cluster-scoped/)
+  const crp = (spec: Record<string, unknown>): K8sObject => ({ apiVersion: 'policy.cert-manager.io/v1alpha1', kind: 'CertificateRequestPolicy', metadata: { name: 'p' }, spec })
+  t.same(certManagerProblems(crp({ allowed: { dnsNames: { values: ['a'], required: true } }, constraints: { maxDuration: '24h' }, selector: { issuerRef: { name: 'ca' } } })), [])
+  t.match(certManagerProblems(crp({ allowed: { dnsName: { values: ['a'] } }, selector: { issuerRef: {} } })).join('\n'), /dnsName/, 'unknown field')
+  t.match(certManagerProblems(crp({ allowed: { usages: ['server-auth'] }, selector: { issuerRef: {} } })).join('\n'), /usages/, 'unknown key usage')
+  t.match(certManagerProblems(crp({ allowed: {}, selector: {} })).join('\n'), /issuerRef or namespace/, 'a selector that selects nothing')
+  t.match(certManagerProblems(crp({ selector: { issuerRef: [{ name: 'ca' }] } })).join('\n'), /issuerRef/, 'issuerRef is one object, not a list')
+})
+
+t.test('the issuance reading: selection, URI SANs, RBAC and approval as approver-policy decides them', async (t) => {
+  t.ok(wildcard('*', 'anything') && wildcard('issuers.cert-manager.io/*', 'issuers.cert-manager.io/ns.ca') && wildcard('a*c*e', 'abcde'))
+  t.notOk(wildcard('issuers.cert-manager.io/*', 'clusterissuers.cert-manager.io/spiffe-ca') || wildcard('a*c', 'abd') || wildcard('abc', 'ab'))
+  const policy = (spec: Partial<Policy['spec']>): Policy => ({ apiVersion: 'policy.cert-manager.io/v1alpha1', kind: 'CertificateRequestPolicy', metadata: { name: 'p' }, spec: { selector: { issuerRef: {} }, ...spec } })
+  const spiffeCa = { name: 'spiffe-ca', kind: 'ClusterIssuer', group: 'cert-manager.io' }
+  t.ok(selects(policy({ selector: { issuerRef: {} } }), spiffeCa, null), 'an empty issuerRef selector selects every issuer')
+  t.ok(selects(policy({ selector: { namespace: { matchNames: ['team-*'] } } }), spiffeCa, null), 'a namespace selector does not stop a ClusterIssuer\'s requests from that namespace')
+  t.notOk(selects(policy({ selector: { issuerRef: { name: 'bulwark-serving', kind: 'Issuer' } } }), spiffeCa, null))
+  t.notOk(selects(policy({ selector: { issuerRef: { name: 'ca' }, namespace: { matchNames: ['bulwark'] } } }), { name: 'ca' }, 'other'))
+  t.ok(selects(policy({ selector: { issuerRef: { name: 'ca', kind: 'Issuer', group: 'cert-manager.io' } } }), { name: 'ca' }, 'x'), 'kind and group take cert-manager\'s defaults')
+
+  const ns = { namespace: { matchNames: ['apps'] } }
+  t.same(uriProblems(policy({ allowed: { dnsNames: { values: ['a'] } }, selector: { issuerRef: {}, ...ns } })), [], 'no URI SAN allowed: nothing to restrict')
+  t.same(uriProblems(policy({ allowed: { uris: { values: ['spiffe://td/ns/apps/sa/app'] } }, selector: { issuerRef: {}, ...ns } })), [], 'one account of the one namespace selected')
+  t.match(uriProblems(policy({ allowed: { uris: { values: ['spiffe://td/ns/*/sa/*'] } }, selector: { issuerRef: {}, ...ns } })), [/not one namespace's one ServiceAccount/], 'wildcards: anyone\'s identity')
+  t.match(uriProblems(policy({ allowed: { uris: { values: ['spiffe://td/ns/bulwark/sa/bulwark'] } }, selector: { issuerRef: {}, ...ns } })), [/from namespace apps/], 'another namespace\'s identity')
+  t.match(uriProblems(policy({ allowed: { uris: { values: ['spiffe://td/ns/apps/sa/app'] } }, selector: { issuerRef: {} } })), [/exactly one namespace/], 'requests from any namespace')
+  t.match(uriProblems(policy({ allowed: { isCA: true }, selector: { issuerRef: {}, ...ns } })), [/CA certificates/], 'a CA certificate signs anything')
+
+  const role: K8sObject = { apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole', metadata: { name: 'use-p' }, rules: [{ apiGroups: ['policy.cert-manager.io'], resources: ['certificaterequestpolicies'], verbs: ['use'], resourceNames: ['p'] }] }
+  const binding = (kind: string, namespace?: string): K8sObject => ({ apiVersion: 'rbac.authorization.k8s.io/v1', kind, metadata: { name: 'b', ...(namespace ? { namespace } : {}) }, roleRef: { kind: 'ClusterRole', name: 'use-p' }, subjects: [{ kind: 'ServiceAccount', name: 'cert-manager', namespace: 'cert-manager' }] })
+  const controller = { kind: 'ServiceAccount', name: 'cert-manager', namespace: 'cert-manager' }
+  t.ok(boundIn(policy({}), [role, binding('RoleBinding', 'apps')], 'apps', controller))
+  t.notOk(boundIn(policy({}), [role, binding('RoleBinding', 'apps')], 'other', controller), 'a RoleBinding binds in its namespace only')
+  t.ok(boundIn(policy({}), [role, binding('ClusterRoleBinding')], 'other', controller), 'a ClusterRoleBinding binds everywhere')
+
+  const certificate = (spec: Record<string, unknown>): K8sObject => ({ apiVersion: 'cert-manager.io/v1', kind: 'Certificate', metadata: { name: 'c', namespace: 'apps' }, spec: { secretName: 's', issuerRef: { name: 'ca' }, ...spec } })
+  const serving = policy({ allowed: { dnsNames: { values: ['svc', 'svc.apps.svc'] }, usages: ['server auth', 'digital signature'] }, constraints: { maxDuration: '24h', privateKey: { algorithm: 'ECDSA', minSize: 256, maxSize: 256 } } })
+  const ok = { dnsNames: ['svc'], usages: ['server auth', 'digital signature'], duration: '24h', privateKey: { algorithm: 'ECDSA', size: 256 } }
+  t.same(notPermitted(serving, certificate(ok)), [])
+  t.match(notPermitted(serving, certificate({ ...ok, uris: ['spiffe://td/ns/apps/sa/app'] })), [/URI/], 'a URI the policy does not allow')
+  t.match(notPermitted(serving, certificate({ ...ok, dnsNames: ['evil'] })), [/DNS name evil/])
+  t.match(notPermitted(serving, certificate({ ...ok, usages: ['client auth'] })), [/usage client auth/])
+  t.match(notPermitted(serving, certificate({ ...ok, duration: '48h' })), [/duration/])
+  t.match(notPermitted(serving, certificate({ dnsNames: ['svc'] })), [/usage key encipherment/, /duration 2160h/, /key algorithm RSA/], 'cert-manager\'s defaults count')
 })
 
 t.test('the restricted checker flags each control, and passes a compliant pod', async (t) => {

@@ -83,8 +83,9 @@ t.test('the lists agree with the deployment', async (t) => {
   const items = (name: string) => (lists.get(name)?.items as string[]) ?? []
   for (const config of configs) {
     t.same(items('bulwark_writable_dirs').sort(), [config.audit.directory, config.state.directory].sort(), 'writable: the audit and state folders of bulwark.yaml')
-    const keyDirs = [config.tls.keyFile, config.audit.checkpoint.signingKeyFile, config.models.signingPublicKeyFile!].map((f) => path.dirname(f))
-    t.same(items('bulwark_key_dirs').sort(), [...new Set(keyDirs)].sort(), 'keys: the folders of the TLS key, the audit key and the model-signing key')
+    // tls.caFile sits in the csi-driver-spiffe volume, next to the pod's SVID key.
+    const keyDirs = [config.tls.keyFile, config.tls.caFile, config.audit.checkpoint.signingKeyFile, config.models.signingPublicKeyFile!].map((f) => path.dirname(f))
+    t.same(items('bulwark_key_dirs').sort(), [...new Set(keyDirs)].sort(), 'keys: the folders of the TLS key, the SVID key, the audit key and the model-signing key')
   }
   const netpol = readFileSync(path.join(repoRoot, 'k8s/base/networkpolicy.yaml'), 'utf8')
   const jwksCidr = /cidr: (\S+)/.exec(netpol)![1]!

@@ -6,8 +6,10 @@
 //    validation) refuses: each object is type-checked by TypeScript as an object literal
 //    against kubernetes-models' interface for its kind, and excess-property errors name the
 //    field that does not exist.
-// 3. cert-manager's Certificate, which kubernetes-models does not know: a minimal schema of
-//    the fields Bulwark uses (TypeBox), strict about unknown fields and enums.
+// 3. The cert-manager kinds, which kubernetes-models does not know (cert-manager's Certificate,
+//    Issuer and ClusterIssuer; approver-policy's CertificateRequestPolicy): a minimal schema of
+//    the fields Bulwark uses and their neighbours (TypeBox), strict about unknown fields and
+//    enums. A field outside them is reported, so it gets a schema before it gets deployed.
 
 import path from 'node:path'
 import ts from 'typescript'
@@ -22,7 +24,8 @@ function modelModule(obj: K8sObject): string {
   return `kubernetes-models/${group ? `${group}/` : ''}${version}/${obj.kind}`
 }
 
-export const isCertManager = (obj: K8sObject) => obj.apiVersion.startsWith('cert-manager.io/')
+/** cert-manager's own kinds and approver-policy's (a cert-manager project): checked by certManagerProblems. */
+export const isCertManager = (obj: K8sObject) => obj.apiVersion.startsWith('cert-manager.io/') || obj.apiVersion.startsWith('policy.cert-manager.io/')
 
 /** Problems the Kubernetes OpenAPI schema finds in one built-in object (empty = valid). */
 export async function openApiProblems(obj: K8sObject): Promise<string[]> {
@@ -150,10 +153,91 @@ const durationSeconds = (d: string) => {
   return total
 }
 
-/** Problems with a cert-manager object (empty = valid). */
+/**
+ * cert-manager.io/v1 Issuer and ClusterIssuer: the CA issuer type only (the one Bulwark's
+ * manifests use). Another issuer type (acme, vault, selfSigned, ...) is an unknown field here.
+ */
+const IssuerSpec = strict({
+  ca: strict({
+    secretName: Name,
+    crlDistributionPoints: Type.Optional(Type.Array(Type.String())),
+    ocspServers: Type.Optional(Type.Array(Type.String())),
+    issuingCertificateURLs: Type.Optional(Type.Array(Type.String())),
+  }),
+})
+export const IssuerSchema = strict({
+  apiVersion: Type.Literal('cert-manager.io/v1'),
+  kind: Type.Union([Type.Literal('Issuer'), Type.Literal('ClusterIssuer')]),
+  metadata: Type.Object({ name: Name, namespace: Type.Optional(Name) }),
+  spec: IssuerSpec,
+})
+
+/** approver-policy's allowed string lists: wildcard values, and CEL validations over each value (`self`, `cr`). */
+const AllowedStrings = strict({
+  values: Type.Optional(Type.Array(Type.String())),
+  required: Type.Optional(Type.Boolean()),
+  validations: Type.Optional(Type.Array(strict({ rule: Type.String({ minLength: 1 }), message: Type.Optional(Type.String()) }))),
+})
+/**
+ * policy.cert-manager.io/v1alpha1 CertificateRequestPolicy (cluster-scoped): allowed,
+ * constraints and selector, as approver-policy documents them. allowed.subject and plugins
+ * are not modelled: a policy using them is reported until they are.
+ */
+export const CertificateRequestPolicySchema = strict({
+  apiVersion: Type.Literal('policy.cert-manager.io/v1alpha1'),
+  kind: Type.Literal('CertificateRequestPolicy'),
+  metadata: Type.Object({ name: Name }),
+  spec: strict({
+    allowed: Type.Optional(
+      strict({
+        commonName: Type.Optional(strict({ value: Type.Optional(Type.String()), required: Type.Optional(Type.Boolean()) })),
+        dnsNames: Type.Optional(AllowedStrings),
+        ipAddresses: Type.Optional(AllowedStrings),
+        uris: Type.Optional(AllowedStrings),
+        emailAddresses: Type.Optional(AllowedStrings),
+        isCA: Type.Optional(Type.Boolean()),
+        usages: Type.Optional(Type.Array(KeyUsage, { uniqueItems: true })),
+      }),
+    ),
+    constraints: Type.Optional(
+      strict({
+        minDuration: Type.Optional(GoDuration),
+        maxDuration: Type.Optional(GoDuration),
+        privateKey: Type.Optional(
+          strict({
+            algorithm: Type.Optional(Type.Union([Type.Literal('RSA'), Type.Literal('ECDSA'), Type.Literal('Ed25519')])),
+            minSize: Type.Optional(Type.Integer({ minimum: 1 })),
+            maxSize: Type.Optional(Type.Integer({ minimum: 1 })),
+          }),
+        ),
+      }),
+    ),
+    selector: strict({
+      issuerRef: Type.Optional(strict({ name: Type.Optional(Type.String()), kind: Type.Optional(Type.String()), group: Type.Optional(Type.String()) })),
+      namespace: Type.Optional(strict({ matchNames: Type.Optional(Type.Array(Type.String())), matchLabels: Type.Optional(Type.Record(Type.String(), Type.String())) })),
+    }),
+  }),
+})
+
+const schemaErrors = (schema: TSchema, obj: K8sObject) => [...Value.Errors(schema, obj)].map((e) => `${e.path || '/'}: ${e.message}`)
+
+/** Problems with a cert-manager or approver-policy object (empty = valid). */
 export function certManagerProblems(obj: K8sObject): string[] {
+  if (obj.kind === 'Issuer' || obj.kind === 'ClusterIssuer') {
+    const problems = schemaErrors(IssuerSchema, obj)
+    if (obj.kind === 'ClusterIssuer' && obj.metadata.namespace !== undefined) problems.push('/metadata/namespace: a ClusterIssuer is cluster-scoped')
+    return problems
+  }
+  if (obj.kind === 'CertificateRequestPolicy') {
+    const problems = schemaErrors(CertificateRequestPolicySchema, obj)
+    if (problems.length > 0) return problems
+    if ((obj as { metadata: { namespace?: string } }).metadata.namespace !== undefined) problems.push('/metadata/namespace: a CertificateRequestPolicy is cluster-scoped')
+    const selector = (obj.spec as { selector: { issuerRef?: unknown; namespace?: unknown } }).selector
+    if (selector.issuerRef === undefined && selector.namespace === undefined) problems.push('/spec/selector: approver-policy requires issuerRef or namespace')
+    return problems
+  }
   if (obj.kind !== 'Certificate') return [`cert-manager kind ${obj.kind} has no schema here; add one`]
-  const problems = [...Value.Errors(CertificateSchema, obj)].map((e) => `${e.path || '/'}: ${e.message}`)
+  const problems = schemaErrors(CertificateSchema, obj)
   if (problems.length > 0) return problems
   const spec = obj.spec as { commonName?: string; dnsNames?: string[]; uris?: string[]; duration?: string; renewBefore?: string; privateKey?: { algorithm?: string; size?: number } }
   if (!spec.commonName && !spec.dnsNames && !spec.uris) problems.push('/spec: one of commonName, dnsNames or uris is required')

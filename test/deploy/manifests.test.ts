@@ -1,8 +1,8 @@
 // The Kubernetes manifests, checked without a cluster: both overlays render with the real
 // kustomize (kubectl's; where kubectl is absent every test here skips and says why), every
-// object validates against the Kubernetes OpenAPI schemas (cert-manager's Certificate against its own), every pod template passes the
+// object validates against the Kubernetes OpenAPI schemas (the cert-manager kinds against their own), every pod template passes the
 // Pod Security Standards "restricted" profile, each overlay has a default-deny NetworkPolicy,
-// no ServiceAccount token is mounted anywhere, and the ports, paths and files in the
+// no ServiceAccount token is mounted anywhere and the only RBAC is the SVID request, and the ports, paths and files in the
 // manifests are the ones the gateway uses: read from its own defaults and from the
 // bulwark.yaml the ConfigMap carries (validated by the gateway's own config loader).
 import t, { type Test } from 'tap'
@@ -137,7 +137,7 @@ for (const overlay of OVERLAYS) {
     else t.same(others.map((r) => (r.to as Rec[]).map((x) => Object.keys(x))), [[['podSelector']]], 'gateway: the model server pods, nothing else')
   })
 
-  test(`${overlay}: no ServiceAccount token is mounted, and no RBAC is granted`, async (t) => {
+  test(`${overlay}: no ServiceAccount token is mounted, and the only RBAC lets csi-driver-spiffe request the pod's SVID`, async (t) => {
     for (const sa of byKind(objs, 'ServiceAccount')) t.equal((sa as Rec).automountServiceAccountToken, false, `${sa.metadata.name}: automount off`)
     const accounts = new Set(byKind(objs, 'ServiceAccount').map((s) => s.metadata.name))
     for (const p of pods(objs)) {
@@ -146,7 +146,16 @@ for (const overlay of OVERLAYS) {
       const projected = ((p.spec.volumes as Rec[] | undefined) ?? []).flatMap((v) => ((v.projected as Rec | undefined)?.sources as Rec[] | undefined) ?? [])
       t.notOk(projected.some((s) => 'serviceAccountToken' in s), `${p.owner}: no projected token`)
     }
-    for (const kind of ['Role', 'ClusterRole', 'RoleBinding', 'ClusterRoleBinding']) t.equal(byKind(objs, kind).length, 0, `no ${kind}`)
+    for (const kind of ['ClusterRole', 'ClusterRoleBinding']) t.equal(byKind(objs, kind).length, 0, `no ${kind}`)
+    // The driver creates the CertificateRequest as the pod's ServiceAccount (test/deploy/workload-identity.test.ts).
+    for (const role of byKind(objs, 'Role')) {
+      t.same((role as Rec).rules, [{ apiGroups: ['cert-manager.io'], resources: ['certificaterequests'], verbs: ['create'] }], `Role ${role.metadata.name}: create CertificateRequests, nothing else`)
+    }
+    const bulwarkAccount = String(bulwark(objs).pod.serviceAccountName)
+    for (const binding of byKind(objs, 'RoleBinding')) {
+      t.equal(((binding as Rec).roleRef as Rec).kind, 'Role', `${binding.metadata.name}: binds a Role of this namespace`)
+      t.same((binding as Rec).subjects, [{ kind: 'ServiceAccount', name: bulwarkAccount, namespace: 'bulwark' }], `${binding.metadata.name}: to Bulwark's ServiceAccount only`)
+    }
   })
 
   test(`${overlay}: ports, probes, paths and files agree with the gateway`, async (t) => {
@@ -184,7 +193,6 @@ for (const overlay of OVERLAYS) {
     const secretFiles: [string, string][] = [
       [config.tls.certFile, 'tls'],
       [config.tls.keyFile, 'tls'],
-      [config.tls.caFile, 'tls'],
       [config.audit.checkpoint.signingKeyFile, 'audit key'],
       [config.models.signingPublicKeyFile!, 'model signing key'],
     ]
@@ -203,6 +211,12 @@ for (const overlay of OVERLAYS) {
       if (secret === certSecret) t.ok(['tls.crt', 'tls.key', 'ca.crt'].includes(key), `${file} is a key cert-manager writes`)
       else t.match(docs, new RegExp(`kubectl -n bulwark create secret generic ${secret} --from-file=${key.replace(/\./g, '\\.')}=`), `the README's deployment section creates Secret ${secret} with key ${key}`)
     }
+    // Callers are checked against the SPIFFE trust bundle that csi-driver-spiffe writes, not a Secret's CA.
+    const bundle = mountOf(config.tls.caFile)
+    t.match(bundle?.volume, { csi: { driver: 'spiffe.csi.cert-manager.io', readOnly: true } }, `${config.tls.caFile} comes from the csi-driver-spiffe volume`)
+    t.equal(bundle?.readOnly, true, `${config.tls.caFile}: read-only`)
+    t.equal(bundle?.subPath, undefined, `${config.tls.caFile}: whole-directory mount (the driver rewrites the bundle in place)`)
+    t.equal(path.basename(config.tls.caFile), 'ca.crt', 'the file the driver writes the bundle to')
     t.equal(config.tls.enabled && config.auth.enabled && config.authorization.enabled && config.audit.enabled, true, 'the front door and the audit trail are on')
     t.equal(config.models.requireSignature, true, 'models must be signed')
     t.match(configFile, /^\/etc\/bulwark\/bulwark\.yaml$/, 'the config path the image expects')
@@ -225,11 +239,13 @@ for (const overlay of OVERLAYS) {
     const policies = await loadPolicies(dir)
     for (const m of config.models.serve) t.ok(policies.has(m.name), `policy for ${m.name}`)
 
-    // The workload certificate: SPIFFE ID of this namespace and ServiceAccount, short-lived, new key on renewal.
-    const spec = certificate.spec as { uris: string[]; privateKey: { rotationPolicy: string }; usages: string[] }
-    t.same(spec.uris, [`spiffe://cluster.local/ns/${certificate.metadata.namespace}/sa/${String(b.pod.serviceAccountName)}`], 'SPIFFE ID names the namespace and ServiceAccount')
+    // The serving certificate: the Service's DNS names and nothing else (the SPIFFE ID is the CSI volume's), short-lived, new key on renewal.
+    const spec = certificate.spec as { uris?: string[]; dnsNames: string[]; privateKey: { rotationPolicy: string }; usages: string[] }
+    const svcName = `${svc.metadata.name}.${String(svc.metadata.namespace)}.svc`
+    t.same(spec.dnsNames, [svc.metadata.name, svcName, `${svcName}.cluster.local`], 'the bulwark Service\'s DNS names')
+    t.equal(spec.uris, undefined, 'no URI SAN: the workload identity comes from csi-driver-spiffe, not from a Certificate')
     t.equal(spec.privateKey.rotationPolicy, 'Always')
-    t.ok(spec.usages.includes('server auth') && spec.usages.includes('client auth'))
+    t.ok(spec.usages.includes('server auth') && !spec.usages.includes('client auth'), 'serving only: not usable as a client certificate')
 
     // Images: Bulwark's at the package version, everything pinned to a tag or digest.
     t.equal(b.c.image, `registry.example.com/bulwark/bulwark:${packageVersion}`, 'the Bulwark image is the package version')
