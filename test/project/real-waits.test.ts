@@ -77,6 +77,11 @@ t.test('the rule: what counts as a real wait', async (t) => {
   t.same(sitesIn('x.ts', '// real wait: far above\nconst x = 1\nawait eventually(f, o)').map((s) => s.marked), [false], 'a marker above other code is not this one\'s')
 })
 
+t.test('kit/wait.ts holds two timers and no more: the bound of within, the pause of eventually', async (t) => {
+  const file = 'kit/wait.ts'
+  t.equal(sitesIn(file, readFileSync(path.join(repoRoot, file), 'utf8')).length, 2, 'a new timer there is a new kind of wait: count its calls here first')
+})
+
 t.test(`at most ${MAX_REAL_WAITS} real waits in test/ and kit/, each saying why`, async (t) => {
   const sites = [...sourceFiles('test'), ...sourceFiles('kit')]
     .filter((f) => !EXEMPT.has(f.split(path.sep).join('/')))
