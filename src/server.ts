@@ -26,6 +26,7 @@ import { registerOipRoutes } from './routes/inference-api.ts'
 import { createAuditLogStage, type AuditLogDeps, type AuditLogStage } from './stages/audit-log.ts'
 import { createBodyReadLink } from './stages/body-read.ts'
 import { createCallerKeyLink } from './stages/caller-key.ts'
+import { createClientLimitLink } from './stages/client-limit.ts'
 import { createInputValidationStage } from './stages/input-validation.ts'
 import { createLoadSheddingLink } from './stages/load-shedding.ts'
 import { createMetricsLink } from './stages/metrics.ts'
@@ -45,8 +46,8 @@ export interface GatewayOptions {
   logLevel?: string
   /** Where log lines go (one JSON object per write); default stdout. Tests pass a memory sink. */
   logStream?: { write(line: string): void }
-  /** The audit trail's outlets: where `audit.mirror: stdout` lines go (the CLI passes stdout), and the writer's file system (tests inject failures). */
-  audit?: Pick<AuditLogDeps, 'mirror' | 'fs'>
+  /** The audit trail's outlets: where `audit.mirror: stdout` lines go (the CLI passes stdout), and the writer's file system and free-space reading (tests inject failures and a full disk). */
+  audit?: Pick<AuditLogDeps, 'mirror' | 'fs' | 'statfs'>
   /**
    * OpenTelemetry: the tracer provider for request, stage and upstream spans (default: the
    * global one, which src/cli.ts sets up from the OTEL_* variables; no-op otherwise), and
@@ -121,6 +122,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const screening = await opening(undo, () => buildScreeningLinks(config, { baseDir, source }, { policies, registry, sharedState, clock, random, log, metrics }), async () => {})
   const audit = await opening(undo, () => createAuditLogStage(config.audit, loaded, { clock, random, log, ...options.audit }), (a) => a.close())
   late.audit = audit
+  metrics.add(...audit.metrics)
   const connections = limitConnections(api.server, {
     maxConnections: config.server.maxConnections,
     maxPerClient: config.server.maxConnectionsPerClient,
@@ -131,11 +133,14 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   metrics.add(connections.refused)
   const loadShedding = config.loadShedding.enabled ? createLoadSheddingLink(config.loadShedding, { queueFull: (model) => registry.queueFull(model) }) : undefined
   if (loadShedding) metrics.add(...loadShedding.metrics)
+  const clientLimit = config.clientLimits.enabled ? createClientLimitLink(config.clientLimits, { clock }) : undefined
+  if (clientLimit) metrics.add(...clientLimit.metrics)
 
   // --- assemble the chain ---
   const chain = assembleChain({
     trace: createTraceLink(observability.tracing),
     loadShedding,
+    clientLimit,
     ...frontDoor.links,
     callerKey: createCallerKeyLink(),
     bodyRead: createBodyReadLink(),
@@ -146,7 +151,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     auditRecord: audit.link,
     metrics: createMetricsLink(metrics, clock, registry.list().map((m) => m.name)),
   })
-  late.unrouted = attachChain(api, { chain, clock, log, server: config.server, tls: tlsMaterial !== null }).answerUnrouted
+  late.unrouted = attachChain(api, { chain, clock, log, server: config.server, tls: tlsMaterial !== null, closing: isShuttingDown }).answerUnrouted
   registerOipRoutes(api, { registry, serverVersion: SERVER_VERSION, isShuttingDown })
 
   const readinessChecks: ReadinessCheck[] = [audit.readinessCheck]

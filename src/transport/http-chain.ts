@@ -42,6 +42,8 @@ export interface HttpChainOptions {
   server: Pick<Config['server'], 'bodyLimitBytes' | 'bodyIdleTimeoutMs' | 'requestTimeoutMs'>
   /** Whether the listener is TLS (the peer certificate is read for mtls-identity). */
   tls: boolean
+  /** True once the gateway is shutting down: every answer then closes its connection. */
+  closing: () => boolean
 }
 
 /** Fastify's own errors (body limit, content type, ...) as our catalogue's codes. */
@@ -167,6 +169,9 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     // A body nobody read (an unknown route, a refusal before the body phase, a stalled
     // upload) is not read now either: the connection closes after this answer instead.
     if (ctx.bodyBytes === null && bodyPending(reply.request.raw)) reply.header('connection', 'close')
+    // While shutting down, a kept-alive connection would hold the listener open until the
+    // client closes it: closing it after the answer lets the shutdown finish with the work.
+    else if (o.closing()) reply.header('connection', 'close')
     ctx.response = { status: reply.statusCode, bytesOut: byteLength(payload) }
     try {
       await runPhase(chain, 'response', ctx, clock)

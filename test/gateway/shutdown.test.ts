@@ -1,5 +1,6 @@
 // Graceful shutdown of the real process: SIGTERM stops accepting, lets in-flight and queued
-// requests finish, then exits 0.
+// requests finish, then exits 0 as soon as they are done: the kept-alive connections they
+// came on are closed after their answers, so the grace period does not run out.
 import t from 'tap'
 import { request } from 'undici'
 import { ocrImage, binaryRequest } from '../../kit/payloads.ts'
@@ -9,7 +10,8 @@ import { eventually } from '../../kit/wait.ts'
 // A real `bulwark serve` child process, serving ocr-cls with every defence off.
 const gw = await startGateway({
   ...noDefences,
-  server: { shutdownGraceMs: 20000 },
+  // Longer than the test may run: had the shutdown waited out its grace period, the test would time out.
+  server: { shutdownGraceMs: 600_000 },
   models: { serve: [{ name: 'ocr-cls', batching: { enabled: false } }] },
 })
 const { apiPort, adminPort, child, exited } = gw
