@@ -4,6 +4,8 @@
 // nothing but the code, the server log holds the precise reason, and the gateway keeps serving.
 
 import t, { type Test } from 'tap'
+import { once as onceEvent } from 'node:events'
+import { connect as tlsConnect } from 'node:tls'
 import { readFile } from 'node:fs/promises'
 import { SignJWT, UnsecuredJWT, importJWK, type JWK } from 'jose'
 import { request } from 'undici'
@@ -232,22 +234,61 @@ t.test('server health needs the client certificate but no token', async (t) => {
 // --- what a caller can hold before it is admitted ---
 
 t.test('an upload to a route that takes no body is answered from its headers; the body is never read', async (t) => {
-  const { connect } = await import('node:tls')
-  const { once } = await import('node:events')
   const url = new URL(gw.url)
   const [ca, cert, key] = await Promise.all([gw.pki.files.ca, gw.pki.files.clientCert, gw.pki.files.clientKey].map((f) => readFile(f)))
   for (const path of ['/v2/models/mnist', '/v2/no/such/route']) {
-    const socket = connect({ host: url.hostname, port: Number(url.port), ca, cert, key, servername: 'localhost' })
+    const socket = tlsConnect({ host: url.hostname, port: Number(url.port), ca, cert, key, servername: 'localhost' })
     let answer = ''
     socket.on('data', (d: Buffer) => (answer += d.toString('latin1')))
-    await once(socket, 'secureConnect')
+    await onceEvent(socket, 'secureConnect')
     // 30 MiB announced, a few bytes sent: that an answer comes at all shows nothing waited for the rest.
     socket.write(`POST ${path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${await gw.token()}\r\nContent-Type: application/json\r\nContent-Length: ${30 * 1024 * 1024}\r\n\r\n{"inputs": [`)
-    await once(socket, 'close')
+    await onceEvent(socket, 'close')
     t.match(answer, /^HTTP\/1.1 404 /, `${path}: 404`)
     t.match(answer, /"code":"not_found"/)
     t.match(answer, /\r\nconnection: close\r\n/i, `${path}: the server closes the connection instead`)
   }
+  await stillServes(t)
+})
+
+// --- a SPIFFE ID with dot segments; tokens that are not access tokens ---
+
+t.test('refused: a client certificate whose SPIFFE ID walks out of a ns/default/* rule with ..', async (t) => {
+  // The bundled mnist policy grants metadata to spiffe://bulwark.local/ns/default/*; this ID
+  // starts with that prefix but, with its dot segments resolved, names ns/evil.
+  const walker = await issueCertificate(gw.ca, realDeps, { commonName: 'walker', usage: 'client', uris: ['spiffe://bulwark.local/ns/default/../../ns/evil/sa/x'] })
+  const res = await gw.request('/v2/models/mnist', { dispatcher: gw.agentWith({ cert: walker.certPem, key: walker.keyPem }) })
+  t.equal(res.status, 401, 'status 401')
+  t.same(Object.keys(res.body).sort(), ['code', 'error'])
+  t.equal(res.body.code, 'unauthenticated')
+  const logged = lastRefusal()
+  t.equal(logged?.stage, 'mtls-identity', 'refused by mtls-identity, before any policy looks at the ID')
+  t.match(logged?.reason ?? '', /malformed SPIFFE ID .*: the path has a dot segment \(\.\.\)/, `the server log says why: ${logged?.reason}`)
+  t.notMatch(res.body.error, /dot segment/, 'the client does not learn the reason')
+  await stillServes(t)
+})
+
+t.test('refused: tokens of the right issuer, audience and key that are not access tokens (typ)', async (t) => {
+  const { loadSigningKey, mintToken } = await import('../../src/dev/mint-token.ts')
+  const signingKey = await loadSigningKey(gw.pki.files.jwtKey, gw.pki.files.jwks)
+  const typed = (type: string | null) =>
+    mintToken(signingKey, { issuer: good.iss, audience: good.aud, subject: 'dev', scopes: good.scope.split(' '), ttlSeconds: 300, type }, realDeps)
+  const cases: [what: string, type: string | null, reason: RegExp][] = [
+    ['an ID token typed id+jwt', 'id+jwt', /token type \(typ header\) "id\+jwt" is not an access token type/],
+    ['a DPoP proof', 'dpop+jwt', /token type \(typ header\) "dpop\+jwt" is not an access token type/],
+    ['an untyped token', null, /the token has no typ header/],
+  ]
+  for (const [what, type, reason] of cases) {
+    const res = await gw.request('/v2/models/mnist/infer', { body, token: await typed(type) })
+    t.equal(res.status, 401, `${what}: 401`)
+    t.equal(res.body.code, 'unauthenticated', `${what}: unauthenticated`)
+    t.equal(res.headers['www-authenticate'], 'Bearer realm="bulwark"')
+    const logged = lastRefusal()
+    t.equal(logged?.stage, 'jwt-auth')
+    t.match(logged?.reason ?? '', reason, `${what}: the server log says why: ${logged?.reason}`)
+  }
+  const accepted = await gw.request('/v2/models/mnist/infer', { body, token: await typed('application/at+jwt') })
+  t.equal(accepted.status, 200, 'the same token typed application/at+jwt is served')
   await stillServes(t)
 })
 
