@@ -21,6 +21,7 @@ import path from 'node:path'
 import { Type, type Static } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import { parseDocument } from 'yaml'
+import { spiffeIdProblem, workloadSpiffeIdProblem } from '../auth/spiffe-id.ts'
 import { ConfigError, schemaProblems } from './load.ts'
 import { OutputPolicy, outputPolicyProblems } from './output-policy.ts'
 import { ScreeningPolicy } from './screening-policy.ts'
@@ -28,7 +29,9 @@ import { ScreeningPolicy } from './screening-policy.ts'
 /**
  * An exact SPIFFE ID (spiffe://trust-domain/path), a SPIFFE ID prefix ending in `/*` (every ID
  * under that path, e.g. a namespace: spiffe://td/ns/payments/*), or `cn:<subject CN>` for
- * certificates without a SPIFFE ID.
+ * certificates without a SPIFFE ID. The schema gives the shape; workloadPatternProblem() holds
+ * the SPIFFE IDs to the standard (no `.` or `..` segments, ...) as mtls-identity holds the
+ * certificates', so a prefix only ever compares IDs that mean what they spell.
  */
 export const WorkloadPattern = Type.String({
   pattern: '^(spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*(/\\*)?|cn:\\S.*)$',
@@ -92,6 +95,16 @@ function deepFreeze<T>(value: T): T {
   return value
 }
 
+/**
+ * Why a workload pattern names no workload a certificate can prove (null when it is fine): its
+ * SPIFFE ID, or the ID before a trailing `/*`, must be one the SPIFFE-ID standard allows; an
+ * exact ID must also have a path, as a workload's certificate does (X.509-SVID 3.1).
+ */
+export function workloadPatternProblem(pattern: string): string | null {
+  if (!pattern.startsWith('spiffe://')) return null
+  return pattern.endsWith('/*') ? spiffeIdProblem(pattern.slice(0, -2)) : workloadSpiffeIdProblem(pattern)
+}
+
 /** Checks the schema cannot express; each message names the path and the fix. */
 function ruleProblems(policy: Policy): string[] {
   const problems: string[] = []
@@ -99,6 +112,10 @@ function ruleProblems(policy: Policy): string[] {
     if (rule.scopes.length === 0 && Object.keys(rule.claims).length === 0) {
       problems.push(`/allow/${i}: names no scope and no claim, so any token would do; add scopes or claims`)
     }
+    rule.workloads.forEach((w, j) => {
+      const why = workloadPatternProblem(w)
+      if (why !== null) problems.push(`/allow/${i}/workloads/${j}: ${JSON.stringify(w.slice(0, 200))} is not a valid SPIFFE ID pattern: ${why}; write the canonical ID (spiffe://trust-domain/segment/..., see the SPIFFE-ID standard)`)
+    })
   })
   return problems
 }

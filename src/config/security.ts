@@ -100,6 +100,21 @@ export const AuthConfig = Type.Object(
     audience: Type.String({ minLength: 1, default: DEV_AUDIENCE }),
     /** Accepted `alg` values. Asymmetric only, so a public key can never double as an HMAC secret. */
     algorithms: Type.Array(JwtAlgorithm, { minItems: 1, uniqueItems: true, default: ['ES256', 'EdDSA', 'RS256', 'PS256'] }),
+    /** Accepted `typ` header values, so that another kind of token from the same issuer and
+     *  audience (an ID token, a DPoP proof, a logout token) cannot pass for an access token.
+     *  Compared case-insensitively, with the `application/` prefix optional (RFC 7515 4.1.9).
+     *  Default: at+jwt (RFC 9068 access tokens) and JWT (what many issuers still put on theirs;
+     *  an issuer that types its access tokens at+jwt should be narrowed to [at+jwt], since
+     *  some issuers type their ID tokens JWT too). */
+    acceptedTypes: Type.Array(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}(/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126})?$', description: 'a media type, e.g. at+jwt' }), {
+      minItems: 1,
+      uniqueItems: true,
+      default: ['at+jwt', 'JWT'],
+    }),
+    /** Whether a token without a `typ` header is accepted. Off: RFC 9068 requires access tokens
+     *  to be typed at+jwt, and RFC 8725 (3.11) asks for explicit typing so that one kind of
+     *  token cannot be taken for another; turn on only for an issuer that cannot type its tokens. */
+    acceptUntypedTokens: Type.Boolean({ default: false }),
     jwks: JwksConfig,
     /** Allowed clock skew for exp, nbf and iat. Small: it lengthens every token's life. */
     clockToleranceSeconds: Type.Integer({ minimum: 0, maximum: 300, default: 30 }),

@@ -1,5 +1,6 @@
 // Signs development tokens (`bulwark token`, and the tests): ES256 JWTs with iss, sub, aud,
-// scope, iat, nbf, exp and a random jti. Never used by the serving path.
+// scope, iat, nbf, exp and a random jti, typed `at+jwt` as RFC 9068 types access tokens (the
+// gateway refuses untyped tokens by default). Never used by the serving path.
 
 import { readFile } from 'node:fs/promises'
 import { importPKCS8, SignJWT, type JWTPayload } from 'jose'
@@ -20,6 +21,9 @@ export async function loadSigningKey(keyFile: string, jwksFile: string): Promise
   return { key: await importPKCS8(await readFile(keyFile, 'utf8'), alg), kid: first.kid, alg }
 }
 
+/** The `typ` of development tokens: an access token (RFC 9068). */
+export const ACCESS_TOKEN_TYPE = 'at+jwt'
+
 export interface MintOptions {
   issuer: string
   audience: string | string[]
@@ -30,6 +34,8 @@ export interface MintOptions {
   notBeforeSeconds?: number
   /** Extra claims; they override the standard ones (tests use this to craft bad tokens). */
   claims?: JWTPayload
+  /** The `typ` header (default at+jwt); null leaves it out. Tests use it to craft other kinds of token. */
+  type?: string | null
 }
 
 export async function mintToken(signing: SigningKey, o: MintOptions, deps: { clock: Clock; random: RandomSource }): Promise<string> {
@@ -45,5 +51,6 @@ export async function mintToken(signing: SigningKey, o: MintOptions, deps: { clo
     jti: deps.random.uuid(),
     ...o.claims,
   }
-  return new SignJWT(payload).setProtectedHeader({ alg: signing.alg, kid: signing.kid, typ: 'JWT' }).sign(signing.key)
+  const type = o.type === undefined ? ACCESS_TOKEN_TYPE : o.type
+  return new SignJWT(payload).setProtectedHeader({ alg: signing.alg, kid: signing.kid, ...(type === null ? {} : { typ: type }) }).sign(signing.key)
 }

@@ -37,13 +37,14 @@ export async function buildFrontDoor(
   const handshakeFailures = new Counter('bulwark_tls_handshake_failures_total', 'TLS handshakes refused or failed (no or untrusted client certificate, protocol, timeout), by reason.')
   const tlsReloads = new Counter('bulwark_tls_reloads_total', 'Changes of the TLS certificate, key or CA files on disk, by outcome (changed = applied, failed = kept the old ones).')
   const jwksRefreshes = new Counter('bulwark_jwks_refreshes_total', 'Re-reads of the JSON Web Key Set, by outcome.')
-  deps.metrics.add(handshakeFailures, tlsReloads, jwksRefreshes)
+  const distrusted = new Counter('bulwark_tls_connections_distrusted_total', 'Open connections closed because their client certificate no longer chains to the reloaded CA bundle.')
+  deps.metrics.add(handshakeFailures, tlsReloads, jwksRefreshes, distrusted)
   const off = (['tls', 'auth', 'authorization', 'rateLimits'] as const).filter((k) => !config[k].enabled)
   if (off.length > 0) log.warn({ off }, 'front door partly or wholly switched off by the configuration')
 
   let tls: TlsReloader | null = null
   if (deps.tlsMaterial) {
-    tls = new TlsReloader(config.tls, where.baseDir, deps.tlsMaterial, { log, clock, onReload: (outcome) => tlsReloads.inc({ outcome }) })
+    tls = new TlsReloader(config.tls, where.baseDir, deps.tlsMaterial, { log, clock, onReload: (outcome) => tlsReloads.inc({ outcome }), onDistrusted: (n) => distrusted.inc({}, n) })
     tls.attach(api.server as HttpsServer)
     // A refused handshake has no HTTP request: count it, and log why for the operator.
     const refused = (reason: string, socket: TLSSocket, err?: string) => {
@@ -71,7 +72,7 @@ export async function buildFrontDoor(
 
   return {
     links: {
-      mtlsIdentity: config.tls.enabled ? createMtlsIdentityStage() : undefined,
+      mtlsIdentity: config.tls.enabled ? createMtlsIdentityStage({ clock }) : undefined,
       jwtAuth: keys ? createJwtAuthStage(config.auth, { clock, getKey: keys.getKey, cache: tokenCache }) : undefined,
       modelPolicy: config.authorization.enabled ? createModelPolicyStage(policies) : undefined,
       rateLimit,

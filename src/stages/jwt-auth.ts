@@ -2,14 +2,18 @@
 // Reads: ctx.bearerToken (the raw Authorization header), the JSON Web Key Set.
 // Writes: ctx.principal (subject, issuer, scopes, claims, expiry of the verified token).
 // Throws: unauthenticated (401, with `WWW-Authenticate: Bearer`) for a missing, oversized,
-//         malformed, unsigned, badly signed, expired, not-yet-valid, too long-lived, wrong-issuer
-//         or wrong-audience token. The client learns only the code; the reason names the check.
+//         malformed, unsigned, badly signed, expired, not-yet-valid, too long-lived, wrong-issuer,
+//         wrong-audience or wrong-type token (its `typ` header is not one of auth.acceptedTypes,
+//         or absent unless auth.acceptUntypedTokens). The client learns only the code; the
+//         reason names the check.
 //
 // Work before the signature is verified is bounded by the token size limit, checked first on
 // the header's length: no parsing, hashing or key lookup depends on more bytes than that.
 // Then: the cache of verified tokens (SHA-256 of the whole token -> principal, until exp), and
 // only on a miss jose's jwtVerify with an explicit algorithm allow-list (asymmetric only, so a
 // public key can never be used as an HMAC secret, and `alg: none` is never accepted).
+// The type is checked once the signature holds, so a forged token is refused for its
+// signature whatever header it carries.
 
 import { errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose'
 import { BulwarkError } from '../errors.ts'
@@ -38,6 +42,16 @@ function scopesOf(value: unknown): string[] {
 
 const clip = (v: unknown) => JSON.stringify(v)?.slice(0, 80) ?? String(v)
 
+/**
+ * A `typ` value as the media type it names: lowercase (media types are case-insensitive), and
+ * with `application/` in front when it has no '/' (RFC 7515 4.1.9), so `at+jwt`,
+ * `application/at+jwt` and `AT+JWT` are one type.
+ */
+export function mediaTypeOf(typ: string): string {
+  const t = typ.toLowerCase()
+  return t.includes('/') ? t : `application/${t}`
+}
+
 /** jose's error as an operator-facing reason (never sent to the client). */
 function reasonOf(err: unknown): string {
   if (err instanceof joseErrors.JWTExpired) return `token expired or too old: ${err.message} (exp ${clip(err.payload.exp)}, iat ${clip(err.payload.iat)})`
@@ -63,9 +77,18 @@ export function createJwtAuthStage(config: AuthConfig, deps: JwtAuthDeps): Stage
     maxTokenAge: config.maxTokenLifetimeSeconds,
     requiredClaims: ['exp', 'iat', 'sub'],
   }
+  const acceptedTypes = new Set(config.acceptedTypes.map(mediaTypeOf))
   const challenge = { 'www-authenticate': 'Bearer realm="bulwark"' }
   const refuse = (reason: string, cause?: unknown) =>
     new BulwarkError('unauthenticated', 'a valid bearer token is required', { reason, headers: challenge, cause })
+
+  /** Why the token's type is not one an access token may have, or null. */
+  function typeProblem(typ: unknown): string | null {
+    if (typ === undefined) return config.acceptUntypedTokens ? null : 'the token has no typ header; access tokens are typed (RFC 9068: at+jwt), and auth.acceptUntypedTokens is off'
+    if (typeof typ !== 'string') return `the typ header is ${clip(typ)}, not a string`
+    if (acceptedTypes.has(mediaTypeOf(typ))) return null
+    return `token type (typ header) ${clip(typ)} is not an access token type this gateway accepts (auth.acceptedTypes: ${config.acceptedTypes.join(', ')})`
+  }
 
   function principalOf(payload: JWTPayload): Principal {
     const lifetime = payload.exp! - payload.iat!
@@ -101,11 +124,16 @@ export function createJwtAuthStage(config: AuthConfig, deps: JwtAuthDeps): Stage
         return
       }
       let payload: JWTPayload
+      let typ: unknown
       try {
-        ;({ payload } = await jwtVerify(token, getKey, { ...options, currentDate: new Date(now) }))
+        const verified = await jwtVerify(token, getKey, { ...options, currentDate: new Date(now) })
+        payload = verified.payload
+        typ = verified.protectedHeader.typ
       } catch (err) {
         throw refuse(reasonOf(err), err)
       }
+      const wrongType = typeProblem(typ)
+      if (wrongType !== null) throw refuse(wrongType)
       const principal = principalOf(payload)
       cache.set(key, principal)
       ctx.principal = principal

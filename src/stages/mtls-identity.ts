@@ -1,21 +1,26 @@
 // Stage: mtls-identity.
 // Reads: ctx.client.peerCertificate, the client certificate that the TLS handshake already
-//        verified (chain to the configured CA bundle, validity dates; see src/transport/tls.ts).
+//        verified (chain to the configured CA bundle, validity dates; see src/transport/tls.ts),
+//        and the wall clock.
 // Writes: ctx.identity: the SPIFFE ID of the certificate's URI SAN, else `cn:<subject CN>`.
-// Throws: unauthenticated (401) when the connection has no verified certificate, or the
-//         certificate names no usable identity (two SPIFFE IDs, a malformed one, no CN).
+// Throws: unauthenticated (401) when the connection has no verified certificate, the
+//         certificate is outside its validity dates now, or it names no usable identity (a
+//         SPIFFE ID that breaks the SPIFFE-ID standard, two URI SANs beside a SPIFFE ID, no CN).
+//         An expired (or not yet valid) certificate's refusal also closes the connection.
 //
 // A certificate is parsed once per connection: the server hands every request of a keep-alive
-// connection the same X509Certificate object, and the identity is cached against it.
+// connection the same X509Certificate object, and the identity and validity dates are cached
+// against it. The handshake checked the dates once, but a keep-alive connection outlives the
+// handshake: each request compares the cached dates with the clock (two number comparisons).
 
 import type { X509Certificate } from 'node:crypto'
+import { workloadSpiffeIdProblem } from '../auth/spiffe-id.ts'
+import type { Clock } from '../deps.ts'
 import { BulwarkError } from '../errors.ts'
 import type { RequestContext, Stage, WorkloadIdentity } from '../types.ts'
 
-/** SPIFFE ID syntax (SPIFFE-ID spec section 2): lowercase trust domain, path segments of [A-Za-z0-9._-]. */
-// eslint-disable-next-line security/detect-unsafe-regex -- linear: each repetition of the group starts with '/', which the segment class excludes, so there is one way to match; input is capped at MAX_ID_LENGTH
-const SPIFFE_ID = /^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/
-const MAX_ID_LENGTH = 2048
+/** Longest subject CN taken as an identity. */
+const MAX_CN_LENGTH = 2048
 
 /** Node writes a value that holds a separator as a JSON string; undo that. */
 function unquote(value: string): string {
@@ -45,25 +50,53 @@ function commonName(subject: string): string | null {
 
 /**
  * The workload identity a certificate proves, or why it proves none (operator-facing).
- * SPIFFE X.509-SVID rules: exactly one URI SAN with the spiffe scheme, well-formed.
+ * X.509-SVID rules (section 2 and 5.2): a certificate with a SPIFFE ID has exactly one URI
+ * SAN, and that ID is well-formed (src/auth/spiffe-id.ts) with a path.
  */
 export function workloadIdentity(cert: X509Certificate): WorkloadIdentity | { problem: string } {
   const certSha256 = cert.fingerprint256.replace(/:/g, '').toLowerCase()
-  const spiffe = uriSans(cert.subjectAltName).filter((u) => u.toLowerCase().startsWith('spiffe:'))
-  if (spiffe.length > 1) return { problem: `certificate ${certSha256} has ${spiffe.length} SPIFFE IDs; an X.509-SVID has exactly one` }
+  const uris = uriSans(cert.subjectAltName)
+  const spiffe = uris.filter((u) => u.toLowerCase().startsWith('spiffe:'))
+  if (spiffe.length > 0 && uris.length > 1) {
+    return { problem: `certificate ${certSha256} has ${uris.length} URI SANs (${spiffe.length} of them SPIFFE IDs); an X.509-SVID has exactly one` }
+  }
   if (spiffe.length === 1) {
     const id = spiffe[0]!
-    if (id.length > MAX_ID_LENGTH || !SPIFFE_ID.test(id)) return { problem: `certificate ${certSha256} has a malformed SPIFFE ID ${JSON.stringify(id.slice(0, 200))}` }
+    const why = workloadSpiffeIdProblem(id)
+    if (why !== null) return { problem: `certificate ${certSha256} has a malformed SPIFFE ID ${JSON.stringify(id.slice(0, 200))}: ${why}` }
     return { id, kind: 'spiffe', certSha256 }
   }
   const cn = commonName(cert.subject)
-  if (cn === null || cn.length === 0 || cn.length > MAX_ID_LENGTH) return { problem: `certificate ${certSha256} has neither a SPIFFE ID nor a subject CN` }
+  if (cn === null || cn.length === 0 || cn.length > MAX_CN_LENGTH) return { problem: `certificate ${certSha256} has neither a SPIFFE ID nor a subject CN` }
   return { id: `cn:${cn}`, kind: 'cn', certSha256 }
 }
 
-export function createMtlsIdentityStage(): Stage {
-  const cache = new WeakMap<X509Certificate, Readonly<WorkloadIdentity> | { problem: string }>()
-  const refuse = (reason: string) => new BulwarkError('unauthenticated', 'a valid client certificate is required', { reason })
+/** What one certificate proves, worked out once per connection. */
+interface CertFacts {
+  found: Readonly<WorkloadIdentity> | { problem: string }
+  notBeforeMs: number
+  notAfterMs: number
+  sha256: string
+}
+
+function factsOf(cert: X509Certificate): CertFacts {
+  return {
+    found: Object.freeze(workloadIdentity(cert)),
+    notBeforeMs: cert.validFromDate.getTime(),
+    notAfterMs: cert.validToDate.getTime(),
+    sha256: cert.fingerprint256.replace(/:/g, '').toLowerCase(),
+  }
+}
+
+export function createMtlsIdentityStage(deps: { clock: Clock }): Stage {
+  const { clock } = deps
+  const cache = new WeakMap<X509Certificate, CertFacts>()
+  const refuse = (reason: string, headers?: Record<string, string>) =>
+    new BulwarkError('unauthenticated', 'a valid client certificate is required', { reason, ...(headers ? { headers } : {}) })
+  // The certificate will not become valid again on this connection: the client must reconnect
+  // with a current one, so the transport closes the connection after the answer.
+  const closing = { connection: 'close' }
+  const iso = (ms: number) => new Date(ms).toISOString()
 
   return {
     name: 'mtls-identity',
@@ -72,13 +105,16 @@ export function createMtlsIdentityStage(): Stage {
     run(ctx: RequestContext) {
       const cert = ctx.client.peerCertificate
       if (cert === null) throw refuse('the connection carries no verified client certificate')
-      let found = cache.get(cert)
-      if (found === undefined) {
-        found = Object.freeze(workloadIdentity(cert))
-        cache.set(cert, found)
+      let facts = cache.get(cert)
+      if (facts === undefined) {
+        facts = factsOf(cert)
+        cache.set(cert, facts)
       }
-      if ('problem' in found) throw refuse(found.problem)
-      ctx.identity = found
+      const now = clock.nowMs()
+      if (now > facts.notAfterMs) throw refuse(`client certificate ${facts.sha256} expired at ${iso(facts.notAfterMs)} (now ${iso(now)}); closing the connection`, closing)
+      if (now < facts.notBeforeMs) throw refuse(`client certificate ${facts.sha256} is not valid before ${iso(facts.notBeforeMs)} (now ${iso(now)}); closing the connection`, closing)
+      if ('problem' in facts.found) throw refuse(facts.found.problem)
+      ctx.identity = facts.found
     },
   }
 }

@@ -1,7 +1,7 @@
 // The jwt-auth stage and the JSON Web Key Set behind it, stage by stage with a fake clock:
 // the verified-token cache (hit, keyed by the whole token, until exp), the key set's refresh
-// on an unknown kid with a cool-down, an https key set behind a private CA, and the checks
-// that stop a bad key set at start.
+// on an unknown kid with a cool-down, an https key set behind a private CA, the checks
+// that stop a bad key set at start, and the token type (`typ`): only access tokens pass.
 
 import t from 'tap'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { Value } from '@sinclair/typebox/value'
-import { importPKCS8, SignJWT } from 'jose'
+import { decodeProtectedHeader, importPKCS8, SignJWT } from 'jose'
 import { JwksKeySet } from '../../src/auth/jwks.ts'
 import { mintToken, type SigningKey } from '../../src/dev/mint-token.ts'
 import { TokenCache } from '../../src/auth/token-cache.ts'
@@ -39,8 +39,20 @@ async function keySetFile(name: string, jwks: object): Promise<string> {
   return file
 }
 
-const mint = (signing: SigningKey, clock: FakeClock, o: { ttlSeconds?: number; scopes?: string[]; claims?: Record<string, unknown> } = {}) =>
-  mintToken(signing, { issuer: DEV_ISSUER, audience: DEV_AUDIENCE, subject: 'alice', scopes: o.scopes ?? ['mnist:infer'], ttlSeconds: o.ttlSeconds ?? 600, ...(o.claims ? { claims: o.claims } : {}) }, { clock, random: realDeps.random })
+const mint = (signing: SigningKey, clock: FakeClock, o: { ttlSeconds?: number; scopes?: string[]; claims?: Record<string, unknown>; type?: string | null } = {}) =>
+  mintToken(
+    signing,
+    {
+      issuer: DEV_ISSUER,
+      audience: DEV_AUDIENCE,
+      subject: 'alice',
+      scopes: o.scopes ?? ['mnist:infer'],
+      ttlSeconds: o.ttlSeconds ?? 600,
+      ...(o.claims ? { claims: o.claims } : {}),
+      ...(o.type !== undefined ? { type: o.type } : {}),
+    },
+    { clock, random: realDeps.random },
+  )
 
 async function refusal(p: unknown): Promise<{ code: string; reason: string }> {
   try {
@@ -243,3 +255,93 @@ t.test('the algorithm allow-list accepts asymmetric algorithms only', async (t) 
   for (const alg of ['HS256', 'none', 'HS512']) t.notOk(Value.Check(AuthConfig, Value.Default(AuthConfig, { algorithms: [alg] })), `${alg} is not a valid choice`)
 })
 
+
+t.test('the token type: access tokens pass, other kinds of token from the same issuer and audience do not', async (t) => {
+  const clock = new FakeClock()
+  const { signing, jwks } = await signingKey()
+  const keys = await JwksKeySet.open(authConfig({ jwks: { source: await keySetFile('typ.json', jwks) } }).jwks, dir, { clock, log: silentLogger })
+  const cache = new TokenCache(100)
+  const stage = createJwtAuthStage(authConfig(), { clock, getKey: keys.getKey, cache })
+  const run = async (type: string | null) => stage.run(fakeContext({ bearerToken: `Bearer ${await mint(signing, clock, { type })}` }))
+
+  // at+jwt (RFC 9068) and JWT by default, whatever the case, with or without application/ (RFC 7515 4.1.9).
+  for (const type of ['at+jwt', 'AT+JWT', 'application/at+jwt', 'Application/At+JWT', 'JWT', 'jwt', 'application/jwt']) {
+    await t.resolves(run(type), `typ ${type} is accepted`)
+  }
+  const accepted = cache.size
+
+  const refused: [type: string | null, reason: RegExp][] = [
+    ['id+jwt', /token type \(typ header\) "id\+jwt" is not an access token type this gateway accepts \(auth\.acceptedTypes: at\+jwt, JWT\)/],
+    ['dpop+jwt', /"dpop\+jwt" is not an access token type/],
+    ['logout+jwt', /"logout\+jwt" is not an access token type/],
+    ['secevent+jwt', /"secevent\+jwt" is not an access token type/],
+    ['text/jwt', /"text\/jwt" is not an access token type/],
+    ['application/at+jwt+x', /is not an access token type/],
+    [null, /the token has no typ header; access tokens are typed \(RFC 9068: at\+jwt\), and auth\.acceptUntypedTokens is off/],
+  ]
+  for (const [type, reason] of refused) {
+    const r = await refusal(run(type))
+    t.equal(r.code, 'unauthenticated', `typ ${type}: refused`)
+    t.match(r.reason, reason, `typ ${type}: the reason names the type`)
+  }
+  t.equal(cache.size, accepted, 'a refused token is not cached')
+})
+
+t.test('a typ that is not a string is refused', async (t) => {
+  const clock = new FakeClock()
+  const { signing, jwks } = await signingKey()
+  const keys = await JwksKeySet.open(authConfig({ jwks: { source: await keySetFile('typ-number.json', jwks) } }).jwks, dir, { clock, log: silentLogger })
+  const stage = createJwtAuthStage(authConfig(), { clock, getKey: keys.getKey })
+  const now = Math.floor(clock.nowMs() / 1000)
+  const token = await new SignJWT({ iss: DEV_ISSUER, aud: DEV_AUDIENCE, sub: 'alice', iat: now, exp: now + 60 })
+    .setProtectedHeader({ alg: 'ES256', kid: signing.kid, typ: 7 as unknown as string })
+    .sign(signing.key)
+  const r = await refusal(stage.run(fakeContext({ bearerToken: `Bearer ${token}` })))
+  t.match(r.reason, /the typ header is 7, not a string/)
+})
+
+t.test('the accepted types are the operator\'s: narrowed to at+jwt, or untyped tokens let in', async (t) => {
+  const clock = new FakeClock()
+  const { signing, jwks } = await signingKey()
+  const keys = await JwksKeySet.open(authConfig({ jwks: { source: await keySetFile('typ-config.json', jwks) } }).jwks, dir, { clock, log: silentLogger })
+  const strict = createJwtAuthStage(authConfig({ acceptedTypes: ['application/AT+JWT'] }), { clock, getKey: keys.getKey })
+  const typed = fakeContext({ bearerToken: `Bearer ${await mint(signing, clock, { type: 'at+jwt' })}` })
+  await strict.run(typed)
+  t.equal(typed.principal?.subject, 'alice', 'the configured type, written differently, passes')
+  const r = await refusal(strict.run(fakeContext({ bearerToken: `Bearer ${await mint(signing, clock, { type: 'JWT' })}` })))
+  t.match(r.reason, /"JWT" is not an access token type .*auth\.acceptedTypes: application\/AT\+JWT/, 'JWT is refused once the list no longer has it')
+
+  const lenient = createJwtAuthStage(authConfig({ acceptUntypedTokens: true }), { clock, getKey: keys.getKey })
+  const ctx = fakeContext({ bearerToken: `Bearer ${await mint(signing, clock, { type: null })}` })
+  await lenient.run(ctx)
+  t.equal(ctx.principal?.subject, 'alice', 'auth.acceptUntypedTokens: an untyped token passes')
+  const still = await refusal(lenient.run(fakeContext({ bearerToken: `Bearer ${await mint(signing, clock, { type: 'dpop+jwt' })}` })))
+  t.match(still.reason, /"dpop\+jwt" is not an access token type/, 'but a token typed as something else still does not')
+})
+
+t.test('a forged token is refused for its signature, whatever type it claims', async (t) => {
+  const clock = new FakeClock()
+  const { jwks } = await signingKey()
+  const other = await signingKey()
+  const keys = await JwksKeySet.open(authConfig({ jwks: { source: await keySetFile('typ-forged.json', jwks) } }).jwks, dir, { clock, log: silentLogger })
+  const stage = createJwtAuthStage(authConfig(), { clock, getKey: keys.getKey })
+  const kid = (jwks.keys[0] as { kid: string }).kid
+  const r = await refusal(stage.run(fakeContext({ bearerToken: `Bearer ${await mint({ ...other.signing, kid }, clock, { type: 'id+jwt' })}` })))
+  t.match(r.reason, /signature does not verify/)
+})
+
+t.test('auth.acceptedTypes: media types only, at least one; the defaults are at+jwt and JWT, untyped off', async (t) => {
+  const defaults = authConfig()
+  t.same(defaults.acceptedTypes, ['at+jwt', 'JWT'])
+  t.equal(defaults.acceptUntypedTokens, false)
+  t.ok(Value.Check(AuthConfig, authConfig({ acceptedTypes: ['application/at+jwt'] })))
+  for (const bad of [[], [''], ['at+jwt; charset=utf-8'], ['a/b/c'], ['at jwt']]) {
+    t.notOk(Value.Check(AuthConfig, authConfig({ acceptedTypes: bad })), `${JSON.stringify(bad)} is refused`)
+  }
+})
+
+t.test('development tokens are typed at+jwt', async (t) => {
+  const { signing } = await signingKey()
+  const token = await mint(signing, new FakeClock())
+  t.equal((decodeProtectedHeader(token) as { typ?: string }).typ, 'at+jwt')
+})

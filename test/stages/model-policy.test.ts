@@ -67,6 +67,24 @@ t.test('a rule must name the caller, not only the workload', async (t) => {
   t.match(problems.join('\n'), /m\.yaml \/allow\/0: names no scope and no claim/)
 })
 
+t.test('a workload pattern must name SPIFFE IDs the standard allows, so no prefix can be walked out of', async (t) => {
+  const doc = (workloads: string[]) => `model: m\nallow:\n  - verbs: [infer]\n    scopes: [m:infer]\n    workloads: ${JSON.stringify(workloads)}\n`
+  const good = ['spiffe://bulwark.local/ns/default/sa/dev', 'spiffe://bulwark.local/ns/default/*', 'spiffe://bulwark.local/*', 'cn:legacy-batch', 'cn:a/../b']
+  t.same(parsePolicy(doc(good), 'm.yaml').problems, [], 'exact IDs, prefixes and CNs pass (a CN is a name, not a path)')
+  const bad: [pattern: string, rule: RegExp][] = [
+    ['spiffe://bulwark.local/ns/default/../../ns/evil/sa/x', /the path has a dot segment \(\.\.\)/],
+    ['spiffe://bulwark.local/ns/default/../*', /the path has a dot segment \(\.\.\)/],
+    ['spiffe://bulwark.local/ns/./default/*', /the path has a dot segment \(\.\)/],
+    ['spiffe://bulwark.local', /names a trust domain only/],
+    [`spiffe://bulwark.local/${'a'.repeat(2048)}`, /the limit is 2048/],
+  ]
+  for (const [pattern, rule] of bad) {
+    const { policy, problems } = parsePolicy(doc(['cn:ok', pattern]), 'm.yaml')
+    t.equal(policy, null, `${pattern.slice(0, 60)}: the policy is not loaded`)
+    t.match(problems.join('\n'), new RegExp(`m\\.yaml /allow/0/workloads/1: .* is not a valid SPIFFE ID pattern: .*${rule.source}`), `${pattern.slice(0, 60)}: the problem names the entry and the rule`)
+  }
+})
+
 t.test('a missing policy directory stops the start when authorization is on, and not otherwise', async (t) => {
   await t.rejects(loadPolicies(path.join(dir, 'nope')), /cannot read the policy directory/)
   t.equal((await loadPolicies(path.join(dir, 'nope'), { required: false })).size, 0)
