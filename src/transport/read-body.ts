@@ -1,7 +1,9 @@
-// Reads a request body into one buffer, sized from Content-Length when the client sent it
-// (one allocation, no concatenation of chunks), and, for binary tensor requests, placed so
-// that the tensor bytes after the JSON header start at an 8-byte boundary: typed arrays can
-// then view them in place instead of copying every input to realign it.
+// Reads a request body into one buffer and, for binary tensor requests, places it so that the
+// tensor bytes after the JSON header start at an 8-byte boundary: typed arrays can then view
+// them in place instead of copying every input to realign it. A body up to UP_FRONT_BYTES
+// gets its whole buffer at once, from the pool (one allocation, no concatenation); a larger
+// one starts there and doubles as its bytes arrive, so a Content-Length alone never makes
+// the gateway allocate what it claims.
 
 import type { IncomingMessage } from 'node:http'
 import { BulwarkError } from '../errors.ts'
@@ -9,6 +11,15 @@ import { bodyBuffers } from '../inference/buffer-pool.ts'
 import { HEADER_LENGTH } from '../oip/codec.ts'
 
 const ALIGN = 8
+/** Bodies up to this size are allocated whole on arrival: an ocr-cls image is 110 KB as binary. */
+export const UP_FRONT_BYTES = 1024 * 1024
+const UNDECLARED_START_BYTES = 64 * 1024
+
+/** The room a body's buffer starts with: all of a small declared body, else a start that grows. */
+export function initialRoom(declared: number | null): number {
+  if (declared === null) return UNDECLARED_START_BYTES
+  return Math.min(declared, UP_FRONT_BYTES)
+}
 
 export function readBody(req: IncomingMessage, limitBytes: number): Promise<Buffer> {
   const declared = req.headers['content-length'] === undefined ? null : Number(req.headers['content-length'])
@@ -25,9 +36,11 @@ export function readBody(req: IncomingMessage, limitBytes: number): Promise<Buff
   const headerLength = Number(req.headers[HEADER_LENGTH])
   const pad = Number.isSafeInteger(headerLength) && headerLength > 0 ? (ALIGN - (headerLength % ALIGN)) % ALIGN : 0
   return new Promise((resolve, reject) => {
-    // With a Content-Length (the usual case) the buffer comes from the pool; releaseBody
-    // hands it back. A body without one grows into plain allocations.
-    let buf = declared !== null ? Buffer.from(bodyBuffers.take(pad + declared), 0, pad + declared) : Buffer.allocUnsafeSlow(pad + 64 * 1024)
+    // A small declared body's buffer comes from the pool (releaseBody hands it back); the
+    // others grow into plain allocations, never past the declared length or the limit.
+    const most = declared ?? limitBytes
+    const room = initialRoom(declared)
+    let buf = declared !== null && declared <= UP_FRONT_BYTES ? Buffer.from(bodyBuffers.take(pad + declared), 0, pad + declared) : Buffer.allocUnsafeSlow(pad + room)
     let size = 0
     const fail = (err: Error) => {
       req.removeListener('data', onData)
@@ -38,9 +51,9 @@ export function readBody(req: IncomingMessage, limitBytes: number): Promise<Buff
       if (size + chunk.length > limitBytes) {
         return fail(new BulwarkError('payload_too_large', 'the request body exceeds the server limit; send fewer items per request or use binary tensors', { reason: `body over ${limitBytes} bytes` }))
       }
+      if (declared !== null && size + chunk.length > declared) return fail(new BulwarkError('bad_request', 'the body is longer than its Content-Length'))
       if (pad + size + chunk.length > buf.length) {
-        if (declared !== null) return fail(new BulwarkError('bad_request', 'the body is longer than its Content-Length'))
-        const grown = Buffer.allocUnsafeSlow(Math.min(limitBytes, Math.max(buf.length * 2, size + chunk.length)) + pad)
+        const grown = Buffer.allocUnsafeSlow(pad + Math.min(most, Math.max((buf.length - pad) * 2, size + chunk.length)))
         buf.copy(grown, 0, 0, pad + size)
         buf = grown
       }
