@@ -91,12 +91,13 @@ export async function startGateway(
   }
 }
 
-/** Config keys that switch every defence off (front door, output privacy, audit): the "no defences" baseline. */
+/** Config keys that switch every defence off (front door, per-client limit, output privacy, audit): the "no defences" baseline. */
 export const noDefences = {
   tls: { enabled: false },
   auth: { enabled: false },
   authorization: { enabled: false },
   rateLimits: { enabled: false },
+  clientLimits: { enabled: false },
   outputPrivacy: { enabled: false },
   audit: { enabled: false },
 }

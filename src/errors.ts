@@ -37,6 +37,7 @@ export const errorStatus = {
   suspicious_input: 422,
   // 429: too much, too often.
   rate_limited: 429,
+  client_rate_limited: 429,
   privacy_budget_exhausted: 429,
   // 499 (nginx's "client closed request"): the client went away before the answer; nobody
   // reads it, but the log and the audit record say what happened, without a 5xx.

@@ -12,6 +12,7 @@ import type { Phase, RequestContext, Stage } from './types.ts'
 export interface ChainLinks {
   trace: Stage
   loadShedding?: Stage | undefined
+  clientLimit?: Stage | undefined
   mtlsIdentity?: Stage | undefined
   jwtAuth?: Stage | undefined
   callerKey: Stage
@@ -33,6 +34,7 @@ export function assembleChain(s: ChainLinks): readonly Stage[] {
     // arrival: admission, before any credential or byte of body is looked at
     s.trace, //           the request's span, continuing the caller's trace when allowed
     s.loadShedding, //    refuse at once past the in-flight bound or a full model queue
+    s.clientLimit, //     one client's requests per second, before any credential is checked
     // headers: who is calling, and may they
     s.mtlsIdentity, //    which workload opened the connection (client certificate)
     s.jwtAuth, //         which caller sent the request (bearer token)

@@ -33,6 +33,7 @@ function context(): RequestContext {
 const ORDER: [keyof ChainLinks, string, Phase][] = [
   ['trace', 'trace', 'arrival'],
   ['loadShedding', 'load-shedding', 'arrival'],
+  ['clientLimit', 'client-limit', 'arrival'],
   ['mtlsIdentity', 'mtls-identity', 'headers'],
   ['jwtAuth', 'jwt-auth', 'headers'],
   ['callerKey', 'caller-key', 'headers'],

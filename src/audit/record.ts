@@ -2,16 +2,19 @@
 // Pure: no I/O, no clock; the caller passes the times.
 //
 // A record says who asked (workload identity, token subject and issuer, client address, TLS
-// version), what (model, version, verb, method and path without the query string), what the
+// version; the identity is the client certificate's even when no link read it: server-level
+// routes, unknown ones, refusals before the identity link), what (model, version, verb, method and path without the query string), what the
 // gateway decided and why (decision, stage, status, code, the precise reason), how long each
 // stage took, and SHA-256 digests of every input and output tensor (over the tensor's
 // little-endian element bytes, so JSON and binary requests of the same tensor digest alike).
 // Never raw tensor data, never the bearer token, never a certificate or key, never the query
 // string (where clients sometimes put credentials).
 
+import type { X509Certificate } from 'node:crypto'
 import type { ErrorCode } from '../errors.ts'
 import { tensorBytes, type Tensor } from '../inference/tensor.ts'
-import type { RequestContext, ScreeningFlag, Verb } from '../types.ts'
+import { workloadIdentity } from '../stages/mtls-identity.ts'
+import type { RequestContext, ScreeningFlag, Verb, WorkloadIdentity } from '../types.ts'
 import { sha256 } from './chain.ts'
 
 export interface TensorDigest {
@@ -31,7 +34,8 @@ export interface AuditRecord {
   method: string
   path: string
   client: { address: string; tls: string | null }
-  identity: { id: string; kind: string; certSha256: string | null } | null
+  /** The client certificate's workload (kind "none", id "" when it names none usable) and its SHA-256; null without one (TLS off). */
+  identity: AuditIdentity | null
   principal: { sub: string; iss: string } | null
   model: string | null
   version: string | null
@@ -56,6 +60,12 @@ export interface AuditRecord {
   privacy: { epsilonSpent: number; epsilonLeft: number; deltaSpent?: number } | null
 }
 
+export interface AuditIdentity {
+  id: string
+  kind: string
+  certSha256: string | null
+}
+
 /** The facts about one exchange that the context does not hold. */
 export interface ResponseFacts {
   id: string
@@ -73,6 +83,8 @@ export interface ResponseFacts {
   rawBody: Uint8Array | null
   /** Why the HTTP parser refused the request (no route, no context, no error body of ours). */
   parserError?: string
+  /** The connection's verified client certificate, for a request without a context (refused by the HTTP parser). */
+  peerCertificate?: X509Certificate | null
 }
 
 const MAX_REASON = 1000
@@ -88,6 +100,26 @@ export function tensorDigest(t: Tensor): TensorDigest {
   return { name: t.name, datatype: t.datatype, shape: [...t.shape], sha256: sha256(tensorBytes(t.data)).toString('hex') }
 }
 
+// The server hands every request of a connection the same X509Certificate object: read it once.
+const certIdentities = new WeakMap<X509Certificate, AuditIdentity>()
+
+/**
+ * Who the record names: the identity the mtls-identity link proved, else what the verified
+ * client certificate says, read here, so a 404, a server-level route and a refusal before
+ * that link (or by it: an expired certificate) still say which workload asked.
+ */
+function identityOf(proved: WorkloadIdentity | null, cert: X509Certificate | null | undefined): AuditIdentity | null {
+  if (proved) return { id: proved.id, kind: proved.kind, certSha256: proved.certSha256 ?? null }
+  if (!cert) return null
+  let found = certIdentities.get(cert)
+  if (found === undefined) {
+    const w = workloadIdentity(cert)
+    found = 'problem' in w ? { id: '', kind: 'none', certSha256: cert.fingerprint256.replace(/:/g, '').toLowerCase() } : { id: w.id, kind: w.kind, certSha256: w.certSha256 ?? null }
+    certIdentities.set(cert, Object.freeze(found))
+  }
+  return { ...found }
+}
+
 export function buildAuditRecord(ctx: RequestContext | null, f: ResponseFacts): AuditRecord {
   const error = ctx?.error ?? null
   const parserError = f.parserError ?? null
@@ -101,7 +133,7 @@ export function buildAuditRecord(ctx: RequestContext | null, f: ResponseFacts): 
   if (ctx) for (const [k, v] of Object.entries(ctx.stageMs)) stageMs[k] = round3(v)
   const inputs = ctx?.request ? ctx.request.inputs.map(tensorDigest) : null
   const outputs = ctx?.result && f.status < 400 ? ctx.result.outputs.map(tensorDigest) : null
-  const identity = ctx?.identity ? { id: ctx.identity.id, kind: ctx.identity.kind, certSha256: ctx.identity.certSha256 ?? null } : null
+  const identity = identityOf(ctx?.identity ?? null, ctx ? ctx.client.peerCertificate : f.peerCertificate)
   const principal = ctx?.principal ? { sub: ctx.principal.subject, iss: ctx.principal.issuer } : null
   const reason = error ? error.reason : parserError
   return {

@@ -10,6 +10,11 @@
 //   when a folder is verified.
 // - A torn last line (a write cut short by a crash) is reported and tolerated: no record is
 //   acknowledged before its line is complete.
+// - A folder pruned by retention (its oldest files removed whole) still proves what it keeps:
+//   each file opens with a signed checkpoint, so the kept part verifies, with a warning that
+//   says at which seq the kept chain starts.
+// - Aggregate records (repeated refusals counted, src/audit/aggregate.ts) are chained lines like
+//   request records, checked alike and counted apart.
 // What it cannot: records after the last checkpoint are protected by the hash chain alone,
 // so someone who can write the files could rewrite that tail consistently; keep
 // checkpoint.everyMs short or ship the lines off the host (audit.mirror) to close that window.
@@ -47,6 +52,10 @@ export interface VerifyReport {
   files: string[]
   /** Request records (lines of type "request"). */
   records: number
+  /** Aggregate records (lines of type "aggregate": repeated refusals counted, src/audit/aggregate.ts). */
+  aggregates: number
+  /** The refusals the aggregate records count, together. */
+  aggregatedRefusals: number
   checkpoints: number
   firstSeq: number | null
   lastSeq: number | null
@@ -93,7 +102,8 @@ function parseLine(bytes: Buffer): Record<string, unknown> | null {
     if (typeof rec !== 'object' || rec === null || Array.isArray(rec)) return null
     const r = rec as Record<string, unknown>
     if (!Number.isSafeInteger(r.seq) || !isHex64(r.prev)) return null
-    if (r.type !== 'request' && r.type !== 'checkpoint') return null
+    if (r.type !== 'request' && r.type !== 'checkpoint' && r.type !== 'aggregate') return null
+    if (r.type === 'aggregate' && !(Number.isSafeInteger(r.count) && (r.count as number) >= 1)) return null
     return r
   } catch {
     return null
@@ -157,16 +167,13 @@ function checkHead(headLine: Buffer | null, keyById: ReadonlyMap<string, KeyObje
   return null
 }
 
-/**
- * Verifies an audit file, or every audit file in a folder (plus its audit-head.json), with
- * the given public keys (a checkpoint names the key that signed it).
- */
-export async function verifyAuditLog(target: string, keys: readonly KeyObject[]): Promise<VerifyReport> {
-  const keyById = new Map(keys.map((k) => [keyIdOf(k), k]))
-  const report: VerifyReport = {
+function emptyReport(): VerifyReport {
+  return {
     ok: false,
     files: [],
     records: 0,
+    aggregates: 0,
+    aggregatedRefusals: 0,
     checkpoints: 0,
     firstSeq: null,
     lastSeq: null,
@@ -177,6 +184,25 @@ export async function verifyAuditLog(target: string, keys: readonly KeyObject[])
     lastCheckpoint: null,
     closedCleanly: false,
   }
+}
+
+/** Counts a record line: a request, or an aggregate with the refusals it stands for. */
+function countRecord(report: VerifyReport, rec: Record<string, unknown>): void {
+  if (rec.type !== 'aggregate') {
+    report.records++
+    return
+  }
+  report.aggregates++
+  report.aggregatedRefusals += rec.count as number
+}
+
+/**
+ * Verifies an audit file, or every audit file in a folder (plus its audit-head.json), with
+ * the given public keys (a checkpoint names the key that signed it).
+ */
+export async function verifyAuditLog(target: string, keys: readonly KeyObject[]): Promise<VerifyReport> {
+  const keyById = new Map(keys.map((k) => [keyIdOf(k), k]))
+  const report = emptyReport()
   const note = (p: VerifyProblem) => report.problems.push(p)
 
   const isDir = (await stat(target)).isDirectory()
@@ -284,7 +310,7 @@ export async function verifyAuditLog(target: string, keys: readonly KeyObject[])
         pending = null
         lastWasShutdown = cp.event === 'shutdown'
       } else {
-        report.records++
+        countRecord(report, rec)
         seg.push({ ...at, seq, mark: markOf(h) })
         lastWasShutdown = false
       }
@@ -318,8 +344,9 @@ export function formatReport(report: VerifyReport, target: string): string {
   for (const w of report.warnings) out.push(`warning: ${w}`)
   if (report.ok) {
     const last = report.lastCheckpoint
+    const aggregates = report.aggregates > 0 ? `, ${report.aggregates} aggregate records (${report.aggregatedRefusals} repeated refusals)` : ''
     out.push(
-      `ok: ${report.records} records and ${report.checkpoints} checkpoints in ${report.files.length} file(s), seq ${report.firstSeq}..${report.lastSeq}` +
+      `ok: ${report.records} records${aggregates} and ${report.checkpoints} checkpoints in ${report.files.length} file(s), seq ${report.firstSeq}..${report.lastSeq}` +
         (last ? `; last checkpoint ${last.file}:${last.line} (seq ${last.seq})` : ''),
     )
   } else {

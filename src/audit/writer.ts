@@ -135,6 +135,11 @@ export class AuditWriter {
     return f ? `audit log cannot be written since ${new Date(f.sinceMs).toISOString()}: ${f.reason}` : null
   }
 
+  /** The folder of the audit files (absolute). */
+  get directory(): string {
+    return this.#o.directory
+  }
+
   /** The file being written, for operators and tests. */
   get currentFile(): string | null {
     return this.#log.currentFile?.path ?? null

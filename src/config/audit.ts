@@ -1,5 +1,6 @@
 // The `audit:` slice of bulwark.yaml: where the audit trail is written, how durably, when
-// files rotate and are removed, and how checkpoints are signed. Owned by src/audit and the
+// files rotate and are removed, how repeated refusals are counted, when the disk counts as
+// nearly full, and how checkpoints are signed. Owned by src/audit and the
 // audit-log stage. Relative paths are resolved from the config file's folder (the working
 // directory for the embedded default).
 
@@ -9,6 +10,8 @@ import { Type, type Static } from '@sinclair/typebox'
 export const DEV_AUDIT_KEY = '.bulwark/dev/audit-key.pem'
 
 const MiB = 1024 * 1024
+const GiB = 1024 * MiB
+const DAY_MS = 24 * 3_600_000
 
 export const AuditConfig = Type.Object(
   {
@@ -35,15 +38,42 @@ export const AuditConfig = Type.Object(
     ),
     retention: Type.Object(
       {
-        /** Delete the oldest files while all files together exceed this; 0 = no limit. The
-         *  default keeps everything: the gateway never deletes audit records unless told to
-         *  (a full disk makes it refuse requests, which /readyz reports, rather than forget). */
-        maxTotalBytes: Type.Integer({ minimum: 0, default: 0 }),
-        /** Delete files whose newest record is older than this; 0 = no limit. */
-        maxAgeMs: Type.Integer({ minimum: 0, default: 0 }),
+        /** Delete the oldest files while all files together exceed this; 0 = no limit. 10 GiB
+         *  holds about ten million records (0.7 to 1.2 KB each): months of a busy gateway's
+         *  answers. Unlimited is not a safe default: once the disk is full every request is
+         *  refused (503 audit_unavailable), so a client that can fill the disk can stop the
+         *  gateway. Keep the trail for longer off the host (mirror: stdout, a log shipper). */
+        maxTotalBytes: Type.Integer({ minimum: 0, default: 10 * GiB }),
+        /** Delete files whose newest record is older than this; 0 = no limit. 90 days: the
+         *  span audit rules commonly ask to keep at hand (PCI DSS 10.5.1: three months
+         *  immediately available); older records belong in the off-host archive. */
+        maxAgeMs: Type.Integer({ minimum: 0, default: 90 * DAY_MS }),
       },
       { additionalProperties: false, default: {} },
     ),
+    aggregation: Type.Object(
+      {
+        /** Off: every refusal has a record of its own, synced before its answer leaves. */
+        enabled: Type.Boolean({ default: true }),
+        /** A refusal identical to one written in full less than this long before (same
+         *  client, status, code, stage, method, route, principal) is counted, not written; one
+         *  "aggregate" record with the count is written when the window closes or at
+         *  shutdown. What a crash loses: the counts of at most this long (each run's first
+         *  refusal is on disk). 60 s: a junk flood costs two records a minute per kind. */
+        windowMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 60_000 }),
+        /** Runs counted at once (memory: a few hundred bytes each); past it a refusal of a new
+         *  kind is written in full. */
+        maxOpenRuns: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 10_000 }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    /** /readyz reports not ready while the audit folder's file system has less free space
+     *  than this, before a full disk refuses every request (503 audit_unavailable), so the
+     *  pod leaves the Service and the operator is told while there is room to act. Keep
+     *  retention.maxTotalBytes + minFreeBytes within the volume. 0 = never. */
+    minFreeBytes: Type.Integer({ minimum: 0, default: GiB }),
+    /** How often the free space is read (statfs; also bulwark_audit_disk_free_bytes). */
+    diskCheckIntervalMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 10_000 }),
     checkpoint: Type.Object(
       {
         /** A signed checkpoint after this many records... */

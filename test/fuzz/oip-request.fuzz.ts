@@ -43,7 +43,10 @@ const config = buildConfig(
     models: { directory: path.join(repoRoot, 'models'), serve: [{ name: 'mnist' }, { name: 'ocr-cls' }] },
     policies: { directory: path.join(repoRoot, 'policies') },
     // The development audit key is created under the scratch folder (baseDir) on first use.
-    audit: { directory: path.join(work, 'audit'), durability: 'relaxed' },
+    // One record per request (no aggregation of repeated refusals), so each is counted below.
+    audit: { directory: path.join(work, 'audit'), durability: 'relaxed', aggregation: { enabled: false } },
+    // Every fuzzed request comes from one address: the per-client limit would refuse most of them before the checks under test.
+    clientLimits: { enabled: false },
     state: { directory: path.join(work, 'state') },
   },
   'fuzz config',

@@ -349,3 +349,23 @@ t.test('a client that hangs up mid-body: 499 client_closed_request, logged at in
   t.notOk(gw.logs.some((l) => l.reqId === rec.id && (l.level as number) >= 50), 'no error line for it')
   await stillServes(t)
 })
+
+t.test('junk without a token, past the client\'s burst: 429 client_rate_limited before the token check; another client is unaffected', async (t) => {
+  // A gateway of its own with a small burst and (nearly) no refill; the shared one keeps the
+  // generous defaults the other cases rely on.
+  const small = await startGateway({ config: { clientLimits: { requestsPerSecond: 0.001, burst: 3 } } })
+  t.teardown(() => small.close())
+  for (let i = 0; i < 3; i++) t.equal((await small.request('/v2/models/mnist/infer', { body, token: null })).status, 401, `junk ${i + 1}: within the burst, refused by the token check`)
+  const res = await small.request('/v2/models/mnist/infer', { body, token: null })
+  t.equal(res.status, 429)
+  t.same(Object.keys(res.body).sort(), ['code', 'error'], 'the body has the protocol error and our code, nothing else')
+  t.equal(res.body.code, 'client_rate_limited')
+  t.ok(Number(res.headers['retry-after']) >= 1, 'with Retry-After')
+  const logged = small.logsWith('request refused').at(-1) as { code: string; stage: string; reason: string } | undefined
+  t.match(logged, { code: 'client_rate_limited', stage: 'client-limit' })
+  t.notMatch(res.body.error, logged?.reason ?? '', 'the client does not learn the reason')
+  const other = await issueCertificate(small.ca, realDeps, { commonName: 'other', usage: 'client', uris: ['spiffe://bulwark.local/ns/default/sa/other'] })
+  const again = await small.request('/v2/models/mnist/infer', { body, token: null, dispatcher: small.agentWith({ cert: other.certPem, key: other.keyPem }) })
+  t.equal(again.status, 401, 'another client certificate has its own bucket: its request reaches the token check')
+  await stillServes(t)
+})
