@@ -48,7 +48,7 @@ function serve(): Promise<{ child: ChildProcess; url: string }> {
   child.stderr!.on('data', (c: Buffer) => (err += c.toString()))
   return new Promise((resolve, reject) => {
     let buf = ''
-    // A real process on real time: a deadline for its start, not a wait.
+    // real wait: a real process on real time; a deadline for its start, which only reports a start that never comes.
     const timer = setTimeout(() => reject(new Error(`gateway did not start in time: ${err}`)), 30_000)
     child.stdout!.on('data', (c: Buffer) => {
       buf += c.toString()

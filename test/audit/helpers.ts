@@ -157,6 +157,3 @@ export function readAudit(dir: string): Line[] {
 export const requestRecords = (dir: string) => readAudit(dir).filter((l) => l.rec.type === 'request')
 
 export const auditFiles = (dir: string) => sortAuditFiles(readdirSync(dir))
-
-/** Real time: only for a whole gateway on the real clock (test/audit/gateway.test.ts). */
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
