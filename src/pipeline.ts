@@ -23,6 +23,7 @@ export interface ChainLinks {
   screenInput?: Stage | undefined
   screenVariants?: Stage | undefined
   modelInference: Stage
+  privacyCharge?: Stage | undefined
   screenOutput?: Stage | undefined
   outputPrivacy?: Stage | undefined
   auditRecord?: Stage | undefined
@@ -47,8 +48,9 @@ export function assembleChain(s: ChainLinks): readonly Stage[] {
     s.screenInput, //     input-side detectors: not probing the model, not out of bounds
     s.screenVariants, //  add the squeezed variants to the batch the model runs
     s.modelInference, //  run the model, once, on the whole batch
+    s.privacyCharge, //   pay for the answer (and screening's verdicts) before anything reads it
     s.screenOutput, //    judge the model's answers (variants, extraction), strip the variants
-    s.outputPrivacy, //   reveal no more than the policy allows
+    s.outputPrivacy, //   reveal no more than the policy allows, and only what was paid for
     // response: what is recorded about the exchange
     s.auditRecord, //     one durable record per request, before the answer leaves
     s.metrics, //         counts and latencies, when the exchange ends

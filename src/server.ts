@@ -119,7 +119,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const outputPrivacy = await opening(undo, () => buildOutputPrivacy(config, { baseDir, policyDir }, { policies, registry, sharedState, clock, random, log }), (p) => p?.accountant.close())
   const frontDoor = await opening(undo, () => buildFrontDoor(config, { baseDir }, { api, tlsMaterial, policies, sharedState, clock, log, metrics }), (f) => f.close())
   for (const m of registry.list()) if (config.authorization.enabled && !policies.has(m.name)) log.warn({ model: m.name }, 'model has no policy: nobody may call it (default deny)')
-  const screening = await opening(undo, () => buildScreeningLinks(config, { baseDir, source }, { policies, registry, sharedState, clock, random, log, metrics }), async () => {})
+  const screening = await opening(undo, () => buildScreeningLinks(config, { baseDir, source }, { policies, registry, sharedState, clock, random, log, metrics, outputPolicies: outputPrivacy?.policies }), async () => {})
   const audit = await opening(undo, () => createAuditLogStage(config.audit, loaded, { clock, random, log, ...options.audit }), (a) => a.close())
   late.audit = audit
   metrics.add(...audit.metrics)
@@ -147,7 +147,8 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     inputValidation: createInputValidationStage({ models: registry }),
     ...(screening ?? {}),
     modelInference: createModelInferenceStage({ service: models.service }),
-    outputPrivacy: outputPrivacy?.link,
+    privacyCharge: outputPrivacy?.links.privacyCharge,
+    outputPrivacy: outputPrivacy?.links.outputPrivacy,
     auditRecord: audit.link,
     metrics: createMetricsLink(metrics, clock, registry.list().map((m) => m.name)),
   })

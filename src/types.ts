@@ -42,7 +42,7 @@ export interface InferenceRequest {
   batchSize: number
 }
 
-/** The inference result (set by model-inference; screen-output strips the variants; output-privacy changes it). */
+/** The inference result (set by model-inference; screen-output strips the variants; output-privacy changes it from what privacy-charge paid for). */
 export interface InferenceResult {
   modelName: string
   modelVersion: string
@@ -92,6 +92,28 @@ export interface ScreeningVariants {
   originals: number
   /** Variants per original item, per variant-making detector in the model's detector order. */
   perDetector: number[]
+  /** The output the output-side detectors read (privacy-charge pays for its rows too). */
+  output: string
+  /**
+   * Verdicts on the model's raw scores this request may get: one per enforcing detector that
+   * judges the variants' scores. privacy-charge pays for each and draws its randomized-response
+   * flip (ChargedRelease.verdictFlips).
+   */
+  verdicts: number
+}
+
+/** What privacy-charge paid for before any link read the model's output (docs/privacy.md). */
+export interface ChargedRelease {
+  /**
+   * Each protected output that a later link reads, for the caller's items only: noised, in the
+   * policy's mode. output-privacy releases these; screen-output judges the extraction detector
+   * on the screened output's copy, never on the raw scores.
+   */
+  outputs: ReadonlyMap<string, Tensor>
+  /** One randomized-response flip per paid verdict, in detector order (screen-output applies them). */
+  verdictFlips: readonly boolean[]
+  /** The response parameters that describe the charge (privacy_*). */
+  parameters: Readonly<Record<string, unknown>>
 }
 
 /** The answer as the transport is about to send it (set by the transport before the response links run). */
@@ -144,8 +166,10 @@ export interface RequestContext {
   variants: ScreeningVariants | null
   result: InferenceResult | null
   flags: ScreeningFlag[]
-  /** Privacy accounting for this answer (set by output-privacy). */
+  /** Privacy accounting for this answer (set by privacy-charge). */
   privacy: { epsilonSpent: number; epsilonLeft: number; deltaSpent?: number } | null
+  /** The noised answer and verdict flips, paid for (set by privacy-charge when the model's answers carry noise). */
+  charged: ChargedRelease | null
   /** Milliseconds spent in each stage, keyed by stage name (set by the pipeline runner). */
   stageMs: Record<string, number>
   /** The refusal that ended the request, if any (set by the pipeline runner, or by the transport for its own). */
@@ -177,6 +201,7 @@ export function newRequestContext(origin: ContextOrigin): RequestContext {
     result: null,
     flags: [],
     privacy: null,
+    charged: null,
     stageMs: {},
     error: null,
     failedStage: null,

@@ -44,6 +44,8 @@ const ORDER: [keyof ChainLinks, string, Phase][] = [
   ['screenInput', 'screen-input', 'body'],
   ['screenVariants', 'screen-variants', 'body'],
   ['modelInference', 'model-inference', 'body'],
+  // Before anything reads the model's output: a caller whose budget cannot pay gets no verdict either.
+  ['privacyCharge', 'privacy-charge', 'body'],
   ['screenOutput', 'screen-output', 'body'],
   ['outputPrivacy', 'output-privacy', 'body'],
   ['auditRecord', 'audit-log', 'response'],

@@ -85,8 +85,19 @@ export const OutputPolicy = Type.Object(
      * its last axis (a softmax); one row of it is one answer. Default [probabilities].
      */
     outputs: Type.Array(Type.String({ minLength: 1 }), { uniqueItems: true, default: ['probabilities'], description: 'model outputs the policy protects' }),
-    /** Outputs released untouched. Any output in neither list is withheld. Default none. */
+    /**
+     * Outputs released untouched. Any output in neither list is withheld. Default none. Beside
+     * an output this policy protects (one the model has), the start is refused unless
+     * passThroughReason says why: another output of the same model carries what the protection
+     * hides, so neither noise nor the budget bounds what a caller learns of the model.
+     */
     passThrough: Type.Array(Type.String({ minLength: 1 }), { uniqueItems: true, default: [], description: 'model outputs released without protection' }),
+    /**
+     * Why passing outputs through beside a protected one is acceptable for this model (logged at
+     * start). Required for that combination, meaningless otherwise. No default: the combination
+     * voids the privacy guarantee (docs/privacy.md), so it is never the silent outcome.
+     */
+    passThroughReason: Type.Optional(Type.String({ minLength: 1, maxLength: 500, description: 'why outputs pass through beside a protected one' })),
     noise: OutputNoise,
     budget: OutputBudget,
   },
@@ -117,4 +128,26 @@ export function outputPolicyProblems(policy: OutputPolicy): string[] {
     }
   }
   return problems
+}
+
+/**
+ * The passThrough outputs released beside an output the policy protects, of a model whose
+ * outputs are `modelOutputs` (its manifest's), or none. Only outputs the model has count: a
+ * policy that protects `probabilities` for a model without one protects nothing.
+ */
+export function passedBesideProtected(policy: OutputPolicy, modelOutputs: readonly string[]): { passed: string[]; protected: string[] } | null {
+  const has = new Set(modelOutputs)
+  const protectedHere = policy.outputs.filter((name) => has.has(name))
+  const passed = policy.passThrough.filter((name) => has.has(name) && !policy.outputs.includes(name))
+  return protectedHere.length > 0 && passed.length > 0 ? { passed, protected: protectedHere } : null
+}
+
+/** Checks of a policy against its model's outputs (the start checks them; the policy loader cannot). */
+export function modelOutputPolicyProblems(policy: OutputPolicy, modelOutputs: readonly string[]): string[] {
+  const beside = passedBesideProtected(policy, modelOutputs)
+  if (!beside || policy.passThroughReason) return []
+  const list = (names: string[]) => names.map((n) => JSON.stringify(n)).join(', ')
+  return [
+    `/output/passThrough: ${list(beside.passed)} would be released untouched beside the protected ${list(beside.protected)}; an output of the same model carries what the protection hides, so neither noise nor the budget would bound what a caller learns of the model. Withhold it (remove it from passThrough), protect it (add it to outputs), or say why it may pass in /output/passThroughReason`,
+  ]
 }

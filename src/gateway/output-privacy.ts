@@ -1,22 +1,42 @@
-// Output privacy: each model's output policy compiled at start, the accountant that keeps
-// the budgets (a durable journal under state.directory, or Redis when replicas share
-// budgets), and the output-privacy link.
+// Output privacy: each model's output policy compiled at start (checked against the model's
+// outputs where it passes some through), the accountant that keeps the budgets (a durable
+// journal under state.directory, or Redis when replicas share budgets), and the two links
+// either side of screen-output: privacy-charge and output-privacy.
 
 import path from 'node:path'
+import { passedBesideProtected } from '../config/output-policy.ts'
 import type { PolicySet } from '../config/policy.ts'
 import type { Config } from '../config/schema.ts'
 import type { Clock, Logger, RandomSource } from '../deps.ts'
+import { readManifest } from '../inference/manifest.ts'
 import type { ModelRegistry } from '../inference/registry.ts'
 import type { PrivacyAccountant } from '../privacy/accountant.ts'
 import { FileAccountant } from '../privacy/file-accountant.ts'
 import { RedisAccountant } from '../privacy/redis-accountant.ts'
 import type { SharedState } from '../state/redis.ts'
-import { compileOutputPolicy, createOutputPrivacyStage, defaultOutputPolicy, type CompiledOutputPolicy } from '../stages/output-privacy.ts'
-import type { Stage } from '../types.ts'
+import {
+  compileOutputPolicy,
+  createOutputPrivacyLinks,
+  defaultOutputPolicy,
+  type CompiledOutputPolicy,
+  type CompiledPolicySource,
+  type OutputPrivacyLinks,
+} from '../stages/output-privacy.ts'
 
 export interface OutputPrivacy {
-  link: Stage
+  links: OutputPrivacyLinks
+  /** Each model's compiled policy (screening checks that what it reads is paid for). */
+  policies: CompiledPolicySource
   accountant: PrivacyAccountant & { close(): Promise<void> }
+}
+
+/** A served model's output names, from its manifest; null when it cannot be read (the registry then refuses to serve it). */
+async function outputNames(modelsDir: string, model: string): Promise<string[] | null> {
+  try {
+    return (await readManifest(path.join(modelsDir, model, 'manifest.json'))).outputs.map((o) => o.name)
+  } catch {
+    return null
+  }
 }
 
 export async function buildOutputPrivacy(
@@ -29,7 +49,20 @@ export async function buildOutputPrivacy(
   // Every policy is checked here, at start: a bad one stops the start, never a request.
   const fallback = compileOutputPolicy(defaultOutputPolicy)
   const compiled = new Map<string, CompiledOutputPolicy>()
-  for (const [model, policy] of deps.policies) compiled.set(model, compileOutputPolicy(policy.output, path.join(where.policyDir, `${model}.yaml`)))
+  const served = new Set([...deps.registry.list()].map((m) => m.name))
+  const modelsDir = path.resolve(where.baseDir, config.models.directory)
+  for (const [model, policy] of deps.policies) {
+    // Passing outputs through is judged against the outputs the model really has.
+    const outputs = served.has(model) && policy.output.passThrough.length > 0 ? await outputNames(modelsDir, model) : null
+    compiled.set(model, compileOutputPolicy(policy.output, path.join(where.policyDir, `${model}.yaml`), outputs ?? undefined))
+    const beside = outputs && passedBesideProtected(policy.output, outputs)
+    if (beside) {
+      deps.log.warn(
+        { model, passThrough: beside.passed, protected: beside.protected, reason: policy.output.passThroughReason },
+        'outputs pass through beside a protected one: the privacy guarantee does not cover this model (output.passThroughReason)',
+      )
+    }
+  }
 
   // Keep charges only as long as the longest budget window in use: memory (here, or in Redis)
   // stays proportional to what the budgets allow per window, not to a week of traffic.
@@ -45,6 +78,6 @@ export async function buildOutputPrivacy(
         retentionMs,
         ...config.state.journal,
       })
-  const link = createOutputPrivacyStage((model) => compiled.get(model) ?? fallback, { accountant, random })
-  return { link, accountant }
+  const policies: CompiledPolicySource = (model) => compiled.get(model) ?? fallback
+  return { links: createOutputPrivacyLinks(policies, { accountant, random }), policies, accountant }
 }

@@ -1,6 +1,7 @@
 // Screening: per-model detectors compiled from each policy's `screening:` (with shared state,
 // the per-caller state lives in Redis), their counters, and the three links around inference
-// (src/stages/screening.ts).
+// (src/stages/screening.ts). Where the model's answers carry noise, the start also checks that
+// what screening reads after inference can be paid for (docs/privacy.md).
 
 import path from 'node:path'
 import { ConfigError } from '../config/load.ts'
@@ -8,16 +9,51 @@ import type { PolicySet } from '../config/policy.ts'
 import type { Config } from '../config/schema.ts'
 import type { Clock, Logger, RandomSource } from '../deps.ts'
 import type { ModelRegistry } from '../inference/registry.ts'
-import { buildScreening } from '../screening/build.ts'
+import { costFits } from '../privacy/accountant.ts'
+import { buildScreening, type ModelScreening } from '../screening/build.ts'
 import { redisCooldowns } from '../screening/cooldowns.ts'
 import type { SharedState } from '../state/redis.ts'
-import { createScreeningLinks, type ScreeningLinks } from '../stages/screening.ts'
+import { requestCost, type CompiledOutputPolicy, type CompiledPolicySource } from '../stages/output-privacy.ts'
+import { createScreeningLinks, paidVerdicts, type ScreeningLinks } from '../stages/screening.ts'
 import { Counter, Gauge, Histogram, type GatewayMetrics, type Labels } from '../telemetry/metrics.ts'
+
+/**
+ * What stops a model's screening from being paid for by its output policy, when its answers
+ * carry noise: the output the detectors read must be one privacy-charge noises and charges,
+ * and a one-item request with its screening verdicts must fit in the budget.
+ */
+export function screeningPrivacyProblems(s: ModelScreening, c: CompiledOutputPolicy): string[] {
+  if (!c.noise || !s.needsModel) return []
+  const problems: string[] = []
+  if (!c.protect.has(s.outputName)) {
+    problems.push(
+      `/screening/output: screening reads output "${s.outputName}" after inference, and /output/outputs does not protect it; with noise on, its verdicts would answer from un-noised scores. Protect "${s.outputName}" or screen a protected output`,
+    )
+  }
+  const verdicts = paidVerdicts(s)
+  const cost = requestCost(c, 1, verdicts)
+  if (!costFits(cost, c.budget)) {
+    problems.push(
+      `/output/budget/epsilon: a one-item request costs one answer and ${verdicts} screening verdicts (${JSON.stringify(cost)}), more than the whole budget; no screened request could be answered. Raise the budget or lower /output/noise/epsilon`,
+    )
+  }
+  return problems
+}
 
 export async function buildScreeningLinks(
   config: Config,
   where: { baseDir: string; source: string },
-  deps: { policies: PolicySet; registry: ModelRegistry; sharedState: SharedState | null; clock: Clock; random: RandomSource; log: Logger; metrics: GatewayMetrics },
+  deps: {
+    policies: PolicySet
+    registry: ModelRegistry
+    sharedState: SharedState | null
+    clock: Clock
+    random: RandomSource
+    log: Logger
+    metrics: GatewayMetrics
+    /** The compiled output policies, when output privacy is on. */
+    outputPolicies?: CompiledPolicySource | undefined
+  },
 ): Promise<ScreeningLinks | null> {
   const redis = deps.sharedState && config.state.redis
   const screening = await buildScreening(deps.policies, {
@@ -27,6 +63,10 @@ export async function buildScreeningLinks(
     clock: deps.clock,
     ...(redis ? { shared: { redis: deps.sharedState!.client, ttlMs: redis.screeningStateTtlMs } } : {}),
   })
+  const policyDir = path.resolve(where.baseDir, config.policies.directory)
+  for (const s of deps.outputPolicies ? screening.models.values() : []) {
+    for (const problem of screeningPrivacyProblems(s, deps.outputPolicies!(s.model))) screening.problems.push(`${path.join(policyDir, `${s.model}.yaml`)} ${problem}`)
+  }
   if (screening.problems.length > 0) throw new ConfigError(where.source, screening.problems)
 
   const alarms = new Counter('bulwark_screening_alarms_total', 'Screening alarms, by detector, action (refused = enforce, flagged = observe) and model.')

@@ -37,9 +37,14 @@
 // post-processing and keeps the guarantee. Label-only answers are the arg-max of the
 // noisy vector: report-noisy-max, charged at the same ε as the full vector (which is what
 // report-noisy-max costs anyway here: per-coordinate sensitivity is S and the scale 2S/ε).
+//
+// Verdicts: a screening refusal decided on the model's raw scores (feature squeezing) is one
+// more bit about the model. It reaches the caller only through randomized response: the bit is
+// flipped with probability 1/(1 + e^ε), so for any two values of the bit (any two models) the
+// odds of each released verdict differ by exactly e^ε: ε-DP, charged as one answer's ε.
 
 import type { RandomReader } from './random.ts'
-import { sampleDiscreteGaussian, sampleDiscreteLaplace, sampleDiscreteLaplaceSmall, smallLaplaceScale } from './samplers.ts'
+import { bernoulliExpNeg, sampleDiscreteGaussian, sampleDiscreteLaplace, sampleDiscreteLaplaceSmall, smallLaplaceScale } from './samplers.ts'
 import { renormalise } from './postprocess.ts'
 
 /** Epsilon is handled in integer micro-epsilon: basic composition is then exact. */
@@ -188,4 +193,22 @@ export function noiseStddev(spec: NoiseSpec): number {
     return Math.SQRT2 * b // discrete Laplace's variance is close to 2b² for b >> 1
   }
   return Math.sqrt(Number(spec.varNum) / Number(spec.varDen)) / S
+}
+
+/**
+ * The flip of ε-DP randomized response on one bit: true with probability q/(1 + q), q = e^-ε,
+ * exactly. Drawn before the bit is known (it does not depend on it); the released bit is the
+ * true one XOR the flip. By rejection: propose "flip" or "keep" with a fair coin, accept "flip"
+ * with probability q (an exact Bernoulli(e^-ε), samplers.ts) and "keep" always, so the
+ * accepted flips are (q/2) / (q/2 + 1/2) = q/(1 + q) of the outcomes. At least half the rounds
+ * end, so it reads a few bits on average.
+ */
+export function randomizedResponseFlip(rng: RandomReader, epsilonMicros: number): boolean {
+  if (!Number.isSafeInteger(epsilonMicros) || epsilonMicros < 1) throw new RangeError('randomizedResponseFlip: epsilonMicros must be a positive integer')
+  const num = BigInt(epsilonMicros)
+  const den = BigInt(EPSILON_UNITS)
+  for (;;) {
+    if (!rng.coin()) return false
+    if (bernoulliExpNeg(rng, num, den)) return true
+  }
 }

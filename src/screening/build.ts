@@ -3,8 +3,8 @@
 // that they fit together, and reports every problem at once. The order of `detectors` is
 // the order they judge a request in: the cheap stateless check first, then the stateful
 // query detector (both before the model runs), then feature squeezing, then extraction
-// (after it). The first enforcing alarm ends the screening: later detectors never see a
-// refused request, so the extraction detector counts only answered queries. With a shared
+// (after it). Before inference the first enforcing alarm ends the screening; after it every
+// detector judges, so the extraction detector counts refused queries too. With a shared
 // store (`state.redis`), the stateful and extraction detectors keep their per-principal state
 // in Redis (stateful-shared.ts, prada-shared.ts); the others keep none.
 

@@ -1,5 +1,6 @@
 // The extraction detector (prada.ts) with each principal's state in Redis, so replicas judge a
-// caller on all of its answered queries, not on the share that reached them.
+// caller on all of its queries the model answered (refused ones too, as prada.ts says), not on
+// the share that reached them.
 //
 // Layout, per model and principal, under
 // `<prefix>screening:extraction:<model>:w<windowSize>g<growingSetPerClass>d<dims>:<part>:<principal>`:

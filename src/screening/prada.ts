@@ -18,6 +18,15 @@
 // statistic is scale-free). Exact repeats are skipped: a retry is not a new query.
 // With `state.redis` the state lives in Redis instead (prada-shared.ts), judged by the same
 // `judgeBatch` on a copy loaded for the request.
+//
+// Which queries, and which class. Every query the model answered for the caller is recorded,
+// a query that another detector refuses included (screen-output judges with every output-side
+// detector): the caller learned something from each, if only the refusal. Queries refused
+// before the model ran (cool-down, stateful, feature bounds) have no predicted class, and one
+// refused for its budget was never read. When the model's answers carry noise, the predicted
+// class is the arg-max of the released (noised, paid-for) row, never of the raw scores, so the
+// state, the verdict and the cool-down it starts are post-processing of what the caller paid for
+// (src/stages/screening.ts, docs/privacy.md).
 
 import type { ExtractionPolicy } from '../config/screening-policy.ts'
 import type { Detector, DetectorResult, ScreenBatch, ScreeningMode } from './detector.ts'

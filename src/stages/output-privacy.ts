@@ -1,23 +1,33 @@
-// Stage: output-privacy ('body' phase, verb 'infer', right after model-inference).
+// Links: privacy-charge and output-privacy ('body' phase, verb 'infer'), either side of
+// screen-output. docs/privacy.md states what they guarantee.
+// privacy-charge (right after model-inference, before any link reads the model's output):
+//   refuses an output the caller asked for that the policy withholds; with noise, charges the
+//   request's cost to the caller's budget (its answers: one per row of each protected output a
+//   later link reads, the caller's items only; and its screening verdicts: one per enforcing
+//   detector that judges the raw scores, ctx.variants.verdicts), noises those rows, draws each
+//   verdict's randomized-response flip, and sets ctx.charged once the charge is durable.
+// output-privacy (after screen-output): what leaves. Protected outputs are replaced by their
+//   charged copies (without noise: by their mode and rounding), pass-through outputs are
+//   released untouched, any other output is withheld.
 // Reads:  ctx.result (model outputs), ctx.request (which outputs the client asked for),
-//         ctx.target.model, ctx.callerKey (whose budget), the model's `output:` policy,
-//         compiled at start.
-// Writes: ctx.result.outputs (protected outputs replaced, unlisted outputs withheld),
-//         ctx.result.parameters (output_mode when an output is protected; with noise: privacy_mechanism,
-//         privacy_epsilon_cost, privacy_epsilon_spent, privacy_epsilon_left,
-//         privacy_delta, privacy_window_ms), ctx.privacy.
+//         ctx.variants (screening's layout and verdicts), ctx.target.model, ctx.callerKey
+//         (whose budget), the model's `output:` policy, compiled at start.
+// Writes: ctx.privacy and ctx.charged (privacy-charge); ctx.result.outputs and
+//         ctx.result.parameters (output-privacy: output_mode when an output is protected; with
+//         noise: privacy_mechanism, privacy_epsilon_cost, privacy_epsilon_spent,
+//         privacy_epsilon_left, privacy_delta, privacy_window_ms).
 // Throws: privacy_budget_exhausted (429, Retry-After in seconds: when enough budget frees),
 //         batch_too_large (400: one request would cost more than the whole budget),
 //         forbidden (403: the client explicitly asked for an output the policy withholds),
-//         internal (500: the policy names an output that is not a float score tensor, or
-//         the privacy journal cannot be written; the answer is never released then),
-//         state_unavailable (503: the shared accountant, Redis, cannot be reached; likewise).
+//         internal (500: the policy names an output that is not a float score tensor, the
+//         privacy journal cannot be written, or output-privacy finds no paid copy; the answer
+//         is never released then), state_unavailable (503: the shared accountant, Redis,
+//         cannot be reached; likewise).
 //
 // Per protected output row (one answer): snap to the 2^-k grid, add discrete noise,
-// clamp and renormalise, apply the mode, round (src/privacy/*, docs/privacy.md). The
-// answer's cost is charged before anything is released: the charge (a durable journal
-// write) runs while the noise is computed, and the new outputs replace the model's only
-// once the charge has been accepted and synced.
+// clamp and renormalise, apply the mode, round (src/privacy/*, docs/privacy.md). The charge
+// (a durable journal write) runs while the noise is computed; nothing computed from the
+// model's output is handed on until the charge has been accepted and synced.
 //
 // Whose budget: one per model and caller key (ctx.callerKey: token issuer and subject with
 // the workload identity; the workload alone without a token; one shared key, conservative,
@@ -27,10 +37,10 @@
 import { createHash } from 'node:crypto'
 import { Value } from '@sinclair/typebox/value'
 import { ConfigError } from '../config/load.ts'
-import { OutputPolicy, outputPolicyProblems } from '../config/output-policy.ts'
+import { modelOutputPolicyProblems, OutputPolicy, outputPolicyProblems } from '../config/output-policy.ts'
 import type { RandomSource } from '../deps.ts'
 import { BulwarkError, isBulwarkError } from '../errors.ts'
-import type { Tensor } from '../inference/tensor.ts'
+import { sliceBatch, type Tensor } from '../inference/tensor.ts'
 import { costFits, type ChargeResult, type PrivacyAccountant, type PrivacyBudget } from '../privacy/accountant.ts'
 import {
   addNoise,
@@ -38,8 +48,8 @@ import {
   calibrateLaplace,
   epsilonForRho,
   EPSILON_UNITS,
+  randomizedResponseFlip,
   RHO_UNITS,
-  scaleCost,
   snapToGrid,
   toEpsilonMicros,
   type NoiseSpec,
@@ -47,7 +57,7 @@ import {
 } from '../privacy/mechanisms.ts'
 import { argmax, releaseRow, type RowSpec } from '../privacy/postprocess.ts'
 import { RandomReader } from '../privacy/random.ts'
-import type { RequestContext, Stage } from '../types.ts'
+import type { ChargedRelease, RequestContext, ScreeningVariants, Stage } from '../types.ts'
 
 export interface OutputPrivacyDeps {
   /** Where budgets are kept (FileAccountant in production); it owns the wall clock. */
@@ -62,16 +72,22 @@ export interface CompiledOutputPolicy {
   readonly passThrough: ReadonlySet<string>
   readonly row: RowSpec
   readonly noise: NoiseSpec | null
+  /** What one screening verdict on raw scores costs: pure ε at the answer's ε (randomized response); null without noise. */
+  readonly verdict: PrivacyCost | null
   readonly budget: PrivacyBudget
 }
 
 /** The slice's defaults, as a policy file without `output:` gets them. */
 export const defaultOutputPolicy: OutputPolicy = Object.freeze(Value.Default(OutputPolicy, {}) as OutputPolicy)
 
-/** Validates a policy (schema and cross-field) and precomputes the noise calibration. */
-export function compileOutputPolicy(policy: OutputPolicy, source = 'output policy'): CompiledOutputPolicy {
+/**
+ * Validates a policy (schema and cross-field; with `modelOutputs`, the model's output names
+ * from its manifest, also against the model) and precomputes the noise calibration.
+ */
+export function compileOutputPolicy(policy: OutputPolicy, source = 'output policy', modelOutputs?: readonly string[]): CompiledOutputPolicy {
   const problems = [...Value.Errors(OutputPolicy, policy)].map((e) => `/output${e.path}: ${e.message}`)
   if (problems.length === 0) problems.push(...outputPolicyProblems(policy))
+  if (problems.length === 0 && modelOutputs) problems.push(...modelOutputPolicyProblems(policy, modelOutputs))
   if (problems.length > 0) throw new ConfigError(source, problems)
   const { noise, budget } = policy
   let spec: NoiseSpec | null = null
@@ -82,8 +98,18 @@ export function compileOutputPolicy(policy: OutputPolicy, source = 'output polic
     passThrough: new Set(policy.passThrough),
     row: { mode: policy.mode, topK: policy.topK, roundDecimals: policy.roundDecimals },
     noise: spec,
+    verdict: spec ? Object.freeze({ epsilonMicros: toEpsilonMicros(noise.epsilon), rhoNanos: 0 }) : null,
     budget: { epsilonMicros: toEpsilonMicros(budget.epsilon), delta: budget.delta, windowMs: budget.windowMs },
   })
+}
+
+/** What a request of `answers` noised rows and `verdicts` screening verdicts costs under a policy with noise. */
+export function requestCost(c: CompiledOutputPolicy, answers: number, verdicts: number): PrivacyCost {
+  if (!c.noise || !c.verdict) throw new Error('requestCost: the policy adds no noise, so nothing is charged')
+  return {
+    epsilonMicros: c.noise.cost.epsilonMicros * answers + c.verdict.epsilonMicros * verdicts,
+    rhoNanos: c.noise.cost.rhoNanos * answers,
+  }
 }
 
 /**
@@ -103,6 +129,15 @@ type ScoreTensor = Tensor & { data: Float32Array | Float64Array }
 
 function isScoreTensor(t: Tensor): t is ScoreTensor {
   return (t.datatype === 'FP32' || t.datatype === 'FP64') && t.shape.length >= 1 && (t.shape[t.shape.length - 1] ?? 0) >= 1
+}
+
+const internal = (reason: string, cause?: unknown) =>
+  new BulwarkError('internal', 'internal error; the operator can find details in the server log', { reason, ...(cause === undefined ? {} : { cause }) })
+
+/** A protected output as a score tensor, or the policy error that it is not one. */
+function scoreTensor(t: Tensor, model: string): ScoreTensor {
+  if (isScoreTensor(t)) return t
+  throw internal(`output policy of model "${model}" protects output "${t.name}", which is ${t.datatype} ${JSON.stringify(t.shape)}, not a float score tensor; fix policies/${model}.yaml`)
 }
 
 /** The protected copy of one score tensor (rows along the last axis). */
@@ -150,14 +185,70 @@ function memoisedPrivacyKey(limit = 10_000): (callerKey: string, model: string) 
 /** Each model's compiled output policy (compileOutputPolicy, at start); the defaults' for a model without one. */
 export type CompiledPolicySource = (model: string) => CompiledOutputPolicy
 
-export function createOutputPrivacyStage(policies: CompiledPolicySource, deps: OutputPrivacyDeps): Stage {
+export interface OutputPrivacyLinks {
+  /** Before screen-output: refuses withheld outputs asked for; with noise, pays for and noises what later links read. */
+  privacyCharge: Stage
+  /** After screen-output: what leaves. */
+  outputPrivacy: Stage
+}
+
+/** Refuses a request that names an output the policy neither protects nor passes through. */
+function refuseWithheld(outputs: readonly Tensor[], c: CompiledOutputPolicy, requested: ReadonlySet<string>, model: string): void {
+  for (const t of outputs) {
+    if (c.protect.has(t.name) || c.passThrough.has(t.name) || !requested.has(t.name)) continue
+    throw new BulwarkError('forbidden', `output "${t.name}" is not released by this model's policy`, {
+      reason: `output "${t.name}" of model "${model}" is neither protected nor passed through by the output policy`,
+    })
+  }
+}
+
+/**
+ * The protected rows any later link reads: the caller's items (not screening's variants) of
+ * each protected output it gets, and of the output screening reads, which is judged even when
+ * the caller did not ask for it.
+ */
+function rowsRead(outputs: readonly Tensor[], c: CompiledOutputPolicy, requested: ReadonlySet<string>, layout: ScreeningVariants | null, model: string): ScoreTensor[] {
+  const read: ScoreTensor[] = []
+  for (const t of outputs) {
+    if (!c.protect.has(t.name) || (requested.size > 0 && !requested.has(t.name) && t.name !== layout?.output)) continue
+    const scores = scoreTensor(t, model)
+    read.push(layout ? (sliceBatch([scores], 0, layout.originals)[0] as ScoreTensor) : scores)
+  }
+  return read
+}
+
+/** The response parameters that describe an accepted charge. */
+function chargeParameters(c: CompiledOutputPolicy & { noise: NoiseSpec }, cost: PrivacyCost, charge: ChargeResult): Record<string, unknown> {
+  const params: Record<string, unknown> = {
+    privacy_mechanism: c.noise.mechanism,
+    privacy_epsilon_cost: show(cost.epsilonMicros / EPSILON_UNITS + (cost.rhoNanos > 0 ? epsilonForRho(cost.rhoNanos / RHO_UNITS, c.budget.delta) : 0)),
+    privacy_epsilon_spent: show(charge.epsilonSpent),
+    privacy_epsilon_left: show(charge.epsilonLeft),
+  }
+  if (c.noise.mechanism === 'gaussian') params.privacy_delta = c.budget.delta
+  params.privacy_window_ms = c.budget.windowMs
+  return params
+}
+
+export function createOutputPrivacyLinks(policies: CompiledPolicySource, deps: OutputPrivacyDeps): OutputPrivacyLinks {
   const keyOf = memoisedPrivacyKey()
   // One reader for every answer: it reads the source in blocks of a few KiB, and the draws
   // of one answer are independent of every other answer's whichever block they come from.
   const rng = new RandomReader(deps.random)
 
-  return {
-    name: 'output-privacy',
+  /** The accountant's answer, its failures translated (fail closed). */
+  const settle = async (pending: Promise<ChargeResult>): Promise<ChargeResult> => {
+    try {
+      return await pending
+    } catch (err) {
+      // A shared accountant that cannot be reached says so (503 state_unavailable).
+      if (isBulwarkError(err)) throw err
+      throw internal(`privacy accountant failed: ${(err as Error).message}`, err)
+    }
+  }
+
+  const privacyCharge: Stage = {
+    name: 'privacy-charge',
     phase: 'body',
     verbs: ['infer'],
     async run(ctx: RequestContext) {
@@ -165,96 +256,87 @@ export function createOutputPrivacyStage(policies: CompiledPolicySource, deps: O
       if (!result) return
       const model = ctx.target.model
       const c = policies(model)
+      const requested = new Set((ctx.request?.outputs ?? []).map((o) => o.name))
+      refuseWithheld(result.outputs, c, requested, model)
+      if (!c.noise) return
 
-      // Which outputs leave (in the model's order), and which of them must be protected first.
+      const read = rowsRead(result.outputs, c, requested, ctx.variants, model)
+      let answers = 0
+      for (const t of read) answers += t.data.length / t.shape[t.shape.length - 1]!
+      const verdicts = ctx.variants?.verdicts ?? 0
+      const cost = requestCost(c, answers, verdicts)
+      if (!costFits(cost, c.budget)) {
+        throw new BulwarkError('batch_too_large', `this request's ${answers} answers${verdicts > 0 ? ` and ${verdicts} screening verdicts` : ''} would cost more than the whole privacy budget of this model; send fewer items per request`, {
+          reason: `cost ${JSON.stringify(cost)} exceeds budget ${JSON.stringify(c.budget)} for model "${model}"`,
+        })
+      }
+      const key = keyOf(ctx.callerKey, model)
+      const charging = answers + verdicts > 0 ? deps.accountant.charge(key, cost, c.budget) : deps.accountant.balance(key, c.budget)
+      charging.catch(() => {}) // awaited below; this only keeps an early failure from being "unhandled"
+
+      // Computed while the charge is being made durable; handed on only after it is. The flips
+      // do not depend on the verdicts they will turn, so they may be drawn now.
+      const outputs = new Map(read.map((t) => [t.name, protectTensor(t, c, rng)]))
+      const verdictFlips = Array.from({ length: verdicts }, () => randomizedResponseFlip(rng, c.verdict!.epsilonMicros))
+
+      const charge = await settle(charging)
+      ctx.privacy = {
+        epsilonSpent: charge.epsilonSpent,
+        epsilonLeft: charge.epsilonLeft,
+        ...(c.noise.mechanism === 'gaussian' ? { deltaSpent: charge.delta } : {}),
+      }
+      if (!charge.ok) {
+        const seconds = Math.max(1, Math.ceil(charge.retryAfterMs / 1000))
+        throw new BulwarkError('privacy_budget_exhausted', 'privacy budget for this model is spent; retry after the Retry-After delay', {
+          reason: `privacy budget of model "${model}" spent: ${show(charge.epsilonSpent)} of ${c.budget.epsilonMicros / EPSILON_UNITS} epsilon in ${c.budget.windowMs} ms; this request needs ${JSON.stringify(cost)}`,
+          headers: { 'Retry-After': String(seconds) },
+        })
+      }
+      const charged: ChargedRelease = { outputs, verdictFlips, parameters: chargeParameters(c as CompiledOutputPolicy & { noise: NoiseSpec }, cost, charge) }
+      ctx.charged = charged
+    },
+  }
+
+  const outputPrivacy: Stage = {
+    name: 'output-privacy',
+    phase: 'body',
+    verbs: ['infer'],
+    run(ctx: RequestContext) {
+      const result = ctx.result
+      if (!result) return
+      const model = ctx.target.model
+      const c = policies(model)
+      const paid = ctx.charged
+      // Fail closed: with noise, only what privacy-charge paid for may leave.
+      if (c.noise && !paid) throw internal(`model "${model}" adds noise, but nothing was paid for: privacy-charge must run before output-privacy`)
+
+      // Which outputs leave, in the model's order; any other is withheld (asking for one by
+      // name was refused by privacy-charge, before the model's output was read).
       const released: Tensor[] = []
-      /** The protected outputs, with their place in `released`. */
-      const protect: { at: number; t: ScoreTensor }[] = []
-      let requested: Set<string> | null = null
+      let protectedOutputs = 0
       for (const t of result.outputs) {
         if (c.protect.has(t.name)) {
-          if (!isScoreTensor(t)) {
-            throw new BulwarkError('internal', 'internal error; the operator can find details in the server log', {
-              reason: `output policy of model "${model}" protects output "${t.name}", which is ${t.datatype} ${JSON.stringify(t.shape)}, not a float score tensor; fix policies/${model}.yaml`,
-            })
+          protectedOutputs++
+          if (!paid) {
+            released.push(protectTensor(scoreTensor(t, model), c, null))
+            continue
           }
-          protect.push({ at: released.length, t })
-          released.push(t) // replaced by its protected copy below
+          const copy = paid.outputs.get(t.name)
+          if (!copy || copy.data.length !== t.data.length) throw internal(`output "${t.name}" of model "${model}" was not paid for as released`)
+          released.push(copy)
         } else if (c.passThrough.has(t.name)) {
           released.push(t)
-        } else {
-          requested ??= new Set((ctx.request?.outputs ?? []).map((o) => o.name))
-          if (requested.has(t.name)) {
-            throw new BulwarkError('forbidden', `output "${t.name}" is not released by this model's policy`, {
-              reason: `output "${t.name}" of model "${model}" is neither protected nor passed through by the output policy`,
-            })
-          }
         }
       }
-
-      let charging: Promise<ChargeResult> | null = null
-      let cost: PrivacyCost | null = null
-      if (c.noise) {
-        let answers = 0
-        for (const { t } of protect) answers += t.data.length / t.shape[t.shape.length - 1]!
-        cost = scaleCost(c.noise.cost, answers)
-        if (!costFits(cost, c.budget)) {
-          throw new BulwarkError('batch_too_large', `this request's ${answers} answers would cost more than the whole privacy budget of this model; send fewer items per request`, {
-            reason: `cost ${JSON.stringify(cost)} exceeds budget ${JSON.stringify(c.budget)} for model "${model}"`,
-          })
-        }
-        if (answers > 0) {
-          charging = deps.accountant.charge(keyOf(ctx.callerKey, model), cost, c.budget)
-          charging.catch(() => {}) // awaited below; this only keeps an early failure from being "unhandled"
-        }
-      }
-
-      // Computed while the charge is being made durable; released only after it is.
-      for (const { at, t } of protect) released[at] = protectTensor(t, c, c.noise ? rng : null)
 
       const params: Record<string, unknown> = { ...result.parameters }
       // output_mode describes protected outputs; a pass-through-only answer has none.
-      if (protect.length > 0) params.output_mode = c.row.mode
-      if (c.noise && cost) {
-        let charge: ChargeResult
-        if (charging) {
-          try {
-            charge = await charging
-          } catch (err) {
-            // A shared accountant that cannot be reached says so (503 state_unavailable): fail closed.
-            if (isBulwarkError(err)) throw err
-            throw new BulwarkError('internal', 'internal error; the operator can find details in the server log', {
-              reason: `privacy accountant failed: ${(err as Error).message}`,
-              cause: err,
-            })
-          }
-        } else {
-          charge = await deps.accountant.balance(keyOf(ctx.callerKey, model), c.budget)
-        }
-        ctx.privacy = {
-          epsilonSpent: charge.epsilonSpent,
-          epsilonLeft: charge.epsilonLeft,
-          ...(c.noise.mechanism === 'gaussian' ? { deltaSpent: charge.delta } : {}),
-        }
-        if (!charge.ok) {
-          const seconds = Math.max(1, Math.ceil(charge.retryAfterMs / 1000))
-          throw new BulwarkError('privacy_budget_exhausted', 'privacy budget for this model is spent; retry after the Retry-After delay', {
-            reason: `privacy budget of model "${model}" spent: ${show(charge.epsilonSpent)} of ${c.budget.epsilonMicros / EPSILON_UNITS} epsilon in ${c.budget.windowMs} ms; this request needs ${JSON.stringify(cost)}`,
-            headers: { 'Retry-After': String(seconds) },
-          })
-        }
-        params.privacy_mechanism = c.noise.mechanism
-        params.privacy_epsilon_cost = show(
-          cost.epsilonMicros / EPSILON_UNITS + (cost.rhoNanos > 0 ? epsilonForRho(cost.rhoNanos / RHO_UNITS, c.budget.delta) : 0),
-        )
-        params.privacy_epsilon_spent = show(charge.epsilonSpent)
-        params.privacy_epsilon_left = show(charge.epsilonLeft)
-        if (c.noise.mechanism === 'gaussian') params.privacy_delta = c.budget.delta
-        params.privacy_window_ms = c.budget.windowMs
-      }
-
+      if (protectedOutputs > 0) params.output_mode = c.row.mode
+      if (paid) Object.assign(params, paid.parameters)
       result.outputs = released
       result.parameters = params
     },
   }
+
+  return { privacyCharge, outputPrivacy }
 }

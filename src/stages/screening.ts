@@ -4,25 +4,41 @@
 //   only the input (stateful query-attack detection, feature bounds).
 // screen-variants (just before model-inference): appends each item's squeezed variants to
 //   the batch the model runs (ctx.modelRequest), asking for the screened output as well.
-// screen-output (just after model-inference, before output-privacy): the detectors that need
-//   the model's answer (feature squeezing, extraction), then the variants and any output the
-//   caller did not ask for are stripped from ctx.result.
+// screen-output (after privacy-charge, before output-privacy): every detector that needs the
+//   model's answer (feature squeezing, extraction) judges the request, a refused one too, and
+//   the variants and any output the caller did not ask for are stripped from ctx.result.
+//
+// What the output-side detectors may read, when the model's answers carry noise (privacy-charge
+// ran and paid: ctx.charged; docs/privacy.md, "The guarantee, precisely"): a detector that
+// judges the variants' scores (feature squeezing) reads the raw scores, and its verdict reaches
+// the caller only through randomized response, the flip privacy-charge drew and paid for; any
+// other (extraction) reads only the released rows, the noised answer privacy-charge paid for,
+// so its verdict, its state and the cool-down it starts are post-processing of what was paid.
+// Without noise there is no guarantee to keep, and every detector reads the raw scores.
 // Reads:  ctx.request (validated tensors), ctx.target, ctx.callerKey (whose history), ctx.result
-//         (screen-output), the model's `screening:` policy as compiled by src/screening/build.ts.
+//         and ctx.charged (screen-output), the model's `screening:` policy as compiled by
+//         src/screening/build.ts.
 // Writes: ctx.flags (one flag per detector that scored the request: detector, score,
 //         threshold, alarm; audited with the request), ctx.modelRequest and ctx.variants
-//         (screen-variants), ctx.result (screen-output: the originals' rows only).
+//         (screen-variants: the layout, the screened output and the verdicts to pay for),
+//         ctx.result (screen-output: the originals' rows only).
 // Throws: attack_suspected (403) for an enforced stateful or extraction alarm, and while
 //         the caller sits out a cool-down after one; suspicious_input (422) for an
-//         enforced feature-squeezing or feature-bounds alarm; state_unavailable (503) when the
+//         enforced feature-squeezing verdict (with noise, as randomized response released it)
+//         or feature-bounds alarm; internal (500) when the answer carries noise but what a
+//         detector must read was not paid for (fail closed); state_unavailable (503) when the
 //         per-caller state is shared in Redis (`state.redis`) and Redis cannot be used,
 //         unless `screeningWhenUnavailable: allow` (then those detectors and the cool-down
 //         check are skipped, and counted).
 //
-// Detectors judge in the order build.ts gives; the first enforcing alarm ends the screening
-// (later detectors never see the request). Observe mode serves and flags. Scores and alarms
-// are counted per detector, action and model. In-process detectors and cool-downs answer
-// synchronously; only shared ones (src/screening/*-shared.ts, cooldowns.ts) are awaited.
+// Detectors judge in the order build.ts gives. Before inference the first enforcing alarm ends
+// the screening (the model never runs, so no detector after inference sees the request). After
+// inference every output-side detector judges, so a query refused by one still enters the
+// extraction detector's state; the first enforcing alarm is the answer, and any enforcing
+// attack_suspected alarm among them starts the cool-down. Observe mode serves and flags.
+// Scores and alarms are counted per detector, action and model. In-process detectors and
+// cool-downs answer synchronously; only shared ones (src/screening/*-shared.ts, cooldowns.ts)
+// are awaited.
 // No link here runs the model: model-inference does, once, on the batch screen-variants made.
 
 import { BulwarkError } from '../errors.ts'
@@ -31,7 +47,7 @@ import type { ModelScreening } from '../screening/build.ts'
 import { memoryCooldowns, type Cooldowns } from '../screening/cooldowns.ts'
 import type { AnyDetector, DetectorResult, ScreenBatch } from '../screening/detector.ts'
 import { originalsOnly, rowsOf, scoresOf, withVariants } from '../screening/model-run.ts'
-import type { RequestContext, Stage } from '../types.ts'
+import type { ChargedRelease, RequestContext, Stage } from '../types.ts'
 
 /** What the stage reports per scored detector (metrics). */
 export interface ScreeningObserver {
@@ -70,8 +86,36 @@ export interface ScreeningLinks {
   screenOutput: Stage
 }
 
-export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLinks {
-  const cooldowns = deps.cooldowns ?? memoryCooldowns(deps.clock, deps.maxCooldowns ?? 100_000)
+/**
+ * Whether a detector judges the model's raw scores: one that judges the squeezed variants'
+ * answers, which nobody is released, reads the raw scores of the item and its variants. Any
+ * other output-side detector reads only what the caller is answered (the file header).
+ */
+export function judgesRawScores(d: AnyDetector): boolean {
+  return d.needs === 'output' && d.variants !== undefined
+}
+
+/** How many verdicts on raw scores a request to this model may get, each paid for by privacy-charge: one per enforcing detector that reads them. */
+export function paidVerdicts(s: ModelScreening): number {
+  return s.detectors.filter((d) => judgesRawScores(d) && d.mode === 'enforce').length
+}
+
+const unpaid = (model: string, what: string) =>
+  new BulwarkError('internal', 'internal error; the operator can find details in the server log', {
+    reason: `screening on model ${model} needs ${what} paid for, and privacy-charge did not pay for it; the answer is not released`,
+  })
+
+/** The screened output's rows as privacy-charge noised and paid for them (the caller's items). */
+function releasedRows(paid: ChargedRelease, s: ModelScreening): Float32Array[] {
+  const t = paid.outputs.get(s.outputName)
+  if (!t) throw unpaid(s.model, `output "${s.outputName}"`)
+  const classes = t.shape[t.shape.length - 1]!
+  const rows = t.data.length / classes
+  return Array.from({ length: rows }, (_, i) => Float32Array.from(t.data.subarray(i * classes, (i + 1) * classes) as Float32Array))
+}
+
+/** How the links judge: each detector's result flagged and counted, refusals, cool-downs. */
+function createJudges(deps: AdversarialScreenDeps, cooldowns: Cooldowns) {
   const allowUnavailable = deps.whenStateUnavailable === 'allow'
 
   /** Awaits shared state; when it is unavailable and that is allowed, counts the skip and gives `fallback`. */
@@ -85,15 +129,21 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
     }
   }
 
-  /** Flags and counts one detector's result; returns the refusal to throw, if any. */
-  const decide = (ctx: RequestContext, s: ModelScreening, d: AnyDetector, result: DetectorResult | null): BulwarkError | null => {
+  /**
+   * Flags and counts one detector's result; returns the refusal to throw, if any. `flipped`:
+   * randomized response turns the verdict (the flag keeps the detector's own alarm).
+   */
+  const decide = (ctx: RequestContext, s: ModelScreening, d: AnyDetector, result: DetectorResult | null, flipped = false): BulwarkError | null => {
     if (!result) return null
     ctx.flags.push({ detector: d.name, score: result.score, threshold: result.threshold, alarm: result.alarm })
-    const action = !result.alarm ? 'passed' : d.mode === 'enforce' ? 'refused' : 'flagged'
+    const verdict = result.alarm !== flipped
+    const action = verdict && d.mode === 'enforce' ? 'refused' : result.alarm || verdict ? 'flagged' : 'passed'
     deps.observer?.scored(s.model, d.name, result, action)
     if (action !== 'refused') return null
     return new BulwarkError(d.refusal, REFUSALS[d.refusal], {
-      reason: `${d.name} alarm on model ${s.model}: score ${result.score} ${d.alarmWhen === 'above' ? '>' : '<'} threshold ${result.threshold}`,
+      reason: flipped
+        ? `${d.name} on model ${s.model}: score ${result.score} ${d.alarmWhen === 'above' ? '<=' : '>='} threshold ${result.threshold}, no alarm, refused by the verdict's randomized response (docs/privacy.md)`
+        : `${d.name} alarm on model ${s.model}: score ${result.score} ${d.alarmWhen === 'above' ? '>' : '<'} threshold ${result.threshold}`,
     })
   }
 
@@ -111,6 +161,56 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
     }
   }
 
+  /** One detector's result: a promise only from a shared detector (in-process ones judge synchronously). */
+  const inspect = (s: ModelScreening, d: AnyDetector, batch: ScreenBatch, variants?: Float32Array[][]): DetectorResult | null | Promise<DetectorResult | null> =>
+    d.shared ? shared(s, d.name, d.inspect(batch, variants), null) : d.inspect(batch, variants)
+
+  /** Runs the input-side detectors, in order; throws the first enforced refusal (the model then never runs). */
+  const judgeInput = async (ctx: RequestContext, s: ModelScreening, batch: ScreenBatch) => {
+    for (const d of s.detectors) {
+      if (d.needs !== 'input') continue
+      const judged = inspect(s, d, batch)
+      const refusal = decide(ctx, s, d, judged instanceof Promise ? await judged : judged)
+      if (refusal) throw await refuse(s, d, batch.principal, refusal)
+    }
+  }
+
+  /**
+   * Runs every output-side detector, in order, each on what it may read (the file header): all
+   * of them judge, and record, a request that one of them refuses. Throws the first enforced
+   * refusal, after starting the cool-down of every enforced attack_suspected alarm.
+   */
+  const judgeOutput = async (ctx: RequestContext, s: ModelScreening, raw: ScreenBatch, released: ScreenBatch, paid: ChargedRelease | null, own: (d: AnyDetector) => Float32Array[][] | undefined) => {
+    const refusals: { d: AnyDetector; refusal: BulwarkError }[] = []
+    let verdicts = 0
+    for (const d of s.detectors) {
+      if (d.needs !== 'output') continue
+      const readsRaw = judgesRawScores(d)
+      const judged = inspect(s, d, readsRaw ? raw : released, own(d))
+      const result = judged instanceof Promise ? await judged : judged
+      let flipped = false
+      if (paid && readsRaw && d.mode === 'enforce') {
+        // A verdict on raw scores leaves only through randomized response, paid for ahead; one
+        // that had nothing to say would say something too, so it must always judge.
+        const flip = paid.verdictFlips[verdicts++]
+        if (flip === undefined || !result) throw unpaid(s.model, `the ${d.name} verdict`)
+        flipped = flip
+      }
+      const refusal = decide(ctx, s, d, result, flipped)
+      if (refusal) refusals.push({ d, refusal })
+    }
+    if (refusals.length === 0) return
+    const answered = await Promise.all(refusals.map(({ d, refusal }) => refuse(s, d, raw.principal, refusal)))
+    throw answered[0]!
+  }
+
+  return { shared, judgeInput, judgeOutput }
+}
+
+export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLinks {
+  const cooldowns = deps.cooldowns ?? memoryCooldowns(deps.clock, deps.maxCooldowns ?? 100_000)
+  const { shared, judgeInput, judgeOutput } = createJudges(deps, cooldowns)
+
   /** The screened tensor's rows, or null when the request has nothing this model screens. */
   const screened = (ctx: RequestContext): { s: ModelScreening; batch: ScreenBatch & { probabilities?: Float32Array[] } } | null => {
     const s = deps.models.get(ctx.target.model)
@@ -118,17 +218,6 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
     if (!s || !tensor || !(tensor.data instanceof Float32Array)) return null // validation guarantees it; nothing to screen otherwise
     const items = rowsOf(tensor)
     return { s, batch: { principal: ctx.callerKey, items, digests: items.map(s.digest) } }
-  }
-
-  /** Runs the detectors that need `needs`, in order; throws the first enforced refusal. */
-  const judge = async (ctx: RequestContext, s: ModelScreening, batch: ScreenBatch, needs: 'input' | 'output', own?: (d: AnyDetector) => Float32Array[][] | undefined) => {
-    for (const d of s.detectors) {
-      if (d.needs !== needs) continue
-      const variants = own?.(d)
-      // In-process detectors judge synchronously; only shared ones are awaited.
-      const refusal = decide(ctx, s, d, d.shared ? await shared(s, d.name, d.inspect(batch, variants), null) : d.inspect(batch, variants))
-      if (refusal) throw await refuse(s, d, batch.principal, refusal)
-    }
   }
 
   const screenInput: Stage = {
@@ -150,7 +239,7 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
         }
       }
       const found = screened(ctx)
-      if (found) await judge(ctx, found.s, found.batch, 'input')
+      if (found) await judgeInput(ctx, found.s, found.batch)
     },
   }
 
@@ -167,7 +256,7 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
       const makers = s.detectors.filter((d) => d.variants)
       const made = makers.map((d) => batch.items.map((item) => d.variants!(item)))
       ctx.modelRequest = withVariants(ctx.request!, s, batch.items.map((_, i) => made.flatMap((perItem) => perItem[i]!)))
-      ctx.variants = { originals: batch.items.length, perDetector: made.map((m) => m[0]?.length ?? 0) }
+      ctx.variants = { originals: batch.items.length, perDetector: made.map((m) => m[0]?.length ?? 0), output: s.outputName, verdicts: paidVerdicts(s) }
     },
   }
 
@@ -182,7 +271,9 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
       const { s, batch } = found
       const perItem = layout.perDetector.reduce((a, b) => a + b, 0)
       const scores = scoresOf(ctx.result, s, layout.originals, perItem)
-      batch.probabilities = scores.probabilities
+      const paid = ctx.charged
+      const raw = { ...batch, probabilities: scores.probabilities }
+      const released = paid ? { ...batch, probabilities: releasedRows(paid, s) } : raw
       // The model's answer is stripped to the caller's items and outputs before anything can
       // be released, whatever the detectors decide.
       ctx.result = originalsOnly(ctx.result, layout.originals, ctx.request!.outputs)
@@ -193,7 +284,7 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
         const offset = layout.perDetector.slice(0, k).reduce((a, b) => a + b, 0)
         return scores.variantProbabilities.map((v) => v.slice(offset, offset + layout.perDetector[k]!))
       }
-      await judge(ctx, s, batch, 'output', own)
+      await judgeOutput(ctx, s, raw, released, paid, own)
     },
   }
 

@@ -152,6 +152,7 @@ function decisionAttributes(stage: string, ctx: RequestContext): Attributes {
       }
     case 'model-inference':
       return ctx.result ? { 'bulwark.model.version': ctx.result.modelVersion } : {}
+    case 'privacy-charge': // the budget's figures, also on the span that refuses for them
     case 'output-privacy': {
       const a: Attributes = {}
       const mode = ctx.result?.parameters.output_mode

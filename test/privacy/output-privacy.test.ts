@@ -5,7 +5,7 @@ import { OutputPolicy } from '../../src/config/output-policy.ts'
 import { BulwarkError } from '../../src/errors.ts'
 import type { Tensor } from '../../src/inference/tensor.ts'
 import { MemoryAccountant, type PrivacyAccountant } from '../../src/privacy/accountant.ts'
-import { compileOutputPolicy, createOutputPrivacyStage, defaultOutputPolicy, privacyKey } from '../../src/stages/output-privacy.ts'
+import { compileOutputPolicy, createOutputPrivacyLinks, defaultOutputPolicy, privacyKey } from '../../src/stages/output-privacy.ts'
 import { fakeContext } from '../helpers/context.ts'
 import { callerKeyOf, type Principal, type RequestContext, type Stage } from '../../src/types.ts'
 import { fakeClock, seededRandom } from './helpers.ts'
@@ -37,21 +37,25 @@ function setup(p: OutputPolicy | undefined, accountant?: PrivacyAccountant) {
   const clock = fakeClock()
   const acct = accountant ?? new MemoryAccountant({ clock })
   const compiled = compileOutputPolicy(p ?? defaultOutputPolicy)
-  const stage = createOutputPrivacyStage(() => compiled, { accountant: acct, random: seededRandom('stage') })
-  return { clock, acct, stage }
+  const links = createOutputPrivacyLinks(() => compiled, { accountant: acct, random: seededRandom('stage') })
+  // The two links as the chain runs them when no screening sits between them.
+  const stage = { run: async (ctx: RequestContext) => { await links.privacyCharge.run(ctx); await links.outputPrivacy.run(ctx) } }
+  return { clock, acct, stage, links }
 }
 
 /** The error the stage threw, or null. */
-const attempt = (stage: Stage, ctx: RequestContext): Promise<unknown> => Promise.resolve(stage.run(ctx)).then(() => null, (e: unknown) => e)
+const attempt = (stage: Pick<Stage, 'run'>, ctx: RequestContext): Promise<unknown> => Promise.resolve().then(() => stage.run(ctx)).then(() => null, (e: unknown) => e)
 
 const out = (ctx: RequestContext, name = 'probabilities') => Array.from(ctx.result!.outputs.find((o) => o.name === name)!.data as Float32Array)
 const f32 = (xs: number[]) => xs.map(Math.fround)
 
-t.test('the stage is the eighth link: body phase, infer only', async (t) => {
-  const { stage } = setup(undefined)
-  t.equal(stage.name, 'output-privacy')
-  t.equal(stage.phase, 'body')
-  t.same(stage.verbs, ['infer'])
+t.test('two links, privacy-charge and output-privacy: body phase, infer only', async (t) => {
+  const { links } = setup(undefined)
+  t.same([links.privacyCharge.name, links.outputPrivacy.name], ['privacy-charge', 'output-privacy'])
+  for (const link of [links.privacyCharge, links.outputPrivacy]) {
+    t.equal(link.phase, 'body')
+    t.same(link.verbs, ['infer'])
+  }
 })
 
 t.test('with no policy the defaults apply: label only, no noise, other outputs withheld', async (t) => {
@@ -219,4 +223,41 @@ t.test('policy defaults and cross-field checks', async (t) => {
   t.throws(() => compileOutputPolicy(policy({ noise: { mechanism: 'laplace', epsilon: 5 }, budget: { epsilon: 2 } })), /budget\/epsilon/)
   t.throws(() => compileOutputPolicy(policy({ outputs: ['a'], passThrough: ['a'] })), /passThrough/)
   t.throws(() => compileOutputPolicy(policy({ mode: 'everything' })), /mode/)
+})
+
+t.test('privacy-charge pays for what later links read: the screened output\'s rows of the caller\'s items, and each verdict', async (t) => {
+  const p = policy({ mode: 'label', passThrough: ['logits'], noise: { mechanism: 'laplace', epsilon: 1 }, budget: { epsilon: 10 } })
+  const { links } = setup(p)
+  // As screen-variants leaves it: one item and its two squeezed variants, every output; the
+  // caller asked for logits only, and feature squeezing enforces (one verdict).
+  const ctx = makeCtx([probs([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]]), probs([[1, 2], [3, 4], [5, 6]], 'logits')], {}, ['logits'])
+  ctx.variants = { originals: 1, perDetector: [2], output: 'probabilities', verdicts: 1 }
+  await links.privacyCharge.run(ctx)
+  t.same(ctx.privacy, { epsilonSpent: 2, epsilonLeft: 8 }, 'one answer (the screened row; no variant rows) and one verdict')
+  t.same(ctx.charged!.outputs.get('probabilities')!.shape, [1, 2], 'the screened output noised for the caller\'s item only')
+  t.equal(ctx.charged!.verdictFlips.length, 1)
+  t.equal(ctx.charged!.parameters.privacy_epsilon_cost, 2)
+  // As screen-output leaves it: the caller's item, the outputs asked for.
+  ctx.result = { ...ctx.result!, outputs: [probs([[5, 6]], 'logits')] }
+  await links.outputPrivacy.run(ctx)
+  t.same(ctx.result!.outputs.map((o) => o.name), ['logits'])
+  t.equal(ctx.result!.parameters.privacy_epsilon_spent, 2)
+})
+
+t.test('a request whose answers and verdicts together exceed the budget is a 400 naming both', async (t) => {
+  const { links } = setup(policy({ noise: { mechanism: 'laplace', epsilon: 1 }, budget: { epsilon: 2 } }))
+  const ctx = makeCtx([probs([[1, 0], [1, 0], [0, 1], [0, 1]])])
+  ctx.variants = { originals: 2, perDetector: [1], output: 'probabilities', verdicts: 1 }
+  const err = await attempt(links.privacyCharge, ctx)
+  t.match(err, { code: 'batch_too_large', message: /2 answers and 1 screening verdicts/ })
+})
+
+t.test('with noise, output-privacy releases only what privacy-charge paid for (fail closed)', async (t) => {
+  const { links } = setup(policy({ mode: 'scores', noise: { mechanism: 'laplace', epsilon: 1 } }))
+  const unpaid = makeCtx([probs([[0.25, 0.75]])])
+  t.match(await attempt(links.outputPrivacy, unpaid), { code: 'internal', reason: /nothing was paid for/ })
+  t.same(out(unpaid), f32([0.25, 0.75]), 'nothing replaced')
+  const forbidden = makeCtx([probs([[0.5, 0.5]]), probs([[1, 2]], 'logits')], {}, ['logits'])
+  t.match(await attempt(links.privacyCharge, forbidden), { code: 'forbidden' })
+  t.equal(forbidden.privacy, null, 'a withheld output asked for is refused before anything is charged')
 })

@@ -2,12 +2,13 @@
 // each with its own Redis client) on one Redis, the bundled mnist policy and calibration over
 // the CNN in TypeScript: a probing run alternated between them is refused at the same request
 // as against one in-process stage, the cool-down one replica starts is honoured by the other,
-// and with Redis gone the stage fails closed (503 state_unavailable) unless told to judge
-// without shared state.
+// a query that feature squeezing refuses enters the shared extraction state, and with Redis
+// gone the stage fails closed (503 state_unavailable) unless told to judge without shared state.
 
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
+import { argmax, forward, lossInputGradient } from '../../models/mnist/cnn.ts'
 import { loadMnist } from '../../models/mnist/data.ts'
 import { parsePolicy } from '../../src/config/policy.ts'
 import type { RedisConfig } from '../../src/config/scaleout.ts'
@@ -23,7 +24,7 @@ import { SharedState } from '../../src/state/redis.ts'
 import type { RequestContext, Stage } from '../../src/types.ts'
 import { fakeContext } from '../helpers/context.ts'
 import { FakeClock } from '../helpers/fake-clock.ts'
-import { cnnRunner } from '../screening/cnn-runner.ts'
+import { cnnRunner, weights } from '../screening/cnn-runner.ts'
 import { gaussian, jitter, seeded, seededRandom } from '../screening/helpers.ts'
 import { REDIS_SERVER, sharedState, startRedis } from '../helpers/scaleout.ts'
 import { redisConfig, sharedScreeningRedis } from '../screening/replicas.ts'
@@ -103,6 +104,19 @@ if (redis) {
     }
     const ring = (await raw.keys(`${prefix}stateful:mnist:*mallory*`))[0]!
     t.equal(await raw.strlen(ring), 40 + 21 * (16 + 49 * 4), "mallory's ring: 21 pooled queries (the refused one included), no raw input")
+  })
+
+  t.test('a query that feature squeezing refuses enters the shared extraction state', async (t) => {
+    const [a] = await replicas.open('refused', 1)
+    let adversarial: Float32Array | null = null
+    for (let i = 0; !adversarial; i++) {
+      const g = lossInputGradient(weights, test.images[i]!, test.labels[i]!).grad
+      const x = test.images[i]!.map((v, k) => Math.min(1, Math.max(0, v + 0.2 * Math.sign(g[k]!))))
+      if (argmax(forward(weights, x).logits) !== test.labels[i]) adversarial = x
+    }
+    await t.rejects(async () => stage(a!).run(request(adversarial, 'mallory')), { code: 'suspicious_input' })
+    const sets = await raw.keys(`bulwark-test:${run}:refused:screening:extraction:mnist:*:c*:*mallory*`)
+    t.equal(sets.length, 1, "the refused query seeded its class's growing set in Redis")
   })
 
   t.test('Redis down: fail closed with 503 state_unavailable, or judge without shared state when allowed', { skip: !REDIS_SERVER && 'needs a redis-server of its own to stop' }, async (t) => {

@@ -109,7 +109,7 @@ else {
     t.match(closed.logsWith('request not served').at(-1), { code: 'state_unavailable', stage: 'rate-limit' })
     const budget = await open.request('/v2/models/mnist/infer', { body })
     t.equal(budget.body.code, 'state_unavailable', 'rate limits let it through when told to; the budget still refuses')
-    t.match(open.logsWith('request not served').at(-1), { code: 'state_unavailable', stage: 'output-privacy' })
+    t.match(open.logsWith('request not served').at(-1), { code: 'state_unavailable', stage: 'privacy-charge' })
     const readyz = await request(`${closed.adminUrl}/readyz`)
     const rz = (await readyz.body.json()) as any
     t.equal(readyz.statusCode, 503, '/readyz: not ready')
