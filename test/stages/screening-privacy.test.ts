@@ -6,7 +6,8 @@
 // model answered enters the extraction detector's state, refused ones too; with noise the
 // extraction detector sees only the released label, and the squeezing verdict leaves only
 // through its paid randomized-response flip; what is not paid for is never judged (fail closed);
-// and the start refuses an output policy that could not pay for what screening reads.
+// and the check the start runs (screeningPrivacyProblems) names an output policy that could not
+// pay for what screening reads.
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
