@@ -6,6 +6,7 @@ import path from 'node:path'
 import { ConfigError, defaultConfig, loadConfigFile, type LoadedConfig } from './config/load.ts'
 import { FolderLockedError } from './durable/lock.ts'
 import { buildConfig } from './config/load.ts'
+import { replicaProblems } from './config/scaleout.ts'
 import { realDeps, silentLogger } from './deps.ts'
 import { buildGateway } from './server.ts'
 import { startTelemetry } from './telemetry/sdk.ts'
@@ -59,6 +60,10 @@ async function serve(argv: string[]): Promise<void> {
   const base = values.config ? await loadConfigFile(values.config) : defaultConfig(process.cwd())
   const loaded = withOverrides(base, values.listen, values.admin)
   const { config } = loaded
+  // A StatefulSet pod's ordinal (the sidecar overlay passes its apps.kubernetes.io/pod-index
+  // label): a second pod without shared state would keep a second set of budgets.
+  const replicas = replicaProblems(config, { replicaIndex: process.env.BULWARK_REPLICA_INDEX })
+  if (replicas.length > 0) throw new ConfigError(loaded.source, replicas)
   const devDir = devPkiDirFor(config, loaded.baseDir)
   if (devDir) {
     const { created, why } = await ensureDevPki(devDir, realDeps)

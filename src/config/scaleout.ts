@@ -1,8 +1,10 @@
 // The scale-out slices of bulwark.yaml (docs/scaleout.md): models served by remote model pods
 // (`models.serve[].upstream`), shared state for several replicas (`state.redis`), load
-// shedding (`loadShedding`) and tracing (`telemetry`). Each field has its default, unit and
-// range next to it, and says why the default is safe. Exporters and sampling are not here:
-// they come from the standard OTEL_* environment variables, which only src/cli.ts reads.
+// shedding (`loadShedding`) and tracing (`telemetry`), and the start-time check that replicas
+// sharing nothing do not each keep their own budgets (`replicaProblems`). Each field has its
+// default, unit and range next to it, and says why the default is safe. Exporters and
+// sampling are not here: they come from the standard OTEL_* environment variables, which
+// only src/cli.ts reads.
 
 import { Type, type Static } from '@sinclair/typebox'
 
@@ -149,11 +151,56 @@ export type RedisConfig = Static<typeof RedisConfig>
 export type LoadSheddingConfig = Static<typeof LoadSheddingConfig>
 export type TelemetryConfig = Static<typeof TelemetryConfig>
 
+/** The slices the replica check reads. */
+interface ReplicaSlices {
+  state: { redis?: RedisConfig | undefined; maxReplicas: number }
+  outputPrivacy: { enabled: boolean }
+}
+
+/** What the deployment says about a process as it starts (src/cli.ts reads it from the environment). */
+export interface ReplicaFacts {
+  /**
+   * This pod's ordinal in its StatefulSet, as text (BULWARK_REPLICA_INDEX, which the sidecar
+   * overlay sets from the pod's `apps.kubernetes.io/pod-index` label): pod N runs only while
+   * the StatefulSet has at least N + 1 replicas. Unset or empty: not known.
+   */
+  replicaIndex?: string | undefined
+}
+
+/**
+ * Several processes that share nothing, phrased as fixes (empty = fine). Without state.redis
+ * each process keeps its own privacy budgets, so a caller spread over N of them spends N
+ * budgets; with output privacy on, a configuration or a deployment that runs more than one
+ * such process stops the start instead of serving N times what the policies allow.
+ */
+export function replicaProblems(config: ReplicaSlices, facts: ReplicaFacts = {}): string[] {
+  const problems: string[] = []
+  const raw = facts.replicaIndex
+  let index: number | null = null
+  if (raw !== undefined && raw !== '') {
+    if (/^(0|[1-9][0-9]{0,5})$/.test(raw)) index = Number(raw)
+    else problems.push(`BULWARK_REPLICA_INDEX: ${JSON.stringify(raw)} is not a pod ordinal; set it from the pod's apps.kubernetes.io/pod-index label (0, 1, ...) or leave it unset`)
+  }
+  if (!config.outputPrivacy.enabled || config.state.redis) return problems
+  const n = config.state.maxReplicas
+  if (n > 1) {
+    problems.push(
+      `/state/maxReplicas: ${n} replicas without state.redis would each keep their own privacy budgets, so a caller spread over them could spend ${n} budgets; ` +
+        'set state.redis so they share one (docs/scaleout.md), or run one replica and set state.maxReplicas: 1',
+    )
+  } else if (index !== null && index >= 1) {
+    problems.push(
+      `BULWARK_REPLICA_INDEX: this pod is number ${index} of its StatefulSet (from 0), so at least ${index + 1} replicas run, and without state.redis each keeps its own privacy budgets; ` +
+        'scale the StatefulSet back to 1 replica (kubectl scale statefulset NAME --replicas=1), or set state.redis so replicas share budgets (docs/scaleout.md)',
+    )
+  }
+  return problems
+}
+
 /** Cross-field problems the schema cannot express, phrased as fixes (empty = fine). */
 export function scaleoutProblems(config: {
   models: { serve: readonly { name: string; upstream?: UpstreamConfig | undefined }[] }
-  state: { redis?: RedisConfig | undefined }
-}): string[] {
+} & ReplicaSlices): string[] {
   const problems: string[] = []
   config.models.serve.forEach((m, i) => {
     const u = m.upstream
@@ -168,5 +215,6 @@ export function scaleoutProblems(config: {
   const r = config.state.redis
   if (r?.tls && !r.url.startsWith('rediss://')) problems.push('/state/redis/tls: only used with a rediss:// URL; remove it or use rediss://')
   if (r?.tls && (r.tls.certFile === undefined) !== (r.tls.keyFile === undefined)) problems.push('/state/redis/tls: give both certFile and keyFile, or neither')
+  problems.push(...replicaProblems(config))
   return problems
 }

@@ -229,6 +229,15 @@ export const StateConfig = Type.Object(
      * and `directory`. Absent: one replica, the embedded stores.
      */
     redis: Type.Optional(RedisConfig),
+    /**
+     * The most gateway processes that serve callers with this configuration at once (for an
+     * autoscaler, its maxReplicas plus the rollout's surge). Without `redis` each process
+     * keeps its own privacy budgets, so a caller whose requests are spread over N processes
+     * gets N budgets: with output privacy on, more than 1 without `redis` stops the start
+     * (src/config/scaleout.ts). Default 1: one process, which the journal's folder lock
+     * enforces per folder.
+     */
+    maxReplicas: Type.Integer({ minimum: 1, maximum: 10_000, default: 1 }),
   },
   { additionalProperties: false, default: {} },
 )

@@ -73,9 +73,10 @@ for (const overlay of OVERLAYS) {
 
   test(`${overlay}: renders, and every object validates against its schema`, async (t) => {
     t.ok(objs.length > 10, `${objs.length} objects`)
-    for (const kind of ['Namespace', 'ServiceAccount', 'NetworkPolicy', 'Certificate', 'Service', 'PersistentVolumeClaim', 'ConfigMap', 'Deployment']) {
+    for (const kind of ['Namespace', 'ServiceAccount', 'NetworkPolicy', 'Certificate', 'Service', 'PersistentVolumeClaim', 'ConfigMap']) {
       t.ok(byKind(objs, kind).length > 0, `has a ${kind}`)
     }
+    t.ok(pods(objs).length > 0, 'has a workload')
     const strictProblems = strictFieldProblems(objs)
     t.same(strictProblems.get(-1) ?? [], [], 'the strict-field program compiles')
     for (const [i, obj] of objs.entries()) {
@@ -134,7 +135,10 @@ for (const overlay of OVERLAYS) {
     t.same(jwks.map((r) => (r.ports as Rec[]).map((x) => x.port)), [[Number(issuer.port || 443)]], 'egress: the JWKS issuer, on its HTTPS port')
     const others = egress.filter((r) => !dns.includes(r) && !jwks.includes(r))
     if (overlay === 'sidecar') t.same(others, [], 'sidecar: no other egress (the model server is on localhost)')
-    else t.same(others.map((r) => (r.to as Rec[]).map((x) => Object.keys(x))), [[['podSelector']]], 'gateway: the model server pods, nothing else')
+    else {
+      const peers = others.map((r) => (r.to as Rec[]).map((x) => ((x.podSelector as Rec | undefined)?.matchLabels as Record<string, string> | undefined)?.['app.kubernetes.io/name'] ?? Object.keys(x).join()))
+      t.same(peers.sort(), [['model-server'], ['redis']], 'gateway: the model server pods and Redis, by pod selector, nothing else')
+    }
   })
 
   test(`${overlay}: no ServiceAccount token is mounted, and the only RBAC lets csi-driver-spiffe request the pod's SVID`, async (t) => {
@@ -195,6 +199,7 @@ for (const overlay of OVERLAYS) {
       [config.tls.keyFile, 'tls'],
       [config.audit.checkpoint.signingKeyFile, 'audit key'],
       [config.models.signingPublicKeyFile!, 'model signing key'],
+      ...(config.state.redis ? [[config.state.redis.passwordFile!, 'Redis password'] as [string, string]] : []),
     ]
     const certificate = one(objs, 'Certificate', 'bulwark-tls')
     const certSecret = (certificate.spec as Rec).secretName as string
@@ -223,13 +228,13 @@ for (const overlay of OVERLAYS) {
 
     const policiesMount = mountOf(path.join(config.policies.directory, 'x.yaml'))!
     t.match(policiesMount.volume, { configMap: { name: /^bulwark-policies-/ } }, 'policies come from the bulwark-policies ConfigMap')
+    // The state folder's volume is test/deploy/budgets.test.ts's subject; with state.redis nothing is kept there.
     const writable = mounts.filter((m) => m.readOnly !== true).map((m) => m.mountPath).sort()
-    t.same(writable, [config.audit.directory, config.state.directory].sort(), 'the only writable mounts: audit trail and state')
-    for (const dir of [config.audit.directory, config.state.directory]) {
-      const m = mountOf(dir)!
-      t.match(m.volume, { persistentVolumeClaim: { claimName: 'bulwark-data' } }, `${dir} is on the persistent volume`)
-      t.match(m.subPathExpr, /^\$\(POD_NAME\)\//, `${dir}: one folder per pod (one gateway process per folder)`)
-    }
+    if (config.state.redis) t.same(writable, [config.audit.directory], 'the only writable mount: the audit trail (the state is in Redis)')
+    else t.same(writable, [config.audit.directory, config.state.directory].sort(), 'the only writable mounts: audit trail and state')
+    const auditMount = mountOf(config.audit.directory)!
+    t.match(auditMount.volume, { persistentVolumeClaim: { claimName: 'bulwark-data' } }, `${config.audit.directory} is on the persistent volume`)
+    t.match(auditMount.subPathExpr, /^\$\(POD_NAME\)\//, `${config.audit.directory}: one folder per pod (one gateway process per folder)`)
     t.match((b.c.env as Rec[]).find((e) => e.name === 'POD_NAME'), { valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } }, 'POD_NAME from the downward API')
 
     // The policies in the ConfigMap load with the gateway's loader and cover every served model.
@@ -257,7 +262,7 @@ for (const overlay of OVERLAYS) {
 test('sidecar: Bulwark is a native sidecar and the model listens on localhost only', async (t) => {
   const objs = rendered.sidecar
   const b = bulwark(objs)
-  t.equal(b.owner, 'Deployment/inference')
+  t.equal(b.owner, 'StatefulSet/inference')
   const init = (b.pod.initContainers as Rec[]) ?? []
   t.equal(init[0]?.name, 'bulwark', 'Bulwark is an init container...')
   t.equal(init[0]?.restartPolicy, 'Always', '...with restartPolicy Always: a native sidecar')
@@ -312,15 +317,16 @@ test('gateway: HPA and PDB for the Bulwark Deployment; model pods reachable from
   }
 })
 
-test('every Secret a pod mounts is created by cert-manager or by a documented command', async (t) => {
+test('every Secret a pod mounts or reads is created by cert-manager or by a documented command', async (t) => {
   for (const overlay of OVERLAYS) {
     const objs = rendered[overlay]
     const issued = new Set(byKind(objs, 'Certificate').map((c) => (c.spec as Rec).secretName as string))
     for (const p of pods(objs)) {
-      for (const v of (p.spec.volumes as Rec[] | undefined) ?? []) {
-        const name = (v.secret as Rec | undefined)?.secretName as string | undefined
+      const mounted = ((p.spec.volumes as Rec[] | undefined) ?? []).map((v) => (v.secret as Rec | undefined)?.secretName as string | undefined)
+      const read = containersOf(p.spec).flatMap((c) => ((c.env as Rec[] | undefined) ?? []).map((e) => ((e.valueFrom as Rec | undefined)?.secretKeyRef as Rec | undefined)?.name as string | undefined))
+      for (const name of [...mounted, ...read]) {
         if (name === undefined) continue
-        t.ok(issued.has(name) || docs.includes(`create secret generic ${name} `), `${overlay}: Secret ${name}`)
+        t.ok(issued.has(name) || docs.includes(`create secret generic ${name} `), `${overlay}: ${p.owner}: Secret ${name}`)
       }
     }
   }
