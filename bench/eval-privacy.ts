@@ -100,8 +100,10 @@ const queries = attackerQueries(data.train.images, Math.max(...sizes), seededRng
 const means = classMeans(data.train.images, data.train.labels, CLASSES)
 
 /**
- * The real clock with a wall-time offset that the benign caller moves forward to simulate
- * hours. Monotonic time (batcher delays, deadlines) stays real, so the gateway runs as usual.
+ * The real clock with an offset that the benign caller moves forward to simulate hours. Both
+ * wall and monotonic time move: the privacy journal frees charges by elapsed (monotonic) time,
+ * so a wall clock moved alone would free nothing. Timers stay real; nothing is in flight when
+ * the offset moves.
  */
 class SkewedClock implements Clock {
   offsetMs = 0
@@ -109,7 +111,7 @@ class SkewedClock implements Clock {
     return systemClock.nowMs() + this.offsetMs
   }
   monotonicMs(): number {
-    return systemClock.monotonicMs()
+    return systemClock.monotonicMs() + this.offsetMs
   }
   setTimeout: Clock['setTimeout'] = (fn, ms, o) => systemClock.setTimeout(fn, ms, o)
   setInterval: Clock['setInterval'] = (fn, ms, o) => systemClock.setInterval(fn, ms, o)

@@ -64,13 +64,16 @@ export async function buildOutputPrivacy(
     }
   }
 
-  // Keep charges only as long as the longest budget window in use: memory (here, or in Redis)
+  // Keep charges as long as the longest budget window in use: memory (here, or in Redis)
   // stays proportional to what the budgets allow per window, not to a week of traffic.
   // (Policies are read once at start, so no window can grow past it while the gateway runs.)
+  // This is a floor: the accountants keep each charge for the window it was made under, so a
+  // window shortened or a model removed since does not drop charges that still count.
   const windows = [...deps.registry.list()].map((m) => (compiled.get(m.name) ?? fallback).budget.windowMs)
   const retentionMs = Math.max(1000, ...windows)
+  // Not this replica's clock: replicas sharing budgets share the Redis server's.
   const accountant = deps.sharedState
-    ? new RedisAccountant({ redis: deps.sharedState.client, clock, random, retentionMs })
+    ? new RedisAccountant({ redis: deps.sharedState.client, random, retentionMs })
     : await FileAccountant.open({
         directory: path.join(path.resolve(where.baseDir, config.state.directory), 'privacy'),
         clock,

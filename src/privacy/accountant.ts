@@ -13,11 +13,19 @@
 // the budget's ε. The zCDP comparison converts the remaining ε to an allowed ρ, rounded
 // down to a whole nano-rho, so float error can only refuse, never over-spend.
 //
-// Window. A charge made at wall time t counts while now < t + windowMs, i.e. it frees at
-// exactly t + windowMs. When a charge does not fit, retryAfterMs is how long until enough
-// of the oldest charges have expired for it to fit; Infinity when it can never fit (it
-// costs more than the whole budget). A wall clock that steps back only makes entries
-// count longer.
+// Window. Each charge records the window it was charged under (w). A charge made at time t
+// counts against a budget while now < t + max(w, budget.windowMs): a policy whose window was
+// shortened since (or a model removed and added back) does not cut short the window the
+// charge was made under, and a lengthened window holds it for the new length. It frees at
+// exactly that instant. It is forgotten only once both its own window and the accountant's
+// retention (the longest window of the policies in use) have passed, so no retention, however
+// short, drops a charge that still counts. When a charge does not fit, retryAfterMs is how
+// long until enough of the oldest charges have freed for it to fit; Infinity when it can
+// never fit (it costs more than the whole budget).
+//
+// Time. Charges are stamped and freed by a ChargeClock (below): wall time that never runs
+// faster than the monotonic clock, so a wall clock stepping forward frees nothing early,
+// and one stepping back only makes charges count longer.
 //
 // The interface is async and keyed by an opaque string so that a shared store (Redis,
 // with the check-and-add in one Lua script) can replace the file-backed one when several
@@ -62,10 +70,15 @@ export const MAX_WINDOW_MS = 7 * 24 * 3600 * 1000
 
 /** One recorded charge. */
 export interface LedgerEntry {
-  /** Wall time of the charge, ms since the epoch. */
+  /** Time of the charge (its accountant's ChargeClock), ms since the epoch. */
   t: number
   e: number
   r: number
+  /**
+   * The window it was charged under, ms: it counts at least this long after t. 0 when none was
+   * recorded (a charge recorded before windows were): the budget's window alone decides.
+   */
+  w: number
   /** Whether the entry is on disk (file accountant); entries loaded from disk are. */
   durable: boolean
   /**
@@ -74,6 +87,59 @@ export interface LedgerEntry {
    * at the same instant). A writer clears it when it takes the entry to write it.
    */
   pending?: boolean
+}
+
+/** A step of the wall clock larger than this is reported (smaller ones are clock jitter). */
+const STEP_REPORT_MS = 1000
+
+/**
+ * The time an accountant stamps and frees charges by. It is wall time, because charges outlive
+ * the process and only the wall clock says how long a restart took. But while the process
+ * runs it never moves faster than the monotonic clock, so a forward step of the wall clock
+ * (an operator, NTP correcting a clock that was behind, a VM resumed after a suspend) frees
+ * nothing early: every charge keeps counting for its window of elapsed time. It follows the
+ * wall clock back when that steps backward, so it is never ahead of it; charges then count
+ * that much longer, never shorter. After a forward step it stays behind the wall clock by the
+ * step for good (catching up would free every live charge early by as much); the file
+ * accountant records the difference in its journal, so that a restart keeps it too.
+ */
+export class ChargeClock {
+  readonly #clock: Clock
+  #base: number
+  #baseMono: number
+  /** How far behind the wall clock this time was when last reported. */
+  #reported: number
+  readonly #onStep: (behindMs: number) => void
+
+  /**
+   * Starts at `startMs` (default: the wall clock now; never later than it). `onStep` hears of
+   * each forward step of the wall clock, with how far behind it this time now is.
+   */
+  constructor(clock: Clock, startMs = clock.nowMs(), onStep: (behindMs: number) => void = () => {}) {
+    this.#clock = clock
+    this.#base = Math.min(Math.floor(startMs), clock.nowMs())
+    this.#baseMono = clock.monotonicMs()
+    this.#reported = clock.nowMs() - this.#base
+    this.#onStep = onStep
+  }
+
+  /** The time now, whole ms since the epoch. */
+  nowMs(): number {
+    const wall = this.#clock.nowMs()
+    const mono = this.#clock.monotonicMs()
+    const t = Math.floor(this.#base + (mono - this.#baseMono))
+    if (wall <= t) {
+      this.#base = wall
+      this.#baseMono = mono
+      this.#reported = 0
+      return wall
+    }
+    if (wall - t > this.#reported + STEP_REPORT_MS) {
+      this.#reported = wall - t
+      this.#onStep(wall - t)
+    }
+    return t
+  }
 }
 
 const KEY_RE = /^[\x21-\x7e]{1,256}$/
@@ -123,11 +189,12 @@ export function checkKey(key: string): void {
 }
 
 /**
- * One key's charges in time order, with running sums so that a window's total costs a
- * binary search instead of a scan (a busy principal may hold thousands of charges in one
- * window). Entries before `head` have expired; they are dropped in bulk, not one by one.
+ * One key's charges under one window, in time order, with running sums so that a window's
+ * total costs a binary search instead of a scan (a busy principal may hold thousands of
+ * charges in one window). Entries before `head` have expired; they are dropped in bulk, not
+ * one by one. All entries share one window, so they free, and expire, in time order.
  */
-class KeyLog {
+class Series {
   entries: LedgerEntry[] = []
   /** cumE[i] = e of entries[0..i], likewise cumR. */
   cumE: number[] = []
@@ -162,7 +229,7 @@ class KeyLog {
     return last !== undefined && this.entries.length > this.head && last.t === t && last.pending === true
   }
 
-  /** Inserts out of time order (journal replay only), rebuilding the sums after it. */
+  /** Inserts out of time order (journal replay, a clock stepped back), rebuilding the sums after it. */
   insert(entry: LedgerEntry): void {
     let i = this.entries.length
     while (i > this.head && this.entries[i - 1]!.t > entry.t) i--
@@ -218,13 +285,51 @@ class KeyLog {
   }
 }
 
+/** The entries of one series that count now: from `first` on, each freeing at its t + spanMs. */
+interface Counted {
+  series: Series
+  first: number
+  spanMs: number
+}
+
 /**
- * The in-memory state and arithmetic that every accountant shares: per key, the charges
- * still within the retention period, sorted by time.
+ * Milliseconds until enough of the counted charges have freed for a window holding `e`, `r`
+ * to fit `budget`: they free in time order within a series, and series are merged by when
+ * their charges free. Call only when the new charge fits on its own.
+ */
+function retryAfter(counted: readonly Counted[], e: number, r: number, budget: PrivacyBudget, nowMs: number): number {
+  if (counted.length === 1) {
+    // One window (the usual case): no merge, no allocation.
+    const { series, first, spanMs } = counted[0]!
+    for (let i = first; i < series.entries.length; i++) {
+      const entry = series.entries[i]!
+      e -= entry.e
+      r -= entry.r
+      if (fits(e, r, budget)) return Math.max(1, entry.t + spanMs - nowMs)
+    }
+    return Infinity
+  }
+  const frees: { at: number; e: number; r: number }[] = []
+  for (const { series, first, spanMs } of counted) {
+    for (let i = first; i < series.entries.length; i++) frees.push({ at: series.entries[i]!.t + spanMs, e: series.entries[i]!.e, r: series.entries[i]!.r })
+  }
+  frees.sort((a, b) => a.at - b.at)
+  for (const f of frees) {
+    e -= f.e
+    r -= f.r
+    if (fits(e, r, budget)) return Math.max(1, f.at - nowMs)
+  }
+  return Infinity
+}
+
+/**
+ * The in-memory state and arithmetic that every accountant shares: per key and per window a
+ * charge was made under, the charges still kept, sorted by time. A key holds one window
+ * unless its policy's window changed; then the older charges keep their own until it passes.
  */
 export class Ledger {
   readonly retentionMs: number
-  readonly #keys = new Map<string, KeyLog>()
+  readonly #keys = new Map<string, Map<number, Series>>()
 
   constructor(retentionMs: number) {
     this.retentionMs = retentionMs
@@ -232,29 +337,41 @@ export class Ledger {
 
   /** Adds an entry (from disk or a charge), keeping time order. */
   add(key: string, entry: LedgerEntry): void {
-    let log = this.#keys.get(key)
-    if (!log) this.#keys.set(key, (log = new KeyLog()))
-    log.insert(entry)
+    let windows = this.#keys.get(key)
+    if (!windows) this.#keys.set(key, (windows = new Map()))
+    let series = windows.get(entry.w)
+    if (!series) windows.set(entry.w, (series = new Series()))
+    series.insert(entry)
   }
 
-  /** Drops entries older than the retention period; returns how many it dropped. */
+  /** How long charges made under window `w` are kept: their window, or the retention if longer. */
+  #keepMs(w: number): number {
+    return Math.max(w, this.retentionMs)
+  }
+
+  /** Drops entries past both their own window and the retention; returns how many it dropped. */
   prune(nowMs: number): number {
     let dropped = 0
-    for (const [key, log] of this.#keys) {
-      dropped += log.expire(nowMs - this.retentionMs)
-      if (log.live === 0) this.#keys.delete(key)
+    for (const [key, windows] of this.#keys) {
+      for (const [w, series] of windows) {
+        dropped += series.expire(nowMs - this.#keepMs(w))
+        if (series.live === 0) windows.delete(w)
+      }
+      if (windows.size === 0) this.#keys.delete(key)
     }
     return dropped
   }
 
-  /** Every retained entry, by key (for compaction). */
+  /** Every kept entry, by key (for compaction). */
   *entries(): Generator<[string, LedgerEntry]> {
-    for (const [key, log] of this.#keys) for (let i = log.head; i < log.entries.length; i++) yield [key, log.entries[i]!]
+    for (const [key, windows] of this.#keys) {
+      for (const s of windows.values()) for (let i = s.head; i < s.entries.length; i++) yield [key, s.entries[i]!]
+    }
   }
 
   get size(): number {
     let n = 0
-    for (const log of this.#keys.values()) n += log.live
+    for (const windows of this.#keys.values()) for (const s of windows.values()) n += s.live
     return n
   }
 
@@ -265,10 +382,19 @@ export class Ledger {
    * true) the key's pending entry of the same millisecond, which now holds it too.
    */
   charge(key: string, cost: PrivacyCost, budget: PrivacyBudget, nowMs: number, record = true): { result: ChargeResult; entry?: LedgerEntry; merged?: boolean } {
-    const log = this.#keys.get(key) ?? new KeyLog()
-    log.expire(nowMs - this.retentionMs)
-    const first = log.firstAfter(nowMs - budget.windowMs)
-    const { e, r } = log.sums(first)
+    const windows = this.#keys.get(key)
+    const counted: Counted[] = []
+    let e = 0
+    let r = 0
+    for (const [w, series] of windows ?? []) {
+      series.expire(nowMs - this.#keepMs(w))
+      const spanMs = Math.max(w, budget.windowMs)
+      const first = series.firstAfter(nowMs - spanMs)
+      const sums = series.sums(first)
+      e += sums.e
+      r += sums.r
+      counted.push({ series, first, spanMs })
+    }
     const deltaOf = (rho: number) => (rho > 0 ? budget.delta : 0)
     const ne = e + cost.epsilonMicros
     const nr = r + cost.rhoNanos
@@ -276,11 +402,12 @@ export class Ledger {
       let entry: LedgerEntry | undefined
       let merged = false
       if (record && (cost.epsilonMicros > 0 || cost.rhoNanos > 0)) {
-        if (log.openAt(nowMs)) {
-          entry = log.addToLast(cost.epsilonMicros, cost.rhoNanos)
+        const series = windows?.get(budget.windowMs)
+        if (series?.openAt(nowMs)) {
+          entry = series.addToLast(cost.epsilonMicros, cost.rhoNanos)
           merged = true
         } else {
-          entry = { t: nowMs, e: cost.epsilonMicros, r: cost.rhoNanos, durable: false, pending: true }
+          entry = { t: nowMs, e: cost.epsilonMicros, r: cost.rhoNanos, w: budget.windowMs, durable: false, pending: true }
           this.add(key, entry)
         }
       }
@@ -289,20 +416,8 @@ export class Ledger {
         ...(entry ? { entry, merged } : {}),
       }
     }
-    // Does not fit: find the earliest moment enough of the oldest charges have expired.
-    let retryAfterMs = Infinity
-    if (fits(cost.epsilonMicros, cost.rhoNanos, budget)) {
-      let we = ne
-      let wr = nr
-      for (let i = first; i < log.entries.length; i++) {
-        we -= log.entries[i]!.e
-        wr -= log.entries[i]!.r
-        if (fits(we, wr, budget)) {
-          retryAfterMs = Math.max(1, log.entries[i]!.t + budget.windowMs - nowMs)
-          break
-        }
-      }
-    }
+    // Does not fit: find the earliest moment enough of the oldest charges have freed.
+    const retryAfterMs = fits(cost.epsilonMicros, cost.rhoNanos, budget) ? retryAfter(counted, ne, nr, budget, nowMs) : Infinity
     return {
       result: { ok: false, epsilonSpent: spentEpsilon(e, r, budget.delta), epsilonLeft: leftEpsilon(e, r, budget), delta: deltaOf(r), retryAfterMs },
     }
@@ -312,11 +427,11 @@ export class Ledger {
 /** An accountant that forgets on restart: for tests and for deployments that accept that. */
 export class MemoryAccountant implements PrivacyAccountant {
   readonly #ledger: Ledger
-  readonly #clock: Clock
+  readonly #time: ChargeClock
   #closed = false
 
   constructor(options: { clock: Clock; retentionMs?: number }) {
-    this.#clock = options.clock
+    this.#time = new ChargeClock(options.clock)
     this.#ledger = new Ledger(options.retentionMs ?? MAX_WINDOW_MS)
   }
 
@@ -325,13 +440,13 @@ export class MemoryAccountant implements PrivacyAccountant {
     checkKey(key)
     checkCost(cost)
     checkBudget(budget, this.#ledger.retentionMs)
-    return this.#ledger.charge(key, cost, budget, this.#clock.nowMs()).result
+    return this.#ledger.charge(key, cost, budget, this.#time.nowMs()).result
   }
 
   async balance(key: string, budget: PrivacyBudget): Promise<ChargeResult> {
     checkKey(key)
     checkBudget(budget, this.#ledger.retentionMs)
-    return this.#ledger.charge(key, { epsilonMicros: 0, rhoNanos: 0 }, budget, this.#clock.nowMs(), false).result
+    return this.#ledger.charge(key, { epsilonMicros: 0, rhoNanos: 0 }, budget, this.#time.nowMs(), false).result
   }
 
   async close(): Promise<void> {

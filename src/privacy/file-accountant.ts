@@ -2,10 +2,32 @@
 //
 // Format: `<directory>/journal.jsonl`, append-only, one JSON object per line, each with a
 // CRC-32 of the line's content:
-//     {"journal":"bulwark-privacy","version":1,"crc":"<8 hex>"}              first line
-//     {"t":<wall ms>,"k":"<key>","e":<micro-epsilon>,"r":<nano-rho>,"crc":"<8 hex>"}
-// The crc covers the JSON text of the other fields in that order, without "crc". The codec,
-// the replay and the reservation sizing are the pure functions at the top of this file.
+//     {"journal":"bulwark-privacy","version":2,"crc":"<8 hex>"}              first line
+//     {"t":<ms>,"k":"<key>","e":<micro-epsilon>,"r":<nano-rho>,"w":<window ms>,"crc":"<8 hex>"}
+//     {"clock":<ms>,"wall":<wall ms>,"crc":"<8 hex>"}
+// The crc covers the JSON text of the other fields in that order, without "crc". An entry is
+// a charge (or a reservation) at time t, made under a window of w ms. A clock line says what
+// the journal's time and the wall clock read at one moment (see "Time"). Version 1 journals
+// (entries without "w", no clock lines) are read and rewritten as version 2, their entries
+// with "w":0, no window of their own: they count by the budget's window and are kept for the
+// retention, as version 1 did. A gateway of version 1 refuses a version 2 journal rather than
+// misread it. The codec, the replay and the reservation sizing are the pure functions at the
+// top of this file.
+//
+// Time. Charges are stamped and freed by the journal's own time (a ChargeClock,
+// accountant.ts): wall time that never runs faster than the monotonic clock while the
+// gateway runs, so a wall clock stepping forward frees nothing early. Across a restart only
+// the wall clock can say how long the gateway was down, so the journal records a clock line
+// (its time and the wall clock's) every CLOCK_LINE_INTERVAL_MS, at every rewrite and at close,
+// and at open resumes from the last one: its time then is the recorded time plus the wall
+// clock's progress since, so a difference left by an earlier step is kept. If the wall clock
+// is past the last record by more than the longest window of its charges plus one clock
+// interval (the age a killed gateway's last clock line can have), it cannot tell a long
+// downtime from a clock stepped forward: it holds, resuming from the recorded time as if no
+// time had passed, and warns. Charges then stay charged rather than freed: after a real long
+// downtime the callers that spent just before it wait up to one window more. A forward step
+// smaller than that, made while the gateway was down, cannot be told from downtime and frees
+// charges early by at most the step.
 //
 // Crash safety. A charge is recorded in memory at once (so concurrent requests cannot
 // overspend), then its line is appended to a durable log (src/durable/log.ts); `charge`
@@ -15,14 +37,15 @@
 // nothing) and the file is synced every relaxedSyncIntervalMs: a power cut or kernel crash
 // can forget the charges of that last interval, never corrupt the journal.
 // Concurrent charges share one write (group commit), and the charges of one key in one
-// write share one line: the summed cost at the latest of their times. Replayed after a
-// restart, such a line frees its whole cost at that latest time, a little later than the
-// charges it merges would have: never earlier, so never an overspend, and a busy caller
-// costs one line per write instead of one per answer. A crash can leave only the tail
-// torn; at open, invalid lines AT THE END are dropped (their answers were never released)
-// and any invalid line FOLLOWED by a valid one stops the start: that is corruption, not a
-// crash, and silently dropping a charge would overspend. After a failed write the accountant
-// refuses every further charge (fail closed) until restarted.
+// write share one line: the summed cost at the latest of their times (and the longest of
+// their windows, should they differ). Replayed after a restart, such a line frees its whole
+// cost at that latest time, a little later than the charges it merges would have: never
+// earlier, so never an overspend, and a busy caller costs one line per write instead of one
+// per answer. A crash can leave only the tail torn; at open, invalid lines AT THE END are
+// dropped (their answers were never released) and any invalid line FOLLOWED by a valid one
+// stops the start: that is corruption, not a crash, and silently dropping a charge would
+// overspend. After a failed write the accountant refuses every further charge (fail closed)
+// until restarted.
 //
 // Reservations (charge ahead), with reserveFraction > 0 (the gateway's default). One write
 // per answer, even grouped, costs a busy caller a synced write every few answers. Instead a
@@ -38,11 +61,11 @@
 // within their lease, falls to what the last one served when it expired, and is capped at
 // reserveFraction of the budget and at what the window has left.
 //
-// Size. Entries older than the retention period (the longest window) are dead. When the
-// file holds more than `compactMinLines` lines and more than twice the live entries, it
-// is rewritten atomically (src/durable/files.ts): either the old or the new journal is
-// complete at every instant. Only entries already on disk go into the rewrite; charges still
-// waiting for their write are appended after it.
+// Size. An entry is dead once both its own window and the retention period (the longest
+// window of the policies in use) have passed. When the file holds more than `compactMinLines`
+// lines and more than twice the live entries, it is rewritten atomically (src/durable/files.ts):
+// either the old or the new journal is complete at every instant. Only entries already on disk
+// go into the rewrite; charges still waiting for their write are appended after it.
 //
 // One process per directory, enforced by the durable log's lock: two gateways sharing the
 // directory would each miss the other's charges, so the second refuses to start. Several
@@ -55,13 +78,14 @@ import path from 'node:path'
 import { crc32 } from 'node:zlib'
 import { Value } from '@sinclair/typebox/value'
 import { JournalConfig } from '../config/schema.ts'
-import type { Clock, Logger } from '../deps.ts'
+import type { Clock, Logger, Timer } from '../deps.ts'
 import { silentLogger } from '../deps.ts'
 import type { LogWriter } from '../durable/files.ts'
 import type { DurableFs, ProcessLiveness } from '../durable/fs.ts'
 import { replayLines } from '../durable/lines.ts'
 import { DurableLog } from '../durable/log.ts'
 import {
+  ChargeClock,
   Ledger,
   MAX_WINDOW_MS,
   checkBudget,
@@ -76,9 +100,11 @@ import {
 import { EPSILON_UNITS, scaleCost, type PrivacyCost } from './mechanisms.ts'
 
 export const JOURNAL_FILE = 'journal.jsonl'
-const HEADER = { journal: 'bulwark-privacy', version: 1 }
+const HEADER = { journal: 'bulwark-privacy', version: 2 }
 /** Compact once the file has this many lines (and twice the live ones), unless told otherwise. */
 const COMPACT_MIN_LINES = 4096
+/** How often a running journal records a clock line (see "Time"). */
+export const CLOCK_LINE_INTERVAL_MS = 60_000
 
 export class PrivacyStateError extends Error {
   override name = 'PrivacyStateError'
@@ -88,7 +114,10 @@ export interface FileAccountantOptions extends Partial<JournalConfig> {
   /** Folder for the journal (created, mode 0700), e.g. `<state.directory>/privacy`. */
   directory: string
   clock: Clock
-  /** How long charges are kept: at least the longest policy window. Default 7 days. */
+  /**
+   * How long charges are kept at least: the longest window of the policies in use. Each
+   * charge is also kept for the window it was made under, if longer. Default 7 days.
+   */
   retentionMs?: number
   /** Compact once the file has this many lines (and twice the live ones). Default 4096. */
   compactMinLines?: number
@@ -117,8 +146,21 @@ export function sealLine(fields: object): string {
   return `${body.slice(0, -1)},"crc":"${crcHex(body)}"}\n`
 }
 
-function entryLine(key: string, e: Pick<LedgerEntry, 't' | 'e' | 'r'>): string {
-  return sealLine({ t: e.t, k: key, e: e.e, r: e.r })
+type EntryFields = Pick<LedgerEntry, 't' | 'e' | 'r' | 'w'>
+
+function entryLine(key: string, e: EntryFields): string {
+  return sealLine({ t: e.t, k: key, e: e.e, r: e.r, w: e.w })
+}
+
+/** What the journal's time and the wall clock read at one moment. */
+export interface ClockReading {
+  tau: number
+  wall: number
+}
+
+/** A clock line (see "Time"). */
+export function clockLine(reading: ClockReading): string {
+  return sealLine({ clock: reading.tau, wall: reading.wall })
 }
 
 /** Charges of one key this close together may share a line (see "Crash safety" above). */
@@ -127,32 +169,38 @@ const MERGE_WINDOW_MS = 1000
 /**
  * Journal lines for `entries` (each key's in time order): consecutive charges of a key
  * within MERGE_WINDOW_MS of the first of them become one line, their summed cost at the
- * latest of their times. Used for group-commit writes and for compaction alike.
+ * latest of their times and the longest of their windows, so that the line frees no earlier
+ * than any of them. Used for group-commit writes and for compaction alike.
  */
-export function journalText(entries: Iterable<readonly [string, Pick<LedgerEntry, 't' | 'e' | 'r'>]>): string {
-  const open = new Map<string, { first: number; t: number; e: number; r: number }>()
+export function journalText(entries: Iterable<readonly [string, EntryFields]>): string {
+  const open = new Map<string, { first: number } & EntryFields>()
   let text = ''
   for (const [key, entry] of entries) {
     const m = open.get(key)
     if (m && entry.t - m.first < MERGE_WINDOW_MS) {
       m.t = Math.max(m.t, entry.t)
+      m.w = Math.max(m.w, entry.w)
       m.e += entry.e
       m.r += entry.r
       continue
     }
     if (m) text += entryLine(key, m)
-    open.set(key, { first: entry.t, t: entry.t, e: entry.e, r: entry.r })
+    open.set(key, { first: entry.t, t: entry.t, e: entry.e, r: entry.r, w: entry.w })
   }
   for (const [key, m] of open) text += entryLine(key, m)
   return text
 }
 
-/** A whole journal file: the header and `entries`. */
-export function journalFileText(entries: Iterable<readonly [string, Pick<LedgerEntry, 't' | 'e' | 'r'>]>): string {
-  return sealLine(HEADER) + journalText(entries)
+/** A whole journal file: the header, a clock line when given, and `entries`. */
+export function journalFileText(entries: Iterable<readonly [string, EntryFields]>, clock?: ClockReading): string {
+  return sealLine(HEADER) + (clock ? clockLine(clock) : '') + journalText(entries)
 }
 
-export type JournalLine = { kind: 'header'; version: unknown } | { kind: 'entry'; key: string; entry: LedgerEntry }
+export type JournalLine =
+  | { kind: 'header'; version: unknown }
+  /** format: 1 for a line without a window (entry.w 0), 2 for one with. */
+  | { kind: 'entry'; key: string; entry: LedgerEntry; format: 1 | 2 }
+  | { kind: 'clock'; reading: ClockReading }
 
 /** One line (without its newline), or null when it is damaged or not a journal line. */
 export function parseJournalLine(line: string): JournalLine | null {
@@ -166,16 +214,34 @@ export function parseJournalLine(line: string): JournalLine | null {
   const { crc, ...rest } = obj
   if (crcHex(JSON.stringify(rest)) !== crc) return null
   if (rest.journal === HEADER.journal) return { kind: 'header', version: rest.version }
-  const { t, k, e, r } = rest
   const okInt = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0
-  if (typeof k !== 'string' || !okInt(t) || !okInt(e) || !okInt(r) || Object.keys(rest).length !== 4) return null
-  return { kind: 'entry', key: k, entry: { t: t as number, e: e as number, r: r as number, durable: true } }
+  const fields = Object.keys(rest).length
+  if ('clock' in rest) {
+    if (!okInt(rest.clock) || !okInt(rest.wall) || fields !== 2) return null
+    return { kind: 'clock', reading: { tau: rest.clock as number, wall: rest.wall as number } }
+  }
+  const { t, k, e, r, w } = rest
+  if (typeof k !== 'string' || !okInt(t) || !okInt(e) || !okInt(r)) return null
+  const legacy = fields === 4 && !('w' in rest)
+  if (!legacy && (fields !== 5 || !okInt(w))) return null
+  return { kind: 'entry', key: k, entry: { t: t as number, e: e as number, r: r as number, w: legacy ? 0 : (w as number), durable: true }, format: legacy ? 1 : 2 }
+}
+
+/** Whether a line of this kind belongs in a journal of `version` (version 1 had no windows, no clock lines). */
+function belongsIn(value: JournalLine, version: number): boolean {
+  if (value.kind === 'header') return true
+  if (value.kind === 'clock') return version === 2
+  return value.format === version
 }
 
 export type JournalReplay =
   | {
       ok: true
+      /** Of the header; 0 for an empty file. */
+      version: number
       entries: { key: string; entry: LedgerEntry }[]
+      /** The last clock line, if any. */
+      clock: ClockReading | null
       /** Intact lines, header included. */
       lines: number
       /** Bytes of the intact lines: where the next append goes. */
@@ -187,17 +253,25 @@ export type JournalReplay =
 
 /** Reads a journal file's bytes back: the charges, or why the journal must not be used. */
 export function replayJournal(bytes: Buffer): JournalReplay {
-  if (bytes.length === 0) return { ok: true, entries: [], lines: 0, intactBytes: 0, droppedLines: 0 }
+  if (bytes.length === 0) return { ok: true, version: 0, entries: [], clock: null, lines: 0, intactBytes: 0, droppedLines: 0 }
   // The journal is only ever created by renaming a synced file that starts with the
   // header, so a crash cannot tear the header: a bad first line is a foreign or damaged file.
   const nl = bytes.indexOf(0x0a)
-  if (parseJournalLine(bytes.subarray(0, nl < 0 ? bytes.length : nl).toString('utf8'))?.kind !== 'header') {
+  const header = parseJournalLine(bytes.subarray(0, nl < 0 ? bytes.length : nl).toString('utf8'))
+  if (header?.kind !== 'header') {
     return {
       ok: false,
       problem: 'the first line is not a Bulwark privacy journal header; refusing to start. Move the file aside to reset every budget (this forgets what callers have spent).',
     }
   }
-  const replay = replayLines(bytes, (line) => parseJournalLine(line.toString('utf8')))
+  if (header.version !== 1 && header.version !== HEADER.version) {
+    return { ok: false, problem: `journal version ${JSON.stringify(header.version)} is not supported (this gateway reads versions 1 and ${HEADER.version})` }
+  }
+  const version = header.version
+  const replay = replayLines(bytes, (line) => {
+    const value = parseJournalLine(line.toString('utf8'))
+    return value && belongsIn(value, version) ? value : null
+  })
   if (!replay.ok) {
     return {
       ok: false,
@@ -208,17 +282,13 @@ export function replayJournal(bytes: Buffer): JournalReplay {
     }
   }
   const entries: { key: string; entry: LedgerEntry }[] = []
+  let clock: ClockReading | null = null
   for (const { index, value } of replay.values) {
-    if (value.kind === 'entry') {
-      entries.push({ key: value.key, entry: value.entry })
-      continue
-    }
-    if (index !== 0) return { ok: false, problem: `line ${index + 1}: a journal header in the middle of the file; the journal is corrupt` }
-    if (value.version !== HEADER.version) {
-      return { ok: false, problem: `journal version ${JSON.stringify(value.version)} is not supported (this gateway reads version ${HEADER.version})` }
-    }
+    if (value.kind === 'entry') entries.push({ key: value.key, entry: value.entry })
+    else if (value.kind === 'clock') clock = value.reading
+    else if (index !== 0) return { ok: false, problem: `line ${index + 1}: a journal header in the middle of the file; the journal is corrupt` }
   }
-  return { ok: true, entries, lines: replay.values.length, intactBytes: replay.intactBytes, droppedLines: replay.droppedLines }
+  return { ok: true, version, entries, clock, lines: replay.values.length, intactBytes: replay.intactBytes, droppedLines: replay.droppedLines }
 }
 
 function countLines(text: string): number {
@@ -269,10 +339,9 @@ export function reservationSize(
 
 // --- the accountant ---
 
-interface Pending {
-  key: string
-  entry: LedgerEntry
-}
+/** What a write carries: a charge (or reservation), or a request for a clock line. */
+type Item = { key: string; entry: LedgerEntry } | typeof CLOCK_ITEM
+const CLOCK_ITEM = { clock: true } as const
 
 export class FileAccountant implements PrivacyAccountant {
   /** Actual charges: every decision. */
@@ -283,11 +352,15 @@ export class FileAccountant implements PrivacyAccountant {
   #sweepReservesAt = 1024
   readonly #settings: JournalConfig
   readonly #clock: Clock
+  /** The journal's time (see "Time"); set again when the journal is read at open. */
+  #time: ChargeClock
+  #clockTimer: Timer | null = null
   readonly #log: Logger
   readonly #file: string
   readonly #compactMinLines: number
-  readonly #durable: DurableLog<Pending>
+  readonly #durable: DurableLog<Item>
   #linesInFile = 0
+  #rewroteAtOpen = false
   #compactAt: number
   #closed = false
 
@@ -300,11 +373,12 @@ export class FileAccountant implements PrivacyAccountant {
     // at least what was charged), but in a ledger of their own: the journal's keeps lines.
     this.#ledger = settings.reserveFraction > 0 ? new Ledger(retentionMs) : this.#journal
     this.#clock = options.clock
+    this.#time = new ChargeClock(options.clock)
     this.#log = options.log ?? silentLogger
     this.#file = path.join(dir, JOURNAL_FILE)
     this.#compactMinLines = options.compactMinLines ?? COMPACT_MIN_LINES
     this.#compactAt = this.#compactMinLines
-    this.#durable = new DurableLog<Pending>({
+    this.#durable = new DurableLog<Item>({
       directory: dir,
       purpose: { what: 'privacy journal', setting: 'state.directory', risk: "two gateways would each miss the other's charges and overspend privacy budgets" },
       durability: settings.durability,
@@ -335,10 +409,15 @@ export class FileAccountant implements PrivacyAccountant {
     const acct = new FileAccountant(options, settings)
     try {
       await acct.#durable.start()
+      // A clock line now, so that the journal says when this run started (a rewrite at open has one).
+      if (!acct.#rewroteAtOpen) await acct.#durable.submit(CLOCK_ITEM)
     } catch (err) {
       await acct.#durable.close()
       throw err
     }
+    // While the gateway runs, now and then, so that the last one is never older than that
+    // (after a failure the journal stays closed until a restart: no line then).
+    acct.#clockTimer = options.clock.setInterval(() => acct.#durable.failure === null && acct.#durable.post(CLOCK_ITEM), CLOCK_LINE_INTERVAL_MS, { keepAlive: false })
     return acct
   }
 
@@ -347,7 +426,7 @@ export class FileAccountant implements PrivacyAccountant {
     checkKey(key)
     checkCost(cost)
     checkBudget(budget, this.#ledger.retentionMs)
-    const now = this.#clock.nowMs()
+    const now = this.#time.nowMs()
     const { result, entry, merged } = this.#ledger.charge(key, cost, budget, now)
     if (!entry) return result
     if (this.#settings.reserveFraction > 0) {
@@ -378,7 +457,7 @@ export class FileAccountant implements PrivacyAccountant {
     // Stamped at the lease's end, never before the key's previous stamp (a clock stepping back).
     const until = Math.max(now + this.#settings.reserveLeaseMs, old?.until ?? 0)
     const reserved = scaleCost(cost, n)
-    const entry: LedgerEntry = { t: until, e: reserved.epsilonMicros, r: reserved.rhoNanos, durable: false }
+    const entry: LedgerEntry = { t: until, e: reserved.epsilonMicros, r: reserved.rhoNanos, w: budget.windowMs, durable: false }
     this.#journal.add(key, entry)
     const written = this.#durable.submit({ key, entry })
     const reserve: Reserve = { e: entry.e - cost.epsilonMicros, r: entry.r - cost.rhoNanos, until, size: n, served: 1, written }
@@ -404,14 +483,15 @@ export class FileAccountant implements PrivacyAccountant {
     this.#usable()
     checkKey(key)
     checkBudget(budget, this.#ledger.retentionMs)
-    return this.#ledger.charge(key, { epsilonMicros: 0, rhoNanos: 0 }, budget, this.#clock.nowMs(), false).result
+    return this.#ledger.charge(key, { epsilonMicros: 0, rhoNanos: 0 }, budget, this.#time.nowMs(), false).result
   }
 
   /** Writes what is queued, syncs what relaxed durability left, closes the file and releases the folder. */
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    await this.#durable.close()
+    this.#clockTimer?.cancel()
+    await this.#durable.close(CLOCK_ITEM)
   }
 
   /** Resolves when no write is in progress (tests). */
@@ -451,11 +531,12 @@ export class FileAccountant implements PrivacyAccountant {
     if (replay.droppedLines > 0) {
       this.#log.warn({ file: this.#file, droppedLines: replay.droppedLines }, 'privacy journal: dropped a torn tail left by a crash (those answers were never released)')
     }
-    const dropped = this.#journal.prune(this.#clock.nowMs())
-    if (replay.lines === 0 || replay.droppedLines > 0 || dropped > 0) {
-      const text = journalFileText(this.#durableEntries())
+    const dropped = this.#resumeTime(replay)
+    if (replay.lines === 0 || replay.droppedLines > 0 || dropped > 0 || replay.version !== HEADER.version) {
+      const text = journalFileText(this.#durableEntries(), this.#reading())
       await w.rewrite(JOURNAL_FILE, Buffer.from(text, 'utf8'))
       this.#linesInFile = countLines(text)
+      this.#rewroteAtOpen = true
     } else {
       await w.continueFile(JOURNAL_FILE, replay.intactBytes)
       this.#linesInFile = replay.lines
@@ -463,28 +544,76 @@ export class FileAccountant implements PrivacyAccountant {
     if (this.#ledger !== this.#journal) for (const [key, e] of this.#journal.entries()) this.#ledger.add(key, { ...e })
   }
 
+  /**
+   * Sets the journal's time from its last clock line (see "Time") and drops the entries dead
+   * by then; returns how many it dropped. A journal of version 1 has no clock line: its
+   * latest entry stands for one, as the latest time it is known to have seen.
+   */
+  #resumeTime(replay: Extract<JournalReplay, { ok: true }>): number {
+    const wall = this.#clock.nowMs()
+    let longest = this.#journal.retentionMs
+    let latest = -Infinity
+    for (const { entry } of replay.entries) {
+      longest = Math.max(longest, entry.w)
+      latest = Math.max(latest, entry.t)
+    }
+    const last = replay.clock ?? (replay.entries.length > 0 ? { tau: latest, wall: latest } : null)
+    const gap = last ? wall - last.wall : 0
+    const limit = longest + CLOCK_LINE_INTERVAL_MS
+    const held = last !== null && gap > limit
+    const start = !last ? wall : held ? last.tau : Math.min(wall, last.tau + Math.max(0, gap))
+    const onStep = (behindMs: number) =>
+      this.#log.warn({ file: this.#file, behindMs }, 'privacy journal: the wall clock stepped forward; charges go on counting by elapsed time, not by the wall clock')
+    this.#time = new ChargeClock(this.#clock, start, onStep)
+    const dropped = this.#journal.prune(this.#time.nowMs())
+    // With nothing left to free early, the journal may as well start over at the wall clock.
+    if (this.#journal.size === 0) this.#time = new ChargeClock(this.#clock, wall, onStep)
+    else if (held) {
+      this.#log.warn(
+        { file: this.#file, gapMs: gap, limitMs: limit, lastRecord: new Date(last.wall).toISOString() },
+        'privacy journal: the wall clock is past the last record by more than the longest window plus one clock interval: ' +
+          'either the gateway was down that long or the clock stepped forward. Holding: its charges count on as if no time had passed since the last record, and free as the gateway runs',
+      )
+    }
+    return dropped
+  }
+
+  /** The journal's time and the wall clock's, now. */
+  #reading(): ClockReading {
+    return { tau: this.#time.nowMs(), wall: this.#clock.nowMs() }
+  }
+
   /** One write for the batch: its charges, those of one key merged (see "Crash safety"). */
-  async #commit(items: readonly Pending[], w: LogWriter): Promise<void> {
+  async #commit(items: readonly Item[], w: LogWriter): Promise<void> {
+    const charges = items.filter((b): b is Exclude<Item, typeof CLOCK_ITEM> => b !== CLOCK_ITEM)
     // From here on these entries are being written: later charges must not merge into them.
-    for (const b of items) b.entry.pending = false
-    const text = journalText(items.map((b) => [b.key, b.entry] as const))
+    for (const b of charges) b.entry.pending = false
+    let text = journalText(charges.map((b) => [b.key, b.entry] as const))
+    // One clock line, however many were asked for: the time is read as it is written.
+    if (charges.length < items.length) text += clockLine(this.#reading())
     if (text.length === 0) return
     await w.append(Buffer.from(text, 'utf8'))
-    for (const b of items) b.entry.durable = true
+    for (const b of charges) b.entry.durable = true
     this.#linesInFile += countLines(text)
   }
 
   async #afterCommit(w: LogWriter): Promise<void> {
-    if (this.#linesInFile > this.#compactAt && this.#linesInFile > 2 * this.#journal.size + 1) await this.#compact(w)
+    if (this.#linesInFile <= this.#compactAt) return
+    // With reservations no charge is ever evaluated against the journal's ledger, so its dead
+    // entries leave it only here: count the live ones first.
+    this.#journal.prune(this.#time.nowMs())
+    if (this.#linesInFile > 2 * this.#journal.size + 1) await this.#compact(w)
+    // Mostly live: look again once as many lines again have been written.
+    else this.#compactAt = this.#linesInFile + this.#journal.size
   }
 
   /** Rewrites the journal with its live, durable entries. */
   async #compact(w: LogWriter): Promise<void> {
-    const now = this.#clock.nowMs()
+    const now = this.#time.nowMs()
     this.#journal.prune(now)
     if (this.#ledger !== this.#journal) this.#ledger.prune(now)
     let renamed = false
-    const text = journalFileText(this.#durableEntries())
+    const text = journalFileText(this.#durableEntries(), this.#reading())
     try {
       await w.rewrite(JOURNAL_FILE, Buffer.from(text, 'utf8'), () => {
         renamed = true

@@ -14,6 +14,13 @@ import { budget, eps, fakeClock, HOUR, tempDir } from './helpers.ts'
 // configured default) have their own tests in reservations.test.ts.
 const noReservations = { reserveFraction: 0 }
 
+type EntryLine = { t: number; k: string; e: number; r: number; w: number }
+/** The journal's charge lines, parsed (not the header, not the clock lines). */
+async function entryLines(dir: string): Promise<EntryLine[]> {
+  const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n')
+  return lines.map((l) => JSON.parse(l) as EntryLine).filter((l) => 'k' in l)
+}
+
 t.test('basic composition is exact: ten charges of 0.1 spend exactly 1.0', async (t) => {
   const acct = new MemoryAccountant({ clock: fakeClock() })
   let last
@@ -98,10 +105,10 @@ t.test('concurrent charges never overspend', async (t) => {
   const results = await Promise.all(Array.from({ length: 25 }, () => acct.charge('k', eps(0.1), budget(1))))
   t.equal(results.filter((r) => r.ok).length, 10)
   await acct.close()
-  const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n')
-  const onDisk = lines.slice(1).reduce((sum, l) => sum + (JSON.parse(l) as { e: number }).e, 0)
+  const lines = await entryLines(dir)
+  const onDisk = lines.reduce((sum, l) => sum + l.e, 0)
   t.equal(onDisk, 1_000_000, 'the ten accepted charges, and only those, are on disk (1 ε)')
-  t.ok(lines.length < 11, `charges written together share lines (${lines.length - 1} lines for 10 charges)`)
+  t.ok(lines.length < 10, `charges written together share lines (${lines.length} lines for 10 charges)`)
 })
 
 t.test('merged journal lines free their cost no earlier than the charges they merge, and at most 1 s later', async (t) => {
@@ -116,18 +123,17 @@ t.test('merged journal lines free their cost no earlier than the charges they me
     pending.push(a.charge('k', eps(0.1), b)) // at t0, +200, +400, +600 ms
     clock.advance(200)
   }
-  clock.set(t0 + 2_000)
+  clock.advance(t0 + 2_000 - clock.nowMs())
   pending.push(a.charge('k', eps(0.1), b), a.charge('k', eps(0.1), b))
   t.ok((await Promise.all(pending)).every((r) => r.ok))
   await a.close()
-  const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n').slice(1)
-  const kLines = lines.map((l) => JSON.parse(l) as { t: number; k: string; e: number }).filter((l) => l.k === 'k')
-  t.same(kLines.map((l) => [l.t - t0, l.e]), [[600, 400_000], [2_000, 200_000]], 'one line per key and second, at the latest time of its charges')
+  const kLines = (await entryLines(dir)).filter((l) => l.k === 'k')
+  t.same(kLines.map((l) => [l.t - t0, l.e, l.w]), [[600, 400_000, 10_000], [2_000, 200_000, 10_000]], 'one line per key and second, at the latest time of its charges, with their window')
   const reopened = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   t.equal((await reopened.balance('k', b)).epsilonSpent, 0.6, 'the whole cost survives the restart')
-  clock.set(t0 + 10_000)
+  clock.advance(t0 + 10_000 - clock.nowMs())
   t.equal((await reopened.balance('k', b)).epsilonSpent, 0.6, 'the first charge of a merged line does not free at its own time')
-  clock.set(t0 + 10_600)
+  clock.advance(600)
   t.equal((await reopened.balance('k', b)).epsilonSpent, 0.2, 'the merged line frees 600 ms later, all at once')
   await reopened.close()
 })
@@ -149,8 +155,7 @@ t.test('charges of one key in the same millisecond share an entry, never one tha
   const first = a.charge('k', eps(0.1), budget(1)) // taken by a write at once
   const more = Array.from({ length: 5 }, () => a.charge('k', eps(0.1), budget(1))) // same ms, next write
   t.ok((await Promise.all([first, ...more])).every((r) => r.ok))
-  const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n').slice(1)
-  t.same(lines.map((l) => (JSON.parse(l) as { e: number }).e), [100_000, 500_000], 'one line for the first write, one for the five that waited')
+  t.same((await entryLines(dir)).map((l) => l.e), [100_000, 500_000], 'one line for the first write, one for the five that waited')
   crashLock(dir) // a stays open, as a killed process's files would
   const b = await FileAccountant.open({ directory: dir, clock, ...noReservations })
   t.equal((await b.balance('k', budget(1))).epsilonSpent, 0.6, 'all six charges survive a restart')
@@ -261,8 +266,7 @@ t.test('relaxed durability: a charge is in the file when it resolves, and synced
     const a = await FileAccountant.open({ directory: dir, clock, durability: 'relaxed', relaxedSyncIntervalMs: 20, ...noReservations })
     const before = syncs()
     t.ok((await a.charge('k', eps(0.3), budget(1))).ok)
-    const lines = (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n')
-    t.equal(lines.length, 2, 'the charge reached the file before it resolved')
+    t.equal((await entryLines(dir)).length, 1, 'the charge reached the file before it resolved')
     // A killed process (no close): a new accountant reads it back.
     crashLock(dir)
     const b = await FileAccountant.open({ directory: dir, clock, ...noReservations })
@@ -297,7 +301,7 @@ t.test('commitIntervalMs: charges made within the interval share the next write'
     await clock.tick(commitIntervalMs)
     await Promise.all(pending)
     await a.close()
-    return (await readFile(path.join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n').length - 1
+    return (await entryLines(dir)).length
   }
   t.equal(await linesFor(0), 3, 'interval 0: each charge is written as it comes')
   t.equal(await linesFor(200), 2, 'interval 200 ms: the first at once, the next two together')
@@ -311,7 +315,8 @@ t.test('entries older than the retention are dropped at open', async (t) => {
   await a.close()
   clock.advance(HOUR)
   const b = await FileAccountant.open({ directory: dir, clock, retentionMs: HOUR, ...noReservations })
-  t.equal(b.journalLines, 1, 'only the header is left')
+  t.equal(b.journalLines, 2, 'only the header and a clock line are left')
+  t.same(await entryLines(dir), [])
   await b.close()
 })
 
@@ -361,47 +366,58 @@ t.test('a write that fails closes the journal to charges until a restart, which 
 // --- the journal's format, pure ---
 
 t.test('journal lines carry a CRC of their content: read back exactly, and any change makes a line damaged', async (t) => {
-  const line = sealLine({ t: 1_700_000_000_000, k: 'alice', e: 250_000, r: 7 })
-  t.match(line, /^\{"t":1700000000000,"k":"alice","e":250000,"r":7,"crc":"[0-9a-f]{8}"\}\n$/)
-  t.same(parseJournalLine(line.trimEnd()), { kind: 'entry', key: 'alice', entry: { t: 1_700_000_000_000, e: 250_000, r: 7, durable: true } })
+  const line = sealLine({ t: 1_700_000_000_000, k: 'alice', e: 250_000, r: 7, w: 3_600_000 })
+  t.match(line, /^\{"t":1700000000000,"k":"alice","e":250000,"r":7,"w":3600000,"crc":"[0-9a-f]{8}"\}\n$/)
+  t.same(parseJournalLine(line.trimEnd()), { kind: 'entry', key: 'alice', entry: { t: 1_700_000_000_000, e: 250_000, r: 7, w: 3_600_000, durable: true }, format: 2 })
   t.equal(parseJournalLine(line.trimEnd().replace('250000', '250001')), null, 'a changed digit')
-  t.equal(parseJournalLine(sealLine({ t: 1, k: 'a', e: 1, r: 0, x: 1 }).trimEnd()), null, 'a field too many, even sealed')
-  t.equal(parseJournalLine(sealLine({ t: 1, k: 'a', e: -1, r: 0 }).trimEnd()), null, 'a negative cost')
+  t.equal(parseJournalLine(sealLine({ t: 1, k: 'a', e: 1, r: 0, w: 1000, x: 1 }).trimEnd()), null, 'a field too many, even sealed')
+  t.equal(parseJournalLine(sealLine({ t: 1, k: 'a', e: 1, r: 0, x: 1 }).trimEnd()), null, 'another field in place of the window')
+  t.equal(parseJournalLine(sealLine({ t: 1, k: 'a', e: 1, r: 0, w: -1 }).trimEnd()), null, 'a negative window')
+  t.equal(parseJournalLine(sealLine({ t: 1, k: 'a', e: -1, r: 0, w: 1000 }).trimEnd()), null, 'a negative cost')
   t.equal(parseJournalLine('\0\0\0'), null, 'zeros')
-  t.same(parseJournalLine(sealLine({ journal: 'bulwark-privacy', version: 1 }).trimEnd()), { kind: 'header', version: 1 })
+  t.same(parseJournalLine(sealLine({ journal: 'bulwark-privacy', version: 2 }).trimEnd()), { kind: 'header', version: 2 })
+  t.same(parseJournalLine(sealLine({ clock: 5, wall: 7 }).trimEnd()), { kind: 'clock', reading: { tau: 5, wall: 7 } })
+  t.same(parseJournalLine(sealLine({ t: 1, k: 'a', e: 1, r: 0 }).trimEnd()), { kind: 'entry', key: 'a', entry: { t: 1, e: 1, r: 0, w: 0, durable: true }, format: 1 }, 'a version 1 line: no window')
 })
 
-t.test("journalText: a key's charges within 1 s of the first of them share a line, their summed cost at the latest time", async (t) => {
+t.test("journalText: a key's charges within 1 s of the first of them share a line, their summed cost at the latest time and the longest window", async (t) => {
   const text = journalText([
-    ['k', { t: 0, e: 1, r: 0 }],
-    ['j', { t: 100, e: 5, r: 1 }],
-    ['k', { t: 999, e: 2, r: 3 }],
-    ['k', { t: 1000, e: 4, r: 0 }],
+    ['k', { t: 0, e: 1, r: 0, w: 5000 }],
+    ['j', { t: 100, e: 5, r: 1, w: 1000 }],
+    ['k', { t: 999, e: 2, r: 3, w: 9000 }],
+    ['k', { t: 1000, e: 4, r: 0, w: 5000 }],
   ])
   const lines = text.trimEnd().split('\n').map((l) => parseJournalLine(l))
   t.same(
-    lines.map((l) => (l?.kind === 'entry' ? [l.key, l.entry.t, l.entry.e, l.entry.r] : null)),
+    lines.map((l) => (l?.kind === 'entry' ? [l.key, l.entry.t, l.entry.e, l.entry.r, l.entry.w] : null)),
     [
-      ['k', 999, 3, 3],
-      ['k', 1000, 4, 0],
-      ['j', 100, 5, 1],
+      ['k', 999, 3, 3, 9000],
+      ['k', 1000, 4, 0, 5000],
+      ['j', 100, 5, 1, 1000],
     ],
   )
 })
 
-t.test('replayJournal: the charges; a torn tail dropped and counted; corruption and foreign files refused with the reason', async (t) => {
-  const header = sealLine({ journal: 'bulwark-privacy', version: 1 })
-  const a = sealLine({ t: 1, k: 'a', e: 10, r: 0 })
-  const b = sealLine({ t: 2, k: 'b', e: 20, r: 0 })
-  const good = header + a + b
+t.test('replayJournal: the charges and the last clock line; a torn tail dropped and counted; corruption and foreign files refused with the reason', async (t) => {
+  const header = sealLine({ journal: 'bulwark-privacy', version: 2 })
+  const clock = sealLine({ clock: 1, wall: 3 })
+  const a = sealLine({ t: 1, k: 'a', e: 10, r: 0, w: 1000 })
+  const b = sealLine({ t: 2, k: 'b', e: 20, r: 0, w: 1000 })
+  const good = header + clock + a + b
   t.match(replayJournal(Buffer.alloc(0)), { ok: true, entries: [], lines: 0 }, 'no journal yet')
-  t.match(replayJournal(Buffer.from(good)), { ok: true, lines: 3, droppedLines: 0, intactBytes: Buffer.byteLength(good), entries: [{ key: 'a' }, { key: 'b' }] })
-  t.equal(journalFileText([['a', { t: 1, e: 10, r: 0 }], ['b', { t: 2, e: 20, r: 0 }]]), good, 'the file text is the header and the lines')
-  t.match(replayJournal(Buffer.from(good + '{"t":3,"k":"c","e"')), { ok: true, lines: 3, droppedLines: 1, intactBytes: Buffer.byteLength(good) }, 'a write cut short')
+  t.match(replayJournal(Buffer.from(good)), { ok: true, version: 2, lines: 4, droppedLines: 0, intactBytes: Buffer.byteLength(good), entries: [{ key: 'a' }, { key: 'b' }], clock: { tau: 1, wall: 3 } })
+  t.equal(journalFileText([['a', { t: 1, e: 10, r: 0, w: 1000 }], ['b', { t: 2, e: 20, r: 0, w: 1000 }]], { tau: 1, wall: 3 }), good, 'the file text is the header, the clock line and the lines')
+  t.match(replayJournal(Buffer.from(good + '{"t":3,"k":"c","e"')), { ok: true, lines: 4, droppedLines: 1, intactBytes: Buffer.byteLength(good) }, 'a write cut short')
   t.match(replayJournal(Buffer.from(header + a.replace('"e":10', '"e":11') + b)), { ok: false, problem: /^line 2 is damaged but later lines are intact/ })
+  t.match(replayJournal(Buffer.from(header + sealLine({ t: 1, k: 'a', e: 10, r: 0 }) + b)), { ok: false, problem: /^line 2 is damaged/ }, 'a line without a window in a version 2 journal')
   t.match(replayJournal(Buffer.from('{"some":"other file"}\n')), { ok: false, problem: /first line is not a Bulwark privacy journal header/ })
   t.match(replayJournal(Buffer.from(header + a + header)), { ok: false, problem: /^line 3: a journal header in the middle/ })
-  t.match(replayJournal(Buffer.from(sealLine({ journal: 'bulwark-privacy', version: 2 }))), { ok: false, problem: /journal version 2 is not supported/ })
+  t.match(replayJournal(Buffer.from(sealLine({ journal: 'bulwark-privacy', version: 3 }))), { ok: false, problem: /journal version 3 is not supported/ })
+  // Version 1: no windows, no clock lines.
+  const v1 = sealLine({ journal: 'bulwark-privacy', version: 1 }) + sealLine({ t: 1, k: 'a', e: 10, r: 0 })
+  t.match(replayJournal(Buffer.from(v1)), { ok: true, version: 1, clock: null, entries: [{ key: 'a', entry: { t: 1, e: 10, w: 0 } }] })
+  t.match(replayJournal(Buffer.from(v1 + a)), { ok: true, droppedLines: 1 }, 'a line with a window is not a version 1 line')
+  t.match(replayJournal(Buffer.from(v1 + clock)), { ok: true, droppedLines: 1 }, 'a clock line is not a version 1 line')
 })
 
 t.test('the journal settings an accountant is not given are the configuration schema\'s defaults', async (t) => {

@@ -12,13 +12,14 @@ import { calibrateGaussian, scaleCost } from '../../src/privacy/mechanisms.ts'
 import { crashLock } from '../durable/helpers.ts'
 import { budget, eps, fakeClock, HOUR, tempDir } from './helpers.ts'
 
-type Line = { t: number; k: string; e: number; r: number }
+type Line = { t: number; k: string; e: number; r: number; w: number }
+/** The journal's charge lines (not the header, not the clock lines). */
 function journalLines(dir: string): Line[] {
   return readFileSync(path.join(dir, JOURNAL_FILE), 'utf8')
     .trim()
     .split('\n')
-    .slice(1)
     .map((l) => JSON.parse(l) as Line)
+    .filter((l) => 'k' in l)
 }
 
 t.test('a busy caller: reservations double while they run out within their lease, up to the fraction of the budget', async (t) => {
@@ -133,7 +134,7 @@ t.test('a caller that slows down gets reservations sized to what the last one se
   t.same(sizes, [1, 2, 4, 4, 3], 'after an expired lease the next is sized to what the last one served')
   await a.close()
   const text = await readFile(path.join(dir, JOURNAL_FILE), 'utf8')
-  t.match(text, /^\{"journal":"bulwark-privacy","version":1,/, 'the journal format is unchanged')
+  t.match(text, /^\{"journal":"bulwark-privacy","version":2,/, 'the journal is of version 2')
 })
 
 t.test('without reservations (reserveFraction 0) every charge is written as before', async (t) => {
