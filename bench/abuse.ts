@@ -15,11 +15,12 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs'
 import path from 'node:path'
 import net from 'node:net'
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads'
 import tls from 'node:tls'
 import { realDeps } from '../src/deps.ts'
 import { issueCertificate, loadCertificateAuthority } from '../src/dev/pki.ts'
 import { closedLoop, openLoop, type LoadResult } from './load.ts'
-import { binaryRequest } from '../kit/payloads.ts'
+import { binaryRequest, type LoadRequest } from '../kit/payloads.ts'
 import { noDefences, startGateway, type GatewayProcess } from '../kit/gateway-process.ts'
 import { secureEnv, type SecureEnv } from './secure-env.ts'
 import { mnistDigits, type BenchOptions } from './core.ts'
@@ -31,6 +32,12 @@ const RECONNECT_PAUSE_MS = 50
 const JUNK_RATE = 200
 /** The abusive client's own loopback address, so per-address limits can tell it from the normal traffic. */
 const ABUSER = '127.0.0.2'
+
+/** CPU seconds (user + system) a process has used, from /proc (Linux). */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / 100 // utime, stime in clock ticks (100 Hz)
+}
 
 /** The gateway's resident set size, from /proc (Linux). */
 function rssBytes(pid: number): number {
@@ -97,35 +104,75 @@ interface Round {
   junk?: LoadResult
   stalled?: { opened: number; answered: number }
   peakRssBytes: number
+  /** CPU seconds per wall second: the gateway's, and this bench process's (normal load and abuse threads together). */
+  gatewayCpu?: number
+  benchCpu?: number
 }
 
-async function round(gw: GatewayProcess, env: SecureEnv, abuser: Creds, opts: BenchOptions, abused: boolean, digits: Float32Array[]): Promise<Round> {
+type Mode = 'quiet' | 'abused' | 'abuse alone'
+
+async function round(gw: GatewayProcess, env: SecureEnv, abuser: Creds, opts: BenchOptions, mode: Mode, digits: Float32Array[]): Promise<Round> {
   const origin = `https://127.0.0.1:${gw.apiPort}`
   const good = digits.map((d) => binaryRequest('mnist', 'input', [1, 1, 28, 28], d, { authorization: `Bearer ${env.token}` }))
   let peak = rssBytes(gw.child.pid!)
   const sampler = setInterval(() => (peak = Math.max(peak, rssBytes(gw.child.pid!))), 100)
   const until = Date.now() + opts.warmupMs + opts.durationMs
   try {
-    const normal = closedLoop({ origin, connect: env.connect, concurrency: 16, durationMs: opts.durationMs, warmupMs: opts.warmupMs, next: (i) => good[i % good.length]! })
-    if (!abused) return { normal: await normal, peakRssBytes: peak }
-    const forged = `Bearer ${env.token.slice(0, -8)}AAAAAAAA`
-    const { authorization: _, ...anonymous } = good[0]!.headers ?? {}
-    const junk = openLoop({
-      origin,
-      connect: { ...abuser, localAddress: ABUSER },
-      ratePerSec: JUNK_RATE,
-      connections: 4,
-      durationMs: opts.durationMs,
-      warmupMs: opts.warmupMs,
-      // Alternately: an invented model name with no token, and a real model with a forged token.
-      next: (i) => (i % 2 === 0 ? { ...good[0]!, path: `/v2/models/junk-${i}/infer`, headers: anonymous } : { ...good[0]!, headers: { ...good[0]!.headers, authorization: forged } }),
-    })
-    const stalled = stalledUploads(abuser, gw.apiPort, STALLED_UPLOADS, until)
-    const [n, j, s] = await Promise.all([normal, junk, stalled])
-    return { normal: n, junk: j, stalled: s, peakRssBytes: peak }
+    const normal = closedLoop({ origin, connect: env.connect, concurrency: mode === 'abuse alone' ? 1 : 16, maxRequests: mode === 'abuse alone' ? 1 : undefined, durationMs: opts.durationMs, warmupMs: opts.warmupMs, next: (i) => good[i % good.length]! })
+    if (mode === 'quiet') return { normal: await normal, peakRssBytes: peak }
+    // The abuse runs on a thread of its own: in the load generator's event loop its client-side
+    // handshakes would slow the normal traffic's own client, and the figure would blame the gateway.
+    const abuse = runAbuseThread({ origin, port: gw.apiPort, abuser, token: env.token, request: good[0]!, durationMs: opts.durationMs, warmupMs: opts.warmupMs, until })
+    const [n, a] = await Promise.all([normal, abuse])
+    return { normal: n, junk: a.junk, stalled: a.stalled, peakRssBytes: peak }
   } finally {
     clearInterval(sampler)
   }
+}
+
+interface AbuseJob {
+  origin: string
+  port: number
+  abuser: Creds
+  token: string
+  request: LoadRequest
+  durationMs: number
+  warmupMs: number
+  until: number
+}
+
+/** The abusive client's traffic for one round: junk requests and stalled uploads, side by side. */
+async function abuse(job: AbuseJob): Promise<{ junk: LoadResult; stalled: { opened: number; answered: number } }> {
+  const forged = `Bearer ${job.token.slice(0, -8)}AAAAAAAA`
+  const { authorization: _, ...anonymous } = job.request.headers ?? {}
+  const body = job.request.body === undefined ? undefined : Buffer.from(job.request.body as Uint8Array)
+  const junk = openLoop({
+    origin: job.origin,
+    connect: { ...job.abuser, localAddress: ABUSER },
+    ratePerSec: JUNK_RATE,
+    connections: 4,
+    durationMs: job.durationMs,
+    warmupMs: job.warmupMs,
+    // Alternately: an invented model name with no token, and a real model with a forged token.
+    next: (i) => (i % 2 === 0 ? { ...job.request, body, path: `/v2/models/junk-${i}/infer`, headers: anonymous } : { ...job.request, body, headers: { ...job.request.headers, authorization: forged } }),
+  })
+  const stalled = stalledUploads(job.abuser, job.port, STALLED_UPLOADS, job.until)
+  const [j, st] = await Promise.all([junk, stalled])
+  return { junk: j, stalled: st }
+}
+
+function runAbuseThread(job: AbuseJob): Promise<{ junk: LoadResult; stalled: { opened: number; answered: number } }> {
+  const worker = new Worker(new URL(import.meta.url), { workerData: { abuse: job } })
+  return new Promise((resolve, reject) => {
+    worker.once('message', resolve)
+    worker.once('error', reject)
+  })
+}
+
+// On the abuse thread: run the job, report, and end.
+if (!isMainThread && (workerData as { abuse?: AbuseJob } | null)?.abuse) {
+  const result = await abuse((workerData as { abuse: AbuseJob }).abuse)
+  parentPort!.postMessage(result)
 }
 
 function sumStatuses(results: LoadResult[]): Record<string, number> {
@@ -146,25 +193,34 @@ export async function abuseBench(opts: BenchOptions, log: (s: string) => void): 
     audit: { enabled: true, directory: path.join(env.dir, 'audit') },
     policies: { directory: env.policies() },
     models: { serve: [{ name: 'mnist', workers: 1, intraOpThreads: 1 }] },
+    ...(process.env.ABUSE_CONN_RATE ? { server: { newConnectionsPerSecondPerAddress: Number(process.env.ABUSE_CONN_RATE) } } : {}),
   }
   const gw = await startGateway(config, { cwd: env.dir })
   const digits = mnistDigits(100)
   const abuser = await abuserCreds(env)
-  const rounds: { abused: boolean; r: Round; metricsBytes: number; auditBytes: number }[] = []
+  const rounds: { mode: Mode; r: Round; metricsBytes: number; auditBytes: number }[] = []
   try {
-    for (const abused of [false, true, false, true]) {
-      log(`${abused ? 'abused' : 'quiet'} round`)
+    for (const mode of ['quiet', 'abused', 'quiet', 'abused', 'abuse alone'] as const) {
+      log(`${mode} round`)
       const auditBefore = folderBytes(config.audit.directory)
-      const r = await round(gw, env, abuser, opts, abused, digits)
+      const cpu0 = cpuSeconds(gw.child.pid!)
+      const own0 = process.cpuUsage()
+      const t0 = Date.now()
+      const r = await round(gw, env, abuser, opts, mode, digits)
+      const wall = (Date.now() - t0) / 1000
+      const own = process.cpuUsage(own0)
+      r.gatewayCpu = (cpuSeconds(gw.child.pid!) - cpu0) / wall
+      r.benchCpu = (own.user + own.system) / 1e6 / wall
       const metricsBytes = (await (await fetch(`http://127.0.0.1:${gw.adminPort}/metrics`)).text()).length
-      rounds.push({ abused, r, metricsBytes, auditBytes: folderBytes(config.audit.directory) - auditBefore })
+      rounds.push({ mode, r, metricsBytes, auditBytes: folderBytes(config.audit.directory) - auditBefore })
     }
   } finally {
     await gw.stop()
   }
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length
-  const quiet = rounds.filter((x) => !x.abused)
-  const abused = rounds.filter((x) => x.abused)
+  const quiet = rounds.filter((x) => x.mode === 'quiet')
+  const abused = rounds.filter((x) => x.mode === 'abused')
+  const alone = rounds.filter((x) => x.mode === 'abuse alone')
   const quietRate = mean(quiet.map((x) => x.r.normal.itemsPerSec))
   const rows: Row[] = []
   for (const [name, set] of [['normal traffic, quiet', quiet], ['normal traffic, under abuse', abused]] as const) {
@@ -172,6 +228,7 @@ export async function abuseBench(opts: BenchOptions, log: (s: string) => void): 
     const junk = set.flatMap((x) => (x.r.junk ? [x.r.junk] : []))
     const stalled = set.flatMap((x) => (x.r.stalled ? [x.r.stalled] : []))
     const notes = [
+      `CPU: gateway ${mean(set.map((x) => x.r.gatewayCpu ?? NaN)).toFixed(2)}, load and abuse ${mean(set.map((x) => x.r.benchCpu ?? NaN)).toFixed(2)} cores`,
       `peak RSS ${(Math.max(...set.map((x) => x.r.peakRssBytes)) / 2 ** 20).toFixed(0)} MiB`,
       `/metrics ${(Math.max(...set.map((x) => x.metricsBytes)) / 1024).toFixed(0)} KB`,
       `audit +${(mean(set.map((x) => x.auditBytes)) / 1024).toFixed(0)} KB/round`,
@@ -191,5 +248,13 @@ export async function abuseBench(opts: BenchOptions, log: (s: string) => void): 
       note: notes.join('; '),
     })
   }
+  const a = alone[0]!.r
+  rows.push({
+    group,
+    scenario: 'the abuse alone: what it costs the gateway',
+    concurrency: 'open',
+    itemsPerSec: NaN,
+    note: `gateway CPU ${(a.gatewayCpu ?? NaN).toFixed(2)} cores (quiet normal traffic: ${mean(quiet.map((x) => x.r.gatewayCpu ?? NaN)).toFixed(2)}); junk ${a.junk?.requests ?? 0} sent; stalled uploads ${a.stalled?.opened ?? 0} opened, ${a.stalled?.answered ?? 0} answered`,
+  })
   return { rows, raw: rounds }
 }
