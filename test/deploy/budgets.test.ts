@@ -17,17 +17,13 @@ import { parse } from 'yaml'
 import { buildConfig } from '../../src/config/load.ts'
 import { replicaProblems } from '../../src/config/scaleout.ts'
 import type { Config } from '../../src/config/schema.ts'
-import { containersOf, kustomizeMissing, podSpecs, render, type K8sObject } from './kubectl-kustomize.ts'
+import { containersOf, OVERLAYS, podSpecs, renderOverlays, type K8sObject } from './kubectl-kustomize.ts'
 import { POD_INDEX_LABEL } from './pods.ts'
 import { repoRoot } from '../../kit/paths.ts'
 
 type Rec = Record<string, unknown>
 type Mount = { name: string; mountPath: string; readOnly?: boolean; subPath?: string; subPathExpr?: string }
-const OVERLAYS = ['sidecar', 'gateway'] as const
-const missing = await kustomizeMissing()
-const rendered = Object.fromEntries(
-  await Promise.all(OVERLAYS.map(async (o) => [o, missing === null ? await render(path.join(repoRoot, 'k8s/overlays', o)) : []])),
-) as Record<(typeof OVERLAYS)[number], K8sObject[]>
+const { missing, rendered } = await renderOverlays(repoRoot)
 const test = (name: string, fn: (t: Test) => Promise<void>) => t.test(name, { skip: missing ?? false }, fn)
 
 const labelsMatch = (selector: Record<string, string> | undefined, labels: Record<string, string> | undefined) =>

@@ -5,6 +5,7 @@
 // that need it skip, and say why.
 
 import { execFile } from 'node:child_process'
+import path from 'node:path'
 import { promisify } from 'node:util'
 import { parseAllDocuments } from 'yaml'
 
@@ -82,4 +83,14 @@ export function podSpecs(obj: K8sObject): Rec[] {
 
 export function containersOf(pod: Rec): Rec[] {
   return [...((pod.initContainers as Rec[] | undefined) ?? []), ...((pod.containers as Rec[] | undefined) ?? [])]
+}
+
+export const OVERLAYS = ['sidecar', 'gateway'] as const
+export type Overlay = (typeof OVERLAYS)[number]
+
+/** Both shipped overlays rendered, and why kubectl cannot render them (null when it can; then nothing is rendered). */
+export async function renderOverlays(root: string): Promise<{ missing: string | null; rendered: Record<Overlay, K8sObject[]> }> {
+  const missing = await kustomizeMissing()
+  const entries = await Promise.all(OVERLAYS.map(async (o) => [o, missing === null ? await render(path.join(root, 'k8s/overlays', o)) : []] as const))
+  return { missing, rendered: Object.fromEntries(entries) as Record<Overlay, K8sObject[]> }
 }

@@ -16,16 +16,12 @@ import { loadPolicies } from '../../src/config/policy.ts'
 import type { Config } from '../../src/config/schema.ts'
 import { registerAdminRoutes, type AdminDeps } from '../../src/routes/admin.ts'
 import { certManagerProblems, isCertManager, openApiProblems, strictFieldProblems } from './k8s-schemas.ts'
-import { containersOf, kustomizeMissing, podSpecs, render, type K8sObject } from './kubectl-kustomize.ts'
+import { containersOf, OVERLAYS, podSpecs, renderOverlays, type K8sObject } from './kubectl-kustomize.ts'
 import { hardeningViolations, restrictedViolations } from './pod-security.ts'
 import { repoRoot } from '../../kit/paths.ts'
 
 type Rec = Record<string, unknown>
-const OVERLAYS = ['sidecar', 'gateway'] as const
-const missing = await kustomizeMissing()
-const rendered = Object.fromEntries(
-  await Promise.all(OVERLAYS.map(async (o) => [o, missing === null ? await render(path.join(repoRoot, 'k8s/overlays', o)) : []])),
-) as Record<(typeof OVERLAYS)[number], K8sObject[]>
+const { missing, rendered } = await renderOverlays(repoRoot)
 /** Every test here reads the rendered overlays: without kubectl it is skipped, with the reason. */
 const test = (name: string, fn: (t: Test) => Promise<void>) => t.test(name, { skip: missing ?? false }, fn)
 
