@@ -17,6 +17,10 @@
 //     roundDecimals: 2
 //     noise: { mechanism: laplace, epsilon: 2 }
 //     budget: { epsilon: 50, windowMs: 3600000 }
+// or, for labels, k-ary randomized response on the arg-max:
+//   output:
+//     mode: label
+//     noise: { mechanism: randomized-response, epsilon: 4 }
 
 import { Type, type Static } from '@sinclair/typebox'
 import { MAX_WINDOW_MS } from '../privacy/accountant.ts'
@@ -24,13 +28,18 @@ import { MAX_WINDOW_MS } from '../privacy/accountant.ts'
 export const OutputNoise = Type.Object(
   {
     /**
-     * none | laplace | gaussian. laplace: discrete Laplace, pure ε-DP per answer, charged
-     * by basic composition. gaussian: discrete Gaussian, (ε, δ)-DP per answer, charged by
-     * zCDP composition (cheaper over many answers). Default none (see the file header).
+     * none | laplace | gaussian | randomized-response. laplace: discrete Laplace, pure ε-DP
+     * per answer, charged by basic composition. gaussian: discrete Gaussian, (ε, δ)-DP per
+     * answer, charged by zCDP composition (cheaper over many answers). randomized-response
+     * (mode label only): k-ary randomized response on the model's arg-max, pure ε-DP per
+     * answer like laplace and far more accurate for a label (at ε = 4, 10 classes: the
+     * arg-max 85.8% of the time, against about 50% for Laplace report-noisy-max); not the
+     * default for label mode until the privacy evaluation has measured it. Default none (see
+     * the file header).
      */
-    mechanism: Type.Union([Type.Literal('none'), Type.Literal('laplace'), Type.Literal('gaussian')], {
+    mechanism: Type.Union([Type.Literal('none'), Type.Literal('laplace'), Type.Literal('gaussian'), Type.Literal('randomized-response')], {
       default: 'none',
-      description: 'noise on released scores: none | laplace | gaussian',
+      description: 'noise on released answers: none | laplace | gaussian | randomized-response (label mode only)',
     }),
     /**
      * ε spent by one answer (one row of one protected output), at 10^-6 resolution.
@@ -44,7 +53,8 @@ export const OutputNoise = Type.Object(
     delta: Type.Number({ minimum: 1e-15, maximum: 0.01, default: 1e-6, description: 'gaussian only: δ per answer' }),
     /**
      * k: scores are snapped to multiples of 2^-k before the noise, and noise is integer in
-     * those units. Costs no ε (docs/privacy.md); only sets the resolution. Default 16.
+     * those units. Costs no ε (docs/privacy.md); only sets the resolution; ignored by
+     * randomized-response, which noises no score. Default 16.
      */
     granularityBits: Type.Integer({ minimum: 4, maximum: 30, default: 16, description: 'grid 2^-k for noisy scores' }),
   },
@@ -121,6 +131,13 @@ export function outputPolicyProblems(policy: OutputPolicy): string[] {
     if (policy.noise.epsilon > policy.budget.epsilon) {
       problems.push(
         `/output/budget/epsilon: ${policy.budget.epsilon} is less than one answer's /output/noise/epsilon ${policy.noise.epsilon}; no answer could ever be released. Raise the budget or lower the per-answer epsilon`,
+      )
+    }
+    // Randomized response releases a label and nothing else; in scores or top-k mode there
+    // would be scores to release that it does not protect.
+    if (policy.noise.mechanism === 'randomized-response' && policy.mode !== 'label') {
+      problems.push(
+        `/output/noise/mechanism: randomized-response releases a label only, so it needs /output/mode: label (got ${policy.mode}); use laplace or gaussian to noise scores or top-k`,
       )
     }
     if (policy.noise.mechanism === 'gaussian' && policy.noise.delta > policy.budget.delta) {

@@ -42,6 +42,26 @@
 // more bit about the model. It reaches the caller only through randomized response: the bit is
 // flipped with probability 1/(1 + e^ε), so for any two values of the bit (any two models) the
 // odds of each released verdict differ by exactly e^ε: ε-DP, charged as one answer's ε.
+//
+// k-ary randomized response on the label (`mechanism: randomized-response`, label mode only).
+// The query is the model's arg-max a ∈ {0..k-1} (ties to the lower index; any deterministic
+// function of the score vector will do, since the relation is any two score vectors). The
+// released label is a with probability e^ε/(e^ε + k - 1) and each other label with probability
+// 1/(e^ε + k - 1). For any two arg-maxes a, a' and any released label, the two probabilities
+// differ by a factor of at most e^ε (the largest over the smallest): exactly ε-DP, charged as
+// one answer's ε like the noisy answers. Nothing about the scores beyond the arg-max is
+// released, so, unlike report-noisy-max, the label's accuracy does not depend on how
+// confident the model is.
+// The exact sampler (randomizedResponseLabel), by rejection, with q = e^-ε: propose a label j
+// uniformly among the k (an exact uniform integer, random.ts); accept j = a always and any other
+// j with probability q (bernoulliExpNeg, samplers.ts: exact for the rational ε in micro-
+// epsilon). An accepted round releases a with weight (1/k)·1 and each other label with weight
+// (1/k)·q, so the released label is a with probability 1/(1 + (k-1)q) = e^ε/(e^ε + k - 1) and
+// each other label with q/(1 + (k-1)q) = 1/(e^ε + k - 1), exactly, although both are
+// irrational: no floating-point number is created, only integer comparisons of random bits.
+// It generalises randomizedResponseFlip (k = 2, with a fair coin for the proposal). A round
+// ends with probability (1 + (k-1)q)/k >= 1/k, the same whichever label a is, so the number
+// of rounds (the time taken) says nothing about a: at most k rounds on average.
 
 import type { RandomReader } from './random.ts'
 import { bernoulliExpNeg, sampleDiscreteGaussian, sampleDiscreteLaplace, sampleDiscreteLaplaceSmall, smallLaplaceScale } from './samplers.ts'
@@ -76,6 +96,17 @@ export type NoiseSpec =
       cost: PrivacyCost
     }
   | { mechanism: 'gaussian'; bits: number; varNum: bigint; varDen: bigint; cost: PrivacyCost }
+
+/** k-ary randomized response on the label: no additive noise, no grid (see the file header). */
+export interface RandomizedResponseSpec {
+  mechanism: 'randomized-response'
+  /** ε of one answer, micro-epsilon: what the sampler uses and what the answer costs. */
+  epsilonMicros: number
+  cost: PrivacyCost
+}
+
+/** How a protected answer is made private: additive noise on the scores, or randomized response on the label. */
+export type ReleaseSpec = NoiseSpec | RandomizedResponseSpec
 
 /** Micro-epsilon for a policy epsilon: the value is used at 10^-6 resolution. */
 export function toEpsilonMicros(epsilon: number): number {
@@ -211,4 +242,32 @@ export function randomizedResponseFlip(rng: RandomReader, epsilonMicros: number)
     if (!rng.coin()) return false
     if (bernoulliExpNeg(rng, num, den)) return true
   }
+}
+
+/** k-ary randomized response calibrated to epsilon per answer, charged as pure ε. */
+export function calibrateRandomizedResponse(epsilon: number): RandomizedResponseSpec {
+  const epsilonMicros = toEpsilonMicros(epsilon)
+  return { mechanism: 'randomized-response', epsilonMicros, cost: { epsilonMicros, rhoNanos: 0 } }
+}
+
+/**
+ * The label k-ary randomized response releases for true label `label` of `classes`: `label`
+ * with probability e^ε/(e^ε + k - 1), each other with 1/(e^ε + k - 1), exactly (the rejection
+ * construction in the file header).
+ */
+export function randomizedResponseLabel(rng: RandomReader, label: number, classes: number, epsilonMicros: number): number {
+  if (!Number.isSafeInteger(epsilonMicros) || epsilonMicros < 1) throw new RangeError('randomizedResponseLabel: epsilonMicros must be a positive integer')
+  if (!Number.isInteger(classes) || classes < 1 || classes > 2 ** 32) throw new RangeError(`randomizedResponseLabel: bad class count ${classes}`)
+  if (!Number.isInteger(label) || label < 0 || label >= classes) throw new RangeError(`randomizedResponseLabel: label ${label} is not one of ${classes} classes`)
+  const num = BigInt(epsilonMicros)
+  const den = BigInt(EPSILON_UNITS)
+  for (;;) {
+    const j = rng.uniformSmall(classes)
+    if (j === label || bernoulliExpNeg(rng, num, den)) return j
+  }
+}
+
+/** P[randomized response releases the true label] = e^ε/(e^ε + k - 1), for documentation and tests (a float; never used to sample). */
+export function randomizedResponseKeepProbability(epsilon: number, classes: number): number {
+  return 1 / (1 + (classes - 1) * Math.exp(-epsilon))
 }

@@ -25,7 +25,9 @@
 //         cannot be reached; likewise).
 //
 // Per protected output row (one answer): snap to the 2^-k grid, add discrete noise,
-// clamp and renormalise, apply the mode, round (src/privacy/*, docs/privacy.md). The charge
+// clamp and renormalise, apply the mode, round (src/privacy/*, docs/privacy.md); with
+// randomized response (label mode only), the one-hot of a label drawn by k-ary randomized
+// response on the model's arg-max instead. The charge
 // (a durable journal write) runs while the noise is computed; nothing computed from the
 // model's output is handed on until the charge has been accepted and synced.
 //
@@ -46,14 +48,16 @@ import {
   addNoise,
   calibrateGaussian,
   calibrateLaplace,
+  calibrateRandomizedResponse,
   epsilonForRho,
   EPSILON_UNITS,
   randomizedResponseFlip,
+  randomizedResponseLabel,
   RHO_UNITS,
   snapToGrid,
   toEpsilonMicros,
-  type NoiseSpec,
   type PrivacyCost,
+  type ReleaseSpec,
 } from '../privacy/mechanisms.ts'
 import { argmax, releaseRow, type RowSpec } from '../privacy/postprocess.ts'
 import { RandomReader } from '../privacy/random.ts'
@@ -71,7 +75,8 @@ export interface CompiledOutputPolicy {
   readonly protect: ReadonlySet<string>
   readonly passThrough: ReadonlySet<string>
   readonly row: RowSpec
-  readonly noise: NoiseSpec | null
+  /** Additive noise on the snapped scores, or randomized response on the label; null: no noise, nothing charged. */
+  readonly noise: ReleaseSpec | null
   /** What one screening verdict on raw scores costs: pure ε at the answer's ε (randomized response); null without noise. */
   readonly verdict: PrivacyCost | null
   readonly budget: PrivacyBudget
@@ -90,9 +95,10 @@ export function compileOutputPolicy(policy: OutputPolicy, source = 'output polic
   if (problems.length === 0 && modelOutputs) problems.push(...modelOutputPolicyProblems(policy, modelOutputs))
   if (problems.length > 0) throw new ConfigError(source, problems)
   const { noise, budget } = policy
-  let spec: NoiseSpec | null = null
+  let spec: ReleaseSpec | null = null
   if (noise.mechanism === 'laplace') spec = calibrateLaplace(noise.epsilon, noise.granularityBits)
   if (noise.mechanism === 'gaussian') spec = calibrateGaussian(noise.epsilon, noise.delta, noise.granularityBits)
+  if (noise.mechanism === 'randomized-response') spec = calibrateRandomizedResponse(noise.epsilon)
   return Object.freeze({
     protect: new Set(policy.outputs),
     passThrough: new Set(policy.passThrough),
@@ -140,14 +146,35 @@ function scoreTensor(t: Tensor, model: string): ScoreTensor {
   throw internal(`output policy of model "${model}" protects output "${t.name}", which is ${t.datatype} ${JSON.stringify(t.shape)}, not a float score tensor; fix policies/${model}.yaml`)
 }
 
+/** Index of the highest score of `data[off..off+classes)`; NaN ranks lowest, ties go to the lower index. */
+function rowArgmax(data: ArrayLike<number>, off: number, classes: number): number {
+  let best = 0
+  let top = -Infinity
+  for (let i = 0; i < classes; i++) {
+    const v = data[off + i]!
+    if (v > top) {
+      top = v
+      best = i
+    }
+  }
+  return best
+}
+
 /** The protected copy of one score tensor (rows along the last axis). */
 function protectTensor(t: ScoreTensor, c: CompiledOutputPolicy, rng: RandomReader | null): Tensor {
   const classes = t.shape[t.shape.length - 1]!
   const out = t.datatype === 'FP32' ? new Float32Array(t.data.length) : new Float64Array(t.data.length)
-  const S = c.noise ? 2 ** c.noise.bits : 0
+  // rng is null only without noise (nothing paid for): the row is then released by its mode alone.
+  const rr = rng && c.noise?.mechanism === 'randomized-response' ? c.noise : null
+  const additive = rng && c.noise && c.noise.mechanism !== 'randomized-response' ? c.noise : null
+  const S = additive ? 2 ** additive.bits : 0
   for (let off = 0; off < t.data.length; off += classes) {
-    if (c.noise && rng) {
-      const noisy = addNoise(rng, snapToGrid(t.data, c.noise.bits, off, off + classes), c.noise)
+    if (rr && rng) {
+      // The model's arg-max as the unprotected label mode ranks it (NaN lowest, ties to the
+      // lower index), then k-ary randomized response on it; released as label mode's one-hot.
+      out[off + randomizedResponseLabel(rng, rowArgmax(t.data, off, classes), classes, rr.epsilonMicros)] = 1
+    } else if (additive && rng) {
+      const noisy = addNoise(rng, snapToGrid(t.data, additive.bits, off, off + classes), additive)
       if (c.row.mode === 'label') {
         // Report-noisy-max: the one-hot of the noisy arg-max (ties to the lower index).
         out[off + argmax(noisy)] = 1
@@ -218,7 +245,7 @@ function rowsRead(outputs: readonly Tensor[], c: CompiledOutputPolicy, requested
 }
 
 /** The response parameters that describe an accepted charge. */
-function chargeParameters(c: CompiledOutputPolicy & { noise: NoiseSpec }, cost: PrivacyCost, charge: ChargeResult): Record<string, unknown> {
+function chargeParameters(c: CompiledOutputPolicy & { noise: ReleaseSpec }, cost: PrivacyCost, charge: ChargeResult): Record<string, unknown> {
   const params: Record<string, unknown> = {
     privacy_mechanism: c.noise.mechanism,
     privacy_epsilon_cost: show(cost.epsilonMicros / EPSILON_UNITS + (cost.rhoNanos > 0 ? epsilonForRho(cost.rhoNanos / RHO_UNITS, c.budget.delta) : 0)),
@@ -292,7 +319,7 @@ export function createOutputPrivacyLinks(policies: CompiledPolicySource, deps: O
           headers: { 'Retry-After': String(seconds) },
         })
       }
-      const charged: ChargedRelease = { outputs, verdictFlips, parameters: chargeParameters(c as CompiledOutputPolicy & { noise: NoiseSpec }, cost, charge) }
+      const charged: ChargedRelease = { outputs, verdictFlips, parameters: chargeParameters(c as CompiledOutputPolicy & { noise: ReleaseSpec }, cost, charge) }
       ctx.charged = charged
     },
   }

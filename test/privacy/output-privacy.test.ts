@@ -261,3 +261,59 @@ t.test('with noise, output-privacy releases only what privacy-charge paid for (f
   t.match(await attempt(links.privacyCharge, forbidden), { code: 'forbidden' })
   t.equal(forbidden.privacy, null, 'a withheld output asked for is refused before anything is charged')
 })
+
+t.test('randomized-response labels: one-hot of the arg-max (ties and NaN as label mode ranks them), charged ε per answer and reported', async (t) => {
+  // ε 100: another label comes out with probability below 10^-42, so the released labels are
+  // the arg-maxes. Budget: two requests of three answers.
+  const p = policy({ mode: 'label', noise: { mechanism: 'randomized-response', epsilon: 100 }, budget: { epsilon: 600, windowMs: HOUR } })
+  const { stage, clock } = setup(p)
+  const rows = [
+    [0.1, 0.7, 0.2],
+    [0.4, 0.2, 0.4], // a tie: the lower index
+    [NaN, 0.3, 0.6], // NaN ranks lowest
+  ]
+  const ctx = makeCtx([probs(rows)])
+  await stage.run(ctx)
+  t.same(out(ctx), [0, 1, 0, 1, 0, 0, 0, 0, 1])
+  t.same(ctx.result!.parameters, {
+    output_mode: 'label',
+    privacy_mechanism: 'randomized-response',
+    privacy_epsilon_cost: 300,
+    privacy_epsilon_spent: 300,
+    privacy_epsilon_left: 300,
+    privacy_window_ms: HOUR,
+  })
+  t.same(ctx.privacy, { epsilonSpent: 300, epsilonLeft: 300 })
+  await stage.run(makeCtx([probs(rows)]))
+  clock.advance(1000)
+  const spent = makeCtx([probs(rows.slice(0, 1))])
+  t.match(await attempt(stage, spent), { code: 'privacy_budget_exhausted', status: 429 }, 'a third request does not fit')
+  t.same(out(spent), f32([0.1, 0.7, 0.2]), 'nothing released')
+})
+
+t.test('randomized-response labels at a small ε: other labels come out, always one-hot, the same for the same seed', async (t) => {
+  const p = policy({ mode: 'label', noise: { mechanism: 'randomized-response', epsilon: 0.5 }, budget: { epsilon: 1000 } })
+  const labels = async () => {
+    const { stage } = setup(p)
+    const ctx = makeCtx([probs(Array.from({ length: 400 }, () => [0.01, 0.01, 0.96, 0.02]))])
+    await stage.run(ctx)
+    const data = out(ctx)
+    const picked: number[] = []
+    for (let i = 0; i < data.length; i += 4) {
+      const row = data.slice(i, i + 4)
+      if (row.reduce((a, b) => a + b, 0) !== 1 || !row.every((v) => v === 0 || v === 1)) t.fail(`row ${i / 4} is not one-hot: ${row}`)
+      picked.push(row.indexOf(1))
+    }
+    return picked
+  }
+  const first = await labels()
+  t.same(await labels(), first, 'a seeded source gives the same labels')
+  // P[arg-max] = e^0.5 / (e^0.5 + 3) = 0.3547; 400 draws: within 5 sd of it.
+  const kept = first.filter((l) => l === 2).length / first.length
+  t.ok(Math.abs(kept - 0.3547) < 5 * Math.sqrt((0.3547 * 0.6453) / 400), `the arg-max ${(kept * 100).toFixed(1)}% of the time`)
+  t.same([0, 1, 3].map((l) => first.includes(l)), [true, true, true], 'every other label comes out')
+})
+
+t.test('randomized-response with scores or top-k is refused at start, naming both fields', async (t) => {
+  t.throws(() => compileOutputPolicy(policy({ mode: 'scores', noise: { mechanism: 'randomized-response', epsilon: 4 } })), /\/output\/noise\/mechanism: randomized-response .*\/output\/mode: label \(got scores\)/)
+})
