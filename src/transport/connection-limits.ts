@@ -8,12 +8,13 @@
 // (SHA-256 of the DER) once the TLS handshake has verified it, or its address on plain HTTP.
 // A connection past any cap is closed at once, and counted.
 
-import { createHash } from 'node:crypto'
 import type { Server } from 'node:http'
 import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Clock } from '../deps.ts'
 import { Counter } from '../telemetry/metrics.ts'
+import { certificateKey } from './peer.ts'
+import { TokenBuckets } from './token-buckets.ts'
 
 export interface ConnectionLimits {
   readonly refused: Counter
@@ -35,20 +36,9 @@ export function limitConnections(
   server.on('drop', () => refused.inc({ reason: 'total' }))
 
   // A token bucket per address, a second's worth deep: bursts of reconnects pass, floods do not.
-  const buckets = new Map<string, { tokens: number; atMs: number }>()
   const rate = o.newPerSecondPerAddress
-  const allowNew = (address: string): boolean => {
-    const now = o.clock.monotonicMs()
-    const b = buckets.get(address) ?? { tokens: rate, atMs: now }
-    buckets.delete(address)
-    b.tokens = Math.min(rate, b.tokens + ((now - b.atMs) * rate) / 1000)
-    b.atMs = now
-    const ok = b.tokens >= 1
-    if (ok) b.tokens -= 1
-    buckets.set(address, b)
-    if (buckets.size > MAX_TRACKED_ADDRESSES) buckets.delete(buckets.keys().next().value!)
-    return ok
-  }
+  const buckets = new TokenBuckets({ perSecond: rate, burst: rate, maxKeys: MAX_TRACKED_ADDRESSES })
+  const allowNew = (address: string): boolean => buckets.take(address, o.clock.monotonicMs()) === 0
   server.prependListener('connection', (socket: Socket) => {
     if (allowNew(socket.remoteAddress ?? '')) return
     refused.inc({ reason: 'rate' })
@@ -72,9 +62,9 @@ export function limitConnections(
 
   if (o.tls) {
     server.on('secureConnection', (socket: TLSSocket) => {
-      const raw = socket.getPeerCertificate()?.raw
+      const fingerprint = socket.getPeerCertificate()?.fingerprint256
       // Without a verified certificate the handshake is refused elsewhere; count by address meanwhile.
-      admit(socket, raw ? `cert:${createHash('sha256').update(raw).digest('hex')}` : `addr:${socket.remoteAddress ?? ''}`)
+      admit(socket, fingerprint ? certificateKey(fingerprint) : `addr:${socket.remoteAddress ?? ''}`)
     })
   } else {
     server.on('connection', (socket: Socket) => {

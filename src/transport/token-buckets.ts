@@ -1,0 +1,53 @@
+// Token buckets per key (a client, an address), held in a map bounded to maxKeys: the least
+// recently seen key is forgotten first, and a forgotten key comes back with a full bucket,
+// which is what it would have had after idling for burst / perSecond. Time is monotonic ms
+// from the caller's injected clock.
+
+interface Bucket {
+  tokens: number
+  /** Monotonic ms the tokens were last brought up to date. */
+  atMs: number
+}
+
+export class TokenBuckets {
+  private readonly perMs: number
+  private readonly burst: number
+  private readonly maxKeys: number
+  private readonly onForget: () => void
+  // Insertion order is recency order: a key seen again is moved to the end.
+  private readonly buckets = new Map<string, Bucket>()
+
+  constructor(o: { perSecond: number; burst: number; maxKeys: number; onForget?: () => void }) {
+    this.perMs = o.perSecond / 1000
+    this.burst = o.burst
+    this.maxKeys = o.maxKeys
+    this.onForget = o.onForget ?? (() => {})
+  }
+
+  /** Keys holding a bucket right now. */
+  get size(): number {
+    return this.buckets.size
+  }
+
+  /** Takes one token for `key` at `nowMs`: 0 when there was one, else the ms until there will be. */
+  take(key: string, nowMs: number): number {
+    let b = this.buckets.get(key)
+    if (b === undefined) {
+      if (this.buckets.size >= this.maxKeys) {
+        this.buckets.delete(this.buckets.keys().next().value!)
+        this.onForget()
+      }
+      b = { tokens: this.burst, atMs: nowMs }
+    } else {
+      this.buckets.delete(key)
+      b.tokens = Math.min(this.burst, b.tokens + (nowMs - b.atMs) * this.perMs)
+      b.atMs = nowMs
+    }
+    this.buckets.set(key, b)
+    if (b.tokens >= 1) {
+      b.tokens -= 1
+      return 0
+    }
+    return (1 - b.tokens) / this.perMs
+  }
+}
