@@ -3,7 +3,7 @@
 // stopped at teardown) and a way to wait for a client to notice it going or coming back, mnist
 // digits and OIP requests, and small measuring tools.
 
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import os from 'node:os'
@@ -67,37 +67,48 @@ export interface RedisServer {
   start(): Promise<void>
 }
 
+/** A redis-server process started with `args`, once it accepts connections; stop() kills it and waits for it to go. */
+export async function spawnRedis(args: readonly string[]): Promise<{ stop(): Promise<void> }> {
+  if (!REDIS_SERVER) throw new Error('redis-server is not installed (apt-get install redis-server; .ci/run does it)')
+  const c = spawn(REDIS_SERVER, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  // redis-server says on stdout when it accepts connections; it exits when it cannot.
+  let out = ''
+  let ready = false
+  await new Promise<void>((resolve, reject) => {
+    c.stderr!.on('data', (d: Buffer) => (out += d.toString()))
+    c.stdout!.on('data', (d: Buffer) => {
+      if (ready) return // read on, so the pipe never fills
+      out += d.toString()
+      if ((ready = out.includes('Ready to accept connections'))) resolve()
+    })
+    c.once('exit', (code) => reject(new Error(`redis-server exited (${code}) before accepting connections:\n${out}`)))
+  })
+  return {
+    async stop() {
+      if (c.exitCode !== null) return
+      const exited = new Promise((r) => c.once('exit', r))
+      c.kill('SIGKILL')
+      await exited
+    },
+  }
+}
+
 /** A Redis server of our own on a free loopback port, no persistence; stopped and removed at teardown. */
 export async function startRedis(t: { teardown(fn: () => unknown): void }): Promise<RedisServer> {
   if (!REDIS_SERVER) throw new Error('redis-server is not installed (apt-get install redis-server; .ci/run does it)')
   const port = await freePort()
   const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-redis-'))
-  let child: ChildProcess | null = null
+  let child: { stop(): Promise<void> } | null = null
   const server: RedisServer = {
     url: `redis://127.0.0.1:${port}/0`,
     port,
     async start() {
-      const c = spawn(REDIS_SERVER!, ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], { stdio: ['ignore', 'pipe', 'ignore'] })
-      child = c
-      // redis-server says on stdout when it accepts connections; it exits when it cannot.
-      let out = ''
-      let ready = false
-      await new Promise<void>((resolve, reject) => {
-        c.stdout!.on('data', (d: Buffer) => {
-          if (ready) return // read on, so the pipe never fills
-          out += d.toString()
-          if ((ready = out.includes('Ready to accept connections'))) resolve()
-        })
-        c.once('exit', (code) => reject(new Error(`redis-server exited (${code}) before accepting connections:\n${out}`)))
-      })
+      child = await spawnRedis(['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'])
     },
     async stop() {
       const c = child
       child = null
-      if (!c || c.exitCode !== null) return
-      const exited = new Promise((r) => c.once('exit', r))
-      c.kill('SIGKILL')
-      await exited
+      await c?.stop()
     },
   }
   await server.start()

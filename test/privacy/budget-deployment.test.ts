@@ -10,7 +10,6 @@
 // reservations may cost a caller part of its budget at a restart, never add to it; here each
 // is smaller than one answer, so the count is exact.)
 
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises'
@@ -27,7 +26,7 @@ import { buildConfig } from '../../src/config/load.ts'
 import type { Config } from '../../src/config/schema.ts'
 import { kustomizeMissing, podSpecs, render, type K8sObject } from '../deploy/kubectl-kustomize.ts'
 import { Cluster, type Pod } from '../deploy/pods.ts'
-import { REDIS_SERVER } from '../helpers/scaleout.ts'
+import { REDIS_SERVER, spawnRedis } from '../helpers/scaleout.ts'
 
 /** Laplace noise at ε = 1 per answer, a budget of ε = 6 an hour: six answers per caller. */
 const BUDGET_ANSWERS = 6
@@ -158,7 +157,7 @@ async function startRedisPod(t: Test, cluster: Cluster, url: string) {
   if (!workload) throw new Error(`the Service ${svcName} selects no pods`)
   const container = String((podSpecs(workload)[0]!.containers as { name: string }[])[0]!.name)
   const port = await freePort()
-  let child: ChildProcess | null = null
+  let child: { stop(): Promise<void> } | null = null
   const start = async () => {
     // A new pod each time: for a StatefulSet, the same name and the same claim.
     const pod = cluster.pod(workload, 0)
@@ -170,27 +169,12 @@ async function startRedisPod(t: Test, cluster: Cluster, url: string) {
     const conf = readFileSync(confFile!, 'utf8').replace(/^dir\s+(\S+)$/m, (_, dir: string) => `dir ${pod.path(container, dir)}`)
     const localConf = path.join(cluster.root, 'pods', pod.uid, 'redis.conf')
     writeFileSync(localConf, conf)
-    const c = spawn(REDIS_SERVER!, [localConf, ...rest, '--port', String(port), '--bind', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'] })
-    child = c
-    let out = ''
-    let ready = false
-    await new Promise<void>((resolve, reject) => {
-      c.stderr!.on('data', (d: Buffer) => (out += d.toString()))
-      c.stdout!.on('data', (d: Buffer) => {
-        if (ready) return // read on, so the pipe never fills
-        out += d.toString()
-        if ((ready = out.includes('Ready to accept connections'))) resolve()
-      })
-      c.once('exit', (code) => reject(new Error(`redis-server exited (${code}) before accepting connections:\n${out}`)))
-    })
+    child = await spawnRedis([localConf, ...rest, '--port', String(port), '--bind', '127.0.0.1'])
   }
   const stop = async () => {
     const c = child
     child = null
-    if (!c || c.exitCode !== null) return
-    const exited = new Promise((r) => c.once('exit', r))
-    c.kill('SIGKILL')
-    await exited
+    await c?.stop()
   }
   await start()
   t.teardown(stop)
