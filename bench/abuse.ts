@@ -9,8 +9,10 @@
 //           tokens, all from its own loopback address (127.0.0.2).
 // Reported: the normal traffic's items/s (abused as a ratio of quiet), p50/p99, the abusive
 // requests sent and how they were answered, the gateway's peak RSS, the /metrics size and
-// the audit folder's growth. Every load is bounded in time, targets 127.0.0.1 and stops by
-// itself.
+// the audit folder's growth, CPU per round, and a last round of the abuse alone (what it costs
+// the gateway). ABUSE_CONN_RATE=N runs the gateway with server.newConnectionsPerSecondPerAddress
+// N instead of its default, to see how much of that cost the handshakes are. Every load is
+// bounded in time, targets 127.0.0.1 and stops by itself.
 
 import { readdirSync, readFileSync, statSync } from 'node:fs'
 import path from 'node:path'
