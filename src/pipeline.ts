@@ -27,6 +27,7 @@ export interface ChainLinks {
   screenOutput?: Stage | undefined
   outputPrivacy?: Stage | undefined
   auditRecord?: Stage | undefined
+  modelStats?: Stage | undefined
   metrics: Stage
 }
 
@@ -53,6 +54,7 @@ export function assembleChain(s: ChainLinks): readonly Stage[] {
     s.outputPrivacy, //   reveal no more than the policy allows, and only what was paid for
     // response: what is recorded about the exchange
     s.auditRecord, //     one durable record per request, before the answer leaves
+    s.modelStats, //      the model's statistics (Triton's extension), when the exchange ends
     s.metrics, //         counts and latencies, when the exchange ends
   ]
   return Object.freeze(chain.filter((link): link is Stage => link !== undefined))

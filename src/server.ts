@@ -31,6 +31,8 @@ import { createInputValidationStage } from './stages/input-validation.ts'
 import { createLoadSheddingLink } from './stages/load-shedding.ts'
 import { createMetricsLink } from './stages/metrics.ts'
 import { createModelInferenceStage } from './stages/model-inference.ts'
+import { createModelStatsLink } from './stages/model-stats.ts'
+import { ModelStatistics } from './oip/stats.ts'
 import { createTraceLink } from './stages/trace.ts'
 import { SharedState } from './state/redis.ts'
 import { Gauge, type GatewayMetrics } from './telemetry/metrics.ts'
@@ -110,7 +112,8 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     },
   })
   const { metrics } = observability
-  const models = buildModels(config.models, baseDir, { clock, log, random, metrics, tracer: observability.tracerProvider.getTracer('bulwark') })
+  const statistics = new ModelStatistics(config.models.serve.map((m) => m.name), clock)
+  const models = buildModels(config.models, baseDir, { clock, log, random, metrics, tracer: observability.tracerProvider.getTracer('bulwark'), statistics })
   registry = models.registry
   // What holds a folder lock, a connection or a watcher is closed again if a later part fails to start.
   const undo: Undo = []
@@ -150,10 +153,11 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     privacyCharge: outputPrivacy?.links.privacyCharge,
     outputPrivacy: outputPrivacy?.links.outputPrivacy,
     auditRecord: audit.link,
+    modelStats: createModelStatsLink(statistics, clock),
     metrics: createMetricsLink(metrics, clock, registry.list().map((m) => m.name)),
   })
   late.unrouted = attachChain(api, { chain, clock, log, server: config.server, tls: tlsMaterial !== null, closing: isShuttingDown }).answerUnrouted
-  registerOipRoutes(api, { registry, serverVersion: SERVER_VERSION, isShuttingDown })
+  registerOipRoutes(api, { registry, statistics, serverVersion: SERVER_VERSION, isShuttingDown })
 
   const readinessChecks: ReadinessCheck[] = [audit.readinessCheck]
   if (sharedState) readinessChecks.push(() => ({ name: 'shared-state', problem: sharedState.problem() }))

@@ -49,6 +49,7 @@ const ORDER: [keyof ChainLinks, string, Phase][] = [
   ['screenOutput', 'screen-output', 'body'],
   ['outputPrivacy', 'output-privacy', 'body'],
   ['auditRecord', 'audit-log', 'response'],
+  ['modelStats', 'model-stats', 'response'],
   ['metrics', 'metrics', 'response'],
 ]
 

@@ -7,6 +7,7 @@ import type { Config } from '../config/schema.ts'
 import type { Clock, Logger, RandomSource } from '../deps.ts'
 import { ModelRegistry } from '../inference/registry.ts'
 import { InferenceService } from '../inference/service.ts'
+import type { ModelStatistics } from '../oip/stats.ts'
 import { Counter, Gauge, Histogram, type GatewayMetrics, type Labels } from '../telemetry/metrics.ts'
 
 export interface Models {
@@ -17,7 +18,7 @@ export interface Models {
 export function buildModels(
   config: Config['models'],
   baseDir: string,
-  deps: { clock: Clock; log: Logger; random: RandomSource; metrics: GatewayMetrics; tracer: Tracer },
+  deps: { clock: Clock; log: Logger; random: RandomSource; metrics: GatewayMetrics; tracer: Tracer; statistics?: ModelStatistics },
 ): Models {
   let registry: ModelRegistry | null = null
   const upstreams = () => registry?.upstreams() ?? []
@@ -41,6 +42,7 @@ export function buildModels(
     random: deps.random,
     tracer: deps.tracer,
     onBatch: (model, items) => deps.metrics.batchSize.observe({ model }, items),
+    onExecuted: (model, times) => deps.statistics?.executed(model, times),
     upstreamObserver: {
       call(model, endpoint, outcome, s) {
         calls.inc({ model, endpoint, outcome })

@@ -25,6 +25,7 @@ import { BulwarkError } from '../errors.ts'
 import type { Clock, Timer } from '../deps.ts'
 import type { Context } from '@opentelemetry/api'
 import type { Backend } from './backend.ts'
+import type { ExecutionTimes } from '../oip/stats.ts'
 import { batchBuffers, holdBodies, type BodyHold } from './buffer-pool.ts'
 import { concatBatches, numericDatatypes, sliceBatch, type Datatype, type Tensor, type TensorData } from './tensor.ts'
 
@@ -39,6 +40,8 @@ export interface BatcherOptions {
   clock: Clock
   /** Called with each batch's item count (for metrics). */
   onBatch?: (items: number) => void
+  /** Called after each batch that ran, with its requests' queue time and its compute times (for the statistics extension). */
+  onExecuted?: (times: ExecutionTimes) => void
 }
 
 interface Pending {
@@ -204,6 +207,7 @@ export class DynamicBatcher {
     const live = group.filter((p) => !p.settled)
     if (live.length === 0) return
     const { backend, clock } = this.opts
+    const startedMs = clock.monotonicMs()
     // Concatenate along the batch dimension into pooled buffers that the backend may transfer
     // to its worker; the requests' own tensors stay intact for later stages (audit digests).
     // A backend that only borrows its inputs gets a lone request's tensors as they are.
@@ -213,6 +217,7 @@ export class DynamicBatcher {
     let deadlineMs = -Infinity
     for (const p of live) deadlineMs = Math.max(deadlineMs, p.deadlineMs)
     let outputs: Tensor[]
+    const inputDoneMs = clock.monotonicMs()
     try {
       outputs = await backend.execute(inputs, this.opts.outputNames, { deadlineMs, trace: live[0]!.trace })
     } catch (err) {
@@ -227,11 +232,14 @@ export class DynamicBatcher {
     // its 504, as if its timer had fired before the answer came.
     const now = clock.monotonicMs()
     let item = 0
+    let queueMs = 0
     for (const p of live) {
+      queueMs += startedMs - p.enqueuedMs
       if (now >= p.deadlineMs) this.expire(p)
       else this.settle(p, sliceBatch(outputs, item, p.items))
       item += p.items
     }
+    this.opts.onExecuted?.({ items: item, requests: live.length, queueMs, inputMs: inputDoneMs - startedMs, inferMs: now - inputDoneMs, outputMs: clock.monotonicMs() - now })
   }
 
   /** Resolves once nothing is queued or running (for graceful shutdown). */

@@ -17,6 +17,7 @@ import { cryptoRandom, type Clock, type Logger, type RandomSource } from '../dep
 import type { Config, ModelSettings } from '../config/schema.ts'
 import type { UpstreamConfig } from '../config/scaleout.ts'
 import type { Backend } from './backend.ts'
+import type { ExecutionTimes } from '../oip/stats.ts'
 import { DynamicBatcher } from './batcher.ts'
 import { readManifest, readVerifiedModel, type Manifest } from './manifest.ts'
 import { OnnxBackend } from './onnx-backend.ts'
@@ -43,6 +44,8 @@ export interface RegistryDeps {
   clock: Clock
   log: Logger
   onBatch?: (model: string, items: number) => void
+  /** Each model execution's item count, queue and compute times (the statistics extension, src/oip/stats.ts). */
+  onExecuted?: (model: string, times: ExecutionTimes) => void
   /** Retry jitter of upstream calls (default: the OS CSPRNG). */
   random?: RandomSource
   /** Spans of upstream calls (default: the global tracer provider's). */
@@ -176,6 +179,7 @@ export class ModelRegistry {
       outputNames: manifest.outputs.map((o) => o.name),
       clock: this.deps.clock,
       onBatch: (items) => this.deps.onBatch?.(m.name, items),
+      onExecuted: (times) => this.deps.onExecuted?.(m.name, times),
     })
     m.state = 'ready'
     m.reason = null

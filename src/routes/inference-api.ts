@@ -7,16 +7,17 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { BulwarkError } from '../errors.ts'
 import { encodeInferResponse, HEADER_LENGTH } from '../oip/codec.ts'
 import type { ModelRegistry } from '../inference/registry.ts'
+import { EXTENSIONS, modelConfiguration, modelMetadata, modelStatistics } from '../oip/model-info.ts'
+import type { ModelStatistics } from '../oip/stats.ts'
 import type { RequestContext } from '../types.ts'
 
 export interface OipRouteDeps {
   registry: ModelRegistry
+  statistics: ModelStatistics
   serverVersion: string
   isShuttingDown: () => boolean
 }
 
-/** The OIP v2 extensions this server implements. */
-export const EXTENSIONS = ['binary_tensor_data']
 
 function ctxOf(request: FastifyRequest): RequestContext {
   if (!request.ctx) throw new BulwarkError('internal', 'request context missing')
@@ -35,19 +36,10 @@ export function registerOipRoutes(app: FastifyInstance, deps: OipRouteDeps): voi
   app.get('/v2', async () => ({ name: 'bulwark', version: deps.serverVersion, extensions: EXTENSIONS }))
 
   // --- model level: the chain's links for the route's verb have run ---
-  const metadata = async (request: FastifyRequest) => {
-    const ctx = ctxOf(request)
-    const m = registry.get(ctx.target.model, ctx.target.version)
-    if (!m.manifest) throw new BulwarkError('model_not_ready', `model "${m.name}" failed to load; its metadata is unavailable`, { reason: m.reason ?? '' })
-    const tensor = (t: { name: string; datatype: string; shape: number[] }) => ({ name: t.name, datatype: t.datatype, shape: t.shape })
-    return {
-      name: m.name,
-      versions: [m.manifest.version],
-      platform: m.manifest.platform,
-      inputs: m.manifest.inputs.map(tensor),
-      outputs: m.manifest.outputs.map(tensor),
-    }
-  }
+  const metadata = async (request: FastifyRequest) => modelMetadata(registry, ctxOf(request))
+  // Triton's model configuration and statistics extensions, authorized as metadata.
+  const config = async (request: FastifyRequest) => modelConfiguration(registry, ctxOf(request))
+  const stats = async (request: FastifyRequest) => modelStatistics(registry, deps.statistics, ctxOf(request))
   const modelReady = async (request: FastifyRequest, reply: FastifyReply) => {
     const ctx = ctxOf(request)
     const m = registry.get(ctx.target.model, ctx.target.version)
@@ -62,9 +54,13 @@ export function registerOipRoutes(app: FastifyInstance, deps: OipRouteDeps): voi
     return reply.send(encoded.payload)
   }
 
+  // Every served model's statistics: the request names no model (see modelStatistics).
+  app.get('/v2/models/stats', { config: { verb: 'metadata' } }, stats)
   for (const prefix of ['/v2/models/:model', '/v2/models/:model/versions/:version']) {
     app.get(prefix, { config: { verb: 'metadata' } }, metadata)
     app.get(`${prefix}/ready`, { config: { verb: 'metadata' } }, modelReady)
+    app.get(`${prefix}/config`, { config: { verb: 'metadata' } }, config)
+    app.get(`${prefix}/stats`, { config: { verb: 'metadata' } }, stats)
     app.post(`${prefix}/infer`, { config: { verb: 'infer' } }, infer)
   }
 }
