@@ -57,6 +57,64 @@ export const errorStatus = {
 
 export type ErrorCode = keyof typeof errorStatus
 
+/** The gRPC status codes the gRPC transport answers with (names as in grpc's status.proto). */
+export type GrpcStatusName =
+  | 'CANCELLED'
+  | 'INVALID_ARGUMENT'
+  | 'DEADLINE_EXCEEDED'
+  | 'NOT_FOUND'
+  | 'PERMISSION_DENIED'
+  | 'RESOURCE_EXHAUSTED'
+  | 'INTERNAL'
+  | 'UNAVAILABLE'
+  | 'UNAUTHENTICATED'
+
+/**
+ * Each code's gRPC status, next to its HTTP status (docs/errors.md has both columns); the
+ * stable code itself travels in the `bulwark-code` trailing metadata. A Record over the
+ * codes, so a new code does not compile until it has one.
+ */
+export const errorGrpcStatus: Record<ErrorCode, GrpcStatusName> = {
+  bad_request: 'INVALID_ARGUMENT',
+  invalid_json: 'INVALID_ARGUMENT',
+  invalid_binary_header: 'INVALID_ARGUMENT',
+  missing_input: 'INVALID_ARGUMENT',
+  unknown_input: 'INVALID_ARGUMENT',
+  unknown_output: 'INVALID_ARGUMENT',
+  datatype_mismatch: 'INVALID_ARGUMENT',
+  shape_mismatch: 'INVALID_ARGUMENT',
+  data_length_mismatch: 'INVALID_ARGUMENT',
+  value_out_of_range: 'INVALID_ARGUMENT',
+  non_finite_value: 'INVALID_ARGUMENT',
+  batch_too_large: 'INVALID_ARGUMENT',
+  unauthenticated: 'UNAUTHENTICATED',
+  forbidden: 'PERMISSION_DENIED',
+  attack_suspected: 'PERMISSION_DENIED',
+  not_found: 'NOT_FOUND',
+  model_not_found: 'NOT_FOUND',
+  version_not_found: 'NOT_FOUND',
+  request_timeout: 'DEADLINE_EXCEEDED',
+  // gRPC's own answer to a message over the size limit.
+  payload_too_large: 'RESOURCE_EXHAUSTED',
+  unsupported_media_type: 'INVALID_ARGUMENT',
+  // Well-formed but refused for its content: not worth retrying as sent.
+  suspicious_input: 'INVALID_ARGUMENT',
+  rate_limited: 'RESOURCE_EXHAUSTED',
+  client_rate_limited: 'RESOURCE_EXHAUSTED',
+  privacy_budget_exhausted: 'RESOURCE_EXHAUSTED',
+  client_closed_request: 'CANCELLED',
+  internal: 'INTERNAL',
+  model_not_ready: 'UNAVAILABLE',
+  queue_full: 'UNAVAILABLE',
+  overloaded: 'UNAVAILABLE',
+  worker_failed: 'UNAVAILABLE',
+  upstream_unavailable: 'UNAVAILABLE',
+  state_unavailable: 'UNAVAILABLE',
+  audit_unavailable: 'UNAVAILABLE',
+  shutting_down: 'UNAVAILABLE',
+  deadline_exceeded: 'DEADLINE_EXCEEDED',
+}
+
 export const errorCodes = Object.keys(errorStatus) as ErrorCode[]
 
 export interface BulwarkErrorOptions {
