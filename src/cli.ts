@@ -13,6 +13,7 @@ import { startTelemetry } from './telemetry/sdk.ts'
 import { AUDIT_USAGE, auditCommand } from './audit/commands.ts'
 import { CALIBRATE_USAGE, calibrateCommand } from './screening/calibrate.ts'
 import { MODEL_USAGE, modelCommand } from './signing/commands.ts'
+import { BENCH_USAGE, benchCommand } from './loadtest/command.ts'
 import type { AddressInfo } from 'node:net'
 import { loadSigningKey, mintToken } from './dev/mint-token.ts'
 import { DEV_AUDIENCE, DEV_DIR, DEV_ISSUER } from './config/security.ts'
@@ -34,6 +35,7 @@ commands:
 ${AUDIT_USAGE}
 ${CALIBRATE_USAGE}
 ${MODEL_USAGE}
+${BENCH_USAGE}
   help  show this text`
 
 function splitHostPort(value: string, flag: string): { host: string; port: number } {
@@ -176,6 +178,9 @@ async function main(argv: string[]): Promise<void> {
       return
     case 'model':
       process.exitCode = await modelCommand(rest, io)
+      return
+    case 'bench':
+      process.exitCode = await benchCommand(rest, { ...io, errIsTTY: process.stderr.isTTY === true, deps: realDeps })
       return
     case undefined:
     case 'help':

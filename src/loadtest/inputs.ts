@@ -1,0 +1,152 @@
+// The requests the bench sends: generated from the model's metadata (GET /v2/models/NAME:
+// each input's datatype and shape, the batch dimension set to --batch, values drawn from a
+// seeded generator in --range), or read from OIP v2 JSON request files. Either way they are
+// encoded once, as JSON or with the binary tensor extension, into a small pool of distinct
+// bodies that the load rotates through (identical bodies would look like a replay to
+// stateful screening and would measure a cache, not the gateway).
+
+import { readdir, readFile, stat } from 'node:fs/promises'
+import path from 'node:path'
+import { float32Text, HEADER_LENGTH } from '../oip/codec.ts'
+import { allocate, elementCount, isDatatype, tensorBytes, type Datatype, type TensorData } from '../inference/tensor.ts'
+import type { LoadRequest } from './client.ts'
+
+/** A problem with the inputs: the message says what to do. */
+export class BenchInputError extends Error {}
+
+export interface TensorSpec {
+  name: string
+  datatype: Datatype
+  shape: number[]
+  data: TensorData
+}
+
+/** Distinct bodies kept for rotation, and the memory they may take. */
+const POOL_MAX = 64
+const POOL_BYTES = 64 * 1024 * 1024
+
+/** A deterministic generator (32-bit LCG): the same seed gives the same bodies on every run. */
+function lcg(seed: number): () => number {
+  let s = seed >>> 0
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0
+    return s / 2 ** 32
+  }
+}
+
+function fill(datatype: Datatype, count: number, next: () => number, [lo, hi]: [number, number]): TensorData {
+  const data = allocate(datatype, count)
+  if (datatype === 'FP16') throw new BenchInputError('FP16 inputs cannot be generated yet; give request files with --input')
+  for (let i = 0; i < count; i++) {
+    const u = next()
+    if (datatype === 'BOOL') data[i] = u < 0.5 ? 0 : 1
+    else if (datatype === 'FP32' || datatype === 'FP64') data[i] = lo + u * (hi - lo)
+    else if (datatype === 'INT64' || datatype === 'UINT64') data[i] = BigInt(Math.floor(lo + u * (hi - lo + 1)))
+    else data[i] = Math.floor(lo + u * (hi - lo + 1))
+  }
+  return data
+}
+
+interface MetadataTensor {
+  name: string
+  datatype: string
+  shape: number[]
+}
+
+/** The model's inputs from its metadata, checked for what generation needs. */
+export function inputSpecs(metadata: unknown, model: string): MetadataTensor[] {
+  const inputs = (metadata as { inputs?: unknown })?.inputs
+  const ok = Array.isArray(inputs) && inputs.every((t: MetadataTensor) => typeof t?.name === 'string' && typeof t.datatype === 'string' && Array.isArray(t.shape) && t.shape.every(Number.isInteger))
+  if (!ok || inputs.length === 0) throw new BenchInputError(`the metadata of ${model} (GET /v2/models/${model}) lists no usable inputs; give request files with --input`)
+  return inputs as MetadataTensor[]
+}
+
+/** `n` sets of tensors for the model's inputs, with the batch dimension set to `batch`. */
+export function generateTensors(inputs: MetadataTensor[], o: { batch: number; seed: number; range: [number, number]; n: number }): TensorSpec[][] {
+  const shapes = inputs.map((t) => {
+    if (!isDatatype(t.datatype)) throw new BenchInputError(`input ${t.name} has datatype ${t.datatype}, which the bench cannot generate; give request files with --input`)
+    const shape = t.shape.map((d, i) => {
+      if (d >= 0) return d
+      if (i === 0) return o.batch
+      throw new BenchInputError(`input ${t.name} has a variable dimension ${i} (shape ${JSON.stringify(t.shape)}); give request files with --input`)
+    })
+    if (t.shape[0] !== -1 && o.batch !== 1) throw new BenchInputError(`input ${t.name} has a fixed first dimension (shape ${JSON.stringify(t.shape)}), so the model takes no batch; drop --batch`)
+    return { name: t.name, datatype: t.datatype, shape }
+  })
+  const next = lcg(o.seed)
+  return Array.from({ length: o.n }, () => shapes.map((s) => ({ ...s, data: fill(s.datatype, elementCount(s.shape), next, o.range) })))
+}
+
+function jsonValues(t: TensorSpec): string {
+  const out = new Array<string>(t.data.length)
+  for (let i = 0; i < t.data.length; i++) {
+    const v = t.data[i]!
+    out[i] = t.datatype === 'BOOL' ? (v ? 'true' : 'false') : t.datatype === 'FP32' ? float32Text(v as number) : String(v)
+  }
+  return `[${out.join(',')}]`
+}
+
+/** One request body for a set of tensors, JSON or binary (outputs asked for in binary too). */
+export function encodeRequest(model: string, version: string | undefined, tensors: TensorSpec[], binary: boolean): LoadRequest {
+  const urlPath = `/v2/models/${encodeURIComponent(model)}${version !== undefined ? `/versions/${encodeURIComponent(version)}` : ''}/infer`
+  const items = tensors[0]?.shape[0] ?? 1
+  if (!binary) {
+    const inputs = tensors.map((t) => `${JSON.stringify({ name: t.name, datatype: t.datatype, shape: t.shape }).slice(0, -1)},"data":${jsonValues(t)}}`)
+    return { method: 'POST', path: urlPath, headers: { 'content-type': 'application/json' }, body: `{"inputs":[${inputs.join(',')}]}`, items }
+  }
+  const head = Buffer.from(JSON.stringify({
+    inputs: tensors.map((t) => ({ name: t.name, datatype: t.datatype, shape: t.shape, parameters: { binary_data_size: t.data.byteLength } })),
+    parameters: { binary_data_output: true },
+  }))
+  const body = Buffer.concat([head, ...tensors.map((t) => tensorBytes(t.data))])
+  return { method: 'POST', path: urlPath, headers: { 'content-type': 'application/octet-stream', [HEADER_LENGTH]: String(head.length) }, body, items }
+}
+
+/** How many distinct generated bodies to keep, given one body's size. */
+export function poolSize(bytesPerRequest: number): number {
+  return Math.max(1, Math.min(POOL_MAX, Math.floor(POOL_BYTES / Math.max(1, bytesPerRequest))))
+}
+
+/** Tensors of an OIP v2 JSON request file (inputs with a data array), for re-encoding. */
+function tensorsOfFile(file: string, parsed: unknown): TensorSpec[] {
+  const inputs = (parsed as { inputs?: unknown })?.inputs
+  if (!Array.isArray(inputs) || inputs.length === 0) throw new BenchInputError(`${file} is not an OIP v2 inference request: it has no "inputs" array`)
+  return inputs.map((t: { name?: unknown; datatype?: unknown; shape?: unknown; data?: unknown }, i) => {
+    const shape = t.shape
+    if (typeof t.name !== 'string' || !isDatatype(t.datatype) || t.datatype === 'FP16' || !Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0) || !Array.isArray(t.data)) {
+      throw new BenchInputError(`${file}: inputs[${i}] needs a name, a numeric datatype, a shape of whole numbers and a flat data array`)
+    }
+    const flat = (t.data as unknown[]).flat(Infinity)
+    if (flat.length !== elementCount(shape as number[])) throw new BenchInputError(`${file}: inputs[${i}] has ${flat.length} values for shape ${JSON.stringify(shape)}`)
+    const data = allocate(t.datatype, flat.length)
+    const big = t.datatype === 'INT64' || t.datatype === 'UINT64'
+    flat.forEach((v, k) => (data[k] = big ? BigInt(v as number) : typeof v === 'boolean' ? Number(v) : (v as number)))
+    return { name: t.name, datatype: t.datatype, shape: shape as number[], data }
+  })
+}
+
+/** The request files named by --input: one .json file, or every .json file of a folder (sorted). */
+export async function readRequestFiles(where: string, model: string, version: string | undefined, binary: boolean): Promise<LoadRequest[]> {
+  let files: string[]
+  try {
+    files = (await stat(where)).isDirectory() ? (await readdir(where)).filter((f) => f.endsWith('.json')).sort().map((f) => path.join(where, f)) : [where]
+  } catch (err) {
+    throw new BenchInputError(`cannot read --input ${where}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+  }
+  if (files.length === 0) throw new BenchInputError(`--input ${where} is a folder with no .json request files in it`)
+  const requests: LoadRequest[] = []
+  for (const file of files.slice(0, 10_000)) {
+    const text = await readFile(file, 'utf8')
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(text)
+    } catch (err) {
+      throw new BenchInputError(`${file} is not a JSON request: ${(err as Error).message}`)
+    }
+    const tensors = tensorsOfFile(file, parsed)
+    // As JSON the file goes as it is (its outputs and parameters too); --binary re-encodes its tensors.
+    const encoded = encodeRequest(model, version, tensors, binary)
+    requests.push(binary ? encoded : { ...encoded, body: text })
+  }
+  return requests
+}
