@@ -9,7 +9,8 @@ import type { MetricReader } from '@opentelemetry/sdk-metrics'
 import path from 'node:path'
 import type { AddressInfo, Socket } from 'node:net'
 import { ConfigError, type LoadedConfig } from './config/load.ts'
-import { loadPolicies, type PolicySet } from './config/policy.ts'
+import type { PolicySet } from './config/policy.ts'
+import type { PolicyWatcher } from './config/policy-watch.ts'
 import { securityProblems } from './config/security.ts'
 import { scaleoutProblems } from './config/scaleout.ts'
 import { BulwarkError } from './errors.ts'
@@ -18,6 +19,7 @@ import type { ModelRegistry } from './inference/registry.ts'
 import { buildAdmin, type ReadinessCheck } from './gateway/admin.ts'
 import { buildFrontDoor } from './gateway/front-door.ts'
 import { buildModels } from './gateway/models.ts'
+import { buildPolicies } from './gateway/policies.ts'
 import { buildObservability } from './gateway/observability.ts'
 import { buildOutputPrivacy } from './gateway/output-privacy.ts'
 import { buildScreeningLinks } from './gateway/screening.ts'
@@ -67,8 +69,10 @@ export interface Gateway {
   readonly log: Logger
   /** The audit trail (src/stages/audit-log.ts); its writer is null when audit is off. */
   readonly audit: AuditLogStage
-  /** The per-model policies (policies/<model>.yaml), for the stages that read their slices. */
+  /** The per-model policies in force (policies/<model>.yaml); a reload replaces them. */
   readonly policies: PolicySet
+  /** The policy folder's reloads; null when policies.watch is off or there is no folder. */
+  readonly policyReload: PolicyWatcher | null
   /** The API listener's TLS files and their reloads; null when tls is off (plain HTTP). */
   readonly tls: TlsReloader | null
   /** The Redis connection replicas share state through; null without state.redis. */
@@ -98,7 +102,9 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const frontDoorProblems = [...securityProblems(config), ...scaleoutProblems(config)]
   if (frontDoorProblems.length > 0) throw new ConfigError(source, frontDoorProblems)
   const policyDir = path.resolve(baseDir, config.policies.directory)
-  const policies = await loadPolicies(policyDir, { required: config.authorization.enabled })
+  const livePolicies = await buildPolicies(config, policyDir)
+  const { live } = livePolicies
+  const policies = live.policies
   const tlsMaterial = config.tls.enabled ? await loadTlsMaterial(config.tls, baseDir) : null
 
   // --- build the subsystems ---
@@ -119,10 +125,10 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const undo: Undo = []
   const sharedState = config.state.redis ? await opening(undo, () => SharedState.open(config.state.redis!, baseDir, log, clock), (s) => s.close()) : null
   if (sharedState) metrics.add(new Gauge('bulwark_state_store_up', 'Whether the shared state store (Redis) is connected: 1 yes, 0 no (budgets refused; rate limits and screening as configured).', () => [[{ store: 'redis' }, sharedState.up ? 1 : 0]]))
-  const outputPrivacy = await opening(undo, () => buildOutputPrivacy(config, { baseDir, policyDir }, { policies, registry, sharedState, clock, random, log }), (p) => p?.accountant.close())
-  const frontDoor = await opening(undo, () => buildFrontDoor(config, { baseDir }, { api, tlsMaterial, policies, sharedState, clock, log, metrics }), (f) => f.close())
+  const outputPrivacy = await opening(undo, () => buildOutputPrivacy(config, { baseDir, policyDir }, { policies: live, registry, sharedState, clock, random, log }), (p) => p?.accountant.close())
+  const frontDoor = await opening(undo, () => buildFrontDoor(config, { baseDir }, { api, tlsMaterial, policies: live, sharedState, clock, log, metrics }), (f) => f.close())
   for (const m of registry.list()) if (config.authorization.enabled && !policies.has(m.name)) log.warn({ model: m.name }, 'model has no policy: nobody may call it (default deny)')
-  const screening = await opening(undo, () => buildScreeningLinks(config, { baseDir, source }, { policies, registry, sharedState, clock, random, log, metrics, outputPolicies: outputPrivacy?.policies }), async () => {})
+  const screening = await opening(undo, () => buildScreeningLinks(config, { baseDir, source }, { policies: live, registry, sharedState, clock, random, log, metrics, outputPolicies: outputPrivacy?.policies, outputView: outputPrivacy ?? undefined }), async () => {})
   const audit = await opening(undo, () => createAuditLogStage(config.audit, loaded, { clock, random, log, ...options.audit }), (a) => a.close())
   late.audit = audit
   metrics.add(...audit.metrics)
@@ -166,7 +172,8 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     // A model whose every upstream breaker is open cannot serve: not ready (some open: ready, listed under upstreams).
     readinessChecks.push(() => ({ name: `upstream:${m.name}`, problem: registry.upstreams().find((u) => u.model === m.name)?.backend.problem() ?? null }))
   }
-  const admin = buildAdmin(config, { logger: api.log, log, random, registry, metrics, isShuttingDown, readinessChecks })
+  const admin = buildAdmin(config, { logger: api.log, log, random, registry, metrics, isShuttingDown, readinessChecks, details: () => ({ policies: livePolicies.status() }) })
+  const policyReload = livePolicies.watch({ clock, log, metrics })
 
   return {
     api,
@@ -176,7 +183,10 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     stages: chain,
     log,
     audit,
-    policies,
+    get policies() {
+      return live.policies
+    },
+    policyReload,
     tls: frontDoor.tls,
     sharedState,
     inFlight: () => loadShedding?.inFlight() ?? 0,
@@ -184,6 +194,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     load: () => registry.load(),
     async close(graceMs = config.server.shutdownGraceMs) {
       shuttingDown = true
+      policyReload?.close()
       await frontDoor.close()
       // Stop accepting; requests already received (and those queued behind them) finish.
       const drained = Promise.all([api.close(), registry.drain()]).then(() => 'drained' as const)

@@ -16,6 +16,7 @@
 //       claims: { tenant: [acme] }
 //   rateLimit: { requestsPerWindow: 100, windowMs: 1000 }
 
+import { createHash } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { Type, type Static } from '@sinclair/typebox'
@@ -138,31 +139,72 @@ export function parsePolicy(text: string, file: string): { policy: Policy | null
   return { policy: deepFreeze(value as Policy), problems: [] }
 }
 
+/** What a policy folder holds: its policies, every problem of every file, and a digest of its files to tell a change from a touch. */
+export interface PolicyFolder {
+  policies: Map<string, Readonly<Policy>>
+  problems: string[]
+  /** SHA-256 over the names and contents of the folder's policy and calibration files. */
+  digest: string
+  /** False when the folder does not exist (only tolerated when policies are not required). */
+  exists: boolean
+}
+
+/** Files of a policy folder that matter: policies, and the screening calibrations they name. Hidden files (editor swap files, the kubelet's `..data`) are not policies. */
+const policyFileName = (n: string) => !n.startsWith('.') && /\.(ya?ml|json)$/.test(n)
+
 /**
- * Reads every <model>.yaml (or .yml) in `directory`. Every problem in every file is reported
- * at once, as one ConfigError naming each file, path and fix. A missing directory is an error
- * unless `required` is false (authorization off: no policies, no problem).
+ * Reads every <model>.yaml (or .yml) in `directory`, collecting every problem of every file
+ * (each names the file, path and fix) rather than stopping at the first. Never throws for a
+ * file's content; a folder that cannot be listed is one problem (none when it is missing and
+ * `required` is false).
  */
-export async function loadPolicies(directory: string, options: { required: boolean } = { required: true }): Promise<PolicySet> {
+export async function readPolicyFolder(directory: string, options: { required: boolean } = { required: true }): Promise<PolicyFolder> {
+  const policies = new Map<string, Readonly<Policy>>()
+  const hash = createHash('sha256')
   let names: string[]
   try {
-    names = (await readdir(directory)).filter((n) => /\.ya?ml$/.test(n)).sort()
+    names = (await readdir(directory)).filter(policyFileName).sort()
   } catch (err) {
-    if (!options.required && (err as NodeJS.ErrnoException).code === 'ENOENT') return new Map()
-    throw new ConfigError(directory, [`cannot read the policy directory: ${(err as Error).message}; create it or set policies.directory`])
+    const missing = (err as NodeJS.ErrnoException).code === 'ENOENT'
+    if (!options.required && missing) return { policies, problems: [], digest: hash.digest('hex'), exists: false }
+    return { policies, problems: [`${directory}: cannot read the policy directory: ${(err as Error).message}; create it or set policies.directory`], digest: hash.update('unreadable').digest('hex'), exists: !missing }
   }
-  const policies = new Map<string, Readonly<Policy>>()
   const problems: string[] = []
   for (const name of names) {
     const file = path.join(directory, name)
-    const { policy, problems: found } = parsePolicy(await readFile(file, 'utf8'), file)
+    let text: string
+    try {
+      text = await readFile(file, 'utf8')
+    } catch (err) {
+      // A file swapped away between the listing and the read: the next check sees the new set.
+      problems.push(`${file}: cannot be read: ${(err as Error).message}`)
+      continue
+    }
+    hash.update(name).update('\0').update(text).update('\0')
+    if (!/\.ya?ml$/.test(name)) continue
+    const { policy, problems: found } = parsePolicy(text, file)
     problems.push(...found)
     if (!policy) continue
     if (policies.has(policy.model)) problems.push(`${file}: a second policy for model "${policy.model}"; keep one file per model`)
     else policies.set(policy.model, policy)
   }
-  if (problems.length > 0) throw new ConfigError(directory, problems)
-  return policies
+  return { policies, problems, digest: hash.digest('hex'), exists: true }
+}
+
+/**
+ * Reads every <model>.yaml (or .yml) in `directory`. Every problem in every file is reported
+ * at once, as one ConfigError naming each file, path and fix. A missing directory is an error
+ * unless `required` is false (authorization off: no policies, no problem).
+ */
+export async function loadPolicyFolder(directory: string, options: { required: boolean } = { required: true }): Promise<PolicyFolder> {
+  const folder = await readPolicyFolder(directory, options)
+  if (folder.problems.length > 0) throw new ConfigError(directory, folder.problems)
+  return folder
+}
+
+/** The policies of `directory` (loadPolicyFolder without the digest). */
+export async function loadPolicies(directory: string, options: { required: boolean } = { required: true }): Promise<PolicySet> {
+  return (await loadPolicyFolder(directory, options)).policies
 }
 
 /** Whether a workload identity matches a policy pattern (exact, or prefix for `.../*`). */

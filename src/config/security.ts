@@ -154,6 +154,13 @@ export const PoliciesConfig = Type.Object(
   {
     /** Folder with one <model>.yaml per model; relative paths are from the config file's folder. */
     directory: Type.String({ minLength: 1, default: 'policies' }),
+    /** Apply changes to the folder without a restart: a valid change applies to requests that
+     *  start after it, an invalid one is refused (the policies in force stay, /readyz says they
+     *  are stale). Off: the folder is read once, at start. */
+    watch: Type.Boolean({ default: true }),
+    /** How often the folder is checked for changes besides file-system events (which miss some
+     *  atomic swaps, as a Kubernetes ConfigMap volume makes them); the longest a change waits. */
+    reloadCheckIntervalMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 5_000 }),
   },
   { additionalProperties: false, default: {} },
 )

@@ -22,7 +22,7 @@ export interface AdminListener {
 
 export function buildAdmin(
   config: Config,
-  deps: { logger: FastifyBaseLogger; log: Logger; random: RandomSource; registry: ModelRegistry; metrics: GatewayMetrics; isShuttingDown: () => boolean; readinessChecks: ReadinessCheck[] },
+  deps: { logger: FastifyBaseLogger; log: Logger; random: RandomSource; registry: ModelRegistry; metrics: GatewayMetrics; isShuttingDown: () => boolean; readinessChecks: ReadinessCheck[]; details?: () => Record<string, unknown> },
 ): AdminListener {
   const { registry, metrics } = deps
   const app = Fastify({
@@ -35,7 +35,7 @@ export function buildAdmin(
     metrics,
     isShuttingDown: deps.isShuttingDown,
     readinessChecks: deps.readinessChecks,
-    details: () => ({ upstreams: Object.fromEntries(registry.upstreams().map((u) => [u.model, u.backend.status()])) }),
+    details: () => ({ upstreams: Object.fromEntries(registry.upstreams().map((u) => [u.model, u.backend.status()])), ...deps.details?.() }),
   }
   registerAdminRoutes(app, adminDeps)
   let thread: AdminThread | null = null

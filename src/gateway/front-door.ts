@@ -9,13 +9,14 @@ import type { TLSSocket } from 'node:tls'
 import { JwksKeySet } from '../auth/jwks.ts'
 import { TokenCache } from '../auth/token-cache.ts'
 import type { PolicySet } from '../config/policy.ts'
+import { LivePolicies } from '../config/policy-store.ts'
 import type { Config } from '../config/schema.ts'
 import type { Clock, Logger } from '../deps.ts'
 import type { SharedState } from '../state/redis.ts'
 import { createJwtAuthStage } from '../stages/jwt-auth.ts'
-import { createModelPolicyStage } from '../stages/model-policy.ts'
+import { compileModelRules, createModelPolicyStage } from '../stages/model-policy.ts'
 import { createMtlsIdentityStage } from '../stages/mtls-identity.ts'
-import { createRateLimitStage } from '../stages/rate-limit.ts'
+import { compileModelLimits, createRateLimitStage } from '../stages/rate-limit.ts'
 import { Counter, type GatewayMetrics } from '../telemetry/metrics.ts'
 import { fastifyLimiter, redisRateLimitStore } from '../transport/rate-limit-store.ts'
 import { handshakeFailureReason, requireClientCertificates, TlsReloader, type TlsMaterial } from '../transport/tls.ts'
@@ -31,9 +32,11 @@ export interface FrontDoor {
 export async function buildFrontDoor(
   config: Config,
   where: { baseDir: string },
-  deps: { api: FastifyInstance; tlsMaterial: TlsMaterial | null; policies: PolicySet; sharedState: SharedState | null; clock: Clock; log: Logger; metrics: GatewayMetrics },
+  deps: { api: FastifyInstance; tlsMaterial: TlsMaterial | null; policies: PolicySet | LivePolicies; sharedState: SharedState | null; clock: Clock; log: Logger; metrics: GatewayMetrics },
 ): Promise<FrontDoor> {
-  const { api, log, clock, policies, sharedState } = deps
+  const { api, log, clock, sharedState } = deps
+  // Each request is judged by the policies in force when it started (src/config/policy-store.ts).
+  const live = deps.policies instanceof LivePolicies ? deps.policies : new LivePolicies(deps.policies)
   const handshakeFailures = new Counter('bulwark_tls_handshake_failures_total', 'TLS handshakes refused or failed (no or untrusted client certificate, protocol, timeout), by reason.')
   const tlsReloads = new Counter('bulwark_tls_reloads_total', 'Changes of the TLS certificate, key or CA files on disk, by outcome (changed = applied, failed = kept the old ones).')
   const jwksRefreshes = new Counter('bulwark_jwks_refreshes_total', 'Re-reads of the JSON Web Key Set, by outcome.')
@@ -67,14 +70,14 @@ export async function buildFrontDoor(
       global: false,
       ...(redis ? { store: redisRateLimitStore(sharedState.client), skipOnError: redis.rateLimitsWhenUnavailable === 'allow' } : {}),
     })
-    rateLimit = createRateLimitStage({ rateLimits: config.rateLimits, policies }, { limiterFor: (limits) => fastifyLimiter(api, limits, config.rateLimits.storeEntries) })
+    rateLimit = createRateLimitStage({ rateLimits: config.rateLimits, policies: await live.view(compileModelLimits) }, { limiterFor: (limits) => fastifyLimiter(api, limits, config.rateLimits.storeEntries) })
   }
 
   return {
     links: {
       mtlsIdentity: config.tls.enabled ? createMtlsIdentityStage({ clock }) : undefined,
       jwtAuth: keys ? createJwtAuthStage(config.auth, { clock, getKey: keys.getKey, cache: tokenCache }) : undefined,
-      modelPolicy: config.authorization.enabled ? createModelPolicyStage(policies) : undefined,
+      modelPolicy: config.authorization.enabled ? createModelPolicyStage(await live.view(compileModelRules)) : undefined,
       rateLimit,
     },
     tls,

@@ -1,4 +1,5 @@
-// Turns each model's `screening:` policy into its detectors, once, at start: reads the
+// Turns each model's `screening:` policy into its detectors, at start and at each policy
+// reload (the detectors' history carries over: carry-over.ts): reads the
 // model's manifest (the screened input's layout and range), the calibration file, checks
 // that they fit together, and reports every problem at once. The order of `detectors` is
 // the order they judge a request in: the cheap stateless check first, then the stateful
@@ -15,6 +16,7 @@ import { systemClock, type Clock, type RandomSource } from '../deps.ts'
 import { readManifest, type Manifest } from '../inference/manifest.ts'
 import { readCalibrationFile, type CalibrationFile } from './calibration.ts'
 import type { AnyDetector } from './detector.ts'
+import { keepHistory } from './carry-over.ts'
 import { poolingEncoder } from './encoder.ts'
 import { createFeatureBoundsDetector } from './feature-bounds.ts'
 import { createFeatureSqueezingDetector } from './feature-squeezing.ts'
@@ -77,6 +79,7 @@ export function compileScreening(
   random: RandomSource,
   shared?: ScreeningStore,
   clock: Clock = systemClock,
+  previous?: ModelScreening,
 ): ModelScreening {
   const problems: string[] = []
   const inputName = policy.input ?? (manifest.inputs.length === 1 ? manifest.inputs[0]!.name : '')
@@ -124,7 +127,9 @@ export function compileScreening(
     if (st.poolSize > Math.max(layout.height, layout.width)) problems.push(`/screening/stateful/poolSize: ${st.poolSize} is larger than the input's ${layout.height}x${layout.width}`)
     if (threshold !== undefined && problems.length === 0) {
       const options = { ...st, threshold, mode: modeOf(st.mode), encoder: poolingEncoder(layout, st.poolSize) }
-      detectors.push(shared ? createSharedStatefulDetector(options, model, shared) : createStatefulDetector(options))
+      const { threshold: _t, mode: _m, ...shape } = st
+      const key = JSON.stringify(['stateful', shape, layout, !!shared])
+      detectors.push(keepHistory(previous?.detectors, key, options, () => (shared ? createSharedStatefulDetector(options, model, shared) : createStatefulDetector(options))))
     }
   }
 
@@ -156,7 +161,10 @@ export function compileScreening(
     if (ex.minQueries > ex.windowSize) problems.push(`/screening/extraction/minQueries: ${ex.minQueries} exceeds windowSize ${ex.windowSize}; the test would never run`)
     else {
       const options = { ...ex, mode: modeOf(ex.mode), encoder: poolingEncoder(layout, ex.poolSize) }
-      detectors.push(shared ? createSharedPradaDetector(options, model, shared, random, clock) : createPradaDetector(options))
+      const { wThreshold, mode: _m, ...shape } = ex
+      const key = JSON.stringify(['extraction', shape, layout, !!shared])
+      const make = () => (shared ? createSharedPradaDetector(options, model, shared, random, clock) : createPradaDetector(options))
+      detectors.push(keepHistory(previous?.detectors, key, { threshold: wThreshold, mode: options.mode }, make))
     }
   }
 
@@ -171,7 +179,8 @@ export function compileScreening(
     detectors: Object.freeze(detectors),
     needsModel: detectors.some((d) => d.needs === 'output'),
     cooldownMs: policy.cooldownMs,
-    digest: keyedDigester(random),
+    // Digests of the history kept from the previous generation stay comparable.
+    digest: previous?.digest ?? keyedDigester(random),
   })
 }
 
@@ -187,6 +196,7 @@ export function screens(policy: ScreeningPolicy | undefined): policy is Screenin
 export async function buildScreening(
   policies: ReadonlyMap<string, { readonly screening: ScreeningPolicy }>,
   sources: ScreeningSources,
+  previous?: ReadonlyMap<string, ModelScreening>,
 ): Promise<{ models: Map<string, ModelScreening>; problems: string[] }> {
   const models = new Map<string, ModelScreening>()
   const problems: string[] = []
@@ -197,7 +207,7 @@ export async function buildScreening(
       const manifest = await readManifest(path.join(sources.modelsDir, model, 'manifest.json'))
       const calFile = policy.screening.calibrationFile
       const calibration = calFile ? await readCalibrationFile(path.resolve(sources.policyDir, calFile)) : null
-      models.set(model, compileScreening(model, policy.screening, manifest, calibration, sources.random, sources.shared, sources.clock))
+      models.set(model, compileScreening(model, policy.screening, manifest, calibration, sources.random, sources.shared, sources.clock, previous?.get(model)))
     } catch (err) {
       for (const line of (err as Error).message.split('\n')) problems.push(`${file} ${line}`)
     }

@@ -7,12 +7,13 @@
 //         identity or principal, a rule that does not match in every part, all refuse. The
 //         reason says which part failed closest to matching, for the operator.
 //
-// The policies are compiled once: per model and verb, the rules with their exact workload IDs
+// The policies are compiled once per generation (a reload compiles them again): per model and verb, the rules with their exact workload IDs
 // in a Set, their prefixes in a list, and their required scopes and claims. A request costs a
 // walk over the few rules of its model and verb.
 
 import { BulwarkError } from '../errors.ts'
 import type { PolicySet } from '../config/policy.ts'
+import { fixedView, type PolicyView } from '../config/policy-store.ts'
 import type { ModelVerb, RequestContext, Stage } from '../types.ts'
 
 interface CompiledRule {
@@ -56,7 +57,10 @@ function mismatch(rule: CompiledRule, workload: string, scopes: readonly string[
   return null
 }
 
-export function createModelPolicyStage(policies: PolicySet): Stage {
+/** The rule tables of every model, per verb. */
+export type ModelRules = ReadonlyMap<string, Record<ModelVerb, CompiledRule[]>>
+
+export function compileModelRules(policies: PolicySet): ModelRules {
   const compiled = new Map<string, Record<ModelVerb, CompiledRule[]>>()
   for (const [model, policy] of policies) {
     const byVerb: Record<ModelVerb, CompiledRule[]> = { infer: [], metadata: [] }
@@ -66,6 +70,15 @@ export function createModelPolicyStage(policies: PolicySet): Stage {
     })
     compiled.set(model, byVerb)
   }
+  return compiled
+}
+
+/**
+ * The stage over fixed policies, or over a view of live ones (src/config/policy-store.ts):
+ * then each request is judged by the generation pinned to it.
+ */
+export function createModelPolicyStage(policies: PolicySet | PolicyView<ModelRules>): Stage {
+  const view = policies instanceof Map ? fixedView(compileModelRules(policies)) : (policies as PolicyView<ModelRules>)
   const refuse = (reason: string) => new BulwarkError('forbidden', 'this caller may not do this on this model', { reason })
 
   return {
@@ -74,7 +87,7 @@ export function createModelPolicyStage(policies: PolicySet): Stage {
     verbs: ['infer', 'metadata'],
     run(ctx: RequestContext) {
       const { model, verb } = ctx.target
-      const rules = verb === 'server' ? undefined : compiled.get(model)?.[verb]
+      const rules = verb === 'server' ? undefined : view.for(ctx).get(model)?.[verb]
       const what = `${verb} on model ${JSON.stringify(model.slice(0, 64))}`
       if (rules === undefined) throw refuse(`${what}: no policy for this model (default deny); add policies/${model.slice(0, 64)}.yaml`)
       if (rules.length === 0) throw refuse(`${what}: the model's policy has no rule for this verb`)

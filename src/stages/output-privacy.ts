@@ -209,8 +209,12 @@ function memoisedPrivacyKey(limit = 10_000): (callerKey: string, model: string) 
   }
 }
 
-/** Each model's compiled output policy (compileOutputPolicy, at start); the defaults' for a model without one. */
-export type CompiledPolicySource = (model: string) => CompiledOutputPolicy
+/**
+ * Each model's compiled output policy (compileOutputPolicy); the defaults' for a model without
+ * one. With live policies, `request` is the request context: every read for one request
+ * answers from the policies pinned to it (src/config/policy-store.ts).
+ */
+export type CompiledPolicySource = (model: string, request?: object) => CompiledOutputPolicy
 
 export interface OutputPrivacyLinks {
   /** Before screen-output: refuses withheld outputs asked for; with noise, pays for and noises what later links read. */
@@ -282,7 +286,7 @@ export function createOutputPrivacyLinks(policies: CompiledPolicySource, deps: O
       const result = ctx.result
       if (!result) return
       const model = ctx.target.model
-      const c = policies(model)
+      const c = policies(model, ctx)
       const requested = new Set((ctx.request?.outputs ?? []).map((o) => o.name))
       refuseWithheld(result.outputs, c, requested, model)
       if (!c.noise) return
@@ -332,7 +336,7 @@ export function createOutputPrivacyLinks(policies: CompiledPolicySource, deps: O
       const result = ctx.result
       if (!result) return
       const model = ctx.target.model
-      const c = policies(model)
+      const c = policies(model, ctx)
       const paid = ctx.charged
       // Fail closed: with noise, only what privacy-charge paid for may leave.
       if (c.noise && !paid) throw internal(`model "${model}" adds noise, but nothing was paid for: privacy-charge must run before output-privacy`)

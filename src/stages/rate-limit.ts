@@ -15,6 +15,7 @@
 
 import { BulwarkError } from '../errors.ts'
 import type { PolicySet } from '../config/policy.ts'
+import { fixedView, type PolicyView } from '../config/policy-store.ts'
 import type { RateLimitsConfig } from '../config/security.ts'
 import type { RequestContext, Stage } from '../types.ts'
 
@@ -26,12 +27,23 @@ export interface LimitVerdict {
   resetSeconds: number
 }
 
-/** Counts one request for `key` and says whether it is over the limit. */
-export type Limiter = (key: string) => Promise<LimitVerdict>
+/**
+ * Counts one request for `key` and says whether it is over the limit. `limits`, when given,
+ * replaces the ones the limiter was made with for this count (a reloaded policy): the counts
+ * are kept, only the bound and the window change.
+ */
+export type Limiter = (key: string, limits?: { max: number; windowMs: number }) => Promise<LimitVerdict>
 
 export interface RateLimitDeps {
   /** A limiter with its own counters, for one model's limits; `scope` names them (the model) in a shared store. */
   limiterFor(limits: { max: number; windowMs: number; scope: string }): Limiter
+}
+
+/** Each model's limits, by model name (a view of the live policies, or fixed ones). */
+export type ModelLimits = ReadonlyMap<string, { max: number; windowMs: number }>
+
+export function compileModelLimits(policies: PolicySet): ModelLimits {
+  return new Map([...policies].map(([model, p]) => [model, { max: p.rateLimit.requestsPerWindow, windowMs: p.rateLimit.windowMs }]))
 }
 
 export interface RateLimitStage extends Stage {
@@ -44,15 +56,21 @@ export interface RateLimitStage extends Stage {
 /** Defaults for a model without a policy (only reachable when authorization is off). */
 const UNLISTED = { requestsPerWindow: 100, windowMs: 1000 }
 
-export function createRateLimitStage(config: { rateLimits: RateLimitsConfig; policies: PolicySet }, deps: RateLimitDeps): RateLimitStage {
+export function createRateLimitStage(config: { rateLimits: RateLimitsConfig; policies: PolicySet | PolicyView<ModelLimits> }, deps: RateLimitDeps): RateLimitStage {
   const maxInFlight = config.rateLimits.maxInFlightPerPrincipal
-  const limiters = new Map<string, { limiter: Limiter; max: number; windowMs: number }>()
-  for (const [model, policy] of config.policies) {
-    const { requestsPerWindow: max, windowMs } = policy.rateLimit
-    limiters.set(model, { limiter: deps.limiterFor({ max, windowMs, scope: model }), max, windowMs })
+  const view = config.policies instanceof Map ? fixedView(compileModelLimits(config.policies)) : (config.policies as PolicyView<ModelLimits>)
+  // One limiter per model name ever given a policy, made on first use and kept: a reloaded
+  // policy changes the bound and the window it counts with, never the counts themselves, and a
+  // model whose policy went and came back finds its callers' counts where they were.
+  const limiters = new Map<string, Limiter>()
+  const limiterOf = (model: string, limits: { max: number; windowMs: number }) => {
+    let l = limiters.get(model)
+    if (!l) limiters.set(model, (l = deps.limiterFor({ ...limits, scope: model })))
+    return l
   }
   // One shared limiter for every model name without a policy, so made-up names create no state.
-  const unlisted = { limiter: deps.limiterFor({ max: UNLISTED.requestsPerWindow, windowMs: UNLISTED.windowMs, scope: '~unlisted' }), max: UNLISTED.requestsPerWindow, windowMs: UNLISTED.windowMs }
+  const unlisted = { max: UNLISTED.requestsPerWindow, windowMs: UNLISTED.windowMs }
+  const unlistedLimiter = deps.limiterFor({ ...unlisted, scope: '~unlisted' })
   const inFlight = new Map<string, number>()
   const held = new WeakMap<RequestContext, string>()
 
@@ -70,8 +88,9 @@ export function createRateLimitStage(config: { rateLimits: RateLimitsConfig; pol
         })
       }
       const model = ctx.target.model
-      const entry = limiters.get(model) ?? unlisted
-      const v = await entry.limiter(key)
+      const limits = view.for(ctx).get(model)
+      const entry = limits ?? unlisted
+      const v = await (limits ? limiterOf(model, limits) : unlistedLimiter)(key, entry)
       if (v.exceeded) {
         const reset = String(Math.max(1, v.resetSeconds))
         throw new BulwarkError('rate_limited', 'too many requests; retry after Retry-After seconds', {

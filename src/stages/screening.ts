@@ -58,8 +58,11 @@ export interface ScreeningObserver {
 }
 
 export interface AdversarialScreenDeps {
-  /** Compiled screening per model; models without an entry are not screened. */
-  models: ReadonlyMap<string, ModelScreening>
+  /**
+   * Compiled screening per model; models without an entry are not screened. With live
+   * policies, a function of the request: every link reads the generation pinned to it.
+   */
+  models: ReadonlyMap<string, ModelScreening> | ((request: object) => ReadonlyMap<string, ModelScreening>)
   clock: Clock
   observer?: ScreeningObserver
   /** Principals remembered in cool-down, per model (LRU), when cool-downs are kept in process. Default 100,000. */
@@ -210,10 +213,12 @@ function createJudges(deps: AdversarialScreenDeps, cooldowns: Cooldowns) {
 export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLinks {
   const cooldowns = deps.cooldowns ?? memoryCooldowns(deps.clock, deps.maxCooldowns ?? 100_000)
   const { shared, judgeInput, judgeOutput } = createJudges(deps, cooldowns)
+  const { models } = deps
+  const screeningOf = typeof models === 'function' ? (ctx: RequestContext) => models(ctx).get(ctx.target.model) : (ctx: RequestContext) => models.get(ctx.target.model)
 
   /** The screened tensor's rows, or null when the request has nothing this model screens. */
   const screened = (ctx: RequestContext): { s: ModelScreening; batch: ScreenBatch & { probabilities?: Float32Array[] } } | null => {
-    const s = deps.models.get(ctx.target.model)
+    const s = screeningOf(ctx)
     const tensor = s && ctx.request?.inputs.find((t) => t.name === s.inputName)
     if (!s || !tensor || !(tensor.data instanceof Float32Array)) return null // validation guarantees it; nothing to screen otherwise
     const items = rowsOf(tensor)
@@ -225,7 +230,7 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
     phase: 'body',
     verbs: ['infer'],
     async run(ctx: RequestContext) {
-      const s = deps.models.get(ctx.target.model)
+      const s = screeningOf(ctx)
       if (!s || !ctx.request) return
       // A model without cool-downs never starts one: nothing to look up.
       if (s.cooldownMs > 0) {

@@ -26,6 +26,9 @@ import type { Limiter } from '../stages/rate-limit.ts'
 
 interface KeyCarrier {
   key: string
+  /** The bound and window of this count (a reloaded policy's, or the limiter's own). */
+  max: number
+  windowMs: number
   routeOptions: { config: Record<string, never> }
 }
 
@@ -39,16 +42,17 @@ export interface LimiterOptions {
 /** A Limiter over the plugin; `api` must have @fastify/rate-limit registered. */
 export function fastifyLimiter(api: FastifyInstance, limits: LimiterOptions, storeEntries: number): Limiter {
   const check = api.createRateLimit({
-    max: limits.max,
-    timeWindow: limits.windowMs,
+    // Read per count, so a reloaded policy changes the bound and the window, not the counts.
+    max: (req) => (req as unknown as KeyCarrier).max,
+    timeWindow: (req) => (req as unknown as KeyCarrier).windowMs,
     keyGenerator: (req) => (req as unknown as KeyCarrier).key,
     // Passed through to the child store (LRU size, scope); not in the plugin's option types.
     ...({ cache: storeEntries, bulwarkScope: limits.scope } as object),
   })
-  return async (key) => {
+  return async (key, now = limits) => {
     let r
     try {
-      r = await check({ key, routeOptions: { config: {} } } satisfies KeyCarrier as unknown as FastifyRequest)
+      r = await check({ key, max: now.max, windowMs: now.windowMs, routeOptions: { config: {} } } satisfies KeyCarrier as unknown as FastifyRequest)
     } catch (err) {
       throw new BulwarkError('state_unavailable', 'rate limits cannot be checked right now; retry after the Retry-After delay', {
         reason: `rate-limit store: ${(err as Error).message}`,
@@ -56,7 +60,7 @@ export function fastifyLimiter(api: FastifyInstance, limits: LimiterOptions, sto
         cause: err,
       })
     }
-    if (r.isAllowed) return { exceeded: false, limit: limits.max, remaining: limits.max, resetSeconds: 0 }
+    if (r.isAllowed) return { exceeded: false, limit: now.max, remaining: now.max, resetSeconds: 0 }
     return { exceeded: r.isExceeded, limit: r.max, remaining: r.remaining, resetSeconds: r.ttlInSeconds }
   }
 }
