@@ -36,7 +36,8 @@ import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { parse } from 'yaml'
 import { CLASSES, loadMnist } from '../models/mnist/data.ts'
-import { cryptoRandom, systemClock, type Clock } from '../src/deps.ts'
+import { cryptoRandom, type Clock } from '../src/deps.ts'
+import { SkewedClock } from './privacy/clock.ts'
 import { startGateway, type TestGateway } from '../kit/gateway.ts'
 import { repoRoot } from '../kit/paths.ts'
 import { writeResults } from './report.ts'
@@ -46,6 +47,8 @@ import { shift } from '../models/mnist/train.ts'
 import { classMeans, correlation, DEFAULT_INVERSION, invertClass, type InversionOptions, type Oracle } from './privacy/inversion.ts'
 import { agreement, argmax, createMlp, predict, train } from './privacy/mlp.ts'
 import { seededRng } from './privacy/rng.ts'
+import { policyCost, runShipped, type ShippedData, type ShippedOptions, type ShippedRun } from './privacy/shipped.ts'
+import { shippedTables } from './privacy/shipped-report.ts'
 
 const { values } = parseArgs({
   options: {
@@ -58,9 +61,20 @@ const { values } = parseArgs({
     'inversion-restarts': { type: 'string', default: '2' },
     'benign-hours': { type: 'string', default: '6' },
     'budget-experiment': { type: 'string', default: 'true' },
+    parts: { type: 'string', default: 'shipped' },
+    windows: { type: 'string', default: '24' },
+    identities: { type: 'string', default: '1,10' },
+    'round-steps': { type: 'string', default: '40000' },
+    'honest-singles': { type: 'string', default: '2999' },
+    'honest-batches': { type: 'string', default: '47' },
+    'screened-batch': { type: 'string', default: '8' },
+    quick: { type: 'boolean', default: false },
     seed: { type: 'string', default: '1' },
   },
 })
+if (values.quick) Object.assign(values, { windows: '2', identities: '1,2', 'round-steps': '5000', 'honest-singles': '100', 'honest-batches': '4', 'test-digits': '500' })
+const parts = new Set(values.parts!.split(',').map((p) => p.trim()))
+for (const p of parts) if (!['shipped', 'settings', 'budget'].includes(p)) throw new Error(`--parts ${values.parts}: unknown part "${p}"; known: shipped, settings, budget`)
 const seed = Number(values.seed)
 const sizes = values['extraction-queries']!.split(',').map(Number)
 const surrogate = { ...DEFAULT_SURROGATE, repeats: Number(values['surrogate-repeats']), temperatures: values.temperatures!.split(',').map(Number), seed: seed + 6 }
@@ -99,28 +113,6 @@ const testLabels = data.test.labels.slice(0, testImages.length)
 const queries = attackerQueries(data.train.images, Math.max(...sizes), seededRng(seed))
 const means = classMeans(data.train.images, data.train.labels, CLASSES)
 
-/**
- * The real clock with an offset that the benign caller moves forward to simulate hours. Both
- * wall and monotonic time move: the privacy journal frees charges by elapsed (monotonic) time,
- * so a wall clock moved alone would free nothing. Timers stay real; nothing is in flight when
- * the offset moves.
- */
-class SkewedClock implements Clock {
-  offsetMs = 0
-  nowMs(): number {
-    return systemClock.nowMs() + this.offsetMs
-  }
-  monotonicMs(): number {
-    return systemClock.monotonicMs() + this.offsetMs
-  }
-  setTimeout: Clock['setTimeout'] = (fn, ms, o) => systemClock.setTimeout(fn, ms, o)
-  setInterval: Clock['setInterval'] = (fn, ms, o) => systemClock.setInterval(fn, ms, o)
-  sleep: Clock['sleep'] = (ms, signal) => systemClock.sleep(ms, signal)
-  advance(ms: number): void {
-    this.offsetMs += ms
-  }
-}
-
 async function gateway(output: Record<string, unknown> | null, deps?: { clock: Clock }): Promise<TestGateway> {
   return startGateway({
     models: ['mnist'],
@@ -153,8 +145,8 @@ const undefendedAccuracy = reference.filter((l, i) => l === testLabels[i]).lengt
 // train split plus a copy shifted by up to a pixel with Gaussian noise (σ up to 0.3), so that
 // it reads shapes rather than speckle (without the copy it reads a third of label-only
 // reconstructions, which are mostly speckle, as their target).
-log('evaluator: MLP on the train split and a noisy copy, its own seed')
-const evaluator = (() => {
+const evaluator = !parts.has('settings') ? null : (() => {
+  log('evaluator: MLP on the train split and a noisy copy, its own seed')
   const rng = seededRng(seed + 101)
   const noisy = data.train.images.map((x) => {
     const img = shift(x, rng.int(3) - 1, rng.int(3) - 1)
@@ -166,8 +158,8 @@ const evaluator = (() => {
   const m = createMlp(data.train.images[0]!.length, 128, CLASSES, seededRng(seed + 99))
   return train(m, [...data.train.images, ...noisy], labels, { hidden: 128, epochs: 10, batchSize: 32, learningRate: 1e-3, temperature: 1, weightDecay: 1e-4 }, seededRng(seed + 100))
 })()
-const evaluatorAccuracy = agreement(evaluator, testImages, testLabels)
-const meansReadAsTheirClass = means.filter((m, c) => predict(evaluator, m) === c).length
+const evaluatorAccuracy = evaluator ? agreement(evaluator, testImages, testLabels) : NaN
+const meansReadAsTheirClass = evaluator ? means.filter((m, c) => predict(evaluator, m) === c).length : NaN
 
 // ---- one setting ---------------------------------------------------------------------------
 
@@ -217,7 +209,7 @@ async function runSetting(s: (typeof SETTINGS)[number]): Promise<SettingResult> 
     // Every (restart, class) runs at once: each is a chain of one-batch steps.
     const recon = await Promise.all(Array.from({ length: restarts * CLASSES }, (_, k) => invertClass(oracle, k % CLASSES, inversion, seededRng(seed * 7919 + k))))
     lap('inversion', t)
-    const perClass = recon.map((r) => ({ target: r.target, evaluatorSays: predict(evaluator, r.image), similarity: correlation(r.image, means[r.target]!), finalScore: r.finalScore }))
+    const perClass = recon.map((r) => ({ target: r.target, evaluatorSays: predict(evaluator!, r.image), similarity: correlation(r.image, means[r.target]!), finalScore: r.finalScore }))
     return {
       name: s.name,
       output: s.output,
@@ -239,7 +231,7 @@ async function runSetting(s: (typeof SETTINGS)[number]): Promise<SettingResult> 
 }
 
 const results: SettingResult[] = []
-for (const s of settings) {
+for (const s of parts.has('settings') ? settings : []) {
   log(`setting: ${s.name}`)
   const r = await runSetting(s)
   results.push(r)
@@ -323,7 +315,51 @@ async function budgetExperiment(): Promise<BudgetResult | null> {
   }
 }
 
-const budgetResult = values['budget-experiment'] === 'true' ? (log('budget experiment'), await budgetExperiment()) : null
+const budgetResult = parts.has('budget') && values['budget-experiment'] === 'true' ? (log('budget experiment'), await budgetExperiment()) : null
+
+// ---- the shipped deployment ------------------------------------------------------------------
+
+async function shippedPart(): Promise<ShippedRun[]> {
+  const o: ShippedOptions = {
+    windows: Number(values.windows),
+    identities: values.identities!.split(',').map(Number),
+    snapshots: [1],
+    roundSteps: Number(values['round-steps']),
+    lambda: 0.1,
+    screenedBatch: Number(values['screened-batch']),
+    honestSingles: Number(values['honest-singles']),
+    honestBatches: Number(values['honest-batches']),
+    seed,
+    log,
+  }
+  const nonMembers = { images: [...data.test.images, ...data.calibration.images], labels: [...data.test.labels, ...data.calibration.labels] }
+  const d: ShippedData = {
+    pool: [...data.train.images, ...data.calibration.images],
+    heldOut: testImages,
+    heldOutLabels: testLabels,
+    reference,
+    members: { images: data.train.images, labels: data.train.labels },
+    nonMembers,
+  }
+  const runs: ShippedRun[] = []
+  for (const screening of [false, true]) {
+    const clock = new SkewedClock()
+    // The policies exactly as in policies/; screening off: the mnist policy without its `screening:` section.
+    const gw = await startGateway({
+      models: ['mnist'],
+      ...(screening ? {} : { policies: { mnist: mnistPolicy } }),
+      config: { clientLimits: { enabled: false } },
+      deps: { clock, random: cryptoRandom },
+    })
+    try {
+      runs.push(await runShipped(gw, clock, policyCost(bundledPolicy, screening), screening, d, o))
+    } finally {
+      await gw.close()
+    }
+  }
+  return runs
+}
+const shipped = parts.has('shipped') ? await shippedPart() : []
 
 // ---- report ----------------------------------------------------------------------------------
 
@@ -347,14 +383,19 @@ const rows: string[][] = [
 ]
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
 const line = (c: string[]) => c.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join('  ')
-const out: string[] = [
-  `mnist, ${testImages.length} held-out digits; undefended top-1 ${pct(undefendedAccuracy)}%; evaluator MLP top-1 ${pct(evaluatorAccuracy)}% (reads ${meansReadAsTheirClass}/10 class means as their class)`,
-  `extraction: MLP surrogate, best of temperatures ${surrogate.temperatures.join('/')}, ${surrogate.repeats} seed(s) per cell; inversion: ${inversion.queriesPerClass + 1} queries per reconstruction, ${restarts} per class`,
-  '',
-  line(header),
-  widths.map((w) => '-'.repeat(w)).join('  '),
-  ...rows.map(line),
-]
+const out: string[] = [`mnist, ${testImages.length} held-out digits; undefended top-1 ${pct(undefendedAccuracy)}%`]
+if (shipped.length > 0) out.push('', ...shippedTables(shipped, { windowMs: Number(bundledPolicy.output.budget.windowMs), heldOut: testImages.length }))
+if (results.length > 0) {
+  out.push(
+    '',
+    `output settings: evaluator MLP top-1 ${pct(evaluatorAccuracy)}% (reads ${meansReadAsTheirClass}/10 class means as their class)`,
+    `extraction: MLP surrogate, best of temperatures ${surrogate.temperatures.join('/')}, ${surrogate.repeats} seed(s) per cell; inversion: ${inversion.queriesPerClass + 1} queries per reconstruction, ${restarts} per class`,
+    '',
+    line(header),
+    widths.map((w) => '-'.repeat(w)).join('  '),
+    ...rows.map(line),
+  )
+}
 if (budgetResult) {
   const p = budgetResult.policy as Record<string, any>
   out.push('', `budget experiment: bundled mnist policy (mode ${p.mode}, ${p.noise.mechanism} ε=${p.noise.epsilon} per answer, budget ε=${p.budget.epsilon} per ${p.budget.windowMs / 60_000} min = ${budgetResult.answersPerWindow} answers per caller per window)`)
@@ -372,10 +413,11 @@ console.log(out.join('\n'))
 const file = writeResults('privacy', {
   startedAt: new Date().toISOString(),
   node: process.version,
-  options: { seed, sizes, surrogate, inversion, restarts, testDigits: testImages.length },
+  options: { parts: [...parts], seed, sizes, surrogate, inversion, restarts, testDigits: testImages.length, windows: Number(values.windows), identities: values.identities, roundSteps: Number(values['round-steps']), quick: values.quick },
   undefendedAccuracy,
   evaluator: { accuracy: evaluatorAccuracy, meansReadAsTheirClass },
   settings: results,
   budget: budgetResult,
+  shipped,
 })
 console.log(`\nresults: ${file}`)

@@ -43,31 +43,32 @@ export interface ClientOptions {
   waitOnBudget?: boolean
 }
 
+/** One request of up to 64 digits: the released rows and parameters, or the refusal. */
+export async function inferDigits(o: Pick<ClientOptions, 'url' | 'dispatcher'>, images: Float32Array[], token: string): Promise<{ rows: Float64Array[]; parameters: Record<string, unknown> } | { status: number; code: string; retryAfter: string | undefined }> {
+  const data = new Float32Array(images.length * PIXELS)
+  images.forEach((img, i) => data.set(img, i * PIXELS))
+  const head = Buffer.from(JSON.stringify({ inputs: [{ name: 'input', datatype: 'FP32', shape: [images.length, 1, 28, 28], parameters: { binary_data_size: data.byteLength } }] }))
+  const res = await request(`${o.url}/v2/models/mnist/infer`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/octet-stream', [HEADER_LENGTH]: String(head.length), authorization: `Bearer ${token}` },
+    body: Buffer.concat([head, Buffer.from(data.buffer)]),
+    dispatcher: o.dispatcher,
+  })
+  const body = (await res.body.json()) as Record<string, any>
+  if (res.statusCode !== 200) {
+    const retry = res.headers['retry-after']
+    return { status: res.statusCode, code: String(body.code ?? body.error), retryAfter: Array.isArray(retry) ? retry[0] : retry }
+  }
+  const out = (body.outputs as { name: string; shape: number[]; data: number[] }[]).find((t) => t.name === 'probabilities')!
+  const classes = out.shape[1]!
+  const rows: Float64Array[] = []
+  for (let i = 0; i < images.length; i++) rows.push(Float64Array.from(out.data.slice(i * classes, (i + 1) * classes)))
+  return { rows, parameters: (body.parameters as Record<string, unknown>) ?? {} }
+}
+
 export function mnistClient(o: ClientOptions): MnistClient {
   const concurrency = o.concurrency ?? 4
   let answered = 0
-  async function one(images: Float32Array[], token: string): Promise<{ rows: Float64Array[]; parameters: Record<string, unknown> } | { status: number; code: string; retryAfter: string | undefined }> {
-    const data = new Float32Array(images.length * PIXELS)
-    images.forEach((img, i) => data.set(img, i * PIXELS))
-    const head = Buffer.from(JSON.stringify({ inputs: [{ name: 'input', datatype: 'FP32', shape: [images.length, 1, 28, 28], parameters: { binary_data_size: data.byteLength } }] }))
-    const res = await request(`${o.url}/v2/models/mnist/infer`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/octet-stream', [HEADER_LENGTH]: String(head.length), authorization: `Bearer ${token}` },
-      body: Buffer.concat([head, Buffer.from(data.buffer)]),
-      dispatcher: o.dispatcher,
-    })
-    const body = (await res.body.json()) as Record<string, any>
-    if (res.statusCode !== 200) {
-      const retry = res.headers['retry-after']
-      return { status: res.statusCode, code: String(body.code ?? body.error), retryAfter: Array.isArray(retry) ? retry[0] : retry }
-    }
-    const out = (body.outputs as { name: string; shape: number[]; data: number[] }[]).find((t) => t.name === 'probabilities')!
-    const classes = out.shape[1]!
-    const rows: Float64Array[] = []
-    for (let i = 0; i < images.length; i++) rows.push(Float64Array.from(out.data.slice(i * classes, (i + 1) * classes)))
-    return { rows, parameters: (body.parameters as Record<string, unknown>) ?? {} }
-  }
-
   return {
     get answered() {
       return answered
@@ -83,10 +84,10 @@ export function mnistClient(o: ClientOptions): MnistClient {
         while (next < images.length && !state.refused) {
           const start = next
           const end = (next = Math.min(images.length, next + MAX_BATCH))
-          let r = await one(images.slice(start, end), token)
+          let r = await inferDigits(o, images.slice(start, end), token)
           while (o.waitOnBudget && 'code' in r && r.code === 'privacy_budget_exhausted') {
             await sleep(1000 * Number(r.retryAfter ?? 1))
-            r = await one(images.slice(start, end), token)
+            r = await inferDigits(o, images.slice(start, end), token)
           }
           if ('rows' in r) {
             r.rows.forEach((row, i) => (rows[start + i] = row))

@@ -109,7 +109,7 @@ export function softTarget(row: ArrayLike<number>, t: number): Float64Array {
   return out
 }
 
-class Adam {
+export class Adam {
   readonly m: Float32Array[]
   readonly v: Float32Array[]
   step = 0
