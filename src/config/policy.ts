@@ -176,8 +176,9 @@ export async function readPolicyFolder(directory: string, options: { required: b
     try {
       text = await readFile(file, 'utf8')
     } catch (err) {
-      // A file swapped away between the listing and the read: the next check sees the new set.
-      problems.push(`${file}: cannot be read: ${(err as Error).message}`)
+      // Gone since the listing, or a link left dangling by a ConfigMap swap (the kubelet removes
+      // the links of deleted keys after the swap): not a policy. Anything else is a problem.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') problems.push(`${file}: cannot be read: ${(err as Error).message}`)
       continue
     }
     hash.update(name).update('\0').update(text).update('\0')
