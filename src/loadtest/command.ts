@@ -138,7 +138,7 @@ async function writeOutputs(o: BenchOptions, io: BenchIo, result: BenchResult): 
   const outputs: [string | undefined, () => string][] = [
     [o.csv, () => formatCsv(result)],
     [o.json, () => formatJson(result)],
-    [o.report, () => renderReport(result)],
+    [o.report, () => renderReport(result, new Date(io.deps.clock.nowMs()).toISOString())],
   ]
   for (const [file, render] of outputs) {
     if (file === undefined) continue

@@ -1,6 +1,7 @@
 // `bulwark bench` against a real gateway (mTLS, JWTs, the mnist model): a short bounded
 // closed-loop run prints a row per concurrency and writes CSV and JSON with the same rows;
-// with --metrics every step has a per-defence breakdown that adds up to the server's time;
+// with --metrics every step has a per-defence breakdown that adds up to the server's time,
+// and --report writes a well-formed page with a chart per kind and a histogram per step;
 // a token without the model's scope gets every request counted under `forbidden` in an open
 // loop; without credential flags the development set-up of the working folder is used.
 // Nothing here asserts a timing: only counts, codes and the shape of the outputs.
@@ -14,6 +15,7 @@ import { repoRoot } from '../../kit/paths.ts'
 import { realDeps } from '../../src/deps.ts'
 import { benchCommand } from '../../src/loadtest/command.ts'
 import type { BenchResult } from '../../src/loadtest/output.ts'
+import { wellFormedProblems } from './well-formed.ts'
 
 const dev = 'spiffe://bulwark.local/ns/default/sa/dev'
 const policy = { model: 'mnist', allow: [{ verbs: ['infer', 'metadata'], workloads: [dev], scopes: ['mnist:use'] }], rateLimit: { requestsPerWindow: 1_000_000, windowMs: 1000 } }
@@ -35,8 +37,8 @@ const short = ['--duration', '150ms', '--warmup', '50ms']
 
 t.test('a closed-loop run: a table row, a CSV row and a JSON step per concurrency, with the breakdown', async (t) => {
   const token = await gw.token({ scopes: ['mnist:use'] })
-  const files = { csv: path.join(out, 'r.csv'), json: path.join(out, 'r.json') }
-  const r = await bench(['--url', gw.url, '--model', 'mnist', ...tlsFlags, '--token', token, '--concurrency', '1,4', ...short, '--metrics', `${gw.adminUrl}/metrics`, '--csv', files.csv, '--json', files.json, '--quiet'])
+  const files = { csv: path.join(out, 'r.csv'), json: path.join(out, 'r.json'), report: path.join(out, 'r.html') }
+  const r = await bench(['--url', gw.url, '--model', 'mnist', ...tlsFlags, '--token', token, '--concurrency', '1,4', ...short, '--metrics', `${gw.adminUrl}/metrics`, '--csv', files.csv, '--json', files.json, '--report', files.report, '--quiet'])
   t.equal(r.status, 0, r.stderr)
   const lines = r.stdout.split('\n')
   t.match(lines[0], /^concurrency\s+req\/s\s+items\/s\s+p50 ms\s+p90 ms\s+p95 ms\s+p99 ms\s+requests\s+stable\s+errors$/)
@@ -71,6 +73,10 @@ t.test('a closed-loop run: a table row, a CSV row and a JSON step per concurrenc
     t.equal(Number(row[col('requests')]), json.steps.find((s) => String(s.level) === row[1])!.stats.requests, 'the CSV and the JSON agree')
     t.equal(row[col('errors')], '', 'no errors')
   }
+
+  const html = await readFile(files.report, 'utf8')
+  t.same(wellFormedProblems(html), [], 'the report is well formed and self-contained')
+  t.equal([...html.matchAll(/<svg /g)].length, 2 + 1 + 2, 'two curves, the breakdown, a histogram per step')
 })
 
 t.test('an open loop with a token lacking the model\'s scope counts every answer under forbidden', async (t) => {

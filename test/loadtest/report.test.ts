@@ -1,0 +1,72 @@
+// The HTML report: well formed (every tag closed in order, text escaped, nothing loaded from
+// elsewhere) even for a model name full of markup; a latency-throughput curve with p50 and
+// p99 points per step, a throughput chart, one latency histogram per step, and a stacked
+// bar per step with one segment per defence that took time; without a breakdown, the page
+// says how to get one. The checker itself refuses broken pages.
+
+import t from 'tap'
+import type { Breakdown } from '../../src/loadtest/breakdown.ts'
+import type { BenchResult, StepResult } from '../../src/loadtest/output.ts'
+import { renderReport } from '../../src/loadtest/report.ts'
+import { summarise } from '../../src/loadtest/stats.ts'
+import { wellFormedProblems } from './well-formed.ts'
+
+const breakdown = (serverMeanMs: number): Breakdown => ({
+  requests: 100,
+  serverMeanMs,
+  links: [{ link: 'jwt-auth', group: 'front door', count: 100, meanMs: 0.2, perRequestMs: 0.2, share: 0.2 / serverMeanMs }],
+  groups: [
+    { group: 'front door', perRequestMs: 0.2, share: 0.2 / serverMeanMs },
+    { group: 'inference (queue + model)', perRequestMs: serverMeanMs - 0.5, share: (serverMeanMs - 0.5) / serverMeanMs },
+    { group: 'audit', perRequestMs: 0.3, share: 0.3 / serverMeanMs },
+  ],
+})
+
+function step(level: number, latencyMs: number, withBreakdown: boolean): StepResult {
+  const latenciesMs = Array.from({ length: 50 }, (_, i) => latencyMs * (0.5 + i / 50))
+  const stats = summarise([{ startMs: 0, endMs: 500, latenciesMs, items: 50, codes: { ok: 48, rate_limited: 2 } }])
+  return { mode: 'concurrency', level, stats, stable: true, cutShort: null, breakdown: withBreakdown ? breakdown(latencyMs) : null }
+}
+
+const result = (withBreakdown: boolean): BenchResult => ({
+  target: 'https://127.0.0.1:8443',
+  model: '<script>alert("x")</script> & co',
+  protocol: 'rest',
+  encoding: 'json',
+  batch: 1,
+  steps: [step(1, 2, withBreakdown), step(4, 5, withBreakdown), step(16, 19, withBreakdown)],
+  stoppedEarly: null,
+})
+
+const count = (text: string, re: RegExp) => [...text.matchAll(re)].length
+
+t.test('a report with the breakdown: well formed, every chart there', async (t) => {
+  const html = renderReport(result(true), '2026-12-03T10:00:00.000Z')
+  t.same(wellFormedProblems(html), [], 'well formed, self-contained')
+  t.notMatch(html, /<script>alert/, 'the model name is escaped')
+  t.match(html, /&lt;script&gt;alert\(&quot;x&quot;\)&lt;\/script&gt; &amp; co/)
+  t.equal(count(html, /<svg /g), 2 + 1 + 3, 'two curves, the breakdown, a histogram per step')
+  const [latency] = html.match(/<svg [^>]*aria-label="latency against throughput"[^]*?<\/svg>/)!
+  t.equal(count(latency, /<circle /g), 6, 'p50 and p99 points for three steps')
+  t.equal(count(latency, /<polyline /g), 2, 'a p50 line and a p99 line')
+  const [bars] = html.match(/<svg [^>]*aria-label="server time per request by defence"[^]*?<\/svg>/)!
+  t.equal(count(bars, /<rect x=/g), 3 * 3, 'three segments (front door, inference, audit) for each of three steps')
+  t.match(bars, /<title>c16: inference \(queue \+ model\) 18\.5<\/title>/, 'each segment says what it is')
+  t.match(html, /rate_limited 2/, 'errors by code in the table')
+  t.match(html, /2026-12-03T10:00:00\.000Z/)
+})
+
+t.test('without a breakdown the page says how to get one', async (t) => {
+  const html = renderReport(result(false))
+  t.same(wellFormedProblems(html), [])
+  t.match(html, /Not measured: run with <code>--metrics http:\/\/ADMIN\/metrics<\/code>/)
+  t.equal(count(html, /<svg /g), 2 + 3)
+})
+
+t.test('the checker refuses broken pages', async (t) => {
+  t.match(wellFormedProblems('<!DOCTYPE html><html><svg><g></svg></html>'), [/<\/svg> closes <g>/])
+  t.match(wellFormedProblems('<html><p>a < b</p></html>'), [/stray < or >/])
+  t.match(wellFormedProblems('<html><p>R&D</p></html>'), [/a bare &/])
+  t.match(wellFormedProblems('<html><img src="https://cdn.example/x.png"/></html>'), [/a script or a src\/href attribute/, /loads from elsewhere/])
+  t.match(wellFormedProblems('<html><p></html>'), [/<\/html> closes <p>/, /never closed: html/])
+})
