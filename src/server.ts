@@ -40,6 +40,7 @@ import { SharedState } from './state/redis.ts'
 import { Gauge, type GatewayMetrics } from './telemetry/metrics.ts'
 import { limitConnections } from './transport/connection-limits.ts'
 import { attachChain } from './transport/http-chain.ts'
+import { createGrpcListener, type GrpcListener } from './transport/grpc.ts'
 import { httpsServerOptions, loadTlsMaterial, type TlsMaterial, type TlsReloader } from './transport/tls.ts'
 import type { Stage } from './types.ts'
 
@@ -77,6 +78,8 @@ export interface Gateway {
   readonly tls: TlsReloader | null
   /** The Redis connection replicas share state through; null without state.redis. */
   readonly sharedState: SharedState | null
+  /** The gRPC listener (grpc.enabled), not yet listening: src/cli.ts (or a test) calls its listen(). */
+  readonly grpc: GrpcListener | null
   /** Requests counted against loadShedding.maxInFlightRequests right now. */
   readonly inFlight: () => number
   /**
@@ -164,6 +167,8 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   })
   late.unrouted = attachChain(api, { chain, clock, log, server: config.server, tls: tlsMaterial !== null, closing: isShuttingDown }).answerUnrouted
   registerOipRoutes(api, { registry, statistics, serverVersion: SERVER_VERSION, isShuttingDown })
+  // The same chain behind a second transport.
+  const grpc = config.grpc.enabled ? createGrpcListener({ config, tlsMaterial, chain, clock, random, log, registry, statistics, serverVersion: SERVER_VERSION, isShuttingDown, requestTimeoutMs: config.server.requestTimeoutMs }) : null
 
   const readinessChecks: ReadinessCheck[] = [audit.readinessCheck]
   if (sharedState) readinessChecks.push(() => ({ name: 'shared-state', problem: sharedState.problem() }))
@@ -189,6 +194,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     policyReload,
     tls: frontDoor.tls,
     sharedState,
+    grpc,
     inFlight: () => loadShedding?.inFlight() ?? 0,
     serveAdmin: (listen) => admin.serve(listen),
     load: () => registry.load(),
@@ -197,7 +203,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
       policyReload?.close()
       await frontDoor.close()
       // Stop accepting; requests already received (and those queued behind them) finish.
-      const drained = Promise.all([api.close(), registry.drain()]).then(() => 'drained' as const)
+      const drained = Promise.all([api.close(), grpc?.close(graceMs), registry.drain()]).then(() => 'drained' as const)
       const timedOut = clock.sleep(graceMs).then(() => 'timeout' as const)
       if ((await Promise.race([drained, timedOut])) === 'timeout') log.warn({ graceMs }, 'shutdown grace period ended with requests still in flight')
       await registry.close()

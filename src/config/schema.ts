@@ -5,6 +5,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { AuthConfig, AuthorizationConfig, PoliciesConfig, RateLimitsConfig, TlsConfig } from './security.ts'
 import { AuditConfig } from './audit.ts'
+import { GrpcConfig } from './grpc.ts'
 import { LoadSheddingConfig, RedisConfig, TelemetryConfig, UpstreamConfig } from './scaleout.ts'
 
 const HostPort = (def: string, description: string) =>
@@ -254,6 +255,8 @@ export const OutputPrivacyConfig = Type.Object(
 export const ConfigSchema = Type.Object(
   {
     server: ServerConfig,
+    // The gRPC form of the API (src/config/grpc.ts): its listener, message and stream limits, keepalive.
+    grpc: GrpcConfig,
     models: ModelsConfig,
     state: StateConfig,
     outputPrivacy: OutputPrivacyConfig,
