@@ -139,6 +139,7 @@ export default tseslint.config(
       'src/loadtest/target.ts',
       'src/loadtest/inputs.ts',
       'src/loadtest/command.ts',
+      'src/cli/model-add.ts',
     ],
     rules: { 'security/detect-non-literal-fs-filename': 'off' },
   },

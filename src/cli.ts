@@ -14,6 +14,7 @@ import { AUDIT_USAGE, auditCommand } from './audit/commands.ts'
 import { CALIBRATE_USAGE, calibrateCommand } from './screening/calibrate.ts'
 import { MODEL_USAGE, modelCommand } from './signing/commands.ts'
 import { BENCH_USAGE, benchCommand } from './loadtest/command.ts'
+import { MODEL_ADD_USAGE, modelAddCommand } from './cli/model-add.ts'
 import type { AddressInfo } from 'node:net'
 import { loadSigningKey, mintToken } from './dev/mint-token.ts'
 import { DEV_AUDIENCE, DEV_DIR, DEV_ISSUER } from './config/security.ts'
@@ -23,7 +24,7 @@ import { curlExample, devPkiDirFor, devScopes } from './dev/setup.ts'
 const USAGE = `usage: bulwark <command> [options]
 
 commands:
-  serve [--config FILE] [--listen HOST:PORT] [--admin HOST:PORT]
+  serve [--config FILE] [--listen HOST:PORT] [--admin HOST:PORT] [--grpc HOST:PORT]
         run the gateway (no --config: the embedded default serves the bundled models
         with mTLS and JWTs from the development PKI, created under ${DEV_DIR}/ if missing)
   dev-pki [--dir DIR] [--force]
@@ -35,6 +36,7 @@ commands:
 ${AUDIT_USAGE}
 ${CALIBRATE_USAGE}
 ${MODEL_USAGE}
+${MODEL_ADD_USAGE}
 ${BENCH_USAGE}
   help  show this text`
 
@@ -44,23 +46,24 @@ function splitHostPort(value: string, flag: string): { host: string; port: numbe
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]) }
 }
 
-/** Applies --listen/--admin over the loaded config (re-validated, so the result stays frozen and checked). */
-function withOverrides(loaded: LoadedConfig, listen?: string, admin?: string): LoadedConfig {
-  if (!listen && !admin) return loaded
-  const raw = structuredClone(loaded.config) as { server: Record<string, unknown> }
+/** Applies --listen/--admin/--grpc over the loaded config (re-validated, so the result stays frozen and checked). */
+function withOverrides(loaded: LoadedConfig, listen?: string, admin?: string, grpc?: string): LoadedConfig {
+  if (!listen && !admin && !grpc) return loaded
+  const raw = structuredClone(loaded.config) as { server: Record<string, unknown>; grpc: Record<string, unknown> }
   if (listen) raw.server.listen = listen
   if (admin) raw.server.admin = admin
+  if (grpc) raw.grpc.listen = grpc
   return { ...loaded, config: buildConfig(raw, `${loaded.source} with command-line overrides`) }
 }
 
 async function serve(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { config: { type: 'string' }, listen: { type: 'string' }, admin: { type: 'string' } },
+    options: { config: { type: 'string' }, listen: { type: 'string' }, admin: { type: 'string' }, grpc: { type: 'string' } },
     strict: true,
   })
   const base = values.config ? await loadConfigFile(values.config) : defaultConfig(process.cwd())
-  const loaded = withOverrides(base, values.listen, values.admin)
+  const loaded = withOverrides(base, values.listen, values.admin, values.grpc)
   const { config } = loaded
   // A StatefulSet pod's ordinal (the sidecar overlay passes its apps.kubernetes.io/pod-index
   // label): a second pod without shared state would keep a second set of budgets.
@@ -86,16 +89,20 @@ async function serve(argv: string[]): Promise<void> {
   // (with the admin listener first, a probe could see "ready" before the API was bound, and
   // the first request after it was refused).
   await gateway.api.listen({ host: api.host, port: api.port })
+  // The gRPC form of the API: the same chain behind its own port (grpc.enabled).
+  const grpcAt = splitHostPort(config.grpc.listen, 'grpc.listen')
+  const grpcPort = gateway.grpc ? await gateway.grpc.listen(grpcAt.host, grpcAt.port) : null
   const adminBound = await gateway.serveAdmin({ host: admin.host, port: admin.port })
   // The address actually bound (port 0 picks one); a wildcard host is reached over loopback.
   const bound = gateway.api.server.address() as AddressInfo
   const host = ['0.0.0.0', '::'].includes(bound.address) ? '127.0.0.1' : bound.address.includes(':') ? `[${bound.address}]` : bound.address
   const apiUrl = `${config.tls.enabled ? 'https' : 'http'}://${host}:${bound.port}`
   const adminUrl = `http://${adminBound.address.includes(':') ? `[${adminBound.address}]` : adminBound.address}:${adminBound.port}`
-  gateway.log.info({ api: apiUrl, admin: adminUrl, config: loaded.source }, 'bulwark listening')
+  const grpcAddress = grpcPort === null ? null : `${['0.0.0.0', '::'].includes(grpcAt.host) ? '127.0.0.1' : grpcAt.host.includes(':') ? `[${grpcAt.host}]` : grpcAt.host}:${grpcPort}`
+  gateway.log.info({ api: apiUrl, admin: adminUrl, grpc: grpcAddress, config: loaded.source }, 'bulwark listening')
   // A parent that started this process with an IPC channel (the test kit, the bench) learns
   // that both listeners are bound without polling /readyz. Without a channel, nothing is sent.
-  process.send?.({ type: 'listening', api: apiUrl, admin: adminUrl })
+  process.send?.({ type: 'listening', api: apiUrl, admin: adminUrl, grpc: grpcAddress })
   printExample(loaded, apiUrl, gateway.registry.list().map((m) => m.name))
 
   let stopping = false
@@ -177,7 +184,7 @@ async function main(argv: string[]): Promise<void> {
       process.exitCode = await auditCommand(rest, { ...io, random: realDeps.random })
       return
     case 'model':
-      process.exitCode = await modelCommand(rest, io)
+      process.exitCode = rest[0] === 'add' ? await modelAddCommand(rest.slice(1), io) : await modelCommand(rest, io)
       return
     case 'bench':
       process.exitCode = await benchCommand(rest, { ...io, errIsTTY: process.stderr.isTTY === true, deps: realDeps })
