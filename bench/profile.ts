@@ -20,7 +20,7 @@ const adminPort = await freePort()
 const dir = config.cwd ?? mkdtempSync(path.join(tmpdir(), 'bulwark-prof-'))
 const profDir = mkdtempSync(path.join(tmpdir(), 'bulwark-cpuprof-'))
 const file = path.join(dir, 'bulwark.yaml')
-writeFileSync(file, stringify({ ...config.gateway, server: { listen: `127.0.0.1:${apiPort}`, admin: `127.0.0.1:${adminPort}` }, models: { directory: path.join(repoRoot, 'models'), ...config.gateway.models } }))
+writeFileSync(file, stringify({ ...config.gateway, server: { listen: `127.0.0.1:${apiPort}`, admin: `127.0.0.1:${adminPort}` }, grpc: { listen: '127.0.0.1:0' }, models: { directory: path.join(repoRoot, 'models'), ...config.gateway.models } }))
 const child = spawn(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${profDir}`, path.join(repoRoot, 'bin/bulwark.js'), 'serve', '--config', file], { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, BULWARK_LOG_LEVEL: 'warn' } })
 for (;;) {
   try {

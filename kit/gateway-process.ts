@@ -25,6 +25,8 @@ export interface GatewayProcess {
   child: ChildProcess
   apiPort: number
   adminPort: number
+  /** The gRPC listener's port (grpc.listen), 0 when grpc is off. */
+  grpcPort: number
   dir: string
   stderr: () => string
   exited: Promise<number | null>
@@ -32,20 +34,23 @@ export interface GatewayProcess {
 }
 
 /**
- * `config` is the bulwark.yaml content; server.listen/admin are filled with free ports, or the
+ * `config` is the bulwark.yaml content; server.listen/admin and grpc.listen are filled with free ports, or the
  * given ones (to restart a gateway where its clients expect it). `env` is added to the child's;
  * `nodeArgs` go to its node (V8 flags, which NODE_OPTIONS refuses).
  */
 export async function startGateway(
   config: Record<string, any>,
-  opts: { cwd?: string; logLevel?: string; readyTimeoutMs?: number; apiPort?: number; adminPort?: number; env?: Record<string, string>; nodeArgs?: string[] } = {},
+  opts: { cwd?: string; logLevel?: string; readyTimeoutMs?: number; apiPort?: number; adminPort?: number; grpcPort?: number; env?: Record<string, string>; nodeArgs?: string[] } = {},
 ): Promise<GatewayProcess> {
   const apiPort = opts.apiPort ?? (await freePort())
   const adminPort = opts.adminPort ?? (await freePort())
+  const grpcOn = config.grpc?.enabled !== false
+  const grpcPort = grpcOn ? (opts.grpcPort ?? (await freePort())) : 0
   const dir = opts.cwd ?? mkdtempSync(path.join(tmpdir(), 'bulwark-gw-'))
   const full = {
     ...config,
     server: { ...config.server, listen: `127.0.0.1:${apiPort}`, admin: `127.0.0.1:${adminPort}` },
+    ...(grpcOn ? { grpc: { ...config.grpc, listen: `127.0.0.1:${grpcPort}` } } : {}),
     models: { directory: path.join(repoRoot, 'models'), ...config.models },
   }
   const file = path.join(dir, `bulwark-${apiPort}.yaml`)
@@ -81,6 +86,7 @@ export async function startGateway(
     child,
     apiPort,
     adminPort,
+    grpcPort,
     dir,
     stderr: () => err,
     exited,

@@ -28,6 +28,7 @@ writeFileSync(
   configFile,
   stringify({
     server: { listen: '127.0.0.1:0', admin: '127.0.0.1:0' },
+    grpc: { listen: '127.0.0.1:0' },
     models: { serve: [] },
     tls: { enabled: false },
     auth: { enabled: false },

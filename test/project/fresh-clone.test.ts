@@ -43,7 +43,7 @@ t.teardown(async () => {
 /** Starts `npm start` in the clone and resolves with the curl example it prints. */
 function npmStart(): Promise<string> {
   return new Promise((resolve, reject) => {
-    server = spawn('npm', ['start', '--silent', '--', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'], {
+    server = spawn('npm', ['start', '--silent', '--', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--grpc', '127.0.0.1:0'], {
       cwd: clone,
       detached: true,
       env: { ...process.env, BULWARK_LOG_LEVEL: 'warn' },
