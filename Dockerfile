@@ -41,6 +41,7 @@ COPY bin ./bin
 COPY src ./src
 COPY models ./models
 COPY policies ./policies
+COPY proto ./proto
 RUN mkdir -p /etc/bulwark/policies /etc/bulwark/tls /etc/bulwark/audit-key /etc/bulwark/model-signing \
              /var/lib/bulwark/audit /var/lib/bulwark/state \
  && chmod -R a+rX,go-w /app /etc/bulwark \
