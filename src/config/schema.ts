@@ -165,8 +165,23 @@ export const ModelsConfig = Type.Object(
     /** Folder holding one sub-folder per model; relative paths are from the config file's folder. */
     directory: Type.String({ minLength: 1, default: 'models' }),
     defaults: Type.Object(ModelSettings, { additionalProperties: false, default: {} }),
-    /** Models to serve. A model not listed is not loaded. */
+    /** Models to serve. A model not listed is not loaded (unless `poll` is on). */
     serve: Type.Array(ModelEntry, { default: [{ name: 'mnist' }, { name: 'ocr-cls' }] }),
+    /**
+     * Poll the folder, as Triton's --model-control-mode=poll: every intervalMs, a new model
+     * folder (with its manifest) is loaded and then served (with the defaults' settings unless
+     * `serve` lists it); a changed manifest or model file is loaded beside the version served,
+     * which new requests leave once the new one is ready and which closes when its last request
+     * is done; a removed folder is served no more and closes the same way. A change that cannot
+     * be loaded keeps what is served. Off: the `serve` list, loaded once at start.
+     */
+    poll: Type.Object(
+      {
+        enabled: Type.Boolean({ default: false }),
+        intervalMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 5_000 }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
     /**
      * Serve a model only if its signature (<model>/model.sig.json, made by `bulwark model sign`:
      * OpenSSF model signing over the manifest and the model bytes) verifies with
