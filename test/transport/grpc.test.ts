@@ -4,12 +4,16 @@
 // It asserts: server and model metadata, configuration and statistics; typed and raw
 // inference on both bundled models, a batch of 4, and that gRPC answers agree with REST's;
 // each refusal of the negative matrix with its gRPC status and its `bulwark-code` trailer;
-// ModelStreamInfer is UNIMPLEMENTED; an over-size message is RESOURCE_EXHAUSTED; and the
-// audit records of an answered and a refused call.
+// ModelStreamInfer is UNIMPLEMENTED; an over-size message is RESOURCE_EXHAUSTED; the
+// listener refuses TLS 1.2, announces its stream limit, and closes a connection that pings too
+// often with GOAWAY ENHANCE_YOUR_CALM; and the audit records of an answered and a refused call.
 import t from 'tap'
 import path from 'node:path'
 import { readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
+import { connect as http2Connect, constants as h2 } from 'node:http2'
+import { connect as tlsConnect } from 'node:tls'
+import { once } from 'node:events'
 import * as grpc from '@grpc/grpc-js'
 import * as protoLoader from '@grpc/proto-loader'
 import { parse as parseYaml } from 'yaml'
@@ -33,7 +37,7 @@ const gw = await startGateway({
     limited: { ...repoPolicy('ocr-cls'), model: 'limited', rateLimit: { requestsPerWindow: 1, windowMs: 60_000 } },
   },
   config: {
-    grpc: { maxReceiveMessageBytes: 2 * 1024 * 1024 },
+    grpc: { maxReceiveMessageBytes: 2 * 1024 * 1024, maxConcurrentStreams: 32, keepalive: { minPingIntervalMs: 60_000, maxPingStrikes: 1 } },
     audit: { directory: auditDir, aggregation: { enabled: false } },
   },
 })
@@ -202,6 +206,31 @@ t.test('a message over grpc.maxReceiveMessageBytes is RESOURCE_EXHAUSTED; ModelS
   const e = await new Promise<GrpcError>((resolve) => stream.on('error', resolve))
   t.equal(e.code, grpc.status.UNIMPLEMENTED)
   t.match(e.details, /ModelInfer/, 'says what to use instead')
+})
+
+t.test('the listener refuses TLS 1.2', async (t) => {
+  const socket = tlsConnect({ host: '127.0.0.1', port, ca: caPem, cert: clientCert, key: clientKey, maxVersion: 'TLSv1.2', ALPNProtocols: ['h2'] })
+  const [err] = (await once(socket, 'error')) as [Error & { code?: string }]
+  t.match(err.code, /ERR_SSL|ECONNRESET/, `the handshake fails (${err.code})`)
+  socket.destroy()
+})
+
+t.test('the listener announces its stream limit and closes a connection that pings too often', async (t) => {
+  const session = http2Connect(`https://127.0.0.1:${port}`, { ca: caPem, cert: clientCert, key: clientKey })
+  t.teardown(() => session.destroy())
+  const closedWith: unknown[] = []
+  // After the GOAWAY the session ends with that error code: expected here, and asserted below.
+  session.on('error', (e: Error & { code?: string }) => closedWith.push(e.code))
+  const [settings] = (await once(session, 'remoteSettings')) as [{ maxConcurrentStreams?: number }]
+  t.equal(settings.maxConcurrentStreams, 32, 'SETTINGS_MAX_CONCURRENT_STREAMS is grpc.maxConcurrentStreams')
+  const goaway = once(session, 'goaway') as Promise<[number]>
+  // No call in flight and far inside keepalive.minPingIntervalMs: the first ping sets the clock, the next two are strikes.
+  for (let i = 0; i < 3; i++) session.ping(() => {})
+  const [code] = await goaway
+  t.equal(code, h2.NGHTTP2_ENHANCE_YOUR_CALM, 'GOAWAY ENHANCE_YOUR_CALM')
+  if (!session.closed) await new Promise((resolve) => session.once('close', resolve))
+  t.ok(session.destroyed, 'the connection is closed')
+  t.same(closedWith, ['ERR_HTTP2_SESSION_ERROR'], 'with the GOAWAY error code')
 })
 
 t.test('the audit records of an answered and a refused call', async (t) => {
