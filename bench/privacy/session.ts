@@ -13,7 +13,6 @@
 import type { TestGateway } from '../../kit/gateway.ts'
 import { argmax } from './mlp.ts'
 import { inferDigits } from './client.ts'
-import type { SkewedClock } from './clock.ts'
 
 export const MAX_BATCH = 64
 
@@ -50,7 +49,8 @@ export interface WindowResult {
 
 export interface SessionTarget {
   gw: Pick<TestGateway, 'url' | 'agent' | 'token' | 'logged' | 'logs' | 'gateway'>
-  clock: SkewedClock
+  /** The gateway's clock, as the evaluation moves it (bench/privacy/clock.ts, or a test's FakeClock). */
+  clock: { advance(ms: number): void }
   cost: PolicyCost
 }
 
