@@ -29,13 +29,13 @@ export const LINK_GROUPS: ReadonlyMap<string, string> = new Map(Object.entries({
   'screen-input': 'screening',
   'screen-variants': 'screening',
   'screen-output': 'screening',
-  'model-inference': 'inference (queue + model)',
+  'model-inference': 'queue + inference',
   'privacy-charge': 'privacy',
   'output-privacy': 'privacy',
   'audit-log': 'audit',
   metrics: 'other',
 }))
-export const GROUP_ORDER = ['front door', 'validation', 'screening', 'inference (queue + model)', 'privacy', 'audit', 'other', 'outside the links']
+export const GROUP_ORDER = ['front door', 'validation', 'screening', 'queue + inference', 'privacy', 'audit', 'other', 'outside the links']
 
 /** The _sum and _count samples of the two histograms in a Prometheus text exposition. */
 export function parseScrape(text: string): Scrape {

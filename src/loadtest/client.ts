@@ -30,7 +30,8 @@ export interface RestClientOptions {
   origin: string
   /** Connections kept open; a closed loop gives one per client. */
   connections: number
-  tls?: { ca?: string; cert?: string; key?: string }
+  /** undici's TLS connect options: ca, cert, key (PEM). */
+  tls?: Record<string, unknown>
   /** Sent as `authorization: Bearer ...` on every request. */
   token?: string
   /** Whether to read error bodies for their code (a GET scrape needs not). */
@@ -70,15 +71,8 @@ async function sendOn(pool: Dispatcher, r: LoadRequest, headers: Record<string, 
   }
 }
 
-/** undici's connect options for the client's TLS material (only what was given). */
-function connectOptions(tls: RestClientOptions['tls']): Record<string, string> | undefined {
-  if (!tls) return undefined
-  return Object.fromEntries(Object.entries(tls).filter(([, v]) => typeof v === 'string')) as Record<string, string>
-}
-
 export function restClient(o: RestClientOptions): LoadClient {
-  const connect = connectOptions(o.tls)
-  const pool = new Pool(o.origin, { connections: o.connections, pipelining: 1, keepAliveTimeout: 60_000, ...(connect ? { connect } : {}) })
+  const pool = new Pool(o.origin, { connections: o.connections, pipelining: 1, keepAliveTimeout: 60_000, ...(o.tls ? { connect: o.tls } : {}) })
   const headers: Record<string, string> = o.token !== undefined ? { authorization: `Bearer ${o.token}` } : {}
   const readCodes = o.readCodes ?? true
   return {
@@ -89,8 +83,7 @@ export function restClient(o: RestClientOptions): LoadClient {
 
 /** A GET over a client, with its JSON body (model metadata), or the reason it failed. */
 export async function getJson(o: RestClientOptions, urlPath: string): Promise<{ status: number; body: unknown }> {
-  const connect = connectOptions(o.tls)
-  const pool = new Pool(o.origin, { connections: 1, ...(connect ? { connect } : {}) })
+  const pool = new Pool(o.origin, { connections: 1, ...(o.tls ? { connect: o.tls } : {}) })
   try {
     const res = await pool.request({ method: 'GET', path: urlPath, headers: o.token !== undefined ? { authorization: `Bearer ${o.token}` } : {} })
     const text = await res.body.text()

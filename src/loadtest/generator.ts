@@ -17,6 +17,8 @@ export interface Window {
   latenciesMs: number[]
   items: number
   codes: Record<string, number>
+  /** Answers by HTTP status ('0' when none came). */
+  statuses: Record<string, number>
 }
 
 /** Collects answers into the current window; cut() closes it and opens the next. */
@@ -28,13 +30,14 @@ export class Recorder {
     this.window = this.fresh()
   }
   private fresh(): Window {
-    return { startMs: this.clock.monotonicMs(), endMs: 0, latenciesMs: [], items: 0, codes: Object.create(null) as Record<string, number> }
+    return { startMs: this.clock.monotonicMs(), endMs: 0, latenciesMs: [], items: 0, codes: Object.create(null) as Record<string, number>, statuses: Object.create(null) as Record<string, number> }
   }
-  record(latencyMs: number, code: string, items: number): void {
+  record(latencyMs: number, code: string, items: number, status: number): void {
     const w = this.window
     w.latenciesMs.push(latencyMs)
     // eslint-disable-next-line bulwark/object-injection -- a null-prototype tally; codes are the gateway's [a-z0-9_] codes or client error names, sanitised in client.ts
     w.codes[code] = (w.codes[code] ?? 0) + 1
+    w.statuses[status] = (w.statuses[status] ?? 0) + 1
     if (code === 'ok') w.items += items
   }
   /** Answers so far in the open window. */
@@ -98,8 +101,8 @@ export function startClosedLoop(o: Common & { concurrency: number }): LoadSessio
       if (!o.budget.take()) return out.fire()
       const r = o.next(sent++)
       const t0 = o.clock.monotonicMs()
-      const { code } = await o.client.send(r)
-      o.recorder.record(o.clock.monotonicMs() - t0, code, r.items ?? 1)
+      const { code, status } = await o.client.send(r)
+      o.recorder.record(o.clock.monotonicMs() - t0, code, r.items ?? 1, status)
     }
   }
   const workers = Array.from({ length: o.concurrency }, worker)
@@ -129,12 +132,12 @@ export function startOpenLoop(o: Common & { ratePerSec: number; maxInFlight: num
   const start = o.clock.monotonicMs()
   const fire = (i: number, dueMs: number) => {
     const r = o.next(i)
-    if (inFlight >= o.maxInFlight) return o.recorder.record(o.clock.monotonicMs() - dueMs, 'not_sent_backlog', r.items ?? 1)
+    if (inFlight >= o.maxInFlight) return o.recorder.record(o.clock.monotonicMs() - dueMs, 'not_sent_backlog', r.items ?? 1, 0)
     inFlight++
-    const p: Promise<void> = o.client.send(r).then(({ code }) => {
+    const p: Promise<void> = o.client.send(r).then(({ code, status }) => {
       inFlight--
       pending.delete(p)
-      o.recorder.record(o.clock.monotonicMs() - dueMs, code, r.items ?? 1)
+      o.recorder.record(o.clock.monotonicMs() - dueMs, code, r.items ?? 1, status)
     })
     pending.add(p)
   }

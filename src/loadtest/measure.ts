@@ -2,7 +2,8 @@
 // either one window of a fixed duration, or windows until the last three are stable (as
 // perf_analyzer does) or `maxWindows` have passed. At every window boundary `atBoundary`
 // runs (the metrics scrape), so the caller can diff what the gateway saw over exactly the
-// windows that were kept. The run's deadline and request bound cut a step short.
+// windows that were kept. The run's deadline and request bound cut a step short. The step
+// ends with the load stopped and every answer in.
 
 import type { Clock } from '../deps.ts'
 import type { LoadSession, Recorder, Window } from './generator.ts'
@@ -49,6 +50,15 @@ const CUT: Record<Exclude<Wake, 'time'>, string> = {
   exhausted: 'the run reached --max-requests',
 }
 
+/** Adds `tail`'s answers to `w` and extends it to `tail`'s end. */
+function absorb(w: Window, tail: Window): void {
+  for (const v of tail.latenciesMs) w.latenciesMs.push(v)
+  w.items += tail.items
+  for (const [k, n] of Object.entries(tail.codes)) w.codes[k] = (w.codes[k] ?? 0) + n // eslint-disable-line bulwark/object-injection -- k is a key of a tally built in generator.ts
+  for (const [k, n] of Object.entries(tail.statuses)) w.statuses[k] = (w.statuses[k] ?? 0) + n // eslint-disable-line bulwark/object-injection -- as above
+  w.endMs = tail.endMs
+}
+
 export async function measureStep<T>(o: {
   clock: Clock
   session: LoadSession
@@ -70,12 +80,21 @@ export async function measureStep<T>(o: {
     boundaries.push(await o.atBoundary())
     if (plan.durationMs === undefined && stable(windows, plan.stabilityPercent)) break
   }
+  const isStable = plan.durationMs === undefined ? stable(windows, plan.stabilityPercent) : null
+  // The requests still in flight belong to the last window: stop sending, wait for their
+  // answers and count them there (the slowest answers are the ones still out; leaving them
+  // out would flatter the tail, in an open loop most of all).
+  await session.stop()
+  if (windows.length > 0) {
+    absorb(windows[windows.length - 1]!, recorder.cut())
+    boundaries[boundaries.length - 1] = await o.atBoundary()
+  }
   const keep = plan.durationMs === undefined ? Math.min(3, windows.length) : windows.length
   return {
     windows: windows.slice(windows.length - keep),
     before: boundaries[boundaries.length - 1 - keep]!,
     after: boundaries[boundaries.length - 1]!,
-    stable: plan.durationMs === undefined ? stable(windows, plan.stabilityPercent) : null,
+    stable: isStable,
     cutShort: woke === 'time' ? null : CUT[woke],
   }
 }

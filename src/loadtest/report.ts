@@ -11,7 +11,7 @@ const GROUP_COLORS: Record<string, string> = {
   'front door': '#4e79a7',
   validation: '#f28e2b',
   screening: '#e15759',
-  'inference (queue + model)': '#76b7b2',
+  'queue + inference': '#76b7b2',
   privacy: '#59a14f',
   audit: '#edc948',
   other: '#b07aa1',
@@ -45,7 +45,7 @@ function curves(result: BenchResult): string {
     { xTitle: 'achieved items/s', yTitle: 'latency (ms)', title: 'latency against throughput' },
   )
   const levels = result.steps.map((s) => ({ x: s.level, y: s.stats.itemsPerSec }))
-  const throughput = lineChart([{ name: 'items/s', color: '#59a14f', points: levels }, { name: 'req/s', color: '#f28e2b', points: result.steps.map((s) => ({ x: s.level, y: s.stats.rps })) }], {
+  const throughput = lineChart([{ name: 'items/s', color: '#59a14f', points: levels }, { name: 'req/s', color: '#f28e2b', dashed: true, points: result.steps.map((s) => ({ x: s.level, y: s.stats.rps })) }], {
     xTitle: result.steps[0]?.mode === 'rate' ? 'offered rate (requests/s)' : 'concurrency (clients)',
     yTitle: 'per second',
     title: 'throughput per load level',

@@ -27,6 +27,8 @@ export interface StepStats {
   maxMs: number
   /** Answers by code: 'ok', the gateway's stable error codes, client-side failures. */
   codes: Record<string, number>
+  /** Answers by HTTP status ('0': no answer came). */
+  statuses: Record<string, number>
   histogram: LatencyBucket[]
 }
 
@@ -36,8 +38,8 @@ export function percentile(sorted: ArrayLike<number>, p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!
 }
 
-/** Bucket bounds from 0.1 ms to ~100 s, four per decade. */
-const BUCKETS_MS = Array.from({ length: 25 }, (_, i) => Number((0.1 * 10 ** (i / 4)).toPrecision(2)))
+/** Bucket bounds from 0.1 ms to 100 s, eight per decade. */
+const BUCKETS_MS = Array.from({ length: 49 }, (_, i) => Number((0.1 * 10 ** (i / 8)).toPrecision(2)))
 
 function histogram(sorted: Float64Array): LatencyBucket[] {
   const out = BUCKETS_MS.map((leMs) => ({ leMs, count: 0 }))
@@ -52,14 +54,21 @@ function histogram(sorted: Float64Array): LatencyBucket[] {
   return first < 0 ? [] : out.slice(first, last + 1)
 }
 
+/** Per-key sums of several tallies. */
+function tally(parts: Record<string, number>[]): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const part of parts) for (const [k, c] of Object.entries(part)) out[k] = (out[k] ?? 0) + c // eslint-disable-line bulwark/object-injection -- k is a key of a tally built in generator.ts
+  return out
+}
+
 export function summarise(windows: readonly Window[]): StepStats {
   const n = windows.reduce((s, w) => s + w.latenciesMs.length, 0)
   const sorted = new Float64Array(n)
   let k = 0
   for (const w of windows) for (const v of w.latenciesMs) sorted[k++] = v
   sorted.sort()
-  const codes: Record<string, number> = {}
-  for (const w of windows) for (const [code, c] of Object.entries(w.codes)) codes[code] = (codes[code] ?? 0) + c // eslint-disable-line bulwark/object-injection -- code is a key of a tally built in generator.ts
+  const codes = tally(windows.map((w) => w.codes))
+  const statuses = tally(windows.map((w) => w.statuses))
   const items = windows.reduce((s, w) => s + w.items, 0)
   const seconds = windows.reduce((s, w) => s + (w.endMs - w.startMs), 0) / 1000
   const sum = sorted.reduce((s, v) => s + v, 0)
@@ -77,6 +86,7 @@ export function summarise(windows: readonly Window[]): StepStats {
     p99Ms: percentile(sorted, 99),
     maxMs: n > 0 ? sorted[n - 1]! : NaN,
     codes,
+    statuses,
     histogram: histogram(sorted),
   }
 }

@@ -5,6 +5,8 @@
 export interface Series {
   name: string
   color: string
+  /** A dashed line (to tell apart two series that may coincide). */
+  dashed?: boolean
   points: { x: number; y: number; label?: string }[]
 }
 
@@ -58,7 +60,7 @@ function frame(o: { xTicks: number[] | null; yTicks: number[]; xTitle: string; y
 }
 
 function svg(body: string[], legend: { name: string; color: string }[], title: string): string {
-  const items = legend.map((l, i) => `<g transform="translate(${M.left + 8 + (i % 4) * 130},${M.top + 4 + Math.floor(i / 4) * 16})"><rect width="10" height="10" fill="${l.color}"/><text x="14" y="9">${esc(l.name)}</text></g>`)
+  const items = legend.map((l, i) => `<g transform="translate(${M.left + 8 + (i % 3) * 160},${M.top + 4 + Math.floor(i / 3) * 16})"><rect width="10" height="10" fill="${l.color}"/><text x="14" y="9">${esc(l.name)}</text></g>`)
   return `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="${esc(title)}" font-family="sans-serif" font-size="11">${[...body, ...items].join('')}</svg>`
 }
 
@@ -68,7 +70,7 @@ export function lineChart(series: Series[], o: { xTitle: string; yTitle: string;
   const f = frame({ xTicks: ticks(Math.max(0, ...all.map((p) => p.x))), yTicks: ticks(Math.max(0, ...all.map((p) => p.y)) * 1.15), xTitle: o.xTitle, yTitle: o.yTitle })
   for (const s of series) {
     const pts = s.points.filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y))
-    if (pts.length > 1) f.body.push(`<polyline fill="none" stroke="${s.color}" stroke-width="2" points="${pts.map((p) => `${f.x(p.x).toFixed(1)},${f.y(p.y).toFixed(1)}`).join(' ')}"/>`)
+    if (pts.length > 1) f.body.push(`<polyline fill="none" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ''} points="${pts.map((p) => `${f.x(p.x).toFixed(1)},${f.y(p.y).toFixed(1)}`).join(' ')}"/>`)
     for (const p of pts) {
       f.body.push(`<circle cx="${f.x(p.x).toFixed(1)}" cy="${f.y(p.y).toFixed(1)}" r="3.5" fill="${s.color}"/>`)
       if (p.label) f.body.push(`<text x="${(f.x(p.x) + 5).toFixed(1)}" y="${(f.y(p.y) - 6).toFixed(1)}" fill="#555">${esc(p.label)}</text>`)

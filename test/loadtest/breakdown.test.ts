@@ -28,7 +28,7 @@ t.test('two scrapes of a real /metrics around N inferences', async (t) => {
   t.equal(b.requests, N, 'exactly the requests between the scrapes')
   t.ok(b.serverMeanMs > 0)
   const byLink = new Map(b.links.map((l) => [l.link, l]))
-  for (const [link, group] of [['mtls-identity', 'front door'], ['jwt-auth', 'front door'], ['model-policy', 'front door'], ['body-read', 'validation'], ['input-validation', 'validation'], ['model-inference', 'inference (queue + model)']] as const) {
+  for (const [link, group] of [['mtls-identity', 'front door'], ['jwt-auth', 'front door'], ['model-policy', 'front door'], ['body-read', 'validation'], ['input-validation', 'validation'], ['model-inference', 'queue + inference']] as const) {
     t.equal(byLink.get(link)?.count, N, `${link} observed once per request`)
     t.equal(byLink.get(link)?.group, group, `${link} belongs to ${group}`)
   }
@@ -50,7 +50,7 @@ t.test('parseScrape reads sums and counts, skips buckets and other metrics', asy
   t.same([...parseScrape(text)], [['bulwark_stage_duration_seconds_sum{stage="jwt-auth"}', 0.5], ['bulwark_stage_duration_seconds_count{stage="jwt-auth"}', 4]])
 })
 
-const win = (rps: number, latencyMs: number): Window => ({ startMs: 0, endMs: 1000, latenciesMs: Array.from({ length: rps }, () => latencyMs), items: rps, codes: { ok: rps } })
+const win = (rps: number, latencyMs: number): Window => ({ startMs: 0, endMs: 1000, latenciesMs: Array.from({ length: rps }, () => latencyMs), items: rps, codes: { ok: rps }, statuses: { 200: rps } })
 
 t.test('stability: three windows within the percentage', async (t) => {
   t.ok(stable([win(100, 10), win(104, 10.3), win(97, 9.8)], 10), 'within 10%')

@@ -17,14 +17,14 @@ const breakdown = (serverMeanMs: number): Breakdown => ({
   links: [{ link: 'jwt-auth', group: 'front door', count: 100, meanMs: 0.2, perRequestMs: 0.2, share: 0.2 / serverMeanMs }],
   groups: [
     { group: 'front door', perRequestMs: 0.2, share: 0.2 / serverMeanMs },
-    { group: 'inference (queue + model)', perRequestMs: serverMeanMs - 0.5, share: (serverMeanMs - 0.5) / serverMeanMs },
+    { group: 'queue + inference', perRequestMs: serverMeanMs - 0.5, share: (serverMeanMs - 0.5) / serverMeanMs },
     { group: 'audit', perRequestMs: 0.3, share: 0.3 / serverMeanMs },
   ],
 })
 
 function step(level: number, latencyMs: number, withBreakdown: boolean): StepResult {
   const latenciesMs = Array.from({ length: 50 }, (_, i) => latencyMs * (0.5 + i / 50))
-  const stats = summarise([{ startMs: 0, endMs: 500, latenciesMs, items: 50, codes: { ok: 48, rate_limited: 2 } }])
+  const stats = summarise([{ startMs: 0, endMs: 500, latenciesMs, items: 50, codes: { ok: 48, rate_limited: 2 }, statuses: { 200: 48, 429: 2 } }])
   return { mode: 'concurrency', level, stats, stable: true, cutShort: null, breakdown: withBreakdown ? breakdown(latencyMs) : null }
 }
 
@@ -51,7 +51,7 @@ t.test('a report with the breakdown: well formed, every chart there', async (t) 
   t.equal(count(latency, /<polyline /g), 2, 'a p50 line and a p99 line')
   const [bars] = html.match(/<svg [^>]*aria-label="server time per request by defence"[^]*?<\/svg>/)!
   t.equal(count(bars, /<rect x=/g), 3 * 3, 'three segments (front door, inference, audit) for each of three steps')
-  t.match(bars, /<title>c16: inference \(queue \+ model\) 18\.5<\/title>/, 'each segment says what it is')
+  t.match(bars, /<title>c16: queue \+ inference 18\.5<\/title>/, 'each segment says what it is')
   t.match(html, /rate_limited 2/, 'errors by code in the table')
   t.match(html, /2026-12-03T10:00:00\.000Z/)
 })
