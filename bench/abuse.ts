@@ -7,10 +7,12 @@
 //           uploads open (30 MiB announced, 1 KiB sent; each closed one reopened after a
 //           pause), sends requests for invented model names, and sends requests with forged
 //           tokens, all from its own loopback address (127.0.0.2).
-// Reported: the normal traffic's items/s (abused as a ratio of quiet), p50/p99, the abusive
-// requests sent and how they were answered, the gateway's peak RSS, the /metrics size and
-// the audit folder's growth, CPU per round, and a last round of the abuse alone (what it costs
-// the gateway). ABUSE_CONN_RATE=N runs the gateway with server.newConnectionsPerSecondPerAddress
+// The abusive client is as frugal as a real one with its own machine would be (one TLS context,
+// TLS only on connections the gateway has not reset), since here it spends the same two cores.
+// Reported: the normal traffic's items/s (abused as a ratio of quiet), p50/p99, how the abusive
+// connections ended (reset before the handshake, or the HTTP status), the gateway's peak RSS,
+// the /metrics size and the audit folder's growth, CPU per round, and a last round of the
+// abuse alone (what it costs the gateway, and the abusive client itself). ABUSE_CONN_RATE=N runs the gateway with server.newConnectionsPerSecondPerAddress
 // N instead of its default, to see how much of that cost the handshakes are. Every load is
 // bounded in time, targets 127.0.0.1 and stops by itself.
 
@@ -21,7 +23,7 @@ import { isMainThread, parentPort, Worker, workerData } from 'node:worker_thread
 import tls from 'node:tls'
 import { realDeps } from '../src/deps.ts'
 import { issueCertificate, loadCertificateAuthority } from '../src/dev/pki.ts'
-import { closedLoop, openLoop, type LoadResult } from './load.ts'
+import { closedLoop, type LoadResult } from './load.ts'
 import { binaryRequest, type LoadRequest } from '../kit/payloads.ts'
 import { noDefences, startGateway, type GatewayProcess } from '../kit/gateway-process.ts'
 import { secureEnv, type SecureEnv } from './secure-env.ts'
@@ -31,6 +33,8 @@ import type { Row } from './report.ts'
 const STALLED_UPLOADS = 32
 /** Each stalled-upload slot reconnects this long after the gateway closes it: about 640 attempts a second in all. */
 const RECONNECT_PAUSE_MS = 50
+/** How long the abusive client waits after its TCP connection is up, for a reset, before it starts TLS. */
+const TCP_FIRST_MS = 5
 const JUNK_RATE = 200
 /** The abusive client's own loopback address, so per-address limits can tell it from the normal traffic. */
 const ABUSER = '127.0.0.2'
@@ -56,35 +60,76 @@ function folderBytes(dir: string): number {
   return total
 }
 
+/** How the abusive client's connections ended: `reset` (closed by the gateway before the TLS handshake), an HTTP status, or `closed` (after the handshake, unanswered). */
+type Outcomes = Record<string, number>
+
+interface Attacker {
+  port: number
+  secureContext: tls.SecureContext
+  until: number
+  outcomes: Outcomes
+}
+
 /**
- * Keeps `count` stalled uploads open against `port` until `until` (ms since the epoch): each
- * announces 30 MiB and sends 1 KiB; when the gateway closes one, another takes its place.
- * Returns how many were opened and how many the gateway answered before closing.
+ * One abusive connection: TCP first, and TLS only if the gateway has not reset it within a few
+ * ms (an attacker spends no handshake of its own on a connection already refused), then
+ * `request`. Resolves once the gateway closes it, or at the round's end.
  */
-async function stalledUploads(creds: Creds, port: number, count: number, until: number): Promise<{ opened: number; answered: number }> {
-  let opened = 0
-  let answered = 0
-  const one = () =>
-    new Promise<void>((resolve) => {
-      opened++
-      const tcp = net.connect({ host: '127.0.0.1', port, localAddress: ABUSER })
-      tcp.on('error', () => {})
-      const socket = tls.connect({ socket: tcp, ca: creds.ca, cert: creds.cert, key: creds.key, servername: 'localhost' })
-      socket.setTimeout(Math.max(1, until - Date.now()), () => socket.destroy())
-      socket.on('error', () => {})
-      socket.once('secureConnect', () => socket.write(`POST /v2/models/mnist/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${30 * 1024 * 1024}\r\n\r\n${' '.repeat(1024)}`))
-      socket.once('data', () => answered++)
-      socket.once('close', () => resolve())
+function attempt(a: Attacker, request: Buffer): Promise<void> {
+  return new Promise<void>((resolve) => {
+    let outcome = 'reset'
+    const tcp = net.connect({ host: '127.0.0.1', port: a.port, localAddress: ABUSER })
+    tcp.setTimeout(Math.max(1, a.until - Date.now()), () => tcp.destroy())
+    tcp.on('error', () => {})
+    tcp.once('close', () => {
+      a.outcomes[outcome] = (a.outcomes[outcome] ?? 0) + 1
+      resolve()
     })
+    tcp.once('connect', () =>
+      setTimeout(() => {
+        if (tcp.destroyed) return
+        // One TLS context for every connection, as an attacker who wants many would have: a
+        // context per connection costs this machine's CPU, not the gateway's.
+        const socket = tls.connect({ socket: tcp, secureContext: a.secureContext, servername: 'localhost' })
+        socket.on('error', () => {})
+        socket.once('secureConnect', () => {
+          outcome = 'closed'
+          socket.write(request)
+        })
+        socket.once('data', (d: Buffer) => (outcome = /^HTTP\/1\.1 (\d{3})/.exec(d.toString('latin1'))?.[1] ?? 'closed'))
+      }, TCP_FIRST_MS),
+    )
+  })
+}
+
+/** The stalled uploads: `STALLED_UPLOADS` slots, each reopened RECONNECT_PAUSE_MS after the gateway closes it. */
+async function stalledUploads(a: Attacker): Promise<void> {
+  const upload = Buffer.from(`POST /v2/models/mnist/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${30 * 1024 * 1024}\r\n\r\n${' '.repeat(1024)}`)
   await Promise.all(
-    Array.from({ length: count }, async () => {
-      while (Date.now() < until) {
-        await one()
+    Array.from({ length: STALLED_UPLOADS }, async () => {
+      while (Date.now() < a.until) {
+        await attempt(a, upload)
         await new Promise((r) => setTimeout(r, RECONNECT_PAUSE_MS))
       }
     }),
   )
-  return { opened, answered }
+}
+
+/** JUNK_RATE requests a second, each on a connection of its own (the gateway closes it after the refusal anyway). */
+async function junkRequests(a: Attacker, request: (i: number) => Buffer): Promise<void> {
+  const sent: Promise<void>[] = []
+  for (let i = 0; Date.now() < a.until; i++) {
+    sent.push(attempt(a, request(i)))
+    await new Promise((r) => setTimeout(r, 1000 / JUNK_RATE))
+  }
+  await Promise.all(sent)
+}
+
+/** `r` as raw HTTP/1.1 bytes, to send as is. */
+function rawRequest(r: LoadRequest): Buffer {
+  const body = r.body === undefined ? Buffer.alloc(0) : Buffer.from(r.body)
+  const headers = Object.entries({ host: 'localhost', ...r.headers, 'content-length': String(body.length) }).map(([k, v]) => `${k}: ${v}\r\n`)
+  return Buffer.concat([Buffer.from(`${r.method} ${r.path} HTTP/1.1\r\n${headers.join('')}\r\n`), body])
 }
 
 /** TLS client credentials: the CA to trust, and a client certificate and key. */
@@ -103,8 +148,8 @@ async function abuserCreds(env: SecureEnv): Promise<Creds> {
 
 interface Round {
   normal: LoadResult
-  junk?: LoadResult
-  stalled?: { opened: number; answered: number }
+  junk?: Outcomes
+  stalled?: Outcomes
   peakRssBytes: number
   /** CPU seconds per wall second: the gateway's, and this bench process's (normal load and abuse threads together). */
   gatewayCpu?: number
@@ -144,26 +189,25 @@ interface AbuseJob {
 }
 
 /** The abusive client's traffic for one round: junk requests and stalled uploads, side by side. */
-async function abuse(job: AbuseJob): Promise<{ junk: LoadResult; stalled: { opened: number; answered: number } }> {
+async function abuse(job: AbuseJob): Promise<AbuseOutcomes> {
   const forged = `Bearer ${job.token.slice(0, -8)}AAAAAAAA`
   const { authorization: _, ...anonymous } = job.request.headers ?? {}
-  const body = job.request.body === undefined ? undefined : Buffer.from(job.request.body as Uint8Array)
-  const junk = openLoop({
-    origin: job.origin,
-    connect: { ...job.abuser, localAddress: ABUSER },
-    ratePerSec: JUNK_RATE,
-    connections: 4,
-    durationMs: job.durationMs,
-    warmupMs: job.warmupMs,
-    // Alternately: an invented model name with no token, and a real model with a forged token.
-    next: (i) => (i % 2 === 0 ? { ...job.request, body, path: `/v2/models/junk-${i}/infer`, headers: anonymous } : { ...job.request, body, headers: { ...job.request.headers, authorization: forged } }),
-  })
-  const stalled = stalledUploads(job.abuser, job.port, STALLED_UPLOADS, job.until)
-  const [j, st] = await Promise.all([junk, stalled])
-  return { junk: j, stalled: st }
+  const secureContext = tls.createSecureContext(job.abuser)
+  const junk: Attacker = { port: job.port, secureContext, until: job.until, outcomes: {} }
+  const stalled: Attacker = { port: job.port, secureContext, until: job.until, outcomes: {} }
+  // Two kinds, alternately: an invented model name with no token, and a real model with a forged token.
+  const withForged = rawRequest({ ...job.request, headers: { ...job.request.headers, authorization: forged } })
+  const request = (i: number) => (i % 2 === 0 ? rawRequest({ ...job.request, path: `/v2/models/junk-${i}/infer`, headers: anonymous }) : withForged)
+  await Promise.all([junkRequests(junk, request), stalledUploads(stalled)])
+  return { junk: junk.outcomes, stalled: stalled.outcomes }
 }
 
-function runAbuseThread(job: AbuseJob): Promise<{ junk: LoadResult; stalled: { opened: number; answered: number } }> {
+interface AbuseOutcomes {
+  junk: Outcomes
+  stalled: Outcomes
+}
+
+function runAbuseThread(job: AbuseJob): Promise<AbuseOutcomes> {
   const worker = new Worker(new URL(import.meta.url), { workerData: { abuse: job } })
   return new Promise((resolve, reject) => {
     worker.once('message', resolve)
@@ -177,10 +221,11 @@ if (!isMainThread && (workerData as { abuse?: AbuseJob } | null)?.abuse) {
   parentPort!.postMessage(result)
 }
 
-function sumStatuses(results: LoadResult[]): Record<string, number> {
-  const out: Record<string, number> = {}
-  for (const r of results) for (const [status, n] of Object.entries(r.statuses)) out[status] = (out[status] ?? 0) + n
-  return out
+/** Outcomes summed over rounds: `N connections: {outcome: count}`. */
+function describe(rounds: Outcomes[]): string {
+  const sum: Outcomes = {}
+  for (const r of rounds) for (const [k, n] of Object.entries(r)) sum[k] = (sum[k] ?? 0) + n
+  return `${Object.values(sum).reduce((a, b) => a + b, 0)} connections: ${JSON.stringify(sum)}`
 }
 
 export async function abuseBench(opts: BenchOptions, log: (s: string) => void): Promise<{ rows: Row[]; raw: unknown }> {
@@ -234,8 +279,8 @@ export async function abuseBench(opts: BenchOptions, log: (s: string) => void): 
       `peak RSS ${(Math.max(...set.map((x) => x.r.peakRssBytes)) / 2 ** 20).toFixed(0)} MiB`,
       `/metrics ${(Math.max(...set.map((x) => x.metricsBytes)) / 1024).toFixed(0)} KB`,
       `audit +${(mean(set.map((x) => x.auditBytes)) / 1024).toFixed(0)} KB/round`,
-      ...(junk.length ? [`junk ${junk.reduce((n, j) => n + j.requests, 0)} sent: ${JSON.stringify(sumStatuses(junk))}`] : []),
-      ...(stalled.length ? [`stalled uploads ${stalled.reduce((n, s) => n + s.opened, 0)} opened, ${stalled.reduce((n, s) => n + s.answered, 0)} answered from headers`] : []),
+      ...(junk.length ? [`junk requests ${describe(junk)}`] : []),
+      ...(stalled.length ? [`stalled uploads ${describe(stalled)}`] : []),
     ]
     rows.push({
       group,
@@ -256,7 +301,7 @@ export async function abuseBench(opts: BenchOptions, log: (s: string) => void): 
     scenario: 'the abuse alone: what it costs the gateway',
     concurrency: 'open',
     itemsPerSec: NaN,
-    note: `gateway CPU ${(a.gatewayCpu ?? NaN).toFixed(2)} cores (quiet normal traffic: ${mean(quiet.map((x) => x.r.gatewayCpu ?? NaN)).toFixed(2)}); junk ${a.junk?.requests ?? 0} sent; stalled uploads ${a.stalled?.opened ?? 0} opened, ${a.stalled?.answered ?? 0} answered`,
+    note: `gateway CPU ${(a.gatewayCpu ?? NaN).toFixed(2)} cores (quiet normal traffic: ${mean(quiet.map((x) => x.r.gatewayCpu ?? NaN)).toFixed(2)}); the abusive client's own CPU ${(a.benchCpu ?? NaN).toFixed(2)} cores; junk requests ${describe([a.junk ?? {}])}; stalled uploads ${describe([a.stalled ?? {}])}`,
   })
   return { rows, raw: rounds }
 }

@@ -139,6 +139,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     maxConnections: config.server.maxConnections,
     maxPerClient: config.server.maxConnectionsPerClient,
     newPerSecondPerAddress: config.server.newConnectionsPerSecondPerAddress,
+    closedOnRefusalCost: config.server.closedOnRefusalCost,
     tls: tlsMaterial !== null,
     clock,
   })
@@ -165,7 +166,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     modelStats: createModelStatsLink(statistics, clock),
     metrics: createMetricsLink(metrics, clock, registry.list().map((m) => m.name)),
   })
-  late.unrouted = attachChain(api, { chain, clock, log, server: config.server, tls: tlsMaterial !== null, closing: isShuttingDown }).answerUnrouted
+  late.unrouted = attachChain(api, { chain, clock, log, server: config.server, tls: tlsMaterial !== null, closing: isShuttingDown, closedOnRefusal: connections.closedOnRefusal }).answerUnrouted
   registerOipRoutes(api, { registry, statistics, serverVersion: SERVER_VERSION, isShuttingDown })
   // The same chain behind a second transport.
   const grpc = config.grpc.enabled ? createGrpcListener({ config, tlsMaterial, chain, clock, random, log, registry, statistics, serverVersion: SERVER_VERSION, isShuttingDown, requestTimeoutMs: config.server.requestTimeoutMs }) : null

@@ -132,6 +132,14 @@ export const ServerConfig = Type.Object(
      * few; 200 a second leaves room for a restarted fleet behind one NAT address.
      */
     newConnectionsPerSecondPerAddress: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 200 }),
+    /**
+     * A connection the gateway closes because it refused a request before reading its body
+     * (no token, an unknown model, a stalled upload) counts as this many new connections from
+     * its address. A client that earns only refusals, reconnecting after each, then gets
+     * newConnectionsPerSecondPerAddress / closedOnRefusalCost handshakes a second (10 at the
+     * defaults); a client whose requests are answered keeps its connections and never pays.
+     */
+    closedOnRefusalCost: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 20 }),
   },
   { additionalProperties: false, default: {} },
 )

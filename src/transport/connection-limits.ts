@@ -4,9 +4,13 @@
 // connection the others need; and new ones per address and second
 // (server.newConnectionsPerSecondPerAddress), checked before the TLS handshake, so that a
 // client reconnecting as fast as it can (each answer from the headers closes its connection)
-// cannot spend the CPU the others' requests need on handshakes. A client is its certificate
-// (SHA-256 of the DER) once the TLS handshake has verified it, or its address on plain HTTP.
-// A connection past any cap is closed at once, and counted.
+// cannot spend the CPU the others' requests need on handshakes. A connection the gateway
+// closes after refusing a request whose body it would not read (server.closedOnRefusalCost)
+// counts as several new ones: a client that only earns refusals, and reconnects after each,
+// gets a small share of the handshakes a well-behaved client may open. A client is its
+// certificate (SHA-256 of the DER) once the TLS handshake has verified it, or its address on
+// plain HTTP. A connection past any cap is reset at once, before the TLS server sees it, and
+// counted.
 
 import type { Server } from 'node:http'
 import type { Socket } from 'node:net'
@@ -20,6 +24,8 @@ export interface ConnectionLimits {
   readonly refused: Counter
   /** Open connections of each client right now (for tests and debugging). */
   open(client: string): number
+  /** The gateway is closing `socket` after a refusal, with the request's body unread: its address pays closedOnRefusalCost new connections. */
+  closedOnRefusal(socket: Socket): void
 }
 
 /** Addresses whose connection rate is tracked at once; the least recently seen is forgotten first. */
@@ -27,7 +33,7 @@ const MAX_TRACKED_ADDRESSES = 10_000
 
 export function limitConnections(
   server: Server,
-  o: { maxConnections: number; maxPerClient: number; newPerSecondPerAddress: number; tls: boolean; clock: Clock },
+  o: { maxConnections: number; maxPerClient: number; newPerSecondPerAddress: number; closedOnRefusalCost: number; tls: boolean; clock: Clock },
 ): ConnectionLimits {
   const refused = new Counter('bulwark_connections_refused_total', 'Connections closed on arrival, by reason: total (server.maxConnections open), per_client (server.maxConnectionsPerClient open for that client) or rate (server.newConnectionsPerSecondPerAddress exceeded).')
   const open = new Map<string, number>()
@@ -39,10 +45,10 @@ export function limitConnections(
   const rate = o.newPerSecondPerAddress
   const buckets = new TokenBuckets({ perSecond: rate, burst: rate, maxKeys: MAX_TRACKED_ADDRESSES })
   const allowNew = (address: string): boolean => buckets.take(address, o.clock.monotonicMs()) === 0
-  server.prependListener('connection', (socket: Socket) => {
-    if (allowNew(socket.remoteAddress ?? '')) return
+  gateConnections(server, (socket) => {
+    if (allowNew(socket.remoteAddress ?? '')) return true
     refused.inc({ reason: 'rate' })
-    socket.destroy()
+    return false
   })
 
   const admit = (socket: Socket, client: string) => {
@@ -71,5 +77,25 @@ export function limitConnections(
       if (!socket.destroyed) admit(socket, `addr:${socket.remoteAddress ?? ''}`)
     })
   }
-  return { refused, open: (client) => open.get(client) ?? 0 }
+  return {
+    refused,
+    open: (client) => open.get(client) ?? 0,
+    closedOnRefusal: (socket) => buckets.charge(socket.remoteAddress ?? '', o.clock.monotonicMs(), o.closedOnRefusalCost),
+  }
+}
+
+/**
+ * Runs `admit` on each new connection before every 'connection' listener, the TLS server's
+ * own included: a refused connection is reset (no FIN, no TIME_WAIT left here) without a TLS
+ * socket ever being made for it, which is most of what a refused connection would cost.
+ */
+function gateConnections(server: Server, admit: (socket: Socket) => boolean): void {
+  const emit = server.emit
+  server.emit = function (this: Server, event: string | symbol, ...args: unknown[]): boolean {
+    if (event === 'connection' && !admit(args[0] as Socket)) {
+      ;(args[0] as Socket).resetAndDestroy()
+      return false
+    }
+    return emit.apply(this, [event, ...args] as Parameters<Server['emit']>)
+  } as Server['emit']
 }

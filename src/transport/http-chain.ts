@@ -12,6 +12,7 @@
 
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Config } from '../config/schema.ts'
 import type { Clock, Logger } from '../deps.ts'
@@ -44,6 +45,8 @@ export interface HttpChainOptions {
   tls: boolean
   /** True once the gateway is shutting down: every answer then closes its connection. */
   closing: () => boolean
+  /** Told of each connection closed after an answer because the request's body was left unread. */
+  closedOnRefusal: (socket: Socket) => void
 }
 
 /** Fastify's own errors (body limit, content type, ...) as our catalogue's codes. */
@@ -168,7 +171,10 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     reply.header('x-request-id', ctx.id)
     // A body nobody read (an unknown route, a refusal before the body phase, a stalled
     // upload) is not read now either: the connection closes after this answer instead.
-    if (ctx.bodyBytes === null && bodyPending(reply.request.raw)) reply.header('connection', 'close')
+    if (ctx.bodyBytes === null && bodyPending(reply.request.raw)) {
+      reply.header('connection', 'close')
+      o.closedOnRefusal(reply.request.raw.socket)
+    }
     // While shutting down, a kept-alive connection would hold the listener open until the
     // client closes it: closing it after the answer lets the shutdown finish with the work.
     else if (o.closing()) reply.header('connection', 'close')

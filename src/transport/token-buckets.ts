@@ -31,6 +31,25 @@ export class TokenBuckets {
 
   /** Takes one token for `key` at `nowMs`: 0 when there was one, else the ms until there will be. */
   take(key: string, nowMs: number): number {
+    const b = this.refill(key, nowMs)
+    if (b.tokens >= 1) {
+      b.tokens -= 1
+      return 0
+    }
+    return (1 - b.tokens) / this.perMs
+  }
+
+  /**
+   * Takes `n` tokens for `key` at `nowMs` whether it has them or not: the bucket may go into
+   * debt, down to one burst below empty, and `take` refuses until the debt is paid back.
+   */
+  charge(key: string, nowMs: number, n: number): void {
+    const b = this.refill(key, nowMs)
+    b.tokens = Math.max(-this.burst, b.tokens - n)
+  }
+
+  /** `key`'s bucket brought up to `nowMs`, and moved to the most recently seen end. */
+  private refill(key: string, nowMs: number): Bucket {
     let b = this.buckets.get(key)
     if (b === undefined) {
       if (this.buckets.size >= this.maxKeys) {
@@ -44,10 +63,6 @@ export class TokenBuckets {
       b.atMs = nowMs
     }
     this.buckets.set(key, b)
-    if (b.tokens >= 1) {
-      b.tokens -= 1
-      return 0
-    }
-    return (1 - b.tokens) / this.perMs
+    return b
   }
 }

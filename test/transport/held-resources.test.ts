@@ -2,7 +2,10 @@
 // has admitted an inference call (unknown routes, wrong methods and refusals are answered
 // from the headers, and the connection closes instead of the body being read); a stalled
 // upload is cut off after server.bodyIdleTimeoutMs with 408 and frees the slots it held; one
-// client certificate cannot open more than server.maxConnectionsPerClient connections.
+// client certificate cannot open more than server.maxConnectionsPerClient connections; a
+// connection closed after a refusal with its body unread costs its address
+// server.closedOnRefusalCost new connections, and a connection refused for its rate is reset
+// before the TLS server sees it (no handshake failure is counted for it).
 // Every case goes over a real TLS connection with the dev client certificate.
 
 import { once } from 'node:events'
@@ -125,6 +128,33 @@ t.test('new connections past newConnectionsPerSecondPerAddress are closed before
   t.ok(c.socket.authorized, 'a second later, a new connection is admitted again')
   for (const x of [a, b, c]) x.socket.destroy()
   t.match(await gw.gateway.metrics.render(), /bulwark_connections_refused_total\{reason="rate"\} 1/)
+})
+
+t.test('a connection closed on a refusal costs closedOnRefusalCost new connections; refused ones never reach the TLS server', async (t) => {
+  const clock = new FakeClock(Date.now())
+  const gw = await startGateway({ models: ['mnist'], deps: { clock, random: cryptoRandom }, config: { server: { newConnectionsPerSecondPerAddress: 10, closedOnRefusalCost: 10 } } })
+  t.teardown(() => gw.close())
+  const answered = await connect(gw)
+  answered.socket.write('GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
+  t.match(await answered.closed, /^HTTP\/1.1 200 /, 'an answered request closes its connection at the client\'s asking')
+  const second = await connect(gw)
+  t.ok(second.socket.authorized, 'and costs nothing more: the next connection is admitted')
+  second.socket.write(head('POST', '/v2/models/mnist/infer', MiB) + '{"inputs":')
+  t.match(await second.closed, /^HTTP\/1.1 401 /, 'a refusal with the body unread closes the connection')
+  const refused = await connect(gw).then(
+    () => 'handshake completed',
+    () => 'reset before the handshake',
+  )
+  t.equal(refused, 'reset before the handshake', 'two connections and one refusal-close (1 + 1 + 10) overdraw the 10 a second')
+  clock.advance(100)
+  t.equal(await connect(gw).then(() => 'admitted', () => 'reset'), 'reset', 'a tenth of a second later the debt is not yet paid')
+  clock.advance(300)
+  const paid = await connect(gw)
+  t.ok(paid.socket.authorized, 'once it is, new connections are admitted again')
+  paid.socket.destroy()
+  const metrics = await gw.gateway.metrics.render()
+  t.match(metrics, /bulwark_connections_refused_total\{reason="rate"\} 2/)
+  t.notMatch(metrics, /bulwark_tls_handshake_failures_total\{/, 'the reset connections never became TLS sockets, so no handshake failed')
 })
 
 t.test('the receive timeouts reach the server, and a receive timeout shorter than the header timeout stops the start', async (t) => {

@@ -1,6 +1,7 @@
 // Token buckets per key: a burst passes, then one token per 1/perSecond; the wait until the
 // next token is reported; keys are independent; past maxKeys the least recently seen key is
-// forgotten (and comes back full).
+// forgotten (and comes back full); a charge takes tokens it may not have, and the debt (never
+// more than one burst) is paid back at the refill rate before the next take passes.
 import t from 'tap'
 import { TokenBuckets } from '../../src/transport/token-buckets.ts'
 
@@ -25,4 +26,14 @@ t.test('past maxKeys the least recently seen key is forgotten, and comes back wi
   t.equal(b.take('b', 0), 0, 'b comes back full')
   t.equal(forgotten, 2, 'and pushed a out')
   t.equal(b.take('a', 0), 0, 'so a comes back full too')
+})
+
+t.test('a charge puts the bucket into debt, at most one burst deep, paid back at the refill rate', async (t) => {
+  const b = new TokenBuckets({ perSecond: 10, burst: 5, maxKeys: 10 })
+  b.charge('a', 0, 7)
+  t.equal(b.take('a', 0), 300, 'from 5 tokens, 7 charged leaves -2: 3 tokens to wait for, 300 ms')
+  t.equal(b.take('a', 300), 0, 'then the take passes')
+  b.charge('a', 300, 1000)
+  t.equal(b.take('a', 300), 600, 'a huge charge stops at one burst below empty: 6 tokens, 600 ms')
+  t.equal(b.take('b', 300), 0, 'other keys are not charged')
 })
