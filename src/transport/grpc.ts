@@ -1,8 +1,8 @@
 // The gRPC listener: inference.GRPCInferenceService (proto/grpc_service.proto) served by
 // @grpc/grpc-js on its own port (grpc.listen), a second transport into the same chain as
-// REST (src/transport/grpc-chain.ts). TLS as the REST listener's (the same files, TLS 1.3 by
-// default, a client certificate required and verified against the CA bundle at the
-// handshake), or plain HTTP/2 when tls is off. Limits from the grpc config slice: message
+// REST (src/transport/grpc-chain.ts). TLS as the REST listener's (the same files and their
+// reloads, TLS 1.3 by default, a client certificate required and verified against the CA
+// bundle at the handshake), or plain HTTP/2 when tls is off. Limits from the grpc config slice: message
 // sizes, streams per connection, keepalive pings (sent, and enforced on clients: a client
 // that pings more often than keepalive.minPingIntervalMs with no call in flight is sent
 // GOAWAY ENHANCE_YOUR_CALM after keepalive.maxPingStrikes, as gRPC servers do), idle
@@ -10,7 +10,7 @@
 
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { constants as http2constants, type Http2Server, type Http2Session, type SecureServerOptions } from 'node:http2'
+import { constants as http2constants, type Http2SecureServer, type Http2Server, type Http2Session, type SecureServerOptions } from 'node:http2'
 import type { TLSSocket } from 'node:tls'
 import * as grpc from '@grpc/grpc-js'
 import * as protoLoader from '@grpc/proto-loader'
@@ -18,7 +18,7 @@ import type { GrpcConfig } from '../config/grpc.ts'
 import type { Config } from '../config/schema.ts'
 import type { Clock, Logger } from '../deps.ts'
 import { grpcHandlers, type GrpcChainOptions } from './grpc-chain.ts'
-import { handshakeFailureReason, httpsServerOptions, type TlsMaterial } from './tls.ts'
+import { handshakeFailureReason, httpsServerOptions, type TlsMaterial, type TlsReloader } from './tls.ts'
 
 /** The folder of the .proto files, in the repository (and the image) next to src/. */
 export const PROTO_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../proto')
@@ -53,6 +53,8 @@ export interface GrpcListener {
 export interface GrpcListenerOptions extends Omit<GrpcChainOptions, 'tlsVersion'> {
   config: Config
   tlsMaterial: TlsMaterial | null
+  /** The API listener's TLS reloader: rotated files reach this listener too. */
+  tlsReloader: TlsReloader | null
 }
 
 export function createGrpcListener(o: GrpcListenerOptions): GrpcListener {
@@ -78,7 +80,10 @@ export function createGrpcListener(o: GrpcListenerOptions): GrpcListener {
         server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${port}`, credentials, (err, bound) => {
           if (err) return reject(err)
           try {
-            for (const h2 of http2ServersOf(server)) guard(h2, c, o.clock, o.log)
+            for (const h2 of http2ServersOf(server)) {
+              guard(h2, c, o.clock, o.log)
+              o.tlsReloader?.alsoServe(h2 as Http2SecureServer)
+            }
           } catch (e) {
             server.forceShutdown()
             return reject(e as Error)

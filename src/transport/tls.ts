@@ -175,6 +175,12 @@ function peerChain(socket: TLSSocket): X509Certificate[] {
   return chain
 }
 
+/** What a reload needs of a TLS listener: its context replaced, its new connections seen. */
+export interface SecureListener {
+  setSecureContext(options: SecureContextOptions): void
+  prependListener(event: 'secureConnection', listener: (socket: TLSSocket) => void): unknown
+}
+
 export type ReloadOutcome = 'changed' | 'unchanged' | 'failed'
 
 export interface TlsReloaderDeps {
@@ -204,6 +210,8 @@ export class TlsReloader {
   private bundleChange: { anchors: X509Certificate[]; atMs: number } | null = null
   /** How many times the secure context was replaced. */
   generation = 0
+  /** Listeners besides the API listener that serve the same files (alsoServe). */
+  private readonly others: SecureListener[] = []
 
   constructor(config: TlsConfig, baseDir: string, initial: TlsMaterial, deps: TlsReloaderDeps) {
     this.config = config
@@ -211,6 +219,16 @@ export class TlsReloader {
     this.current = initial
     this.deps = deps
     this.clock = deps.clock ?? systemClock
+  }
+
+  /**
+   * Another listener on the same files (the gRPC listener's HTTP/2 server): a reload replaces
+   * its context too, and its connections are checked against a changed CA bundle as the API
+   * listener's are. Call after attach().
+   */
+  alsoServe(server: SecureListener): void {
+    this.others.push(server)
+    server.prependListener('secureConnection', (socket: TLSSocket) => this.track(socket))
   }
 
   /** Starts watching the files and applying changes to `server`. */
@@ -256,7 +274,9 @@ export class TlsReloader {
     try {
       validate(this.config, next)
       anchors = next.ca === this.current.ca ? null : parseBundle(next.ca)
-      this.server?.setSecureContext(contextOptions(this.config, next))
+      const options = contextOptions(this.config, next)
+      this.server?.setSecureContext(options)
+      for (const other of this.others) other.setSecureContext(options)
     } catch (err) {
       return this.failed(next.digest, err)
     }
