@@ -16,6 +16,7 @@ import { scaleoutProblems } from './config/scaleout.ts'
 import { BulwarkError } from './errors.ts'
 import type { Deps, Logger } from './deps.ts'
 import type { ModelRegistry } from './inference/registry.ts'
+import type { ModelRepositoryPoller } from './inference/repository-poll.ts'
 import { buildAdmin, type ReadinessCheck } from './gateway/admin.ts'
 import { buildFrontDoor } from './gateway/front-door.ts'
 import { buildModels } from './gateway/models.ts'
@@ -74,6 +75,8 @@ export interface Gateway {
   readonly policies: PolicySet
   /** The policy folder's reloads; null when policies.watch is off or there is no folder. */
   readonly policyReload: PolicyWatcher | null
+  /** The model folder's poll; null when models.poll is off. */
+  readonly modelPoll: ModelRepositoryPoller | null
   /** The API listener's TLS files and their reloads; null when tls is off (plain HTTP). */
   readonly tls: TlsReloader | null
   /** The Redis connection replicas share state through; null without state.redis. */
@@ -193,15 +196,17 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
       return live.policies
     },
     policyReload,
+    modelPoll: models.poller,
     tls: frontDoor.tls,
     sharedState,
     grpc,
     inFlight: () => loadShedding?.inFlight() ?? 0,
     serveAdmin: (listen) => admin.serve(listen),
-    load: () => registry.load(),
+    load: () => models.load(),
     async close(graceMs = config.server.shutdownGraceMs) {
       shuttingDown = true
       policyReload?.close()
+      models.close()
       await frontDoor.close()
       // Stop accepting; requests already received (and those queued behind them) finish.
       const drained = Promise.all([api.close(), grpc?.close(graceMs), registry.drain()]).then(() => 'drained' as const)

@@ -1,11 +1,13 @@
 // The models: the registry (in-process ONNX sessions behind dynamic batchers, or upstream
 // model pods behind circuit breakers), the transport-neutral inference service, and the
-// counters of the upstream calls.
+// counters of the upstream calls, and the model folder's poll (models.poll).
 
 import type { Tracer } from '@opentelemetry/api'
 import type { Config } from '../config/schema.ts'
 import type { Clock, Logger, RandomSource } from '../deps.ts'
+import path from 'node:path'
 import { ModelRegistry } from '../inference/registry.ts'
+import { ModelRepositoryPoller } from '../inference/repository-poll.ts'
 import { InferenceService } from '../inference/service.ts'
 import type { ModelStatistics } from '../oip/stats.ts'
 import { Counter, Gauge, Histogram, type GatewayMetrics, type Labels } from '../telemetry/metrics.ts'
@@ -13,6 +15,11 @@ import { Counter, Gauge, Histogram, type GatewayMetrics, type Labels } from '../
 export interface Models {
   registry: ModelRegistry
   service: InferenceService
+  /** The model folder's poll (models.poll); null when off. */
+  poller: ModelRepositoryPoller | null
+  /** Loads the models (and, polling, every folder found), then starts the poll. */
+  load(): Promise<void>
+  close(): void
 }
 
 export function buildModels(
@@ -52,5 +59,23 @@ export function buildModels(
       breaker: (model, endpoint, state) => transitions.inc({ model, endpoint, state }),
     },
   })
-  return { registry, service: new InferenceService(registry) }
+  const polls = new Counter('bulwark_model_polls_total', 'Changes of the model folder acted on (models.poll), by model and action (loaded, replaced, unloaded; failed: the version served stays).')
+  deps.metrics.add(polls)
+  const poll = config.poll
+  const poller = poll.enabled
+    ? new ModelRepositoryPoller(path.resolve(baseDir, config.directory), poll.intervalMs, { registry, clock: deps.clock, log: deps.log, onAction: (model, action) => polls.inc({ model, action }) })
+    : null
+  const loaded = registry
+  return {
+    registry,
+    service: new InferenceService(registry),
+    poller,
+    async load() {
+      await poller?.baseline()
+      await loaded.load()
+      await poller?.poll()
+      poller?.start()
+    },
+    close: () => poller?.close(),
+  }
 }

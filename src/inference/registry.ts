@@ -53,9 +53,9 @@ export interface RegistryDeps {
   upstreamObserver?: UpstreamObserver
 }
 
-/** Config defaults overlaid with a model's own settings. */
+/** Config defaults overlaid with a model's own settings (a model `serve` does not list, found by polling the folder, has the defaults). */
 function settingsFor(config: Config['models'], name: string): ModelSettings {
-  const entry = config.serve.find((m) => m.name === name)!
+  const entry = config.serve.find((m) => m.name === name) ?? { name }
   return {
     workers: entry.workers ?? config.defaults.workers,
     intraOpThreads: entry.intraOpThreads ?? config.defaults.intraOpThreads,
@@ -67,7 +67,15 @@ function settingsFor(config: Config['models'], name: string): ModelSettings {
 }
 
 export class ModelRegistry {
+  /** The version of each model that new requests get. */
   private readonly models = new Map<string, ServedModel>()
+  private readonly config: Config['models']
+  /** The version each request read its manifest from, by model name: it runs on that version to its end. */
+  private readonly pins = new WeakMap<object, Map<string, ServedModel>>()
+  /** Requests pinned to each version, until their exchange ends (release). */
+  private readonly users = new Map<ServedModel, number>()
+  /** Versions replaced or removed, closed once their last request is done. */
+  private readonly retired = new Set<ServedModel>()
   private readonly dir: string
   private readonly baseDir: string
   private readonly deps: RegistryDeps
@@ -76,23 +84,26 @@ export class ModelRegistry {
 
   constructor(config: Config['models'], baseDir: string, deps: RegistryDeps) {
     this.dir = path.resolve(baseDir, config.directory)
+    this.config = config
     this.baseDir = baseDir
     this.deps = deps
     if (config.requireSignature && config.signingPublicKeyFile === undefined) {
       throw new ConfigError('the configuration', ['/models/signingPublicKeyFile: required when /models/requireSignature is on; give the PEM public key that model signatures must verify with'])
     }
     this.signingKeyFile = config.requireSignature ? path.resolve(baseDir, config.signingPublicKeyFile!) : null
-    for (const entry of config.serve) {
-      this.models.set(entry.name, {
-        name: entry.name,
-        manifest: null,
-        state: 'loading',
-        reason: 'loading',
-        settings: settingsFor(config, entry.name),
-        upstream: entry.upstream ?? null,
-        backend: null,
-        batcher: null,
-      })
+    for (const entry of config.serve) this.models.set(entry.name, this.fresh(entry.name))
+  }
+
+  private fresh(name: string): ServedModel {
+    return {
+      name,
+      manifest: null,
+      state: 'loading',
+      reason: 'loading',
+      settings: settingsFor(this.config, name),
+      upstream: this.config.serve.find((m) => m.name === name)?.upstream ?? null,
+      backend: null,
+      batcher: null,
     }
   }
 
@@ -215,20 +226,23 @@ export class ModelRegistry {
   get(name: string, version: string | null): ServedModel {
     const m = this.models.get(name)
     if (!m) throw new BulwarkError('model_not_found', `no model named "${name.slice(0, 64)}" is served here; GET /v2/models/{name} for a served model`)
-    if (version !== null && m.manifest && m.manifest.version !== version) {
-      throw new BulwarkError('version_not_found', `model "${name}" has no version "${version.slice(0, 32)}"; served version is "${m.manifest.version}"`)
-    }
-    return m
+    return checkVersion(m, version)
   }
 
-  /** The manifest of a ready model (for validation). */
-  manifest(name: string, version: string | null): Manifest {
-    const m = this.ready(name, version)
+  /**
+   * The manifest of a ready model (for validation). With `pin` (the request context), the
+   * request is pinned to this version: every later read for it (the inference) gets the same
+   * one, even after a newer version replaced it, until release(pin).
+   */
+  manifest(name: string, version: string | null, pin?: object): Manifest {
+    const m = this.ready(name, version, pin)
     return m.manifest!
   }
 
-  /** The model if it is ready to infer; else 503 model_not_ready. */
-  ready(name: string, version: string | null): ServedModel {
+  /** The model if it is ready to infer (the version pinned to `pin`, if any); else 503 model_not_ready. */
+  ready(name: string, version: string | null, pin?: object): ServedModel {
+    const pinned = pin && this.pins.get(pin)?.get(name)
+    if (pinned) return checkVersion(pinned, version)
     const m = this.get(name, version)
     if (m.state !== 'ready') {
       throw new BulwarkError('model_not_ready', `model "${name}" is not ready; retry later or check /readyz`, {
@@ -236,15 +250,87 @@ export class ModelRegistry {
         headers: { 'retry-after': '5' },
       })
     }
+    if (pin) {
+      let mine = this.pins.get(pin)
+      if (!mine) this.pins.set(pin, (mine = new Map()))
+      mine.set(name, m)
+      this.users.set(m, (this.users.get(m) ?? 0) + 1)
+    }
     return m
+  }
+
+  /** The request's exchange ended: the versions it was pinned to may close once no one else uses them. Idempotent. */
+  release(pin: object): void {
+    const mine = this.pins.get(pin)
+    if (!mine) return
+    this.pins.delete(pin)
+    for (const m of mine.values()) {
+      const n = (this.users.get(m) ?? 1) - 1
+      if (n > 0) this.users.set(m, n)
+      else {
+        this.users.delete(m)
+        if (this.retired.has(m)) void this.closeRetired(m)
+      }
+    }
+  }
+
+  /**
+   * Loads the model's folder as it is now, beside the version served (if any); once it is ready,
+   * new requests get it and the old version closes after its last request. A folder that cannot
+   * be loaded changes nothing (the version served stays); returns why, or null when swapped in.
+   */
+  async loadVersion(name: string): Promise<string | null> {
+    const next = this.fresh(name)
+    await this.loadOne(next, await this.signingKey())
+    if (next.state !== 'ready') {
+      await next.backend?.close()
+      return next.reason ?? 'not ready'
+    }
+    const old = this.models.get(name)
+    this.models.set(name, next)
+    if (old) this.retire(old)
+    return null
+  }
+
+  /** Serves the model no more: new requests get 404; requests already pinned to it finish, then it closes. */
+  unload(name: string): boolean {
+    const old = this.models.get(name)
+    if (!old) return false
+    this.models.delete(name)
+    this.retire(old)
+    return true
+  }
+
+  private retire(m: ServedModel): void {
+    this.retired.add(m)
+    if (!this.users.has(m)) void this.closeRetired(m)
+  }
+
+  private async closeRetired(m: ServedModel): Promise<void> {
+    try {
+      await m.batcher?.drain()
+      await m.backend?.close()
+      this.deps.log.info({ model: m.name, version: m.manifest?.version }, 'model version closed: its last request is done')
+    } catch (err) {
+      this.deps.log.warn({ model: m.name, err: (err as Error).message }, 'closing a retired model version failed')
+    } finally {
+      this.retired.delete(m)
+    }
   }
 
   /** Resolves when no model has queued or running work. */
   async drain(): Promise<void> {
-    await Promise.all(this.list().map((m) => m.batcher?.drain()))
+    await Promise.all([...this.list(), ...this.retired].map((m) => m.batcher?.drain()))
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.list().map((m) => m.backend?.close()))
+    await Promise.all([...this.list(), ...this.retired].map((m) => m.backend?.close()))
   }
+}
+
+function checkVersion(m: ServedModel, version: string | null): ServedModel {
+  if (version !== null && m.manifest && m.manifest.version !== version) {
+    throw new BulwarkError('version_not_found', `model "${m.name}" has no version "${version.slice(0, 32)}"; served version is "${m.manifest.version}"`)
+  }
+  return m
 }

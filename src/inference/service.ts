@@ -19,8 +19,9 @@ export class InferenceService {
     this.registry = registry
   }
 
-  async infer(model: string, version: string | null, request: InferenceRequest, deadlineMs: number): Promise<InferenceResult> {
-    const m = this.registry.ready(model, version)
+  /** `pin`: the request context, which runs on the model version it was validated against. */
+  async infer(model: string, version: string | null, request: InferenceRequest, deadlineMs: number, pin?: object): Promise<InferenceResult> {
+    const m = this.registry.ready(model, version, pin)
     const batcher = m.batcher
     if (!batcher) throw new BulwarkError('model_not_ready', `model "${model}" is not ready`)
     const manifest = m.manifest!

@@ -1,7 +1,8 @@
 // Stage: input-validation.
 // Reads: ctx.body (split by the route), ctx.target, the model's manifest.
 // Writes: ctx.request (typed tensors, requested outputs, batch size), ctx.deadlineMs
-//         (shortened by a client `timeout` parameter, never lengthened).
+//         (shortened by a client `timeout` parameter, never lengthened). Pins the request to
+//         the model version it checked against (the registry; released by its onDestroy).
 // Throws: invalid_json, bad_request, missing_input, unknown_input, unknown_output,
 //         datatype_mismatch, shape_mismatch, data_length_mismatch, value_out_of_range,
 //         non_finite_value, batch_too_large, invalid_binary_header (all 400).
@@ -27,8 +28,10 @@ import {
 import type { InferenceRequest, RawBody, RequestContext, Stage } from '../types.ts'
 
 export interface ModelLookup {
-  /** The manifest of a served model; throws model_not_found / version_not_found. */
-  manifest(name: string, version: string | null): Manifest
+  /** The manifest of a served model; throws model_not_found / version_not_found. `pin`: the request, kept on this version until release. */
+  manifest(name: string, version: string | null, pin?: object): Manifest
+  /** The request's exchange ended (the registry may close a version replaced meanwhile). */
+  release?(pin: object): void
 }
 
 /** Largest element count a single tensor may claim (2^28 floats = 1 GiB); bounds arithmetic. */
@@ -229,7 +232,8 @@ export function createInputValidationStage(deps: { models: ModelLookup }): Stage
     verbs: ['infer'],
     run(ctx: RequestContext) {
       if (!ctx.body) throw new BulwarkError('bad_request', 'the request has no body; send an OIP v2 inference request')
-      const manifest = deps.models.manifest(ctx.target.model, ctx.target.version)
+      // Pins the request to this version of the model: it runs on the one it was checked against.
+      const manifest = deps.models.manifest(ctx.target.model, ctx.target.version, ctx)
       const request = decodeInferRequest(ctx.body, manifest)
       const timeout = request.parameters.timeout
       if (timeout !== undefined) {
@@ -238,6 +242,9 @@ export function createInputValidationStage(deps: { models: ModelLookup }): Stage
         ctx.deadlineMs = Math.min(ctx.deadlineMs, ctx.startedMs + (timeout as number) / 1000)
       }
       ctx.request = request
+    },
+    onDestroy(ctx: RequestContext) {
+      deps.models.release?.(ctx)
     },
   }
 }

@@ -14,7 +14,7 @@ export function createModelInferenceStage(deps: { service: Pick<InferenceService
     phase: 'body',
     verbs: ['infer'],
     async run(ctx: RequestContext) {
-      ctx.result = await deps.service.infer(ctx.target.model, ctx.target.version, ctx.modelRequest ?? ctx.request!, ctx.deadlineMs)
+      ctx.result = await deps.service.infer(ctx.target.model, ctx.target.version, ctx.modelRequest ?? ctx.request!, ctx.deadlineMs, ctx)
     },
   }
 }
