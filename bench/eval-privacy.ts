@@ -47,7 +47,7 @@ import { shift } from '../models/mnist/train.ts'
 import { classMeans, correlation, DEFAULT_INVERSION, invertClass, type InversionOptions, type Oracle } from './privacy/inversion.ts'
 import { agreement, argmax, createMlp, predict, train } from './privacy/mlp.ts'
 import { seededRng } from './privacy/rng.ts'
-import { policyCost, runShipped, type ShippedData, type ShippedOptions, type ShippedRun } from './privacy/shipped.ts'
+import { membershipUndefended, policyCost, runShipped, type ShippedData, type ShippedOptions, type ShippedRun, type UndefendedMembership } from './privacy/shipped.ts'
 import { shippedTables } from './privacy/shipped-report.ts'
 
 const { values } = parseArgs({
@@ -68,11 +68,12 @@ const { values } = parseArgs({
     'honest-singles': { type: 'string', default: '2999' },
     'honest-batches': { type: 'string', default: '47' },
     'screened-batch': { type: 'string', default: '8' },
+    'undefended-candidates': { type: 'string', default: '4000' },
     quick: { type: 'boolean', default: false },
     seed: { type: 'string', default: '1' },
   },
 })
-if (values.quick) Object.assign(values, { windows: '2', identities: '1,2', 'round-steps': '5000', 'honest-singles': '100', 'honest-batches': '4', 'test-digits': '500' })
+if (values.quick) Object.assign(values, { windows: '2', identities: '1,2', 'round-steps': '5000', 'honest-singles': '100', 'honest-batches': '4', 'test-digits': '500', 'undefended-candidates': '200' })
 const parts = new Set(values.parts!.split(',').map((p) => p.trim()))
 for (const p of parts) if (!['shipped', 'settings', 'budget'].includes(p)) throw new Error(`--parts ${values.parts}: unknown part "${p}"; known: shipped, settings, budget`)
 const seed = Number(values.seed)
@@ -319,7 +320,7 @@ const budgetResult = parts.has('budget') && values['budget-experiment'] === 'tru
 
 // ---- the shipped deployment ------------------------------------------------------------------
 
-async function shippedPart(): Promise<ShippedRun[]> {
+async function shippedPart(): Promise<{ runs: ShippedRun[]; undefended: UndefendedMembership }> {
   const o: ShippedOptions = {
     windows: Number(values.windows),
     identities: values.identities!.split(',').map(Number),
@@ -341,6 +342,17 @@ async function shippedPart(): Promise<ShippedRun[]> {
     members: { images: data.train.images, labels: data.train.labels },
     nonMembers,
   }
+  log('membership inference on the undefended model (output protection and screening off)')
+  const undefended = await (async () => {
+    const gw = await gateway(null)
+    try {
+      const c = client(gw, 'membership-undefended', 4, true)
+      const half = Math.min(Number(values['undefended-candidates']), d.members.images.length, d.nonMembers.images.length)
+      return await membershipUndefended(async (images) => (await c.classify(images)).rows.map((r) => argmax(r!)), d, half, seed)
+    } finally {
+      await gw.close()
+    }
+  })()
   const runs: ShippedRun[] = []
   for (const screening of [false, true]) {
     const clock = new SkewedClock()
@@ -357,9 +369,9 @@ async function shippedPart(): Promise<ShippedRun[]> {
       await gw.close()
     }
   }
-  return runs
+  return { runs, undefended }
 }
-const shipped = parts.has('shipped') ? await shippedPart() : []
+const shipped = parts.has('shipped') ? await shippedPart() : null
 
 // ---- report ----------------------------------------------------------------------------------
 
@@ -384,7 +396,7 @@ const rows: string[][] = [
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
 const line = (c: string[]) => c.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join('  ')
 const out: string[] = [`mnist, ${testImages.length} held-out digits; undefended top-1 ${pct(undefendedAccuracy)}%`]
-if (shipped.length > 0) out.push('', ...shippedTables(shipped, { windowMs: Number(bundledPolicy.output.budget.windowMs), heldOut: testImages.length }))
+if (shipped) out.push('', ...shippedTables(shipped.runs, { windowMs: Number(bundledPolicy.output.budget.windowMs), heldOut: testImages.length, undefended: shipped.undefended }))
 if (results.length > 0) {
   out.push(
     '',

@@ -1,7 +1,7 @@
 // The shipped-policy part's tables (bench/privacy/shipped.ts), as printed by
 // `npm run eval:privacy` and copied into docs/privacy.md.
 
-import type { ShippedRun, Snapshot } from './shipped.ts'
+import type { ShippedRun, Snapshot, UndefendedMembership } from './shipped.ts'
 
 const pct = (x: number, d = 1) => (Number.isFinite(x) ? (x * 100).toFixed(d) : '-')
 const int = (x: number) => Math.round(x).toLocaleString('en-US')
@@ -17,7 +17,7 @@ const refused = (s: Snapshot) =>
     .map(([code, n]) => `${n} ${code}`)
     .join(', ') || 'none'
 
-export function shippedTables(runs: ShippedRun[], o: { windowMs: number; heldOut: number }): string[] {
+export function shippedTables(runs: ShippedRun[], o: { windowMs: number; heldOut: number; undefended?: UndefendedMembership }): string[] {
   const hours = (w: number) => `${((w * o.windowMs) / 3_600_000).toFixed(0)} h`
   const out: string[] = []
   const c = runs[0]?.cost
@@ -42,6 +42,8 @@ export function shippedTables(runs: ShippedRun[], o: { windowMs: number; heldOut
   )
   out.push('', `extraction (CNN surrogate, active selection) and label-only membership inference; agreement with the undefended model on ${o.heldOut} held-out digits:`)
   const rows: string[][] = []
+  const u = o.undefended
+  if (u) rows.push(['none', 'undefended model, no budget', '', '', '', '', int(u.answers), `${u.members}+${u.nonMembers}`, `${pct(u.tpr)} (FPR ${pct(u.fpr, 2)})`, u.auc.toFixed(3), '0', 'none'])
   for (const r of runs) {
     for (const e of r.extraction) {
       const m = r.membership.find((x) => x.identities === e.identities)
@@ -66,7 +68,7 @@ export function shippedTables(runs: ShippedRun[], o: { windowMs: number; heldOut
   }
   out.push(
     ...table(
-      ['screening', 'attacker', 'extraction answers', 'agreement %', 'ε per identity', 'extraction refusals', 'MIA answers', 'MIA candidates (in+out)', 'TPR % at 0.1% FPR', 'AUC', 'ε per identity', 'MIA refusals'],
+      ['screening', 'attacker', 'extraction answers', 'agreement %', 'ε per identity (max)', 'extraction refusals', 'MIA answers', 'MIA candidates (in+out)', 'TPR % at 0.1% FPR', 'AUC', 'ε per identity (max)', 'MIA refusals'],
       rows,
     ),
   )

@@ -29,7 +29,7 @@ import { cnnOptimizer, cnnPredict, cnnProbabilities, createCnn, trainCnn } from 
 import type { SkewedClock } from './clock.ts'
 import { pool2 } from './extraction.ts'
 import { auc, labelScore, membershipQueries, NOISE_COPIES, SHIFTS, tprAtFpr } from './membership.ts'
-import { permutation, seededRng } from './rng.ts'
+import { permutation, seededRng, type Rng } from './rng.ts'
 import { addWindow, emptyTotals, MAX_BATCH, spendWindow, type Item, type PolicyCost, type SessionTarget, type WindowResult } from './session.ts'
 
 export interface ShippedOptions {
@@ -200,7 +200,7 @@ async function extraction(t: SessionTarget, d: ShippedData, k: number, o: Shippe
   const test = d.heldOut.map(pool2)
   const queried = new Uint8Array(d.pool.length)
   const need = Math.ceil(capacity(t.cost, batchOf(t, o)) * k * 1.2)
-  let lastRound: { image: Float32Array; label: number }[] = []
+  const answered: { image: Float32Array; label: number }[] = []
   let answers = 0
   const snapshots: ExtractionSnapshot[] = []
   // Items: ids below pool.length are natural digits, the rest index `extra`.
@@ -218,7 +218,10 @@ async function extraction(t: SessionTarget, d: ShippedData, k: number, o: Shippe
         ids = permutation(d.pool.length, rng).slice(0, need)
       } else {
         const natural = [...d.pool.keys()].filter((i) => !queried[i])
-        extra = lastRound.map((a) => jacobianStep(m, a.image, a.label, o.lambda))
+        // Jacobian steps from a sample of everything answered so far (its newest first, as
+        // Papernot et al. grow the set round by round), so the stream never runs dry.
+        const sample = answered.length <= 2 * need ? answered : [...answered.slice(-need), ...permutation(answered.length - need, rng).slice(0, need).map((i) => answered[i]!)]
+        extra = sample.map((a) => jacobianStep(m, a.image, a.label, o.lambda))
         const candidates = [...natural, ...extra.map((_, j) => d.pool.length + j)]
         const probs = cnnProbabilities(m, candidates.map((id) => pool2(imageOf(id))))
         ids = mostUncertain(probs, need).map((j) => candidates[j]!)
@@ -232,8 +235,9 @@ async function extraction(t: SessionTarget, d: ShippedData, k: number, o: Shippe
       }
     },
     (w, got, snap) => {
-      lastRound = got.map((a) => ({ image: imageOf(a.id), label: a.label }))
-      for (const a of lastRound) {
+      const round = got.map((a) => ({ image: imageOf(a.id), label: a.label }))
+      answered.push(...round)
+      for (const a of round) {
         xs.push(pool2(a.image))
         targets.push(Float64Array.from({ length: CLASSES }, (_, c) => (c === a.label ? 1 : 0)))
       }
@@ -248,19 +252,60 @@ async function extraction(t: SessionTarget, d: ShippedData, k: number, o: Shippe
   return snapshots
 }
 
+interface Candidate {
+  member: boolean
+  image: Float32Array
+  label: number
+}
+
+/** `half` members and `half` non-members in a seeded order, and their queries (item id = candidate * perCandidate + query). */
+function membershipSet(d: ShippedData, half: number, noisy: number, rng: Rng): { candidates: Candidate[]; items: Item[]; perCandidate: number } {
+  const perCandidate = 1 + SHIFTS.length + noisy
+  const mem = permutation(d.members.images.length, rng).slice(0, half)
+  const non = permutation(d.nonMembers.images.length, rng).slice(0, half)
+  const candidates = permutation(2 * half, rng).map((j) =>
+    j < half ? { member: true, image: d.members.images[mem[j]!]!, label: d.members.labels[mem[j]!]! } : { member: false, image: d.nonMembers.images[non[j - half]!]!, label: d.nonMembers.labels[non[j - half]!]! },
+  )
+  const items = candidates.flatMap((c, ci) => membershipQueries(c.image, rng, noisy).map((image, q) => ({ id: ci * perCandidate + q, image })))
+  return { candidates, items, perCandidate }
+}
+
+/** Scores every candidate with at least half its queries answered (screening refuses whole requests); TPR at 0.1% FPR and AUC. */
+export function membershipFigures(candidates: Candidate[], perCandidate: number, labels: ReadonlyMap<number, number>): Omit<MembershipSnapshot, keyof Snapshot> {
+  const scores = { member: [] as number[], non: [] as number[] }
+  candidates.forEach((c, ci) => {
+    const ls: number[] = []
+    for (let q = 0; q < perCandidate; q++) {
+      const l = labels.get(ci * perCandidate + q)
+      if (l !== undefined) ls.push(l)
+    }
+    if (2 * ls.length >= perCandidate) (c.member ? scores.member : scores.non).push(labelScore(ls, c.label))
+  })
+  const r = scores.member.length && scores.non.length ? tprAtFpr(scores.member, scores.non, FPR) : { tpr: NaN, fpr: NaN, threshold: NaN }
+  return { members: scores.member.length, nonMembers: scores.non.length, ...r, auc: auc(scores.member, scores.non) }
+}
+
+/**
+ * The same attack on the undefended model (`classify`: a gateway with output protection and
+ * screening off), with `half` members and non-members: what the model itself leaks.
+ */
+export type UndefendedMembership = Omit<MembershipSnapshot, keyof Snapshot> & { answers: number }
+
+export async function membershipUndefended(classify: (images: Float32Array[]) => Promise<number[]>, d: ShippedData, half: number, seed: number): Promise<UndefendedMembership> {
+  const { candidates, items, perCandidate } = membershipSet(d, half, NOISE_COPIES, seededRng(seed * 41))
+  const got = await classify(items.map((i) => i.image))
+  return { ...membershipFigures(candidates, perCandidate, new Map(items.map((it, k) => [it.id, got[k]!]))), answers: items.length }
+}
+
 async function membership(t: SessionTarget, d: ShippedData, k: number, o: ShippedOptions): Promise<MembershipSnapshot[]> {
   const rng = seededRng(o.seed * 37 + k)
   const perWindow = capacity(t.cost, batchOf(t, o)) * k
   // Feature squeezing refuses nearly every request that holds a noisy copy: with screening on
   // the attacker sends the shifted copies only.
   const noisy = t.cost.verdicts > 0 ? 0 : NOISE_COPIES
-  const perCandidate = 1 + SHIFTS.length + noisy
-  const half = Math.min(d.members.images.length, d.nonMembers.images.length, Math.ceil((perWindow * o.windows) / perCandidate / 2))
-  const mem = permutation(d.members.images.length, rng).slice(0, half)
-  const non = permutation(d.nonMembers.images.length, rng).slice(0, half)
-  // Candidates alternate member / non-member in a seeded order.
-  const candidates = permutation(2 * half, rng).map((j) => (j < half ? { member: true, image: d.members.images[mem[j]!]!, label: d.members.labels[mem[j]!]! } : { member: false, image: d.nonMembers.images[non[j - half]!]!, label: d.nonMembers.labels[non[j - half]!]! }))
-  const items: Item[] = candidates.flatMap((c, ci) => membershipQueries(c.image, rng, noisy).map((image, q) => ({ id: ci * perCandidate + q, image })))
+  const per = 1 + SHIFTS.length + noisy
+  const half = Math.min(d.members.images.length, d.nonMembers.images.length, Math.ceil((perWindow * o.windows) / per / 2))
+  const { candidates, items, perCandidate } = membershipSet(d, half, noisy, rng)
   // Shuffle within each window's worth, so that a candidate's copies are not sent back to back.
   const order: Item[] = []
   for (let s = 0; s < items.length; s += perWindow) {
@@ -271,32 +316,14 @@ async function membership(t: SessionTarget, d: ShippedData, k: number, o: Shippe
   const labels = new Map<number, number>()
   let answers = 0
   const snapshots: MembershipSnapshot[] = []
-  await campaign(
-    t,
-    'membership',
-    k,
-    o.windows,
-    batchOf(t, o),
-    () => take,
-    (w, got, snap) => {
-      for (const a of got) labels.set(a.id, a.label)
-      answers += got.length
-      if (w !== o.windows && !o.snapshots.includes(w)) return
-      const scores = { member: [] as number[], non: [] as number[] }
-      candidates.forEach((c, ci) => {
-        const ls: number[] = []
-        for (let q = 0; q < perCandidate; q++) {
-          const l = labels.get(ci * perCandidate + q)
-          if (l !== undefined) ls.push(l)
-        }
-        // Scored when at least half its queries were answered (screening refuses whole requests).
-        if (2 * ls.length >= perCandidate) (c.member ? scores.member : scores.non).push(labelScore(ls, c.label))
-      })
-      const r = scores.member.length && scores.non.length ? tprAtFpr(scores.member, scores.non, FPR) : { tpr: NaN, fpr: NaN, threshold: NaN }
-      snapshots.push({ ...snap(answers), members: scores.member.length, nonMembers: scores.non.length, ...r, auc: auc(scores.member, scores.non) })
-      o.log(`  membership, ${k} identities, window ${w}: ${scores.member.length}+${scores.non.length} candidates, TPR ${(r.tpr * 100).toFixed(1)}% at FPR ${(r.fpr * 100).toFixed(2)}%`)
-    },
-  )
+  await campaign(t, 'membership', k, o.windows, batchOf(t, o), () => take, (w, got, snap) => {
+    for (const a of got) labels.set(a.id, a.label)
+    answers += got.length
+    if (w !== o.windows && !o.snapshots.includes(w)) return
+    const r = membershipFigures(candidates, perCandidate, labels)
+    snapshots.push({ ...snap(answers), ...r })
+    o.log(`  membership, ${k} identities, window ${w}: ${r.members}+${r.nonMembers} candidates, TPR ${(r.tpr * 100).toFixed(1)}% at FPR ${(r.fpr * 100).toFixed(2)}%, AUC ${r.auc.toFixed(3)}`)
+  })
   return snapshots
 }
 
