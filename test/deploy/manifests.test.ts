@@ -223,7 +223,9 @@ for (const overlay of OVERLAYS) {
     t.match(configFile, /^\/etc\/bulwark\/bulwark\.yaml$/, 'the config path the image expects')
 
     const policiesMount = mountOf(path.join(config.policies.directory, 'x.yaml'))!
-    t.match(policiesMount.volume, { configMap: { name: /^bulwark-policies-/ } }, 'policies come from the bulwark-policies ConfigMap')
+    t.match(policiesMount.volume, { configMap: { name: 'bulwark-policies' } }, 'policies come from the bulwark-policies ConfigMap, under a fixed name: an edit changes it in place, no rollout')
+    t.equal(policiesMount.subPath, undefined, 'whole-directory mount: ConfigMap edits reach the pod (subPath mounts never update)')
+    t.equal(config.policies.watch, true, 'and the gateway applies them without a restart')
     // The state folder's volume is test/deploy/budgets.test.ts's subject; with state.redis nothing is kept there.
     const writable = mounts.filter((m) => m.readOnly !== true).map((m) => m.mountPath).sort()
     if (config.state.redis) t.same(writable, [config.audit.directory], 'the only writable mount: the audit trail (the state is in Redis)')
@@ -235,7 +237,7 @@ for (const overlay of OVERLAYS) {
 
     // The policies in the ConfigMap load with the gateway's loader and cover every served model.
     const dir = mkdtempSync(path.join(tmpdir(), 'bulwark-k8s-policies-'))
-    const cm = objs.find((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('bulwark-policies-'))!
+    const cm = objs.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'bulwark-policies')!
     for (const [name, text] of Object.entries(cm.data as Record<string, string>)) writeFileSync(path.join(dir, name), text)
     const policies = await loadPolicies(dir)
     for (const m of config.models.serve) t.ok(policies.has(m.name), `policy for ${m.name}`)

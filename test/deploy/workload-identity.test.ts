@@ -68,7 +68,7 @@ const policies = everything.filter((o): o is Policy => o.kind === 'CertificateRe
 
 /** Every SPIFFE ID or pattern the policies in an overlay's bulwark-policies ConfigMap name. */
 function policyWorkloads(objs: K8sObject[]): string[] {
-  const cm = objs.find((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('bulwark-policies-'))
+  const cm = objs.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'bulwark-policies')
   return Object.values((cm?.data as Record<string, string> | undefined) ?? {}).flatMap((text) =>
     (((parse(text) as { allow?: { workloads?: string[] }[] }).allow ?? []).flatMap((rule) => rule.workloads ?? [])),
   )
