@@ -59,10 +59,11 @@ export function formatTable(result: BenchResult): string {
   const withBreakdown = result.steps.filter((s) => s.breakdown)
   if (withBreakdown.length > 0) {
     const groups = GROUP_ORDER.filter((g) => withBreakdown.some((s) => s.breakdown!.groups.some((x) => x.group === g)))
-    const bhead = [head[0]!, 'server ms', ...groups]
+    // The gateway's own count over the step, next to the client's: a second opinion on throughput.
+    const bhead = [head[0]!, 'server req/s', 'server ms', ...groups]
     const brows = withBreakdown.map((s) => {
       const b = s.breakdown!
-      return [String(s.level), ms(b.serverMeanMs), ...groups.map((g) => {
+      return [String(s.level), rate(b.requests / Math.max(1e-9, s.stats.seconds)), ms(b.serverMeanMs), ...groups.map((g) => {
         const x = b.groups.find((y) => y.group === g)
         return x ? `${ms(x.perRequestMs)} (${Math.round(x.share * 100)}%)` : '-'
       })]

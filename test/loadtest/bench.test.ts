@@ -44,7 +44,7 @@ t.test('a closed-loop run: a table row, a CSV row and a JSON step per concurrenc
   t.match(lines[0], /^concurrency\s+req\/s\s+items\/s\s+p50 ms\s+p90 ms\s+p95 ms\s+p99 ms\s+requests\s+stable\s+errors$/)
   t.match(lines[1], /^\s*1\s+[0-9.]+\s+[0-9.]+(\s+[0-9.]+){4}\s+[1-9][0-9]*\s+fixed\s+-$/, 'concurrency 1: answers, no errors')
   t.match(lines[2], /^\s*4\s+[0-9.]+\s+[0-9.]+(\s+[0-9.]+){4}\s+[1-9][0-9]*\s+fixed\s+-$/, 'concurrency 4')
-  t.match(r.stdout, /where the time goes on the server[^\n]*\n\s*concurrency\s+server ms\s+front door\s+validation/)
+  t.match(r.stdout, /where the time goes on the server[^\n]*\n\s*concurrency\s+server req\/s\s+server ms\s+front door\s+validation/)
 
   const json = JSON.parse(await readFile(files.json, 'utf8')) as BenchResult
   t.same(json.steps.map((s) => [s.mode, s.level]), [['concurrency', 1], ['concurrency', 4]])
