@@ -80,13 +80,15 @@ function progressLine(io: BenchIo, quiet: boolean, total: number): Progress {
       step++
       const t0 = clock.monotonicMs()
       let last = { t: t0, n: 0 }
-      timer = clock.setInterval(() => {
+      const draw = () => {
         const now = clock.monotonicMs()
         const n = session.sent()
         const rps = ((n - last.n) * 1000) / Math.max(1, now - last.t)
         last = { t: now, n }
         io.err(`\r\x1b[Kstep ${step}/${total} ${label}  ${((now - t0) / 1000).toFixed(1)}s  ${n} requests  ${rps.toFixed(0)} req/s`)
-      }, 250, { keepAlive: false })
+      }
+      draw()
+      timer = clock.setInterval(draw, 250, { keepAlive: false })
     },
     stop() {
       timer?.cancel()
