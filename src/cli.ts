@@ -184,7 +184,7 @@ async function main(argv: string[]): Promise<void> {
       process.exitCode = await auditCommand(rest, { ...io, random: realDeps.random })
       return
     case 'model':
-      process.exitCode = rest[0] === 'add' ? await modelAddCommand(rest.slice(1), io) : await modelCommand(rest, io)
+      process.exitCode = rest[0] === 'add' || rest[0] === 'import' ? await modelAddCommand(rest.slice(1), io, rest[0]) : await modelCommand(rest, io)
       return
     case 'bench':
       process.exitCode = await benchCommand(rest, { ...io, errIsTTY: process.stderr.isTTY === true, deps: realDeps })

@@ -1,4 +1,5 @@
-// `bulwark model add FILE.onnx --name NAME`: brings an ONNX model in without a hand-written
+// `bulwark model add FILE.onnx --name NAME` (and `bulwark model import TRITON_MODEL_DIR`, the
+// same from a Triton model repository entry): brings an ONNX model in without a hand-written
 // manifest. Reads the graph's inputs and outputs through ONNX Runtime (src/inference/
 // onnx-graph.ts), copies the file to models/NAME/model.onnx (or, with --in-place, points at it),
 // writes models/NAME/manifest.json with its SHA-256, and writes policies/NAME.yaml, a starting
@@ -6,22 +7,28 @@
 // that configuration's models.serve. src/cli.ts dispatches here with argv and its outlets;
 // this module returns the exit status and never touches the process itself.
 
-import { copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { Document, parseDocument } from 'yaml'
 import { sha256Hex } from '../inference/manifest.ts'
 import { readOnnxGraph } from '../inference/onnx-graph.ts'
 import { manifestFor, rangesFromSample, starterPolicy } from './model-manifest.ts'
+import { readTritonConfig, refineGraph, type TritonConfig } from './triton-config.ts'
 
 export const MODEL_ADD_USAGE = `  model add FILE.onnx --name NAME [--range [INPUT=]LO:HI]... [--sample REQUEST.json]
         [--max-shape INPUT=D,D,...]... [--max-batch N] [--version V] [--in-place]
         [--models DIR] [--policies DIR] [--config FILE] [--force]
         bring an ONNX model in: reads its inputs and outputs, writes models/NAME/manifest.json
-        (with the SHA-256; value ranges from --range, or from a sample request), copies the file
+        (with the SHA-256; value ranges from --range (--range=-1:1 when LO is negative), or
+        from a sample request), copies the file
         to models/NAME/model.onnx (--in-place: leaves it where it is), and writes
         policies/NAME.yaml, which admits nobody until you add a rule; --config adds NAME to
-        that file's models.serve`
+        that file's models.serve
+  model import TRITON_MODEL_DIR [--name NAME] [--version V] [the options of model add]
+        the same from a Triton model repository entry: config.pbtxt (name, max_batch_size,
+        inputs' and outputs' data types and dims, checked against the graph) and
+        <version>/model.onnx (the highest version, or --version)`
 
 export interface ModelAddIo {
   cwd: string
@@ -62,8 +69,8 @@ function parseMaxShape(spec: string): [string, number[]] {
 
 interface Options {
   file: string
-  name: string
-  version: string
+  name: string | undefined
+  version: string | undefined
   modelsDir: string
   policiesDir: string
   ranges: Map<string, [number, number]>
@@ -74,12 +81,12 @@ interface Options {
   force: boolean
 }
 
-async function options(argv: string[], cwd: string): Promise<Options> {
+async function options(argv: string[], cwd: string, what: 'FILE.onnx' | 'TRITON_MODEL_DIR'): Promise<Options> {
   const { values, positionals } = parseArgs({
     args: argv,
     options: {
       name: { type: 'string' },
-      version: { type: 'string', default: '1' },
+      version: { type: 'string' },
       range: { type: 'string', multiple: true, default: [] },
       sample: { type: 'string' },
       'max-shape': { type: 'string', multiple: true, default: [] },
@@ -93,8 +100,8 @@ async function options(argv: string[], cwd: string): Promise<Options> {
     allowPositionals: true,
     strict: true,
   })
-  if (positionals.length !== 1 || !values.name) throw new UsageError('needs exactly one FILE.onnx and --name NAME')
-  if (!/^[a-z0-9][a-z0-9_.-]{0,62}$/.test(values.name)) throw new UsageError(`--name ${JSON.stringify(values.name)}: lower-case letters, digits, _ . - (starting with a letter or digit), at most 63`)
+  if (positionals.length !== 1 || (what === 'FILE.onnx' && !values.name)) throw new UsageError(`needs exactly one ${what}${what === 'FILE.onnx' ? ' and --name NAME' : ''}`)
+  if (values.name !== undefined && !validName(values.name)) throw new UsageError(`--name ${JSON.stringify(values.name)}: lower-case letters, digits, _ . - (starting with a letter or digit), at most 63`)
   const maxBatchSize = number(values['max-batch'], '--max-batch')
   if (!Number.isInteger(maxBatchSize) || maxBatchSize < 1 || maxBatchSize > 4096) throw new UsageError('--max-batch: a whole number from 1 to 4096')
   const ranges = values.sample ? rangesFromSample(JSON.parse(await readFile(path.resolve(cwd, values.sample), 'utf8'))) : new Map<string, [number, number]>()
@@ -114,6 +121,8 @@ async function options(argv: string[], cwd: string): Promise<Options> {
   }
 }
 
+const validName = (name: string) => /^[a-z0-9][a-z0-9_.-]{0,62}$/.test(name)
+
 const exists = (file: string) => stat(file).then(() => true, () => false)
 
 /** Adds `name` to the configuration file's models.serve (a new file serves the bundled models and it); keeps its comments. */
@@ -127,12 +136,12 @@ async function addToConfig(file: string, name: string): Promise<string> {
   return `serves ${[...listed.map((m) => m.name), name].join(', ')}`
 }
 
-async function add(o: Options, io: ModelAddIo): Promise<void> {
+async function add(o: Options & { name: string; version: string }, io: ModelAddIo, triton: TritonConfig | null = null): Promise<void> {
   const folder = path.join(o.modelsDir, o.name)
   const policyFile = path.join(o.policiesDir, `${o.name}.yaml`)
   if (!o.force) for (const f of [path.join(folder, 'manifest.json'), policyFile]) if (await exists(f)) throw new UsageError(`${f} exists; --force replaces it`)
   const bytes = new Uint8Array(await readFile(o.file))
-  const graph = await readOnnxGraph(bytes)
+  const graph = triton ? refineGraph(await readOnnxGraph(bytes), triton) : await readOnnxGraph(bytes)
   const target = o.inPlace ? o.file : path.join(folder, 'model.onnx')
   const { manifest, notes } = manifestFor(graph, {
     name: o.name,
@@ -141,8 +150,8 @@ async function add(o: Options, io: ModelAddIo): Promise<void> {
     sha256: sha256Hex(bytes),
     ranges: o.ranges,
     maxShapes: o.maxShapes,
-    maxBatchSize: o.maxBatchSize,
-    description: `${path.basename(o.file)}, added by \`bulwark model add\``,
+    maxBatchSize: triton && triton.maxBatchSize > 0 ? triton.maxBatchSize : o.maxBatchSize,
+    description: triton ? `${path.basename(o.file)}, imported from a Triton model repository by \`bulwark model import\`` : `${path.basename(o.file)}, added by \`bulwark model add\``,
   })
   await mkdir(folder, { recursive: true })
   if (!o.inPlace) await copyFile(o.file, target)
@@ -164,14 +173,35 @@ async function add(o: Options, io: ModelAddIo): Promise<void> {
   )
 }
 
-/** Runs `bulwark model add ...`; returns the exit status (0 done, 1 the model cannot be added, 2 usage). */
-export async function modelAddCommand(argv: string[], io: ModelAddIo): Promise<number> {
+/** The Triton entry's model file and version: --version, else the highest numbered version folder holding it. */
+async function tritonVersion(dir: string, config: TritonConfig, version: string | undefined): Promise<{ file: string; version: string }> {
+  const versions = version !== undefined ? [version] : (await readdir(dir)).filter((n) => /^\d{1,9}$/.test(n)).sort((a, b) => Number(b) - Number(a))
+  for (const v of versions) {
+    const file = path.join(dir, v, config.defaultModelFilename)
+    if (await exists(file)) return { file, version: v }
+  }
+  throw new UsageError(`${dir}: no ${version !== undefined ? `${version}/` : '<version>/'}${config.defaultModelFilename}; a Triton model repository entry holds config.pbtxt and a numbered folder per version`)
+}
+
+async function run(argv: string[], io: ModelAddIo, command: 'add' | 'import'): Promise<void> {
+  const o = await options(argv, io.cwd, command === 'add' ? 'FILE.onnx' : 'TRITON_MODEL_DIR')
+  if (command === 'add') return add({ ...o, name: o.name!, version: o.version ?? '1' }, io)
+  const dir = o.file
+  const config = readTritonConfig(await readFile(path.join(dir, 'config.pbtxt'), 'utf8'))
+  const { file, version } = await tritonVersion(dir, config, o.version)
+  const name = o.name ?? config.name ?? path.basename(dir)
+  if (!validName(name)) throw new UsageError(`the model is named ${JSON.stringify(name)}, which is no valid Bulwark model name; give --name NAME (lower-case letters, digits, _ . -)`)
+  return add({ ...o, file, name, version }, io, config)
+}
+
+/** Runs `bulwark model add ...` or `bulwark model import ...`; returns the exit status (0 done, 1 the model cannot be added, 2 usage). */
+export async function modelAddCommand(argv: string[], io: ModelAddIo, command: 'add' | 'import' = 'add'): Promise<number> {
   try {
-    await add(await options(argv, io.cwd), io)
+    await run(argv, io, command)
     return 0
   } catch (err) {
     const usage = err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
-    io.err(`bulwark model add: ${(err as Error).message}${usage ? `\n\nusage:\n${MODEL_ADD_USAGE}` : ''}\n`)
+    io.err(`bulwark model ${command}: ${(err as Error).message}${usage ? `\n\nusage:\n${MODEL_ADD_USAGE}` : ''}\n`)
     return usage ? 2 : 1
   }
 }

@@ -4,11 +4,14 @@
 // nobody, so a request is refused; once the operator adds a rule to that policy, the running
 // gateway reloads it and serves the model, with no manifest written by hand. And its refusals:
 // a file that is not ONNX, a range for an input the model lacks, a folder already there.
+// `bulwark model import` on a Triton entry (config.pbtxt, versions 1 and 3, the ocr-cls file)
+// writes the input the hand-written ocr-cls manifest has, at the highest version, and refuses
+// a config.pbtxt that disagrees with the graph.
 
 import t from 'tap'
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { promisify } from 'node:util'
@@ -102,4 +105,43 @@ t.test('model add refuses what it cannot describe, and says why', async (t) => {
   const usage = await add(mnist, '--name', 'digits', '--range', '1:0')
   t.equal(usage.code, 2)
   t.match(usage.err, /HI must be above LO/)
+})
+
+t.test('model import reads a Triton model repository entry: config.pbtxt and the highest version', async (t) => {
+  const entry = path.join(work, 'triton', 'text_direction')
+  const ocrCls = path.join(repoRoot, 'node_modules', '@gutenye', 'ocr-models', 'assets', 'ch_ppocr_mobile_v2.0_cls_infer.onnx')
+  for (const v of ['1', '3']) {
+    await mkdir(path.join(entry, v), { recursive: true })
+    await cp(ocrCls, path.join(entry, v, 'model.onnx'))
+  }
+  const config = (outDims: string) => `name: "text_direction"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  {
+    name: "x"
+    data_type: TYPE_FP32
+    dims: [ 3, 48, 192 ]  # fixed here, free in the graph
+  }
+]
+output [ { name: "softmax_0.tmp_0", data_type: TYPE_FP32, dims: [ ${outDims} ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+dynamic_batching { max_queue_delay_microseconds: 100 }
+`
+  await writeFile(path.join(entry, 'config.pbtxt'), config('2'))
+  let out = ''
+  let err = ''
+  const code = await modelAddCommand([entry, '--range=-1:1'], { cwd: work, out: (s) => void (out += s), err: (s) => void (err += s) }, 'import')
+  t.equal(code, 0, err)
+  const manifest = JSON.parse(await readFile(path.join(work, 'models', 'text_direction', 'manifest.json'), 'utf8'))
+  const shipped = JSON.parse(await readFile(path.join(repoRoot, 'models', 'ocr-cls', 'manifest.json'), 'utf8'))
+  t.same(manifest.inputs.map((i: { name: string; datatype: string; shape: number[] }) => [i.name, i.datatype, i.shape]), shipped.inputs.map((i: { name: string; datatype: string; shape: number[] }) => [i.name, i.datatype, i.shape]), 'the dims config.pbtxt fixes, with the batch first: the hand-written ocr-cls manifest\'s input')
+  t.equal(manifest.maxBatchSize, 8, 'max_batch_size')
+  t.equal(manifest.version, '3', 'the highest version folder')
+  t.equal(manifest.name, 'text_direction', 'the name config.pbtxt gives')
+
+  await writeFile(path.join(entry, 'config.pbtxt'), config('3'))
+  const bad = await modelAddCommand([entry, '--name', 'td2'], { cwd: work, out: () => {}, err: (s) => void (err = s) }, 'import')
+  t.equal(bad, 1)
+  t.match(err, /output "softmax_0\.tmp_0" dimension 1: config\.pbtxt says 3, the ONNX graph 2/, 'a config that disagrees with the graph is refused, and says where')
 })
