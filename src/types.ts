@@ -67,6 +67,8 @@ export interface Exchange {
   declaredBytes: number | null
   /** The W3C traceparent the caller sent, if any. */
   traceparent: string | undefined
+  /** The W3C tracestate the caller sent with it, if any (vendor entries, carried along upstream). */
+  tracestate?: string | undefined
 }
 
 /** A request body as the transport delivers it, read in full. */

@@ -41,7 +41,7 @@
 // Tensors go out as binary data, as validation left them; outputs come back binary
 // (src/inference/upstream-codec.ts). A batch never exceeds the manifest's maxBatchSize
 // (InferenceService splits larger requests), so each batch is one call. Each call is a client
-// span whose W3C traceparent goes with it.
+// span whose W3C traceparent (and tracestate) goes with it.
 
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, type Span, type Tracer } from '@opentelemetry/api'
 import CircuitBreaker from 'opossum'
@@ -372,6 +372,8 @@ export class UpstreamBackend implements Backend {
     }
     const traceparent = formatTraceparent(span.spanContext())
     if (traceparent) headers.traceparent = traceparent
+    const tracestate = traceparent ? span.spanContext().traceState?.serialize() : undefined
+    if (tracestate) headers.tracestate = tracestate
 
     const ac = new AbortController()
     const timer = clock.setTimeout(() => ac.abort(), budgetMs)

@@ -12,7 +12,7 @@ export function createTraceLink(tracing: PipelineTracing): Stage {
     phase: 'arrival',
     verbs: ['infer', 'metadata'],
     run(ctx: RequestContext) {
-      tracing.startRequest(ctx, { method: ctx.exchange.method, route: ctx.exchange.route, traceparent: ctx.exchange.traceparent })
+      tracing.startRequest(ctx, { method: ctx.exchange.method, route: ctx.exchange.route, traceparent: ctx.exchange.traceparent, tracestate: ctx.exchange.tracestate })
     },
     onDestroy(ctx: RequestContext) {
       // A connection lost before any answer: 499, as proxies log a client that went away.

@@ -1,6 +1,7 @@
 // Tracing of the pipeline with OpenTelemetry: one server span per request on the API
 // listener, one child span per pipeline stage (in pipeline order), and a client span per call
-// to an upstream model pod, whose W3C traceparent goes out with the call.
+// to an upstream model pod, whose W3C traceparent (and the caller's tracestate) goes out with
+// the call.
 //
 // What a span carries: the route, model, verb, status, the stable error code and the stage
 // that refused, and each stage's decision (workload kind, whether a token was verified, batch
@@ -16,11 +17,14 @@
 // upstreams.
 
 import { AsyncLocalStorage } from 'node:async_hooks'
-import { isSpanContextValid, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type SpanContext, type Tracer, type TracerProvider } from '@opentelemetry/api'
+import { createTraceState, isSpanContextValid, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type SpanContext, type Tracer, type TracerProvider } from '@opentelemetry/api'
 import type { BulwarkError } from '../errors.ts'
 import type { RequestContext } from '../types.ts'
 
 export const TRACER_NAME = 'bulwark'
+
+/** Longest tracestate taken from a caller: W3C asks vendors to keep it within 512 characters. */
+const MAX_TRACESTATE = 512
 
 interface RequestTrace {
   tracer: Tracer
@@ -57,7 +61,7 @@ export function currentTraceContext(): Context | undefined {
 
 export interface PipelineTracing {
   /** Starts the request's span; continues the client's trace when the config accepts its traceparent. */
-  startRequest(ctx: RequestContext, info: { method: string; route: string; traceparent: string | undefined }): void
+  startRequest(ctx: RequestContext, info: { method: string; route: string; traceparent: string | undefined; tracestate?: string | undefined }): void
   /** Ends the request's span with what was decided. Idempotent. */
   endRequest(ctx: RequestContext, statusCode: number): void
 }
@@ -67,6 +71,8 @@ export function createPipelineTracing(provider: TracerProvider, options: { accep
   return {
     startRequest(ctx, info) {
       const remote = options.acceptTraceContext ? parseTraceparent(info.traceparent) : null
+      // The vendors' entries go along with the trace they belong to (never without a traceparent).
+      if (remote && info.tracestate !== undefined && info.tracestate.length <= MAX_TRACESTATE) remote.traceState = createTraceState(info.tracestate)
       const parent = remote ? trace.setSpanContext(ROOT_CONTEXT, remote) : ROOT_CONTEXT
       const span = tracer.startSpan(
         `${info.method} ${info.route}`,

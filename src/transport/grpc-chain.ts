@@ -137,7 +137,7 @@ function contextOf<Req>(o: Serving, name: string, method: Method<Req>, call: grp
     deadlineMs: startedMs + Math.max(0, Math.min(o.requestTimeoutMs, leftMs)),
     client: { address: addressOf(call.getPeer()), tlsVersion: o.tlsVersion, peerCertificate: o.peerCertificate(call) },
     target: { ...target, verb: method.verb },
-    exchange: { method: 'POST', path, route: path, declaredBytes: null, traceparent: first('traceparent') },
+    exchange: { method: 'POST', path, route: path, declaredBytes: null, traceparent: first('traceparent'), tracestate: first('tracestate') },
     bearerToken: first('authorization') ?? null,
     readBody: method.body ? async () => method.body!(call.request) : null,
   })

@@ -128,6 +128,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     const auth = request.headers.authorization
     const declared = Number(request.headers['content-length'])
     const traceparent = request.headers.traceparent
+    const tracestate = request.headers.tracestate
     return newRequestContext({
       id: request.id,
       receivedAtMs: clock.nowMs(),
@@ -145,6 +146,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
         route: request.routeOptions.url ?? '',
         declaredBytes: request.headers['content-length'] !== undefined && Number.isSafeInteger(declared) ? declared : null,
         traceparent: typeof traceparent === 'string' ? traceparent : undefined,
+        tracestate: typeof tracestate === 'string' ? tracestate : undefined,
       },
       bearerToken: typeof auth === 'string' ? auth : null,
       readBody: async () => {

@@ -49,7 +49,7 @@ t.test('one request: a server span, one child span per stage in pipeline order, 
 
   const token = await gw.token()
   const clientTrace = { traceId: '4bf92f3577b34da6a3ce929d0e0e4736', spanId: '00f067aa0ba902b7' }
-  const res = await gw.request('/v2/models/mnist/infer', { body: await mnistRequest(), token, headers: { traceparent: `00-${clientTrace.traceId}-${clientTrace.spanId}-01` } })
+  const res = await gw.request('/v2/models/mnist/infer', { body: await mnistRequest(), token, headers: { traceparent: `00-${clientTrace.traceId}-${clientTrace.spanId}-01`, tracestate: 'vendor=abc,other=x1' } })
   t.equal(res.status, 200)
   // The two request spans (the gateway's, the upstream's) end when their exchanges do; every
   // stage span ends before its request's.
@@ -66,7 +66,7 @@ t.test('one request: a server span, one child span per stage in pipeline order, 
 
   const stages = spans.filter((s) => parentOf(s) === front.spanContext().spanId && s.name.startsWith('stage ')).sort((a, b) => startNs(a) - startNs(b))
   t.same(stages.map((s) => s.name), gw.gateway.stages.filter((s) => s.name !== 'trace').map((s) => `stage ${s.name}`), 'every link after the request span starts, in chain order')
-  t.same(stages.map((s) => s.name.slice(6)), ['load-shedding', 'client-limit', 'mtls-identity', 'jwt-auth', 'caller-key', 'model-policy', 'rate-limit', 'body-read', 'input-validation', 'screen-input', 'screen-variants', 'model-inference', 'privacy-charge', 'screen-output', 'output-privacy', 'audit-log', 'metrics'])
+  t.same(stages.map((s) => s.name.slice(6)), ['load-shedding', 'client-limit', 'mtls-identity', 'jwt-auth', 'caller-key', 'model-policy', 'rate-limit', 'body-read', 'input-validation', 'screen-input', 'screen-variants', 'model-inference', 'privacy-charge', 'screen-output', 'output-privacy', 'audit-log', 'model-stats', 'metrics'])
   t.ok(stages.every((s) => s.attributes['bulwark.stage.outcome'] === 'passed'), 'each says it passed')
   const attrs = (name: string) => stages.find((s) => s.name === `stage ${name}`)!.attributes
   t.match(attrs('mtls-identity'), { 'bulwark.workload': 'spiffe://bulwark.local/ns/default/sa/dev', 'bulwark.workload.kind': 'spiffe' })
@@ -82,6 +82,8 @@ t.test('one request: a server span, one child span per stage in pipeline order, 
   const remote = servers.find((s) => parentOf(s) === client.spanContext().spanId)
   t.ok(remote, 'the upstream\'s server span is the client span\'s child')
   t.equal(remote!.spanContext().traceId, clientTrace.traceId, 'one trace from the client to the model pod')
+  t.equal(client.spanContext().traceState?.serialize(), 'vendor=abc,other=x1', 'the caller\'s tracestate goes with the upstream call')
+  t.equal(remote!.spanContext().traceState?.serialize(), 'vendor=abc,other=x1', 'and reaches the model pod')
   t.ok(spans.some((s) => parentOf(s) === remote!.spanContext().spanId && s.name === 'stage model-inference'), 'and the upstream\'s own stages are in it')
 
   // Never tensor data or credentials.
@@ -104,7 +106,7 @@ t.test('a refused request: its stage says refused, with the code, and the reques
   const stages = spans.filter((s) => parentOf(s) === server.spanContext().spanId).sort((a, b) => startNs(a) - startNs(b))
   t.same(
     stages.map((s) => s.name),
-    ['stage load-shedding', 'stage client-limit', 'stage mtls-identity', 'stage jwt-auth', 'stage caller-key', 'stage model-policy', 'stage audit-log', 'stage metrics'],
+    ['stage load-shedding', 'stage client-limit', 'stage mtls-identity', 'stage jwt-auth', 'stage caller-key', 'stage model-policy', 'stage audit-log', 'stage model-stats', 'stage metrics'],
     'the run stops at the refusing link; only the response links, which record the refusal, run after it',
   )
   t.match(stages.find((s) => s.name === 'stage model-policy')!.attributes, { 'bulwark.stage.outcome': 'refused', 'bulwark.error.code': 'forbidden' })
