@@ -6,9 +6,11 @@
 //     10^6 records written by the real writer with the default rotation and checkpoints;
 //   - callers: one gateway with the bundled mnist policy (screening, rate limit, budget on),
 //     after 1,000, 10,000 and 100,000 distinct callers (their own token subjects) have each
-//     made a request: its resident memory, and a closed loop over all of them (c16).
+//     made a request: its resident memory, and a closed loop over all of them (c16); and the
+//     heap it keeps per caller, after a full collection (bench/scale-memory.ts).
 // Every load is bounded in count and time, targets 127.0.0.1 and stops by itself.
 
+import { execFileSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -41,7 +43,7 @@ function folderBytes(dir: string): number {
 }
 
 /** Opens a journal of `charges` live charges (10,000 callers, one window of an hour) and times the replay. */
-async function journalReplay(charges: number): Promise<Row> {
+export async function journalReplay(charges: number): Promise<Row> {
   const dir = mkdtempSync(path.join(tmpdir(), 'bulwark-scale-journal-'))
   try {
     const callers = 10_000
@@ -80,7 +82,7 @@ function recordBody(i: number): string {
 }
 
 /** Writes `records` with the real audit writer (the default rotation and checkpoints), then times `verifyAuditLog` on the folder. */
-async function auditVerify(records: number): Promise<Row> {
+export async function auditVerify(records: number): Promise<Row> {
   const dir = mkdtempSync(path.join(tmpdir(), 'bulwark-scale-audit-'))
   try {
     const config = Value.Default(AuditConfig, {}) as AuditConfig
@@ -162,6 +164,18 @@ async function manyCallers(opts: BenchOptions, log: (s: string) => void): Promis
   return rows
 }
 
+/** The heap the gateway keeps per caller, measured after full collections in a child (bench/scale-memory.ts). */
+function heapPerCaller(): Row[] {
+  const out = execFileSync(process.execPath, ['--expose-gc', path.join(repoRoot, 'bench/scale-memory.ts'), CALLERS.join(',')], { encoding: 'utf8', maxBuffer: 1 << 20 })
+  const steps = JSON.parse(out.trim().split('\n').pop()!) as { callers: number; heapMiB: number; bytesPerCaller: number; statuses: Record<string, number> }[]
+  return steps.map((s, i) => ({
+    group: GROUP,
+    scenario: `heap kept per caller, callers ${i === 0 ? 0 : steps[i - 1]!.callers.toLocaleString('en')} to ${s.callers.toLocaleString('en')}`,
+    itemsPerSec: NaN,
+    note: `${s.bytesPerCaller.toFixed(0)} bytes per caller after a full GC (heap ${s.heapMiB.toFixed(0)} MiB); answers ${JSON.stringify(s.statuses)}`,
+  }))
+}
+
 export async function scaleBench(opts: BenchOptions, log: (s: string) => void): Promise<{ rows: Row[]; raw: unknown }> {
   const rows: Row[] = []
   for (const n of JOURNAL_CHARGES) {
@@ -173,5 +187,7 @@ export async function scaleBench(opts: BenchOptions, log: (s: string) => void): 
     rows.push(await auditVerify(n))
   }
   rows.push(...(await manyCallers(opts, log)))
+  log('heap per caller')
+  rows.push(...heapPerCaller())
   return { rows, raw: rows }
 }

@@ -140,6 +140,13 @@ function crcHex(text: string): string {
   return crc32(text).toString(16).padStart(8, '0')
 }
 
+/** An entry line as entryLine writes it: t, the key (a JSON string's content), e, r, w, crc. */
+const ENTRY_LINE = /^\{"t":(\d{1,16}),"k":"((?:[^"\\]|\\.)*)","e":(\d{1,16}),"r":(\d{1,16}),"w":(\d{1,16}),"crc":"[0-9a-f]{8}"\}$/
+
+/** What sealLine puts in place of the closing brace, with the 8 hex digits' place held by zeros. */
+const CRC_SUFFIX = Buffer.from(',"crc":"00000000"}')
+const CLOSING_BRACE = Buffer.from('}')
+
 /** `{...fields,"crc":"..."}` for the JSON text of `fields`. */
 export function sealLine(fields: object): string {
   const body = JSON.stringify(fields)
@@ -203,19 +210,35 @@ export type JournalLine =
   | { kind: 'clock'; reading: ClockReading }
 
 /** One line (without its newline), or null when it is damaged or not a journal line. */
-export function parseJournalLine(line: string): JournalLine | null {
-  let obj: Record<string, unknown>
+export function parseJournalLine(line: string | Buffer): JournalLine | null {
+  // sealLine's form: the fields' JSON text with `,"crc":"<8 hex>"}` in place of its closing
+  // brace. The CRC is checked on the bytes themselves, before anything is parsed.
+  const bytes = typeof line === 'string' ? Buffer.from(line, 'utf8') : line
+  const cut = bytes.length - CRC_SUFFIX.length
+  if (cut < 1 || bytes.compare(CRC_SUFFIX, 0, 8, cut, cut + 8) !== 0 || bytes.compare(CRC_SUFFIX, 16, 18, cut + 16) !== 0) return null
+  if (crc32(CLOSING_BRACE, crc32(bytes.subarray(0, cut))) !== Number.parseInt(bytes.toString('latin1', cut + 8, cut + 16), 16)) return null
+  const text = bytes.toString('utf8')
+  // Entry lines are nearly all of a journal, and all in entryLine's one form: read them
+  // without a general JSON parse. Anything else takes the general path below.
+  const m = ENTRY_LINE.exec(text)
+  if (m) {
+    const t = Number(m[1])
+    const e = Number(m[3])
+    const r = Number(m[4])
+    const w = Number(m[5])
+    const key = m[2]!.includes('\\') ? (JSON.parse(`"${m[2]}"`) as string) : m[2]!
+    if (Number.isSafeInteger(t) && Number.isSafeInteger(e) && Number.isSafeInteger(r) && Number.isSafeInteger(w)) return { kind: 'entry', key, entry: { t, e, r, w, durable: true }, format: 2 }
+  }
+  let rest: Record<string, unknown>
   try {
-    obj = JSON.parse(line) as Record<string, unknown>
+    rest = JSON.parse(text) as Record<string, unknown>
   } catch {
     return null
   }
-  if (!obj || typeof obj !== 'object' || Array.isArray(obj) || typeof obj.crc !== 'string') return null
-  const { crc, ...rest } = obj
-  if (crcHex(JSON.stringify(rest)) !== crc) return null
+  if (!rest || typeof rest !== 'object' || Array.isArray(rest)) return null
   if (rest.journal === HEADER.journal) return { kind: 'header', version: rest.version }
   const okInt = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0
-  const fields = Object.keys(rest).length
+  const fields = Object.keys(rest).length - 1 // without crc
   if ('clock' in rest) {
     if (!okInt(rest.clock) || !okInt(rest.wall) || fields !== 2) return null
     return { kind: 'clock', reading: { tau: rest.clock as number, wall: rest.wall as number } }
@@ -257,7 +280,7 @@ export function replayJournal(bytes: Buffer): JournalReplay {
   // The journal is only ever created by renaming a synced file that starts with the
   // header, so a crash cannot tear the header: a bad first line is a foreign or damaged file.
   const nl = bytes.indexOf(0x0a)
-  const header = parseJournalLine(bytes.subarray(0, nl < 0 ? bytes.length : nl).toString('utf8'))
+  const header = parseJournalLine(bytes.subarray(0, nl < 0 ? bytes.length : nl))
   if (header?.kind !== 'header') {
     return {
       ok: false,
@@ -269,7 +292,7 @@ export function replayJournal(bytes: Buffer): JournalReplay {
   }
   const version = header.version
   const replay = replayLines(bytes, (line) => {
-    const value = parseJournalLine(line.toString('utf8'))
+    const value = parseJournalLine(line)
     return value && belongsIn(value, version) ? value : null
   })
   if (!replay.ok) {

@@ -378,6 +378,13 @@ t.test('journal lines carry a CRC of their content: read back exactly, and any c
   t.same(parseJournalLine(sealLine({ journal: 'bulwark-privacy', version: 2 }).trimEnd()), { kind: 'header', version: 2 })
   t.same(parseJournalLine(sealLine({ clock: 5, wall: 7 }).trimEnd()), { kind: 'clock', reading: { tau: 5, wall: 7 } })
   t.same(parseJournalLine(sealLine({ t: 1, k: 'a', e: 1, r: 0 }).trimEnd()), { kind: 'entry', key: 'a', entry: { t: 1, e: 1, r: 0, w: 0, durable: true }, format: 1 }, 'a version 1 line: no window')
+  for (const key of ['["jwt","https://issuer","sub \\"q\\"",""]', 'back\\slash', 'ünïcödé ✓', '\u0001control']) {
+    const sealed = sealLine({ t: 2, k: key, e: 3, r: 0, w: 1000 }).trimEnd()
+    t.same(parseJournalLine(sealed), { kind: 'entry', key, entry: { t: 2, e: 3, r: 0, w: 1000, durable: true }, format: 2 }, `a key with quotes, backslashes, non-ASCII or control characters reads back exactly: ${JSON.stringify(key)}`)
+    t.same(parseJournalLine(Buffer.from(sealed)), parseJournalLine(sealed), 'from the bytes as from the text')
+  }
+  const spaced = sealLine({ t: 1, k: 'a', e: 1, r: 0, w: 1000 }).trimEnd().replace('"e":1', '"e": 1')
+  t.equal(parseJournalLine(spaced), null, 'the CRC covers the exact text: a space added makes a line damaged, though it parses to the same fields')
 })
 
 t.test("journalText: a key's charges within 1 s of the first of them share a line, their summed cost at the latest time and the longest window", async (t) => {
