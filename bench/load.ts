@@ -9,7 +9,7 @@ import { RequestBudget, Recorder, startClosedLoop, startOpenLoop, type LoadSessi
 import { measureStep } from '../src/loadtest/measure.ts'
 import { percentile as nearestRank, summarise } from '../src/loadtest/stats.ts'
 import { isLoopback } from '../src/loadtest/target.ts'
-import type { LoadRequest } from '../kit/payloads.ts'
+import type { LoadRequest } from '../src/loadtest/client.ts'
 
 export interface LoadResult {
   requests: number

@@ -2,16 +2,10 @@
 // binary tensors, in the load generator's request shape.
 
 import { HEADER_LENGTH } from '../src/oip/codec.ts'
+import type { LoadRequest } from '../src/loadtest/client.ts'
 
-/** One request of the load generator (bench/load.ts). */
-export interface LoadRequest {
-  method: 'GET' | 'POST'
-  path: string
-  headers?: Record<string, string>
-  body?: Buffer | string
-  /** Items the request carries (batch size), for items/s. */
-  items?: number
-}
+/** One request of the load generator (src/loadtest/, which bench/load.ts and `bulwark bench` share). */
+export type { LoadRequest }
 
 /** A deterministic pseudo-image in the ocr-cls input range [-1, 1]. */
 export function ocrImage(batch: number, seed = 1): Float32Array {
