@@ -9,6 +9,7 @@
 
 import { execFile } from 'node:child_process'
 import { mkdtempSync, readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { parseArgs, promisify } from 'node:util'
@@ -51,8 +52,7 @@ interface CannonResult {
   errors: number
   duration: number
 }
-const cannonModule: string = 'autocannon'
-const autocannon = ((await import(cannonModule)) as { default: (o: Record<string, unknown>) => Promise<CannonResult> }).default
+const autocannon = createRequire(import.meta.url)('autocannon') as (o: Record<string, unknown>) => Promise<CannonResult>
 
 // The first of the bodies `bulwark bench --binary` generates for ocr-cls (seed 1, values in 0..1).
 const tensors = generateTensors([{ name: 'x', datatype: 'FP32', shape: [-1, 3, 48, 192] }], { batch: 1, seed: 1, range: [0, 1], n: 1 })[0]!
