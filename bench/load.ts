@@ -4,7 +4,7 @@
 // was due). Bounded by time and count, loopback targets only, and it stops by itself.
 
 import { systemClock } from '../src/deps.ts'
-import { restClient } from '../src/loadtest/client.ts'
+import { restClient, type LoadClient } from '../src/loadtest/client.ts'
 import { RequestBudget, Recorder, startClosedLoop, startOpenLoop, type LoadSession } from '../src/loadtest/generator.ts'
 import { measureStep } from '../src/loadtest/measure.ts'
 import { percentile as nearestRank, summarise } from '../src/loadtest/stats.ts'
@@ -33,6 +33,8 @@ export interface LoadOptions {
   maxRequests?: number
   warmupMs?: number
   next: (i: number) => LoadRequest
+  /** Another protocol's client (the gRPC one, src/transport/grpc-client.ts) for `connections`; default: REST to `origin`. */
+  client?: (connections: number) => LoadClient
 }
 
 function assertLoopback(origin: string): void {
@@ -41,7 +43,7 @@ function assertLoopback(origin: string): void {
 
 export const percentile = nearestRank
 
-type Start = (client: ReturnType<typeof restClient>, recorder: Recorder, budget: RequestBudget) => LoadSession
+type Start = (client: LoadClient, recorder: Recorder, budget: RequestBudget) => LoadSession
 
 /**
  * A warm-up whose answers are dropped (its requests do not count against maxRequests), then
@@ -49,7 +51,7 @@ type Start = (client: ReturnType<typeof restClient>, recorder: Recorder, budget:
  */
 async function run(opts: LoadOptions, connections: number, start: Start): Promise<LoadResult> {
   assertLoopback(opts.origin)
-  const client = restClient({ origin: opts.origin, connections, readCodes: false, ...(opts.connect ? { tls: opts.connect } : {}) })
+  const client = opts.client ? opts.client(connections) : restClient({ origin: opts.origin, connections, readCodes: false, ...(opts.connect ? { tls: opts.connect } : {}) })
   try {
     if (opts.warmupMs) {
       const warm = start(client, new Recorder(systemClock), new RequestBudget(Infinity))

@@ -1,4 +1,4 @@
-// `npm run bench [-- --only core,frontdoor,abuse] [--duration-ms N]`: runs the scenario groups side
+// `npm run bench [-- --only core,grpc,frontdoor,abuse] [--duration-ms N]`: runs the scenario groups side
 // by side in one run, prints one table, and writes JSON under bench/results/. Every load is
 // bounded in time, targets 127.0.0.1 and stops by itself.
 
@@ -9,6 +9,7 @@ import { auditBench, privacyBench, screeningBench } from './defences.ts'
 import { scaleoutBench } from './scaleout.ts'
 import { abuseBench } from './abuse.ts'
 import { scaleBench } from './scale.ts'
+import { grpcBench } from './grpc.ts'
 import { printTable, writeResults, type Row } from './report.ts'
 
 const { values } = parseArgs({
@@ -19,7 +20,7 @@ const { values } = parseArgs({
   },
 })
 const opts = { durationMs: Number(values['duration-ms']), warmupMs: Number(values['warmup-ms']) }
-const groups: Record<string, typeof coreBench> = { core: coreBench, frontdoor: frontdoorBench, audit: auditBench, privacy: privacyBench, screening: screeningBench, scaleout: scaleoutBench, abuse: abuseBench, scale: scaleBench }
+const groups: Record<string, typeof coreBench> = { core: coreBench, frontdoor: frontdoorBench, audit: auditBench, privacy: privacyBench, screening: screeningBench, scaleout: scaleoutBench, abuse: abuseBench, scale: scaleBench, grpc: grpcBench }
 const selected = values.only!.split(',')
 for (const g of selected) if (!groups[g]) throw new Error(`unknown bench group ${g}; known: ${Object.keys(groups).join(', ')}`)
 
