@@ -2,9 +2,16 @@
 // elsewhere) even for a model name full of markup; a latency-throughput curve with p50 and
 // p99 points per step, a throughput chart, one latency histogram per step, and a stacked
 // bar per step with one segment per defence that took time; without a breakdown, the page
-// says how to get one. The checker itself refuses broken pages.
+// says how to get one. The checker itself refuses broken pages. Where Debian's chromium is
+// installed, a real headless browser parses the page into the same charts and screenshots it.
 
 import t from 'tap'
+import { execFile } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { promisify } from 'node:util'
 import type { Breakdown } from '../../src/loadtest/breakdown.ts'
 import type { BenchResult, StepResult } from '../../src/loadtest/output.ts'
 import { renderReport } from '../../src/loadtest/report.ts'
@@ -69,4 +76,25 @@ t.test('the checker refuses broken pages', async (t) => {
   t.match(wellFormedProblems('<html><p>R&D</p></html>'), [/a bare &/])
   t.match(wellFormedProblems('<html><img src="https://cdn.example/x.png"/></html>'), [/a script or a src\/href attribute/, /loads from elsewhere/])
   t.match(wellFormedProblems('<html><p></html>'), [/<\/html> closes <p>/, /never closed: html/])
+})
+
+const chromium = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p))
+
+t.test('a real headless browser renders it', { skip: chromium ? false : 'Debian\'s chromium is not installed' }, async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-report-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'report.html')
+  const html = renderReport(result(true))
+  await writeFile(file, html)
+  const run = promisify(execFile)
+  // Root in a container has no user namespace for chromium's sandbox; the page has no script anyway.
+  const flags = ['--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars', '--window-size=1200,1600']
+  const { stdout: dom } = await run(chromium!, [...flags, '--dump-dom', `file://${file}`], { timeout: 60_000, maxBuffer: 16 << 20 })
+  t.equal(count(dom, /<svg /g), count(html, /<svg /g), 'the browser parsed every chart')
+  t.equal(count(dom, /<rect /g), count(html, /<rect /g), 'and every bar and legend swatch in them')
+  const png = path.join(dir, 'report.png')
+  await run(chromium!, [...flags, `--screenshot=${png}`, `file://${file}`], { timeout: 60_000 })
+  const image = await readFile(png)
+  t.same([...image.subarray(1, 4)].map((c) => String.fromCharCode(c)).join(''), 'PNG', 'a PNG')
+  t.same([image.readUInt32BE(16), image.readUInt32BE(20)], [1200, 1600], 'of the window\'s size')
 })
