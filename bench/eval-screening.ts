@@ -1,7 +1,16 @@
-// `npm run eval:screening [-- --pgd-count N] [--quick]`: the adversarial-input screening evaluation,
-// through the public API (TLS with the dev client certificate, real JWTs, one JWT subject
-// per principal), against in-process gateways that differ only in the mnist policy's
-// `screening:` section. Prints one table and writes JSON under bench/results/.
+// `npm run eval:screening [-- --part all|adaptive|classic] [--quick] [--pgd-count N]
+//   [--adaptive-digits N] [--adaptive-queries N] [--bpda-digits N] [--no-baseline]`:
+// the adversarial-input screening evaluation, through the public API (TLS with the dev client
+// certificate, real JWTs, one JWT subject per principal), against in-process gateways that
+// differ only in the mnist policy's `screening:` section. Prints two tables and writes JSON
+// under bench/results/.
+//
+// First the adaptive attacks, which know the detectors (bench/attacks/adaptive.ts: BPDA
+// through the squeezers, NES and HopSkipJump shaped against the stateful detector, OARS-style
+// refusal-driven adaptation, queries split over m identities, extraction that hides its
+// synthetic queries), each reporting success after 1,000 and 3,000 queries and the identities
+// it used; squeezers chosen on the calibration split, every figure on the held-out split.
+// Then the non-adaptive attacks, which ignore the detectors:
 //
 //   off         no screening: which adversarial examples fool the unguarded model, and the
 //               black-box attacks' baseline (how far they get without a defence)
@@ -15,7 +24,7 @@
 //               and the latency against `off`
 //
 // Plus a micro-benchmark of each detector's cost per query (no gateway). Everything is
-// seeded; the run is bounded (about 4-6 minutes on 2 cores; --quick for a smoke run).
+// seeded; the run is bounded (--quick for a smoke run).
 
 import os from 'node:os'
 import path from 'node:path'
@@ -23,12 +32,10 @@ import { readFileSync } from 'node:fs'
 import { performance } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { Worker } from 'node:worker_threads'
-import { request } from 'undici'
 import { argmax, forward, loadWeights } from '../models/mnist/cnn.ts'
 import { loadMnist } from '../models/mnist/data.ts'
 import { mulberry32 as seeded, normalFrom as gaussian } from '../models/mnist/train.ts'
 import { parsePolicy } from '../src/config/policy.ts'
-import { DEV_WORKLOAD } from '../src/config/security.ts'
 import type { ScreeningPolicy } from '../src/config/screening-policy.ts'
 import type { Manifest } from '../src/inference/manifest.ts'
 import { compileScreening } from '../src/screening/build.ts'
@@ -37,14 +44,28 @@ import { poolingEncoder } from '../src/screening/encoder.ts'
 import { createPradaDetector } from '../src/screening/prada.ts'
 import { createStatefulDetector } from '../src/screening/stateful.ts'
 import { cryptoRandom } from '../src/deps.ts'
-import { startGateway, type TestGateway } from '../kit/gateway.ts'
+import type { TestGateway } from '../kit/gateway.ts'
+import { evalGateway, infer, mapPool, tokenFor, calibrationFile, type Answer } from './attacks/gateway-client.ts'
 import { firstWithin, hopSkipJump, nes, type AttackOutcome, type ScoreOracle } from './attacks/black-box.ts'
 import { jacobianAugmentation, type LabelOracle } from './attacks/extraction.ts'
 import type { WhiteBoxJob } from './attacks/white-box-worker.ts'
+import { adaptiveTable, runAdaptive, type AdaptiveContext, type AdaptiveRow } from './attacks/adaptive.ts'
 import { writeResults } from './report.ts'
 import { repoRoot } from '../kit/paths.ts'
 
-const { values: args } = parseArgs({ options: { 'pgd-count': { type: 'string' }, quick: { type: 'boolean' } } })
+const { values: args } = parseArgs({
+  options: {
+    'pgd-count': { type: 'string' },
+    quick: { type: 'boolean' },
+    part: { type: 'string' },
+    'adaptive-digits': { type: 'string' },
+    'adaptive-queries': { type: 'string' },
+    'bpda-digits': { type: 'string' },
+    'no-baseline': { type: 'boolean' },
+  },
+})
+const part = args.part ?? 'all'
+if (!['all', 'adaptive', 'classic'].includes(part)) throw new Error(`--part ${part}: use all, adaptive or classic`)
 const quick = args.quick === true
 const PGD_COUNT = Number(args['pgd-count'] ?? (quick ? 60 : 600))
 const CONCURRENCY = 8
@@ -63,26 +84,16 @@ function shuffled<T>(xs: readonly T[], seed: number): T[] {
 }
 
 // ---- data, model, policies -------------------------------------------------------------------
-const { test } = loadMnist()
+const { train, calibration: calibrationSplit, test } = loadMnist()
 const weights = loadWeights()
 const N_TEST = quick ? 600 : test.images.length
 const heldOut = Array.from({ length: N_TEST }, (_, i) => Math.floor((i * test.images.length) / N_TEST))
-const calibrationFile = path.join(repoRoot, 'policies/mnist.screening.json')
 const calibration = JSON.parse(readFileSync(calibrationFile, 'utf8')) as CalibrationFile
 const bundledParsed = parsePolicy(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8'), 'mnist.yaml')
 if (!bundledParsed.policy) throw new Error(bundledParsed.problems.join('\n'))
 const bundled = bundledParsed.policy.screening
 const manifest = JSON.parse(readFileSync(path.join(repoRoot, 'models/mnist/manifest.json'), 'utf8')) as Manifest
 
-const policyWith = (screening: Record<string, unknown> | null) => ({
-  model: 'mnist',
-  allow: [{ verbs: ['infer', 'metadata'], workloads: [DEV_WORKLOAD], scopes: ['mnist:infer'] }],
-  // The evaluation's principals send thousands of requests; the bundled limits stay as they are.
-  rateLimit: { requestsPerWindow: 1_000_000, windowMs: 1000 },
-  // Scores for the score-based attack, at full precision (the bundled default is label only).
-  output: { mode: 'scores', roundDecimals: 9 },
-  ...(screening ? { screening: { ...screening, calibrationFile } } : {}),
-})
 const only = (key: 'featureSqueezing' | 'featureBounds' | 'stateful' | 'extraction', mode: 'enforce' = 'enforce') => {
   const section = bundled[key] ?? {}
   return { [key]: { ...JSON.parse(JSON.stringify(section)), mode } }
@@ -91,55 +102,7 @@ const bundledSection = JSON.parse(JSON.stringify(bundled)) as Record<string, unk
 
 async function gateway(name: string, screening: Record<string, unknown> | null): Promise<TestGateway> {
   log(`starting gateway "${name}"`)
-  return startGateway({
-    models: ['mnist'],
-    policies: { mnist: policyWith(screening) },
-    // The per-client limit before the token would throttle the attack's thousands of queries
-    // from one certificate into 429s, which would read as neither fooled nor refused: off here,
-    // so the figures are the detectors'.
-    config: { rateLimits: { maxInFlightPerPrincipal: 64 }, audit: { durability: 'relaxed' }, clientLimits: { enabled: false } },
-  })
-}
-
-// ---- the client --------------------------------------------------------------------------------
-interface Answer {
-  status: number
-  code: string | null
-  probs: Float32Array | null
-  ms: number
-}
-
-async function infer(gw: TestGateway, token: string, x: Float32Array): Promise<Answer> {
-  const t0 = performance.now()
-  const res = await request(`${gw.url}/v2/models/mnist/infer`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ inputs: [{ name: 'input', datatype: 'FP32', shape: [1, 1, 28, 28], data: Array.from(x) }] }),
-    dispatcher: gw.agent,
-  })
-  const body = (await res.body.json()) as { code?: string; outputs?: { name: string; data: number[] }[] }
-  const out = body.outputs?.find((o) => o.name === 'probabilities')
-  return { status: res.statusCode, code: body.code ?? null, probs: out ? Float32Array.from(out.data) : null, ms: performance.now() - t0 }
-}
-
-async function mapPool<T, R>(items: readonly T[], concurrency: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length)
-  let next = 0
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-    while (next < items.length) {
-      const i = next++
-      out[i] = await fn(items[i]!, i)
-    }
-  }))
-  return out
-}
-
-const tokens = new Map<string, string>()
-async function tokenFor(gw: TestGateway, sub: string): Promise<string> {
-  const key = `${gw.url} ${sub}`
-  let t = tokens.get(key)
-  if (!t) tokens.set(key, (t = await gw.token({ sub, ttlSeconds: 3600 })))
-  return t
+  return evalGateway(screening)
 }
 
 /** Whether a refusal ends an attack: any refusal where one detector is on; only 403 (the caller is recognised) with several. */
@@ -173,6 +136,7 @@ interface Row {
   met: 'yes' | 'no' | '-'
 }
 const rows: Row[] = []
+const adaptiveRows: AdaptiveRow[] = []
 const raw: Record<string, unknown> = { startedAt: new Date().toISOString(), node: process.version, cpus: os.cpus().length, quick, pgdCount: PGD_COUNT, heldOut: N_TEST }
 const row = (r: Row) => rows.push(r)
 
@@ -302,173 +266,199 @@ function microBenchmark() {
 // ---- main ---------------------------------------------------------------------------------------
 const BENIGN_ORDER = shuffled(heldOut, 5)
 const latencyDigits = BENIGN_ORDER.slice(0, quick ? 200 : 1000)
-const adv = await whiteBox()
-
-// Unguarded: which originals and adversarial examples the model gets right / wrong through the API.
-const off = await gateway('off', null)
-let offLatency: number[] = []
-let baseline: Awaited<ReturnType<typeof blackBox>> = []
-const fooled: Record<string, { index: number; image: Float32Array }[]> = {}
-try {
-  const token = await tokenFor(off, 'eval-unguarded')
-  log(`off: ${heldOut.length} held-out originals`)
-  const originals = await mapPool(heldOut, CONCURRENCY, (i) => infer(off, token, test.images[i]!))
-  // Latency as the bundled run below measures it: one caller, one request at a time, same digits.
-  const sequential = await tokenFor(off, 'eval-latency')
-  for (const i of latencyDigits) offLatency.push((await infer(off, sequential, test.images[i]!)).ms)
-  const correctViaApi = new Set(heldOut.filter((i, k) => originals[k]!.status === 200 && argmax(originals[k]!.probs!) === test.labels[i]))
-  raw.unguardedAccuracy = correctViaApi.size / heldOut.length
-  for (const [name, list] of Object.entries(adv)) {
-    log(`off: ${list.length} ${name} examples`)
-    const answers = await mapPool(list, CONCURRENCY, (e) => infer(off, token, e.image))
-    fooled[name] = list.filter((e, k) => correctViaApi.has(e.index) && answers[k]!.status === 200 && argmax(answers[k]!.probs!) !== test.labels[e.index])
-  }
-  log('off: black-box attacks without a defence (budget 3,000 queries each)')
-  baseline = await blackBox(off, 'unguarded', attackDigits(quick ? 1 : 2), 3000)
-} finally {
-  await off.close()
+if (part !== 'classic') {
+  const ad = await runAdaptive(
+    {
+      data: { train, calibration: calibrationSplit, test },
+      weights,
+      heldOut,
+      bundled: bundled as unknown as AdaptiveContext['bundled'],
+      threshold: calibration.featureSqueezing!.threshold,
+      digits: Number(args['adaptive-digits'] ?? (quick ? 1 : 3)),
+      whiteBoxDigits: Number(args['bpda-digits'] ?? (quick ? 20 : 100)),
+      maxQueries: Number(args['adaptive-queries'] ?? (quick ? 1000 : 3000)),
+      log,
+    },
+    { baseline: args['no-baseline'] !== true },
+  )
+  raw.adaptive = ad.raw
+  adaptiveRows.push(...ad.rows)
 }
-raw.fooled = Object.fromEntries(Object.entries(fooled).map(([k, v]) => [k, v.length]))
 
-// Feature squeezing, then feature bounds, each alone and enforcing.
-for (const [section, key] of [['feature squeezing', 'featureSqueezing'], ['feature bounds', 'featureBounds']] as const) {
-  const gw = await gateway(section, only(key))
+if (part !== 'adaptive') {
+  const adv = await whiteBox()
+
+  // Unguarded: which originals and adversarial examples the model gets right / wrong through the API.
+  const off = await gateway('off', null)
+  let offLatency: number[] = []
+  let baseline: Awaited<ReturnType<typeof blackBox>> = []
+  const fooled: Record<string, { index: number; image: Float32Array }[]> = {}
   try {
-    const token = await tokenFor(gw, 'eval-screen')
-    log(`${section}: ${heldOut.length} benign held-out digits`)
-    const benign = await mapPool(heldOut, CONCURRENCY, (i) => infer(gw, token, test.images[i]!))
-    const fp = benign.filter((a) => a.status === 422).length
-    const other = benign.filter((a) => a.status !== 200 && a.status !== 422).length
-    if (other > 0) throw new Error(`${section}: ${other} benign requests failed otherwise`)
-    const bar = key === 'featureSqueezing'
-    const rates: Record<string, unknown> = { falsePositives: fp, benign: benign.length }
-    for (const [name, list] of Object.entries(fooled)) {
-      const answers = await mapPool(list, CONCURRENCY, (e) => infer(gw, token, e.image))
-      const refused = answers.filter((a) => a.status === 422).length
-      rates[name] = { refused, of: list.length }
-      row({ section, check: `${name}: successful examples refused`, result: `${pct(refused, list.length)} (${refused}/${list.length})`, bar: bar ? '>= 90%' : 'informational', met: bar ? (refused / list.length >= 0.9 ? 'yes' : 'no') : '-' })
+    const token = await tokenFor(off, 'eval-unguarded')
+    log(`off: ${heldOut.length} held-out originals`)
+    const originals = await mapPool(heldOut, CONCURRENCY, (i) => infer(off, token, test.images[i]!))
+    // Latency as the bundled run below measures it: one caller, one request at a time, same digits.
+    const sequential = await tokenFor(off, 'eval-latency')
+    for (const i of latencyDigits) offLatency.push((await infer(off, sequential, test.images[i]!)).ms)
+    const correctViaApi = new Set(heldOut.filter((i, k) => originals[k]!.status === 200 && argmax(originals[k]!.probs!) === test.labels[i]))
+    raw.unguardedAccuracy = correctViaApi.size / heldOut.length
+    for (const [name, list] of Object.entries(adv)) {
+      log(`off: ${list.length} ${name} examples`)
+      const answers = await mapPool(list, CONCURRENCY, (e) => infer(off, token, e.image))
+      fooled[name] = list.filter((e, k) => correctViaApi.has(e.index) && answers[k]!.status === 200 && argmax(answers[k]!.probs!) !== test.labels[e.index])
     }
-    row({ section, check: `benign held-out digits refused (false positives)`, result: `${pct(fp, benign.length)} (${fp}/${benign.length})`, bar: bar ? '<= 5%' : 'informational', met: bar ? (fp / benign.length <= 0.05 ? 'yes' : 'no') : '-' })
-    raw[section] = rates
+    log('off: black-box attacks without a defence (budget 3,000 queries each)')
+    baseline = await blackBox(off, 'unguarded', attackDigits(quick ? 1 : 2), 3000)
   } finally {
-    await gw.close()
+    await off.close()
   }
-}
+  raw.fooled = Object.fromEntries(Object.entries(fooled).map(([k, v]) => [k, v.length]))
 
-// Stateful detection alone: each black-box attack as one principal.
-const statefulRuns = await (async () => {
-  const gw = await gateway('stateful', only('stateful'))
-  try {
-    log('stateful: NES and HopSkipJump, 5 digits each, one fresh principal per run')
-    return await blackBox(gw, 'stateful', attackDigits(quick ? 2 : 5), 3000)
-  } finally {
-    await gw.close()
+  // Feature squeezing, then feature bounds, each alone and enforcing.
+  for (const [section, key] of [['feature squeezing', 'featureSqueezing'], ['feature bounds', 'featureBounds']] as const) {
+    const gw = await gateway(section, only(key))
+    try {
+      const token = await tokenFor(gw, 'eval-screen')
+      log(`${section}: ${heldOut.length} benign held-out digits`)
+      const benign = await mapPool(heldOut, CONCURRENCY, (i) => infer(gw, token, test.images[i]!))
+      const fp = benign.filter((a) => a.status === 422).length
+      const other = benign.filter((a) => a.status !== 200 && a.status !== 422).length
+      if (other > 0) throw new Error(`${section}: ${other} benign requests failed otherwise`)
+      const bar = key === 'featureSqueezing'
+      const rates: Record<string, unknown> = { falsePositives: fp, benign: benign.length }
+      for (const [name, list] of Object.entries(fooled)) {
+        const answers = await mapPool(list, CONCURRENCY, (e) => infer(gw, token, e.image))
+        const refused = answers.filter((a) => a.status === 422).length
+        rates[name] = { refused, of: list.length }
+        row({ section, check: `${name}: successful examples refused`, result: `${pct(refused, list.length)} (${refused}/${list.length})`, bar: bar ? '>= 90%' : 'informational', met: bar ? (refused / list.length >= 0.9 ? 'yes' : 'no') : '-' })
+      }
+      row({ section, check: `benign held-out digits refused (false positives)`, result: `${pct(fp, benign.length)} (${fp}/${benign.length})`, bar: bar ? '<= 5%' : 'informational', met: bar ? (fp / benign.length <= 0.05 ? 'yes' : 'no') : '-' })
+      raw[section] = rates
+    } finally {
+      await gw.close()
+    }
   }
-})()
-const describe = (o: AttackOutcome) => `${o.refusedAt === null ? 'never refused' : `refused at query ${o.refusedAt}`}; ${o.succeededAt === null ? 'not yet successful' : `succeeded at query ${o.succeededAt}`}`
-for (const attack of ['HopSkipJump', 'NES']) {
-  const runs = statefulRuns.filter((r) => r.attack === attack)
-  const worst = Math.max(...runs.map((r) => r.outcome.refusedAt ?? Infinity))
-  const stoppedFirst = runs.every((r) => r.outcome.refusedAt !== null && r.outcome.refusedAt <= 100 && (r.outcome.succeededAt === null || r.outcome.succeededAt > r.outcome.refusedAt))
-  const base = baseline.filter((r) => r.attack === attack)
-  const nesAttack = attack === 'NES'
-  const crit = nesAttack ? `misclassified within L-inf ${NES.eps}` : `misclassified within L2 ${HSJA.successL2}`
-  const at = (o: AttackOutcome) => (o.distortionAtRefusal === null ? 'none' : o.distortionAtRefusal.toFixed(2))
-  row({
-    section: 'stateful',
-    check: `${attack} (${nesAttack ? 'score' : 'decision'}-based), ${runs.length} runs: queries until 403; success = ${crit}`,
-    result: `alarm at ${runs.map((r) => r.outcome.refusedAt ?? 'never').join(', ')}; successes before alarm: ${runs.filter((r) => r.outcome.succeededAt !== null).length}`,
-    bar: '<= 100 and before success',
-    met: stoppedFirst && worst <= 100 ? 'yes' : 'no',
-  })
-  row({
-    section: 'stateful',
-    check: `  best adversarial distortion when stopped (${nesAttack ? 'L-inf; none = no adversarial point yet' : 'L2'})`,
-    result: runs.map((r) => at(r.outcome)).join(', '),
-    bar: 'context',
-    met: '-',
-  })
-  if (!nesAttack) {
-    const loose = runs.map((r) => firstWithin(r.outcome, HSJA_LOOSE_L2))
+
+  // Stateful detection alone: each black-box attack as one principal.
+  const statefulRuns = await (async () => {
+    const gw = await gateway('stateful', only('stateful'))
+    try {
+      log('stateful: NES and HopSkipJump, 5 digits each, one fresh principal per run')
+      return await blackBox(gw, 'stateful', attackDigits(quick ? 2 : 5), 3000)
+    } finally {
+      await gw.close()
+    }
+  })()
+  const describe = (o: AttackOutcome) => `${o.refusedAt === null ? 'never refused' : `refused at query ${o.refusedAt}`}; ${o.succeededAt === null ? 'not yet successful' : `succeeded at query ${o.succeededAt}`}`
+  for (const attack of ['HopSkipJump', 'NES']) {
+    const runs = statefulRuns.filter((r) => r.attack === attack)
+    const worst = Math.max(...runs.map((r) => r.outcome.refusedAt ?? Infinity))
+    const stoppedFirst = runs.every((r) => r.outcome.refusedAt !== null && r.outcome.refusedAt <= 100 && (r.outcome.succeededAt === null || r.outcome.succeededAt > r.outcome.refusedAt))
+    const base = baseline.filter((r) => r.attack === attack)
+    const nesAttack = attack === 'NES'
+    const crit = nesAttack ? `misclassified within L-inf ${NES.eps}` : `misclassified within L2 ${HSJA.successL2}`
+    const at = (o: AttackOutcome) => (o.distortionAtRefusal === null ? 'none' : o.distortionAtRefusal.toFixed(2))
     row({
       section: 'stateful',
-      check: `  with the looser success L2 ${HSJA_LOOSE_L2}: runs that succeeded before the alarm`,
-      result: `${loose.filter((q, k) => q !== null && q < (runs[k]!.outcome.refusedAt ?? Infinity)).length} of ${runs.length} (at ${loose.map((q) => q ?? '-').join(', ')})`,
+      check: `${attack} (${nesAttack ? 'score' : 'decision'}-based), ${runs.length} runs: queries until 403; success = ${crit}`,
+      result: `alarm at ${runs.map((r) => r.outcome.refusedAt ?? 'never').join(', ')}; successes before alarm: ${runs.filter((r) => r.outcome.succeededAt !== null).length}`,
+      bar: '<= 100 and before success',
+      met: stoppedFirst && worst <= 100 ? 'yes' : 'no',
+    })
+    row({
+      section: 'stateful',
+      check: `  best adversarial distortion when stopped (${nesAttack ? 'L-inf; none = no adversarial point yet' : 'L2'})`,
+      result: runs.map((r) => at(r.outcome)).join(', '),
+      bar: 'context',
+      met: '-',
+    })
+    if (!nesAttack) {
+      const loose = runs.map((r) => firstWithin(r.outcome, HSJA_LOOSE_L2))
+      row({
+        section: 'stateful',
+        check: `  with the looser success L2 ${HSJA_LOOSE_L2}: runs that succeeded before the alarm`,
+        result: `${loose.filter((q, k) => q !== null && q < (runs[k]!.outcome.refusedAt ?? Infinity)).length} of ${runs.length} (at ${loose.map((q) => q ?? '-').join(', ')})`,
+        bar: 'context',
+        met: '-',
+      })
+    }
+    row({
+      section: 'stateful',
+      check: `  same attack without a defence (budget 3,000)`,
+      result: base.map((r) => (r.outcome.succeededAt !== null ? `succeeded at ${r.outcome.succeededAt}` : `best ${(r.outcome.bestDistortion ?? NaN).toFixed(2)} after ${r.outcome.queries}`)).join('; '),
       bar: 'context',
       met: '-',
     })
   }
-  row({
-    section: 'stateful',
-    check: `  same attack without a defence (budget 3,000)`,
-    result: base.map((r) => (r.outcome.succeededAt !== null ? `succeeded at ${r.outcome.succeededAt}` : `best ${(r.outcome.bestDistortion ?? NaN).toFixed(2)} after ${r.outcome.queries}`)).join('; '),
-    bar: 'context',
-    met: '-',
-  })
-}
-raw.stateful = { runs: statefulRuns, baseline }
+  raw.stateful = { runs: statefulRuns, baseline }
 
-// Extraction detection alone.
-const extractionRuns = await (async () => {
-  const gw = await gateway('extraction', only('extraction'))
-  try {
-    const seeds = shuffled(heldOut, 17).slice(0, 100).map((i) => test.images[i]!)
-    log('extraction: Jacobian-based augmentation from 100 held-out seeds')
-    const jbda = await jacobianAugmentation(labelOracle(gw, await tokenFor(gw, 'thief-jbda'), anyRefusal), seeds, { lambda: 0.1, maxQueries: 4000 })
-    log('extraction: augmented seeds (shifts and noise)')
-    const aug = await augmentedSeeds(labelOracle(gw, await tokenFor(gw, 'thief-augment'), anyRefusal), seeds, 4000, seeded(23))
-    return { jbda, aug }
-  } finally {
-    await gw.close()
+  // Extraction detection alone.
+  const extractionRuns = await (async () => {
+    const gw = await gateway('extraction', only('extraction'))
+    try {
+      const seeds = shuffled(heldOut, 17).slice(0, 100).map((i) => test.images[i]!)
+      log('extraction: Jacobian-based augmentation from 100 held-out seeds')
+      const jbda = await jacobianAugmentation(labelOracle(gw, await tokenFor(gw, 'thief-jbda'), anyRefusal), seeds, { lambda: 0.1, maxQueries: 4000 })
+      log('extraction: augmented seeds (shifts and noise)')
+      const aug = await augmentedSeeds(labelOracle(gw, await tokenFor(gw, 'thief-augment'), anyRefusal), seeds, 4000, seeded(23))
+      return { jbda, aug }
+    } finally {
+      await gw.close()
+    }
+  })()
+  row({ section: 'extraction', check: 'Jacobian-based augmentation (Papernot et al.), 100 seeds, lambda 0.1: queries until 403', result: extractionRuns.jbda.refusedAt === null ? `never (${extractionRuns.jbda.answered} answered)` : `alarm at query ${extractionRuns.jbda.refusedAt}`, bar: '<= 2000', met: extractionRuns.jbda.refusedAt !== null && extractionRuns.jbda.refusedAt <= 2000 ? 'yes' : 'no' })
+  // Natural-looking queries are PRADA's stated blind spot (Juuti et al. 2019, section on
+  // natural-data attacks): reported, not held to the bar.
+  row({ section: 'extraction', check: 'augmented seeds (shift <= 2 px, noise 0.05): queries until 403', result: extractionRuns.aug.refusedAt === null ? `never (${extractionRuns.aug.answered} answered)` : `alarm at query ${extractionRuns.aug.refusedAt}`, bar: 'informational', met: '-' })
+  raw.extraction = extractionRuns
+
+  // The bundled policy as shipped: benign traffic, the attacks again, latency.
+  {
+    const gw = await gateway('bundled', bundledSection)
+    try {
+      const benign = await benignTraffic(gw)
+      raw.benign = { many: { ...benign.many, ms: undefined }, one: { ...benign.one, ms: undefined } }
+      row({ section: 'bundled policy', check: `benign: ${benign.many.requests / 100} principals x 100 distinct digits: 403 (stateful/extraction alarms)`, result: String(benign.many.refused403), bar: '0', met: benign.many.refused403 === 0 ? 'yes' : 'no' })
+      row({ section: 'bundled policy', check: `benign: 1 principal x ${benign.one.requests} held-out digits: 403 (stateful/extraction alarms)`, result: String(benign.one.refused403), bar: '0', met: benign.one.refused403 === 0 ? 'yes' : 'no' })
+      row({ section: 'bundled policy', check: `benign: 422 from feature squeezing over both workloads`, result: pct(benign.many.refused422 + benign.one.refused422, benign.many.requests + benign.one.requests), bar: 'context (its FPR)', met: '-' })
+      log('bundled: attacks against the shipped policy')
+      // Against the shipped policy an attacker shrugs off a 422 (one input refused) and stops at a 403.
+      const attacks = await blackBox(gw, 'bundled', attackDigits(1), 3000, only403)
+      const seeds = shuffled(heldOut, 41).slice(0, 100).map((i) => test.images[i]!)
+      const jbda = await jacobianAugmentation(labelOracle(gw, await tokenFor(gw, 'bundled-thief'), only403), seeds, { lambda: 0.1, maxQueries: 4000 })
+      for (const a of attacks) row({ section: 'bundled policy', check: `${a.attack}: queries until 403 (422s meanwhile)`, result: `${a.outcome.refusedAt ?? 'never'} (${a.outcome.skipped}); ${describe(a.outcome).split('; ')[1]}`, bar: 'context', met: '-' })
+      row({ section: 'bundled policy', check: 'Jacobian-based augmentation: queries until 403', result: `${jbda.refusedAt ?? 'never'} (${jbda.answered} answered)`, bar: 'context', met: '-' })
+      raw.bundled = { attacks, jbda }
+      const onLatency = benign.one.ms.slice(0, latencyDigits.length)
+      const lat = (xs: number[]) => ({ p50: pctile(xs, 50), p99: pctile(xs, 99) })
+      const a = lat(offLatency)
+      const b = lat(onLatency)
+      row({ section: 'cost', check: `latency, one caller, ${latencyDigits.length} digits one at a time (p50 / p99 ms): off vs bundled`, result: `${a.p50.toFixed(2)} / ${a.p99.toFixed(2)} vs ${b.p50.toFixed(2)} / ${b.p99.toFixed(2)} (p50 x${(b.p50 / a.p50).toFixed(2)})`, bar: 'measured', met: '-' })
+      raw.latency = { off: a, bundled: b }
+    } finally {
+      await gw.close()
+    }
   }
-})()
-row({ section: 'extraction', check: 'Jacobian-based augmentation (Papernot et al.), 100 seeds, lambda 0.1: queries until 403', result: extractionRuns.jbda.refusedAt === null ? `never (${extractionRuns.jbda.answered} answered)` : `alarm at query ${extractionRuns.jbda.refusedAt}`, bar: '<= 2000', met: extractionRuns.jbda.refusedAt !== null && extractionRuns.jbda.refusedAt <= 2000 ? 'yes' : 'no' })
-// Natural-looking queries are PRADA's stated blind spot (Juuti et al. 2019, section on
-// natural-data attacks): reported, not held to the bar.
-row({ section: 'extraction', check: 'augmented seeds (shift <= 2 px, noise 0.05): queries until 403', result: extractionRuns.aug.refusedAt === null ? `never (${extractionRuns.aug.answered} answered)` : `alarm at query ${extractionRuns.aug.refusedAt}`, bar: 'informational', met: '-' })
-raw.extraction = extractionRuns
 
-// The bundled policy as shipped: benign traffic, the attacks again, latency.
-{
-  const gw = await gateway('bundled', bundledSection)
-  try {
-    const benign = await benignTraffic(gw)
-    raw.benign = { many: { ...benign.many, ms: undefined }, one: { ...benign.one, ms: undefined } }
-    row({ section: 'bundled policy', check: `benign: ${benign.many.requests / 100} principals x 100 distinct digits: 403 (stateful/extraction alarms)`, result: String(benign.many.refused403), bar: '0', met: benign.many.refused403 === 0 ? 'yes' : 'no' })
-    row({ section: 'bundled policy', check: `benign: 1 principal x ${benign.one.requests} held-out digits: 403 (stateful/extraction alarms)`, result: String(benign.one.refused403), bar: '0', met: benign.one.refused403 === 0 ? 'yes' : 'no' })
-    row({ section: 'bundled policy', check: `benign: 422 from feature squeezing over both workloads`, result: pct(benign.many.refused422 + benign.one.refused422, benign.many.requests + benign.one.requests), bar: 'context (its FPR)', met: '-' })
-    log('bundled: attacks against the shipped policy')
-    // Against the shipped policy an attacker shrugs off a 422 (one input refused) and stops at a 403.
-    const attacks = await blackBox(gw, 'bundled', attackDigits(1), 3000, only403)
-    const seeds = shuffled(heldOut, 41).slice(0, 100).map((i) => test.images[i]!)
-    const jbda = await jacobianAugmentation(labelOracle(gw, await tokenFor(gw, 'bundled-thief'), only403), seeds, { lambda: 0.1, maxQueries: 4000 })
-    for (const a of attacks) row({ section: 'bundled policy', check: `${a.attack}: queries until 403 (422s meanwhile)`, result: `${a.outcome.refusedAt ?? 'never'} (${a.outcome.skipped}); ${describe(a.outcome).split('; ')[1]}`, bar: 'context', met: '-' })
-    row({ section: 'bundled policy', check: 'Jacobian-based augmentation: queries until 403', result: `${jbda.refusedAt ?? 'never'} (${jbda.answered} answered)`, bar: 'context', met: '-' })
-    raw.bundled = { attacks, jbda }
-    const onLatency = benign.one.ms.slice(0, latencyDigits.length)
-    const lat = (xs: number[]) => ({ p50: pctile(xs, 50), p99: pctile(xs, 99) })
-    const a = lat(offLatency)
-    const b = lat(onLatency)
-    row({ section: 'cost', check: `latency, one caller, ${latencyDigits.length} digits one at a time (p50 / p99 ms): off vs bundled`, result: `${a.p50.toFixed(2)} / ${a.p99.toFixed(2)} vs ${b.p50.toFixed(2)} / ${b.p99.toFixed(2)} (p50 x${(b.p50 / a.p50).toFixed(2)})`, bar: 'measured', met: '-' })
-    raw.latency = { off: a, bundled: b }
-  } finally {
-    await gw.close()
-  }
+  log('micro-benchmark of the detectors')
+  const mb = microBenchmark()
+  raw.microBenchmark = mb
+  row({ section: 'cost', check: 'stateful: per query, history of 1,000 full (k 20, pool 4)', result: `${mb.statefulFull.toFixed(1)} us; ~${mb.statefulBytes} B per stored query`, bar: 'measured', met: '-' })
+  row({ section: 'cost', check: 'stateful: per query, 10,000 principals', result: `${mb.statefulMany.toFixed(1)} us; ${mb.statefulMemory.principals} principals, ${mb.statefulMemory.stored} queries held`, bar: 'measured', met: '-' })
+  row({ section: 'cost', check: 'extraction: per query incl. Shapiro-Wilk on 1,000 distances', result: `${mb.pradaFull.toFixed(1)} us; ${mb.pradaBytes} B per growing-set entry`, bar: 'measured', met: '-' })
+  row({ section: 'cost', check: 'feature squeezing: both squeezers per item (CPU; the model runs 3x items)', result: `${mb.squeeze.toFixed(1)} us`, bar: 'measured', met: '-' })
+  row({ section: 'cost', check: 'feature bounds / input digest per item', result: `${mb.bounds.toFixed(1)} us / ${mb.digestCost.toFixed(1)} us`, bar: 'measured', met: '-' })
 }
-
-log('micro-benchmark of the detectors')
-const mb = microBenchmark()
-raw.microBenchmark = mb
-row({ section: 'cost', check: 'stateful: per query, history of 1,000 full (k 20, pool 4)', result: `${mb.statefulFull.toFixed(1)} us; ~${mb.statefulBytes} B per stored query`, bar: 'measured', met: '-' })
-row({ section: 'cost', check: 'stateful: per query, 10,000 principals', result: `${mb.statefulMany.toFixed(1)} us; ${mb.statefulMemory.principals} principals, ${mb.statefulMemory.stored} queries held`, bar: 'measured', met: '-' })
-row({ section: 'cost', check: 'extraction: per query incl. Shapiro-Wilk on 1,000 distances', result: `${mb.pradaFull.toFixed(1)} us; ${mb.pradaBytes} B per growing-set entry`, bar: 'measured', met: '-' })
-row({ section: 'cost', check: 'feature squeezing: both squeezers per item (CPU; the model runs 3x items)', result: `${mb.squeeze.toFixed(1)} us`, bar: 'measured', met: '-' })
-row({ section: 'cost', check: 'feature bounds / input digest per item', result: `${mb.bounds.toFixed(1)} us / ${mb.digestCost.toFixed(1)} us`, bar: 'measured', met: '-' })
 
 // ---- report ---------------------------------------------------------------------------------------
 const header: (keyof Row)[] = ['section', 'check', 'result', 'bar', 'met']
 const widths = header.map((h) => Math.max(h.length, ...rows.map((r) => r[h].length)))
 const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()
+if (adaptiveRows.length > 0) {
+  console.log('ADAPTIVE ATTACKS (they know the detector; success = the attack goal reached within the queries)')
+  for (const l of adaptiveTable(adaptiveRows, Number(args['adaptive-queries'] ?? (quick ? 1000 : 3000)))) console.log(l)
+  console.log('\nNON-ADAPTIVE ATTACKS (they ignore the detectors)')
+}
 console.log(line(header))
 console.log(widths.map((w) => '-'.repeat(w)).join('  '))
 for (const r of rows) console.log(line(header.map((h) => r[h])))

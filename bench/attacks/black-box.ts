@@ -8,12 +8,19 @@
 //     loss on the returned probabilities is estimated from antithetic Gaussian samples
 //     (x + sigma u, x - sigma u), then projected sign steps in the L-infinity ball of eps.
 //     Success: misclassified within L-infinity eps (0.3, as the white-box attacks).
+//     Adaptive options: `tile` draws the noise per tile x tile block (aligned with the stateful
+//     detector's pooled cells, so every probe moves the detector's view by sigma, not
+//     sigma / tile), and `sigma` may be a function, read at every probe, so an attack can
+//     widen its probes when the gateway refuses it (OARS-style, adaptive-black-box.ts).
 //   HopSkipJump (Chen, Jordan, Wainwright, IEEE S&P 2020), decision-based, L2: from a
 //     misclassified start (a natural digit of another class, as attackers with data do; random
 //     noise if none is given), binary search to the boundary, then rounds of a
 //     Monte-Carlo estimate of the boundary's normal (B queries at tiny offsets), a
 //     geometric step along it and a new binary search. Success: misclassified within L2
-//     `successL2` of the original.
+//     `successL2` of the original. Adaptive options: `probeRadius` is the smallest L2 radius
+//     of the normal-estimation probes, `jitter` adds tiled Gaussian noise of that standard
+//     deviation to every query (so the binary search's points are not near-duplicates), and
+//     `tolerance` ends a binary search earlier (a finer search is lost in the jitter).
 
 export type ScoreOracle = (x: Float32Array) => Promise<{ probs: Float32Array } | { refused: string; final: boolean }>
 
@@ -113,7 +120,9 @@ class Session {
 
 export interface NesOptions {
   eps: number
-  sigma: number
+  sigma: number | (() => number)
+  /** Side of the square blocks the noise is drawn per (1: per pixel, the default). */
+  tile?: number
   /** Samples per gradient estimate (antithetic pairs: half as many draws). */
   samples: number
   stepSize: number
@@ -128,37 +137,58 @@ function margin(p: Float32Array, y: number): number {
   return Math.log(p[y]! + 1e-12) - Math.log(other + 1e-12)
 }
 
+/** Noise of `d` values (a square image) drawn per tile x tile block. */
+export function tiledNoise(d: number, tile: number, normal: () => number): Float32Array {
+  if (tile <= 1) return Float32Array.from({ length: d }, () => normal())
+  const side = Math.round(Math.sqrt(d))
+  const cells = Math.ceil(side / tile)
+  const draws = Float32Array.from({ length: cells * cells }, () => normal())
+  const u = new Float32Array(d)
+  for (let r = 0; r < side; r++) for (let c = 0; c < side; c++) u[r * side + c] = draws[Math.floor(r / tile) * cells + Math.floor(c / tile)]!
+  return u
+}
+
+/**
+ * NES's gradient estimate of `f` at `at`: the sum over antithetic pairs of
+ * (f(at + sigma u) - f(at - sigma u)) u, u standard normal (per tile), points clipped to
+ * [0, 1]. `f` returns null for a probe it could not evaluate (a refused query): that pair is
+ * dropped. Proportional to the gradient in expectation (2 sigma (samples / 2) grad f).
+ */
+export async function nesGradient(f: (z: Float32Array) => Promise<number | null>, at: Float32Array, o: { sigma: number; samples: number; tile?: number; normal: () => number }): Promise<Float32Array> {
+  const d = at.length
+  const g = new Float32Array(d)
+  for (let k = 0; k < o.samples / 2; k++) {
+    const u = tiledNoise(d, o.tile ?? 1, o.normal)
+    const plus = await f(at.map((v, i) => clip01(v + o.sigma * u[i]!)))
+    if (plus === null) continue
+    const minus = await f(at.map((v, i) => clip01(v - o.sigma * u[i]!)))
+    if (minus === null) continue
+    for (let i = 0; i < d; i++) g[i]! += (plus - minus) * u[i]!
+  }
+  return g
+}
+
 export async function nes(oracle: ScoreOracle, x: Float32Array, y: number, o: NesOptions): Promise<AttackOutcome> {
   const s = new Session(oracle, o.maxQueries)
-  const d = x.length
+  const sigmaNow = typeof o.sigma === 'function' ? o.sigma : () => o.sigma as number
   const lo = x.map((v) => Math.max(0, v - o.eps))
   const hi = x.map((v) => Math.min(1, v + o.eps))
+  const loss = async (z: Float32Array) => {
+    try {
+      return margin(await s.probs(z), y)
+    } catch (err) {
+      if (err instanceof Skipped) return null
+      throw err
+    }
+  }
   let adv = Float32Array.from(x)
   try {
     while (!s.exhausted) {
-      const g = new Float32Array(d)
-      for (let k = 0; k < o.samples / 2; k++) {
-        const u = Float32Array.from({ length: d }, () => o.normal())
-        let diff: number
-        try {
-          const plus = margin(await s.probs(adv.map((v, i) => clip01(v + o.sigma * u[i]!))), y)
-          const minus = margin(await s.probs(adv.map((v, i) => clip01(v - o.sigma * u[i]!))), y)
-          diff = plus - minus
-        } catch (err) {
-          if (err instanceof Skipped) continue
-          throw err
-        }
-        for (let i = 0; i < d; i++) g[i]! += diff * u[i]!
-      }
+      const g = await nesGradient(loss, adv, { sigma: sigmaNow(), samples: o.samples, tile: o.tile, normal: o.normal })
       adv = adv.map((v, i) => Math.min(hi[i]!, Math.max(lo[i]!, v - o.stepSize * Math.sign(g[i]!))))
-      let p: Float32Array
-      try {
-        p = await s.probs(adv)
-      } catch (err) {
-        if (err instanceof Skipped) continue
-        throw err
-      }
-      if (argmax(p) !== y) s.adversarial(linf(adv, x), linf(adv, x) <= o.eps + 1e-6)
+      const m = await loss(adv)
+      if (m === null) continue
+      if (m < 0) s.adversarial(linf(adv, x), linf(adv, x) <= o.eps + 1e-6)
       if (s.succeededAt !== null) break
     }
   } catch (err) {
@@ -177,14 +207,28 @@ export interface HsjaOptions {
   maxSamples: number
   random: () => number
   normal: () => number
+  probeRadius?: number
+  jitter?: number
+  /** Noise tile for probes and jitter (1: per pixel). */
+  tile?: number
+  tolerance?: number
+  /** The evaluator's check that a point the attack holds is really adversarial (with jitter, its queries only say so on average). */
+  verify?: (z: Float32Array) => boolean
 }
 
 export async function hopSkipJump(oracle: ScoreOracle, x: Float32Array, y: number, o: HsjaOptions): Promise<AttackOutcome> {
   const s = new Session(oracle, o.maxQueries)
   const d = x.length
   const theta = 1 / (Math.sqrt(d) * d)
+  const tolerance = o.tolerance ?? theta
+  const tile = o.tile ?? 1
+  const jitter = o.jitter ?? 0
   const isAdv = async (z: Float32Array) => {
     try {
+      if (jitter > 0) {
+        const n = tiledNoise(d, tile, o.normal)
+        z = z.map((v, i) => clip01(v + jitter * n[i]!))
+      }
       return argmax(await s.probs(z)) !== y
     } catch (err) {
       if (err instanceof Skipped) return false
@@ -196,7 +240,7 @@ export async function hopSkipJump(oracle: ScoreOracle, x: Float32Array, y: numbe
   const toBoundary = async (z: Float32Array) => {
     let low = 0
     let high = 1
-    while (high - low > theta) {
+    while (high - low > tolerance) {
       const mid = (low + high) / 2
       if (await isAdv(blend(x, z, mid))) high = mid
       else low = mid
@@ -216,16 +260,20 @@ export async function hopSkipJump(oracle: ScoreOracle, x: Float32Array, y: numbe
       if (await isAdv(z)) start = z
     }
     if (!start) return s.outcome()
+    const found = (z: Float32Array) => {
+      if (o.verify && !o.verify(z)) return
+      s.adversarial(l2(z, x), l2(z, x) <= o.successL2)
+    }
     let xb = await toBoundary(start)
-    s.adversarial(l2(xb, x), l2(xb, x) <= o.successL2)
+    found(xb)
     for (let t = 1; !s.exhausted && s.succeededAt === null; t++) {
       const dist = l2(xb, x)
-      const delta = t === 1 ? 0.1 : Math.sqrt(d) * theta * dist
+      const delta = Math.max(o.probeRadius ?? 0, t === 1 ? 0.1 : Math.sqrt(d) * theta * dist)
       const B = Math.min(o.maxSamples, Math.round(o.initialSamples * Math.sqrt(t)))
       const us: Float32Array[] = []
       const phis: number[] = []
       for (let b = 0; b < B; b++) {
-        const u = Float32Array.from({ length: d }, () => o.normal())
+        const u = tiledNoise(d, tile, o.normal)
         const n = Math.hypot(...u)
         for (let i = 0; i < d; i++) u[i]! /= n
         const probe = xb.map((v, i) => clip01(v + delta * u[i]!))
@@ -247,7 +295,7 @@ export async function hopSkipJump(oracle: ScoreOracle, x: Float32Array, y: numbe
         next = xb.map((val, i) => clip01(val + xi * v[i]!))
       }
       xb = await toBoundary(next)
-      s.adversarial(l2(xb, x), l2(xb, x) <= o.successL2)
+      found(xb)
     }
   } catch (err) {
     if (!(err instanceof Refused)) throw err

@@ -26,7 +26,8 @@ function softmaxInPlace(z: Float64Array): void {
   for (let i = 0; i < z.length; i++) z[i]! /= s
 }
 
-class SoftmaxRegression {
+/** The attacker's quick surrogate, whose Jacobian picks the synthetic queries. */
+export class SoftmaxRegression {
   readonly w: Float64Array
   readonly b = new Float64Array(10)
   readonly d: number
