@@ -45,7 +45,11 @@ interface Sent {
 }
 
 t.test('a revoked caller is refused from the reload on, under steady load, and nothing else fails', async (t) => {
-  const gw = await startGateway({ models: ['mnist'], policies: { mnist: mnistPolicy(['a', 'b']) }, config: { policies: { reloadCheckIntervalMs: INTERVAL_MS } } })
+  // Each refusal closes its connection and the revoked caller reconnects at once, many times a
+  // second from the test's one address: the per-address handshake rate (its own tests) is
+  // lifted so that it is the policy, not that limit, that answers.
+  const server = { newConnectionsPerSecondPerAddress: 1_000_000, closedOnRefusalCost: 1 }
+  const gw = await startGateway({ models: ['mnist'], policies: { mnist: mnistPolicy(['a', 'b']) }, config: { server, policies: { reloadCheckIntervalMs: INTERVAL_MS } } })
   t.teardown(() => gw.close())
   const tokens = { a: await gw.token({ sub: 'a', scopes: ['mnist:infer'], claims: { tenant: 'a' } }), b: await gw.token({ sub: 'b', scopes: ['mnist:infer'], claims: { tenant: 'b' } }) }
   const sent: Sent[] = []
