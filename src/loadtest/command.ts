@@ -52,9 +52,9 @@ async function buildRequests(o: BenchOptions, rest: RestClientOptions): Promise<
     throw new BenchTargetError(`cannot read the metadata of ${o.model} (GET ${where}): ${code}; the token needs the model's metadata scope, or give request files with --input`)
   }
   const inputs = inputSpecs(meta.body, o.model)
-  const one = generateTensors(inputs, { batch: o.batch, seed: o.seed, range: o.range ?? [0, 1], n: 1 })
+  const one = generateTensors(inputs, { batch: o.batch, seed: o.seed, range: o.range, n: 1 })
   const size = encodeRequest(o.model, o.modelVersion, one[0]!, o.binary).body!.length
-  return generateTensors(inputs, { batch: o.batch, seed: o.seed, range: o.range ?? [0, 1], n: poolSize(size) }).map((t) => encodeRequest(o.model, o.modelVersion, t, o.binary))
+  return generateTensors(inputs, { batch: o.batch, seed: o.seed, range: o.range, n: poolSize(size) }).map((t) => encodeRequest(o.model, o.modelVersion, t, o.binary))
 }
 
 async function scrape(url: URL): Promise<Scrape> {

@@ -23,7 +23,8 @@ target
 inputs
   (default)              generated from the model's metadata (GET /v2/models/NAME): every
                          input's datatype and shape, values drawn from a seeded generator
-  --range LOW:HIGH       the values generated inputs are drawn from (default 0:1)
+  --range LOW:HIGH       the values generated inputs are drawn from (default: an input's range
+                         where the metadata gives one, else 0:1)
   --seed N               seed of the generator (default ${DEFAULTS.seed}); the same seed, the same bodies
   --batch N              items per request: the batch dimension of generated inputs (default 1)
   --input FILE|DIR       an OIP v2 JSON request file, or a folder of them, sent in turn

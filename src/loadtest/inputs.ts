@@ -1,6 +1,6 @@
 // The requests the bench sends: generated from the model's metadata (GET /v2/models/NAME:
 // each input's datatype and shape, the batch dimension set to --batch, values drawn from a
-// seeded generator in --range), or read from OIP v2 JSON request files. Either way they are
+// seeded generator in --range, or the input's range where the metadata gives one), or read from OIP v2 JSON request files. Either way they are
 // encoded once, as JSON or with the binary tensor extension, into a small pool of distinct
 // bodies that the load rotates through (identical bodies would look like a replay to
 // stateful screening and would measure a cache, not the gateway).
@@ -51,6 +51,14 @@ interface MetadataTensor {
   name: string
   datatype: string
   shape: number[]
+  /** The values the model takes, where the metadata says (OIP metadata has no such field; a server may add one). */
+  range?: [number, number]
+}
+
+/** A [low, high] pair, from `range` or `parameters.range` of a metadata tensor. */
+function rangeOf(t: { range?: unknown; parameters?: { range?: unknown } }): [number, number] | undefined {
+  const r = t.range ?? t.parameters?.range
+  return Array.isArray(r) && r.length === 2 && r.every(Number.isFinite) && r[0] <= r[1] ? [r[0], r[1]] : undefined
 }
 
 /** The model's inputs from its metadata, checked for what generation needs. */
@@ -58,11 +66,17 @@ export function inputSpecs(metadata: unknown, model: string): MetadataTensor[] {
   const inputs = (metadata as { inputs?: unknown })?.inputs
   const ok = Array.isArray(inputs) && inputs.every((t: MetadataTensor) => typeof t?.name === 'string' && typeof t.datatype === 'string' && Array.isArray(t.shape) && t.shape.every(Number.isInteger))
   if (!ok || inputs.length === 0) throw new BenchInputError(`the metadata of ${model} (GET /v2/models/${model}) lists no usable inputs; give request files with --input`)
-  return inputs as MetadataTensor[]
+  return (inputs as MetadataTensor[]).map((t) => {
+    const range = rangeOf(t)
+    return { name: t.name, datatype: t.datatype, shape: t.shape, ...(range ? { range } : {}) }
+  })
 }
 
-/** `n` sets of tensors for the model's inputs, with the batch dimension set to `batch`. */
-export function generateTensors(inputs: MetadataTensor[], o: { batch: number; seed: number; range: [number, number]; n: number }): TensorSpec[][] {
+/**
+ * `n` sets of tensors for the model's inputs, with the batch dimension set to `batch`; values
+ * from `range` when given, else each input's own range from the metadata, else [0, 1].
+ */
+export function generateTensors(inputs: MetadataTensor[], o: { batch: number; seed: number; range?: [number, number] | undefined; n: number }): TensorSpec[][] {
   const shapes = inputs.map((t) => {
     if (!isDatatype(t.datatype)) throw new BenchInputError(`input ${t.name} has datatype ${t.datatype}, which the bench cannot generate; give request files with --input`)
     const shape = t.shape.map((d, i) => {
@@ -71,10 +85,10 @@ export function generateTensors(inputs: MetadataTensor[], o: { batch: number; se
       throw new BenchInputError(`input ${t.name} has a variable dimension ${i} (shape ${JSON.stringify(t.shape)}); give request files with --input`)
     })
     if (t.shape[0] !== -1 && o.batch !== 1) throw new BenchInputError(`input ${t.name} has a fixed first dimension (shape ${JSON.stringify(t.shape)}), so the model takes no batch; drop --batch`)
-    return { name: t.name, datatype: t.datatype, shape }
+    return { name: t.name, datatype: t.datatype, shape, range: o.range ?? t.range ?? ([0, 1] as [number, number]) }
   })
   const next = lcg(o.seed)
-  return Array.from({ length: o.n }, () => shapes.map((s) => ({ ...s, data: fill(s.datatype, elementCount(s.shape), next, o.range) })))
+  return Array.from({ length: o.n }, () => shapes.map(({ range, ...s }) => ({ ...s, data: fill(s.datatype, elementCount(s.shape), next, range) })))
 }
 
 function jsonValues(t: TensorSpec): string {

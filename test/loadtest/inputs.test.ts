@@ -1,5 +1,5 @@
 // The bench's inputs: generated tensors take the batch into the variable first dimension,
-// stay in the range, and are the same for the same seed and differ for another; integer and
+// stay in --range (or the metadata's range without it), and are the same for the same seed and differ for another; integer and
 // boolean datatypes get their typed arrays; a variable inner dimension or a batch for a
 // model without one is refused with what to do. Bodies decode with the gateway's own codec
 // (binary: the header length and the tensor bytes; JSON: the values). Request files are read
@@ -11,7 +11,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { HEADER_LENGTH, splitBody } from '../../src/oip/codec.ts'
-import { BenchInputError, encodeRequest, generateTensors, poolSize, readRequestFiles } from '../../src/loadtest/inputs.ts'
+import { BenchInputError, encodeRequest, generateTensors, inputSpecs, poolSize, readRequestFiles } from '../../src/loadtest/inputs.ts'
 
 const image = [{ name: 'input', datatype: 'FP32', shape: [-1, 1, 2, 2] }]
 
@@ -29,6 +29,10 @@ t.test('generated tensors: batch, range, seed', async (t) => {
   const [ints] = generateTensors([{ name: 'ids', datatype: 'INT64', shape: [-1, 4] }, { name: 'mask', datatype: 'BOOL', shape: [-1, 4] }], { batch: 2, seed: 1, range: [0, 9], n: 1 })
   t.ok(ints![0]!.data instanceof BigInt64Array && [...ints![0]!.data].every((v) => v >= 0n && v <= 9n), 'INT64 as BigInt64Array in range')
   t.ok([...ints![1]!.data].every((v) => v === 0 || v === 1), 'BOOL as 0/1')
+  const specs = inputSpecs({ inputs: [{ name: 'x', datatype: 'FP32', shape: [-1, 64], parameters: { range: [-1, 1] } }] }, 'm')
+  const [ranged] = generateTensors(specs, { batch: 1, seed: 1, range: undefined, n: 1 })
+  const values = [...(ranged![0]!.data as Float32Array)]
+  t.ok(values.every((v) => v >= -1 && v <= 1) && values.some((v) => v < 0), 'without --range, the range the metadata gives')
   t.ok(poolSize(110_000) >= 1 && poolSize(110_000) <= 64 && poolSize(100 * 2 ** 20) === 1, 'the pool is bounded in count and bytes')
 })
 
