@@ -2,10 +2,12 @@
 // @grpc/grpc-js on its own port (grpc.listen), a second transport into the same chain as
 // REST (src/transport/grpc-chain.ts). TLS as the REST listener's (the same files and their
 // reloads, TLS 1.3 by default, a client certificate required and verified against the CA
-// bundle at the handshake), or plain HTTP/2 when tls is off. Limits from the grpc config slice: message
-// sizes, streams per connection, keepalive pings (sent, and enforced on clients: a client
-// that pings more often than keepalive.minPingIntervalMs with no call in flight is sent
-// GOAWAY ENHANCE_YOUR_CALM after keepalive.maxPingStrikes, as gRPC servers do), idle
+// bundle at the handshake), or plain HTTP/2 when tls is off. The API listener's connection
+// caps (server.maxConnections, maxConnectionsPerClient, newConnectionsPerSecondPerAddress)
+// apply to this listener's connections on their own. Limits from the grpc config slice:
+// message sizes, streams per connection, keepalive pings (sent, and enforced on clients: a
+// client that pings more often than keepalive.minPingIntervalMs with no call in flight is
+// sent GOAWAY ENHANCE_YOUR_CALM after keepalive.maxPingStrikes, as gRPC servers do), idle
 // connections closed.
 
 import path from 'node:path'
@@ -17,6 +19,8 @@ import * as protoLoader from '@grpc/proto-loader'
 import type { GrpcConfig } from '../config/grpc.ts'
 import type { Config } from '../config/schema.ts'
 import type { Clock, Logger } from '../deps.ts'
+import type { Server as HttpServer } from 'node:http'
+import { limitConnections } from './connection-limits.ts'
 import { grpcHandlers, type GrpcChainOptions } from './grpc-chain.ts'
 import { handshakeFailureReason, httpsServerOptions, type TlsMaterial, type TlsReloader } from './tls.ts'
 
@@ -82,6 +86,9 @@ export function createGrpcListener(o: GrpcListenerOptions): GrpcListener {
           try {
             for (const h2 of http2ServersOf(server)) {
               guard(h2, c, o.clock, o.log)
+              // The API listener's connection caps, counted apart for this listener.
+              const s = o.config.server
+              limitConnections(h2 as unknown as HttpServer, { maxConnections: s.maxConnections, maxPerClient: s.maxConnectionsPerClient, newPerSecondPerAddress: s.newConnectionsPerSecondPerAddress, closedOnRefusalCost: s.closedOnRefusalCost, tls: o.tlsMaterial !== null, clock: o.clock })
               o.tlsReloader?.alsoServe(h2 as Http2SecureServer)
             }
           } catch (e) {

@@ -5,8 +5,9 @@
 // inference on both bundled models, a batch of 4, and that gRPC answers agree with REST's;
 // each refusal of the negative matrix with its gRPC status and its `bulwark-code` trailer;
 // ModelStreamInfer is UNIMPLEMENTED; an over-size message is RESOURCE_EXHAUSTED; the
-// listener refuses TLS 1.2, announces its stream limit, and closes a connection that pings too
-// often with GOAWAY ENHANCE_YOUR_CALM; and the audit records of an answered and a refused call.
+// listener refuses TLS 1.2, announces its stream limit, closes a connection that pings too
+// often with GOAWAY ENHANCE_YOUR_CALM, and holds the per-client connection cap; and the audit
+// records of an answered and a refused call.
 import t from 'tap'
 import path from 'node:path'
 import { readFileSync } from 'node:fs'
@@ -37,6 +38,7 @@ const gw = await startGateway({
     limited: { ...repoPolicy('ocr-cls'), model: 'limited', rateLimit: { requestsPerWindow: 1, windowMs: 60_000 } },
   },
   config: {
+    server: { maxConnectionsPerClient: 3 },
     grpc: { maxReceiveMessageBytes: 2 * 1024 * 1024, maxConcurrentStreams: 32, keepalive: { minPingIntervalMs: 60_000, maxPingStrikes: 1 } },
     audit: { directory: auditDir, aggregation: { enabled: false } },
   },
@@ -231,6 +233,16 @@ t.test('the listener announces its stream limit and closes a connection that pin
   if (!session.closed) await new Promise((resolve) => session.once('close', resolve))
   t.ok(session.destroyed, 'the connection is closed')
   t.same(closedWith, ['ERR_HTTP2_SESSION_ERROR'], 'with the GOAWAY error code')
+})
+
+t.test('the per-client connection cap holds on the gRPC listener', async (t) => {
+  // `client` holds one connection; three more channels with the same certificate make four.
+  const statuses: grpc.status[] = []
+  for (let i = 0; i < 3; i++) {
+    const e = await call('ServerLive', {}, { token: null, via: clientWith(clientCert, clientKey), deadlineMs: 5000 }).then(() => null, (err: GrpcError) => err)
+    statuses.push(e ? e.code : grpc.status.OK)
+  }
+  t.same(statuses, [grpc.status.OK, grpc.status.OK, grpc.status.UNAVAILABLE], 'the fourth connection of one client is refused (server.maxConnectionsPerClient 3)')
 })
 
 t.test('the audit records of an answered and a refused call', async (t) => {
