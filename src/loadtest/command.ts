@@ -14,7 +14,7 @@ import { BenchInputError, encodeRequest, generateTensors, inputSpecs, poolSize, 
 import { measureStep } from './measure.ts'
 import { BENCH_HELP } from './help.ts'
 import { BenchUsageError, parseBenchArgs, type BenchOptions } from './options.ts'
-import { formatCsv, formatJson, formatTable, type BenchResult, type StepResult } from './output.ts'
+import { formatCsv, formatJson, formatTable, redactArgv, type BenchResult, type StepResult } from './output.ts'
 import { renderReport } from './report.ts'
 import { summarise } from './stats.ts'
 import { BenchTargetError, checkTarget, loadCredentials, type Credentials } from './target.ts'
@@ -97,13 +97,13 @@ function progressLine(io: BenchIo, quiet: boolean, total: number): Progress {
   }
 }
 
-async function runSteps(o: BenchOptions, io: BenchIo, creds: Credentials, requests: LoadRequest[]): Promise<BenchResult> {
+async function runSteps(o: BenchOptions, io: BenchIo, creds: Credentials, requests: LoadRequest[], argv: string[]): Promise<BenchResult> {
   const clock = io.deps.clock
   const deadlineMs = clock.monotonicMs() + o.maxDurationMs
   const budget = new RequestBudget(o.maxRequests)
   const progress = progressLine(io, o.quiet, o.mode.levels.length)
   const mode = o.mode.kind === 'closed' ? 'concurrency' : 'rate'
-  const result: BenchResult = { target: o.url.origin, model: o.model, protocol: o.protocol, encoding: o.binary ? 'binary' : 'json', batch: requests[0]?.items ?? o.batch, steps: [], stoppedEarly: null }
+  const result: BenchResult = { command: ['bulwark', 'bench', ...redactArgv(argv)], target: o.url.origin, model: o.model, protocol: o.protocol, encoding: o.binary ? 'binary' : 'json', batch: requests[0]?.items ?? o.batch, steps: [], stoppedEarly: null }
   for (const level of o.mode.levels) {
     if (clock.monotonicMs() >= deadlineMs || budget.remaining <= 0) {
       result.stoppedEarly = budget.remaining <= 0 ? 'the run reached --max-requests' : 'the run reached --max-duration'
@@ -172,7 +172,7 @@ export async function benchCommand(argv: string[], io: BenchIo): Promise<number>
     const rest: RestClientOptions = { origin: o.url.origin, connections: 1, ...(creds.tls ? { tls: creds.tls } : {}), ...(creds.token !== undefined ? { token: creds.token } : {}) }
     const requests = await buildRequests(o, rest)
     if (o.metricsUrl) await scrape(o.metricsUrl)
-    const result = await runSteps(o, io, creds, requests)
+    const result = await runSteps(o, io, creds, requests, argv)
     io.out(formatTable(result))
     if (result.steps.length > 0 && result.steps.every((s) => s.stats.ok === 0)) io.err('bulwark bench: no request succeeded; the errors column says why\n')
     await writeOutputs(o, io, result)

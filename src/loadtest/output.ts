@@ -17,6 +17,8 @@ export interface StepResult {
 }
 
 export interface BenchResult {
+  /** The command line that produced it, the token flags' values redacted. */
+  command: string[]
   target: string
   model: string
   protocol: string
@@ -101,4 +103,15 @@ export function formatCsv(result: BenchResult): string {
 
 export function formatJson(result: BenchResult): string {
   return JSON.stringify(result, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n'
+}
+
+const SECRET_FLAGS = new Set(['--token', '--token-command'])
+
+/** argv with the values of --token and --token-command (which may print a secret inline) replaced. */
+export function redactArgv(argv: readonly string[]): string[] {
+  return argv.map((a, i) => {
+    const eq = a.indexOf('=')
+    if (eq > 0 && SECRET_FLAGS.has(a.slice(0, eq))) return `${a.slice(0, eq)}=<redacted>`
+    return i > 0 && SECRET_FLAGS.has(argv[i - 1]!) ? '<redacted>' : a
+  })
 }

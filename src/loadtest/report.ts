@@ -85,7 +85,7 @@ export function renderReport(result: BenchResult, generatedAt = ''): string {
   const stopped = result.stoppedEarly ? `<p><strong>The run stopped early:</strong> ${esc(result.stoppedEarly)}.</p>` : ''
   return `<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>${esc(`Bulwark bench: ${result.model}`)}</title><style>${CSS}</style></head>
-<body><h1>${esc(`Bulwark bench: ${result.model}`)}</h1><p class="meta">${esc(meta)}</p>${stopped}
+<body><h1>${esc(`Bulwark bench: ${result.model}`)}</h1><p class="meta">${esc(meta)}</p><p class="meta"><code>${esc(result.command.join(' '))}</code></p>${stopped}
 ${table(result)}
 <h2>Throughput and latency</h2>${curves(result)}
 ${breakdown(result)}

@@ -3,7 +3,8 @@
 // with --metrics every step has a per-defence breakdown that adds up to the server's time,
 // and --report writes a well-formed page with a chart per kind and a histogram per step;
 // a token without the model's scope (from --token-command) gets its answers counted under
-// `forbidden` in an open loop, nothing else but connection errors; without credential flags the development set-up of the working
+// `forbidden` in an open loop, nothing else but connection errors, and the JSON keeps the
+// command line with the token redacted; without credential flags the development set-up of the working
 // folder is used, and a terminal gets a progress line. --token-file carries the first run's token.
 // Nothing here asserts a timing: only counts, codes and the shape of the outputs.
 
@@ -91,7 +92,11 @@ t.test('an open loop with a token lacking the model\'s scope counts every answer
   const input = path.join(repoRoot, 'test', 'fixtures', 'mnist-request.json')
   const r = await bench(['--url', gw.url, '--model', 'mnist', ...tlsFlags, '--token-command', `printf %s ${token}`, '--input', input, '--rate', '100', ...short, '--json', json, '--quiet'])
   t.equal(r.status, 0, r.stderr)
-  const step = (JSON.parse(await readFile(json, 'utf8')) as BenchResult).steps[0]!
+  const written = JSON.parse(await readFile(json, 'utf8')) as BenchResult
+  t.same(written.command.slice(0, 2), ['bulwark', 'bench'])
+  t.equal(written.command[written.command.indexOf('--token-command') + 1], '<redacted>', 'the command line is kept, its token redacted')
+  t.notMatch(JSON.stringify(written), token, 'the token is nowhere in the JSON')
+  const step = written.steps[0]!
   t.equal(step.mode, 'rate')
   t.ok(step.stats.requests > 0, 'requests were answered')
   t.ok(step.stats.codes.forbidden! > 0, 'forbidden answers counted under their code')

@@ -36,6 +36,7 @@ function step(level: number, latencyMs: number, withBreakdown: boolean): StepRes
 }
 
 const result = (withBreakdown: boolean): BenchResult => ({
+  command: ['bulwark', 'bench', '--model', 'm', '--token', '<redacted>'],
   target: 'https://127.0.0.1:8443',
   model: '<script>alert("x")</script> & co',
   protocol: 'rest',
@@ -61,6 +62,7 @@ t.test('a report with the breakdown: well formed, every chart there', async (t) 
   t.match(bars, /<title>c16: queue \+ inference 18\.5<\/title>/, 'each segment says what it is')
   t.match(html, /rate_limited 2/, 'errors by code in the table')
   t.match(html, /2026-12-03T10:00:00\.000Z/)
+  t.match(html, /<code>bulwark bench --model m --token &lt;redacted&gt;<\/code>/, 'the command line that made it')
 })
 
 t.test('without a breakdown the page says how to get one', async (t) => {
