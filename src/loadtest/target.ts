@@ -84,7 +84,8 @@ export async function loadCredentials(o: BenchOptions, cwd: string, deps: Deps):
   const devDir = path.resolve(cwd, DEV_DIR)
   const dev = devPkiPaths(devDir).files
   const https = o.url.protocol === 'https:'
-  const useDevTls = https && o.cacert === undefined && o.cert === undefined && (await exists(dev.clientCert))
+  // The development set-up only ever stands in for a gateway on this machine.
+  const useDevTls = https && isLoopback(o.url) && o.cacert === undefined && o.cert === undefined && (await exists(dev.clientCert))
   const useDevToken = !o.token && isLoopback(o.url) && (await exists(dev.jwtKey))
   const creds: Credentials = { notes }
   if (useDevTls) {
