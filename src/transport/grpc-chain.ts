@@ -111,6 +111,15 @@ function certificateReader(): (call: grpc.ServerUnaryCall<unknown, unknown>) => 
   }
 }
 
+/**
+ * The request's deadline (monotonic ms) from the call's gRPC deadline (wall time; Infinity
+ * when the client set none), never later than `maxMs` after arrival (server.requestTimeoutMs).
+ */
+export function callDeadlineMs(deadline: Date | number, receivedAtMs: number, startedMs: number, maxMs: number): number {
+  const leftMs = (deadline instanceof Date ? deadline.getTime() : deadline) - receivedAtMs
+  return startedMs + Math.max(0, Math.min(maxMs, leftMs))
+}
+
 /** The peer's address without its port ("127.0.0.1:5000", "[::1]:5000"). */
 function addressOf(peer: string): string {
   const cut = peer.lastIndexOf(':')
@@ -122,8 +131,6 @@ function contextOf<Req>(o: Serving, name: string, method: Method<Req>, call: grp
   const { clock } = o
   const startedMs = clock.monotonicMs()
   const receivedAtMs = clock.nowMs()
-  const deadline = call.getDeadline()
-  const leftMs = deadline instanceof Date ? deadline.getTime() - receivedAtMs : deadline - receivedAtMs
   const first = (key: string) => {
     const v = call.metadata.get(key)[0]
     return typeof v === 'string' ? v : undefined
@@ -134,7 +141,7 @@ function contextOf<Req>(o: Serving, name: string, method: Method<Req>, call: grp
     id,
     receivedAtMs,
     startedMs,
-    deadlineMs: startedMs + Math.max(0, Math.min(o.requestTimeoutMs, leftMs)),
+    deadlineMs: callDeadlineMs(call.getDeadline(), receivedAtMs, startedMs, o.requestTimeoutMs),
     client: { address: addressOf(call.getPeer()), tlsVersion: o.tlsVersion, peerCertificate: o.peerCertificate(call) },
     target: { ...target, verb: method.verb },
     exchange: { method: 'POST', path, route: path, declaredBytes: null, traceparent: first('traceparent'), tracestate: first('tracestate') },
