@@ -133,11 +133,12 @@ export const ServerConfig = Type.Object(
      */
     newConnectionsPerSecondPerAddress: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 200 }),
     /**
-     * A connection the gateway closes because it refused a request before reading its body
-     * (no token, an unknown model, a stalled upload) counts as this many new connections from
-     * its address. A client that earns only refusals, reconnecting after each, then gets
-     * newConnectionsPerSecondPerAddress / closedOnRefusalCost handshakes a second (10 at the
-     * defaults); a client whose requests are answered keeps its connections and never pays.
+     * A connection the gateway closes because it refused a request before reading its body,
+     * from a client that showed no valid token (none or a forged one, an unknown model), counts
+     * as this many new connections from its address. Such a client, reconnecting after each
+     * refusal, gets newConnectionsPerSecondPerAddress / closedOnRefusalCost handshakes a second
+     * (10 at the defaults); a client whose requests are answered keeps its connections and
+     * never pays, and a caller with a valid token answers for its refusals under its own limits.
      */
     closedOnRefusalCost: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 20 }),
   },

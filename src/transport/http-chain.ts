@@ -45,7 +45,7 @@ export interface HttpChainOptions {
   tls: boolean
   /** True once the gateway is shutting down: every answer then closes its connection. */
   closing: () => boolean
-  /** Told of each connection closed after an answer because the request's body was left unread. */
+  /** Told of each connection closed after an answer because the request's body was left unread, when the client showed no valid token. */
   closedOnRefusal: (socket: Socket) => void
 }
 
@@ -175,7 +175,10 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     // upload) is not read now either: the connection closes after this answer instead.
     if (ctx.bodyBytes === null && bodyPending(reply.request.raw)) {
       reply.header('connection', 'close')
-      o.closedOnRefusal(reply.request.raw.socket)
+      // Only a client that showed no valid token pays for the reconnect it forces: a caller
+      // with one answers for its refusals under its own limits, and is not made to cost the
+      // others at its address their connections.
+      if (ctx.principal === null) o.closedOnRefusal(reply.request.raw.socket)
     }
     // While shutting down, a kept-alive connection would hold the listener open until the
     // client closes it: closing it after the answer lets the shutdown finish with the work.

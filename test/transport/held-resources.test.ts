@@ -4,8 +4,9 @@
 // upload is cut off after server.bodyIdleTimeoutMs with 408 and frees the slots it held; one
 // client certificate cannot open more than server.maxConnectionsPerClient connections; a
 // connection closed after a refusal with its body unread costs its address
-// server.closedOnRefusalCost new connections, and a connection refused for its rate is reset
-// before the TLS server sees it (no handshake failure is counted for it).
+// server.closedOnRefusalCost new connections when the client showed no valid token (a caller
+// with one pays nothing extra), and a connection refused for its rate is reset before the TLS
+// server sees it (no handshake failure is counted for it).
 // Every case goes over a real TLS connection with the dev client certificate.
 
 import { once } from 'node:events'
@@ -130,25 +131,28 @@ t.test('new connections past newConnectionsPerSecondPerAddress are closed before
   t.match(await gw.gateway.metrics.render(), /bulwark_connections_refused_total\{reason="rate"\} 1/)
 })
 
-t.test('a connection closed on a refusal costs closedOnRefusalCost new connections; refused ones never reach the TLS server', async (t) => {
+t.test('a connection closed on a refusal without a valid token costs closedOnRefusalCost new connections; refused ones never reach the TLS server', async (t) => {
   const clock = new FakeClock(Date.now())
   const gw = await startGateway({ models: ['mnist'], deps: { clock, random: cryptoRandom }, config: { server: { newConnectionsPerSecondPerAddress: 10, closedOnRefusalCost: 10 } } })
   t.teardown(() => gw.close())
   const answered = await connect(gw)
   answered.socket.write('GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
   t.match(await answered.closed, /^HTTP\/1.1 200 /, 'an answered request closes its connection at the client\'s asking')
+  const forbidden = await connect(gw)
+  forbidden.socket.write(head('POST', '/v2/models/mnist/infer', MiB, await gw.token({ scopes: [] })) + '{"inputs":')
+  t.match(await forbidden.closed, /^HTTP\/1.1 403 /, 'a caller with a valid token refused before its body is read: the connection closes too')
   const second = await connect(gw)
-  t.ok(second.socket.authorized, 'and costs nothing more: the next connection is admitted')
+  t.ok(second.socket.authorized, 'neither costs more than its own connection: the next one is admitted')
   second.socket.write(head('POST', '/v2/models/mnist/infer', MiB) + '{"inputs":')
   t.match(await second.closed, /^HTTP\/1.1 401 /, 'a refusal with the body unread closes the connection')
   const refused = await connect(gw).then(
     () => 'handshake completed',
     () => 'reset before the handshake',
   )
-  t.equal(refused, 'reset before the handshake', 'two connections and one refusal-close (1 + 1 + 10) overdraw the 10 a second')
+  t.equal(refused, 'reset before the handshake', 'three connections and one refusal-close without a token (1 + 1 + 1 + 10) overdraw the 10 a second')
   clock.advance(100)
   t.equal(await connect(gw).then(() => 'admitted', () => 'reset'), 'reset', 'a tenth of a second later the debt is not yet paid')
-  clock.advance(300)
+  clock.advance(400)
   const paid = await connect(gw)
   t.ok(paid.socket.authorized, 'once it is, new connections are admitted again')
   paid.socket.destroy()
