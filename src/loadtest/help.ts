@@ -15,8 +15,9 @@ target
   --cert FILE --key FILE client certificate and key (mTLS)
   --token T | --token-file FILE | --token-command 'CMD'
                          the bearer token, or a file or a command that prints it
-                         (none of the above and a development set-up in .bulwark/dev/: its
-                         CA, client certificate, and a token minted from its key)
+                         (none of these, a loopback URL and a development set-up in
+                         .bulwark/dev/: its CA, client certificate, and a token minted from its key)
+  --protocol rest        the API to load (rest, the default and, for now, the only one)
   --allow-target HOST    load a host that is not loopback; it must name the URL's host exactly
                          (without it, the bench refuses anything but 127.0.0.0/8, ::1, localhost)
 
