@@ -138,8 +138,9 @@ async function runSteps(o: BenchOptions, io: BenchIo, creds: Credentials, reques
 
 async function writeOutputs(o: BenchOptions, io: BenchIo, result: BenchResult): Promise<void> {
   const outputs: [string | undefined, () => string][] = [
-    [o.csv, () => formatCsv(result)],
-    [o.json, () => formatJson(result)],
+    // The report's data travels with it: FILE.csv and FILE.json beside FILE.html unless named elsewhere.
+    [o.csv ?? o.report?.replace(/\.html?$/i, '.csv'), () => formatCsv(result)],
+    [o.json ?? o.report?.replace(/\.html?$/i, '.json'), () => formatJson(result)],
     [o.report, () => renderReport(result, new Date(io.deps.clock.nowMs()).toISOString())],
   ]
   for (const [file, render] of outputs) {

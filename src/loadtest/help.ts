@@ -54,7 +54,8 @@ where the time goes
 output
   --csv FILE             one row per step
   --json FILE            everything, per step (latency histogram and per-link times included)
-  --report FILE.html     one self-contained HTML page with the charts (no network needed)
+  --report FILE.html     one self-contained HTML page with the charts (no network needed), and
+                         FILE.csv and FILE.json beside it unless --csv or --json say otherwise
   --quiet                no progress line and no notes on stderr (the progress line is only
                          drawn when stderr is a terminal)
 

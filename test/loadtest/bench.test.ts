@@ -5,7 +5,8 @@
 // a token without the model's scope (from --token-command) gets its answers counted under
 // `forbidden` in an open loop, nothing else but connection errors, and the JSON keeps the
 // command line with the token redacted; without credential flags the development set-up of the working
-// folder is used, and a terminal gets a progress line. --token-file carries the first run's token.
+// folder is used, a terminal gets a progress line, and --report alone writes its CSV and JSON
+// beside it. --token-file carries the first run's token.
 // Nothing here asserts a timing: only counts, codes and the shape of the outputs.
 
 import t from 'tap'
@@ -110,7 +111,9 @@ t.test('an open loop with a token lacking the model\'s scope counts every answer
 })
 
 t.test('without credential flags, the development set-up of the working folder is used', async (t) => {
-  const r = await bench(['--url', gw.url, '--model', 'mnist', '--concurrency', '2', ...short, '--binary', '--batch', '3'], gw.dir, true)
+  const r = await bench(['--url', gw.url, '--model', 'mnist', '--concurrency', '2', ...short, '--binary', '--batch', '3', '--report', 'dev.html'], gw.dir, true)
+  for (const f of ['dev.html', 'dev.csv', 'dev.json']) t.match(r.stderr, `wrote ${path.join(gw.dir, f)}`, `--report writes ${f} (relative to the working folder)`)
+  t.equal((JSON.parse(await readFile(path.join(gw.dir, 'dev.json'), 'utf8')) as BenchResult).batch, 3)
   t.match(r.stderr, /\r\x1b\[Kstep 1\/1 concurrency 2 {2}[0-9.]+s {2}[0-9]+ requests/, 'a progress line on a terminal')
   t.equal(r.status, 0, r.stderr)
   t.match(r.stderr, /using the development PKI in \.bulwark\/dev\//)
