@@ -13,14 +13,13 @@ import path from 'node:path'
 import { readFile } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import * as grpc from '@grpc/grpc-js'
-import * as protoLoader from '@grpc/proto-loader'
 import { defaultConfig } from '../src/config/load.ts'
 import { DEV_AUDIENCE, DEV_DIR, DEV_ISSUER } from '../src/config/security.ts'
 import { realDeps } from '../src/deps.ts'
 import { loadSigningKey, mintToken } from '../src/dev/mint-token.ts'
 import { devPkiPaths } from '../src/dev/pki.ts'
 import { devScopes } from '../src/dev/setup.ts'
-import { PROTO_DIR, PROTO_LOADER_OPTIONS } from '../src/transport/grpc.ts'
+import { inferenceServiceClient } from '../src/transport/grpc.ts'
 
 const { values } = parseArgs({
   options: {
@@ -40,8 +39,7 @@ const token =
   process.env.BULWARK_TOKEN ??
   (await mintToken(await loadSigningKey(files.jwtKey, files.jwks), { issuer: DEV_ISSUER, audience: DEV_AUDIENCE, subject: 'dev', scopes: await devScopes(defaultConfig(cwd).config, cwd), ttlSeconds: 300 }, realDeps))
 
-const definition = protoLoader.loadSync(path.join(PROTO_DIR, 'grpc_service.proto'), PROTO_LOADER_OPTIONS)
-const { GRPCInferenceService } = (grpc.loadPackageDefinition(definition) as unknown as { inference: { GRPCInferenceService: grpc.ServiceClientConstructor } }).inference
+const GRPCInferenceService = inferenceServiceClient()
 const client = new GRPCInferenceService(values.address, grpc.credentials.createSsl(ca!, key!, cert!), { 'grpc.ssl_target_name_override': values['server-name'] }) as unknown as Record<string, (req: unknown, md: grpc.Metadata, cb: (err: grpc.ServiceError | null, res: any) => void) => void>
 const metadata = new grpc.Metadata()
 metadata.set('authorization', `Bearer ${token}`)

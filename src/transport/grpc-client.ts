@@ -5,21 +5,18 @@
 // spends nothing per request on encoding. Calls are spread over `connections` channels, each
 // with its own HTTP/2 connection.
 
-import path from 'node:path'
 import * as grpc from '@grpc/grpc-js'
-import * as protoLoader from '@grpc/proto-loader'
 import { systemClock, type Clock } from '../deps.ts'
 import { errorStatus, type ErrorCode } from '../errors.ts'
 import type { LoadClient, LoadRequest, Outcome } from '../loadtest/client.ts'
 import { SERVICE_PATH } from './grpc-chain.ts'
-import { PROTO_DIR, PROTO_LOADER_OPTIONS } from './grpc.ts'
+import { inferenceServiceClient } from './grpc.ts'
 
-let definition: protoLoader.PackageDefinition | null = null
+let service: grpc.ServiceDefinition | null = null
 
 /** A prepared gRPC call as the load generator carries it: the method's path, and its message serialized. */
 export function grpcRequest(method: string, message: unknown, items = 1): LoadRequest {
-  definition ??= protoLoader.loadSync(path.join(PROTO_DIR, 'grpc_service.proto'), PROTO_LOADER_OPTIONS)
-  const service = definition['inference.GRPCInferenceService'] as unknown as Record<string, protoLoader.MethodDefinition<unknown, unknown>>
+  service ??= inferenceServiceClient().service
   // eslint-disable-next-line bulwark/object-injection -- method is one of the service's names, given by the bench's own code
   const m = service[method]
   if (!m) throw new Error(`inference.GRPCInferenceService has no method ${method}`)

@@ -30,11 +30,10 @@ export const PROTO_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url
 /** How the gateway and its clients load the protocol: field names as in the .proto, int64 as numbers, enums by name. */
 export const PROTO_LOADER_OPTIONS: protoLoader.Options = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true, includeDirs: [PROTO_DIR] }
 
-/** The GRPCInferenceService definition from proto/grpc_service.proto. */
-export function inferenceService(): grpc.ServiceDefinition {
+/** The client of GRPCInferenceService from proto/grpc_service.proto (its `service` is the definition the server serves). */
+export function inferenceServiceClient(): grpc.ServiceClientConstructor {
   const definition = protoLoader.loadSync(path.join(PROTO_DIR, 'grpc_service.proto'), PROTO_LOADER_OPTIONS)
-  const pkg = grpc.loadPackageDefinition(definition) as unknown as { inference: { GRPCInferenceService: grpc.ServiceClientConstructor } }
-  return pkg.inference.GRPCInferenceService.service
+  return (grpc.loadPackageDefinition(definition) as unknown as { inference: { GRPCInferenceService: grpc.ServiceClientConstructor } }).inference.GRPCInferenceService
 }
 
 /** Server credentials from the REST listener's TLS options, with the client certificate checked at the handshake. */
@@ -72,7 +71,7 @@ export function createGrpcListener(o: GrpcListenerOptions): GrpcListener {
     'grpc.keepalive_timeout_ms': c.keepalive.timeoutMs,
     'grpc.max_connection_idle_ms': c.keepalive.maxConnectionIdleMs,
   })
-  server.addService(inferenceService(), grpcHandlers({ ...o, tlsVersion: o.tlsMaterial && tls.minVersion === 'TLSv1.3' ? 'TLSv1.3' : null }))
+  server.addService(inferenceServiceClient().service, grpcHandlers({ ...o, tlsVersion: o.tlsMaterial && tls.minVersion === 'TLSv1.3' ? 'TLSv1.3' : null }))
   const settings = { maxConcurrentStreams: c.maxConcurrentStreams, maxHeaderListSize: o.config.server.maxHeaderBytes }
   const credentials = o.tlsMaterial
     ? new MutualTlsCredentials({ ...httpsServerOptions(tls, o.tlsMaterial, { maxHeaderSize: o.config.server.maxHeaderBytes }), rejectUnauthorized: true, settings })

@@ -3,23 +3,21 @@
 // certificate from it is served, and a client of the old CA can no longer connect.
 
 import t from 'tap'
-import path from 'node:path'
 import { readFile } from 'node:fs/promises'
 import * as grpc from '@grpc/grpc-js'
-import * as protoLoader from '@grpc/proto-loader'
 import { startGateway } from '../../kit/gateway.ts'
 import { DEV_WORKLOAD } from '../../src/config/security.ts'
 import { createCa, issueCertificate, writeFileAtomic } from '../../src/dev/pki.ts'
 import { realDeps } from '../../src/deps.ts'
-import { PROTO_DIR, PROTO_LOADER_OPTIONS } from '../../src/transport/grpc.ts'
+import { inferenceServiceClient } from '../../src/transport/grpc.ts'
 
 const gw = await startGateway({ config: { tls: { reloadCheckIntervalMs: 200 } } })
 const port = await gw.gateway.grpc!.listen('127.0.0.1', 0)
 t.teardown(() => gw.close())
 const { files } = gw.pki
 
-const definition = protoLoader.loadSync(path.join(PROTO_DIR, 'grpc_service.proto'), PROTO_LOADER_OPTIONS)
-const Service = (grpc.loadPackageDefinition(definition) as any).inference.GRPCInferenceService as grpc.ServiceClientConstructor
+// The client the gateway's own definition makes: the same .proto files.
+const Service = inferenceServiceClient()
 const clients: grpc.Client[] = []
 t.teardown(() => clients.forEach((c) => c.close()))
 

@@ -16,7 +16,6 @@ import { connect as http2Connect, constants as h2 } from 'node:http2'
 import { connect as tlsConnect } from 'node:tls'
 import { once } from 'node:events'
 import * as grpc from '@grpc/grpc-js'
-import * as protoLoader from '@grpc/proto-loader'
 import { parse as parseYaml } from 'yaml'
 import { mnistRequest, startGateway } from '../../kit/gateway.ts'
 import { ocrImage } from '../../kit/payloads.ts'
@@ -24,7 +23,7 @@ import { repoRoot } from '../../kit/paths.ts'
 import { DEV_WORKLOAD } from '../../src/config/security.ts'
 import { createCa, issueCertificate } from '../../src/dev/pki.ts'
 import { realDeps } from '../../src/deps.ts'
-import { PROTO_DIR, PROTO_LOADER_OPTIONS } from '../../src/transport/grpc.ts'
+import { inferenceServiceClient } from '../../src/transport/grpc.ts'
 import { requestRecords, tempDir } from '../audit/helpers.ts'
 
 const auditDir = tempDir('grpc-audit')
@@ -46,8 +45,8 @@ const gw = await startGateway({
 const port = await gw.gateway.grpc!.listen('127.0.0.1', 0)
 t.teardown(() => gw.close())
 
-const definition = protoLoader.loadSync(path.join(PROTO_DIR, 'grpc_service.proto'), PROTO_LOADER_OPTIONS)
-const Service = (grpc.loadPackageDefinition(definition) as any).inference.GRPCInferenceService as grpc.ServiceClientConstructor
+// The client the gateway's own definition makes: the same .proto files.
+const Service = inferenceServiceClient()
 const [caPem, clientCert, clientKey] = await Promise.all([gw.pki.files.ca, gw.pki.files.clientCert, gw.pki.files.clientKey].map((f) => readFile(f)))
 const clients: grpc.Client[] = []
 const clientWith = (cert?: Buffer, key?: Buffer) => {
