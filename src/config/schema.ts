@@ -155,8 +155,8 @@ export const ClientLimitsConfig = Type.Object(
   {
     /** Off: only the per-principal limits (rateLimits), which apply after the token check. */
     enabled: Type.Boolean({ default: true }),
-    /** Sustained requests per second one client may send. 1000: more than one workload
-     *  instance sends to a model in normal use, far below what floods the audit disk. */
+    /** Sustained requests per second one client may send without a valid token (a request
+     *  whose caller shows one gives its token back). 1000: far below what floods the audit disk. */
     requestsPerSecond: Type.Number({ exclusiveMinimum: 0, maximum: 1_000_000, default: 1000 }),
     /** Requests a client may send at once above the sustained rate (the bucket's size). */
     burst: Type.Integer({ minimum: 1, maximum: 10_000_000, default: 2000 }),

@@ -3,6 +3,10 @@
 // sends junk without a token still costs the gateway work and an audit record per request,
 // and the per-principal limits (rate-limit) apply only after the token check. Past its burst
 // a client gets 429 client_rate_limited with Retry-After; other clients are not affected.
+// A request whose caller then shows a valid token gets its token back when the exchange ends:
+// the bucket bounds what a client makes the gateway do without credentials, while a caller
+// with them is bounded by its own limits (rate-limit), so one busy workload is not refused here
+// for its legitimate volume.
 //
 // The client is the SHA-256 of its verified certificate (DER) with TLS on, as the connection
 // caps count it (src/transport/connection-limits.ts, the same certificateKey), else its address.
@@ -48,6 +52,8 @@ export function createClientLimitLink(config: ClientLimitsConfig, deps: { clock:
   const forgotten = new Counter('bulwark_client_limit_evictions_total', 'Clients forgotten by the per-client limit because clientLimits.maxClients others were seen more recently.')
   const buckets = new TokenBuckets({ perSecond: rate, burst, maxKeys: maxClients, onForget: () => forgotten.inc() })
   const limited = new Counter('bulwark_client_rate_limited_total', 'Requests refused before authentication because their client (certificate, or address without TLS) was past clientLimits.burst at clientLimits.requestsPerSecond.')
+  // Requests this link refused took no token, so they have none to give back.
+  const refused = new WeakSet<RequestContext>()
   const tracked = new Gauge('bulwark_client_limit_clients', 'Clients the per-client limit holds a bucket for (at most clientLimits.maxClients).', () => [[{}, buckets.size]])
 
   return {
@@ -61,11 +67,16 @@ export function createClientLimitLink(config: ClientLimitsConfig, deps: { clock:
       const waitMs = buckets.take(key, clock.monotonicMs())
       if (waitMs === 0) return
       limited.inc()
+      refused.add(ctx)
       const waitS = Math.max(1, Math.ceil(waitMs / 1000))
       throw new BulwarkError('client_rate_limited', 'too many requests from this client; retry after the Retry-After delay', {
         reason: `client ${key} is past its burst of ${burst} at ${rate} requests/s (clientLimits)`,
         headers: { 'retry-after': String(waitS) },
       })
+    },
+    onDestroy(ctx: RequestContext) {
+      if (refused.has(ctx) || ctx.principal === null) return
+      buckets.charge(clientKeyOf(ctx.client), clock.monotonicMs(), -1)
     },
   }
 }

@@ -41,11 +41,12 @@ export class TokenBuckets {
 
   /**
    * Takes `n` tokens for `key` at `nowMs` whether it has them or not: the bucket may go into
-   * debt, down to one burst below empty, and `take` refuses until the debt is paid back.
+   * debt, down to one burst below empty, and `take` refuses until the debt is paid back. A
+   * negative `n` gives tokens back, up to a full bucket.
    */
   charge(key: string, nowMs: number, n: number): void {
     const b = this.refill(key, nowMs)
-    b.tokens = Math.max(-this.burst, b.tokens - n)
+    b.tokens = Math.min(this.burst, Math.max(-this.burst, b.tokens - n))
   }
 
   /** `key`'s bucket brought up to `nowMs`, and moved to the most recently seen end. */

@@ -2,9 +2,10 @@
 // client certificate (per address without TLS) on the injected clock. Past its burst a client
 // is refused with 429 client_rate_limited and Retry-After, counted; it gets a request back per
 // 1/requestsPerSecond; other clients keep their own buckets; the clients held stay within
-// maxClients. Over real TLS: a client sending junk without a token is refused past its burst,
-// on model and server routes alike, before the token check, while another client's junk still
-// reaches the token check.
+// maxClients; a request whose caller showed a valid token gives its token back when it ends.
+// Over real TLS: a client sending junk without a token is refused past its burst, on model and
+// server routes alike, before the token check, while another client's junk still reaches the
+// token check; a caller with a valid token sends past the burst unrefused.
 
 import t from 'tap'
 import { createHash, X509Certificate } from 'node:crypto'
@@ -52,6 +53,25 @@ t.test('past its burst a client is refused with 429 client_rate_limited and Retr
 
   const metrics = Object.fromEntries(link.metrics.map((m) => [m.name, m]))
   t.equal((metrics.bulwark_client_rate_limited_total as unknown as { get(): number }).get(), 4, 'each refusal counted')
+})
+
+t.test('a request whose caller showed a valid token gives its token back when it ends; junk and refused requests do not', async (t) => {
+  const clock = new FakeClock()
+  const link = createClientLimitLink(limits({ burst: 2 }), { clock })
+  const principal = { subject: 'alice', issuer: 'i', scopes: [], claims: {}, expiresAtMs: Infinity }
+  for (let i = 0; i < 10; i++) {
+    const ctx = fakeContext({ client: { address: 'a' }, principal })
+    link.run(ctx)
+    link.onDestroy!(ctx)
+  }
+  t.pass('ten requests with a valid token in one instant, on a burst of 2: none refused')
+  const junk = [from('a'), from('a')]
+  for (const ctx of junk) link.run(ctx)
+  const refused = from('a')
+  t.throws(() => link.run(refused), { code: 'client_rate_limited' }, 'junk spends the bucket')
+  link.onDestroy!(refused)
+  for (const ctx of junk) link.onDestroy!(ctx)
+  t.throws(() => link.run(from('a')), { code: 'client_rate_limited' }, 'and gets nothing back, nor does the refused request')
 })
 
 t.test('the clients held stay within maxClients: the one seen least recently is forgotten first', async (t) => {
@@ -107,4 +127,8 @@ t.test('over real TLS: junk without a token is refused past the client\'s burst,
   t.equal((await gw.request('/v2/models/mnist/infer', junk)).status, 401, 'a second later the first client has one request again')
   t.equal((await gw.request('/v2/models/mnist/infer', junk)).status, 429)
   t.match(await gw.gateway.metrics.render(), /^bulwark_client_rate_limited_total 4$/m, 'counted')
+  const token = await gw.token()
+  const codes: string[] = []
+  for (let i = 0; i < 6; i++) codes.push((await gw.request('/v2/models/mnist', { dispatcher: otherAgent, token })).body.code)
+  t.same(codes, Array(6).fill('model_not_found'), 'one after another, six requests with a valid token on what is left of a burst of 3, the clock frozen: none refused here')
 })
