@@ -92,7 +92,9 @@ try {
     console.log(`round ${round + 1}: bulwark bench ${bench.toFixed(0)} req/s, autocannon ${cannon.toFixed(0)} req/s, ratio ${(bench / cannon).toFixed(3)}`)
   }
   const sorted = [...ratios].sort((a, b) => a - b)
-  console.log(`median ratio bulwark bench / autocannon at concurrency ${concurrency}: ${sorted[Math.floor(sorted.length / 2)]!.toFixed(3)} (range ${sorted[0]!.toFixed(3)}-${sorted[sorted.length - 1]!.toFixed(3)}, ${rounds} rounds of ${durationMs} ms)`)
+  const mid = sorted.length / 2
+  const median = sorted.length % 2 === 1 ? sorted[Math.floor(mid)]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+  console.log(`median ratio bulwark bench / autocannon at concurrency ${concurrency}: ${median.toFixed(3)} (range ${sorted[0]!.toFixed(3)}-${sorted[sorted.length - 1]!.toFixed(3)}, ${rounds} rounds of ${durationMs} ms)`)
 } finally {
   await gw.stop()
 }
