@@ -85,6 +85,12 @@ export const StatefulPolicy = Type.Object(
     ...Memory,
     /** Queries kept over all principals of this model; past it whole principals are evicted, least recently seen first. */
     maxStoredQueries: Type.Integer({ minimum: 1, maximum: 100_000_000, default: 200_000 }),
+    /**
+     * Recent queries of ALL callers of the model kept in one more history, judged like a
+     * caller's own (same k and threshold), so probing split over many identities alarms too
+     * (detector `stateful-callers`). 0: off. In process (per replica with state.redis).
+     */
+    acrossCallers: Type.Integer({ minimum: 0, maximum: 100_000, default: 0 }),
   },
   { additionalProperties: false },
 )

@@ -3,7 +3,8 @@
 // model's manifest (the screened input's layout and range), the calibration file, checks
 // that they fit together, and reports every problem at once. The order of `detectors` is
 // the order they judge a request in: the cheap stateless check first, then the stateful
-// query detector (both before the model runs), then feature squeezing, then extraction
+// query detector and its model-wide index over all callers (all before the model runs), then
+// feature squeezing, then extraction
 // (after it). Before inference the first enforcing alarm ends the screening; after it every
 // detector judges, so the extraction detector counts refused queries too. With a shared
 // store (`state.redis`), the stateful and extraction detectors keep their per-principal state
@@ -25,6 +26,7 @@ import { createSharedPradaDetector } from './prada-shared.ts'
 import type { ScreeningStore } from './shared-store.ts'
 import { parseSqueezer, parseSqueezers, type ItemLayout } from './squeezers.ts'
 import { createStatefulDetector } from './stateful.ts'
+import { createCallersIndexDetector } from './stateful-callers.ts'
 import { createSharedStatefulDetector } from './stateful-shared.ts'
 
 export interface ModelScreening {
@@ -130,6 +132,14 @@ export function compileScreening(
       const { threshold: _t, mode: _m, ...shape } = st
       const key = JSON.stringify(['stateful', shape, layout, !!shared])
       detectors.push(keepHistory(previous?.detectors, key, options, () => (shared ? createSharedStatefulDetector(options, model, shared) : createStatefulDetector(options))))
+      if (st.acrossCallers > 0) {
+        if (st.k > st.acrossCallers) problems.push(`/screening/stateful/acrossCallers: ${st.acrossCallers} is smaller than k ${st.k}; the k nearest must fit in it (or 0: off)`)
+        else {
+          const across = { k: st.k, size: st.acrossCallers, threshold, mode: options.mode, encoder: options.encoder }
+          const acrossKey = JSON.stringify(['stateful-callers', st.k, st.poolSize, st.acrossCallers, layout])
+          detectors.push(keepHistory(previous?.detectors, acrossKey, across, () => createCallersIndexDetector(across)))
+        }
+      }
     }
   }
 

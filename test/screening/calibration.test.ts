@@ -42,6 +42,12 @@ t.test('the bundled policy compiles with its calibration file', async (t) => {
   t.ok(s.needsModel)
 })
 
+t.test('acrossCallers adds the model-wide index after the stateful detector, and must hold k queries', async (t) => {
+  const s = compileScreening('mnist', policy({ calibrationFile: 'x', stateful: { acrossCallers: 1000 } }), manifest, calibration, seededRandom(1))
+  t.same(s.detectors.map((d) => [d.name, d.mode, d.refusal]), [['stateful', 'enforce', 'attack_suspected'], ['stateful-callers', 'enforce', 'attack_suspected']])
+  t.throws(() => compileScreening('mnist', policy({ calibrationFile: 'x', stateful: { acrossCallers: 10 } }), manifest, calibration, seededRandom(1)), /acrossCallers: 10 is smaller than k 20/)
+})
+
 t.test('a stale or mismatched calibration stops the start with the fix', async (t) => {
   const stale = { ...calibration, modelSha256: '0'.repeat(64) }
   t.throws(() => compileScreening('mnist', policy({ featureSqueezing: {} }), manifest, stale, seededRandom(1)), /calibrated on model file 000000000000\.\.\..*bulwark calibrate mnist/)

@@ -41,15 +41,17 @@ t.test('the bundled mnist screening, end to end', async (t) => {
     statuses.push(r.status)
     if (r.status === 403) t.equal(r.body.code, 'attack_suspected')
   }
-  t.same(statuses.slice(0, 20), new Array(20).fill(200), 'the first 20 probes have too little history')
-  t.equal(statuses[20], 403, 'the 21st is refused')
-  t.same(statuses.slice(21), [403, 403, 403, 403], 'then the cool-down refuses everything')
+  // The model-wide index (acrossCallers) holds alice's 2 queries and mallory's probes: from
+  // the 19th probe on it has k = 20 earlier queries; at the 20th, 19 of them are close.
+  t.same(statuses.slice(0, 19), new Array(19).fill(200), 'the first 19 probes have too few close neighbours')
+  t.equal(statuses[19], 403, 'the 20th is refused, one before its own history could (21st)')
+  t.same(statuses.slice(20), new Array(5).fill(403), 'then the cool-down refuses everything')
   t.equal((await gw.request('/v2/models/mnist/infer', { body: body(test.images[1]!), token: alice })).status, 200, 'other callers are served')
 
   const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text()
   t.match(metrics, /bulwark_screening_alarms_total\{action="refused",detector="feature-squeezing",model="mnist"\} 1/)
-  t.match(metrics, /bulwark_screening_alarms_total\{action="refused",detector="stateful",model="mnist"\} 1/)
-  t.match(metrics, /bulwark_screening_alarms_total\{action="refused",detector="cooldown",model="mnist"\} 4/)
+  t.match(metrics, /bulwark_screening_alarms_total\{action="refused",detector="stateful-callers",model="mnist"\} 1/)
+  t.match(metrics, /bulwark_screening_alarms_total\{action="refused",detector="cooldown",model="mnist"\} 5/)
   t.match(metrics, /bulwark_screening_score_count\{detector="feature-squeezing",model="mnist"\} \d+/)
 
   // The audit trail holds each request's flags.
@@ -59,5 +61,5 @@ t.test('the bundled mnist screening, end to end', async (t) => {
   const refused = requests.find((r) => r.code === 'suspicious_input')
   t.ok(refused, 'the 422 is audited')
   t.match(refused.flags, [{ detector: 'feature-bounds' }, { detector: 'feature-squeezing', alarm: true }])
-  t.ok(requests.some((r) => r.code === 'attack_suspected' && r.flags.some((f: { detector: string; alarm: boolean }) => f.detector === 'stateful' && f.alarm)))
+  t.ok(requests.some((r) => r.code === 'attack_suspected' && r.flags.some((f: { detector: string; alarm: boolean }) => f.detector === 'stateful-callers' && f.alarm)))
 })
