@@ -34,6 +34,7 @@ export const LINK_GROUPS: ReadonlyMap<string, string> = new Map(Object.entries({
   'output-privacy': 'privacy',
   'audit-log': 'audit',
   metrics: 'other',
+  'model-stats': 'other',
 }))
 export const GROUP_ORDER = ['front door', 'validation', 'screening', 'queue + inference', 'privacy', 'audit', 'other', 'outside the links']
 
