@@ -10,7 +10,7 @@ import type { Deps } from '../deps.ts'
 import { diffScrapes, parseScrape, type Scrape } from './breakdown.ts'
 import { getJson, restClient, type LoadClient, type LoadRequest, type RestClientOptions } from './client.ts'
 import { RequestBudget, Recorder, startClosedLoop, startOpenLoop, type LoadSession } from './generator.ts'
-import { BenchInputError, encodeRequest, generateTensors, inputSpecs, poolSize, readRequestFiles } from './inputs.ts'
+import { BenchInputError, encodeRequest, generateTensors, hasRawTensors, inputFiles, inputSpecs, poolSize, readRequestFiles, type MetadataTensor } from './inputs.ts'
 import { measureStep } from './measure.ts'
 import { BENCH_HELP } from './help.ts'
 import { BenchUsageError, parseBenchArgs, type BenchOptions } from './options.ts'
@@ -35,11 +35,8 @@ export interface BenchIo {
 /** Most requests waiting for an answer in an open loop before further due requests are dropped. */
 const MAX_IN_FLIGHT = 4096
 
-async function buildRequests(o: BenchOptions, rest: RestClientOptions): Promise<LoadRequest[]> {
-  if (o.inputs !== undefined) {
-    if (o.batch !== 1) throw new BenchInputError('--batch shapes generated inputs; with --input each file gives its own batch')
-    return readRequestFiles(o.inputs, o.model, o.modelVersion, o.binary)
-  }
+/** The model's inputs, from its metadata (GET /v2/models/NAME). */
+async function metadataInputs(o: BenchOptions, rest: RestClientOptions): Promise<MetadataTensor[]> {
   const where = `/v2/models/${encodeURIComponent(o.model)}${o.modelVersion !== undefined ? `/versions/${encodeURIComponent(o.modelVersion)}` : ''}`
   let meta: { status: number; body: unknown }
   try {
@@ -51,7 +48,17 @@ async function buildRequests(o: BenchOptions, rest: RestClientOptions): Promise<
     const code = (meta.body as { code?: string })?.code ?? `HTTP ${meta.status}`
     throw new BenchTargetError(`cannot read the metadata of ${o.model} (GET ${where}): ${code}; the token needs the model's metadata scope, or give request files with --input`)
   }
-  const inputs = inputSpecs(meta.body, o.model)
+  return inputSpecs(meta.body, o.model)
+}
+
+async function buildRequests(o: BenchOptions, rest: RestClientOptions, cwd: string): Promise<LoadRequest[]> {
+  if (o.inputs !== undefined) {
+    if (o.batch !== 1) throw new BenchInputError('--batch shapes generated inputs; with --input each file gives its own batch')
+    const files = await inputFiles(path.resolve(cwd, o.inputs))
+    const inputs = hasRawTensors(files) ? await metadataInputs(o, rest) : undefined
+    return readRequestFiles(files, { model: o.model, version: o.modelVersion, binary: o.binary, ...(inputs ? { inputs } : {}) })
+  }
+  const inputs = await metadataInputs(o, rest)
   const one = generateTensors(inputs, { batch: o.batch, seed: o.seed, range: o.range, n: 1 })
   const size = encodeRequest(o.model, o.modelVersion, one[0]!, o.binary).body!.length
   return generateTensors(inputs, { batch: o.batch, seed: o.seed, range: o.range, n: poolSize(size) }).map((t) => encodeRequest(o.model, o.modelVersion, t, o.binary))
@@ -171,7 +178,7 @@ export async function benchCommand(argv: string[], io: BenchIo): Promise<number>
     const creds = await loadCredentials(o, io.cwd, io.deps)
     if (!o.quiet) for (const note of creds.notes) io.err(`bulwark bench: ${note}\n`)
     const rest: RestClientOptions = { origin: o.url.origin, connections: 1, ...(creds.tls ? { tls: creds.tls } : {}), ...(creds.token !== undefined ? { token: creds.token } : {}) }
-    const requests = await buildRequests(o, rest)
+    const requests = await buildRequests(o, rest, io.cwd)
     if (o.metricsUrl) await scrape(o.metricsUrl)
     const result = await runSteps(o, io, creds, requests, argv)
     io.out(formatTable(result))

@@ -28,7 +28,9 @@ inputs
                          where the metadata gives one, else 0:1)
   --seed N               seed of the generator (default ${DEFAULTS.seed}); the same seed, the same bodies
   --batch N              items per request: the batch dimension of generated inputs (default 1)
-  --input FILE|DIR       an OIP v2 JSON request file, or a folder of them, sent in turn
+  --input FILE|DIR       an OIP v2 JSON request file, or a raw tensor file (.bin, .raw: the
+                         model's one input, little-endian, the batch read from its length), or
+                         a folder of them, sent in turn
   --binary               send tensors with the binary tensor extension (and ask for binary outputs)
 
 load (each level is one step: warm-up, then measurement)

@@ -8,7 +8,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises'
 import path from 'node:path'
 import { float32Text, HEADER_LENGTH } from '../oip/codec.ts'
-import { allocate, elementCount, isDatatype, tensorBytes, type Datatype, type TensorData } from '../inference/tensor.ts'
+import { allocate, bytesPerElement, elementCount, isDatatype, tensorBytes, type Datatype, type TensorData } from '../inference/tensor.ts'
 import type { LoadRequest } from './client.ts'
 
 /** A problem with the inputs: the message says what to do. */
@@ -47,7 +47,7 @@ function fill(datatype: Datatype, count: number, next: () => number, [lo, hi]: [
   return data
 }
 
-interface MetadataTensor {
+export interface MetadataTensor {
   name: string
   datatype: string
   shape: number[]
@@ -139,17 +139,50 @@ function tensorsOfFile(file: string, parsed: unknown): TensorSpec[] {
   })
 }
 
-/** The request files named by --input: one .json file, or every .json file of a folder (sorted). */
-export async function readRequestFiles(where: string, model: string, version: string | undefined, binary: boolean): Promise<LoadRequest[]> {
+/** A raw tensor file: the bytes of the model's one input, little-endian, the batch read from the length. */
+function tensorOfRaw(file: string, bytes: Buffer, inputs: MetadataTensor[] | undefined): TensorSpec[] {
+  const only = inputs?.length === 1 ? inputs[0]! : null
+  if (!only || !isDatatype(only.datatype) || only.datatype === 'FP16') {
+    throw new BenchInputError(`${file}: a raw tensor file needs a model with one numeric input (this one has ${inputs?.length ?? 'no'} inputs); give OIP v2 JSON request files instead`)
+  }
+  const inner = only.shape.slice(1)
+  const per = bytesPerElement(only.datatype) * elementCount(inner)
+  if (only.shape[0] !== -1 || inner.some((d) => d < 0) || per === 0 || bytes.byteLength === 0 || bytes.byteLength % per !== 0) {
+    throw new BenchInputError(`${file} has ${bytes.byteLength} bytes; input ${only.name} (${only.datatype}, shape ${JSON.stringify(only.shape)}) takes whole items of ${per} bytes after a variable batch dimension`)
+  }
+  const data = allocate(only.datatype, bytes.byteLength / bytesPerElement(only.datatype))
+  new Uint8Array(data.buffer).set(bytes)
+  return [{ name: only.name, datatype: only.datatype, shape: [bytes.byteLength / per, ...inner], data }]
+}
+
+const RAW = /\.(bin|raw)$/
+
+/** The files --input names: itself, or a folder's .json, .bin and .raw files in name order. */
+export async function inputFiles(where: string): Promise<string[]> {
   let files: string[]
   try {
-    files = (await stat(where)).isDirectory() ? (await readdir(where)).filter((f) => f.endsWith('.json')).sort().map((f) => path.join(where, f)) : [where]
+    files = (await stat(where)).isDirectory() ? (await readdir(where)).filter((f) => f.endsWith('.json') || RAW.test(f)).sort().map((f) => path.join(where, f)) : [where]
   } catch (err) {
     throw new BenchInputError(`cannot read --input ${where}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
   }
-  if (files.length === 0) throw new BenchInputError(`--input ${where} is a folder with no .json request files in it`)
+  if (files.length === 0) throw new BenchInputError(`--input ${where} is a folder with no request files (.json) or raw tensors (.bin, .raw) in it`)
+  return files.slice(0, 10_000)
+}
+
+/** Whether any of the files is a raw tensor (which needs the model's metadata to be read). */
+export const hasRawTensors = (files: string[]) => files.some((f) => RAW.test(f))
+
+/**
+ * The requests of --input's files: OIP v2 JSON requests, sent as written (re-encoded with
+ * --binary), and raw tensors of the model's one input (`inputs`: its metadata).
+ */
+export async function readRequestFiles(files: string[], o: { model: string; version: string | undefined; binary: boolean; inputs?: MetadataTensor[] }): Promise<LoadRequest[]> {
   const requests: LoadRequest[] = []
-  for (const file of files.slice(0, 10_000)) {
+  for (const file of files) {
+    if (RAW.test(file)) {
+      requests.push(encodeRequest(o.model, o.version, tensorOfRaw(file, await readFile(file), o.inputs), o.binary))
+      continue
+    }
     const text = await readFile(file, 'utf8')
     let parsed: unknown
     try {
@@ -159,8 +192,8 @@ export async function readRequestFiles(where: string, model: string, version: st
     }
     const tensors = tensorsOfFile(file, parsed)
     // As JSON the file goes as it is (its outputs and parameters too); --binary re-encodes its tensors.
-    const encoded = encodeRequest(model, version, tensors, binary)
-    requests.push(binary ? encoded : { ...encoded, body: text })
+    const encoded = encodeRequest(o.model, o.version, tensors, o.binary)
+    requests.push(o.binary ? encoded : { ...encoded, body: text })
   }
   return requests
 }

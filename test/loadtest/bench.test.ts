@@ -6,7 +6,8 @@
 // `forbidden` in an open loop, nothing else but connection errors, and the JSON keeps the
 // command line with the token redacted; without credential flags the development set-up of the working
 // folder is used, a terminal gets a progress line, and --report alone writes its CSV and JSON
-// beside it. --token-file carries the first run's token.
+// beside it; a raw tensor file is read against the metadata. --token-file carries the first
+// run's token.
 // Nothing here asserts a timing: only counts, codes and the shape of the outputs.
 
 import t from 'tap'
@@ -121,4 +122,15 @@ t.test('without credential flags, the development set-up of the working folder i
   t.match(r.stdout, /\n\s*2\s+([0-9.]+)\s+([0-9.]+)\s.*fixed\s+-\n/, 'answers without errors')
   const [, rps, items] = /\n\s*2\s+([0-9.]+)\s+([0-9.]+)\s/.exec(r.stdout)!
   t.ok(Number(items) >= 2.9 * Number(rps), 'three items per request (--batch 3)')
+})
+
+t.test('a raw tensor file, named relative to the working folder, is read against the model\'s metadata', async (t) => {
+  const token = await gw.token({ scopes: ['mnist:use'] })
+  await writeFile(path.join(out, 'two-digits.bin'), Buffer.from(new Float32Array(2 * 28 * 28).fill(0.5).buffer))
+  const json = path.join(out, 'raw.json')
+  const r = await bench(['--url', gw.url, '--model', 'mnist', ...tlsFlags, '--token', token, '--input', 'two-digits.bin', '--binary', '--concurrency', '1', ...short, '--json', json, '--quiet'])
+  t.equal(r.status, 0, r.stderr)
+  const step = (JSON.parse(await readFile(json, 'utf8')) as BenchResult).steps[0]!
+  t.ok(step.stats.ok > 0 && step.stats.ok === step.stats.requests, 'answered without errors')
+  t.equal(step.stats.items, 2 * step.stats.requests, 'two items per request, from the file\'s length')
 })

@@ -4,14 +4,15 @@
 // model without one is refused with what to do. Bodies decode with the gateway's own codec
 // (binary: the header length and the tensor bytes; JSON: the values). Request files are read
 // from a folder in name order, sent as written, or re-encoded with --binary; a file that is
-// not a request is named in the error.
+// not a request is named in the error. A raw tensor file is the model's one input, its batch
+// read from its length; a length that is not whole items, or a model with more inputs, is refused.
 
 import t from 'tap'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { HEADER_LENGTH, splitBody } from '../../src/oip/codec.ts'
-import { BenchInputError, encodeRequest, generateTensors, inputSpecs, poolSize, readRequestFiles } from '../../src/loadtest/inputs.ts'
+import { BenchInputError, encodeRequest, generateTensors, hasRawTensors, inputFiles, inputSpecs, poolSize, readRequestFiles } from '../../src/loadtest/inputs.ts'
 
 const image = [{ name: 'input', datatype: 'FP32', shape: [-1, 1, 2, 2] }]
 
@@ -64,11 +65,31 @@ t.test('request files: a folder in name order, as written or re-encoded', async 
   await writeFile(path.join(dir, 'b.json'), request(2))
   await writeFile(path.join(dir, 'a.json'), request(1))
   await writeFile(path.join(dir, 'notes.txt'), 'not a request')
-  const asJson = await readRequestFiles(dir, 'm', undefined, false)
-  t.same(asJson.map((r) => r.body), [request(1), request(2)], 'name order, bodies as written')
-  const asBinary = await readRequestFiles(dir, 'm', undefined, true)
+  const files = await inputFiles(dir)
+  t.same(files.map((f) => path.basename(f)), ['a.json', 'b.json'], 'request files in name order, nothing else')
+  const asJson = await readRequestFiles(files, { model: 'm', version: undefined, binary: false })
+  t.same(asJson.map((r) => r.body), [request(1), request(2)], 'bodies as written')
+  const asBinary = await readRequestFiles(files, { model: 'm', version: undefined, binary: true })
   t.same(asBinary.map((r) => r.headers![HEADER_LENGTH] !== undefined), [true, true], '--binary re-encodes')
   await writeFile(path.join(dir, 'c.json'), '{"inputs": 3}')
-  await t.rejects(readRequestFiles(dir, 'm', undefined, false), new BenchInputError(`${path.join(dir, 'c.json')} is not an OIP v2 inference request: it has no "inputs" array`))
-  await t.rejects(readRequestFiles(path.join(dir, 'missing'), 'm', undefined, false), /cannot read --input .*missing: ENOENT/)
+  await t.rejects(readRequestFiles(await inputFiles(dir), { model: 'm', version: undefined, binary: false }), new BenchInputError(`${path.join(dir, 'c.json')} is not an OIP v2 inference request: it has no "inputs" array`))
+  await t.rejects(inputFiles(path.join(dir, 'missing')), /cannot read --input .*missing: ENOENT/)
+})
+
+t.test('raw tensor files: the model\'s one input, the batch from the length', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-raw-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const values = Float32Array.from({ length: 2 * 4 }, (_, i) => i / 8)
+  await writeFile(path.join(dir, 'two.bin'), Buffer.from(values.buffer))
+  await writeFile(path.join(dir, 'odd.raw'), Buffer.alloc(6))
+  const files = await inputFiles(dir)
+  t.ok(hasRawTensors(files))
+  const inputs = [{ name: 'input', datatype: 'FP32', shape: [-1, 1, 2, 2] }]
+  const [req] = await readRequestFiles([files[1]!], { model: 'm', version: undefined, binary: true, inputs })
+  t.equal(req!.items, 2, 'two items of 16 bytes')
+  const split = splitBody(req!.body as Buffer, req!.headers![HEADER_LENGTH])
+  t.match(split.header, { inputs: [{ name: 'input', datatype: 'FP32', shape: [2, 1, 2, 2] }] })
+  t.same([...new Float32Array(new Uint8Array(split.binary!).buffer)], [...values], 'the file\'s bytes are the tensor')
+  await t.rejects(readRequestFiles([files[0]!], { model: 'm', version: undefined, binary: true, inputs }), /odd\.raw has 6 bytes; input input \(FP32, shape \[-1,1,2,2\]\) takes whole items of 16 bytes/)
+  await t.rejects(readRequestFiles([files[1]!], { model: 'm', version: undefined, binary: true, inputs: [...inputs, { name: 'mask', datatype: 'BOOL', shape: [-1, 4] }] }), /needs a model with one numeric input \(this one has 2 inputs\)/)
 })
