@@ -1,10 +1,17 @@
-// `npm run eval:privacy`: what the output-privacy stage (docs/privacy.md) costs in accuracy
-// and what it keeps from an attacker, measured through the public API: each output setting
-// runs as its own gateway (real mTLS with a dev PKI, dev tokens, the mnist policy with only
-// its `output:` section replaced) and every query is an HTTPS request of up to 64 digits.
-// Prints one table and writes the JSON under bench/results/privacy-*.json.
+// `npm run eval:privacy`: what the output-privacy stage (docs/privacy.md) costs users and what
+// it keeps from an attacker, measured through the public API (real mTLS with a dev PKI, dev
+// tokens, every query an HTTPS request of up to 64 digits). Three parts (--parts, default
+// `shipped`); prints the tables and writes the JSON under bench/results/privacy-*.json.
 //
-// Per setting (one row):
+// shipped (bench/privacy/shipped.ts): the bundled policies exactly as in policies/, with
+//   screening on, and the same without the mnist policy's `screening:` section; the gateway's
+//   clock moved a window on after each hour of queries. Honest callers' answered share (single
+//   digits, 64-digit batches); extraction by a CNN surrogate with active selection and
+//   label-only membership inference, after 1 and 24 windows, with 1 and 10 identities; the ε
+//   charged to each identity; and the membership attack on the undefended model.
+//
+// settings: each output setting as its own gateway (the mnist policy with only its `output:`
+//   section replaced, no screening), one row each:
 //   utility     top-1 accuracy on the held-out digits, and agreement with the undefended
 //               model (a gateway with output protection off);
 //   extraction  surrogates trained on the answers to the first 500 / 2,000 / 10,000 of the
@@ -15,21 +22,24 @@
 //               training digit, and how often an evaluator MLP, trained here on the train
 //               split (and a noisy copy) with its own seed, reads one as the target class;
 //   ε           spent per principal by the extraction (10,000 queries) and inversion attacks.
-// Utility and attacks run under a budget large enough never to interfere (the per-second
-// maximum). Screening (`screening:`) is left out so that the output defence is measured on
-// its own; `npm run eval:screening` measures screening.
+//   Utility and attacks run under a budget large enough never to interfere (the per-second
+//   maximum).
 //
-// Then the budget experiment: the bundled mnist policy as written (its budget included),
-// one principal per attacker, each attack run until the accountant refuses (429
-// privacy_budget_exhausted), and benign callers at the documented rate for several hours of
-// a wall clock moved forward by hand, who must never be refused.
+// budget: the bundled mnist output policy (its budget included, no screening), one principal
+//   per attacker, each attack run until the accountant refuses (429 privacy_budget_exhausted),
+//   and benign callers at the documented rate for several hours of a clock moved forward by
+//   hand, who must never be refused.
 //
-// Options (defaults in brackets): --settings a,b [all; a setting is picked by its name's start]
-//   --test-digits N [2999]
+// Options (defaults in brackets): --parts shipped,settings,budget [shipped]  --seed N [1]
+//   --test-digits N [2999]  --quick (a smoke test of the shipped part: 2 windows, 1 and 2
+//   identities, fewer digits; about 15 s)
+//   shipped: --windows N [24]  --identities 1,10  --round-steps N surrogate training per
+//   window [25000]  --screened-batch N digits per attack request with screening [8]
+//   --honest-singles N [2999]  --honest-batches N [47]  --undefended-candidates N per side [2000]
+//   settings: --settings a,b [all; a setting is picked by its name's start]
 //   --extraction-queries 500,2000,10000  --surrogate-repeats N [1]  --temperatures 1,4
 //   --inversion-queries N per reconstruction [2048]  --inversion-restarts N per class [2]
-//   --benign-hours N [6]  --budget-experiment true|false
-//   --seed N [1]
+//   budget: --benign-hours N [6]
 
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
@@ -64,11 +74,11 @@ const { values } = parseArgs({
     parts: { type: 'string', default: 'shipped' },
     windows: { type: 'string', default: '24' },
     identities: { type: 'string', default: '1,10' },
-    'round-steps': { type: 'string', default: '40000' },
+    'round-steps': { type: 'string', default: '25000' },
     'honest-singles': { type: 'string', default: '2999' },
     'honest-batches': { type: 'string', default: '47' },
     'screened-batch': { type: 'string', default: '8' },
-    'undefended-candidates': { type: 'string', default: '4000' },
+    'undefended-candidates': { type: 'string', default: '2000' },
     quick: { type: 'boolean', default: false },
     seed: { type: 'string', default: '1' },
   },
@@ -420,7 +430,9 @@ if (budgetResult) {
     out.push(`  benign, ${b.hours} h, ${b.pattern}: ${b.answers} answers, refused: ${refused}, at most ε ${b.maxEpsilonSpent} spent in a window`)
   }
 }
-out.push('', `took ${((performance.now() - started) / 1000).toFixed(0)} s`)
+const cpu = process.cpuUsage()
+// CPU time beside wall time: on a shared machine the wall time says more about the neighbours.
+out.push('', `took ${((performance.now() - started) / 1000).toFixed(0)} s (this process's CPU: ${((cpu.user + cpu.system) / 1e6).toFixed(0)} s)`)
 console.log(out.join('\n'))
 const file = writeResults('privacy', {
   startedAt: new Date().toISOString(),

@@ -9,7 +9,7 @@
 // d logit_c / d input, which Jacobian-based augmentation (Papernot et al. 2017) follows.
 // Seeded and deterministic.
 
-import { Adam } from './mlp.ts'
+import { Adam, softmaxT } from './mlp.ts'
 import type { Rng } from './rng.ts'
 import { permutation } from './rng.ts'
 
@@ -123,15 +123,8 @@ export function cnnPredict(m: Cnn, xs: Float32Array[]): number[] {
   })
 }
 
-export function softmax(z: ArrayLike<number>): Float64Array {
-  let max = -Infinity
-  for (let i = 0; i < z.length; i++) max = Math.max(max, z[i]!)
-  const p = new Float64Array(z.length)
-  let sum = 0
-  for (let i = 0; i < z.length; i++) sum += p[i] = Math.exp(z[i]! - max)
-  for (let i = 0; i < p.length; i++) p[i]! /= sum
-  return p
-}
+/** Softmax probabilities of a logit row. */
+export const softmax = (z: ArrayLike<number>): Float64Array => softmaxT(z, 1)
 
 /**
  * Back-propagates dz (d loss / d logits) through the trace of the last forward pass: adds the

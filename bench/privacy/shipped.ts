@@ -110,6 +110,8 @@ export interface ShippedRun {
   honest: HonestResult[]
   extraction: { identities: number; snapshots: ExtractionSnapshot[] }[]
   membership: { identities: number; snapshots: MembershipSnapshot[] }[]
+  /** Wall time per phase. */
+  seconds: Record<string, number>
 }
 
 const FPR = 0.001
@@ -330,12 +332,20 @@ async function membership(t: SessionTarget, d: ShippedData, k: number, o: Shippe
 /** One gateway's part: honest callers, then each attack at each identity count. */
 export async function runShipped(gw: TestGateway, clock: SkewedClock, cost: PolicyCost, screening: boolean, d: ShippedData, o: ShippedOptions): Promise<ShippedRun> {
   const t: SessionTarget = { gw, clock, cost }
+  const seconds: Record<string, number> = {}
+  const timed = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
+    const t0 = performance.now()
+    const r = await f()
+    seconds[name] = Math.round(performance.now() - t0) / 1000
+    o.log(`  ${name}: ${seconds[name]} s`)
+    return r
+  }
   o.log(`shipped policy, screening ${screening ? 'on' : 'off'}: honest callers`)
-  const run: ShippedRun = { screening, cost, honest: await honest(t, d, o), extraction: [], membership: [] }
+  const run: ShippedRun = { screening, cost, honest: await timed('honest', () => honest(t, d, o)), extraction: [], membership: [], seconds }
   clock.advance(cost.windowMs + 1000)
   for (const k of o.identities) {
-    run.extraction.push({ identities: k, snapshots: await extraction(t, d, k, o) })
-    run.membership.push({ identities: k, snapshots: await membership(t, d, k, o) })
+    run.extraction.push({ identities: k, snapshots: await timed(`extraction x${k}`, () => extraction(t, d, k, o)) })
+    run.membership.push({ identities: k, snapshots: await timed(`membership x${k}`, () => membership(t, d, k, o)) })
   }
   return run
 }
