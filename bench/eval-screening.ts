@@ -1,5 +1,6 @@
 // `npm run eval:screening [-- --part all|adaptive|classic] [--quick] [--pgd-count N]
-//   [--adaptive-digits N] [--adaptive-queries N] [--bpda-digits N] [--no-baseline]`:
+//   [--adaptive-only squeezing,stateful,extraction] [--adaptive-digits N] [--adaptive-queries N]
+//   [--bpda-digits N] [--no-baseline]`:
 // the adversarial-input screening evaluation, through the public API (TLS with the dev client
 // certificate, real JWTs, one JWT subject per principal), against in-process gateways that
 // differ only in the mnist policy's `screening:` section. Prints two tables and writes JSON
@@ -49,7 +50,7 @@ import { evalGateway, infer, mapPool, tokenFor, calibrationFile, type Answer } f
 import { firstWithin, hopSkipJump, nes, type AttackOutcome, type ScoreOracle } from './attacks/black-box.ts'
 import { jacobianAugmentation, type LabelOracle } from './attacks/extraction.ts'
 import type { WhiteBoxJob } from './attacks/white-box-worker.ts'
-import { adaptiveTable, runAdaptive, type AdaptiveContext, type AdaptiveRow } from './attacks/adaptive.ts'
+import { adaptiveTable, DETECTORS, runAdaptive, type AdaptiveContext, type AdaptiveRow } from './attacks/adaptive.ts'
 import { writeResults } from './report.ts'
 import { repoRoot } from '../kit/paths.ts'
 
@@ -62,6 +63,7 @@ const { values: args } = parseArgs({
     'adaptive-queries': { type: 'string' },
     'bpda-digits': { type: 'string' },
     'no-baseline': { type: 'boolean' },
+    'adaptive-only': { type: 'string' },
   },
 })
 const part = args.part ?? 'all'
@@ -266,6 +268,8 @@ function microBenchmark() {
 // ---- main ---------------------------------------------------------------------------------------
 const BENIGN_ORDER = shuffled(heldOut, 5)
 const latencyDigits = BENIGN_ORDER.slice(0, quick ? 200 : 1000)
+const adaptiveOnly = args['adaptive-only']?.split(',') as (typeof DETECTORS)[number][] | undefined
+if (adaptiveOnly?.some((d) => !DETECTORS.includes(d))) throw new Error(`--adaptive-only ${args['adaptive-only']}: use a comma-separated list of ${DETECTORS.join(', ')}`)
 if (part !== 'classic') {
   const ad = await runAdaptive(
     {
@@ -279,7 +283,7 @@ if (part !== 'classic') {
       maxQueries: Number(args['adaptive-queries'] ?? (quick ? 1000 : 3000)),
       log,
     },
-    { baseline: args['no-baseline'] !== true },
+    { baseline: args['no-baseline'] !== true, only: adaptiveOnly },
   )
   raw.adaptive = ad.raw
   adaptiveRows.push(...ad.rows)

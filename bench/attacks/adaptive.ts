@@ -307,13 +307,16 @@ async function extractionAttacks(c: AdaptiveContext, rows: AdaptiveRow[], raw: R
   }
 }
 
-export async function runAdaptive(c: AdaptiveContext, o: { baseline: boolean }): Promise<{ rows: AdaptiveRow[]; raw: Record<string, unknown> }> {
+export const DETECTORS = ['squeezing', 'stateful', 'extraction'] as const
+
+/** Runs the adaptive attacks on every detector, or on the `only` ones. */
+export async function runAdaptive(c: AdaptiveContext, o: { baseline: boolean; only?: readonly (typeof DETECTORS)[number][] }): Promise<{ rows: AdaptiveRow[]; raw: Record<string, unknown> }> {
   const rows: AdaptiveRow[] = []
   const raw: Record<string, unknown> = { digits: c.digits, whiteBoxDigits: c.whiteBoxDigits, maxQueries: c.maxQueries }
-  const honest = squeezerChoice(c, raw)
-  await squeezingAttacks(c, rows, raw, honest)
-  await statefulAttacks(c, rows, raw, o.baseline)
-  await extractionAttacks(c, rows, raw)
+  const on = (d: (typeof DETECTORS)[number]) => !o.only || o.only.includes(d)
+  if (on('squeezing')) await squeezingAttacks(c, rows, raw, squeezerChoice(c, raw))
+  if (on('stateful')) await statefulAttacks(c, rows, raw, o.baseline)
+  if (on('extraction')) await extractionAttacks(c, rows, raw)
   return { rows, raw }
 }
 
