@@ -14,7 +14,7 @@ import { BenchInputError, encodeRequest, generateTensors, hasRawTensors, inputFi
 import { measureStep } from './measure.ts'
 import { BENCH_HELP } from './help.ts'
 import { BenchUsageError, parseBenchArgs, type BenchOptions } from './options.ts'
-import { formatCsv, formatJson, formatTable, redactArgv, type BenchResult, type StepResult } from './output.ts'
+import { formatCsv, formatJson, formatTable, redactArgv, type BenchResult } from './output.ts'
 import { renderReport } from './report.ts'
 import { summarise } from './stats.ts'
 import { BenchTargetError, checkTarget, loadCredentials, type Credentials } from './target.ts'
