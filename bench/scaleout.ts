@@ -6,6 +6,9 @@
 // and the note the latency the hop adds. Variants: plain HTTP to the pod, and mTLS with the
 // gateway's own client certificate (the direct baseline then uses mTLS too).
 //
+// The anchor: nginx as a plain reverse proxy in front of the same pod (bench/nginx.ts), in the
+// same run, with the same load: the ratio a hop that only proxies keeps.
+//
 // All processes share this machine's cores, so the gateway's added CPU also slows the pod:
 // the ratios are an upper bound on the cost of the hop, not a measure of network latency. The
 // note gives the gateway's own CPU time per request, which does not depend on that sharing.
@@ -16,6 +19,7 @@ import { closedLoop } from './load.ts'
 import { binaryRequest, ocrImage, type LoadRequest } from '../kit/payloads.ts'
 import { noDefences, startGateway, type GatewayProcess } from '../kit/gateway-process.ts'
 import { mnistDigits, type BenchOptions } from './core.ts'
+import { nginxMissing, startNginx, type Nginx } from './nginx.ts'
 import type { Row } from './report.ts'
 
 /** CPU time (user + system, all threads) a process has used, in ms (Linux /proc; clock ticks at 100 Hz). */
@@ -49,8 +53,11 @@ export async function scaleoutBench(opts: BenchOptions, log: (s: string) => void
     for (const m of models) {
       log(`${m.name}: ${variant}`)
       // The pod: Bulwark serving the model, no defences (with tls: mTLS with its dev PKI, no tokens).
-      const pod = await startGateway({ ...noDefences, ...(tls ? { tls: { enabled: true } } : {}), models: { serve: [m.serve] } })
+      // Its connection caps raised: every client here (the load, the gateway, nginx) shares one
+      // address and, with mTLS, one certificate, which the caps would count as one client.
+      const pod = await startGateway({ ...noDefences, ...(tls ? { tls: { enabled: true } } : {}), server: { maxConnectionsPerClient: 4096, newConnectionsPerSecondPerAddress: 100_000 }, models: { serve: [m.serve] } })
       let front: GatewayProcess | null = null
+      let nginx: Nginx | null = null
       try {
         const dev = path.join(pod.dir, '.bulwark/dev')
         const podTls = tls ? { ca: readFileSync(path.join(dev, 'ca.pem'), 'utf8'), cert: readFileSync(path.join(dev, 'client.pem'), 'utf8'), key: readFileSync(path.join(dev, 'client-key.pem'), 'utf8') } : null
@@ -69,6 +76,9 @@ export async function scaleoutBench(opts: BenchOptions, log: (s: string) => void
             }],
           },
         })
+        const noNginx = nginxMissing()
+        if (noNginx) log(noNginx)
+        else nginx = await startNginx({ pod: endpoint, ...(tls ? { tls: { caFile: path.join(dev, 'ca.pem'), certFile: path.join(dev, 'client.pem'), keyFile: path.join(dev, 'client-key.pem') } } : {}) })
         for (const concurrency of [16, 64]) {
           const load = (origin: string, connect?: Record<string, unknown>, durationMs = opts.durationMs) =>
             closedLoop({ origin, concurrency, durationMs, next: (i) => m.requests[i % m.requests.length]!, ...(connect ? { connect } : {}) })
@@ -94,8 +104,27 @@ export async function scaleoutBench(opts: BenchOptions, log: (s: string) => void
             errors: via.requests - via.ok,
             note: `${signed(via.p50 - direct.p50)} ms p50, ${signed(via.p99 - direct.p99)} ms p99; gateway CPU ${(cpuPerRequestMs * 1000).toFixed(0)} µs/request`,
           })
+          if (nginx) {
+            const proxy = `http://127.0.0.1:${nginx.port}`
+            await load(proxy, undefined, opts.warmupMs)
+            const viaNginx = await load(proxy)
+            raw[`${scenario} c${concurrency}`] = { direct, via, viaNginx, gatewayCpuMsPerRequest: cpuPerRequestMs }
+            rows.push({
+              group,
+              scenario: `${scenario}: via nginx (plain proxy, 1 worker)`,
+              concurrency,
+              itemsPerSec: viaNginx.itemsPerSec,
+              p50: viaNginx.p50,
+              p99: viaNginx.p99,
+              ratio: viaNginx.itemsPerSec / direct.itemsPerSec,
+              ratioTo: 'direct',
+              errors: viaNginx.requests - viaNginx.ok,
+              note: `${signed(viaNginx.p50 - direct.p50)} ms p50, ${signed(viaNginx.p99 - direct.p99)} ms p99; Bulwark's hop keeps ${((via.itemsPerSec / viaNginx.itemsPerSec) * 100).toFixed(0)}% of nginx's throughput`,
+            })
+          }
         }
       } finally {
+        await nginx?.stop()
         await front?.stop()
         await pod.stop()
       }
