@@ -124,7 +124,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     },
   })
   const { metrics } = observability
-  const statistics = new ModelStatistics(config.models.serve.map((m) => m.name), clock)
+  const statistics = new ModelStatistics((name) => registry?.list().some((m) => m.name === name) ?? false, clock)
   const models = buildModels(config.models, baseDir, { clock, log, random, metrics, tracer: observability.tracerProvider.getTracer('bulwark'), statistics })
   registry = models.registry
   // What holds a folder lock, a connection or a watcher is closed again if a later part fails to start.

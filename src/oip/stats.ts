@@ -70,32 +70,44 @@ const copy = (d: Duration): Duration => ({ count: d.count, ns: d.ns })
 /** Batch sizes tracked apart; larger ones (never above a model's maxBatchSize of 4096) share one row. */
 const MAX_BATCH_ROWS = 4096
 
+const counters = (): Counters => ({
+  lastInferenceMs: 0,
+  inferenceCount: 0,
+  executionCount: 0,
+  success: zero(),
+  fail: zero(),
+  queue: zero(),
+  computeInput: zero(),
+  computeInfer: zero(),
+  computeOutput: zero(),
+  batches: new Map(),
+})
+
 export class ModelStatistics {
   private readonly models = new Map<string, Counters>()
   private readonly clock: Clock
+  private readonly served: (name: string) => boolean
 
-  /** `models`: the served model names; nothing else is ever counted (the names come from the configuration, not from callers). */
-  constructor(models: Iterable<string>, clock: Clock) {
+  /**
+   * `served`: whether a name is a model this gateway serves (the configuration's, and those
+   * a models folder poll added); nothing else is ever counted, so a caller's made-up model
+   * names create no state.
+   */
+  constructor(served: (name: string) => boolean, clock: Clock) {
+    this.served = served
     this.clock = clock
-    for (const name of models) {
-      this.models.set(name, {
-        lastInferenceMs: 0,
-        inferenceCount: 0,
-        executionCount: 0,
-        success: zero(),
-        fail: zero(),
-        queue: zero(),
-        computeInput: zero(),
-        computeInfer: zero(),
-        computeOutput: zero(),
-        batches: new Map(),
-      })
-    }
+  }
+
+  /** The counters of a served model, made on first use; undefined for any other name. */
+  private of(model: string): Counters | undefined {
+    let c = this.models.get(model)
+    if (c === undefined && this.served(model)) this.models.set(model, (c = counters()))
+    return c
   }
 
   /** One model execution (from the batcher). */
   executed(model: string, t: ExecutionTimes): void {
-    const c = this.models.get(model)
+    const c = this.of(model)
     if (!c) return
     c.executionCount++
     c.inferenceCount += t.items
@@ -114,14 +126,14 @@ export class ModelStatistics {
 
   /** One inference request ended (from the model-stats link): answered, or refused or failed. */
   finished(model: string, ok: boolean, ms: number): void {
-    const c = this.models.get(model)
+    const c = this.of(model)
     if (!c) return
     add(ok ? c.success : c.fail, 1, ms)
   }
 
   /** The statistics of `model` at `version`, as Triton's statistics extension shows them. */
   view(model: string, version: string): ModelStatisticsView | null {
-    const c = this.models.get(model)
+    const c = this.of(model)
     if (!c) return null
     return {
       name: model,
