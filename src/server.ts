@@ -172,7 +172,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   late.unrouted = attachChain(api, { chain, clock, log, server: config.server, tls: tlsMaterial !== null, closing: isShuttingDown, closedOnRefusal: connections.closedOnRefusal }).answerUnrouted
   registerOipRoutes(api, { registry, statistics, serverVersion: SERVER_VERSION, isShuttingDown })
   // The same chain behind a second transport.
-  const grpc = config.grpc.enabled ? createGrpcListener({ config, tlsMaterial, tlsReloader: frontDoor.tls, chain, clock, random, log, registry, statistics, serverVersion: SERVER_VERSION, isShuttingDown, requestTimeoutMs: config.server.requestTimeoutMs }) : null
+  const grpc = config.grpc.enabled ? createGrpcListener({ config, tlsMaterial, tlsReloader: frontDoor.tls, metrics, chain, clock, random, log, registry, statistics, serverVersion: SERVER_VERSION, isShuttingDown, requestTimeoutMs: config.server.requestTimeoutMs }) : null
 
   const readinessChecks: ReadinessCheck[] = [audit.readinessCheck]
   if (sharedState) readinessChecks.push(() => ({ name: 'shared-state', problem: sharedState.problem() }))

@@ -20,7 +20,8 @@ import type { GrpcConfig } from '../config/grpc.ts'
 import type { Config } from '../config/schema.ts'
 import type { Clock, Logger } from '../deps.ts'
 import type { Server as HttpServer } from 'node:http'
-import { limitConnections } from './connection-limits.ts'
+import { Counter, Gauge, type GatewayMetrics } from '../telemetry/metrics.ts'
+import { limitConnections, type ConnectionLimits } from './connection-limits.ts'
 import { grpcHandlers, type GrpcChainOptions } from './grpc-chain.ts'
 import { handshakeFailureReason, httpsServerOptions, type TlsMaterial, type TlsReloader } from './tls.ts'
 
@@ -58,11 +59,22 @@ export interface GrpcListenerOptions extends Omit<GrpcChainOptions, 'tlsVersion'
   tlsMaterial: TlsMaterial | null
   /** The API listener's TLS reloader: rotated files reach this listener too. */
   tlsReloader: TlsReloader | null
+  /** Where this listener's refused handshakes and connections are counted. */
+  metrics: GatewayMetrics
 }
+
+/** The reasons limitConnections counts a refused connection under. */
+const REFUSALS = ['total', 'per_client', 'rate'] as const
 
 export function createGrpcListener(o: GrpcListenerOptions): GrpcListener {
   const c = o.config.grpc
   const tls = o.config.tls
+  const handshakeFailures = new Counter('bulwark_grpc_tls_handshake_failures_total', 'TLS handshakes the gRPC listener refused or that failed (no or untrusted client certificate, protocol, timeout), by reason.')
+  const limits: ConnectionLimits[] = []
+  const refused = new Gauge('bulwark_grpc_connections_refused_total', 'Connections the gRPC listener closed on arrival, by reason (as bulwark_connections_refused_total for the REST listener); only grows.', function* () {
+    for (const reason of REFUSALS) yield [{ reason }, limits.reduce((n, l) => n + l.refused.get({ reason }), 0)]
+  })
+  o.metrics.add(handshakeFailures, refused)
   const server = new grpc.Server({
     'grpc.max_receive_message_length': c.maxReceiveMessageBytes,
     'grpc.max_send_message_length': c.maxSendMessageBytes,
@@ -84,10 +96,11 @@ export function createGrpcListener(o: GrpcListenerOptions): GrpcListener {
           if (err) return reject(err)
           try {
             for (const h2 of http2ServersOf(server)) {
-              guard(h2, c, o.clock, o.log)
+              guard(h2, c, o.clock, o.log, handshakeFailures)
               // The API listener's connection caps, counted apart for this listener.
               const s = o.config.server
-              limitConnections(h2 as unknown as HttpServer, { maxConnections: s.maxConnections, maxPerClient: s.maxConnectionsPerClient, newPerSecondPerAddress: s.newConnectionsPerSecondPerAddress, closedOnRefusalCost: s.closedOnRefusalCost, tls: o.tlsMaterial !== null, clock: o.clock })
+              const capped = limitConnections(h2 as unknown as HttpServer, { maxConnections: s.maxConnections, maxPerClient: s.maxConnectionsPerClient, newPerSecondPerAddress: s.newConnectionsPerSecondPerAddress, closedOnRefusalCost: s.closedOnRefusalCost, tls: o.tlsMaterial !== null, clock: o.clock })
+              limits.push(capped)
               o.tlsReloader?.alsoServe(h2 as Http2SecureServer)
             }
           } catch (e) {
@@ -120,10 +133,14 @@ function http2ServersOf(server: grpc.Server): Http2Server[] {
 }
 
 /** Ping enforcement per session, and one log line per refused handshake. */
-function guard(h2: Http2Server, c: GrpcConfig, clock: Clock, log: Logger): void {
+function guard(h2: Http2Server, c: GrpcConfig, clock: Clock, log: Logger, handshakeFailures: Counter): void {
   h2.on('session', (session: Http2Session) => enforcePings(session, c.keepalive, clock, log))
-  // A refused handshake has no call: log why for the operator (as the REST listener does).
-  h2.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => log.info({ reason: handshakeFailureReason(err), err: err.message, remote: socket.remoteAddress, transport: 'grpc' }, 'TLS handshake refused'))
+  // A refused handshake has no call: count it, and log why for the operator (as the REST listener does).
+  h2.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
+    const reason = handshakeFailureReason(err)
+    handshakeFailures.inc({ reason })
+    log.info({ reason, err: err.message, remote: socket.remoteAddress, transport: 'grpc' }, 'TLS handshake refused')
+  })
 }
 
 function enforcePings(session: Http2Session, k: GrpcConfig['keepalive'], clock: Clock, log: Logger): void {

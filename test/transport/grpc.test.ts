@@ -151,14 +151,24 @@ t.test('statistics count the calls; the every-model form is refused under per-mo
 const foreignCa = await createCa(realDeps, { commonName: 'Somebody else CA' })
 const foreign = await issueCertificate(foreignCa, realDeps, { commonName: 'dev', usage: 'client', uris: [DEV_WORKLOAD] })
 
+/** The sum of a metric's series in the gateway's Prometheus text. */
+async function metric(name: string, labels = ''): Promise<number> {
+  const text = await gw.gateway.metrics.render()
+  let sum = 0
+  for (const m of text.matchAll(new RegExp(`^${name}\\{([^}]*)\\} (\\d+)`, 'gm'))) if (m[1]!.includes(labels)) sum += Number(m[2])
+  return sum
+}
+
 t.test('refused at the handshake: no client certificate, a foreign CA', async (t) => {
   for (const [name, via] of [['no certificate', clientWith()], ['foreign CA', clientWith(Buffer.from(foreign.certPem), Buffer.from(foreign.keyPem))]] as const) {
     const since = gw.logs.length
+    const counted = await metric('bulwark_grpc_tls_handshake_failures_total')
     const e = await refusal(call('ModelMetadata', { name: 'mnist', version: '' }, { via, deadlineMs: 5000 }))
     t.equal(e.code, grpc.status.UNAVAILABLE, `${name}: the client cannot connect`)
     t.equal(codeOf(e), undefined, 'no call reached the chain')
-    await gw.logged((l) => l.msg === 'TLS handshake refused' && l.transport === 'grpc', since)
-    t.pass(`${name}: the server log says why`)
+    const logged = await gw.logged((l) => l.msg === 'TLS handshake refused' && l.transport === 'grpc', since)
+    t.pass(`${name}: the server log says why (${String(logged.reason)})`)
+    t.ok((await metric('bulwark_grpc_tls_handshake_failures_total')) > counted, 'and counts it')
   }
 })
 
@@ -242,6 +252,7 @@ t.test('the per-client connection cap holds on the gRPC listener', async (t) => 
     statuses.push(e ? e.code : grpc.status.OK)
   }
   t.same(statuses, [grpc.status.OK, grpc.status.OK, grpc.status.UNAVAILABLE], 'the fourth connection of one client is refused (server.maxConnectionsPerClient 3)')
+  t.ok((await metric('bulwark_grpc_connections_refused_total', 'reason="per_client"')) >= 1, 'counted in bulwark_grpc_connections_refused_total')
 })
 
 t.test('the audit records of an answered and a refused call', async (t) => {
