@@ -19,7 +19,7 @@ import type { ModelRegistry } from './inference/registry.ts'
 import type { ModelRepositoryPoller } from './inference/repository-poll.ts'
 import { buildAdmin, type ReadinessCheck } from './gateway/admin.ts'
 import { buildFrontDoor } from './gateway/front-door.ts'
-import { buildModels } from './gateway/models.ts'
+import { buildModels, modelControlProblems, repositoryHandler } from './gateway/models.ts'
 import { buildPolicies } from './gateway/policies.ts'
 import { buildObservability } from './gateway/observability.ts'
 import { buildOutputPrivacy } from './gateway/output-privacy.ts'
@@ -105,7 +105,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   const isShuttingDown = () => shuttingDown
 
   // --- load: what cannot be used stops the start, before anything is built ---
-  const frontDoorProblems = [...securityProblems(config), ...scaleoutProblems(config)]
+  const frontDoorProblems = [...securityProblems(config), ...scaleoutProblems(config), ...modelControlProblems(config)]
   if (frontDoorProblems.length > 0) throw new ConfigError(source, frontDoorProblems)
   const policyDir = path.resolve(baseDir, config.policies.directory)
   const livePolicies = await buildPolicies(config, policyDir)
@@ -181,7 +181,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     // A model whose every upstream breaker is open cannot serve: not ready (some open: ready, listed under upstreams).
     readinessChecks.push(() => ({ name: `upstream:${m.name}`, problem: registry.upstreams().find((u) => u.model === m.name)?.backend.problem() ?? null }))
   }
-  const admin = buildAdmin(config, { logger: api.log, log, random, registry, metrics, isShuttingDown, readinessChecks, details: () => ({ policies: livePolicies.status() }) })
+  const admin = buildAdmin(config, { logger: api.log, log, random, registry, metrics, isShuttingDown, readinessChecks, details: () => ({ policies: livePolicies.status() }), repository: repositoryHandler(config.models, baseDir, { registry, verifyToken: frontDoor.verifyToken, log }) })
   const policyReload = livePolicies.watch({ clock, log, metrics })
 
   return {

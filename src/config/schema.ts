@@ -197,6 +197,19 @@ export const ModelsConfig = Type.Object(
       { additionalProperties: false, default: {} },
     ),
     /**
+     * Triton's model repository extension on the admin listener, as its explicit model control:
+     * POST /v2/repository/index, /v2/repository/models/{name}/load and .../unload, each with a
+     * bearer token (checked as the API's: issuer, audience, keys) that carries `scope`. Off by
+     * default; needs auth on, and excludes `poll` (the poll would undo an explicit unload).
+     */
+    repositoryApi: Type.Object(
+      {
+        enabled: Type.Boolean({ default: false }),
+        scope: Type.String({ minLength: 1, pattern: '^[\\x21\\x23-\\x5B\\x5D-\\x7E]+$', default: 'bulwark:models' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    /**
      * Serve a model only if its signature (<model>/model.sig.json, made by `bulwark model sign`:
      * OpenSSF model signing over the manifest and the model bytes) verifies with
      * signingPublicKeyFile. An unsigned, re-signed or altered model is then reported not ready.

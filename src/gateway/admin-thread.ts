@@ -10,12 +10,15 @@ import { Worker } from 'node:worker_threads'
 import { systemClock, type Clock, type Logger, type Timer } from '../deps.ts'
 import { PROMETHEUS_CONTENT_TYPE } from '../routes/admin.ts'
 import type { FromWorker, ToWorker } from './admin-worker.ts'
+import type { RepositoryAnswer, RepositoryRequest } from '../routes/repository-api.ts'
 
 export interface AdminThreadOptions {
   host: string
   port: number
   readiness: () => { status: number; body: unknown }
   metrics: () => Promise<string>
+  /** The model repository extension, when on: its requests are relayed here. */
+  repository?: ((req: RepositoryRequest) => Promise<RepositoryAnswer>) | undefined
   log: Logger
   /** How often the event loop reports readiness (and so proves it is alive). */
   heartbeatMs?: number
@@ -51,6 +54,7 @@ export class AdminThread {
         livenessTimeoutMs: o.livenessTimeoutMs ?? 10_000,
         metricsTimeoutMs: o.metricsTimeoutMs ?? 10_000,
         contentType: PROMETHEUS_CONTENT_TYPE,
+        repository: o.repository !== undefined,
       },
     })
     const send = (msg: ToWorker) => worker.postMessage(msg)
@@ -76,6 +80,11 @@ export class AdminThread {
       worker.once('error', reject)
     })
     worker.on('message', (msg: FromWorker) => {
+      if (msg.type === 'repository') {
+        const answer = o.repository ? o.repository(msg) : Promise.resolve({ status: 404, body: { error: 'the repository extension is off', code: 'not_found' } })
+        void answer.then((r) => send({ type: 'repository', id: msg.id, status: r.status, body: r.body }))
+        return
+      }
       if (msg.type !== 'metrics') return
       o.metrics().then(
         (text) => send({ type: 'metrics', id: msg.id, text }),

@@ -22,7 +22,7 @@ export interface AdminListener {
 
 export function buildAdmin(
   config: Config,
-  deps: { logger: FastifyBaseLogger; log: Logger; random: RandomSource; registry: ModelRegistry; metrics: GatewayMetrics; isShuttingDown: () => boolean; readinessChecks: ReadinessCheck[]; details?: () => Record<string, unknown> },
+  deps: { logger: FastifyBaseLogger; log: Logger; random: RandomSource; registry: ModelRegistry; metrics: GatewayMetrics; isShuttingDown: () => boolean; readinessChecks: ReadinessCheck[]; details?: () => Record<string, unknown>; repository?: AdminDeps['repository'] },
 ): AdminListener {
   const { registry, metrics } = deps
   const app = Fastify({
@@ -36,6 +36,7 @@ export function buildAdmin(
     isShuttingDown: deps.isShuttingDown,
     readinessChecks: deps.readinessChecks,
     details: () => ({ upstreams: Object.fromEntries(registry.upstreams().map((u) => [u.model, u.backend.status()])), ...deps.details?.() }),
+    repository: deps.repository,
   }
   registerAdminRoutes(app, adminDeps)
   let thread: AdminThread | null = null
@@ -50,6 +51,7 @@ export function buildAdmin(
         ...listen,
         readiness: () => readiness(adminDeps),
         metrics: () => metrics.render(),
+        repository: deps.repository,
         log: deps.log,
         livenessTimeoutMs: config.loadShedding.livenessTimeoutMs,
       })

@@ -20,12 +20,14 @@ import { compileModelLimits, createRateLimitStage } from '../stages/rate-limit.t
 import { Counter, type GatewayMetrics } from '../telemetry/metrics.ts'
 import { fastifyLimiter, redisRateLimitStore } from '../transport/rate-limit-store.ts'
 import { handshakeFailureReason, requireClientCertificates, TlsReloader, type TlsMaterial } from '../transport/tls.ts'
-import type { Stage } from '../types.ts'
+import { newRequestContext, type Principal, type Stage } from '../types.ts'
 
 export interface FrontDoor {
   links: { mtlsIdentity?: Stage | undefined; jwtAuth?: Stage | undefined; modelPolicy?: Stage | undefined; rateLimit?: Stage | undefined }
   /** The API listener's TLS files and their reloads; null when tls is off (plain HTTP). */
   tls: TlsReloader | null
+  /** Verifies an Authorization header's token as jwt-auth does (for the admin listener's repository API); null when auth is off. */
+  verifyToken: ((authorization: string | undefined) => Promise<Principal>) | null
   close(): Promise<void>
 }
 
@@ -73,14 +75,34 @@ export async function buildFrontDoor(
     rateLimit = createRateLimitStage({ rateLimits: config.rateLimits, policies: await live.view(compileModelLimits) }, { limiterFor: (limits) => fastifyLimiter(api, limits, config.rateLimits.storeEntries) })
   }
 
+  const jwtAuth = keys ? createJwtAuthStage(config.auth, { clock, getKey: keys.getKey, cache: tokenCache }) : undefined
+  // The same checks outside the chain: the link, run on a context holding only the header.
+  const verifyToken = jwtAuth
+    ? async (authorization: string | undefined) => {
+        const now = clock.monotonicMs()
+        const ctx = newRequestContext({
+          id: 'repository',
+          receivedAtMs: clock.nowMs(),
+          startedMs: now,
+          deadlineMs: now + 10_000,
+          client: { address: '', tlsVersion: null, peerCertificate: null },
+          target: { model: '', version: null, verb: 'server' },
+          bearerToken: authorization ?? null,
+        })
+        await jwtAuth.run(ctx)
+        return ctx.principal!
+      }
+    : null
+
   return {
     links: {
       mtlsIdentity: config.tls.enabled ? createMtlsIdentityStage({ clock }) : undefined,
-      jwtAuth: keys ? createJwtAuthStage(config.auth, { clock, getKey: keys.getKey, cache: tokenCache }) : undefined,
+      jwtAuth,
       modelPolicy: config.authorization.enabled ? createModelPolicyStage(await live.view(compileModelRules)) : undefined,
       rateLimit,
     },
     tls,
+    verifyToken,
     async close() {
       tls?.close()
       await keys?.close()

@@ -8,6 +8,9 @@ import type { Clock, Logger, RandomSource } from '../deps.ts'
 import path from 'node:path'
 import { ModelRegistry } from '../inference/registry.ts'
 import { ModelRepositoryPoller } from '../inference/repository-poll.ts'
+import type { AdminDeps } from '../routes/admin.ts'
+import { createRepositoryApi } from '../routes/repository-api.ts'
+import type { Principal } from '../types.ts'
 import { InferenceService } from '../inference/service.ts'
 import type { ModelStatistics } from '../oip/stats.ts'
 import { Counter, Gauge, Histogram, type GatewayMetrics, type Labels } from '../telemetry/metrics.ts'
@@ -78,4 +81,18 @@ export function buildModels(
     },
     close: () => poller?.close(),
   }
+}
+
+/** What stops the model controls from being used as configured (empty = fine), phrased as fixes. */
+export function modelControlProblems(config: Pick<Config, 'models' | 'auth'>): string[] {
+  const problems: string[] = []
+  if (config.models.repositoryApi.enabled && !config.auth.enabled) problems.push('/models/repositoryApi/enabled: the repository API checks a bearer token, and auth is off; turn auth on or the API off')
+  if (config.models.repositoryApi.enabled && config.models.poll.enabled) problems.push('/models/repositoryApi/enabled: with /models/poll/enabled on, the next poll would undo an explicit load or unload (as in Triton, poll and explicit control exclude each other); turn one off')
+  return problems
+}
+
+/** The repository API's handler (models.repositoryApi), or undefined when it is off. */
+export function repositoryHandler(config: Config['models'], baseDir: string, deps: { registry: ModelRegistry; verifyToken: ((authorization: string | undefined) => Promise<Principal>) | null; log: Logger }): AdminDeps['repository'] {
+  if (!config.repositoryApi.enabled || !deps.verifyToken) return undefined
+  return createRepositoryApi({ registry: deps.registry, directory: path.resolve(baseDir, config.directory), verify: deps.verifyToken, scope: config.repositoryApi.scope, log: deps.log })
 }

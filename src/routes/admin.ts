@@ -7,9 +7,10 @@
 // (src/gateway/admin-thread.ts) so probes are answered promptly while the API's event loop is
 // saturated or pausing for garbage collection; that thread serves the readiness computed here.
 
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ModelRegistry } from '../inference/registry.ts'
 import type { GatewayMetrics } from '../telemetry/metrics.ts'
+import type { RepositoryAnswer, RepositoryRequest } from './repository-api.ts'
 
 export interface AdminDeps {
   registry: ModelRegistry
@@ -19,6 +20,8 @@ export interface AdminDeps {
   readinessChecks: (() => { name: string; problem: string | null })[]
   /** More state for operators in the /readyz body (upstream breakers); never decides readiness. */
   details?: () => Record<string, unknown>
+  /** The model repository extension (models.repositoryApi; src/routes/repository-api.ts), when on. */
+  repository?: ((req: RepositoryRequest) => Promise<RepositoryAnswer>) | undefined
 }
 
 export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
@@ -49,4 +52,15 @@ export function registerAdminRoutes(app: FastifyInstance, deps: AdminDeps): void
   })
   // The OpenTelemetry metrics in the Prometheus text format (src/telemetry/metrics.ts).
   app.get('/metrics', async (_req, reply) => reply.type(PROMETHEUS_CONTENT_TYPE).send(await deps.metrics.render()))
+  const repository = deps.repository
+  if (repository) {
+    const handle = async (req: FastifyRequest, reply: FastifyReply) => {
+      const body = req.body === undefined ? '' : typeof req.body === 'string' ? req.body : JSON.stringify(req.body)
+      const auth = req.headers.authorization
+      const r = await repository({ method: req.method, path: req.url.split('?')[0]!, authorization: typeof auth === 'string' ? auth : undefined, body })
+      return reply.code(r.status).send(r.body)
+    }
+    app.post('/v2/repository/index', handle)
+    app.post('/v2/repository/models/:name/:action', handle)
+  }
 }
