@@ -75,6 +75,22 @@ function bodyPending(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || (declared !== undefined && declared !== '0')
 }
 
+/** Bodies up to this size, unread, are drained (read and dropped) for callers with a valid token. */
+const DRAIN_LIMIT_BYTES = 1024 * 1024
+
+/**
+ * Whether a refused request's unread body may be drained instead of the connection closed:
+ * its caller showed a valid token (accountable, under its own limits), nothing has started
+ * reading it (a stalled upload cut off mid-body is closed), and it declared at most
+ * DRAIN_LIMIT_BYTES. Node then drops the bytes as they come (nothing is held) and the
+ * connection stays open, so a caller throttled with 429 is not also made to reconnect, and
+ * pay a TLS handshake, for each refusal. receiveTimeoutMs still bounds how long it may take.
+ */
+function drainable(ctx: RequestContext, req: IncomingMessage): boolean {
+  const declared = req.headers['content-length']
+  return ctx.principal !== null && !req.readableDidRead && req.headers['transfer-encoding'] === undefined && declared !== undefined && Number(declared) <= DRAIN_LIMIT_BYTES
+}
+
 /**
  * `reading` (a body being read from `req`), cut off with 408 request_timeout when no byte
  * arrives for `idleMs`: a client one byte short of its Content-Length cannot hold the
@@ -173,7 +189,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     reply.header('x-request-id', ctx.id)
     // A body nobody read (an unknown route, a refusal before the body phase, a stalled
     // upload) is not read now either: the connection closes after this answer instead.
-    if (ctx.bodyBytes === null && bodyPending(reply.request.raw)) {
+    if (ctx.bodyBytes === null && bodyPending(reply.request.raw) && !drainable(ctx, reply.request.raw)) {
       reply.header('connection', 'close')
       // Only a client that showed no valid token pays for the reconnect it forces: a caller
       // with one answers for its refusals under its own limits, and is not made to cost the

@@ -3,6 +3,8 @@
 // from the headers, and the connection closes instead of the body being read); a stalled
 // upload is cut off after server.bodyIdleTimeoutMs with 408 and frees the slots it held; one
 // client certificate cannot open more than server.maxConnectionsPerClient connections; a
+// caller with a valid token refused before a body of up to 1 MiB is read keeps its connection
+// (the body is drained); a
 // connection closed after a refusal with its body unread costs its address
 // server.closedOnRefusalCost new connections when the client showed no valid token (a caller
 // with one pays nothing extra), and a connection refused for its rate is reset before the TLS
@@ -74,6 +76,25 @@ t.test('a body nobody admitted is never read: the answer comes from the headers,
   }
 })
 
+t.test('a caller with a valid token refused before a small body is read keeps its connection: the body is drained, not held', async (t) => {
+  const gw = await startGateway({ models: ['mnist'] })
+  t.teardown(() => gw.close())
+  const c = await connect(gw)
+  const noScope = await gw.token({ scopes: [] })
+  let answers = 0
+  const twoAnswers = new Promise<void>((resolve) => c.socket.on('data', (d: Buffer) => (answers += (d.toString('latin1').match(/HTTP\/1.1 /g) ?? []).length) >= 2 && resolve()))
+  const body = '{"inputs":[]}'.padEnd(64 * 1024)
+  c.socket.write(head('POST', '/v2/models/mnist/infer', body.length, noScope) + body)
+  c.socket.write('GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n')
+  await twoAnswers
+  t.notOk(c.socket.destroyed, 'the 403 left the connection open, and a second request was answered on it')
+  c.socket.end()
+  const text = await c.closed
+  t.match(text, /^HTTP\/1.1 403 /, 'the refusal first')
+  t.notMatch(text.split('\r\n\r\n')[0]!, /connection: close/i, 'without Connection: close')
+  t.match(text, /HTTP\/1.1 200 [^]*$/, 'then the next request\'s answer, on the same connection')
+})
+
 t.test('a stalled upload is cut off with 408 request_timeout and frees its rate-limit and load-shedding slots', async (t) => {
   const clock = new FakeClock(Date.now())
   // One request in flight per caller: while the upload stalls, the same caller is refused.
@@ -139,8 +160,8 @@ t.test('a connection closed on a refusal without a valid token costs closedOnRef
   answered.socket.write('GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
   t.match(await answered.closed, /^HTTP\/1.1 200 /, 'an answered request closes its connection at the client\'s asking')
   const forbidden = await connect(gw)
-  forbidden.socket.write(head('POST', '/v2/models/mnist/infer', MiB, await gw.token({ scopes: [] })) + '{"inputs":')
-  t.match(await forbidden.closed, /^HTTP\/1.1 403 /, 'a caller with a valid token refused before its body is read: the connection closes too')
+  forbidden.socket.write(head('POST', '/v2/models/mnist/infer', 2 * MiB, await gw.token({ scopes: [] })) + '{"inputs":')
+  t.match(await forbidden.closed, /^HTTP\/1.1 403 /, 'a caller with a valid token refused before its (2 MiB) body is read: the connection closes too')
   const second = await connect(gw)
   t.ok(second.socket.authorized, 'neither costs more than its own connection: the next one is admitted')
   second.socket.write(head('POST', '/v2/models/mnist/infer', MiB) + '{"inputs":')
