@@ -18,6 +18,7 @@ import type { TLSSocket } from 'node:tls'
 import type { Clock } from '../deps.ts'
 import { Counter } from '../telemetry/metrics.ts'
 import { certificateKey } from './peer.ts'
+import { verifiedPeerCertificate } from './tls.ts'
 import { TokenBuckets } from './token-buckets.ts'
 
 export interface ConnectionLimits {
@@ -68,7 +69,8 @@ export function limitConnections(
 
   if (o.tls) {
     server.on('secureConnection', (socket: TLSSocket) => {
-      const fingerprint = socket.getPeerCertificate()?.fingerprint256
+      // The parsed certificate is cached per connection for the requests that follow.
+      const fingerprint = verifiedPeerCertificate(socket)?.fingerprint256
       // Without a verified certificate the handshake is refused elsewhere; count by address meanwhile.
       admit(socket, fingerprint ? certificateKey(fingerprint) : `addr:${socket.remoteAddress ?? ''}`)
     })
