@@ -1,13 +1,15 @@
-// `bulwark bench` against a real gateway (mTLS, JWTs, the mnist model): a short bounded
-// closed-loop run prints a row per concurrency and writes CSV and JSON with the same rows;
-// with --metrics every step has a per-defence breakdown that adds up to the server's time,
-// and --report writes a well-formed page with a chart per kind and a histogram per step;
-// a token without the model's scope (from --token-command) gets its answers counted under
-// `forbidden` in an open loop, nothing else but connection errors, and the JSON keeps the
-// command line with the token redacted; without credential flags the development set-up of the working
-// folder is used, a terminal gets a progress line, and --report alone writes its CSV and JSON
-// beside it; a raw tensor file is read against the metadata. --token-file carries the first
-// run's token.
+// `bulwark bench` against a real gateway (mTLS, JWTs, the mnist model):
+// - a short bounded closed-loop run (token from --token-file) prints a row per concurrency
+//   and writes CSV and JSON with the same rows; with --metrics every step has a per-defence
+//   breakdown that adds up to the server's time; --report writes a well-formed page with a
+//   chart per kind and a histogram per step;
+// - a token without the model's scope (from --token-command) gets its answers counted under
+//   `forbidden` in an open loop, nothing else but connection errors, and the JSON keeps the
+//   command line with the token redacted;
+// - without credential flags the development set-up of the working folder is used, a
+//   terminal gets a progress line, and --report alone writes its CSV and JSON beside it;
+// - a raw tensor file is read against the model's metadata;
+// - without --duration a step is measured in windows and says whether it was stable.
 // Nothing here asserts a timing: only counts, codes and the shape of the outputs.
 
 import t from 'tap'
@@ -133,4 +135,15 @@ t.test('a raw tensor file, named relative to the working folder, is read against
   const step = (JSON.parse(await readFile(json, 'utf8')) as BenchResult).steps[0]!
   t.ok(step.stats.ok > 0 && step.stats.ok === step.stats.requests, 'answered without errors')
   t.equal(step.stats.items, 2 * step.stats.requests, 'two items per request, from the file\'s length')
+})
+
+t.test('without --duration a step is measured in windows until stable, or --max-windows', async (t) => {
+  const token = await gw.token({ scopes: ['mnist:use'] })
+  const json = path.join(out, 'windows.json')
+  const r = await bench(['--url', gw.url, '--model', 'mnist', ...tlsFlags, '--token', token, '--concurrency', '2', '--warmup', '50ms', '--window', '100ms', '--max-windows', '3', '--json', json, '--quiet'])
+  t.equal(r.status, 0, r.stderr)
+  const step = (JSON.parse(await readFile(json, 'utf8')) as BenchResult).steps[0]!
+  t.equal(typeof step.stable, 'boolean', 'stable or not, never "fixed"')
+  t.match(r.stdout, /\n\s*2\s.*\s(yes|no)\s+-\n/, 'the table says which')
+  t.ok(step.stats.requests > 0 && step.stats.ok === step.stats.requests)
 })
