@@ -125,7 +125,9 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   })
   const { metrics } = observability
   const statistics = new ModelStatistics((name) => registry?.list().some((m) => m.name === name) ?? false, clock)
-  const models = buildModels(config.models, baseDir, { clock, log, random, metrics, tracer: observability.tracerProvider.getTracer('bulwark'), statistics })
+  // A model loaded, replaced or unloaded while serving: the policies are compiled again against it.
+  const onChange = (model: string) => void livePolicies.recompile(log, `model ${model} changed`)
+  const models = buildModels(config.models, baseDir, { clock, log, random, metrics, tracer: observability.tracerProvider.getTracer('bulwark'), statistics, onChange })
   registry = models.registry
   // What holds a folder lock, a connection or a watcher is closed again if a later part fails to start.
   const undo: Undo = []

@@ -28,7 +28,7 @@ export interface Models {
 export function buildModels(
   config: Config['models'],
   baseDir: string,
-  deps: { clock: Clock; log: Logger; random: RandomSource; metrics: GatewayMetrics; tracer: Tracer; statistics?: ModelStatistics },
+  deps: { clock: Clock; log: Logger; random: RandomSource; metrics: GatewayMetrics; tracer: Tracer; statistics?: ModelStatistics; onChange?: (model: string) => void },
 ): Models {
   let registry: ModelRegistry | null = null
   const upstreams = () => registry?.upstreams() ?? []
@@ -52,6 +52,7 @@ export function buildModels(
     random: deps.random,
     tracer: deps.tracer,
     onBatch: (model, items) => deps.metrics.batchSize.observe({ model }, items),
+    ...(deps.onChange ? { onChange: deps.onChange } : {}),
     onExecuted: (model, times) => deps.statistics?.executed(model, times),
     upstreamObserver: {
       call(model, endpoint, outcome, s) {

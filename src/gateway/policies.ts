@@ -16,12 +16,21 @@ export interface Policies {
   watch(deps: { clock: Clock; log: Logger; metrics: GatewayMetrics }): PolicyWatcher | null
   /** For the /readyz body: whether the served policies are the folder's, and why not. */
   status(): PolicyStatus
+  /**
+   * Compiles the policies in force again, against the models as they are now served (a model
+   * loaded, replaced or unloaded: screening and output policies are checked against manifests).
+   * When they no longer compile, the generation in force stays and the policies are stale
+   * until a change of the folder or of the models makes them compile.
+   */
+  recompile(log: Logger, why: string): Promise<void>
 }
 
 export async function buildPolicies(config: Config, policyDir: string): Promise<Policies> {
   const folder = await loadPolicyFolder(policyDir, { required: config.authorization.enabled })
   const live = new LivePolicies(folder.policies)
   let watcher: PolicyWatcher | null = null
+  /** Why the policies in force no longer compile against the models served (empty: they do). */
+  let modelProblems: string[] = []
   return {
     live,
     watch({ clock, log, metrics }) {
@@ -32,11 +41,28 @@ export async function buildPolicies(config: Config, policyDir: string): Promise<
       if (!config.policies.watch || !folder.exists) return null
       watcher = new PolicyWatcher(
         { directory: policyDir, intervalMs: config.policies.reloadCheckIntervalMs, digest: folder.digest, required: config.authorization.enabled },
-        { live, clock, log, onReload: (outcome) => reloads.inc({ outcome }) },
+        {
+          live,
+          clock,
+          log,
+          onReload(outcome) {
+            reloads.inc({ outcome })
+            if (outcome === 'applied') modelProblems = [] // compiled against the models served now
+          },
+        },
       )
       watcher.start()
       return watcher
     },
-    status: () => watcher?.status() ?? { state: 'current', generation: live.generation, problems: [] },
+    status() {
+      const s = watcher?.status() ?? { state: 'current', generation: live.generation, problems: [] }
+      return modelProblems.length === 0 ? s : { state: 'stale', generation: s.generation, problems: [...s.problems, ...modelProblems] }
+    },
+    async recompile(log, why) {
+      const problems = await live.propose(live.policies)
+      modelProblems = problems
+      if (problems.length > 0) log.error({ why, problems, generation: live.generation }, 'the policies in force no longer compile against the models served; they stay as they were until fixed')
+      else log.info({ why, generation: live.generation }, 'policies compiled again for the models served')
+    },
   }
 }

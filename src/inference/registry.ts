@@ -51,6 +51,8 @@ export interface RegistryDeps {
   /** Spans of upstream calls (default: the global tracer provider's). */
   tracer?: Tracer
   upstreamObserver?: UpstreamObserver
+  /** A model was loaded, replaced or unloaded while serving (loadVersion, unload). */
+  onChange?: (model: string) => void
 }
 
 /** Config defaults overlaid with a model's own settings (a model `serve` does not list, found by polling the folder, has the defaults). */
@@ -289,6 +291,7 @@ export class ModelRegistry {
     const old = this.models.get(name)
     this.models.set(name, next)
     if (old) this.retire(old)
+    this.deps.onChange?.(name)
     return null
   }
 
@@ -298,6 +301,7 @@ export class ModelRegistry {
     if (!old) return false
     this.models.delete(name)
     this.retire(old)
+    this.deps.onChange?.(name)
     return true
   }
 

@@ -3,8 +3,9 @@
 // version served: requests that start after the poll get the new version, and the old one
 // closes after its last request. A new folder is loaded and served. A removed folder is served
 // no more: requests that start after the poll get 404 model_not_found. Not one request fails
-// in any other way. And a folder that cannot be loaded keeps the version served. The polls are
-// asked for by the test (the interval is an hour), so nothing waits on time.
+// in any other way. The policies are compiled again when a model changes. And a folder that
+// cannot be loaded keeps the version served. The polls are asked for by the test (the
+// interval is an hour), so nothing waits on time.
 
 import t from 'tap'
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
@@ -100,8 +101,11 @@ t.test('a version swap and a removal under load: nothing in flight fails', async
 })
 
 t.test('a new folder is loaded and served; a folder that cannot be loaded keeps the version served', async (t) => {
+  const before = gw.logs.length
   await modelFolder('more', '1')
   await poller.poll()
+  await gw.logged((l) => l.msg === 'policies compiled again for the models served' && l.why === 'model more changed', before)
+  t.pass('the policies are compiled again against the models served')
   const token = await gw.token({ scopes: ['more:infer'] })
   const res = await gw.request('/v2/models/more/infer', { body, token })
   t.equal(res.status, 200, 'the new model is served')
