@@ -72,5 +72,15 @@ export function shippedTables(runs: ShippedRun[], o: { windowMs: number; heldOut
       rows,
     ),
   )
+  out.push('', 'extraction: the first window whose surrogate reaches each agreement (answers received by then):')
+  for (const r of runs) {
+    for (const e of r.extraction) {
+      const reach = [0.8, 0.9, 0.95].map((a) => {
+        const hit = e.curve.find((p) => p.agreement >= a)
+        return `${pct(a, 0)}%: ${hit ? `${hours(hit.window)} (${int(hit.answers)})` : `not in ${hours(e.curve.length)}`}`
+      })
+      out.push(`  screening ${r.screening ? 'on ' : 'off'}, ${e.identities} identit${e.identities === 1 ? 'y' : 'ies'}: ${reach.join(', ')}`)
+    }
+  }
   return out
 }

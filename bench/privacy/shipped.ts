@@ -108,7 +108,7 @@ export interface ShippedRun {
   screening: boolean
   cost: PolicyCost
   honest: HonestResult[]
-  extraction: { identities: number; snapshots: ExtractionSnapshot[] }[]
+  extraction: { identities: number; snapshots: ExtractionSnapshot[]; curve: { window: number; answers: number; agreement: number }[] }[]
   membership: { identities: number; snapshots: MembershipSnapshot[] }[]
   /** Wall time per phase. */
   seconds: Record<string, number>
@@ -193,7 +193,7 @@ async function campaign(t: SessionTarget, name: string, k: number, windows: numb
   }
 }
 
-async function extraction(t: SessionTarget, d: ShippedData, k: number, o: ShippedOptions): Promise<ExtractionSnapshot[]> {
+async function extraction(t: SessionTarget, d: ShippedData, k: number, o: ShippedOptions): Promise<ShippedRun['extraction'][number]> {
   const rng = seededRng(o.seed * 31 + k)
   const m = createCnn(14, 8, CLASSES, seededRng(o.seed + 12))
   const adam = cnnOptimizer(m)
@@ -205,6 +205,7 @@ async function extraction(t: SessionTarget, d: ShippedData, k: number, o: Shippe
   const answered: { image: Float32Array; label: number }[] = []
   let answers = 0
   const snapshots: ExtractionSnapshot[] = []
+  const curve: { window: number; answers: number; agreement: number }[] = []
   // Items: ids below pool.length are natural digits, the rest index `extra`.
   let extra: Float32Array[] = []
   const imageOf = (id: number) => (id < d.pool.length ? d.pool[id]! : extra[id - d.pool.length]!)
@@ -222,7 +223,8 @@ async function extraction(t: SessionTarget, d: ShippedData, k: number, o: Shippe
         const natural = [...d.pool.keys()].filter((i) => !queried[i])
         // Jacobian steps from a sample of everything answered so far (its newest first, as
         // Papernot et al. grow the set round by round), so the stream never runs dry.
-        const sample = answered.length <= 2 * need ? answered : [...answered.slice(-need), ...permutation(answered.length - need, rng).slice(0, need).map((i) => answered[i]!)]
+        const half = Math.ceil(need / 2)
+        const sample = answered.length <= need ? answered : [...answered.slice(-half), ...permutation(answered.length - half, rng).slice(0, need - half).map((i) => answered[i]!)]
         extra = sample.map((a) => jacobianStep(m, a.image, a.label, o.lambda))
         const candidates = [...natural, ...extra.map((_, j) => d.pool.length + j)]
         const probs = cnnProbabilities(m, candidates.map((id) => pool2(imageOf(id))))
@@ -247,11 +249,12 @@ async function extraction(t: SessionTarget, d: ShippedData, k: number, o: Shippe
       if (xs.length > 0) trainCnn(m, xs, targets, { steps: Math.min(o.roundSteps, Math.max(2000, 5 * xs.length)), batchSize: 32, learningRate: 3e-3 }, rng, adam)
       const predicted = cnnPredict(m, test)
       const agreement = xs.length > 0 ? predicted.filter((l, i) => l === d.reference[i]).length / test.length : 0
+      curve.push({ window: w, answers, agreement })
       if (w === o.windows || o.snapshots.includes(w)) snapshots.push({ ...snap(answers), agreement })
       o.log(`  extraction, ${k} identities, window ${w}: ${answers} answers, agreement ${(agreement * 100).toFixed(1)}%`)
     },
   )
-  return snapshots
+  return { identities: k, snapshots, curve }
 }
 
 interface Candidate {
@@ -344,7 +347,7 @@ export async function runShipped(gw: TestGateway, clock: SkewedClock, cost: Poli
   const run: ShippedRun = { screening, cost, honest: await timed('honest', () => honest(t, d, o)), extraction: [], membership: [], seconds }
   clock.advance(cost.windowMs + 1000)
   for (const k of o.identities) {
-    run.extraction.push({ identities: k, snapshots: await timed(`extraction x${k}`, () => extraction(t, d, k, o)) })
+    run.extraction.push(await timed(`extraction x${k}`, () => extraction(t, d, k, o)))
     run.membership.push({ identities: k, snapshots: await timed(`membership x${k}`, () => membership(t, d, k, o)) })
   }
   return run
