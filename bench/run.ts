@@ -15,7 +15,7 @@ import { printTable, writeResults, type Row } from './report.ts'
 
 const { values } = parseArgs({
   options: {
-    only: { type: 'string', default: 'core' },
+    only: { type: 'string', default: 'core,grpc' },
     'duration-ms': { type: 'string', default: '5000' },
     'warmup-ms': { type: 'string', default: '1000' },
   },
