@@ -25,9 +25,7 @@ import { wellFormedProblems } from './well-formed.ts'
 
 const dev = 'spiffe://bulwark.local/ns/default/sa/dev'
 const policy = { model: 'mnist', allow: [{ verbs: ['infer', 'metadata'], workloads: [dev], scopes: ['mnist:use'] }], rateLimit: { requestsPerWindow: 1_000_000, windowMs: 1000 } }
-// A refusal before the body closes the connection and costs the address closedOnRefusalCost
-// of its new-connection rate; the forbidden run's reconnections must not starve the next test.
-const gw = await startGateway({ models: ['mnist'], policies: { mnist: policy }, config: { server: { newConnectionsPerSecondPerAddress: 1_000_000 } } })
+const gw = await startGateway({ models: ['mnist'], policies: { mnist: policy } })
 t.teardown(() => gw.close())
 const out = await mkdtemp(path.join(os.tmpdir(), 'bulwark-bench-'))
 t.teardown(() => rm(out, { recursive: true, force: true }))
