@@ -8,7 +8,10 @@ import t from 'tap'
 import { request } from 'undici'
 import { mnistRequest, startGateway } from '../../kit/gateway.ts'
 
-const gw = await startGateway({ models: ['mnist'] })
+// Each unauthenticated refusal closes its connection and costs this address
+// server.closedOnRefusalCost new connections: at 1, all 300 reach the front door, which is what
+// this test measures (the connection limits have tests of their own).
+const gw = await startGateway({ models: ['mnist'], config: { server: { closedOnRefusalCost: 1 } } })
 t.teardown(() => gw.close())
 const body = await mnistRequest()
 
