@@ -30,6 +30,7 @@ const port = (hostPort: string) => Number(hostPort.slice(hostPort.lastIndexOf(':
 const defaults = defaultConfig(repoRoot).config
 const API_PORT = port(defaults.server.listen)
 const ADMIN_PORT = port(defaults.server.admin)
+const GRPC_PORT = port(defaults.grpc.listen)
 const docs = readFileSync(path.join(repoRoot, 'README.md'), 'utf8')
 const packageVersion = JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')).version as string
 
@@ -115,7 +116,7 @@ for (const overlay of OVERLAYS) {
     const selecting = (dir: 'ingress' | 'egress') =>
       policies.filter((p) => labelsMatch((p.spec as Rec).podSelector as Rec, b.labels)).flatMap((p) => ((p.spec as Rec)[dir] as Rec[] | undefined) ?? [])
     const ingressPorts = selecting('ingress').map((r) => ({ ports: ((r.ports as Rec[]) ?? []).map((x) => x.port), from: r.from as Rec[] }))
-    t.same(ingressPorts.map((r) => r.ports).sort(), [[API_PORT], [ADMIN_PORT]].sort(), 'ingress to Bulwark: the API port and the admin port, nothing else')
+    t.same(ingressPorts.map((r) => r.ports).sort(), [[API_PORT, GRPC_PORT], [ADMIN_PORT]].sort(), 'ingress to Bulwark: the API ports (REST, gRPC) and the admin port, nothing else')
     const admin = ingressPorts.find((r) => r.ports[0] === ADMIN_PORT)!
     t.same(admin.from, [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }], 'admin port: from the monitoring namespace only')
     const api = ingressPorts.find((r) => r.ports[0] === API_PORT)!
@@ -163,11 +164,13 @@ for (const overlay of OVERLAYS) {
     const b = bulwark(objs)
     t.equal(port(config.server.listen), API_PORT, `bulwark.yaml listens on the default API port ${API_PORT}`)
     t.equal(port(config.server.admin), ADMIN_PORT, `bulwark.yaml's admin listener is on the default admin port ${ADMIN_PORT}`)
+    t.ok(config.grpc.enabled, 'the gRPC listener is on')
+    t.equal(config.grpc.listen, `0.0.0.0:${GRPC_PORT}`, `bulwark.yaml's gRPC listener takes every address of the pod, on the default gRPC port ${GRPC_PORT}`)
     const ports = Object.fromEntries(((b.c.ports as Rec[]) ?? []).map((p) => [p.name, p.containerPort]))
-    t.same(ports, { api: API_PORT, admin: ADMIN_PORT }, 'container ports')
+    t.same(ports, { api: API_PORT, grpc: GRPC_PORT, admin: ADMIN_PORT }, 'container ports')
     const svc = one(objs, 'Service', 'bulwark')
     t.ok(labelsMatch({ matchLabels: (svc.spec as Rec).selector }, b.labels), 'the Service selects the Bulwark pods')
-    t.same(((svc.spec as Rec).ports as Rec[]).map((p) => [p.port, p.targetPort]), [[API_PORT, 'api'], [ADMIN_PORT, 'admin']], 'the Service exposes the API and admin ports only')
+    t.same(((svc.spec as Rec).ports as Rec[]).map((p) => [p.port, p.targetPort]), [[API_PORT, 'api'], [GRPC_PORT, 'grpc'], [ADMIN_PORT, 'admin']], 'the Service exposes the API (REST, gRPC) and admin ports only')
 
     // Probes: on the admin port, at paths the admin listener really serves.
     const admin = Fastify()
