@@ -246,13 +246,17 @@ async function statefulAttacks(c: AdaptiveContext, rows: AdaptiveRow[], raw: Rec
       await off.close()
     }
   }
-  const gw = await evalGateway({ stateful: c.bundled.stateful, cooldownMs: c.bundled.cooldownMs })
+  const statefulGateway = () => evalGateway({ stateful: c.bundled.stateful, cooldownMs: c.bundled.cooldownMs })
+  let gw = await statefulGateway()
   try {
     c.log('adaptive: stateful, benign stream')
     const benign = await benignStream(gw, c, 403)
     const fp = `${benign.refused}/${benign.of} (one caller, all held-out digits)`
     const out: Record<string, unknown> = { benign }
     for (const spec of specs) {
+      // A fresh gateway per attack: the model-wide index must not hold the last attack's probes.
+      await gw.close()
+      gw = await statefulGateway()
       c.log(`adaptive: stateful vs ${spec.name}, ${digits.length} digits`)
       const runs = await runSpec(gw, c, spec, digits)
       out[spec.name] = { runs, baseline: base.get(spec.name) }
