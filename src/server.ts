@@ -169,7 +169,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     outputPrivacy: outputPrivacy?.links.outputPrivacy,
     auditRecord: audit.link,
     modelStats: createModelStatsLink(statistics, clock),
-    metrics: createMetricsLink(metrics, clock, registry.list().map((m) => m.name)),
+    metrics: createMetricsLink(metrics, clock, (name) => registry.has(name)),
   })
   late.unrouted = attachChain(api, { chain, clock, log, server: config.server, tls: tlsMaterial !== null, closing: isShuttingDown, closedOnRefusal: connections.closedOnRefusal }).answerUnrouted
   registerOipRoutes(api, { registry, statistics, serverVersion: SERVER_VERSION, isShuttingDown })

@@ -216,6 +216,11 @@ export class ModelRegistry {
     return out
   }
 
+  /** Whether a model of that name is served now (any state). */
+  has(name: string): boolean {
+    return this.models.has(name)
+  }
+
   list(): ServedModel[] {
     return [...this.models.values()]
   }

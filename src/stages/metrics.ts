@@ -24,7 +24,7 @@ const CODES: ReadonlySet<string> = new Set(errorCodes)
  * `servedModels`: the names in the configuration's models.serve, the only `model` label
  * values besides `_unknown`.
  */
-export function createMetricsLink(metrics: GatewayMetrics, clock: Clock, servedModels: Iterable<string>): Stage {
+export function createMetricsLink(metrics: GatewayMetrics, clock: Clock, servedModels: Iterable<string> | ((name: string) => boolean)): Stage {
   const modelLabel = modelLabeler(servedModels)
   return {
     name: 'metrics',

@@ -51,9 +51,12 @@ export const UNKNOWN_MODEL = '_unknown'
 
 /**
  * The `model` label for a name a request carries: itself when it is one of `served` (the
- * configuration's models.serve), else UNKNOWN_MODEL, so callers cannot add label values.
+ * configuration's models.serve, or a predicate for the models served now, which a poll or the
+ * repository API may change: their names are the operator's folders), else UNKNOWN_MODEL, so
+ * callers cannot add label values.
  */
-export function modelLabeler(served: Iterable<string>): (name: string) => string {
+export function modelLabeler(served: Iterable<string> | ((name: string) => boolean)): (name: string) => string {
+  if (typeof served === 'function') return (name) => (served(name) ? name : UNKNOWN_MODEL)
   const names = new Set(served)
   return (name) => (names.has(name) ? name : UNKNOWN_MODEL)
 }

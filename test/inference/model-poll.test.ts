@@ -109,6 +109,7 @@ t.test('a new folder is loaded and served; a folder that cannot be loaded keeps 
   const token = await gw.token({ scopes: ['more:infer'] })
   const res = await gw.request('/v2/models/more/infer', { body, token })
   t.equal(res.status, 200, 'the new model is served')
+  t.match(await gw.gateway.metrics.render(), /bulwark_requests_total\{code="ok",model="more",status="200",verb="infer"\} 1/, 'and counted under its own name')
   t.equal(res.body.model_version, '1')
 
   // A manifest that pins another digest: the new version is not loaded, the old one serves.
