@@ -50,11 +50,18 @@ export const UpstreamConfig = Type.Object(
       Type.String({ pattern: '^https?://[A-Za-z0-9.\\-\\[\\]:]+$', description: 'http(s)://host:port, no path', examples: ['https://mnist-0.models:8443'] }),
       { minItems: 1, maxItems: 64, uniqueItems: true },
     ),
+    /**
+     * How the pods are called: `rest` (OIP v2 over HTTP/1.1, binary tensor data) or `grpc`
+     * (inference.GRPCInferenceService/ModelInfer over HTTP/2, raw tensor bytes). With grpc the
+     * endpoints name the pods' gRPC listeners: https:// for TLS (with `tls` below), http:// for
+     * plaintext HTTP/2. Breakers, retries, deadlines and refusals behave the same either way.
+     */
+    protocol: Type.Union([Type.Literal('rest'), Type.Literal('grpc')], { default: 'rest' }),
     /** The model's name at the upstream; default: the same name. */
     model: Type.Optional(Type.String({ pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$' })),
     /** Required for https endpoints that ask for a client certificate; ignored (refused) for http ones. */
     tls: Type.Optional(UpstreamTls),
-    /** Keep-alive connections per endpoint. */
+    /** Keep-alive connections per endpoint (with grpc: HTTP/2 connections, calls multiplexed over them). */
     connectionsPerEndpoint: Type.Integer({ minimum: 1, maximum: 1024, default: 16 }),
     /** Calls in flight to this model over all endpoints; more wait in the model's queue (batching.maxQueueSize). */
     maxConcurrentCalls: Type.Integer({ minimum: 1, maximum: 100_000, default: 64 }),

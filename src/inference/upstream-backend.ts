@@ -1,10 +1,14 @@
 // Upstream models: a model served by remote model pods that speak the Open Inference Protocol
-// v2 (another Bulwark, Triton, KServe), called with undici over keep-alive pools, with
-// Bulwark's own client certificate when the endpoints are https. The batcher above treats it
-// like any backend: the whole pipeline runs here first, exactly as for a local model.
+// v2 (another Bulwark, Triton, KServe), over REST (src/inference/upstream-rest.ts) or gRPC
+// (src/inference/upstream-grpc.ts) as upstream.protocol says, with Bulwark's own client
+// certificate when the endpoints are https. The batcher above treats it like any backend: the
+// whole pipeline runs here first, exactly as for a local model. The protocol only sends one
+// call and reads its answer (an UpstreamChannel); everything below is the same for both.
 //
 // One opossum circuit breaker per endpoint. A call counts as a failure when the connection
-// fails, the upstream answers 5xx, 401, 404, 408 or 429, the response breaks the protocol or
+// fails, the upstream answers 5xx, 401, 404, 408 or 429 (a gRPC status is read as the HTTP
+// status it corresponds to: UNAVAILABLE 503, RESOURCE_EXHAUSTED 429, DEADLINE_EXCEEDED 504,
+// INVALID_ARGUMENT 400, ...; src/inference/upstream-grpc.ts), the response breaks the protocol or
 // the manifest, or it takes longer than breaker.callTimeoutMs. It does not count when the
 // upstream refuses this particular request (other 4xx: the request's fault, not the pod's), or
 // when the client's own deadline ran out first (a client with a short deadline must not be able
@@ -24,7 +28,8 @@
 //
 // Deadlines: a call gets min(the batch's remaining deadline, callTimeoutMs), the batch's being
 // the latest of its requests' (the batcher answers each request by its own); the upstream is
-// told the same in the OIP `timeout` parameter (microseconds), and the call is aborted when it
+// told the same in the OIP `timeout` parameter (microseconds; over gRPC also as the call's
+// deadline), and the call is aborted when it
 // passes. That timer and the retry pause run on the injected clock; the breaker's rolling
 // window and reset timeout run on opossum's own timers.
 //
@@ -38,23 +43,24 @@
 // bytes queued on its socket, which undici is not told to drop, so it retires them: they are
 // never pooled again, and another request can never be read out in their place.
 //
-// Tensors go out as binary data, as validation left them; outputs come back binary
+// Tensors go out as binary data (REST) or raw contents (gRPC), as validation left them;
+// outputs come back the same way and are checked against the manifest
 // (src/inference/upstream-codec.ts). A batch never exceeds the manifest's maxBatchSize
 // (InferenceService splits larger requests), so each batch is one call. Each call is a client
-// span whose W3C traceparent (and tracestate) goes with it.
+// span whose W3C traceparent (and tracestate) goes with it, as headers or gRPC metadata.
 
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, type Span, type Tracer } from '@opentelemetry/api'
 import CircuitBreaker from 'opossum'
-import { Pool } from 'undici'
 import type { UpstreamConfig } from '../config/scaleout.ts'
 import { BulwarkError, errorStatus, isBulwarkError, type ErrorCode } from '../errors.ts'
 import { randomUnit, type Clock, type Logger, type RandomSource } from '../deps.ts'
 import { formatTraceparent } from '../telemetry/tracing.ts'
 import type { Backend, BatchCall } from './backend.ts'
 import { holdBodies } from './buffer-pool.ts'
-import type { Manifest } from './manifest.ts'
+import type { Manifest, TensorSpec } from './manifest.ts'
 import type { Tensor } from './tensor.ts'
-import { decodeUpstreamResponse, encodeUpstreamRequest, HEADER_LENGTH, upstreamErrorOf } from './upstream-codec.ts'
+import { GrpcChannel, NO_CONNECTION } from './upstream-grpc.ts'
+import { RestChannel } from './upstream-rest.ts'
 
 export type BreakerState = 'closed' | 'open' | 'half-open'
 
@@ -88,6 +94,48 @@ export interface UpstreamBackendOptions {
   observer?: UpstreamObserver
 }
 
+/** One call to one endpoint, as the backend hands it to the protocol. */
+export interface ChannelCall {
+  inputs: Tensor[]
+  outputNames: readonly string[]
+  /** The specs of outputNames, in that order. */
+  wanted: TensorSpec[]
+  /** The batch size. */
+  items: number
+  /** The call's time budget (ms), told to the pod. */
+  budgetMs: number
+  /** W3C traceparent and tracestate, when the call is traced. */
+  trace: Record<string, string>
+  /** Aborted when the budget is spent: the channel gives up the call. */
+  signal: AbortSignal
+  span: Span
+}
+
+/** How the pod answered: the outputs, or its refusal as REST would have put it (HTTP status, Bulwark code, message, Retry-After). */
+export type ChannelAnswer = { outputs: Tensor[] } | { status: number; code: string | null; message: string; retryAfter: string | undefined }
+
+/** A protocol's way to reach one endpoint. */
+export interface UpstreamChannel {
+  /** Span attributes that name the call (method, address). */
+  readonly spanAttributes: Record<string, string>
+  /**
+   * Sends one call. Rejects with a BulwarkError (upstream_unavailable) for an answer that
+   * breaks the protocol or the manifest, or with the client library's error when no answer
+   * came (connection failed, aborted; its `code`, or its cause's, says whether it was sent).
+   */
+  send(call: ChannelCall): Promise<ChannelAnswer>
+  close(): Promise<void>
+}
+
+export interface UpstreamChannelOptions {
+  url: string
+  /** The model's name at the upstream. */
+  remoteName: string
+  config: UpstreamConfig
+  tls: UpstreamTlsMaterial | null
+  clock: Clock
+}
+
 export interface EndpointStatus {
   endpoint: string
   state: BreakerState
@@ -109,10 +157,8 @@ const NOT_SENT = new Set([
   'DEPTH_ZERO_SELF_SIGNED_CERT',
   'CERT_HAS_EXPIRED',
   'EOPENBREAKER',
+  NO_CONNECTION,
 ])
-
-/** Request bodies up to this size are sent as one buffer; larger ones part by part, without a copy. */
-const LARGE_BODY_BYTES = 32 * 1024
 
 /** Retry-After of a failed call while other calls may still succeed (a breaker not yet open). */
 const RETRY_SOON = Object.freeze({ 'retry-after': '1' })
@@ -129,14 +175,14 @@ interface Attempt {
 
 class Endpoint {
   readonly url: string
-  readonly pool: Pool
+  readonly channel: UpstreamChannel
   breaker!: CircuitBreaker<[Attempt], Tensor[]>
   outstanding = 0
   /** Monotonic ms the breaker opened (null unless open). */
   openedAtMs: number | null = null
-  constructor(url: string, pool: Pool) {
+  constructor(url: string, channel: UpstreamChannel) {
     this.url = url
-    this.pool = pool
+    this.channel = channel
   }
   get state(): BreakerState {
     return this.breaker.opened ? 'open' : this.breaker.halfOpen ? 'half-open' : 'closed'
@@ -166,7 +212,6 @@ export class UpstreamBackend implements Backend {
   private readonly opts: UpstreamBackendOptions
   private readonly endpoints: Endpoint[]
   private readonly remoteName: string
-  private readonly path: string
   private readonly outputSpecs: Manifest['outputs']
   private rotate = 0
   private closed = false
@@ -179,22 +224,10 @@ export class UpstreamBackend implements Backend {
     const { config } = opts
     this.concurrency = config.maxConcurrentCalls
     this.remoteName = config.model ?? opts.model
-    this.path = `/v2/models/${encodeURIComponent(this.remoteName)}/infer`
     this.outputSpecs = opts.manifest.outputs
     this.endpoints = config.endpoints.map((url) => {
-      const pool = new Pool(url, {
-        connections: config.connectionsPerEndpoint,
-        pipelining: 1,
-        keepAliveTimeout: 30_000,
-        // Deadlines are enforced per call (abort); these only stop undici's 300 s defaults.
-        headersTimeout: config.breaker.callTimeoutMs + 1_000,
-        bodyTimeout: config.breaker.callTimeoutMs + 1_000,
-        connect: {
-          timeout: config.connectTimeoutMs,
-          ...(opts.tls ? { ...opts.tls, rejectUnauthorized: true } : {}),
-        },
-      })
-      const ep = new Endpoint(url, pool)
+      const o: UpstreamChannelOptions = { url, remoteName: this.remoteName, config, tls: opts.tls, clock: opts.clock }
+      const ep = new Endpoint(url, config.protocol === 'grpc' ? new GrpcChannel(o) : new RestChannel(o))
       ep.breaker = this.breakerFor(ep)
       return ep
     })
@@ -333,7 +366,7 @@ export class UpstreamBackend implements Backend {
     }
   }
 
-  /** One HTTP call to one endpoint (the breaker's action). Rejects with BulwarkError only. */
+  /** One call to one endpoint (the breaker's action), over the model's protocol. Rejects with BulwarkError only. */
   private async send(ep: Endpoint, a: Attempt): Promise<Tensor[]> {
     const { clock, config, model, observer } = this.opts
     const t0 = clock.monotonicMs()
@@ -344,19 +377,12 @@ export class UpstreamBackend implements Backend {
     const budgetMs = Math.min(remaining, config.breaker.callTimeoutMs)
     const items = a.inputs[0]!.shape[0]!
     const wanted = a.outputNames.map((n) => this.outputSpecs.find((s) => s.name === n)!)
-    const { parts, headerLength } = encodeUpstreamRequest(a.inputs, a.outputNames, budgetMs * 1000)
-    // Small bodies go as one buffer (one write); large ones as their parts, the tensors' own
-    // bytes, so they are not copied again (undici writes an iterable body part by part).
-    const size = parts.reduce((n, p) => n + p.byteLength, 0)
-    const body = size <= LARGE_BODY_BYTES ? Buffer.concat(parts) : (parts as unknown as Buffer)
-
     const span = this.opts.tracer.startSpan(
       'upstream infer',
       {
         kind: SpanKind.CLIENT,
         attributes: {
-          'http.request.method': 'POST',
-          'url.full': `${ep.url}${this.path}`,
+          ...ep.channel.spanAttributes,
           'bulwark.model': model,
           'bulwark.upstream.model': this.remoteName,
           'bulwark.upstream.retry': a.retry,
@@ -365,40 +391,22 @@ export class UpstreamBackend implements Backend {
       },
       a.call.trace ?? ROOT_CONTEXT,
     )
-    const headers: Record<string, string> = {
-      'content-type': 'application/octet-stream',
-      'content-length': String(size),
-      [HEADER_LENGTH]: String(headerLength),
-    }
+    const trace: Record<string, string> = {}
     const traceparent = formatTraceparent(span.spanContext())
-    if (traceparent) headers.traceparent = traceparent
+    if (traceparent) trace.traceparent = traceparent
     const tracestate = traceparent ? span.spanContext().traceState?.serialize() : undefined
-    if (tracestate) headers.tracestate = tracestate
+    if (tracestate) trace.tracestate = tracestate
 
     const ac = new AbortController()
     const timer = clock.setTimeout(() => ac.abort(), budgetMs)
     let outcome: CallOutcome = 'failed'
     try {
-      const res = await ep.pool.request({ path: this.path, method: 'POST', headers, body, signal: ac.signal })
-      span.setAttribute('http.response.status_code', res.statusCode)
-      const chunks: Buffer[] = []
-      let size = 0
-      for await (const chunk of res.body) {
-        size += (chunk as Buffer).byteLength
-        if (size > config.maxResponseBytes) {
-          ac.abort()
-          throw new BulwarkError('upstream_unavailable', 'the upstream model sent an invalid response; retry later', { reason: `${ep.url}: response larger than maxResponseBytes (${config.maxResponseBytes})`, headers: RETRY_SOON })
-        }
-        chunks.push(chunk as Buffer)
-      }
-      const raw = Buffer.concat(chunks)
-      if (res.statusCode === 200) {
-        const hl = res.headers[HEADER_LENGTH]
-        const outputs = decodeUpstreamResponse(raw, typeof hl === 'string' ? hl : undefined, wanted, items)
+      const answer = await ep.channel.send({ inputs: a.inputs, outputNames: a.outputNames, wanted, items, budgetMs, trace, signal: ac.signal, span })
+      if ('outputs' in answer) {
         outcome = 'ok'
-        return outputs
+        return answer.outputs
       }
-      const err = this.fromStatus(ep, res.statusCode, raw, res.headers['retry-after'], breakerBinds)
+      const err = this.fromStatus(ep, answer, breakerBinds)
       outcome = err.code === 'upstream_unavailable' ? 'failed' : err.code === 'deadline_exceeded' ? 'deadline' : 'refused'
       throw err
     } catch (err) {
@@ -424,12 +432,12 @@ export class UpstreamBackend implements Backend {
   }
 
   /** An upstream error status as ours: the pod's fault (upstream_unavailable, a breaker failure) or the request's. */
-  private fromStatus(ep: Endpoint, status: number, body: Buffer, retryAfter: string | string[] | undefined, breakerBinds: boolean): BulwarkError {
-    const { code, message } = upstreamErrorOf(body)
+  private fromStatus(ep: Endpoint, answer: Exclude<ChannelAnswer, { outputs: Tensor[] }>, breakerBinds: boolean): BulwarkError {
+    const { status, code, message, retryAfter } = answer
     const reason = `${ep.url} answered ${status}${code ? ` ${code}` : ''}: ${message}`
     if (status === 504 && !breakerBinds) return new BulwarkError('deadline_exceeded', 'the request deadline passed', { reason })
     if (status >= 500 || FAILURE_STATUSES.has(status) || (status === 403 && code !== 'attack_suspected')) {
-      const after = typeof retryAfter === 'string' && /^[0-9]{1,5}$/.test(retryAfter) ? retryAfter : '1'
+      const after = retryAfter !== undefined && /^[0-9]{1,5}$/.test(retryAfter) ? retryAfter : '1'
       return new BulwarkError('upstream_unavailable', 'the upstream model is unavailable; retry later', { reason, headers: { 'retry-after': after } })
     }
     // The pod refused this request. An upstream Bulwark's refusals of the caller's input or
@@ -447,7 +455,7 @@ export class UpstreamBackend implements Backend {
   async close(): Promise<void> {
     this.closed = true
     for (const e of this.endpoints) e.breaker.shutdown()
-    await Promise.all(this.endpoints.map((e) => e.pool.close().catch(() => e.pool.destroy())))
+    await Promise.all(this.endpoints.map((e) => e.channel.close()))
   }
 }
 

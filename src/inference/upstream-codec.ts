@@ -16,7 +16,7 @@ import { allocate, bytesPerElement, elementCount, tensorBytes, viewBytes, type T
 export { HEADER_LENGTH }
 
 /** A response that does not follow the protocol or the manifest: the upstream is broken (a breaker failure). */
-function problem(reason: string): BulwarkError {
+export function problem(reason: string): BulwarkError {
   return new BulwarkError('upstream_unavailable', 'the upstream model sent an invalid response; retry later', { reason: `upstream response: ${reason}`, headers: { 'retry-after': '1' } })
 }
 
@@ -71,35 +71,53 @@ export function decodeUpstreamResponse(body: Buffer, headerLength: string | unde
       continue
     }
     if (found.has(spec.name)) throw problem(`output "${spec.name}" appears twice`)
-    if (raw.datatype !== spec.datatype) throw problem(`output "${spec.name}": datatype ${String(raw.datatype).slice(0, 16)}, the manifest says ${spec.datatype}`)
-    const shape = raw.shape
-    if (!Array.isArray(shape) || shape.length !== spec.shape.length || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      throw problem(`output "${spec.name}": shape does not have the manifest's ${spec.shape.length} dimensions`)
-    }
-    const dims = shape as number[]
-    if (dims[0] !== items) throw problem(`output "${spec.name}": batch dimension ${dims[0]}, the request had ${items}`)
-    for (let i = 1; i < dims.length; i++) {
-      if (spec.shape[i] !== -1 && dims[i] !== spec.shape[i]) throw problem(`output "${spec.name}": dimension ${i} is ${dims[i]}, the manifest says ${spec.shape[i]}`)
-    }
-    const count = elementCount(dims)
-    let data: TensorData
     if (typeof size === 'number') {
-      const want = count * bytesPerElement(spec.datatype)
-      if (size !== want) throw problem(`output "${spec.name}": binary_data_size ${size}, shape implies ${want}`)
       if (offset + size > binary.byteLength) throw problem(`output "${spec.name}": binary data runs past the end of the body`)
-      data = viewBytes(spec.datatype, binary.subarray(offset, offset + size))
+      found.set(spec.name, checkedOutput(raw, spec, items, binary.subarray(offset, offset + size)))
       offset += size
     } else {
-      data = decodeJsonData(`output "${spec.name}"`, spec.datatype, raw.data, count, (_problem, message) => problem(message))
+      found.set(spec.name, checkedOutput(raw, spec, items, raw.data))
     }
-    found.set(spec.name, { name: spec.name, datatype: spec.datatype, shape: dims, data })
   }
   if (offset !== binary.byteLength) throw problem(`${binary.byteLength - offset} bytes after the JSON header belong to no output`)
+  return inOrder(found, wanted)
+}
+
+/** The outputs `wanted`, in that order; throws when one is missing. */
+export function inOrder(found: ReadonlyMap<string, Tensor>, wanted: readonly TensorSpec[]): Tensor[] {
   return wanted.map((s) => {
     const t = found.get(s.name)
     if (!t) throw problem(`output "${s.name}" is missing`)
     return t
   })
+}
+
+/**
+ * One output as a tensor, checked against its spec and the batch: the datatype, the rank and
+ * fixed dimensions, the batch dimension, and its values, either raw little-endian bytes
+ * (exactly as many as the shape implies) or a JSON-style data array. Throws upstream_unavailable.
+ */
+export function checkedOutput(raw: { datatype?: unknown; shape?: unknown }, spec: TensorSpec, items: number, values: Uint8Array | unknown): Tensor {
+  if (raw.datatype !== spec.datatype) throw problem(`output "${spec.name}": datatype ${String(raw.datatype).slice(0, 16)}, the manifest says ${spec.datatype}`)
+  const shape = raw.shape
+  if (!Array.isArray(shape) || shape.length !== spec.shape.length || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw problem(`output "${spec.name}": shape does not have the manifest's ${spec.shape.length} dimensions`)
+  }
+  const dims = shape as number[]
+  if (dims[0] !== items) throw problem(`output "${spec.name}": batch dimension ${dims[0]}, the request had ${items}`)
+  for (let i = 1; i < dims.length; i++) {
+    if (spec.shape[i] !== -1 && dims[i] !== spec.shape[i]) throw problem(`output "${spec.name}": dimension ${i} is ${dims[i]}, the manifest says ${spec.shape[i]}`)
+  }
+  const count = elementCount(dims)
+  let data: TensorData
+  if (values instanceof Uint8Array) {
+    const want = count * bytesPerElement(spec.datatype)
+    if (values.byteLength !== want) throw problem(`output "${spec.name}": ${values.byteLength} bytes of data, shape implies ${want}`)
+    data = viewBytes(spec.datatype, values)
+  } else {
+    data = decodeJsonData(`output "${spec.name}"`, spec.datatype, values, count, (_problem, message) => problem(message))
+  }
+  return { name: spec.name, datatype: spec.datatype, shape: dims, data }
 }
 
 /** The error an upstream sent, as far as it can be read: its status, code and message (for logs). */
