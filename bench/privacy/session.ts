@@ -40,6 +40,8 @@ export interface WindowResult {
   answeredRequests: number
   /** Refused requests by code. */
   refusals: Record<string, number>
+  /** Refused requests by code and the stage that refused (from the gateway's log). */
+  refusalStages: Record<string, number>
   /** Items sent in refused requests (lost to the caller). */
   refusedItems: number
   /** ε charged in this window (answers and charged refusals). */
@@ -69,7 +71,7 @@ export async function spendWindow(t: SessionTarget, sub: string, take: (n: numbe
   const stages = t.gw.gateway.stages.map((s) => s.name)
   const chargedAfter = stages.indexOf('privacy-charge')
   const token = await t.gw.token({ sub, ttlSeconds: 6 * 3600 })
-  const r: WindowResult = { answers: [], requests: 0, answeredRequests: 0, refusals: {}, refusedItems: 0, epsilon: 0, cooldowns: 0 }
+  const r: WindowResult = { answers: [], requests: 0, answeredRequests: 0, refusals: {}, refusalStages: {}, refusedItems: 0, epsilon: 0, cooldowns: 0 }
   let left = units(budget, epsilon)
   let spentAtLastAnswer = 0
   let chargedSince = 0
@@ -94,6 +96,8 @@ export async function spendWindow(t: SessionTarget, sub: string, take: (n: numbe
     r.refusedItems += items.length
     if (res.code === 'privacy_budget_exhausted') break
     const line = await t.gw.logged((l) => l.msg === 'request refused' && l.code === res.code, since)
+    const where = `${res.code} (${String(line.stage)})`
+    r.refusalStages[where] = (r.refusalStages[where] ?? 0) + 1
     if (stages.indexOf(String(line.stage)) > chargedAfter && chargedAfter >= 0) {
       chargedSince += (items.length + verdicts) * epsilon
       left -= items.length + verdicts
@@ -111,7 +115,7 @@ export async function spendWindow(t: SessionTarget, sub: string, take: (n: numbe
 
 /** Empty totals, and a way to add a window's result to them. */
 export function emptyTotals(): Omit<WindowResult, 'answers'> {
-  return { requests: 0, answeredRequests: 0, refusals: {}, refusedItems: 0, epsilon: 0, cooldowns: 0 }
+  return { requests: 0, answeredRequests: 0, refusals: {}, refusalStages: {}, refusedItems: 0, epsilon: 0, cooldowns: 0 }
 }
 
 export function addWindow(to: Omit<WindowResult, 'answers'>, w: WindowResult): void {
@@ -121,4 +125,5 @@ export function addWindow(to: Omit<WindowResult, 'answers'>, w: WindowResult): v
   to.epsilon += w.epsilon
   to.cooldowns += w.cooldowns
   for (const [k, v] of Object.entries(w.refusals)) to.refusals[k] = (to.refusals[k] ?? 0) + v
+  for (const [k, v] of Object.entries(w.refusalStages)) to.refusalStages[k] = (to.refusalStages[k] ?? 0) + v
 }

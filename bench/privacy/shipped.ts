@@ -102,6 +102,7 @@ export interface HonestResult {
   correctDigits: number
   identities: number
   refusals: Record<string, number>
+  refusalStages: Record<string, number>
 }
 
 export interface ShippedRun {
@@ -161,7 +162,7 @@ async function honest(t: SessionTarget, d: ShippedData, o: ShippedOptions): Prom
       answered += w.answers.length
       correct += w.answers.filter((a) => a.label === d.heldOutLabels[a.id]).length
     }
-    out.push({ pattern, requests: totals.requests, answeredRequests: totals.answeredRequests, digits: totals.requests * size, answeredDigits: answered, correctDigits: correct, identities, refusals: totals.refusals })
+    out.push({ pattern, requests: totals.requests, answeredRequests: totals.answeredRequests, digits: totals.requests * size, answeredDigits: answered, correctDigits: correct, identities, refusals: totals.refusals, refusalStages: totals.refusalStages })
   }
   return out
 }
