@@ -1,13 +1,15 @@
 // The pieces of the adaptive screening evaluation that could be wrong without the figures
 // showing it: HopSkipJump's boundary search on a toy linear classifier, NES's gradient
 // estimate of a known function, the identity schedule and its oracle, the extraction query
-// sources, and BPDA's result really passing feature squeezing.
+// sources and run (stopping at the 403, measuring at checkpoints), and BPDA's result really
+// passing feature squeezing.
 import t from 'tap'
 import { argmax, forward } from '../../models/mnist/cnn.ts'
 import { loadMnist } from '../../models/mnist/data.ts'
 import { hopSkipJump, nesGradient, tiledNoise } from '../../bench/attacks/black-box.ts'
 import { bpda, distortion, judge, softBitDepthBackward } from '../../bench/attacks/bpda.ts'
-import { interleavedSource, type QuerySource } from '../../bench/attacks/extraction-adaptive.ts'
+import { interleavedSource, jbdaSource, runExtraction, type QuerySource } from '../../bench/attacks/extraction-adaptive.ts'
+import { seededRng } from '../../bench/privacy/rng.ts'
 import { IdentitySchedule, rotatingOracle, type Reply } from '../../bench/attacks/identities.ts'
 import { parseSqueezers } from '../../src/screening/squeezers.ts'
 import { weights } from './cnn-runner.ts'
@@ -123,6 +125,38 @@ t.test('interleaving: one synthetic query, then r natural ones; every answer rea
   t.same(Array.from({ length: 8 }, () => s.next()[0]), [1, 0, 0, 0, 1, 0, 0, 0])
   s.learn(new Float32Array([0]), 7)
   t.same(learnt, [7])
+})
+
+t.test('an extraction run stops at the first 403, and measures its surrogate at every checkpoint', async (t) => {
+  const { train, test } = loadMnist()
+  const heldOut = test.images.filter((_, i) => i % 15 === 0)
+  const surrogate = { heldOut, reference: heldOut.map((x) => argmax(forward(weights, x).logits)), seed: 1 }
+  let sent = 0
+  // Answers with the model's label; a 403 at query 150.
+  const oracle = async (x: Float32Array) => (++sent === 150 ? { refused: '403 attack_suspected', final: true } : { label: argmax(forward(weights, x).logits) })
+  const pool = train.images.filter((_, i) => i % 25 === 0)
+  const r = await runExtraction(oracle, { next: (() => { let k = 0; return () => pool[k++ % pool.length]! })(), learn: () => {} }, { maxQueries: 300, checkpoints: [100, 300], surrogate })
+  t.equal(r.refusedAt, 150)
+  t.equal(r.answered, 149)
+  t.same(r.agreement.map((a) => [a.at, a.answered]), [[100, 100], [300, 149]], 'the last checkpoint holds what was answered before the refusal')
+  t.ok(r.agreement[1]!.value > 0.5, `a surrogate from 149 natural digits agrees ${(100 * r.agreement[1]!.value).toFixed(0)}% with the model`)
+})
+
+t.test('Jacobian augmentation: the seeds first, then one synthetic neighbour per answer, noised when asked', async (t) => {
+  const seeds = [new Float32Array(784).fill(0.5), new Float32Array(784).fill(0.25)]
+  const plain = jbdaSource(seeds, { lambda: 0.1, noise: 0, rng: seededRng(1) })
+  const noisy = jbdaSource(seeds, { lambda: 0.1, noise: 0.1, rng: seededRng(1) })
+  for (const src of [plain, noisy]) {
+    t.same(src.next(), seeds[0])
+    src.learn(seeds[0]!, 3)
+    t.same(src.next(), seeds[1])
+    src.learn(seeds[1]!, 5)
+  }
+  const step = plain.next()
+  t.ok(step.every((v, i) => Math.abs(Math.abs(v - seeds[0]![i]!) - 0.1) < 1e-6 || Math.abs(v - seeds[0]![i]!) < 1e-6), 'a plain step moves each pixel by lambda (or not at all, where the surrogate has no slope)')
+  const noised = noisy.next()
+  const off = noised.filter((v, i) => Math.abs(Math.abs(v - seeds[0]![i]!) - 0.1) > 1e-3).length
+  t.ok(off > 700, `noise moves almost every pixel off the lambda grid (${off} of 784)`)
 })
 
 t.test('BPDA returns an image that feature squeezing passes and the model gets wrong, within L2 3.0', async (t) => {
