@@ -5,8 +5,9 @@
 // a fixed FPR and AUC on known score sets; and one identity's window against a real gateway
 // (mTLS, a development JWT, the bundled mnist policy without screening, its budget lowered to
 // 10 charges) gets as many answers as its budget pays for, is charged that, and gets more
-// only once the clock has moved a window on.
-import { readFileSync } from 'node:fs'
+// only once the clock has moved a window on; with the bundled screening on, the ε the session
+// reports (answers and charged refusals) is what the gateway's audit records say was spent.
+import { readdirSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { parse } from 'yaml'
@@ -144,4 +145,29 @@ t.test('one window of a budget through the gateway: answers and charge as paid, 
   clock.advance(3_600_000 + 1000)
   const later = await spendWindow(target, 'attacker', take)
   t.equal(later.answers.length, 10, 'a window later: ten more')
+})
+
+t.test('with screening on, the session counts charged refusals as the gateway does', async (t) => {
+  const bundled = parse(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8'))
+  const epsilon = Number(bundled.output.noise.epsilon)
+  const policy = { ...bundled, output: { ...bundled.output, budget: { epsilon: 20 * epsilon, windowMs: 3_600_000 } } }
+  const clock = new SkewedClock()
+  const gw = await startGateway({ models: ['mnist'], policies: { mnist: policy }, deps: { clock, random: cryptoRandom } })
+  t.teardown(() => gw.close())
+  // Four clean digits, then uniform-noise images, which feature squeezing refuses (and
+  // charges): the window ends on refusals, whose charge no answer reports.
+  const rng = seededRng(8)
+  const digits = loadMnist().test.images.slice(0, 20)
+  const items: Item[] = digits.map((image, i) => ({ id: i, image: i >= 4 ? Float32Array.from({ length: 784 }, () => rng.uniform()) : image }))
+  let next = 0
+  const take = (n: number): Item[] => items.slice(next, (next += n))
+  const r = await spendWindow({ gw, clock, cost: { epsilon, budget: 20 * epsilon, windowMs: 3_600_000, verdicts: 1, cooldownMs: 60_000 } }, 'screened', take, { maxBatch: 2 })
+  t.ok((r.refusals.suspicious_input ?? 0) >= 1, `refused: ${JSON.stringify(r.refusals)}`)
+  t.ok(r.answers.length >= 1)
+
+  const dir = path.join(gw.dir, '.bulwark/audit')
+  const records = readdirSync(dir).flatMap((f) => readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)))
+  const spent = records.filter((x) => x.type === 'request' && x.model === 'mnist' && x.privacy).map((x) => Number(x.privacy.epsilonSpent))
+  t.equal(r.epsilon, Math.max(...spent), 'the session reports what the accountant charged')
+  t.ok(r.epsilon >= 19 * epsilon, `the budget was spent: ${r.epsilon}`)
 })
