@@ -29,6 +29,8 @@ function explain(err: ValueError): string {
       return `${where}: required; add it`
     case ValueErrorType.Union:
     case ValueErrorType.Literal: {
+      // A union of shapes, not only of constants: its description says what it takes.
+      if (schema.description && schema.anyOf?.some((s: TSchema & { const?: unknown }) => s.const === undefined)) return `${where}: ${JSON.stringify(err.value)} is not allowed; use ${schema.description}`
       const options = (schema.anyOf ?? [schema]).map((s: TSchema & { const?: unknown }) => JSON.stringify(s.const))
       return `${where}: ${JSON.stringify(err.value)} is not allowed; use one of ${options.join(', ')}`
     }

@@ -44,6 +44,20 @@ const ModelSettings = {
    * per run on idle dedicated cores and wastes CPU the event loop needs on shared ones.
    */
   intraOpSpinning: Type.Boolean({ default: false }),
+  /**
+   * Which versions of a model with version folders (models/<name>/<n>/manifest.json) are
+   * served, as Triton's version_policy: the highest N, all, or the ones listed. A request
+   * without a version gets the highest served. A model folder with its manifest at the top is
+   * one version (the manifest's) whatever this says.
+   */
+  versionPolicy: Type.Optional(Type.Union(
+    [
+      Type.Object({ latest: Type.Integer({ minimum: 1, maximum: 64 }) }, { additionalProperties: false }),
+      Type.Literal('all'),
+      Type.Object({ specific: Type.Array(Type.Integer({ minimum: 0, maximum: 2 ** 53 - 1 }), { minItems: 1, maxItems: 64, uniqueItems: true }) }, { additionalProperties: false }),
+    ],
+    { description: '{ latest: N } | all | { specific: [versions] } (default { latest: 1 })' },
+  )),
   batching: Type.Object(
     {
       /** Off: every request runs on its own. On: requests queued together run as one batch. */
@@ -68,6 +82,7 @@ const ModelEntry = Type.Object(
     executionProviders: Type.Optional(ModelSettings.executionProviders),
     threadNiceness: Type.Optional(ModelSettings.threadNiceness),
     intraOpSpinning: Type.Optional(ModelSettings.intraOpSpinning),
+    versionPolicy: ModelSettings.versionPolicy,
     batching: Type.Optional(
       Type.Object(
         {

@@ -11,6 +11,7 @@ import { LivePolicies, type PolicyView } from '../config/policy-store.ts'
 import type { Config } from '../config/schema.ts'
 import type { Clock, Logger, RandomSource } from '../deps.ts'
 import { readManifest } from '../inference/manifest.ts'
+import { modelManifestPath } from '../inference/model-versions.ts'
 import type { ModelRegistry } from '../inference/registry.ts'
 import type { PrivacyAccountant } from '../privacy/accountant.ts'
 import { FileAccountant } from '../privacy/file-accountant.ts'
@@ -38,7 +39,7 @@ export interface OutputPrivacy {
 /** A served model's output names, from its manifest; null when it cannot be read (the registry then refuses to serve it). */
 async function outputNames(modelsDir: string, model: string): Promise<string[] | null> {
   try {
-    return (await readManifest(path.join(modelsDir, model, 'manifest.json'))).outputs.map((o) => o.name)
+    return (await readManifest(await modelManifestPath(modelsDir, model))).outputs.map((o) => o.name)
   } catch {
     return null
   }

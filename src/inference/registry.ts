@@ -7,6 +7,11 @@
 // protection need its inputs and outputs), but its file, digest and signature are not read
 // (the pod serving it checks those); its backend is an UpstreamBackend behind the same batcher,
 // so concurrent requests go upstream as one call (fewer round trips; the pod batches too).
+//
+// A model may be served at several versions at once (models/<name>/<n>/manifest.json, the
+// ones its versionPolicy picks: src/inference/model-versions.ts), each with its own backend and
+// batcher. A request names a version or gets the highest served one; the versions served
+// together have the same inputs and outputs, because one policy covers them all.
 
 import path from 'node:path'
 import { readFile } from 'node:fs/promises'
@@ -20,6 +25,7 @@ import type { Backend } from './backend.ts'
 import type { ExecutionTimes } from '../oip/stats.ts'
 import { DynamicBatcher } from './batcher.ts'
 import { readManifest, readVerifiedModel, type Manifest } from './manifest.ts'
+import { MANIFEST, selectVersions, versionFolders } from './model-versions.ts'
 import { OnnxBackend } from './onnx-backend.ts'
 import { UpstreamBackend, type UpstreamObserver, type UpstreamTlsMaterial } from './upstream-backend.ts'
 import { ConfigError } from '../config/load.ts'
@@ -29,6 +35,8 @@ export type ModelState = 'loading' | 'ready' | 'failed'
 
 export interface ServedModel {
   readonly name: string
+  /** The version folder it was loaded from (models/<name>/<n>/); absent for a manifest at the top of the folder, whose own version names it. */
+  readonly folderVersion?: string
   manifest: Manifest | null
   state: ModelState
   /** Why the model is not ready (operator-facing). */
@@ -65,12 +73,20 @@ function settingsFor(config: Config['models'], name: string): ModelSettings {
     threadNiceness: entry.threadNiceness ?? config.defaults.threadNiceness,
     intraOpSpinning: entry.intraOpSpinning ?? config.defaults.intraOpSpinning,
     batching: { ...config.defaults.batching, ...entry.batching },
+    ...(entry.versionPolicy ?? config.defaults.versionPolicy ? { versionPolicy: entry.versionPolicy ?? config.defaults.versionPolicy } : {}),
   }
 }
 
+/** The version a loaded model serves: its manifest's, else its folder's (a version that failed to load). */
+export function versionOf(m: ServedModel): string | null {
+  return m.manifest?.version ?? m.folderVersion ?? null
+}
+
 export class ModelRegistry {
-  /** The version of each model that new requests get. */
+  /** The version of each model that new requests naming no version get (the highest served). */
   private readonly models = new Map<string, ServedModel>()
+  /** Every version served of each model, highest first. */
+  private readonly versions = new Map<string, ServedModel[]>()
   private readonly config: Config['models']
   /** The version each request read its manifest from, by model name: it runs on that version to its end. */
   private readonly pins = new WeakMap<object, Map<string, ServedModel>>()
@@ -93,12 +109,13 @@ export class ModelRegistry {
       throw new ConfigError('the configuration', ['/models/signingPublicKeyFile: required when /models/requireSignature is on; give the PEM public key that model signatures must verify with'])
     }
     this.signingKeyFile = config.requireSignature ? path.resolve(baseDir, config.signingPublicKeyFile!) : null
-    for (const entry of config.serve) this.models.set(entry.name, this.fresh(entry.name))
+    for (const entry of config.serve) this.install(entry.name, [this.fresh(entry.name)])
   }
 
-  private fresh(name: string): ServedModel {
+  private fresh(name: string, folderVersion?: string): ServedModel {
     return {
       name,
+      ...(folderVersion === undefined ? {} : { folderVersion }),
       manifest: null,
       state: 'loading',
       reason: 'loading',
@@ -112,7 +129,60 @@ export class ModelRegistry {
   /** Loads every model; never rejects (failures are per model). */
   async load(): Promise<void> {
     const signing = await this.signingKey()
-    await Promise.all([...this.models.values()].map((m) => this.loadOne(m, signing)))
+    await Promise.all([...this.models.keys()].map(async (name) => this.install(name, await this.loadModel(name, signing))))
+  }
+
+  /** Makes `set` (highest first) the versions served of `name`; requests naming no version get the highest ready one. */
+  private install(name: string, set: ServedModel[]): void {
+    this.versions.set(name, set)
+    this.models.set(name, set.find((m) => m.state === 'ready') ?? set[0]!)
+  }
+
+  /** Loads the versions of the model folder that its versionPolicy picks (one when the manifest is at the top). Never rejects. */
+  private async loadModel(name: string, signing: { key: KeyObject } | { problem: string } | null): Promise<ServedModel[]> {
+    const dir = path.join(this.dir, name)
+    const folders = await versionFolders(dir)
+    if (folders === null) {
+      const m = this.fresh(name)
+      await this.loadOne(m, path.join(dir, MANIFEST), signing)
+      return [m]
+    }
+    const wanted = selectVersions(dir, folders, settingsFor(this.config, name).versionPolicy)
+    if (wanted.length === 0) {
+      const m = this.fresh(name)
+      this.fail(m, `${dir} has no ${MANIFEST}, nor a version folder with one (${path.join(dir, '<version>', MANIFEST)})`)
+      return [m]
+    }
+    const set = await Promise.all(
+      wanted.map(async (w) => {
+        const m = this.fresh(name, w.version)
+        if (w.manifestPath === null) this.fail(m, `versionPolicy lists version ${w.version}, but ${path.join(dir, w.version, MANIFEST)} does not exist; version folders found: ${folders.join(', ') || 'none'}`)
+        else await this.loadOne(m, w.manifestPath, signing)
+        return m
+      }),
+    )
+    await this.refuseOtherTensors(set)
+    return set
+  }
+
+  /** One policy covers every version: a version whose inputs or outputs differ from the highest ready one's is not served. */
+  private async refuseOtherTensors(set: ServedModel[]): Promise<void> {
+    const tensors = (m: ServedModel) => JSON.stringify([m.manifest!.inputs, m.manifest!.outputs])
+    const first = set.find((m) => m.state === 'ready')
+    if (!first) return
+    for (const m of set) {
+      if (m === first || m.state !== 'ready' || tensors(m) === tensors(first)) continue
+      await m.backend?.close()
+      m.backend = null
+      m.batcher = null
+      this.fail(m, `version ${versionOf(m)} declares other inputs or outputs than version ${versionOf(first)}; the versions served together must declare the same ones (one policy covers them all): serve it as a model of its own`)
+    }
+  }
+
+  private fail(m: ServedModel, reason: string): void {
+    m.state = 'failed'
+    m.reason = reason
+    this.deps.log.error({ model: m.name, ...(m.folderVersion ? { version: m.folderVersion } : {}), err: m.reason }, 'model not served')
   }
 
   /** The signing public key, or why it cannot be used (then no model is served: fail closed). */
@@ -125,11 +195,14 @@ export class ModelRegistry {
     }
   }
 
-  private async loadOne(m: ServedModel, signing: { key: KeyObject } | { problem: string } | null): Promise<void> {
-    const manifestPath = path.join(this.dir, m.name, 'manifest.json')
+  private async loadOne(m: ServedModel, manifestPath: string, signing: { key: KeyObject } | { problem: string } | null): Promise<void> {
     try {
-      m.manifest = await readManifest(manifestPath)
-      if (m.manifest.name !== m.name) throw new Error(`${manifestPath} names model "${m.manifest.name}", expected "${m.name}"`)
+      const manifest = await readManifest(manifestPath)
+      if (manifest.name !== m.name) throw new Error(`${manifestPath} names model "${manifest.name}", expected "${m.name}"`)
+      if (m.folderVersion !== undefined && manifest.version !== m.folderVersion) {
+        throw new Error(`${manifestPath} says version "${manifest.version}" but lies in the folder of version ${m.folderVersion}; set "version": "${m.folderVersion}" in it`)
+      }
+      m.manifest = manifest
       // A remote model's bytes are the model server's to check; its signature still covers the
       // manifest (what validation enforces) and the model digest that manifest pins.
       const bytes = m.upstream ? null : await readVerifiedModel(m.manifest, manifestPath)
@@ -151,9 +224,7 @@ export class ModelRegistry {
       })
       this.serve(m, m.manifest, backend, { provider: backend.executionProvider, workers: m.settings.workers }, 'model ready')
     } catch (err) {
-      m.state = 'failed'
-      m.reason = (err as Error).message
-      this.deps.log.error({ model: m.name, err: m.reason }, 'model not served')
+      this.fail(m, (err as Error).message)
     }
   }
 
@@ -221,19 +292,31 @@ export class ModelRegistry {
     return this.models.has(name)
   }
 
+  /** One entry per model: the version a request naming none gets. */
   list(): ServedModel[] {
     return [...this.models.values()]
   }
 
-  allReady(): boolean {
-    return this.list().every((m) => m.state === 'ready')
+  /** Every version of every model. */
+  all(): ServedModel[] {
+    return [...this.versions.values()].flat()
   }
 
-  /** The model, checked against the requested version; throws 404s with clear messages. */
+  /** The versions of `name` served (loaded and ready), highest first. */
+  served(name: string): string[] {
+    return (this.versions.get(name) ?? []).flatMap((m) => (m.state === 'ready' ? (versionOf(m) ?? []) : []))
+  }
+
+  allReady(): boolean {
+    return this.all().every((m) => m.state === 'ready')
+  }
+
+  /** The model at the requested version (null: the highest served); throws 404s with clear messages. */
   get(name: string, version: string | null): ServedModel {
     const m = this.models.get(name)
     if (!m) throw new BulwarkError('model_not_found', `no model named "${name.slice(0, 64)}" is served here; GET /v2/models/{name} for a served model`)
-    return checkVersion(m, version)
+    if (version === null) return m
+    return this.versions.get(name)!.find((v) => versionOf(v) === version) ?? checkVersion(m, version, this.served(name))
   }
 
   /**
@@ -249,7 +332,7 @@ export class ModelRegistry {
   /** The model if it is ready to infer (the version pinned to `pin`, if any); else 503 model_not_ready. */
   ready(name: string, version: string | null, pin?: object): ServedModel {
     const pinned = pin && this.pins.get(pin)?.get(name)
-    if (pinned) return checkVersion(pinned, version)
+    if (pinned) return checkVersion(pinned, version, this.served(name))
     const m = this.get(name, version)
     if (m.state !== 'ready') {
       throw new BulwarkError('model_not_ready', `model "${name}" is not ready; retry later or check /readyz`, {
@@ -287,25 +370,27 @@ export class ModelRegistry {
    * be loaded changes nothing (the version served stays); returns why, or null when swapped in.
    */
   async loadVersion(name: string): Promise<string | null> {
-    const next = this.fresh(name)
-    await this.loadOne(next, await this.signingKey())
-    if (next.state !== 'ready') {
-      await next.backend?.close()
-      return next.reason ?? 'not ready'
+    const next = await this.loadModel(name, await this.signingKey())
+    const failed = next.filter((m) => m.state !== 'ready')
+    if (failed.length > 0) {
+      await Promise.all(next.map((m) => m.backend?.close()))
+      if (next.length === 1) return failed[0]!.reason ?? 'not ready'
+      return failed.map((m) => `version ${versionOf(m)}: ${m.reason ?? 'not ready'}`).join('; ')
     }
-    const old = this.models.get(name)
-    this.models.set(name, next)
-    if (old) this.retire(old)
+    const old = this.versions.get(name) ?? []
+    this.install(name, next)
+    for (const m of old) this.retire(m)
     this.deps.onChange?.(name)
     return null
   }
 
   /** Serves the model no more: new requests get 404; requests already pinned to it finish, then it closes. */
   unload(name: string): boolean {
-    const old = this.models.get(name)
+    const old = this.versions.get(name)
     if (!old) return false
     this.models.delete(name)
-    this.retire(old)
+    this.versions.delete(name)
+    for (const m of old) this.retire(m)
     this.deps.onChange?.(name)
     return true
   }
@@ -319,7 +404,7 @@ export class ModelRegistry {
     try {
       await m.batcher?.drain()
       await m.backend?.close()
-      this.deps.log.info({ model: m.name, version: m.manifest?.version }, 'model version closed: its last request is done')
+      this.deps.log.info({ model: m.name, version: versionOf(m) }, 'model version closed: its last request is done')
     } catch (err) {
       this.deps.log.warn({ model: m.name, err: (err as Error).message }, 'closing a retired model version failed')
     } finally {
@@ -329,17 +414,18 @@ export class ModelRegistry {
 
   /** Resolves when no model has queued or running work. */
   async drain(): Promise<void> {
-    await Promise.all([...this.list(), ...this.retired].map((m) => m.batcher?.drain()))
+    await Promise.all([...this.all(), ...this.retired].map((m) => m.batcher?.drain()))
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.list(), ...this.retired].map((m) => m.backend?.close()))
+    await Promise.all([...this.all(), ...this.retired].map((m) => m.backend?.close()))
   }
 }
 
-function checkVersion(m: ServedModel, version: string | null): ServedModel {
-  if (version !== null && m.manifest && m.manifest.version !== version) {
-    throw new BulwarkError('version_not_found', `model "${m.name}" has no version "${version.slice(0, 32)}"; served version is "${m.manifest.version}"`)
-  }
-  return m
+/** `m` when it is at `version` (or none is asked for); else 404 naming the versions served. */
+function checkVersion(m: ServedModel, version: string | null, served: string[] = m.manifest ? [m.manifest.version] : []): ServedModel {
+  // A model that failed to load has no version to compare: its readiness answers (503).
+  if (version === null || (m.manifest ? m.manifest.version === version : served.length === 0)) return m
+  const list = `versions served: ${served.map((v) => `"${v}"`).join(', ')}`
+  throw new BulwarkError('version_not_found', `model "${m.name}" is not served at version "${version.slice(0, 32)}"; ${list} (or omit the version for the highest)`)
 }

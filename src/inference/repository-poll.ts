@@ -1,5 +1,6 @@
 // The model folder, polled as Triton's --model-control-mode=poll polls its repository: every
-// models.poll.intervalMs, each sub-folder with a manifest.json is compared with what it was
+// models.poll.intervalMs, each sub-folder with a manifest.json (at its top, or in version
+// folders: src/inference/model-versions.ts) is compared with what it was
 // when its model was loaded. A new folder is loaded and then served; a changed one (its
 // manifest, its model file, its signature: any file of the folder, by name, size and
 // modification time, and the manifest by content) is loaded beside the version served, which
@@ -14,6 +15,7 @@ import { readdir, readFile, stat } from 'node:fs/promises'
 import path from 'node:path'
 import type { Clock, Logger, Timer } from '../deps.ts'
 import type { ModelRegistry } from './registry.ts'
+import { MANIFEST, versionFolders } from './model-versions.ts'
 
 export type PollAction = 'loaded' | 'replaced' | 'unloaded' | 'failed'
 
@@ -24,12 +26,12 @@ export interface PollerDeps {
   onAction?: (model: string, action: PollAction) => void
 }
 
-/** What a model folder holds now: the manifest's content and every file's name, size and mtime. Null: no manifest. */
-async function fingerprint(folder: string): Promise<string | null> {
+/** What a folder holds now: the manifest's content and every file's name, size and mtime. Null: no manifest. */
+async function folderPrint(folder: string): Promise<string | null> {
   let manifest: string
   try {
     // eslint-disable-next-line security/detect-non-literal-fs-filename -- a sub-folder of the operator's models.directory
-    manifest = await readFile(path.join(folder, 'manifest.json'), 'utf8')
+    manifest = await readFile(path.join(folder, MANIFEST), 'utf8')
   } catch {
     return null
   }
@@ -40,6 +42,16 @@ async function fingerprint(folder: string): Promise<string | null> {
     const s = await stat(path.join(folder, name)).catch(() => null)
     if (s?.isFile()) hash.update(`\0${name}\0${s.size}\0${s.mtimeMs}`)
   }
+  return hash.digest('hex')
+}
+
+/** What a model folder holds now: its manifest's folder, or each version folder's (a version added or removed changes it). Null: no manifest. */
+async function fingerprint(folder: string): Promise<string | null> {
+  const versions = await versionFolders(folder)
+  if (versions === null) return folderPrint(folder)
+  if (versions.length === 0) return null
+  const hash = createHash('sha256')
+  for (const v of versions) hash.update(`\0${v}\0${(await folderPrint(path.join(folder, v))) ?? ''}`)
   return hash.digest('hex')
 }
 

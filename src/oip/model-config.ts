@@ -35,7 +35,7 @@ export interface TritonModelConfig {
   name: string
   platform: string
   backend: string
-  version_policy: { specific: { versions: number[] } } | { latest: { num_versions: number } }
+  version_policy: { specific: { versions: number[] } } | { latest: { num_versions: number } } | { all: Record<string, never> }
   max_batch_size: number
   input: (TensorConfig & { format: 'FORMAT_NONE' })[]
   output: TensorConfig[]
@@ -48,7 +48,7 @@ export interface TritonModelConfig {
  * a request may carry that many items whether or not batching joins requests; the manifest's
  * first dimension is the batch, so dims drop it (Triton's rule for max_batch_size > 0).
  */
-export function modelConfig(m: Pick<ServedModel, 'name' | 'manifest' | 'settings' | 'upstream'>): TritonModelConfig {
+export function modelConfig(m: Pick<ServedModel, 'name' | 'manifest' | 'settings' | 'upstream' | 'folderVersion'>): TritonModelConfig {
   const manifest = m.manifest!
   const tensor = (t: { name: string; datatype: Datatype; shape: number[] }): TensorConfig => ({ name: t.name, data_type: tritonDataType[t.datatype], dims: t.shape.slice(1) })
   const version = Number(manifest.version)
@@ -57,8 +57,7 @@ export function modelConfig(m: Pick<ServedModel, 'name' | 'manifest' | 'settings
     name: m.name,
     platform: manifest.platform,
     backend: 'onnxruntime',
-    // Triton's versions are integers; a manifest version that is not one is reported as "the latest".
-    version_policy: Number.isSafeInteger(version) && version > 0 ? { specific: { versions: [version] } } : { latest: { num_versions: 1 } },
+    version_policy: versionPolicy(m, version),
     max_batch_size: manifest.maxBatchSize,
     input: manifest.inputs.map((t) => ({ ...tensor(t), format: 'FORMAT_NONE' as const })),
     output: manifest.outputs.map(tensor),
@@ -66,4 +65,15 @@ export function modelConfig(m: Pick<ServedModel, 'name' | 'manifest' | 'settings
   }
   if (b.enabled) config.dynamic_batching = { preferred_batch_size: [], max_queue_delay_microseconds: b.maxQueueDelayMicros, preserve_ordering: false }
   return config
+}
+
+/** A model with version folders: its versionPolicy; else its one version (Triton's versions are integers: one that is not is reported as "the latest"). */
+function versionPolicy(m: Pick<ServedModel, 'settings' | 'folderVersion'>, version: number): TritonModelConfig['version_policy'] {
+  const p = m.settings.versionPolicy
+  if (m.folderVersion !== undefined) {
+    if (p === 'all') return { all: {} }
+    if (p !== undefined && 'specific' in p) return { specific: { versions: p.specific } }
+    return { latest: { num_versions: p?.latest ?? 1 } }
+  }
+  return Number.isSafeInteger(version) && version > 0 ? { specific: { versions: [version] } } : { latest: { num_versions: 1 } }
 }

@@ -38,7 +38,7 @@ export function modelMetadata(registry: ModelRegistry, ctx: RequestContext): Mod
   const tensor = (t: TensorMetadata) => ({ name: t.name, datatype: t.datatype, shape: t.shape })
   return {
     name: m.name,
-    versions: [m.manifest.version],
+    versions: registry.served(m.name),
     platform: m.manifest.platform,
     inputs: m.manifest.inputs.map(tensor),
     outputs: m.manifest.outputs.map(tensor),

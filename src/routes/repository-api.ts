@@ -13,11 +13,12 @@
 // certificate, so the token is the whole of the check. Transport-neutral: the in-process admin
 // routes and the admin thread both hand requests here.
 
-import { readdir, stat } from 'node:fs/promises'
+import { readdir } from 'node:fs/promises'
 import path from 'node:path'
 import { BulwarkError, isBulwarkError } from '../errors.ts'
 import type { Logger } from '../deps.ts'
 import type { ModelRegistry } from '../inference/registry.ts'
+import { versionFolders } from '../inference/model-versions.ts'
 import type { Principal } from '../types.ts'
 
 export interface RepositoryRequest {
@@ -48,14 +49,14 @@ export const isRepositoryPath = (p: string) => p === '/v2/repository/index' || p
 
 const NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/
 
-/** The model folders: every sub-folder with a manifest.json. */
+/** The model folders: every sub-folder with a manifest.json, at its top or in a version folder. */
 async function folders(directory: string): Promise<string[]> {
   // eslint-disable-next-line security/detect-non-literal-fs-filename -- the operator's models.directory
   const names = await readdir(directory).catch(() => [] as string[])
   const found: string[] = []
   for (const n of names.filter((x) => NAME.test(x))) {
-    // eslint-disable-next-line security/detect-non-literal-fs-filename -- a sub-folder of it, by a name checked above
-    if (await stat(path.join(directory, n, 'manifest.json')).then((s) => s.isFile(), () => false)) found.push(n)
+    const versions = await versionFolders(path.join(directory, n))
+    if (versions === null || versions.length > 0) found.push(n)
   }
   return found
 }

@@ -15,6 +15,7 @@ import type { ScreeningMode, ScreeningPolicy } from '../config/screening-policy.
 import { keyedDigester, type Digester } from './digest.ts'
 import { systemClock, type Clock, type RandomSource } from '../deps.ts'
 import { readManifest, type Manifest } from '../inference/manifest.ts'
+import { modelManifestPath } from '../inference/model-versions.ts'
 import { readCalibrationFile, type CalibrationFile } from './calibration.ts'
 import type { AnyDetector } from './detector.ts'
 import { keepHistory } from './carry-over.ts'
@@ -214,7 +215,7 @@ export async function buildScreening(
     if (!screens(policy.screening)) continue
     const file = path.join(sources.policyDir, `${model}.yaml`)
     try {
-      const manifest = await readManifest(path.join(sources.modelsDir, model, 'manifest.json'))
+      const manifest = await readManifest(await modelManifestPath(sources.modelsDir, model))
       const calFile = policy.screening.calibrationFile
       const calibration = calFile ? await readCalibrationFile(path.resolve(sources.policyDir, calFile)) : null
       models.set(model, compileScreening(model, policy.screening, manifest, calibration, sources.random, sources.shared, sources.clock, previous?.get(model)))
