@@ -302,6 +302,11 @@ export class ModelRegistry {
     return [...this.versions.values()].flat()
   }
 
+  /** Every version of `name` the registry holds (ready or failed), highest first. */
+  versionsOf(name: string): readonly ServedModel[] {
+    return this.versions.get(name) ?? []
+  }
+
   /** The versions of `name` served (loaded and ready), highest first. */
   served(name: string): string[] {
     return (this.versions.get(name) ?? []).flatMap((m) => (m.state === 'ready' ? (versionOf(m) ?? []) : []))

@@ -17,7 +17,7 @@ import { readdir } from 'node:fs/promises'
 import path from 'node:path'
 import { BulwarkError, isBulwarkError } from '../errors.ts'
 import type { Logger } from '../deps.ts'
-import type { ModelRegistry } from '../inference/registry.ts'
+import { versionOf, type ModelRegistry } from '../inference/registry.ts'
 import { versionFolders } from '../inference/model-versions.ts'
 import type { Principal } from '../types.ts'
 
@@ -35,7 +35,7 @@ export interface RepositoryAnswer {
 }
 
 export interface RepositoryApiDeps {
-  registry: Pick<ModelRegistry, 'list' | 'loadVersion' | 'unload'>
+  registry: Pick<ModelRegistry, 'list' | 'versionsOf' | 'loadVersion' | 'unload'>
   /** The folder the models are loaded from. */
   directory: string
   /** Verifies the Authorization header's token as the API does; throws unauthenticated. */
@@ -75,13 +75,17 @@ function parseBody(body: string): Record<string, unknown> {
 
 export function createRepositoryApi(deps: RepositoryApiDeps): (req: RepositoryRequest) => Promise<RepositoryAnswer> {
   const index = async (ready: boolean) => {
-    const served = new Map(deps.registry.list().map((m) => [m.name, m]))
-    const names = [...new Set([...served.keys(), ...(await folders(deps.directory))])].sort()
+    const served = new Set(deps.registry.list().map((m) => m.name))
+    const names = [...new Set([...served, ...(await folders(deps.directory))])].sort()
+    // One entry per version held, as Triton's index; a folder not loaded is one entry without a version.
     return names
-      .map((name) => {
-        const m = served.get(name)
-        const state = m?.state === 'ready' ? 'READY' : 'UNAVAILABLE'
-        return { name, ...(m?.manifest ? { version: m.manifest.version } : {}), state, reason: m ? (m.reason ?? '') : 'unloaded' }
+      .flatMap((name) => {
+        const held = deps.registry.versionsOf(name)
+        if (held.length === 0) return [{ name, state: 'UNAVAILABLE', reason: 'unloaded' }]
+        return held.map((m) => {
+          const version = versionOf(m)
+          return { name, ...(version !== null ? { version } : {}), state: m.state === 'ready' ? 'READY' : 'UNAVAILABLE', reason: m.reason ?? '' }
+        })
       })
       .filter((e) => !ready || e.state === 'READY')
   }

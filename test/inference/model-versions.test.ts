@@ -7,6 +7,7 @@
 // budget is one per model and caller (a charge on version 1 shows in the balance on version 2);
 // the configuration says the policy. Under the default policy (latest 1) only version 2 is
 // served. A version folder whose manifest names another version is not served, with the fix.
+// The poll (asked for by the test) serves a version folder added and stops serving one removed.
 
 import t from 'tap'
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
@@ -21,9 +22,9 @@ import { requestRecords, tempDir } from '../audit/helpers.ts'
 const models = await mkdtemp(path.join(os.tmpdir(), 'bulwark-model-versions-'))
 t.teardown(() => rm(models, { recursive: true, force: true }))
 const mnistManifest = JSON.parse(await readFile(path.join(repoRoot, 'models', 'mnist', 'manifest.json'), 'utf8'))
-/** models/mnist/<folder>/: the bundled network, its manifest saying `version`. */
-async function versionFolder(folder: string, version = folder): Promise<void> {
-  const dir = path.join(models, 'mnist', folder)
+/** <base>/mnist/<folder>/: the bundled network, its manifest saying `version`. */
+async function versionFolder(folder: string, version = folder, base = models): Promise<void> {
+  const dir = path.join(base, 'mnist', folder)
   await mkdir(dir, { recursive: true })
   await cp(path.join(repoRoot, 'models', 'mnist', 'model.onnx'), path.join(dir, 'model.onnx'))
   await writeFile(path.join(dir, 'manifest.json'), JSON.stringify({ ...mnistManifest, version }, null, 2))
@@ -40,10 +41,10 @@ const variant = () => {
   return b
 }
 
-const start = (versionPolicy: unknown, auditDir?: string) =>
+const start = (versionPolicy: unknown, auditDir?: string, o: { directory?: string; poll?: boolean } = {}) =>
   startGateway({
     models: ['mnist'],
-    config: { models: { directory: models, serve: [{ name: 'mnist', versionPolicy }] }, ...(auditDir ? { audit: { directory: auditDir, aggregation: { enabled: false } } } : {}) },
+    config: { models: { directory: o.directory ?? models, serve: [{ name: 'mnist', versionPolicy }], poll: { enabled: o.poll ?? false, intervalMs: 3_600_000 } }, ...(auditDir ? { audit: { directory: auditDir, aggregation: { enabled: false } } } : {}) },
   })
 
 const auditDir = tempDir('model-versions-audit')
@@ -131,4 +132,24 @@ t.test('a version folder whose manifest names another version is not served, and
   const three = await infer(wrong, '3')
   t.equal(three.status, 503, 'the version that failed is not ready')
   t.equal(three.body.code, 'model_not_ready')
+})
+
+t.test('the poll serves a version folder added and no longer one removed', async (t) => {
+  const polled = await mkdtemp(path.join(os.tmpdir(), 'bulwark-model-versions-poll-'))
+  t.teardown(() => rm(polled, { recursive: true, force: true }))
+  await versionFolder('1', '1', polled)
+  await versionFolder('2', '2', polled)
+  const live = await start('all', undefined, { directory: polled, poll: true })
+  t.teardown(() => live.close())
+  await versionFolder('3', '3', polled)
+  await live.gateway.modelPoll!.poll()
+  t.same((await live.request('/v2/models/mnist')).body.versions, ['3', '2', '1'], 'version 3 added')
+  t.equal((await infer(live, null)).body.model_version, '3', 'and requests naming none get it')
+  await rm(path.join(polled, 'mnist', '1'), { recursive: true })
+  await live.gateway.modelPoll!.poll()
+  t.same((await live.request('/v2/models/mnist')).body.versions, ['3', '2'], 'version 1 removed')
+  const gone = await infer(live, '1')
+  t.equal(gone.status, 404)
+  t.match(gone.body.error, /versions served: "3", "2"/)
+  t.equal((await infer(live, '2')).body.model_version, '2', 'version 2 still serves')
 })
