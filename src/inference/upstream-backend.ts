@@ -59,7 +59,7 @@ import type { Backend, BatchCall } from './backend.ts'
 import { holdBodies } from './buffer-pool.ts'
 import type { Manifest, TensorSpec } from './manifest.ts'
 import type { Tensor } from './tensor.ts'
-import { GrpcChannel, NO_CONNECTION } from './upstream-grpc.ts'
+import { GrpcChannel } from './upstream-grpc.ts'
 import { RestChannel } from './upstream-rest.ts'
 
 export type BreakerState = 'closed' | 'open' | 'half-open'
@@ -141,6 +141,9 @@ export interface EndpointStatus {
   state: BreakerState
   outstanding: number
 }
+
+/** The code of a gRPC call that failed before any connection carried it (src/inference/upstream-grpc.ts). */
+export const NO_CONNECTION = 'EGRPC_NO_CONNECTION'
 
 /** Connection errors that prove the request was never sent: safe to retry elsewhere. */
 const NOT_SENT = new Set([

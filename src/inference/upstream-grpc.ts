@@ -26,11 +26,8 @@ import { inferenceServiceClient } from '../transport/grpc.ts'
 import type { InferRequestMessage, InferResponseMessage } from '../transport/grpc-codec.ts'
 import type { TensorSpec } from './manifest.ts'
 import { tensorBytes, type Tensor } from './tensor.ts'
-import type { ChannelAnswer, ChannelCall, UpstreamChannel, UpstreamChannelOptions } from './upstream-backend.ts'
+import { NO_CONNECTION, type ChannelAnswer, type ChannelCall, type UpstreamChannel, type UpstreamChannelOptions } from './upstream-backend.ts'
 import { checkedOutput, inOrder, problem } from './upstream-codec.ts'
-
-/** The code of a call grpc-js failed before any connection carried it (safe to retry elsewhere). */
-export const NO_CONNECTION = 'EGRPC_NO_CONNECTION'
 
 const SERVICE = 'inference.GRPCInferenceService'
 const METHOD = `/${SERVICE}/ModelInfer`

@@ -2,7 +2,8 @@
 // calls the model pod's gRPC listener (inference.GRPCInferenceService/ModelInfer) instead of
 // its REST one. Against a real pod (Bulwark serving mnist in a child process, gRPC over mTLS
 // with its development PKI): the answers equal those of a gateway calling the same pod over
-// REST, one digit at a time and in a batch; the pod's refusal of one item's values (its
+// REST, one digit at a time and in a batch; a call that found no connection is retried on the
+// other endpoint; without a client certificate the pod is a clean 503; the pod's refusal of one item's values (its
 // INVALID_ARGUMENT value_out_of_range) refuses the batch's content, so only that item's
 // request gets it; a stopped pod is answered 503 upstream_unavailable with Retry-After and
 // opens the breaker, and once it is back the breaker's trial closes it again. Against a gRPC
@@ -17,7 +18,7 @@ import path from 'node:path'
 import * as grpc from '@grpc/grpc-js'
 import t from 'tap'
 import { deepMerge, startGateway, type TestGateway } from '../../kit/gateway.ts'
-import { startGateway as startProcess, type GatewayProcess } from '../../kit/gateway-process.ts'
+import { freePort, startGateway as startProcess, type GatewayProcess } from '../../kit/gateway-process.ts'
 import { repoRoot } from '../../kit/paths.ts'
 import { Changes } from '../../kit/wait.ts'
 import { DEV_WORKLOAD } from '../../src/config/security.ts'
@@ -83,6 +84,13 @@ t.test('over gRPC the gateway answers exactly what it answers over REST from the
   t.same(b.body.outputs[0].shape, [4, 10])
   t.same(b.body.outputs, a.body.outputs, 'a batch of 4: the same scores')
   t.same(backendOf(viaGrpc).status(), [{ endpoint: `https://127.0.0.1:${pod.process.grpcPort}`, state: 'closed', outstanding: 0 }])
+
+  // A call that found no connection was never sent: its one retry goes to the other endpoint.
+  const dead = `https://127.0.0.1:${await freePort()}`
+  const spread = await front(t, { protocol: 'grpc', endpoints: [dead, `https://127.0.0.1:${pod.process.grpcPort}`], tls: pod.tls, breaker: { volumeThreshold: 1000 } })
+  const retried = []
+  for (const d of digits.slice(0, 6)) retried.push((await infer(spread, jsonBody([d]))).status)
+  t.same(retried, [200, 200, 200, 200, 200, 200], 'with one endpoint refusing connections, every call is served')
 
   // The pod's gRPC listener requires its client certificate: without one, a clean 503.
   const anon = await front(t, { protocol: 'grpc', endpoints: [`https://127.0.0.1:${pod.process.grpcPort}`], tls: { caFile: pod.tls.caFile } })
