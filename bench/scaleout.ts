@@ -6,6 +6,10 @@
 // and the note the latency the hop adds. Variants: plain HTTP to the pod, and mTLS with the
 // gateway's own client certificate (the direct baseline then uses mTLS too).
 //
+// The gRPC upstream: a third gateway calls the same pod's gRPC listener (upstream.protocol:
+// grpc, ModelInfer with raw tensor bytes, 8 HTTP/2 connections) instead of its REST API; the
+// load in front is the same REST load, so its rows compare the two upstream protocols.
+//
 // The anchor: nginx as a plain reverse proxy in front of the same pod (bench/nginx.ts), in the
 // same run, with the same load: the ratio a hop that only proxies keeps.
 //
@@ -57,6 +61,7 @@ export async function scaleoutBench(opts: BenchOptions, log: (s: string) => void
       // address and, with mTLS, one certificate, which the caps would count as one client.
       const pod = await startGateway({ ...noDefences, ...(tls ? { tls: { enabled: true } } : {}), server: { maxConnectionsPerClient: 4096, newConnectionsPerSecondPerAddress: 100_000 }, models: { serve: [m.serve] } })
       let front: GatewayProcess | null = null
+      let frontGrpc: GatewayProcess | null = null
       let nginx: Nginx | null = null
       try {
         const dev = path.join(pod.dir, '.bulwark/dev')
@@ -71,6 +76,21 @@ export async function scaleoutBench(opts: BenchOptions, log: (s: string) => void
                 endpoints: [endpoint],
                 maxConcurrentCalls: 128,
                 connectionsPerEndpoint: 64,
+                ...(tls ? { tls: { caFile: path.join(dev, 'ca.pem'), certFile: path.join(dev, 'client.pem'), keyFile: path.join(dev, 'client-key.pem') } } : {}),
+              },
+            }],
+          },
+        })
+        frontGrpc = await startGateway({
+          ...noDefences,
+          models: {
+            serve: [{
+              name: m.name,
+              upstream: {
+                protocol: 'grpc',
+                endpoints: [`${tls ? 'https' : 'http'}://127.0.0.1:${pod.grpcPort}`],
+                maxConcurrentCalls: 128,
+                connectionsPerEndpoint: 8,
                 ...(tls ? { tls: { caFile: path.join(dev, 'ca.pem'), certFile: path.join(dev, 'client.pem'), keyFile: path.join(dev, 'client-key.pem') } } : {}),
               },
             }],
@@ -104,6 +124,26 @@ export async function scaleoutBench(opts: BenchOptions, log: (s: string) => void
             errors: via.requests - via.ok,
             note: `${signed(via.p50 - direct.p50)} ms p50, ${signed(via.p99 - direct.p99)} ms p99; gateway CPU ${(cpuPerRequestMs * 1000).toFixed(0)} µs/request`,
           })
+          {
+            const grpcFront = `http://127.0.0.1:${frontGrpc.apiPort}`
+            await load(grpcFront, undefined, opts.warmupMs)
+            const cpuG = cpuMs(frontGrpc.child.pid)
+            const viaGrpc = await load(grpcFront)
+            const cpuGrpcMs = (cpuMs(frontGrpc.child.pid) - cpuG) / viaGrpc.requests
+            raw[`${scenario} c${concurrency} gRPC upstream`] = { viaGrpc, gatewayCpuMsPerRequest: cpuGrpcMs }
+            rows.push({
+              group,
+              scenario: `${scenario}: via gateway, gRPC upstream`,
+              concurrency,
+              itemsPerSec: viaGrpc.itemsPerSec,
+              p50: viaGrpc.p50,
+              p99: viaGrpc.p99,
+              ratio: viaGrpc.itemsPerSec / direct.itemsPerSec,
+              ratioTo: 'direct',
+              errors: viaGrpc.requests - viaGrpc.ok,
+              note: `${(viaGrpc.itemsPerSec / via.itemsPerSec).toFixed(2)}× the REST upstream's throughput, ${signed(viaGrpc.p50 - via.p50)} ms p50; gateway CPU ${(cpuGrpcMs * 1000).toFixed(0)} µs/request`,
+            })
+          }
           if (nginx) {
             const proxy = `http://127.0.0.1:${nginx.port}`
             await load(proxy, undefined, opts.warmupMs)
@@ -125,6 +165,7 @@ export async function scaleoutBench(opts: BenchOptions, log: (s: string) => void
         }
       } finally {
         await nginx?.stop()
+        await frontGrpc?.stop()
         await front?.stop()
         await pod.stop()
       }
