@@ -124,7 +124,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     },
   })
   const { metrics } = observability
-  const statistics = new ModelStatistics((name) => registry?.list().some((m) => m.name === name) ?? false, clock)
+  const statistics = new ModelStatistics((name, version) => registry?.statsVersion(name, version) ?? null, clock)
   // A model loaded, replaced or unloaded while serving: the policies are compiled again against it.
   const onChange = (model: string) => void livePolicies.recompile(log, `model ${model} changed`)
   const models = buildModels(config.models, baseDir, { clock, log, random, metrics, tracer: observability.tracerProvider.getTracer('bulwark'), statistics, onChange })

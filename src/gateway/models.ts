@@ -53,7 +53,7 @@ export function buildModels(
     tracer: deps.tracer,
     onBatch: (model, items) => deps.metrics.batchSize.observe({ model }, items),
     ...(deps.onChange ? { onChange: deps.onChange } : {}),
-    onExecuted: (model, times) => deps.statistics?.executed(model, times),
+    onExecuted: (model, times, version) => deps.statistics?.executed(model, times, version),
     upstreamObserver: {
       call(model, endpoint, outcome, s) {
         calls.inc({ model, endpoint, outcome })

@@ -53,7 +53,7 @@ export interface RegistryDeps {
   log: Logger
   onBatch?: (model: string, items: number) => void
   /** Each model execution's item count, queue and compute times (the statistics extension, src/oip/stats.ts). */
-  onExecuted?: (model: string, times: ExecutionTimes) => void
+  onExecuted?: (model: string, times: ExecutionTimes, version: string) => void
   /** Retry jitter of upstream calls (default: the OS CSPRNG). */
   random?: RandomSource
   /** Spans of upstream calls (default: the global tracer provider's). */
@@ -263,7 +263,7 @@ export class ModelRegistry {
       outputNames: manifest.outputs.map((o) => o.name),
       clock: this.deps.clock,
       onBatch: (items) => this.deps.onBatch?.(m.name, items),
-      onExecuted: (times) => this.deps.onExecuted?.(m.name, times),
+      onExecuted: (times) => this.deps.onExecuted?.(m.name, times, manifest.version),
     })
     m.state = 'ready'
     m.reason = null
@@ -300,6 +300,18 @@ export class ModelRegistry {
   /** Every version of every model. */
   all(): ServedModel[] {
     return [...this.versions.values()].flat()
+  }
+
+  /**
+   * The version whose statistics a request for `name` at `version` counts under: that one if
+   * the registry holds it, the highest served when none is named; null for anything else (no
+   * state for names and versions a caller made up).
+   */
+  statsVersion(name: string, version: string | null): string | null {
+    const held = this.versions.get(name)
+    if (!held) return null
+    if (version === null) return versionOf(this.models.get(name)!) ?? ''
+    return held.some((m) => versionOf(m) === version) ? version : null
   }
 
   /** Every version of `name` the registry holds (ready or failed), highest first. */

@@ -4,7 +4,7 @@
 // 'metadata' verb admitted the caller for `ctx.target`.
 
 import { BulwarkError } from '../errors.ts'
-import type { ModelRegistry, ServedModel } from '../inference/registry.ts'
+import { versionOf, type ModelRegistry, type ServedModel } from '../inference/registry.ts'
 import type { RequestContext } from '../types.ts'
 import { modelConfig, type TritonModelConfig } from './model-config.ts'
 import type { ModelStatistics, ModelStatisticsView } from './stats.ts'
@@ -55,11 +55,8 @@ export function modelConfiguration(registry: ModelRegistry, ctx: RequestContext)
  * one model, so callers name it).
  */
 export function modelStatistics(registry: ModelRegistry, statistics: ModelStatistics, ctx: RequestContext): { model_stats: ModelStatisticsView[] } {
-  const models = ctx.target.model === '' ? registry.list() : [registry.get(ctx.target.model, ctx.target.version)]
-  const out: ModelStatisticsView[] = []
-  for (const m of models) {
-    const view = statistics.view(m.name, m.manifest?.version ?? '')
-    if (view) out.push(view)
-  }
-  return { model_stats: out }
+  const { model, version } = ctx.target
+  // As Triton's: without a version, every version held; get() refuses a model or version not served.
+  const models = model === '' ? registry.all() : version === null ? [...registry.versionsOf(registry.get(model, null).name)] : [registry.get(model, version)]
+  return { model_stats: models.map((m) => statistics.view(m.name, versionOf(m) ?? '')) }
 }

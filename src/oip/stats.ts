@@ -83,31 +83,37 @@ const counters = (): Counters => ({
   batches: new Map(),
 })
 
+/** Counters per model version, as Triton keeps them. */
+const keyOf = (model: string, version: string) => `${model}\n${version}`
+
 export class ModelStatistics {
   private readonly models = new Map<string, Counters>()
   private readonly clock: Clock
-  private readonly served: (name: string) => boolean
+  private readonly served: (name: string, version: string | null) => string | null
 
   /**
-   * `served`: whether a name is a model this gateway serves (the configuration's, and those
-   * a models folder poll added); nothing else is ever counted, so a caller's made-up model
-   * names create no state.
+   * `served`: the version of a model this gateway holds that a name and version (null: none
+   * named) count under, or null (the registry's statsVersion); nothing else is ever counted,
+   * so a caller's made-up model names and versions create no state.
    */
-  constructor(served: (name: string) => boolean, clock: Clock) {
+  constructor(served: (name: string, version: string | null) => string | null, clock: Clock) {
     this.served = served
     this.clock = clock
   }
 
-  /** The counters of a served model, made on first use; undefined for any other name. */
-  private of(model: string): Counters | undefined {
-    let c = this.models.get(model)
-    if (c === undefined && this.served(model)) this.models.set(model, (c = counters()))
+  /** The counters of a served model version, made on first use; undefined for anything else. */
+  private of(model: string, asked: string | null): Counters | undefined {
+    const version = this.served(model, asked)
+    if (version === null) return undefined
+    const key = keyOf(model, version)
+    let c = this.models.get(key)
+    if (c === undefined) this.models.set(key, (c = counters()))
     return c
   }
 
-  /** One model execution (from the batcher). */
-  executed(model: string, t: ExecutionTimes): void {
-    const c = this.of(model)
+  /** One model execution (from the batcher of `version`). */
+  executed(model: string, t: ExecutionTimes, version: string | null = null): void {
+    const c = this.of(model, version)
     if (!c) return
     c.executionCount++
     c.inferenceCount += t.items
@@ -124,17 +130,16 @@ export class ModelStatistics {
     add(row.output, 1, t.outputMs)
   }
 
-  /** One inference request ended (from the model-stats link): answered, or refused or failed. */
-  finished(model: string, ok: boolean, ms: number): void {
-    const c = this.of(model)
+  /** One inference request ended (from the model-stats link): answered, or refused or failed; `version`: the one that answered, else the one asked for. */
+  finished(model: string, ok: boolean, ms: number, version: string | null = null): void {
+    const c = this.of(model, version)
     if (!c) return
     add(ok ? c.success : c.fail, 1, ms)
   }
 
-  /** The statistics of `model` at `version`, as Triton's statistics extension shows them. */
-  view(model: string, version: string): ModelStatisticsView | null {
-    const c = this.of(model)
-    if (!c) return null
+  /** The statistics of `model` at `version` (a version the registry holds), as Triton's statistics extension shows them. */
+  view(model: string, version: string): ModelStatisticsView {
+    const c = this.models.get(keyOf(model, version)) ?? counters()
     return {
       name: model,
       version,

@@ -1,7 +1,8 @@
 // Link: model-stats (response, verb 'infer'). When an inference request's exchange ends,
 // counts it in the model's statistics (src/oip/stats.ts, Triton's statistics extension):
 // a success when it was answered without an error, else a failure, each with its whole time
-// in the gateway. Requests for a model that is not served count nowhere.
+// in the gateway, under the version that answered (else the one asked for, else the highest
+// served). Requests for a model or version that is not served count nowhere.
 // Reads: ctx.target, ctx.error, ctx.response, ctx.startedMs. Writes: nothing. Throws: nothing.
 
 import type { Clock } from '../deps.ts'
@@ -17,7 +18,7 @@ export function createModelStatsLink(statistics: ModelStatistics, clock: Clock):
     run() {},
     onDestroy(ctx: RequestContext) {
       const ok = ctx.error === null && ctx.response !== null && ctx.response.status < 400
-      statistics.finished(ctx.target.model, ok, clock.monotonicMs() - ctx.startedMs)
+      statistics.finished(ctx.target.model, ok, clock.monotonicMs() - ctx.startedMs, ctx.result?.modelVersion ?? ctx.target.version)
     },
   }
 }

@@ -5,7 +5,7 @@
 // naming none on 2 (REST and gRPC model_version); a version not served is 404 version_not_found
 // naming the versions served; the audit records name the version that answered; the privacy
 // budget is one per model and caller (a charge on version 1 shows in the balance on version 2);
-// the configuration says the policy. Under the default policy (latest 1) only version 2 is
+// the configuration says the policy; statistics are kept per version. Under the default policy (latest 1) only version 2 is
 // served. A version folder whose manifest names another version is not served, with the fix.
 // The poll (asked for by the test) serves a version folder added and stops serving one removed.
 
@@ -108,6 +108,17 @@ t.test('gRPC model_version picks the version', async (t) => {
   const err = (await call('3').then(() => null, (e: grpc.ServiceError) => e))!
   t.equal(err?.code, grpc.status.NOT_FOUND)
   t.match(err?.details, /versions served: "2", "1"/)
+})
+
+t.test('statistics are kept per version', async (t) => {
+  // Answered so far: version 1 four times (REST three, gRPC one), version 2 five; the versions
+  // not served (3) count nowhere.
+  const all = (await gw.request('/v2/models/mnist/stats')).body.model_stats
+  t.same(all.map((s: { version: string }) => s.version), ['2', '1'], 'a request naming no version gets every version')
+  const one = (await gw.request('/v2/models/mnist/versions/1/stats')).body.model_stats
+  t.equal(one.length, 1)
+  t.match(one[0], { name: 'mnist', version: '1', inference_stats: { success: { count: 4 }, fail: { count: 0 } } })
+  t.match(all[0], { version: '2', inference_stats: { success: { count: 5 }, fail: { count: 0 } } })
 })
 
 t.test('the default policy (latest 1) serves the highest version only', async (t) => {
