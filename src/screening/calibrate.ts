@@ -11,6 +11,7 @@ import { defaultConfig, loadConfigFile } from '../config/load.ts'
 import { loadPolicies } from '../config/policy.ts'
 import type { Clock, Logger, RandomSource } from '../deps.ts'
 import { readManifest } from '../inference/manifest.ts'
+import { modelManifestPath } from '../inference/model-versions.ts'
 import { ModelRegistry } from '../inference/registry.ts'
 import { InferenceService } from '../inference/service.ts'
 import { layoutOf } from './build.ts'
@@ -70,7 +71,7 @@ export async function calibrateCommand(argv: string[], io: CalibrateIo): Promise
     return 2
   }
   const modelsDir = path.resolve(loaded.baseDir, loaded.config.models.directory)
-  const manifest = await readManifest(path.join(modelsDir, model, 'manifest.json'))
+  const manifest = await readManifest(await modelManifestPath(modelsDir, model))
   const inputName = sc.input ?? manifest.inputs[0]!.name
   const outputName = sc.output ?? manifest.outputs[0]!.name
   const layout = layoutOf(manifest, inputName)
