@@ -1,6 +1,6 @@
 // `npm run eval:screening [-- --part all|adaptive|classic] [--quick] [--pgd-count N]
 //   [--adaptive-only squeezing,stateful,extraction] [--adaptive-digits N] [--adaptive-queries N]
-//   [--bpda-digits N] [--no-baseline]`:
+//   [--bpda-digits N] [--no-baseline] [--no-index]`:
 // the adversarial-input screening evaluation, through the public API (TLS with the dev client
 // certificate, real JWTs, one JWT subject per principal), against in-process gateways that
 // differ only in the mnist policy's `screening:` section. Prints two tables and writes JSON
@@ -64,6 +64,7 @@ const { values: args } = parseArgs({
     'bpda-digits': { type: 'string' },
     'no-baseline': { type: 'boolean' },
     'adaptive-only': { type: 'string' },
+    'no-index': { type: 'boolean' },
   },
 })
 const part = args.part ?? 'all'
@@ -276,9 +277,10 @@ if (part !== 'classic') {
       data: { train, calibration: calibrationSplit, test },
       weights,
       heldOut,
-      bundled: bundled as unknown as AdaptiveContext['bundled'],
+      // --no-index: the stateful detector without its model-wide index, for comparison.
+      bundled: (args['no-index'] ? { ...bundled, stateful: { ...bundled.stateful, acrossCallers: 0 } } : bundled) as unknown as AdaptiveContext['bundled'],
       threshold: calibration.featureSqueezing!.threshold,
-      digits: Number(args['adaptive-digits'] ?? (quick ? 1 : 3)),
+      digits: Number(args['adaptive-digits'] ?? (quick ? 1 : 5)),
       whiteBoxDigits: Number(args['bpda-digits'] ?? (quick ? 20 : 100)),
       maxQueries: Number(args['adaptive-queries'] ?? (quick ? 1000 : 3000)),
       log,
