@@ -121,8 +121,9 @@ export class GrpcChannel implements UpstreamChannel {
       'grpc.use_local_subchannel_pool': 1,
       'grpc.max_receive_message_length': o.config.maxResponseBytes,
       'grpc.max_send_message_length': -1,
-      // A pod that comes back is reached again within a second (the breaker's trial needs a connection).
-      'grpc.initial_reconnect_backoff_ms': Math.min(1000, o.config.connectTimeoutMs),
+      // A pod that comes back is reached again within a second (the breaker's trial needs a
+      // connection); grpc-js's default backoff grows to two minutes.
+      'grpc.initial_reconnect_backoff_ms': 100,
       'grpc.max_reconnect_backoff_ms': 1000,
       ...(tls?.servername ? { 'grpc.ssl_target_name_override': tls.servername, 'grpc.default_authority': tls.servername } : {}),
     }
