@@ -149,7 +149,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     clock,
   })
   metrics.add(connections.refused)
-  const loadShedding = config.loadShedding.enabled ? createLoadSheddingLink(config.loadShedding, { queueFull: (model) => registry.queueFull(model) }) : undefined
+  const loadShedding = config.loadShedding.enabled ? createLoadSheddingLink(config.loadShedding, { queueFull: (model, version) => registry.queueFull(model, version) }) : undefined
   if (loadShedding) metrics.add(...loadShedding.metrics)
   const clientLimit = config.clientLimits.enabled ? createClientLimitLink(config.clientLimits, { clock }) : undefined
   if (clientLimit) metrics.add(...clientLimit.metrics)

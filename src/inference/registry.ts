@@ -271,12 +271,13 @@ export class ModelRegistry {
   }
 
   /**
-   * Whether a request for `name` would find the model's queue full (load shedding checks this
-   * on arrival, before the body is read). False for unknown or unloaded models: the pipeline
-   * refuses those with their own codes.
+   * Whether a request for `name` at `version` (null: the highest served) would find that
+   * version's queue full (load shedding checks this on arrival, before the body is read). False
+   * for unknown or unloaded models and versions: the pipeline refuses those with their own codes.
    */
-  queueFull(name: string): boolean {
-    const b = this.models.get(name)?.batcher
+  queueFull(name: string, version: string | null = null): boolean {
+    const m = version === null ? this.models.get(name) : this.versions.get(name)?.find((v) => versionOf(v) === version)
+    const b = m?.batcher
     return b ? b.queueDepth >= b.maxQueueSize : false
   }
 

@@ -17,7 +17,7 @@ export interface LoadSheddingLink extends Stage {
   readonly metrics: readonly Metric[]
 }
 
-export function createLoadSheddingLink(config: LoadSheddingConfig, deps: { queueFull(model: string): boolean }): LoadSheddingLink {
+export function createLoadSheddingLink(config: LoadSheddingConfig, deps: { queueFull(model: string, version: string | null): boolean }): LoadSheddingLink {
   let inFlight = 0
   const holding = new WeakSet<RequestContext>()
   const shed = new Counter('bulwark_shed_requests_total', 'Requests refused on arrival, before their body is read, by reason: overloaded (loadShedding.maxInFlightRequests in flight) or queue_full (the model\'s queue is full).')
@@ -39,7 +39,7 @@ export function createLoadSheddingLink(config: LoadSheddingConfig, deps: { queue
       }
       // The model's queue is full already: refuse now, before reading the body, rather than
       // after decoding and validating it (the batcher would refuse it then anyway).
-      if (ctx.target.verb === 'infer' && deps.queueFull(ctx.target.model)) {
+      if (ctx.target.verb === 'infer' && deps.queueFull(ctx.target.model, ctx.target.version)) {
         shed.inc({ reason: 'queue_full' })
         throw new BulwarkError('queue_full', `model ${ctx.target.model.slice(0, 64)} is at capacity; retry after the Retry-After delay`, {
           reason: 'model queue full on arrival (batching.maxQueueSize)',
