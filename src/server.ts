@@ -120,7 +120,8 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
   let registry: ModelRegistry | null = null
   const observability = buildObservability(config.telemetry, options.telemetry ?? {}, {
     *queueDepth() {
-      for (const m of registry?.list() ?? []) yield [m.name, m.batcher?.queueDepth ?? 0]
+      // One series per model (its versions' queues together): the label stays bounded by the models served.
+      for (const m of registry?.list() ?? []) yield [m.name, registry!.versionsOf(m.name).reduce((n, v) => n + (v.batcher?.queueDepth ?? 0), 0)]
     },
   })
   const { metrics } = observability

@@ -5,7 +5,7 @@
 // naming none on 2 (REST and gRPC model_version); a version not served is 404 version_not_found
 // naming the versions served; the audit records name the version that answered; the privacy
 // budget is one per model and caller (a charge on version 1 shows in the balance on version 2);
-// the configuration says the policy; statistics are kept per version. Under the default policy (latest 1) only version 2 is
+// the configuration says the policy; statistics are kept per version, metrics per model. Under the default policy (latest 1) only version 2 is
 // served. A version folder whose manifest names another version is not served, with the fix.
 // The poll (asked for by the test) serves a version folder added and stops serving one removed.
 
@@ -119,6 +119,8 @@ t.test('statistics are kept per version', async (t) => {
   t.equal(one.length, 1)
   t.match(one[0], { name: 'mnist', version: '1', inference_stats: { success: { count: 4 }, fail: { count: 0 } } })
   t.match(all[0], { version: '2', inference_stats: { success: { count: 5 }, fail: { count: 0 } } })
+  const metrics = await gw.gateway.metrics.render()
+  t.same(metrics.match(/^bulwark_queue_depth\{[^}]*\} \d+$/gm), ['bulwark_queue_depth{model="mnist"} 0'], 'metrics keep one queue series per model, its versions together')
 })
 
 t.test('the default policy (latest 1) serves the highest version only', async (t) => {
