@@ -173,8 +173,13 @@ export async function startGateway(o: StartOptions = {}): Promise<TestGateway> {
   await writePolicies(dir, o.policies)
 
   let raw: Record<string, unknown> = {
-    server: { listen: '127.0.0.1:0', admin: '127.0.0.1:0' },
-    models: { directory: path.join(repoRoot, 'models'), serve: (o.models ?? []).map((name) => ({ name })) },
+    // Every test client connects from 127.0.0.1: at the default closedOnRefusalCost, a test's
+    // run of refusals without a token would cost the next tests their connections. The
+    // connection limits' own tests set it back.
+    server: { listen: '127.0.0.1:0', admin: '127.0.0.1:0', closedOnRefusalCost: 1 },
+    // One inference worker per model (the default is two): half the threads to start per test
+    // gateway on a 2-core machine; the tests that are about workers say how many.
+    models: { directory: path.join(repoRoot, 'models'), defaults: { workers: 1 }, serve: (o.models ?? []).map((name) => ({ name })) },
     // Audit records, when the audit part is present, go to the temp dir too (its defaults are relative).
   }
   if (!frontDoor) raw = deepMerge(raw, frontDoorOff)

@@ -76,7 +76,7 @@ for (const [model, input, itemShape, lo, hi] of [
 t.test('a crashed worker fails its request with 503 and is replaced after its backoff', async (t) => {
   const { log, lines, logged } = memoryLog()
   const clock = new FakeClock()
-  const reg = registry({ serve: [{ name: 'mnist', batching: { enabled: false } }] }, repoRoot, log, clock)
+  const reg = registry({ serve: [{ name: 'mnist', workers: 1, batching: { enabled: false } }] }, repoRoot, log, clock)
   t.teardown(() => reg.close())
   await reg.load()
   const m = reg.ready('mnist', null)
