@@ -36,6 +36,9 @@
 //   shipped: --windows N [24]  --identities 1,10  --round-steps N surrogate training per
 //   window [25000]  --screened-batch N digits per attack request with screening [8]
 //   --honest-singles N [2999]  --honest-batches N [47]  --undefended-candidates N per side [2000]
+//   --policy-override FILE a YAML file whose top-level sections (output:, screening:, ...)
+//   replace the bundled mnist policy's, in every part: a candidate policy is measured without
+//   editing policies/ (bench/privacy/candidates/)
 //   settings: --settings a,b [all; a setting is picked by its name's start]
 //   --extraction-queries 500,2000,10000  --surrogate-repeats N [1]  --temperatures 1,4
 //   --inversion-queries N per reconstruction [2048]  --inversion-restarts N per class [2]
@@ -79,6 +82,7 @@ const { values } = parseArgs({
     'honest-batches': { type: 'string', default: '47' },
     'screened-batch': { type: 'string', default: '8' },
     'undefended-candidates': { type: 'string', default: '2000' },
+    'policy-override': { type: 'string', default: '' },
     quick: { type: 'boolean', default: false },
     seed: { type: 'string', default: '1' },
   },
@@ -95,7 +99,22 @@ const log = (s: string) => process.stderr.write(`[eval:privacy] ${s}\n`)
 
 // ---- the settings --------------------------------------------------------------------------
 
-const bundledPolicy = parse(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8')) as Record<string, any>
+const overrideFile = values['policy-override'] || null
+const bundledPolicy = withOverride(parse(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8')) as Record<string, any>, overrideFile)
+const policyLabel = overrideFile ? `policies/mnist.yaml with the sections of ${overrideFile} over it (${describeOutput(bundledPolicy)})` : `policies/mnist.yaml as shipped (${describeOutput(bundledPolicy)})`
+
+/** The bundled policy with each top-level section the override file names replaced by the file's. */
+function withOverride(policy: Record<string, any>, file: string | null): Record<string, any> {
+  if (!file) return policy
+  const override = parse(readFileSync(path.resolve(file), 'utf8')) as unknown
+  if (!override || typeof override !== 'object' || Array.isArray(override)) throw new Error(`--policy-override ${file}: expected a YAML mapping of policy sections (for example output:), got ${JSON.stringify(override)}`)
+  return { ...policy, ...(override as Record<string, unknown>) }
+}
+
+function describeOutput(policy: Record<string, any>): string {
+  const o = policy.output ?? {}
+  return `mode ${o.mode}, ${o.noise?.mechanism ?? 'none'} ε ${o.noise?.epsilon ?? '-'} per answer, budget ε ${o.budget?.epsilon ?? '-'} per ${Number(o.budget?.windowMs) / 60_000} min`
+}
 const { screening: _screening, ...mnistPolicy } = bundledPolicy
 /** The largest budget the schema allows, per second: never binding at this evaluation's rate. */
 const NO_LIMIT = { epsilon: 100_000, windowMs: 1000 }
@@ -366,10 +385,11 @@ async function shippedPart(): Promise<{ runs: ShippedRun[]; undefended: Undefend
   const runs: ShippedRun[] = []
   for (const screening of [false, true]) {
     const clock = new SkewedClock()
-    // The policies exactly as in policies/; screening off: the mnist policy without its `screening:` section.
+    // The policies exactly as in policies/ (or with the override's sections); screening off: the
+    // mnist policy without its `screening:` section.
     const gw = await startGateway({
       models: ['mnist'],
-      ...(screening ? {} : { policies: { mnist: mnistPolicy } }),
+      ...(screening ? (overrideFile ? { policies: { mnist: bundledPolicy } } : {}) : { policies: { mnist: mnistPolicy } }),
       config: { clientLimits: { enabled: false } },
       deps: { clock, random: cryptoRandom },
     })
@@ -406,7 +426,7 @@ const rows: string[][] = [
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
 const line = (c: string[]) => c.map((x, i) => (i === 0 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join('  ')
 const out: string[] = [`mnist, ${testImages.length} held-out digits; undefended top-1 ${pct(undefendedAccuracy)}%`]
-if (shipped) out.push('', ...shippedTables(shipped.runs, { windowMs: Number(bundledPolicy.output.budget.windowMs), heldOut: testImages.length, undefended: shipped.undefended }))
+if (shipped) out.push('', ...shippedTables(shipped.runs, { windowMs: Number(bundledPolicy.output.budget.windowMs), heldOut: testImages.length, undefended: shipped.undefended, policy: policyLabel }))
 if (results.length > 0) {
   out.push(
     '',
@@ -437,7 +457,7 @@ console.log(out.join('\n'))
 const file = writeResults('privacy', {
   startedAt: new Date().toISOString(),
   node: process.version,
-  options: { parts: [...parts], seed, sizes, surrogate, inversion, restarts, testDigits: testImages.length, windows: Number(values.windows), identities: values.identities, roundSteps: Number(values['round-steps']), quick: values.quick },
+  options: { parts: [...parts], policy: policyLabel, seed, sizes, surrogate, inversion, restarts, testDigits: testImages.length, windows: Number(values.windows), identities: values.identities, roundSteps: Number(values['round-steps']), quick: values.quick },
   undefendedAccuracy,
   evaluator: { accuracy: evaluatorAccuracy, meansReadAsTheirClass },
   settings: results,

@@ -17,10 +17,11 @@ const refused = (s: Snapshot) =>
     .map(([code, n]) => `${n} ${code}`)
     .join(', ') || 'none'
 
-export function shippedTables(runs: ShippedRun[], o: { windowMs: number; heldOut: number; undefended?: UndefendedMembership }): string[] {
+export function shippedTables(runs: ShippedRun[], o: { windowMs: number; heldOut: number; undefended?: UndefendedMembership; policy?: string }): string[] {
   const hours = (w: number) => `${((w * o.windowMs) / 3_600_000).toFixed(0)} h`
   const out: string[] = []
   const c = runs[0]?.cost
+  if (o.policy) out.push(`mnist policy: ${o.policy}`)
   if (c) out.push(`shipped policies: ε ${c.epsilon} per charge, budget ε ${int(c.budget)} per ${hours(1)} per identity (${Math.floor(c.budget / c.epsilon + 1e-6)} charges); screening on: +${runs.find((r) => r.screening)?.cost.verdicts ?? 0} charge per request`)
   out.push('', 'honest callers (held-out digits, each identity sends what one hour allows):')
   out.push(
