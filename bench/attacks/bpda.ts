@@ -37,6 +37,8 @@ export interface BpdaOptions {
   kappa: number
   /** Per-pixel factor for gradients coming back through the squeezers (absent: the identity). */
   backward?: (x: Float32Array) => Float32Array
+  /** The wrong class to aim at (default: the model's runner-up for x). */
+  target?: number
 }
 
 export interface BpdaResult {
@@ -116,8 +118,8 @@ export function softBitDepthBackward(temp: number): (x: Float32Array) => Float32
     })
 }
 
-/** The wrong class the attack aims at: the one the model ranks highest after the true label. */
-function target(p: Params, x: Float32Array, y: number): number {
+/** The wrong class the attack aims at by default: the one the model ranks highest after the true label. */
+export function target(p: Params, x: Float32Array, y: number): number {
   const z = forward(p, x).logits
   let t = -1
   for (let j = 0; j < 10; j++) if (j !== y && (t < 0 || z[j]! > z[t]!)) t = j
@@ -127,7 +129,7 @@ function target(p: Params, x: Float32Array, y: number): number {
 export function bpda(p: Params, x: Float32Array, y: number, o: BpdaOptions): BpdaResult {
   let adv = Float32Array.from(x)
   let last = judge(p, adv, y, o.squeeze)
-  const t = target(p, x, y)
+  const t = o.target ?? target(p, x, y)
   for (let step = 1; step <= o.steps; step++) {
     const g = gradient(p, adv, t, o)
     if (o.norm === 'linf') {
