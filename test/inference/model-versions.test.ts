@@ -6,7 +6,8 @@
 // naming the versions served; the audit records name the version that answered; the privacy
 // budget is one per model and caller (a charge on version 1 shows in the balance on version 2);
 // the configuration says the policy; statistics are kept per version, metrics per model. Under the default policy (latest 1) only version 2 is
-// served. A version folder whose manifest names another version is not served, with the fix.
+// served. A version folder whose manifest names another version is not served, with the fix;
+// a version declaring other inputs than the highest is not served beside it.
 // The poll (asked for by the test) serves a version folder added and stops serving one removed.
 
 import t from 'tap'
@@ -145,6 +146,21 @@ t.test('a version folder whose manifest names another version is not served, and
   const three = await infer(wrong, '3')
   t.equal(three.status, 503, 'the version that failed is not ready')
   t.equal(three.body.code, 'model_not_ready')
+})
+
+t.test('versions that declare other inputs than the highest are not served beside it (one policy covers them all)', async (t) => {
+  const dir = path.join(models, 'mnist', '4')
+  await versionFolder('4')
+  t.teardown(() => rm(dir, { recursive: true }))
+  const manifest = JSON.parse(await readFile(path.join(dir, 'manifest.json'), 'utf8'))
+  manifest.inputs[0].range = [0, 255]
+  await writeFile(path.join(dir, 'manifest.json'), JSON.stringify(manifest))
+  const mixed = await start({ specific: [4, 1] })
+  t.teardown(() => mixed.close())
+  t.same((await mixed.request('/v2/models/mnist')).body.versions, ['4'], 'only the highest is served')
+  const line = mixed.logsWith('model not served').find((l) => l.version === '1')
+  t.match(line?.err, /version 1 declares other inputs or outputs than version 4/, 'the log says why')
+  t.equal((await infer(mixed, '1')).body.code, 'model_not_ready')
 })
 
 t.test('the poll serves a version folder added and no longer one removed', async (t) => {
