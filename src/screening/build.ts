@@ -4,8 +4,7 @@
 // that they fit together, and reports every problem at once. The order of `detectors` is
 // the order they judge a request in: the cheap stateless check first, then the stateful
 // query detector and its model-wide index over all callers (all before the model runs), then
-// feature squeezing, then extraction
-// (after it). Before inference the first enforcing alarm ends the screening; after it every
+// feature squeezing, then extraction (after it). Before inference the first enforcing alarm ends the screening; after it every
 // detector judges, so the extraction detector counts refused queries too. With a shared
 // store (`state.redis`), the stateful and extraction detectors keep their per-principal state
 // in Redis (stateful-shared.ts, prada-shared.ts); the others keep none.
@@ -130,7 +129,8 @@ export function compileScreening(
     if (st.poolSize > Math.max(layout.height, layout.width)) problems.push(`/screening/stateful/poolSize: ${st.poolSize} is larger than the input's ${layout.height}x${layout.width}`)
     if (threshold !== undefined && problems.length === 0) {
       const options = { ...st, threshold, mode: modeOf(st.mode), encoder: poolingEncoder(layout, st.poolSize) }
-      const { threshold: _t, mode: _m, ...shape } = st
+      // The model-wide index has its own history: resizing it keeps the callers' histories.
+      const { threshold: _t, mode: _m, acrossCallers: _a, ...shape } = st
       const key = JSON.stringify(['stateful', shape, layout, !!shared])
       detectors.push(keepHistory(previous?.detectors, key, options, () => (shared ? createSharedStatefulDetector(options, model, shared) : createStatefulDetector(options))))
       if (st.acrossCallers > 0) {

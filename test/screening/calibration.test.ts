@@ -42,10 +42,18 @@ t.test('the bundled policy compiles with its calibration file', async (t) => {
   t.ok(s.needsModel)
 })
 
-t.test('acrossCallers adds the model-wide index after the stateful detector, and must hold k queries', async (t) => {
+t.test('acrossCallers adds the model-wide index after the stateful detector, must hold k queries, and carries over reloads', async (t) => {
   const s = compileScreening('mnist', policy({ calibrationFile: 'x', stateful: { acrossCallers: 1000 } }), manifest, calibration, seededRandom(1))
   t.same(s.detectors.map((d) => [d.name, d.mode, d.refusal]), [['stateful', 'enforce', 'attack_suspected'], ['stateful-callers', 'enforce', 'attack_suspected']])
   t.throws(() => compileScreening('mnist', policy({ calibrationFile: 'x', stateful: { acrossCallers: 10 } }), manifest, calibration, seededRandom(1)), /acrossCallers: 10 is smaller than k 20/)
+  // A reload that resizes the index keeps the callers' own histories (the same detector), and
+  // one that keeps its size keeps the index too.
+  const again = compileScreening('mnist', policy({ calibrationFile: 'x', stateful: { acrossCallers: 1000 } }), manifest, calibration, seededRandom(1), undefined, undefined, s)
+  t.equal(again.detectors[0], s.detectors[0])
+  t.equal(again.detectors[1], s.detectors[1])
+  const resized = compileScreening('mnist', policy({ calibrationFile: 'x', stateful: { acrossCallers: 500 } }), manifest, calibration, seededRandom(1), undefined, undefined, s)
+  t.equal(resized.detectors[0], s.detectors[0], 'the per-caller detector carries over')
+  t.not(resized.detectors[1], s.detectors[1], 'a resized index starts empty')
 })
 
 t.test('a stale or mismatched calibration stops the start with the fix', async (t) => {
