@@ -44,6 +44,7 @@ import type { CalibrationFile } from '../src/screening/calibration.ts'
 import { poolingEncoder } from '../src/screening/encoder.ts'
 import { createPradaDetector } from '../src/screening/prada.ts'
 import { createStatefulDetector } from '../src/screening/stateful.ts'
+import { createCallersIndexDetector } from '../src/screening/stateful-callers.ts'
 import { cryptoRandom } from '../src/deps.ts'
 import type { TestGateway } from '../kit/gateway.ts'
 import { evalGateway, infer, mapPool, tokenFor, calibrationFile, type Answer } from './attacks/gateway-client.ts'
@@ -252,6 +253,9 @@ function microBenchmark() {
   for (let i = 0; i < st.historyPerPrincipal; i++) stateful.inspect({ principal: 'full', items: [digits[i % digits.length]!], digests: [digest++] })
   const statefulFull = time(2000, (i) => stateful.inspect({ principal: 'full', items: [digits[i % digits.length]!], digests: [digest++] }))
   const statefulMany = time(20_000, (i) => stateful.inspect({ principal: `p${i % 10_000}`, items: [digits[i % digits.length]!], digests: [digest++] }))
+  const index = createCallersIndexDetector({ k: st.k, size: Math.max(st.k, st.acrossCallers), threshold: 0, mode: 'observe', encoder: poolingEncoder(layout, st.poolSize) })
+  for (let i = 0; i < st.acrossCallers; i++) index.inspect({ principal: `p${i}`, items: [digits[i % digits.length]!], digests: [digest++] })
+  const indexFull = time(2000, (i) => index.inspect({ principal: `q${i}`, items: [digits[i % digits.length]!], digests: [digest++] }))
   const prada = createPradaDetector({ ...ex, wThreshold: 0, mode: 'observe', encoder: poolingEncoder(layout, ex.poolSize) })
   for (let i = 0; i < 1500; i++) prada.inspect({ principal: 'full', items: [digits[i % digits.length]!], digests: [digest++], probabilities: [probs[i % digits.length]!] })
   const pradaFull = time(2000, (i) => prada.inspect({ principal: 'full', items: [digits[i % digits.length]!], digests: [digest++], probabilities: [probs[i % digits.length]!] }))
@@ -263,7 +267,7 @@ function microBenchmark() {
   const digestCost = time(20_000, (i) => screening.digest(digits[i % digits.length]!))
   const statefulBytes = poolingEncoder(layout, st.poolSize).dims * 4 + 8 + 40 // vector, digest, Set entry (approx.)
   const pradaBytes = poolingEncoder(layout, ex.poolSize).dims * 4
-  return { statefulFull, statefulMany, pradaFull, squeeze, bounds, digestCost, statefulBytes, pradaBytes, statefulMemory: stateful.memory!() }
+  return { statefulFull, statefulMany, indexFull, pradaFull, squeeze, bounds, digestCost, statefulBytes, pradaBytes, statefulMemory: stateful.memory!() }
 }
 
 // ---- main ---------------------------------------------------------------------------------------
@@ -450,7 +454,8 @@ if (part !== 'adaptive') {
   const mb = microBenchmark()
   raw.microBenchmark = mb
   row({ section: 'cost', check: 'stateful: per query, history of 1,000 full (k 20, pool 4)', result: `${mb.statefulFull.toFixed(1)} us; ~${mb.statefulBytes} B per stored query`, bar: 'measured', met: '-' })
-  row({ section: 'cost', check: 'stateful: per query, 10,000 principals', result: `${mb.statefulMany.toFixed(1)} us; ${mb.statefulMemory.principals} principals, ${mb.statefulMemory.stored} queries held`, bar: 'measured', met: '-' })
+  row({ section: 'cost', check: `stateful-callers: per query, model-wide index of ${bundled.stateful!.acrossCallers} full`, result: `${mb.indexFull.toFixed(1)} us; ${mb.statefulBytes} B per stored query, fixed per model`, bar: 'measured', met: '-' })
+row({ section: 'cost', check: 'stateful: per query, 10,000 principals', result: `${mb.statefulMany.toFixed(1)} us; ${mb.statefulMemory.principals} principals, ${mb.statefulMemory.stored} queries held`, bar: 'measured', met: '-' })
   row({ section: 'cost', check: 'extraction: per query incl. Shapiro-Wilk on 1,000 distances', result: `${mb.pradaFull.toFixed(1)} us; ${mb.pradaBytes} B per growing-set entry`, bar: 'measured', met: '-' })
   row({ section: 'cost', check: 'feature squeezing: both squeezers per item (CPU; the model runs 3x items)', result: `${mb.squeeze.toFixed(1)} us`, bar: 'measured', met: '-' })
   row({ section: 'cost', check: 'feature bounds / input digest per item', result: `${mb.bounds.toFixed(1)} us / ${mb.digestCost.toFixed(1)} us`, bar: 'measured', met: '-' })
