@@ -73,15 +73,21 @@ const ModelSettings = {
   ),
 }
 
+/** The setting without its default: a model's entry left without it takes models.defaults' (filling the schema default in would hide those). */
+function override<T extends TSchema>(setting: T): T {
+  const { default: _unused, ...rest } = setting as T & { default?: unknown }
+  return rest as T
+}
+
 const ModelEntry = Type.Object(
   {
     /** Folder name under models.directory holding manifest.json. */
     name: Type.String({ pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$' }),
-    workers: Type.Optional(ModelSettings.workers),
-    intraOpThreads: Type.Optional(ModelSettings.intraOpThreads),
-    executionProviders: Type.Optional(ModelSettings.executionProviders),
-    threadNiceness: Type.Optional(ModelSettings.threadNiceness),
-    intraOpSpinning: Type.Optional(ModelSettings.intraOpSpinning),
+    workers: Type.Optional(override(ModelSettings.workers)),
+    intraOpThreads: Type.Optional(override(ModelSettings.intraOpThreads)),
+    executionProviders: Type.Optional(override(ModelSettings.executionProviders)),
+    threadNiceness: Type.Optional(override(ModelSettings.threadNiceness)),
+    intraOpSpinning: Type.Optional(override(ModelSettings.intraOpSpinning)),
     versionPolicy: ModelSettings.versionPolicy,
     batching: Type.Optional(
       Type.Object(
