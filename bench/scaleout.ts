@@ -19,7 +19,7 @@
 
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
-import { closedLoop } from './load.ts'
+import { closedLoop, type LoadResult } from './load.ts'
 import { binaryRequest, ocrImage, type LoadRequest } from '../kit/payloads.ts'
 import { noDefences, startGateway, type GatewayProcess } from '../kit/gateway-process.ts'
 import { mnistDigits, type BenchOptions } from './core.ts'
@@ -34,6 +34,11 @@ function cpuMs(pid: number | undefined): number {
   } catch {
     return NaN
   }
+}
+
+/** A row of the load through a hop, as a share of the pod called directly. */
+function viaRow(group: string, scenario: string, concurrency: number, r: LoadResult, direct: LoadResult, note: string): Row {
+  return { group, scenario, concurrency, itemsPerSec: r.itemsPerSec, p50: r.p50, p99: r.p99, ratio: r.itemsPerSec / direct.itemsPerSec, ratioTo: 'direct', errors: r.requests - r.ok, note }
 }
 
 const signed = (x: number) => `${x >= 0 ? '+' : ''}${x.toFixed(2)}`
@@ -112,18 +117,7 @@ export async function scaleoutBench(opts: BenchOptions, log: (s: string) => void
           const scenario = `${m.name} binary, ${variant}`
           raw[`${scenario} c${concurrency}`] = { direct, via, gatewayCpuMsPerRequest: cpuPerRequestMs }
           rows.push({ group, scenario: `${scenario}: pod direct`, concurrency, itemsPerSec: direct.itemsPerSec, p50: direct.p50, p99: direct.p99, errors: direct.requests - direct.ok })
-          rows.push({
-            group,
-            scenario: `${scenario}: via gateway`,
-            concurrency,
-            itemsPerSec: via.itemsPerSec,
-            p50: via.p50,
-            p99: via.p99,
-            ratio: via.itemsPerSec / direct.itemsPerSec,
-            ratioTo: 'direct',
-            errors: via.requests - via.ok,
-            note: `${signed(via.p50 - direct.p50)} ms p50, ${signed(via.p99 - direct.p99)} ms p99; gateway CPU ${(cpuPerRequestMs * 1000).toFixed(0)} µs/request`,
-          })
+          rows.push(viaRow(group, `${scenario}: via gateway`, concurrency, via, direct, `${signed(via.p50 - direct.p50)} ms p50, ${signed(via.p99 - direct.p99)} ms p99; gateway CPU ${(cpuPerRequestMs * 1000).toFixed(0)} µs/request`))
           {
             const grpcFront = `http://127.0.0.1:${frontGrpc.apiPort}`
             await load(grpcFront, undefined, opts.warmupMs)
@@ -131,36 +125,14 @@ export async function scaleoutBench(opts: BenchOptions, log: (s: string) => void
             const viaGrpc = await load(grpcFront)
             const cpuGrpcMs = (cpuMs(frontGrpc.child.pid) - cpuG) / viaGrpc.requests
             raw[`${scenario} c${concurrency} gRPC upstream`] = { viaGrpc, gatewayCpuMsPerRequest: cpuGrpcMs }
-            rows.push({
-              group,
-              scenario: `${scenario}: via gateway, gRPC upstream`,
-              concurrency,
-              itemsPerSec: viaGrpc.itemsPerSec,
-              p50: viaGrpc.p50,
-              p99: viaGrpc.p99,
-              ratio: viaGrpc.itemsPerSec / direct.itemsPerSec,
-              ratioTo: 'direct',
-              errors: viaGrpc.requests - viaGrpc.ok,
-              note: `${(viaGrpc.itemsPerSec / via.itemsPerSec).toFixed(2)}× the REST upstream's throughput, ${signed(viaGrpc.p50 - via.p50)} ms p50; gateway CPU ${(cpuGrpcMs * 1000).toFixed(0)} µs/request`,
-            })
+            rows.push(viaRow(group, `${scenario}: via gateway, gRPC upstream`, concurrency, viaGrpc, direct, `${(viaGrpc.itemsPerSec / via.itemsPerSec).toFixed(2)}× the REST upstream's throughput, ${signed(viaGrpc.p50 - via.p50)} ms p50; gateway CPU ${(cpuGrpcMs * 1000).toFixed(0)} µs/request`))
           }
           if (nginx) {
             const proxy = `http://127.0.0.1:${nginx.port}`
             await load(proxy, undefined, opts.warmupMs)
             const viaNginx = await load(proxy)
             raw[`${scenario} c${concurrency}`] = { direct, via, viaNginx, gatewayCpuMsPerRequest: cpuPerRequestMs }
-            rows.push({
-              group,
-              scenario: `${scenario}: via nginx (plain proxy, 1 worker)`,
-              concurrency,
-              itemsPerSec: viaNginx.itemsPerSec,
-              p50: viaNginx.p50,
-              p99: viaNginx.p99,
-              ratio: viaNginx.itemsPerSec / direct.itemsPerSec,
-              ratioTo: 'direct',
-              errors: viaNginx.requests - viaNginx.ok,
-              note: `${signed(viaNginx.p50 - direct.p50)} ms p50, ${signed(viaNginx.p99 - direct.p99)} ms p99; Bulwark's hop keeps ${((via.itemsPerSec / viaNginx.itemsPerSec) * 100).toFixed(0)}% of nginx's throughput`,
-            })
+            rows.push(viaRow(group, `${scenario}: via nginx (plain proxy, 1 worker)`, concurrency, viaNginx, direct, `${signed(viaNginx.p50 - direct.p50)} ms p50, ${signed(viaNginx.p99 - direct.p99)} ms p99; Bulwark's hop keeps ${((via.itemsPerSec / viaNginx.itemsPerSec) * 100).toFixed(0)}% of nginx's throughput`))
           }
         }
       } finally {
