@@ -16,7 +16,7 @@
 // N instead of its default, to see how much of that cost the handshakes are. Every load is
 // bounded in time, targets 127.0.0.1 and stops by itself.
 
-import { readdirSync, readFileSync, statSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import net from 'node:net'
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads'
@@ -29,6 +29,7 @@ import { noDefences, startGateway, type GatewayProcess } from '../kit/gateway-pr
 import { secureEnv, type SecureEnv } from './secure-env.ts'
 import { mnistDigits, type BenchOptions } from './core.ts'
 import type { Row } from './report.ts'
+import { cpuSeconds, folderBytes, rssBytes } from './host.ts'
 
 const STALLED_UPLOADS = 32
 /** Each stalled-upload slot reconnects this long after the gateway closes it: about 640 attempts a second in all. */
@@ -38,27 +39,6 @@ const TCP_FIRST_MS = 5
 const JUNK_RATE = 200
 /** The abusive client's own loopback address, so per-address limits can tell it from the normal traffic. */
 const ABUSER = '127.0.0.2'
-
-/** CPU seconds (user + system) a process has used, from /proc (Linux). */
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-  return (Number(fields[11]) + Number(fields[12])) / 100 // utime, stime in clock ticks (100 Hz)
-}
-
-/** The gateway's resident set size, from /proc (Linux). */
-function rssBytes(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
-  return m ? Number(m[1]) * 1024 : NaN
-}
-
-function folderBytes(dir: string): number {
-  let total = 0
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name)
-    total += e.isDirectory() ? folderBytes(p) : statSync(p).size
-  }
-  return total
-}
 
 /** How the abusive client's connections ended: `reset` (closed by the gateway before the TLS handshake), an HTTP status, or `closed` (after the handshake, unanswered). */
 type Outcomes = Record<string, number>

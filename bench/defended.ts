@@ -25,16 +25,11 @@ import { closedLoop, type LoadResult } from './load.ts'
 import { rawOnnxParallel } from './raw-onnx.ts'
 import { mnistDigits, OCR_CLS, type BenchOptions } from './core.ts'
 import type { Row } from './report.ts'
+import { cpuSeconds } from './host.ts'
 
 const GROUP = 'defended'
 const ROUNDS = 4
 const CALLERS = 64
-
-/** /proc/PID/stat's user + system CPU seconds (Linux). */
-function cpuSeconds(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-  return (Number(f[11]) + Number(f[12])) / 100
-}
 
 interface Served {
   pid: number

@@ -11,7 +11,7 @@
 // Every load is bounded in count and time, targets 127.0.0.1 and stops by itself.
 
 import { execFileSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
@@ -32,15 +32,12 @@ import { closedLoop } from './load.ts'
 import { secureEnv } from './secure-env.ts'
 import { mnistDigits, type BenchOptions } from './core.ts'
 import type { Row } from './report.ts'
+import { folderBytes, rssBytes } from './host.ts'
 
 const GROUP = 'scale'
 const JOURNAL_CHARGES = [100_000, 1_000_000]
 const AUDIT_RECORDS = [100_000, 1_000_000]
 const CALLERS = [1_000, 10_000, 100_000]
-
-function folderBytes(dir: string): number {
-  return readdirSync(dir).reduce((n, f) => n + statSync(path.join(dir, f)).size, 0)
-}
 
 /** Opens a journal of `charges` live charges (10,000 callers, one window of an hour) and times the replay. */
 export async function journalReplay(charges: number): Promise<Row> {
@@ -106,11 +103,6 @@ export async function auditVerify(records: number): Promise<Row> {
   }
 }
 
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
-  return m ? Number(m[1]) / 1024 : NaN
-}
-
 /** One gateway with the bundled mnist policy; callers added in steps, each step measured over all callers so far. */
 async function manyCallers(opts: BenchOptions, log: (s: string) => void): Promise<Row[]> {
   const env = await secureEnv()
@@ -138,14 +130,14 @@ async function manyCallers(opts: BenchOptions, log: (s: string) => void): Promis
   const request = (i: number) => binaryRequest('mnist', 'input', [1, 1, 28, 28], digits[i % digits.length]!, { authorization: `Bearer ${tokens[i % tokens.length]}` })
   const rows: Row[] = []
   try {
-    const baseline = rssMiB(gw.child.pid!)
+    const baseline = rssBytes(gw.child.pid!) / 2 ** 20
     for (const n of CALLERS) {
       log(`${n} callers`)
       const first = tokens.length
       while (tokens.length < n) tokens.push(await mintToken(signing, { issuer: DEV_ISSUER, audience: DEV_AUDIENCE, subject: `caller-${tokens.length}`, scopes: ['mnist:infer'], ttlSeconds: 3600 }, realDeps))
       // Each new caller makes one request, so that it holds its state in every store.
       const fill = await closedLoop({ origin, connect: env.connect, concurrency: 16, maxRequests: n - first, durationMs: 600_000, next: (i) => request(first + i) })
-      const rss = rssMiB(gw.child.pid!)
+      const rss = rssBytes(gw.child.pid!) / 2 ** 20
       const load = await closedLoop({ origin, connect: env.connect, concurrency: 16, durationMs: opts.durationMs, warmupMs: opts.warmupMs, next: (i) => request((i * 7919) % n) })
       rows.push({
         group: GROUP,

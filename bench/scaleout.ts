@@ -25,12 +25,12 @@ import { noDefences, startGateway, type GatewayProcess } from '../kit/gateway-pr
 import { mnistDigits, type BenchOptions } from './core.ts'
 import { nginxMissing, startNginx, type Nginx } from './nginx.ts'
 import type { Row } from './report.ts'
+import { cpuSeconds } from './host.ts'
 
-/** CPU time (user + system, all threads) a process has used, in ms (Linux /proc; clock ticks at 100 Hz). */
+/** CPU time (user + system, all threads) a process has used, in ms; NaN once it is gone. */
 function cpuMs(pid: number | undefined): number {
   try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-    return (Number(fields[11]) + Number(fields[12])) * 10
+    return cpuSeconds(pid!) * 1000
   } catch {
     return NaN
   }

@@ -1,0 +1,27 @@
+// What the benches read of this machine about a process or a folder: CPU time and resident
+// memory from /proc (Linux), and the bytes a folder holds.
+
+import { readdirSync, readFileSync, statSync } from 'node:fs'
+import path from 'node:path'
+
+/** CPU seconds (user + system, all threads) a process has used, from /proc/PID/stat (clock ticks at 100 Hz). */
+export function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / 100 // utime, stime
+}
+
+/** A process's resident set size in bytes, from /proc/PID/status; NaN when it is not there. */
+export function rssBytes(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  return m ? Number(m[1]) * 1024 : NaN
+}
+
+/** Bytes of the files in `dir` and its sub-folders. */
+export function folderBytes(dir: string): number {
+  let total = 0
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name)
+    total += e.isDirectory() ? folderBytes(p) : statSync(p).size
+  }
+  return total
+}
