@@ -52,8 +52,6 @@ export function createClientLimitLink(config: ClientLimitsConfig, deps: { clock:
   const forgotten = new Counter('bulwark_client_limit_evictions_total', 'Clients forgotten by the per-client limit because clientLimits.maxClients others were seen more recently.')
   const buckets = new TokenBuckets({ perSecond: rate, burst, maxKeys: maxClients, onForget: () => forgotten.inc() })
   const limited = new Counter('bulwark_client_rate_limited_total', 'Requests refused before authentication because their client (certificate, or address without TLS) was past clientLimits.burst at clientLimits.requestsPerSecond.')
-  // Requests this link refused took no token, so they have none to give back.
-  const refused = new WeakSet<RequestContext>()
   const tracked = new Gauge('bulwark_client_limit_clients', 'Clients the per-client limit holds a bucket for (at most clientLimits.maxClients).', () => [[{}, buckets.size]])
 
   return {
@@ -67,7 +65,6 @@ export function createClientLimitLink(config: ClientLimitsConfig, deps: { clock:
       const waitMs = buckets.take(key, clock.monotonicMs())
       if (waitMs === 0) return
       limited.inc()
-      refused.add(ctx)
       const waitS = Math.max(1, Math.ceil(waitMs / 1000))
       throw new BulwarkError('client_rate_limited', 'too many requests from this client; retry after the Retry-After delay', {
         reason: `client ${key} is past its burst of ${burst} at ${rate} requests/s (clientLimits)`,
@@ -75,7 +72,9 @@ export function createClientLimitLink(config: ClientLimitsConfig, deps: { clock:
       })
     },
     onDestroy(ctx: RequestContext) {
-      if (refused.has(ctx) || ctx.principal === null) return
+      // Only jwt-auth, a headers link, sets a principal: a request this link refused (it took no
+      // token) never got that far, so it has none.
+      if (ctx.principal === null) return
       buckets.charge(clientKeyOf(ctx.client), clock.monotonicMs(), -1)
     },
   }
