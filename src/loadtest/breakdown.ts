@@ -5,8 +5,10 @@
 // server. Links are grouped into the defences an operator thinks in.
 //
 // The link histogram has no model label: other traffic to the same gateway during a step
-// is counted in it too. The request histogram's time not spent in any link (routing,
-// encoding the answer, waiting for the event loop) is reported as its own row.
+// is counted in it too. The transport times its own work beside the links (encoding the
+// answer, writing it to the socket: the 'answer' group). The request histogram's time not
+// spent in any of them (routing between fastify's hooks, waiting for the event loop) is
+// reported as its own row.
 
 /** Histogram sums and counts, by series (`name{labels}` as in the exposition). */
 export type Scrape = Map<string, number>
@@ -35,8 +37,11 @@ export const LINK_GROUPS: ReadonlyMap<string, string> = new Map(Object.entries({
   'audit-log': 'audit',
   metrics: 'other',
   'model-stats': 'other',
+  // The transport's own work (src/transport/http-chain.ts, grpc-chain.ts), timed beside the links.
+  'encode-answer': 'answer',
+  'send-answer': 'answer',
 }))
-export const GROUP_ORDER = ['front door', 'validation', 'screening', 'queue + inference', 'privacy', 'audit', 'other', 'outside the links']
+export const GROUP_ORDER = ['front door', 'validation', 'screening', 'queue + inference', 'privacy', 'audit', 'answer', 'other', 'outside the links']
 
 /** The _sum and _count samples of the two histograms in a Prometheus text exposition. */
 export function parseScrape(text: string): Scrape {

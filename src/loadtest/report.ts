@@ -14,6 +14,7 @@ const GROUP_COLORS: Record<string, string> = {
   'queue + inference': '#76b7b2',
   privacy: '#59a14f',
   audit: '#edc948',
+  answer: '#ff9da7',
   other: '#b07aa1',
   'outside the links': '#bab0ac',
 }
@@ -74,7 +75,7 @@ function breakdown(result: BenchResult): string {
     return x ? `${f(x.perRequestMs)} (${Math.round(x.share * 100)}%)` : '-'
   })])
   const links = steps.map((s) => `<details><summary>${esc(`${s.mode} ${s.level}: every link`)}</summary><table>${tr(['link', 'defence', 'observations', 'mean ms', 'ms per request', 'share'], 'th')}${s.breakdown!.links.map((l) => tr([l.link, l.group, String(l.count), f(l.meanMs, 3), f(l.perRequestMs, 3), `${(l.share * 100).toFixed(1)}%`], 'td')).join('')}</table></details>`)
-  return `<h2>Where the time goes</h2><p>From the gateway's own histograms (<code>bulwark_stage_duration_seconds</code> by link, <code>bulwark_request_duration_seconds</code> by model), diffed over each step's measurement. "outside the links" is the server time no link accounts for (routing, encoding and sending the answer, waiting for the event loop). Link times count every request the gateway served in the step, also other clients'.</p><div class="row"><figure>${chart}<figcaption>Mean server time per request, split by defence.</figcaption></figure></div><table>${tr(head, 'th')}${rows.map((r) => tr(r, 'td')).join('')}</table>${links.join('')}`
+  return `<h2>Where the time goes</h2><p>From the gateway's own histograms (<code>bulwark_stage_duration_seconds</code> by link, <code>bulwark_request_duration_seconds</code> by model), diffed over each step's measurement. "answer" is the transport encoding the answer and writing it to the socket; "outside the links" is the server time nothing timed accounts for (routing between the framework's hooks, waiting for the event loop). Link times count every request the gateway served in the step, also other clients'.</p><div class="row"><figure>${chart}<figcaption>Mean server time per request, split by defence.</figcaption></figure></div><table>${tr(head, 'th')}${rows.map((r) => tr(r, 'td')).join('')}</table>${links.join('')}`
 }
 
 const CSS = `body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}table{border-collapse:collapse;margin:8px 0 16px}th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;font-size:13px}th{background:#f4f4f4}td:last-child,th:last-child{text-align:left}.row{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0}figcaption{font-size:12px;color:#555;max-width:560px}code{background:#f4f4f4;padding:0 3px}.meta{color:#555;font-size:13px}`

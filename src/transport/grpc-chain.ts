@@ -176,7 +176,9 @@ async function serveCall<Req>(o: Serving, name: string, method: Method<Req>, cal
     await runPhase(chain, 'arrival', ctx, clock)
     await runPhase(chain, 'headers', ctx, clock)
     if (ctx.target.verb !== 'server') await runPhase(chain, 'body', ctx, clock)
+    const encoding = clock.monotonicMs()
     answer = method.answer(ctx, call.request)
+    ctx.stageMs['encode-answer'] = clock.monotonicMs() - encoding
     ctx.response = { status: 200, bytesOut: null }
   } catch (err) {
     const e = refuse(ctx, asBulwarkError(err), 'transport')
@@ -195,12 +197,16 @@ async function serveCall<Req>(o: Serving, name: string, method: Method<Req>, cal
     ctx.response = { status: e.status, bytesOut: null }
   }
   const err = ctx.error
+  // Timed beside the links, so that the request's server time adds up: serialising the
+  // answer and handing it to the HTTP/2 stream.
+  const sending = clock.monotonicMs()
   try {
     if (err) {
       logRefusal(o.log, ctx, err, name)
       callback({ code: grpc.status[errorGrpcStatus[err.code]], details: err.message, metadata: trailers(ctx, err) })
     } else callback(null, answer, trailers(ctx, null))
   } finally {
+    ctx.stageMs['send-answer'] = clock.monotonicMs() - sending
     destroyChain(chain, ctx, (link, e) => o.log.error({ link, err: e }, 'a link failed to clean up after a request'))
   }
 }

@@ -7,6 +7,10 @@
 //   handler     the route turns the context into the protocol's answer (src/routes/inference-api.ts)
 //   onSend      the response phase (the audit record) once the answer is final
 //   close       each link's onDestroy, however the exchange ended
+// The transport's own work is timed beside the links' (ctx.stageMs), so that a request's
+// server time adds up: `encode-answer` from the last phase to the response phase (the route
+// encoding the answer, or the error handler writing a refusal's body) and `send-answer` from
+// the response phase to the end of the exchange (writing the answer to the socket).
 // Refusals by the transport itself (unknown route, a fastify error) are recorded on the
 // context as a typed value like any link's.
 
@@ -174,10 +178,21 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     })
   }
 
+  // When the last phase ended, and when the response phase ended (see the header).
+  const phaseEndMs = new WeakMap<RequestContext, number>()
+  const respondedMs = new WeakMap<RequestContext, number>()
+  const timeSince = (ctx: RequestContext, from: WeakMap<RequestContext, number>, segment: 'encode-answer' | 'send-answer') => {
+    const since = from.get(ctx)
+    if (since !== undefined) ctx.stageMs[segment] = clock.monotonicMs() - since
+  }
+
   const begin = (request: FastifyRequest, reply: FastifyReply): RequestContext => {
     const ctx = contextOf(request)
     request.ctx = ctx
-    const end = () => destroyChain(chain, ctx, (link, err) => o.log.error({ link, err }, 'a link failed to clean up after a request'))
+    const end = () => {
+      timeSince(ctx, respondedMs, 'send-answer')
+      destroyChain(chain, ctx, (link, err) => o.log.error({ link, err }, 'a link failed to clean up after a request'))
+    }
     // 'close' fires once the answer is sent or the connection is gone, whichever comes first.
     if (reply.raw.closed) end()
     else reply.raw.once('close', end)
@@ -200,6 +215,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     // client closes it: closing it after the answer lets the shutdown finish with the work.
     else if (o.closing()) reply.header('connection', 'close')
     ctx.response = { status: reply.statusCode, bytesOut: byteLength(payload) }
+    timeSince(ctx, phaseEndMs, 'encode-answer')
     try {
       await runPhase(chain, 'response', ctx, clock)
       return payload
@@ -211,6 +227,8 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
       reply.removeHeader('content-length')
       reply.type('application/json; charset=utf-8')
       return JSON.stringify(errorBody(e))
+    } finally {
+      respondedMs.set(ctx, clock.monotonicMs())
     }
   }
 
@@ -222,12 +240,21 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
 
   api.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const ctx = begin(request, reply)
-    await runPhase(chain, 'arrival', ctx, clock)
-    await runPhase(chain, 'headers', ctx, clock)
+    try {
+      await runPhase(chain, 'arrival', ctx, clock)
+      await runPhase(chain, 'headers', ctx, clock)
+    } finally {
+      phaseEndMs.set(ctx, clock.monotonicMs())
+    }
   })
   api.addHook('preHandler', async (request: FastifyRequest) => {
     const ctx = request.ctx
-    if (ctx && ctx.target.verb !== 'server') await runPhase(chain, 'body', ctx, clock)
+    if (!ctx || ctx.target.verb === 'server') return
+    try {
+      await runPhase(chain, 'body', ctx, clock)
+    } finally {
+      phaseEndMs.set(ctx, clock.monotonicMs())
+    }
   })
   api.addHook('onSend', async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
     const ctx = request.ctx
@@ -255,6 +282,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     answerUnrouted(err, request, reply) {
       // Fastify runs no hooks for router errors: the context and the response phase are run here.
       const ctx = begin(request, reply)
+      phaseEndMs.set(ctx, clock.monotonicMs())
       refuse(ctx, err, 'router')
       const body = JSON.stringify(errorBody(err))
       reply.code(err.status).type('application/json; charset=utf-8')

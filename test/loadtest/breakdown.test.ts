@@ -1,7 +1,9 @@
 // The breakdown against a real gateway's admin /metrics: two scrapes around N inferences
 // diff to exactly N timed requests, every front-door and body link observed N times, each
-// under its defence, shares between 0 and 1 that (with the time outside the links) add up to
-// the server's time. And the stability rule on windows built by hand: three windows within
+// under its defence, the transport's encoding and sending of the answer observed N times too,
+// the timed parts together no more than the server's time (they are disjoint parts of it),
+// shares between 0 and 1 that (with the time outside the links) add up to the server's time;
+// a refused request's answer is timed as well. And the stability rule on windows built by hand: three windows within
 // the percentage are stable, one off is not, fewer than three never are.
 
 import t from 'tap'
@@ -32,11 +34,24 @@ t.test('two scrapes of a real /metrics around N inferences', async (t) => {
     t.equal(byLink.get(link)?.count, N, `${link} observed once per request`)
     t.equal(byLink.get(link)?.group, group, `${link} belongs to ${group}`)
   }
+  for (const link of ['encode-answer', 'send-answer']) {
+    t.equal(byLink.get(link)?.count, N, `${link} observed once per request`)
+    t.equal(byLink.get(link)?.group, 'answer', `${link} belongs to answer`)
+  }
+  const timed = b.links.reduce((s, l) => s + l.perRequestMs, 0)
+  t.ok(timed <= b.serverMeanMs * (1 + 1e-9), `the timed parts (${timed.toFixed(3)} ms) fit in the server time (${b.serverMeanMs.toFixed(3)} ms): none overlaps another`)
   for (const l of b.links) t.ok(l.share >= 0 && l.share <= 1, `${l.link}: a share between 0 and 1`)
   const total = b.groups.reduce((s, g) => s + g.share, 0)
   t.ok(Math.abs(total - 1) < 1e-9, 'the groups, with the time outside the links, make up the server time')
   t.equal(diffScrapes(after, after, 'mnist'), null, 'no request between two scrapes: no breakdown')
   t.equal(diffScrapes(before, after, 'ocr-cls'), null, 'a model that saw no request: no breakdown')
+
+  const refused = await gw.request('/v2/models/mnist/infer', { body, token: await gw.token({ scopes: ['other:use'] }) })
+  t.equal(refused.status, 403, 'a token without the scope is refused')
+  const r = diffScrapes(after, await scrape(), 'mnist')!
+  const answer = new Map(r.links.map((l) => [l.link, l.count]))
+  t.same([r.requests, answer.get('encode-answer'), answer.get('send-answer')], [1, 1, 1], "the refusal's answer is encoded and sent under the same two timings")
+  t.notOk(answer.has('model-inference'), 'and it never reached the model')
 })
 
 t.test('parseScrape reads sums and counts, skips buckets and other metrics', async (t) => {

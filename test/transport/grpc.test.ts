@@ -264,6 +264,7 @@ t.test('the audit records of an answered and a refused call', async (t) => {
   t.match(answered, { method: 'POST', model: 'ocr-cls', version: '1', verb: 'infer', status: 200, stage: 'complete', identity: { id: DEV_WORKLOAD }, principal: { sub: 'dev' } })
   t.equal(answered.inputs.length, 1, 'the input digest is recorded')
   t.equal(answered.outputs.length, 1, 'the output digest is recorded')
+  t.ok(answered.stageMs['encode-answer'] >= 0, "encoding the answer is timed beside the links (it comes before the record; sending it, after)")
   const refused = recs.at(-1)
   t.match(refused, { decision: 'denied', status: 401, code: 'unauthenticated', stage: 'jwt-auth', identity: { id: DEV_WORKLOAD }, principal: null })
 })
