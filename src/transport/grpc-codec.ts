@@ -144,8 +144,8 @@ export function inferBody(m: InferRequestMessage): IncomingBody {
   return { bytes, headerLength: String(head.byteLength) }
 }
 
-/** One output's typed contents (numbers as the proto's fields take them). */
-function typedContents(t: Tensor): TensorContents {
+/** A tensor's typed contents (numbers as the proto's fields take them): an answer's outputs, and the bench's typed inputs. */
+export function typedContents(t: Tensor): TensorContents {
   const field = contentsField[t.datatype]
   if (field === null) throw bad(`output "${t.name}" is ${t.datatype}, sent as raw bytes only; ask for binary_data on this output`)
   const values: unknown[] = new Array(t.data.length)
