@@ -55,6 +55,10 @@ export interface ScreeningFlag {
   score: number
   threshold: number
   alarm: boolean
+  /** The items (0-based, request order) of a batch this per-item detector withheld; absent when none. */
+  withheld?: number[]
+  /** The request was answered from the degraded mechanism (screening.onAlarm: degrade) because of this alarm or cool-down. */
+  degraded?: true
 }
 
 export interface Exchange {
@@ -168,6 +172,11 @@ export interface RequestContext {
   variants: ScreeningVariants | null
   result: InferenceResult | null
   flags: ScreeningFlag[]
+  /**
+   * Items of a batch refused one by one by a per-item detector, with the detector that refused
+   * each (set by screen-input and screen-output; screen-output zeroes their rows in the answer).
+   */
+  withheldItems?: Map<number, string>
   /** Privacy accounting for this answer (set by privacy-charge). */
   privacy: { epsilonSpent: number; epsilonLeft: number; deltaSpent?: number } | null
   /** The noised answer and verdict flips, paid for (set by privacy-charge when the model's answers carry noise). */

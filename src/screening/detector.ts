@@ -33,6 +33,8 @@ export interface DetectorResult {
   score: number
   threshold: number
   alarm: boolean
+  /** A per-item detector's alarm for each item, in the request's order (`alarm` is true when any is). */
+  items?: readonly boolean[]
 }
 
 /** What the stage and the metrics read of any detector. */
@@ -45,6 +47,12 @@ interface DetectorInfo {
   readonly alarmWhen: 'above' | 'below'
   readonly refusal: Refusal
   readonly mode: ScreeningMode
+  /**
+   * Whether the detector judges each item on its own (its result has `items`): in a batch, the
+   * items it refuses are withheld and the others answered. A detector without it judges the
+   * caller's stream, and its alarm refuses the whole request.
+   */
+  readonly perItem?: boolean
   /** Transformed copies of an item that the model must also run, in the same batch as the original. */
   variants?(item: Float32Array): Float32Array[]
   /** Memory held by per-principal state in this process, for metrics and tests. */

@@ -38,13 +38,14 @@ export function createFeatureBoundsDetector(o: FeatureBoundsOptions): Detector {
     alarmWhen: 'above',
     refusal: 'suspicious_input',
     mode: o.mode,
+    perItem: true,
     inspect(batch: ScreenBatch): DetectorResult {
-      let score = 0
-      for (const item of batch.items) {
+      const scores = batch.items.map((item) => {
         if (item.length !== o.lower.length) throw new Error(`feature bounds: item has ${item.length} values, the calibration ${o.lower.length}`)
-        score = Math.max(score, boundsExcess(item, o.lower, o.upper, span))
-      }
-      return { score, threshold: o.threshold, alarm: score > o.threshold }
+        return boundsExcess(item, o.lower, o.upper, span)
+      })
+      const score = scores.reduce((a, b) => Math.max(a, b), 0)
+      return { score, threshold: o.threshold, alarm: score > o.threshold, items: scores.map((x) => x > o.threshold) }
     },
   }
 }

@@ -35,13 +35,14 @@ export function createFeatureSqueezingDetector(o: FeatureSqueezingOptions): Dete
     alarmWhen: 'above',
     refusal: 'suspicious_input',
     mode: o.mode,
+    perItem: true,
     variants: o.squeeze,
     inspect(batch: ScreenBatch, variantProbabilities): DetectorResult {
       const probabilities = batch.probabilities
       if (!probabilities || !variantProbabilities) throw new Error('feature squeezing needs the model output for each item and its variants')
-      let score = 0
-      probabilities.forEach((p, i) => (score = Math.max(score, squeezingScore(p, variantProbabilities[i]!))))
-      return { score, threshold: o.threshold, alarm: score > o.threshold }
+      const scores = probabilities.map((p, i) => squeezingScore(p, variantProbabilities[i]!))
+      const score = scores.reduce((a, b) => Math.max(a, b), 0)
+      return { score, threshold: o.threshold, alarm: score > o.threshold, items: scores.map((x) => x > o.threshold) }
     },
   }
 }

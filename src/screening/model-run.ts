@@ -113,3 +113,17 @@ export async function runWithVariants(
     ...scoresOf(result, io, n, variants[0]?.length ?? 0),
   }
 }
+
+/**
+ * Zeroes the rows of `items` in every batch-first tensor of `batch` rows (in place): a
+ * withheld item's answer. Tensors whose first dimension is not the batch are left alone.
+ */
+export function withholdRows(tensors: readonly Tensor[], items: Iterable<number>, batch: number): void {
+  const rows = [...items]
+  for (const t of tensors) {
+    if (t.shape[0] !== batch || batch === 0) continue
+    const per = t.data.length / batch
+    const zero = t.data instanceof BigInt64Array || t.data instanceof BigUint64Array ? 0n : 0
+    for (const i of rows) (t.data.fill as (v: number | bigint, start: number, end: number) => unknown)(zero, i * per, (i + 1) * per)
+  }
+}

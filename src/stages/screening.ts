@@ -19,9 +19,18 @@
 //         and ctx.charged (screen-output), the model's `screening:` policy as compiled by
 //         src/screening/build.ts.
 // Writes: ctx.flags (one flag per detector that scored the request: detector, score,
-//         threshold, alarm; audited with the request), ctx.modelRequest and ctx.variants
-//         (screen-variants: the layout, the screened output and the verdicts to pay for),
-//         ctx.result (screen-output: the originals' rows only).
+//         threshold, alarm, and the items it withheld; audited with the request),
+//         ctx.withheldItems, ctx.modelRequest and ctx.variants (screen-variants: the layout,
+//         the screened output and the verdicts to pay for), ctx.result (screen-output: the
+//         originals' rows only, withheld items' rows zeroed, and the response parameters
+//         screening_withheld_items and screening_withheld_code) and the paid copies in
+//         ctx.charged (the same rows zeroed).
+//
+// Per item: a detector that judges each item on its own (feature squeezing, feature bounds)
+// refuses a single item as before, and in a batch withholds only the items it refuses (each
+// item's verdict, with noise, released by its own paid randomized-response flip); the request
+// is refused only when every item is withheld. A detector of the caller's stream (stateful,
+// extraction) and the cool-down refuse the whole request (docs/screening.md, "Batches").
 // Throws: attack_suspected (403) for an enforced stateful or extraction alarm, and while
 //         the caller sits out a cool-down after one; suspicious_input (422) for an
 //         enforced feature-squeezing verdict (with noise, as randomized response released it)
@@ -46,8 +55,8 @@ import type { Clock } from '../deps.ts'
 import type { ModelScreening } from '../screening/build.ts'
 import { memoryCooldowns, type Cooldowns } from '../screening/cooldowns.ts'
 import type { AnyDetector, DetectorResult, ScreenBatch } from '../screening/detector.ts'
-import { originalsOnly, rowsOf, scoresOf, withVariants } from '../screening/model-run.ts'
-import type { ChargedRelease, RequestContext, Stage } from '../types.ts'
+import { originalsOnly, rowsOf, scoresOf, withholdRows, withVariants } from '../screening/model-run.ts'
+import type { ChargedRelease, RequestContext, ScreeningFlag, ScreeningVariants, Stage } from '../types.ts'
 
 /** What the stage reports per scored detector (metrics). */
 export interface ScreeningObserver {
@@ -98,9 +107,13 @@ export function judgesRawScores(d: AnyDetector): boolean {
   return d.needs === 'output' && d.variants !== undefined
 }
 
-/** How many verdicts on raw scores a request to this model may get, each paid for by privacy-charge: one per enforcing detector that reads them. */
-export function paidVerdicts(s: ModelScreening): number {
-  return s.detectors.filter((d) => judgesRawScores(d) && d.mode === 'enforce').length
+/**
+ * How many verdicts on raw scores a request of `items` items to this model may get, each paid
+ * for by privacy-charge: per enforcing detector that reads them, one per item when it judges
+ * items one by one (each item's verdict is released on its own), else one.
+ */
+export function paidVerdicts(s: ModelScreening, items = 1): number {
+  return s.detectors.filter((d) => judgesRawScores(d) && d.mode === 'enforce').reduce((n, d) => n + (d.perItem ? items : 1), 0)
 }
 
 const unpaid = (model: string, what: string) =>
@@ -133,18 +146,31 @@ function createJudges(deps: AdversarialScreenDeps, cooldowns: Cooldowns) {
   }
 
   /**
-   * Flags and counts one detector's result; returns the refusal to throw, if any. `flipped`:
-   * randomized response turns the verdict (the flag keeps the detector's own alarm).
+   * Flags and counts one detector's result; returns the refusal to throw, if any. `flips`:
+   * randomized response turns the verdicts, one flip per verdict (the flag keeps the detector's
+   * own alarm). A per-item detector judging a batch withholds the items it refuses
+   * (ctx.withheldItems) and refuses the request only once every item is withheld; a single item
+   * is refused as before.
    */
-  const decide = (ctx: RequestContext, s: ModelScreening, d: AnyDetector, result: DetectorResult | null, flipped = false): BulwarkError | null => {
+  const decide = (ctx: RequestContext, s: ModelScreening, d: AnyDetector, result: DetectorResult | null, flips?: readonly boolean[]): BulwarkError | null => {
     if (!result) return null
-    ctx.flags.push({ detector: d.name, score: result.score, threshold: result.threshold, alarm: result.alarm })
-    const verdict = result.alarm !== flipped
+    const flag: ScreeningFlag = { detector: d.name, score: result.score, threshold: result.threshold, alarm: result.alarm }
+    ctx.flags.push(flag)
+    const alarms = d.perItem && result.items ? result.items : [result.alarm]
+    const verdicts = alarms.map((alarm, i) => alarm !== (flips?.[i] ?? false))
+    const verdict = verdicts.some(Boolean)
     const action = verdict && d.mode === 'enforce' ? 'refused' : result.alarm || verdict ? 'flagged' : 'passed'
     deps.observer?.scored(s.model, d.name, result, action)
     if (action !== 'refused') return null
+    if (verdicts.length > 1) {
+      flag.withheld = verdicts.flatMap((v, i) => (v ? [i] : []))
+      const withheld = (ctx.withheldItems ??= new Map())
+      for (const i of flag.withheld) if (!withheld.has(i)) withheld.set(i, d.name)
+      if (withheld.size < verdicts.length) return null
+      return new BulwarkError(d.refusal, REFUSALS[d.refusal], { reason: `every item of the batch refused by screening on model ${s.model}, the last by ${d.name} (threshold ${result.threshold})` })
+    }
     return new BulwarkError(d.refusal, REFUSALS[d.refusal], {
-      reason: flipped
+      reason: !result.alarm
         ? `${d.name} on model ${s.model}: score ${result.score} ${d.alarmWhen === 'above' ? '<=' : '>='} threshold ${result.threshold}, no alarm, refused by the verdict's randomized response (docs/privacy.md)`
         : `${d.name} alarm on model ${s.model}: score ${result.score} ${d.alarmWhen === 'above' ? '>' : '<'} threshold ${result.threshold}`,
     })
@@ -191,15 +217,16 @@ function createJudges(deps: AdversarialScreenDeps, cooldowns: Cooldowns) {
       const readsRaw = judgesRawScores(d)
       const judged = inspect(s, d, readsRaw ? raw : released, own(d))
       const result = judged instanceof Promise ? await judged : judged
-      let flipped = false
+      let flips: readonly boolean[] | undefined
       if (paid && readsRaw && d.mode === 'enforce') {
-        // A verdict on raw scores leaves only through randomized response, paid for ahead; one
-        // that had nothing to say would say something too, so it must always judge.
-        const flip = paid.verdictFlips[verdicts++]
-        if (flip === undefined || !result) throw unpaid(s.model, `the ${d.name} verdict`)
-        flipped = flip
+        // A verdict on raw scores leaves only through randomized response, paid for ahead (one
+        // per item for a per-item detector); one that had nothing to say would say something
+        // too, so it must always judge.
+        const n = d.perItem ? raw.items.length : 1
+        flips = paid.verdictFlips.slice(verdicts, (verdicts += n))
+        if (flips.length !== n || !result || (d.perItem && result.items?.length !== n)) throw unpaid(s.model, `the ${d.name} verdict`)
       }
-      const refusal = decide(ctx, s, d, result, flipped)
+      const refusal = decide(ctx, s, d, result, flips)
       if (refusal) refusals.push({ d, refusal })
     }
     if (refusals.length === 0) return
@@ -208,6 +235,19 @@ function createJudges(deps: AdversarialScreenDeps, cooldowns: Cooldowns) {
   }
 
   return { shared, judgeInput, judgeOutput }
+}
+
+/**
+ * The answer to a batch some of whose items were refused one by one: their rows are zeroed in
+ * every output, raw and paid copy alike (so whichever output-privacy releases, or the raw one
+ * without it), and the response says which (a parameter: OIP v2 parameters are scalars).
+ */
+function withhold(ctx: RequestContext, items: number): void {
+  const withheld = [...ctx.withheldItems!.keys()].sort((a, b) => a - b)
+  const result = ctx.result!
+  withholdRows(result.outputs, withheld, items)
+  if (ctx.charged) withholdRows([...ctx.charged.outputs.values()], withheld, items)
+  result.parameters = { ...result.parameters, screening_withheld_items: withheld.join(','), screening_withheld_code: 'suspicious_input' }
 }
 
 export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLinks {
@@ -261,8 +301,28 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
       const makers = s.detectors.filter((d) => d.variants)
       const made = makers.map((d) => batch.items.map((item) => d.variants!(item)))
       ctx.modelRequest = withVariants(ctx.request!, s, batch.items.map((_, i) => made.flatMap((perItem) => perItem[i]!)))
-      ctx.variants = { originals: batch.items.length, perDetector: made.map((m) => m[0]?.length ?? 0), output: s.outputName, verdicts: paidVerdicts(s) }
+      ctx.variants = { originals: batch.items.length, perDetector: made.map((m) => m[0]?.length ?? 0), output: s.outputName, verdicts: paidVerdicts(s, batch.items.length) }
     },
+  }
+
+  /** The output-side detectors on the model's answers; the variants stripped first. */
+  const judgeAnswers = async (ctx: RequestContext, s: ModelScreening, batch: ScreenBatch, layout: ScreeningVariants) => {
+    const perItem = layout.perDetector.reduce((a, b) => a + b, 0)
+    const scores = scoresOf(ctx.result!, s, layout.originals, perItem)
+    const paid = ctx.charged
+    const raw = { ...batch, probabilities: scores.probabilities }
+    const released = paid ? { ...batch, probabilities: releasedRows(paid, s) } : raw
+    // The model's answer is stripped to the caller's items and outputs before anything can
+    // be released, whatever the detectors decide.
+    ctx.result = originalsOnly(ctx.result!, layout.originals, ctx.request!.outputs)
+    const makers = s.detectors.filter((d) => d.variants)
+    const own = (d: AnyDetector) => {
+      const k = makers.indexOf(d)
+      if (k < 0) return undefined
+      const offset = layout.perDetector.slice(0, k).reduce((a, b) => a + b, 0)
+      return scores.variantProbabilities.map((v) => v.slice(offset, offset + layout.perDetector[k]!))
+    }
+    await judgeOutput(ctx, s, raw, released, paid, own)
   }
 
   const screenOutput: Stage = {
@@ -271,25 +331,9 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
     verbs: ['infer'],
     async run(ctx: RequestContext) {
       const found = screened(ctx)
-      const layout = ctx.variants
-      if (!found || !layout || !ctx.result) return
-      const { s, batch } = found
-      const perItem = layout.perDetector.reduce((a, b) => a + b, 0)
-      const scores = scoresOf(ctx.result, s, layout.originals, perItem)
-      const paid = ctx.charged
-      const raw = { ...batch, probabilities: scores.probabilities }
-      const released = paid ? { ...batch, probabilities: releasedRows(paid, s) } : raw
-      // The model's answer is stripped to the caller's items and outputs before anything can
-      // be released, whatever the detectors decide.
-      ctx.result = originalsOnly(ctx.result, layout.originals, ctx.request!.outputs)
-      const makers = s.detectors.filter((d) => d.variants)
-      const own = (d: AnyDetector) => {
-        const k = makers.indexOf(d)
-        if (k < 0) return undefined
-        const offset = layout.perDetector.slice(0, k).reduce((a, b) => a + b, 0)
-        return scores.variantProbabilities.map((v) => v.slice(offset, offset + layout.perDetector[k]!))
-      }
-      await judgeOutput(ctx, s, raw, released, paid, own)
+      if (!found || !ctx.result) return
+      if (ctx.variants) await judgeAnswers(ctx, found.s, found.batch, ctx.variants)
+      if (ctx.withheldItems?.size) withhold(ctx, found.batch.items.length)
     },
   }
 

@@ -198,3 +198,21 @@ t.test('at start: with noise, screening must read a protected output and a scree
   t.match(screeningPrivacyProblems(screening, compiled({ budget: { ...bundled.output.budget, epsilon: 1.5 * EPSILON } })), [/\/output\/budget\/epsilon: a one-item request costs one answer and 1 screening verdicts/])
   t.same(screeningPrivacyProblems(screening, compiled({ outputs: ['scores'], noise: { ...bundled.output.noise, mechanism: 'none' } })), [], 'without noise there is nothing to pay for')
 })
+
+t.test('in a batch, each item\'s squeezing verdict is paid for and released by its own flip', async (t) => {
+  const { run, chainNames } = setup()
+  const screenOutput = chainNames.indexOf('screen-output')
+  const digits = [test.images[0]!, test.images[1]!, test.images[2]!]
+  const ctx = request(digits[0]!)
+  ctx.request = { ...ctx.request!, inputs: [{ name: 'input', datatype: 'FP32', shape: [3, 1, 28, 28], data: Float32Array.from(digits.flatMap((d) => Array.from(d))) }], batchSize: 3 }
+  t.equal(await run(ctx, 0, screenOutput), null)
+  t.equal(ctx.charged!.verdictFlips.length, 3, 'one verdict per item')
+  t.equal(ctx.privacy?.epsilonSpent, 6 * EPSILON, 'three answers and three verdicts')
+  ctx.charged = { ...ctx.charged!, verdictFlips: [false, true, false] }
+  t.equal(await run(ctx, screenOutput), null, 'the batch is answered')
+  const label = ctx.result!.outputs[0]!.data as Float32Array
+  t.same(Array.from(label.subarray(10, 20)), new Array(10).fill(0), 'the flipped item is withheld')
+  t.equal(label.subarray(0, 10).reduce((a, b) => a + b, 0) + label.subarray(20, 30).reduce((a, b) => a + b, 0), 2, 'the others keep their labels')
+  t.equal(ctx.result!.parameters.screening_withheld_items, '1')
+  t.same(ctx.flags.find((f) => f.detector === 'feature-squeezing')?.withheld, [1])
+})
