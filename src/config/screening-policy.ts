@@ -88,7 +88,7 @@ export const StatefulPolicy = Type.Object(
     /**
      * Recent queries of ALL callers of the model kept in one more history, judged like a
      * caller's own (same k and threshold), so probing split over many identities alarms too
-     * (detector `stateful-callers`). 0: off. In process (per replica with state.redis).
+     * (detector `stateful-callers`). 0: off. With state.redis, one ring per model in Redis.
      */
     acrossCallers: Type.Integer({ minimum: 0, maximum: 100_000, default: 0 }),
   },

@@ -6,8 +6,9 @@
 // query detector and its model-wide index over all callers (all before the model runs), then
 // feature squeezing, then extraction (after it). Before inference the first enforcing alarm ends the screening; after it every
 // detector judges, so the extraction detector counts refused queries too. With a shared
-// store (`state.redis`), the stateful and extraction detectors keep their per-principal state
-// in Redis (stateful-shared.ts, prada-shared.ts); the others keep none.
+// store (`state.redis`), the stateful and extraction detectors keep their per-principal state,
+// and the model-wide index its one ring, in Redis (stateful-shared.ts, prada-shared.ts,
+// stateful-callers.ts); the others keep none.
 
 import path from 'node:path'
 import type { ScreeningMode, ScreeningPolicy } from '../config/screening-policy.ts'
@@ -26,7 +27,7 @@ import { createSharedPradaDetector } from './prada-shared.ts'
 import type { ScreeningStore } from './shared-store.ts'
 import { parseSqueezer, parseSqueezers, type ItemLayout } from './squeezers.ts'
 import { createStatefulDetector } from './stateful.ts'
-import { createCallersIndexDetector } from './stateful-callers.ts'
+import { createCallersIndexDetector, createSharedCallersIndexDetector } from './stateful-callers.ts'
 import { createSharedStatefulDetector } from './stateful-shared.ts'
 
 export interface ModelScreening {
@@ -132,13 +133,14 @@ export function compileScreening(
       // The model-wide index has its own history: resizing it keeps the callers' histories.
       const { threshold: _t, mode: _m, acrossCallers: _a, ...shape } = st
       const key = JSON.stringify(['stateful', shape, layout, !!shared])
-      detectors.push(keepHistory(previous?.detectors, key, options, () => (shared ? createSharedStatefulDetector(options, model, shared) : createStatefulDetector(options))))
+      detectors.push(keepHistory(previous?.detectors, key, options, () => (shared ? createSharedStatefulDetector(options, model, shared, random) : createStatefulDetector(options))))
       if (st.acrossCallers > 0) {
         if (st.k > st.acrossCallers) problems.push(`/screening/stateful/acrossCallers: ${st.acrossCallers} is smaller than k ${st.k}; the k nearest must fit in it (or 0: off)`)
         else {
           const across = { k: st.k, size: st.acrossCallers, threshold, mode: options.mode, encoder: options.encoder }
-          const acrossKey = JSON.stringify(['stateful-callers', st.k, st.poolSize, st.acrossCallers, layout])
-          detectors.push(keepHistory(previous?.detectors, acrossKey, across, () => createCallersIndexDetector(across)))
+          const acrossKey = JSON.stringify(['stateful-callers', st.k, st.poolSize, st.acrossCallers, layout, !!shared])
+          const makeAcross = () => (shared ? createSharedCallersIndexDetector(across, model, shared, random) : createCallersIndexDetector(across))
+          detectors.push(keepHistory(previous?.detectors, acrossKey, across, makeAcross))
         }
       }
     }

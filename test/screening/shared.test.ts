@@ -95,8 +95,10 @@ if (redis) {
       if (!same(r1, r2)) differs = q
     }
     t.equal(differs, -1, 'every result the same')
-    const key = (await raw.keys(`bulwark-test:${run}:wrap:screening:stateful:*`))[0]!
-    t.equal(await raw.strlen(key), 40 + 12 * (16 + 49 * 4), 'Redis holds 12 slots of a digest and a pooled vector (49 floats, not the 784 inputs)')
+    const keys = (await raw.keys(`bulwark-test:${run}:wrap:screening:stateful:*`)).sort()
+    t.same(keys.map((k) => k.slice(-2)), [':d', ':v'], 'two keys: digests and vectors')
+    t.equal(await raw.strlen(keys[0]!), 52 + 12 * 16, 'Redis holds a header and 12 digests')
+    t.equal(await raw.strlen(keys[1]!), 12 * 49 * 4, 'and 12 pooled vectors (49 floats, not the 784 inputs)')
   })
 
   t.test('extraction: Jacobian augmentation alternated between two replicas raises the alarm at the same query as against one', async (t) => {
@@ -168,8 +170,8 @@ if (redis) {
     t.equal((await header(part('s')))[0], 60, 'extraction: 60 distinct queries remembered')
     t.equal((await header(part('d')))[0], distances, `extraction: ${distances} distances recorded`)
     t.equal(await raw.get(part('v')), '60', 'extraction: one write per request')
-    const ring = (await raw.getBuffer(`${prefix}stateful:mnist:h1000d49:racer`))!
-    t.equal(Number(ring.toString('latin1', 0, 10)), 60, 'stateful: 60 queries in the ring')
+    const ring = (await raw.getBuffer(`${prefix}stateful:mnist:h1000d49:racer:d`))!
+    t.equal(Number(ring.toString('latin1', 16, 32)), 60, 'stateful: 60 queries in the ring')
   })
 
   t.test('every key expires: TTLs on what each detector writes', async (t) => {
