@@ -33,7 +33,7 @@
 // Options (defaults in brackets): --parts shipped,settings,budget [shipped]  --seed N [1]
 //   --test-digits N [2999]  --quick (a smoke test of the shipped part: 2 windows, 1 and 2
 //   identities, fewer digits; about 15 s)
-//   shipped: --windows N [24]  --identities 1,10  --round-steps N surrogate training per
+//   shipped: --windows N [24]  --identities 1,10 (none: honest callers only)  --round-steps N surrogate training per
 //   window [25000]  --screened-batch N digits per attack request with screening [8]
 //   --honest-singles N [2999]  --honest-batches N [47]  --undefended-candidates N per side [2000]
 //   --policy-override FILE a YAML file whose top-level sections (output:, screening:, ...)
@@ -352,7 +352,7 @@ const budgetResult = parts.has('budget') && values['budget-experiment'] === 'tru
 async function shippedPart(): Promise<{ runs: ShippedRun[]; undefended: UndefendedMembership }> {
   const o: ShippedOptions = {
     windows: Number(values.windows),
-    identities: values.identities!.split(',').map(Number),
+    identities: values.identities === 'none' ? [] : values.identities!.split(',').map(Number),
     snapshots: [1],
     roundSteps: Number(values['round-steps']),
     lambda: 0.1,

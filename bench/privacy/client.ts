@@ -43,8 +43,8 @@ export interface ClientOptions {
   waitOnBudget?: boolean
 }
 
-/** One request of up to 64 digits: the released rows and parameters, or the refusal. */
-export async function inferDigits(o: Pick<ClientOptions, 'url' | 'dispatcher'>, images: Float32Array[], token: string): Promise<{ rows: Float64Array[]; parameters: Record<string, unknown> } | { status: number; code: string; retryAfter: string | undefined }> {
+/** One request of up to 64 digits: the released rows (null: an item screening withheld, the rest of the batch answered) and parameters, or the refusal. */
+export async function inferDigits(o: Pick<ClientOptions, 'url' | 'dispatcher'>, images: Float32Array[], token: string): Promise<{ rows: (Float64Array | null)[]; parameters: Record<string, unknown> } | { status: number; code: string; retryAfter: string | undefined }> {
   const data = new Float32Array(images.length * PIXELS)
   images.forEach((img, i) => data.set(img, i * PIXELS))
   const head = Buffer.from(JSON.stringify({ inputs: [{ name: 'input', datatype: 'FP32', shape: [images.length, 1, 28, 28], parameters: { binary_data_size: data.byteLength } }] }))
@@ -61,9 +61,11 @@ export async function inferDigits(o: Pick<ClientOptions, 'url' | 'dispatcher'>, 
   }
   const out = (body.outputs as { name: string; shape: number[]; data: number[] }[]).find((t) => t.name === 'probabilities')!
   const classes = out.shape[1]!
-  const rows: Float64Array[] = []
-  for (let i = 0; i < images.length; i++) rows.push(Float64Array.from(out.data.slice(i * classes, (i + 1) * classes)))
-  return { rows, parameters: (body.parameters as Record<string, unknown>) ?? {} }
+  const parameters = (body.parameters as Record<string, unknown>) ?? {}
+  const withheld = new Set(String(parameters.screening_withheld_items ?? '').split(',').filter(Boolean).map(Number))
+  const rows: (Float64Array | null)[] = []
+  for (let i = 0; i < images.length; i++) rows.push(withheld.has(i) ? null : Float64Array.from(out.data.slice(i * classes, (i + 1) * classes)))
+  return { rows, parameters }
 }
 
 export function mnistClient(o: ClientOptions): MnistClient {
@@ -91,7 +93,7 @@ export function mnistClient(o: ClientOptions): MnistClient {
           }
           if ('rows' in r) {
             r.rows.forEach((row, i) => (rows[start + i] = row))
-            answered += r.rows.length
+            answered += r.rows.filter((row) => row !== null).length
             parameters = r.parameters
             epsilonCost += Number(r.parameters.privacy_epsilon_cost ?? 0)
           } else {

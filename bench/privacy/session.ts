@@ -22,7 +22,7 @@ export interface PolicyCost {
   /** The window's budget, ε. */
   budget: number
   windowMs: number
-  /** Charged screening verdicts per request (0: screening off). */
+  /** Charged screening verdicts per item (0: screening off): each item's squeezing verdict is released on its own. */
   verdicts: number
   /** The screening cool-down after a 403 attack_suspected, ms (0: none). */
   cooldownMs: number
@@ -44,6 +44,8 @@ export interface WindowResult {
   refusalStages: Record<string, number>
   /** Items sent in refused requests (lost to the caller). */
   refusedItems: number
+  /** Items withheld by screening from answered batches (the rest of the batch answered). */
+  withheldItems: number
   /** ε charged in this window (answers and charged refusals). */
   epsilon: number
   cooldowns: number
@@ -71,12 +73,12 @@ export async function spendWindow(t: SessionTarget, sub: string, take: (n: numbe
   const stages = t.gw.gateway.stages.map((s) => s.name)
   const chargedAfter = stages.indexOf('privacy-charge')
   const token = await t.gw.token({ sub, ttlSeconds: 6 * 3600 })
-  const r: WindowResult = { answers: [], requests: 0, answeredRequests: 0, refusals: {}, refusalStages: {}, refusedItems: 0, epsilon: 0, cooldowns: 0 }
+  const r: WindowResult = { answers: [], requests: 0, answeredRequests: 0, refusals: {}, refusalStages: {}, refusedItems: 0, withheldItems: 0, epsilon: 0, cooldowns: 0 }
   let left = units(budget, epsilon)
   let spentAtLastAnswer = 0
   let chargedSince = 0
   for (;;) {
-    const room = left - verdicts
+    const room = Math.floor(left / (1 + verdicts))
     const n = o.fixed ? (room >= maxBatch ? maxBatch : 0) : Math.min(maxBatch, room)
     if (n <= 0) break
     const items = take(n)
@@ -86,7 +88,8 @@ export async function spendWindow(t: SessionTarget, sub: string, take: (n: numbe
     r.requests++
     if ('rows' in res) {
       r.answeredRequests++
-      res.rows.forEach((row, k) => r.answers.push({ id: items[k]!.id, label: argmax(row) }))
+      // An item screening withheld from an answered batch is a refused item, not an answer.
+      res.rows.forEach((row, k) => (row ? r.answers.push({ id: items[k]!.id, label: argmax(row) }) : r.withheldItems++))
       spentAtLastAnswer = Number(res.parameters.privacy_epsilon_spent ?? 0)
       chargedSince = 0
       left = units(Number(res.parameters.privacy_epsilon_left ?? 0), epsilon)
@@ -99,8 +102,8 @@ export async function spendWindow(t: SessionTarget, sub: string, take: (n: numbe
     const where = `${res.code} (${String(line.stage)})`
     r.refusalStages[where] = (r.refusalStages[where] ?? 0) + 1
     if (stages.indexOf(String(line.stage)) > chargedAfter && chargedAfter >= 0) {
-      chargedSince += (items.length + verdicts) * epsilon
-      left -= items.length + verdicts
+      chargedSince += items.length * (1 + verdicts) * epsilon
+      left -= items.length * (1 + verdicts)
     }
     if (res.code === 'attack_suspected' && cooldownMs > 0) {
       r.cooldowns++
@@ -115,13 +118,14 @@ export async function spendWindow(t: SessionTarget, sub: string, take: (n: numbe
 
 /** Empty totals, and a way to add a window's result to them. */
 export function emptyTotals(): Omit<WindowResult, 'answers'> {
-  return { requests: 0, answeredRequests: 0, refusals: {}, refusalStages: {}, refusedItems: 0, epsilon: 0, cooldowns: 0 }
+  return { requests: 0, answeredRequests: 0, refusals: {}, refusalStages: {}, refusedItems: 0, withheldItems: 0, epsilon: 0, cooldowns: 0 }
 }
 
 export function addWindow(to: Omit<WindowResult, 'answers'>, w: WindowResult): void {
   to.requests += w.requests
   to.answeredRequests += w.answeredRequests
   to.refusedItems += w.refusedItems
+  to.withheldItems += w.withheldItems
   to.epsilon += w.epsilon
   to.cooldowns += w.cooldowns
   for (const [k, v] of Object.entries(w.refusals)) to.refusals[k] = (to.refusals[k] ?? 0) + v

@@ -22,7 +22,7 @@ export function shippedTables(runs: ShippedRun[], o: { windowMs: number; heldOut
   const out: string[] = []
   const c = runs[0]?.cost
   if (o.policy) out.push(`mnist policy: ${o.policy}`)
-  if (c) out.push(`shipped policies: ε ${c.epsilon} per charge, budget ε ${int(c.budget)} per ${hours(1)} per identity (${Math.floor(c.budget / c.epsilon + 1e-6)} charges); screening on: +${runs.find((r) => r.screening)?.cost.verdicts ?? 0} charge per request`)
+  if (c) out.push(`shipped policies: ε ${c.epsilon} per charge, budget ε ${int(c.budget)} per ${hours(1)} per identity (${Math.floor(c.budget / c.epsilon + 1e-6)} charges); screening on: +${runs.find((r) => r.screening)?.cost.verdicts ?? 0} charge per item (its squeezing verdict)`)
   out.push('', 'honest callers (held-out digits, each identity sends what one hour allows):')
   out.push(
     ...table(

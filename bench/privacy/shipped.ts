@@ -172,8 +172,9 @@ const batchOf = (t: SessionTarget, o: ShippedOptions) => (t.cost.verdicts > 0 ? 
 /** Answers per window one identity can buy (full requests of `batch`, then one to fill), none refused. */
 function capacity(c: PolicyCost, batch: number): number {
   const units = Math.floor(c.budget / c.epsilon + 1e-6)
-  const full = Math.floor(units / (batch + c.verdicts))
-  return full * batch + Math.max(0, units - full * (batch + c.verdicts) - c.verdicts)
+  const perItem = 1 + c.verdicts
+  const full = Math.floor(units / (batch * perItem))
+  return full * batch + Math.floor((units - full * batch * perItem) / perItem)
 }
 
 /** Runs `windows` windows of k identities, each spending its budget on `take`; calls `after` per window. */
