@@ -3,7 +3,8 @@
 // - audit: strict durability with group commit vs audit off, ocr-cls binary c64;
 // - output privacy: the bundled mnist output policy vs output protection off, mnist c64;
 // - screening: feature squeezing + stateful detectors, stateful detectors alone,
-//   and screening off, mnist c64.
+//   and screening off, mnist c64; then the per-request Redis traffic of the shared stateful
+//   ring and index (bench/screening-redis.ts).
 
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
@@ -15,6 +16,7 @@ import { repoRoot } from '../kit/paths.ts'
 import { secureEnv } from './secure-env.ts'
 import { mnistDigits, type BenchOptions } from './core.ts'
 import type { Row } from './report.ts'
+import { screeningRedisRows } from './screening-redis.ts'
 
 type Variant = { name: string; config: Record<string, unknown> }
 
@@ -112,9 +114,12 @@ export async function screeningBench(opts: BenchOptions, log: (s: string) => voi
   // Distinct held-out digits, as a benign client sends: the stateful detectors must not fire.
   const digits = mnistDigits(1000).map((d) => binaryRequest('mnist', 'input', [1, 1, 28, 28], d))
   const variant = (name: string, s: Record<string, unknown>) => ({ name, config: { ...noDefences, policies: { directory: env.policies({ mnist: { screening: s } }) }, models } })
-  return compare('screening', [
+  const measured = await compare('screening', [
     variant('screening off', { enabled: false }),
     variant('bundled screening (squeezing + stateful + extraction)', screening),
     variant('stateful detector only', statefulOnly),
   ], (origin, durationMs, warmupMs) => closedLoop({ origin, concurrency: 64, durationMs, warmupMs, next: (i) => digits[i % digits.length]! }), env.dir, log, opts)
+  // With state.redis: what the shared stateful ring and index cost per request in Redis traffic.
+  const redis = await screeningRedisRows(log)
+  return { rows: [...measured.rows, ...redis], raw: { throughput: measured.raw, redis } }
 }

@@ -1,0 +1,138 @@
+// Per-request Redis traffic of shared screening state (`state.redis`): the stateful detector's
+// per-caller ring and the model-wide index (src/screening/shared-ring.ts), each measured on its
+// own with the bundled mnist policy's settings (k, history, acrossCallers, pool size), on a
+// redis-server of its own (loopback, no persistence). Two replicas (two Redis clients, as two
+// gateways hold) take single-digit requests in turn from 20 callers sending distinct held-out
+// digits; the figures are taken once every ring is full (the most each request can bring back).
+// Reported per request: bytes sent plus received on the replicas' sockets, round trips (the
+// server's command count), and Redis CPU (the server's time in the script); and the worst
+// case, a replica's first request for a caller whose full ring it holds no copy of.
+// `node bench/screening-redis.ts` prints the rows alone; `npm run bench -- --only screening`
+// prints them after the throughput rows.
+
+import { Redis } from 'ioredis'
+import { readFileSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { parse } from 'yaml'
+import { freePort } from '../kit/gateway-process.ts'
+import { repoRoot } from '../kit/paths.ts'
+import { loadMnist } from '../models/mnist/data.ts'
+import { cryptoRandom } from '../src/deps.ts'
+import type { SharedDetector } from '../src/screening/detector.ts'
+import { poolingEncoder } from '../src/screening/encoder.ts'
+import { createSharedCallersIndexDetector } from '../src/screening/stateful-callers.ts'
+import { createSharedStatefulDetector } from '../src/screening/stateful-shared.ts'
+import { REDIS_SERVER, spawnRedis } from '../test/helpers/scaleout.ts'
+import type { Row } from './report.ts'
+
+const GROUP = 'screening'
+const CALLERS = 20
+const MEASURED = 1000
+const LAYOUT = { channels: 1, height: 28, width: 28, lo: 0, hi: 1 }
+
+/** Bytes a Redis client has sent and received on its socket so far. */
+export function socketBytes(client: Redis): number {
+  return client.stream.bytesWritten + client.stream.bytesRead
+}
+
+/** The server's count of calls and CPU microseconds in scripts (EVALSHA and EVAL). */
+async function scriptStats(raw: Redis): Promise<{ calls: number; usec: number }> {
+  const info = await raw.info('commandstats')
+  let calls = 0
+  let usec = 0
+  for (const m of info.matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+),usec=(\d+)/g)) {
+    calls += Number(m[1])
+    usec += Number(m[2])
+  }
+  return { calls, usec }
+}
+
+interface Measured {
+  bytesPerRequest: number
+  maxBytes: number
+  roundTrips: number
+  usecPerRequest: number
+  coldBytes: number
+}
+
+/** Fills every ring, then measures MEASURED requests alternating between two replicas, then one cold replica's first request. */
+async function measure(make: (client: Redis) => SharedDetector, clients: Redis[], raw: Redis, fill: number): Promise<Measured> {
+  const [a, b, cold] = clients.map(make)
+  const replicas = [a!, b!]
+  const images = loadMnist().test.images
+  let next = 0
+  const digit = () => images[next++ % images.length]!
+  const send = (i: number, d: SharedDetector) => d.inspect({ principal: `caller-${i % CALLERS}`, items: [digit()], digests: [0] })
+  for (let i = 0; i < fill; i++) await send(i, replicas[i % 2]!)
+  const before = await scriptStats(raw)
+  let bytes = 0
+  let maxBytes = 0
+  for (let i = 0; i < MEASURED; i++) {
+    const client = clients[i % 2]!
+    const start = socketBytes(client)
+    await send(i, replicas[i % 2]!)
+    const used = socketBytes(client) - start
+    bytes += used
+    maxBytes = Math.max(maxBytes, used)
+  }
+  const after = await scriptStats(raw)
+  const start = socketBytes(clients[2]!)
+  await send(0, cold!)
+  return { bytesPerRequest: bytes / MEASURED, maxBytes, roundTrips: (after.calls - before.calls) / MEASURED, usecPerRequest: (after.usec - before.usec) / MEASURED, coldBytes: socketBytes(clients[2]!) - start }
+}
+
+export async function screeningRedisRows(log: (s: string) => void): Promise<Row[]> {
+  if (!REDIS_SERVER) return [{ group: GROUP, scenario: 'per-request Redis traffic', itemsPerSec: NaN, note: 'not measured: redis-server is not installed' }]
+  const policy = parse(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8')) as { screening: { stateful: { k?: number; poolSize?: number; historyPerPrincipal?: number; acrossCallers?: number } } }
+  const st = policy.screening.stateful
+  const k = st.k ?? 20
+  const history = st.historyPerPrincipal ?? 1000
+  const across = st.acrossCallers || 1000
+  const encoder = poolingEncoder(LAYOUT, st.poolSize ?? 4)
+  const port = await freePort()
+  const dir = mkdtempSync(path.join(tmpdir(), 'bulwark-bench-redis-'))
+  const server = await spawnRedis(['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'])
+  const url = `redis://127.0.0.1:${port}/0`
+  const open = async (prefix: string) => {
+    const c = new Redis(url, { keyPrefix: prefix, lazyConnect: true, enableOfflineQueue: false })
+    await c.connect()
+    return c
+  }
+  const raw = await open('')
+  const all: Redis[] = [raw]
+  try {
+    const ttlMs = 3_600_000
+    const rows: Row[] = []
+    const row = (what: string, m: Measured, setting: string): Row => ({
+      group: GROUP,
+      scenario: `per-request Redis traffic, ${what}`,
+      itemsPerSec: NaN,
+      note:
+        `${(m.bytesPerRequest / 1024).toFixed(2)} KiB sent+received per single-digit request (max ${(m.maxBytes / 1024).toFixed(2)} KiB), ${m.roundTrips.toFixed(2)} round trips, ` +
+        `Redis CPU ${m.usecPerRequest.toFixed(0)} us; ${setting}, 2 replicas alternating, ${CALLERS} callers, rings full; a replica's first request for a full ring: ${(m.coldBytes / 1024).toFixed(0)} KiB`,
+    })
+    log('per-request Redis traffic: stateful ring')
+    const ringClients = await Promise.all([0, 1, 2].map(() => open('bench:ring:')))
+    all.push(...ringClients)
+    const ring = await measure((c) => createSharedStatefulDetector({ k, historyPerPrincipal: history, maxPrincipals: 10_000, maxStoredQueries: 200_000, threshold: 0, mode: 'enforce', encoder }, 'mnist', { redis: c, ttlMs }, cryptoRandom), ringClients, raw, CALLERS * history)
+    rows.push(row('stateful ring (per caller)', ring, `historyPerPrincipal ${history}`))
+    log('per-request Redis traffic: model-wide index')
+    const indexClients = await Promise.all([0, 1, 2].map(() => open('bench:index:')))
+    all.push(...indexClients)
+    const index = await measure((c) => createSharedCallersIndexDetector({ k, size: across, threshold: 0, mode: 'enforce', encoder }, 'mnist', { redis: c, ttlMs }, cryptoRandom), indexClients, raw, across)
+    rows.push(row('model-wide index (acrossCallers)', index, `acrossCallers ${across}`))
+    const used = /used_memory:(\d+)/.exec(await raw.info('memory'))
+    rows.push({ group: GROUP, scenario: 'Redis memory of shared screening state', itemsPerSec: NaN, note: `${(Number(used?.[1]) / 2 ** 20).toFixed(1)} MiB used for ${CALLERS} full per-caller rings and one full index (capped: history and acrossCallers slots; keys expire with screeningStateTtlMs)` })
+    return rows
+  } finally {
+    await Promise.all(all.map((c) => c.quit().catch(() => {})))
+    await server.stop()
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+if (import.meta.main) {
+  for (const r of await screeningRedisRows((s) => process.stderr.write(`${s}\n`))) console.log(`${r.scenario}: ${r.note}`)
+}
