@@ -1,6 +1,6 @@
 // The bench's client side: one interface the load generator drives, whatever the protocol.
-// REST over undici today; a gRPC client implements the same LoadClient (send one prepared
-// request, say how it ended) and the rest of the tool does not change.
+// REST over undici here; gRPC in src/transport/grpc-client.ts (driven by src/loadtest/grpc.ts):
+// send one prepared request, say how it ended, and the rest of the tool does not change.
 
 import { Pool, type Dispatcher } from 'undici'
 
@@ -34,6 +34,8 @@ export interface RestClientOptions {
   tls?: Record<string, unknown>
   /** Sent as `authorization: Bearer ...` on every request. */
   token?: string
+  /** Several callers' tokens: each request carries the next one in turn (round robin); overrides token. */
+  tokens?: string[]
   /** Whether to read error bodies for their code (a GET scrape needs not). */
   readCodes?: boolean
 }
@@ -73,11 +75,25 @@ async function sendOn(pool: Dispatcher, r: LoadRequest, headers: Record<string, 
 
 export function restClient(o: RestClientOptions): LoadClient {
   const pool = new Pool(o.origin, { connections: o.connections, pipelining: 1, keepAliveTimeout: 60_000, ...(o.tls ? { connect: o.tls } : {}) })
-  const headers: Record<string, string> = o.token !== undefined ? { authorization: `Bearer ${o.token}` } : {}
+  // One connection pool for every caller: the identity is the request's token, not its connection.
+  const tokens = o.tokens && o.tokens.length > 0 ? o.tokens : o.token !== undefined ? [o.token] : []
+  const headers: Record<string, string>[] = tokens.length > 0 ? tokens.map((t) => ({ authorization: `Bearer ${t}` })) : [{}]
   const readCodes = o.readCodes ?? true
+  let next = 0
   return {
-    send: (r) => sendOn(pool, r, headers, readCodes),
+    send: (r) => sendOn(pool, r, headers[next++ % headers.length]!, readCodes),
     close: () => pool.close(),
+  }
+}
+
+/** Spreads requests over several clients in turn (one per caller, where a client holds its caller's credentials). */
+export function roundRobin(clients: LoadClient[]): LoadClient {
+  let next = 0
+  return {
+    send: (r) => clients[next++ % clients.length]!.send(r),
+    close: async () => {
+      await Promise.all(clients.map((c) => c.close()))
+    },
   }
 }
 

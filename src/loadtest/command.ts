@@ -8,16 +8,18 @@ import { writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import type { Deps } from '../deps.ts'
 import { diffScrapes, parseScrape, type Scrape } from './breakdown.ts'
-import { getJson, restClient, type LoadClient, type LoadRequest, type RestClientOptions } from './client.ts'
+import { getJson, type LoadClient, type LoadRequest } from './client.ts'
 import { RequestBudget, Recorder, startClosedLoop, startOpenLoop, type LoadSession } from './generator.ts'
-import { BenchInputError, encodeRequest, generateTensors, hasRawTensors, inputFiles, inputSpecs, poolSize, readRequestFiles, type MetadataTensor } from './inputs.ts'
+import { callersHint } from './callers.ts'
+import { BenchInputError, generateTensors, hasRawTensors, inputFiles, poolSize, readRequestFiles } from './inputs.ts'
 import { measureStep } from './measure.ts'
 import { BENCH_HELP } from './help.ts'
 import { BenchUsageError, parseBenchArgs, type BenchOptions } from './options.ts'
 import { formatCsv, formatJson, formatTable, redactArgv, type BenchResult } from './output.ts'
+import { openProtocol, type Protocol } from './protocol.ts'
 import { renderReport } from './report.ts'
 import { summarise } from './stats.ts'
-import { BenchTargetError, checkTarget, loadCredentials, type Credentials } from './target.ts'
+import { BenchTargetError, checkTarget, loadCredentials } from './target.ts'
 
 export const BENCH_USAGE = `  bench --model NAME [--url URL] [--concurrency 1,4,16 | --rate 200,400] [--duration 5s]
         [--metrics ADMIN_URL/metrics] [--csv F] [--json F] [--report F.html] ...
@@ -35,33 +37,17 @@ export interface BenchIo {
 /** Most requests waiting for an answer in an open loop before further due requests are dropped. */
 const MAX_IN_FLIGHT = 4096
 
-/** The model's inputs, from its metadata (GET /v2/models/NAME). */
-async function metadataInputs(o: BenchOptions, rest: RestClientOptions): Promise<MetadataTensor[]> {
-  const where = `/v2/models/${encodeURIComponent(o.model)}${o.modelVersion !== undefined ? `/versions/${encodeURIComponent(o.modelVersion)}` : ''}`
-  let meta: { status: number; body: unknown }
-  try {
-    meta = await getJson(rest, where)
-  } catch (err) {
-    throw new BenchTargetError(`cannot reach ${o.url.origin}: ${(err as { code?: string }).code ?? (err as Error).message}; check --url, and --cacert/--cert/--key for an https gateway`)
-  }
-  if (meta.status !== 200) {
-    const code = (meta.body as { code?: string })?.code ?? `HTTP ${meta.status}`
-    throw new BenchTargetError(`cannot read the metadata of ${o.model} (GET ${where}): ${code}; the token needs the model's metadata scope, or give request files with --input`)
-  }
-  return inputSpecs(meta.body, o.model)
-}
-
-async function buildRequests(o: BenchOptions, rest: RestClientOptions, cwd: string): Promise<LoadRequest[]> {
+async function buildRequests(o: BenchOptions, protocol: Protocol, cwd: string): Promise<LoadRequest[]> {
   if (o.inputs !== undefined) {
     if (o.batch !== 1) throw new BenchInputError('--batch shapes generated inputs; with --input each file gives its own batch')
     const files = await inputFiles(path.resolve(cwd, o.inputs))
-    const inputs = hasRawTensors(files) ? await metadataInputs(o, rest) : undefined
-    return readRequestFiles(files, { model: o.model, version: o.modelVersion, binary: o.binary, ...(inputs ? { inputs } : {}) })
+    const inputs = hasRawTensors(files) ? await protocol.inputs() : undefined
+    return readRequestFiles(files, { model: o.model, version: o.modelVersion, binary: o.binary, ...(inputs ? { inputs } : {}), ...(o.protocol === 'rest' ? {} : { encode: (t) => protocol.encode(t) }) })
   }
-  const inputs = await metadataInputs(o, rest)
+  const inputs = await protocol.inputs()
   const one = generateTensors(inputs, { batch: o.batch, seed: o.seed, range: o.range, n: 1 })
-  const size = encodeRequest(o.model, o.modelVersion, one[0]!, o.binary).body!.length
-  return generateTensors(inputs, { batch: o.batch, seed: o.seed, range: o.range, n: poolSize(size) }).map((t) => encodeRequest(o.model, o.modelVersion, t, o.binary))
+  const size = protocol.encode(one[0]!).body!.length
+  return generateTensors(inputs, { batch: o.batch, seed: o.seed, range: o.range, n: poolSize(size) }).map((t) => protocol.encode(t))
 }
 
 async function scrape(url: URL): Promise<Scrape> {
@@ -104,20 +90,19 @@ function progressLine(io: BenchIo, quiet: boolean, total: number): Progress {
   }
 }
 
-async function runSteps(o: BenchOptions, io: BenchIo, creds: Credentials, requests: LoadRequest[], argv: string[]): Promise<BenchResult> {
+async function runSteps(o: BenchOptions, io: BenchIo, protocol: Protocol, callers: number, requests: LoadRequest[], argv: string[]): Promise<BenchResult> {
   const clock = io.deps.clock
   const deadlineMs = clock.monotonicMs() + o.maxDurationMs
   const budget = new RequestBudget(o.maxRequests)
   const progress = progressLine(io, o.quiet, o.mode.levels.length)
   const mode = o.mode.kind === 'closed' ? 'concurrency' : 'rate'
-  const result: BenchResult = { command: ['bulwark', 'bench', ...redactArgv(argv)], target: o.url.origin, model: o.model, protocol: o.protocol, encoding: o.binary ? 'binary' : 'json', batch: requests[0]?.items ?? o.batch, steps: [], stoppedEarly: null }
+  const result: BenchResult = { command: ['bulwark', 'bench', ...redactArgv(argv)], target: protocol.target, model: o.model, protocol: o.protocol, encoding: o.binary ? 'binary' : o.protocol === 'grpc' ? 'typed' : 'json', callers, batch: requests[0]?.items ?? o.batch, steps: [], stoppedEarly: null }
   for (const level of o.mode.levels) {
     if (clock.monotonicMs() >= deadlineMs || budget.remaining <= 0) {
       result.stoppedEarly = budget.remaining <= 0 ? 'the run reached --max-requests' : 'the run reached --max-duration'
       break
     }
-    const connections = o.mode.kind === 'closed' ? level : o.mode.connections
-    const client: LoadClient = restClient({ origin: o.url.origin, connections, ...(creds.tls ? { tls: creds.tls } : {}), ...(creds.token !== undefined ? { token: creds.token } : {}) })
+    const client: LoadClient = protocol.client(o.mode.kind === 'closed' ? { closedLoopClients: level } : { connections: o.mode.connections })
     const recorder = new Recorder(clock)
     const common = { client, clock, recorder, budget, next: (i: number) => requests[i % requests.length]! }
     const session = o.mode.kind === 'closed' ? startClosedLoop({ ...common, concurrency: level }) : startOpenLoop({ ...common, ratePerSec: level, maxInFlight: MAX_IN_FLIGHT })
@@ -177,12 +162,14 @@ export async function benchCommand(argv: string[], io: BenchIo): Promise<number>
     if (o.metricsUrl) checkTarget(o.metricsUrl, o.allowTarget, '--metrics')
     const creds = await loadCredentials(o, io.cwd, io.deps)
     if (!o.quiet) for (const note of creds.notes) io.err(`bulwark bench: ${note}\n`)
-    const rest: RestClientOptions = { origin: o.url.origin, connections: 1, ...(creds.tls ? { tls: creds.tls } : {}), ...(creds.token !== undefined ? { token: creds.token } : {}) }
-    const requests = await buildRequests(o, rest, io.cwd)
+    const protocol = openProtocol(o, creds, io.deps.clock)
+    const requests = await buildRequests(o, protocol, io.cwd)
     if (o.metricsUrl) await scrape(o.metricsUrl)
-    const result = await runSteps(o, io, creds, requests, argv)
+    const result = await runSteps(o, io, protocol, Math.max(1, creds.tokens.length), requests, argv)
     io.out(formatTable(result))
     if (result.steps.length > 0 && result.steps.every((s) => s.stats.ok === 0)) io.err('bulwark bench: no request succeeded; the errors column says why\n')
+    const hint = callersHint(result.steps, result.callers ?? 1)
+    if (hint) io.err(`bulwark bench: ${hint}\n`)
     await writeOutputs(o, io, result)
     return 0
   } catch (err) {

@@ -174,13 +174,15 @@ export const hasRawTensors = (files: string[]) => files.some((f) => RAW.test(f))
 
 /**
  * The requests of --input's files: OIP v2 JSON requests, sent as written (re-encoded with
- * --binary), and raw tensors of the model's one input (`inputs`: its metadata).
+ * --binary), and raw tensors of the model's one input (`inputs`: its metadata). `encode`,
+ * where given (another protocol), encodes every file's tensors.
  */
-export async function readRequestFiles(files: string[], o: { model: string; version: string | undefined; binary: boolean; inputs?: MetadataTensor[] }): Promise<LoadRequest[]> {
+export async function readRequestFiles(files: string[], o: { model: string; version: string | undefined; binary: boolean; inputs?: MetadataTensor[]; encode?: (tensors: TensorSpec[]) => LoadRequest }): Promise<LoadRequest[]> {
   const requests: LoadRequest[] = []
+  const encode = o.encode ?? ((tensors: TensorSpec[]) => encodeRequest(o.model, o.version, tensors, o.binary))
   for (const file of files) {
     if (RAW.test(file)) {
-      requests.push(encodeRequest(o.model, o.version, tensorOfRaw(file, await readFile(file), o.inputs), o.binary))
+      requests.push(encode(tensorOfRaw(file, await readFile(file), o.inputs)))
       continue
     }
     const text = await readFile(file, 'utf8')
@@ -191,9 +193,9 @@ export async function readRequestFiles(files: string[], o: { model: string; vers
       throw new BenchInputError(`${file} is not a JSON request: ${(err as Error).message}`)
     }
     const tensors = tensorsOfFile(file, parsed)
-    // As JSON the file goes as it is (its outputs and parameters too); --binary re-encodes its tensors.
-    const encoded = encodeRequest(o.model, o.version, tensors, o.binary)
-    requests.push(o.binary ? encoded : { ...encoded, body: text })
+    // As JSON over REST the file goes as it is (its outputs and parameters too); --binary, or gRPC, re-encodes its tensors.
+    const encoded = encode(tensors)
+    requests.push(o.binary || o.encode ? encoded : { ...encoded, body: text })
   }
   return requests
 }

@@ -10,12 +10,14 @@ export interface BenchOptions {
   url: URL
   model: string
   modelVersion?: string
-  /** REST today; a gRPC client plugs in behind the same LoadClient interface (src/loadtest/client.ts). */
-  protocol: 'rest'
+  /** OIP v2 REST, or inference.GRPCInferenceService (url is then https://HOST:PORT, or http:// without TLS). */
+  protocol: 'rest' | 'grpc'
   cacert?: string
   cert?: string
   key?: string
   token?: { kind: 'value' | 'file' | 'command'; value: string }
+  /** Identities the load is spread over (--callers); absent: 1, or one per line of --token-file/--token-command. */
+  callers?: number
   metricsUrl?: URL
   mode: LoadMode
   /** A fixed measurement per step; absent: windows of windowMs until stable. */
@@ -50,6 +52,7 @@ export class BenchUsageError extends Error {
 
 export const DEFAULTS = {
   url: 'https://127.0.0.1:8443',
+  grpcUrl: '127.0.0.1:8444',
   windowMs: 1000,
   stabilityPercent: 10,
   maxWindows: 10,
@@ -64,6 +67,7 @@ export const DEFAULTS = {
 const MAX_LEVELS = 32
 const MAX_CONCURRENCY = 4096
 const MAX_RATE = 1_000_000
+const MAX_CALLERS = 10_000
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000 }
 
@@ -112,6 +116,7 @@ const FLAGS = {
   token: { type: 'string' },
   'token-file': { type: 'string' },
   'token-command': { type: 'string' },
+  callers: { type: 'string' },
   metrics: { type: 'string' },
   concurrency: { type: 'string', short: 'c' },
   rate: { type: 'string', short: 'r' },
@@ -171,6 +176,20 @@ function parseUrl(text: string, flag: string, problems: string[]): URL | undefin
   return undefined
 }
 
+/**
+ * The gRPC listener as HOST:PORT (TLS, as the gateway serves it), https://HOST:PORT, or
+ * http://HOST:PORT for a listener without TLS; kept as a URL so the loopback rule and the
+ * credentials read it as they read a REST target.
+ */
+function parseGrpcUrl(text: string, problems: string[]): URL | undefined {
+  try {
+    const url = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `https://${text}`)
+    if ((url.protocol === 'https:' || url.protocol === 'http:') && url.port !== '' && url.pathname === '/' && url.search === '' && url.username === '') return url
+  } catch {}
+  problems.push(`--url with --protocol grpc takes the gRPC listener's HOST:PORT, e.g. ${DEFAULTS.grpcUrl} (TLS), or http://HOST:PORT for a listener without TLS; got ${JSON.stringify(text)}`)
+  return undefined
+}
+
 function parseMode(values: Values, problems: string[], whole: ReturnType<typeof numberReader>['whole']): LoadMode {
   if (values.concurrency !== undefined && values.rate !== undefined) problems.push('--concurrency (closed loop) and --rate (open loop) exclude each other; give one')
   if (values.rate !== undefined) {
@@ -213,17 +232,18 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
   const { whole, duration } = numberReader(values, problems)
   const help = values.help === true
   if (values.model === undefined && !help) problems.push('--model NAME is required: the model to load, as the gateway serves it (GET /v2/models/NAME)')
-  if (values.protocol !== undefined && values.protocol !== 'rest') problems.push(`--protocol takes rest (gRPC is not supported yet); got ${JSON.stringify(values.protocol)}`)
+  if (values.protocol !== undefined && values.protocol !== 'rest' && values.protocol !== 'grpc') problems.push(`--protocol takes rest or grpc; got ${JSON.stringify(values.protocol)}`)
+  const protocol = values.protocol === 'grpc' ? 'grpc' : 'rest'
   if (values.input !== undefined && (values.range !== undefined || values.seed !== undefined)) problems.push('--range and --seed shape generated inputs; with --input the files are sent as they are')
   if ((values.cert === undefined) !== (values.key === undefined)) problems.push('--cert and --key go together: the client certificate and its private key')
   if (values.report !== undefined && !/\.html?$/i.test(values.report)) problems.push(`--report writes one HTML file; name it FILE.html (got ${JSON.stringify(values.report)})`)
-  const url = parseUrl(values.url ?? DEFAULTS.url, '--url', problems)
+  const url = protocol === 'grpc' ? parseGrpcUrl(values.url ?? DEFAULTS.grpcUrl, problems) : parseUrl(values.url ?? DEFAULTS.url, '--url', problems)
   const metricsUrl = values.metrics === undefined ? undefined : parseUrl(values.metrics, '--metrics', problems)
   const mode = parseMode(values, problems, whole)
   const options: BenchOptions = {
     url: url ?? new URL(DEFAULTS.url),
     model: values.model ?? '',
-    protocol: 'rest',
+    protocol,
     mode,
     windowMs: duration('window', 50, DEFAULTS.windowMs)!,
     stabilityPercent: whole('stability-percent', 1, 100, DEFAULTS.stabilityPercent),
@@ -246,6 +266,8 @@ export function parseBenchArgs(argv: string[]): BenchOptions {
   if (range) options.range = range
   const token = parseToken(values, problems)
   if (token) options.token = token
+  if (values.callers !== undefined) options.callers = whole('callers', 1, MAX_CALLERS, 1)
+  if ((options.callers ?? 1) > 1 && token?.kind === 'value') problems.push('--callers N spreads the load over N identities, and --token gives one; give --token-file with one token per line, or no token flag (a development set-up mints N tokens)')
   if (metricsUrl) options.metricsUrl = metricsUrl
   for (const [flag, key] of [['model-version', 'modelVersion'], ['cacert', 'cacert'], ['cert', 'cert'], ['key', 'key'], ['input', 'inputs'], ['csv', 'csv'], ['json', 'json'], ['report', 'report'], ['allow-target', 'allowTarget']] as const) {
     const v = values[flag]

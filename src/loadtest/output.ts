@@ -22,7 +22,10 @@ export interface BenchResult {
   target: string
   model: string
   protocol: string
-  encoding: 'json' | 'binary'
+  /** 'typed': gRPC typed contents; 'binary': REST's binary tensor extension or gRPC's raw_input_contents. */
+  encoding: 'json' | 'binary' | 'typed'
+  /** Identities the requests were spread over, in turn (--callers, or the lines of --token-file). */
+  callers?: number
   batch: number
   steps: StepResult[]
   /** Why the run stopped before its last step, or null. */

@@ -1,6 +1,6 @@
 // `bulwark bench`'s flags: each bad flag is refused with exit status 2 and a message that
 // names it and says what it takes, all problems at once; level lists and ranges expand as
-// documented; a target off loopback is refused (before any connection) unless
+// documented (and a gRPC target's HOST:PORT); a target off loopback is refused (before any connection) unless
 // --allow-target names its host exactly; the real CLI dispatches `bench` and prints --help.
 
 import t from 'tap'
@@ -33,7 +33,10 @@ t.test('bad flags: exit 2, the flag named, what it takes', async (t) => {
     ['two token sources', ['--model', 'm', '--token', 'x', '--token-file', 'f'], /exclude each other; got --token and --token-file/],
     ['a report that is not HTML', ['--model', 'm', '--report', 'r.pdf'], /--report writes one HTML file; name it FILE\.html/],
     ['a URL that is not http', ['--model', 'm', '--url', 'ftp://127.0.0.1/'], /--url takes an http:\/\/ or https:\/\/ URL/],
-    ['gRPC', ['--model', 'm', '--protocol', 'grpc'], /--protocol takes rest \(gRPC is not supported yet\)/],
+    ['an unknown protocol', ['--model', 'm', '--protocol', 'http3'], /--protocol takes rest or grpc; got "http3"/],
+    ['a gRPC target with a path', ['--model', 'm', '--protocol', 'grpc', '--url', '127.0.0.1:8444/v2'], /--url with --protocol grpc takes the gRPC listener's HOST:PORT, e.g\. 127\.0\.0\.1:8444/],
+    ['no callers', ['--model', 'm', '--callers', '0'], /--callers takes a whole number from 1 to 10000; got "0"/],
+    ['several callers, one token', ['--model', 'm', '--token', 'x', '--callers', '4'], /--callers N spreads the load over N identities, and --token gives one/],
     ['connections in a closed loop', ['--model', 'm', '--connections', '4'], /--connections applies to --rate \(open loop\) only/],
     ['a batch of zero', ['--model', 'm', '--batch', '0'], /--batch takes a whole number from 1 to 65536; got "0"/],
     ['a backwards range of values', ['--model', 'm', '--range', '1:0'], /--range takes LOW:HIGH/],
@@ -61,6 +64,11 @@ t.test('levels: lists, doubling and adding ranges; durations with units', async 
   t.same(o.mode, { kind: 'open', levels: [200, 400], connections: 16 })
   t.equal(o.durationMs, undefined, 'no --duration: measure until stable')
   t.ok(o.maxDurationMs > 0 && o.maxRequests > 0, 'always bounded in time and count')
+  const grpc = (url?: string) => parseBenchArgs(['--model', 'mnist', '--protocol', 'grpc', ...(url ? ['--url', url] : [])]).url.href
+  t.equal(grpc(), 'https://127.0.0.1:8444/', 'gRPC: npm start\'s listener by default, over TLS')
+  t.equal(grpc('localhost:9000'), 'https://localhost:9000/', 'HOST:PORT is TLS')
+  t.equal(grpc('[::1]:9000'), 'https://[::1]:9000/')
+  t.equal(grpc('http://127.0.0.1:9000'), 'http://127.0.0.1:9000/', 'http:// for a listener without TLS')
 })
 
 t.test('a target off loopback is refused unless --allow-target names its host', async (t) => {
