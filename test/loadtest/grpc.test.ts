@@ -2,7 +2,8 @@
 // client certificate, real JWTs in the `authorization` metadata, mnist):
 // - a short closed-loop run with generated inputs (read by ModelMetadata) answers every
 //   request, as raw_input_contents (--binary) and as typed contents with a batch of 2; the
-//   JSON names the protocol, the HOST:PORT target and the encoding;
+//   JSON names the protocol, the HOST:PORT target and the encoding, and the gateway's
+//   /metrics (--metrics) timed the same calls;
 // - a token without the model's scope gets every call counted under `forbidden` (the
 //   gateway's bulwark-code trailer), with the HTTP status of that code;
 // - a model that allows 3 calls a minute answers exactly 3 of 10 and counts the other 7
@@ -44,7 +45,7 @@ t.test('a short gRPC run answers every call, raw and typed', async (t) => {
   const token = await gw.token({ scopes: ['mnist:use'] })
   for (const [encoding, extra, batch] of [['binary', ['--binary'], 1], ['typed', ['--batch', '2'], 2]] as const) {
     const json = path.join(out, `grpc-${encoding}.json`)
-    const r = await bench(['--protocol', 'grpc', '--url', `127.0.0.1:${port}`, '--model', 'mnist', ...tls(gw), '--token', token, ...extra, '--concurrency', '2', ...short, '--json', json, '--quiet'])
+    const r = await bench(['--protocol', 'grpc', '--url', `127.0.0.1:${port}`, '--model', 'mnist', ...tls(gw), '--token', token, ...extra, '--concurrency', '2', ...short, '--metrics', `${gw.adminUrl}/metrics`, '--json', json, '--quiet'])
     t.equal(r.status, 0, r.stderr)
     const result = await readResult(json)
     t.equal(result.protocol, 'grpc')
@@ -54,6 +55,8 @@ t.test('a short gRPC run answers every call, raw and typed', async (t) => {
     t.ok(step.stats.requests > 0, `${encoding}: calls were answered`)
     t.same(step.stats.codes, { ok: step.stats.requests }, `${encoding}: every one ok`)
     t.equal(step.stats.items, batch * step.stats.requests, `${encoding}: ${batch} item(s) per call`)
+    // Only calls in flight at either scrape (at most 2 at each) can fall on the other side of it for the gateway.
+    t.ok(Math.abs(step.breakdown!.requests - step.stats.requests) <= 4, `${encoding}: the gateway's /metrics timed the same calls (${step.breakdown?.requests} vs ${step.stats.requests})`)
     t.match(r.stdout, /\n\s*2\s+[0-9.]+\s+[0-9.]+(\s+[0-9.]+){4}\s+[1-9][0-9]*\s+fixed\s+-\n/, `${encoding}: a table row without errors`)
   }
 })
