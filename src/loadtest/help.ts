@@ -75,7 +75,7 @@ output
 examples (against npm start, from the repository folder):
   npx bulwark bench --model mnist --callers 16 --concurrency 1,16,64 --duration 5s \\
       --metrics http://127.0.0.1:9464/metrics --csv r.csv --json r.json --report r.html
-  npx bulwark bench --protocol grpc --model ocr-cls --binary --range -1:1 --concurrency 1,16,64
+  npx bulwark bench --protocol grpc --model ocr-cls --binary --range=-1:1 --concurrency 1,16,64
 
 exit status: 0 the run completed (errors in answers are results, shown per code),
 1 it could not run (target refused, unreachable, unreadable inputs), 2 bad flags
