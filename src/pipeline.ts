@@ -20,6 +20,7 @@ export interface ChainLinks {
   rateLimit?: Stage | undefined
   bodyRead: Stage
   inputValidation: Stage
+  privacyPrecheck?: Stage | undefined
   screenInput?: Stage | undefined
   screenVariants?: Stage | undefined
   modelInference: Stage
@@ -46,6 +47,7 @@ export function assembleChain(s: ChainLinks): readonly Stage[] {
     // body: the request, the model, the answer
     s.bodyRead, //        read the body, within its limit
     s.inputValidation, // well-formed tensors the model accepts
+    s.privacyPrecheck, // a caller whose budget is spent is refused before the model runs
     s.screenInput, //     input-side detectors: not probing the model, not out of bounds
     s.screenVariants, //  add the squeezed variants to the batch the model runs
     s.modelInference, //  run the model, once, on the whole batch

@@ -166,6 +166,7 @@ export async function buildGateway(loaded: LoadedConfig, deps: Deps, options: Ga
     inputValidation: createInputValidationStage({ models: registry }),
     ...(screening ?? {}),
     modelInference: createModelInferenceStage({ service: models.service }),
+    privacyPrecheck: outputPrivacy?.links.privacyPrecheck,
     privacyCharge: outputPrivacy?.links.privacyCharge,
     outputPrivacy: outputPrivacy?.links.outputPrivacy,
     auditRecord: audit.link,

@@ -41,6 +41,8 @@ const ORDER: [keyof ChainLinks, string, Phase][] = [
   ['rateLimit', 'rate-limit', 'headers'],
   ['bodyRead', 'body-read', 'body'],
   ['inputValidation', 'input-validation', 'body'],
+  // A caller whose budget is spent costs no model run.
+  ['privacyPrecheck', 'privacy-precheck', 'body'],
   ['screenInput', 'screen-input', 'body'],
   ['screenVariants', 'screen-variants', 'body'],
   ['modelInference', 'model-inference', 'body'],

@@ -32,6 +32,7 @@ export const LINK_GROUPS: ReadonlyMap<string, string> = new Map(Object.entries({
   'screen-variants': 'screening',
   'screen-output': 'screening',
   'model-inference': 'queue + inference',
+  'privacy-precheck': 'privacy',
   'privacy-charge': 'privacy',
   'output-privacy': 'privacy',
   'audit-log': 'audit',

@@ -59,14 +59,22 @@ export interface ChargeResult {
 export interface PrivacyAccountant {
   /** Records `cost` against `key` if it fits in `budget`'s window; durable before it resolves. */
   charge(key: string, cost: PrivacyCost, budget: PrivacyBudget): Promise<ChargeResult>
-  /** What `key` has spent and has left, without charging (ok is always true). */
-  balance(key: string, budget: PrivacyBudget): Promise<ChargeResult>
+  /**
+   * What `key` has spent and has left, without charging. With `ifCharged`: also whether a
+   * charge of that cost would fit now (ok; the figures then as a charge would report them)
+   * and if not when it would (retryAfterMs), still recording nothing; without it, ok is
+   * always true.
+   */
+  balance(key: string, budget: PrivacyBudget, ifCharged?: PrivacyCost): Promise<ChargeResult>
   /** Flushes and releases resources; later calls fail. */
   close(): Promise<void>
 }
 
 /** Longest window a policy may set (7 days); the default retention of recorded charges. */
 export const MAX_WINDOW_MS = 7 * 24 * 3600 * 1000
+
+/** The cost a plain balance asks about. */
+export const NO_COST: PrivacyCost = Object.freeze({ epsilonMicros: 0, rhoNanos: 0 })
 
 /** One recorded charge. */
 export interface LedgerEntry {
@@ -443,10 +451,11 @@ export class MemoryAccountant implements PrivacyAccountant {
     return this.#ledger.charge(key, cost, budget, this.#time.nowMs()).result
   }
 
-  async balance(key: string, budget: PrivacyBudget): Promise<ChargeResult> {
+  async balance(key: string, budget: PrivacyBudget, ifCharged: PrivacyCost = NO_COST): Promise<ChargeResult> {
     checkKey(key)
+    checkCost(ifCharged)
     checkBudget(budget, this.#ledger.retentionMs)
-    return this.#ledger.charge(key, { epsilonMicros: 0, rhoNanos: 0 }, budget, this.#time.nowMs(), false).result
+    return this.#ledger.charge(key, ifCharged, budget, this.#time.nowMs(), false).result
   }
 
   async close(): Promise<void> {

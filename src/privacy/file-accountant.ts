@@ -88,6 +88,7 @@ import {
   ChargeClock,
   Ledger,
   MAX_WINDOW_MS,
+  NO_COST,
   checkBudget,
   checkCost,
   checkKey,
@@ -502,11 +503,12 @@ export class FileAccountant implements PrivacyAccountant {
     this.#sweepReservesAt = Math.max(1024, 2 * this.#reserves.size)
   }
 
-  async balance(key: string, budget: PrivacyBudget): Promise<ChargeResult> {
+  async balance(key: string, budget: PrivacyBudget, ifCharged: PrivacyCost = NO_COST): Promise<ChargeResult> {
     this.#usable()
     checkKey(key)
+    checkCost(ifCharged)
     checkBudget(budget, this.#ledger.retentionMs)
-    return this.#ledger.charge(key, { epsilonMicros: 0, rhoNanos: 0 }, budget, this.#time.nowMs(), false).result
+    return this.#ledger.charge(key, ifCharged, budget, this.#time.nowMs(), false).result
   }
 
   /** Writes what is queued, syncs what relaxed durability left, closes the file and releases the folder. */

@@ -41,7 +41,7 @@
 import type { Redis } from 'ioredis'
 import type { Clock, RandomSource } from '../deps.ts'
 import { BulwarkError } from '../errors.ts'
-import { Ledger, MAX_WINDOW_MS, checkBudget, checkCost, checkKey, type ChargeResult, type PrivacyAccountant, type PrivacyBudget } from './accountant.ts'
+import { Ledger, MAX_WINDOW_MS, NO_COST, checkBudget, checkCost, checkKey, type ChargeResult, type PrivacyAccountant, type PrivacyBudget } from './accountant.ts'
 import { EPSILON_UNITS, RHO_UNITS, type PrivacyCost } from './mechanisms.ts'
 
 // KEYS[1]: the key's sorted set; KEYS[2]: its windows hash.
@@ -170,8 +170,9 @@ export class RedisAccountant implements PrivacyAccountant {
     return this.#run(key, cost, budget, true)
   }
 
-  balance(key: string, budget: PrivacyBudget): Promise<ChargeResult> {
-    return this.#run(key, { epsilonMicros: 0, rhoNanos: 0 }, budget, false)
+  balance(key: string, budget: PrivacyBudget, ifCharged: PrivacyCost = NO_COST): Promise<ChargeResult> {
+    checkCost(ifCharged)
+    return this.#run(key, ifCharged, budget, false)
   }
 
   async close(): Promise<void> {

@@ -1,5 +1,9 @@
-// Links: privacy-charge and output-privacy ('body' phase, verb 'infer'), either side of
-// screen-output. docs/privacy.md states what they guarantee.
+// Links: privacy-precheck (before screening and the model), privacy-charge and
+// output-privacy ('body' phase, verb 'infer'), either side of screen-output. docs/privacy.md
+// states what they guarantee.
+// privacy-precheck: a caller whose last charge did not fit is refused before the model runs
+//   when the least its request can cost does not fit either (the accountant's dry run);
+//   other callers pass at the cost of a set lookup.
 // privacy-charge (right after model-inference, before any link reads the model's output):
 //   refuses an output the caller asked for that the policy withholds; with noise, charges the
 //   request's cost to the caller's budget (its answers: one per row of each protected output a
@@ -217,6 +221,8 @@ function memoisedPrivacyKey(limit = 10_000): (callerKey: string, model: string) 
 export type CompiledPolicySource = (model: string, request?: object) => CompiledOutputPolicy
 
 export interface OutputPrivacyLinks {
+  /** Before the model: refuses, without running it, a caller whose last charge did not fit and whose request cannot fit now either. */
+  privacyPrecheck: Stage
   /** Before screen-output: refuses withheld outputs asked for; with noise, pays for and noises what later links read. */
   privacyCharge: Stage
   /** After screen-output: what leaves. */
@@ -278,6 +284,43 @@ export function createOutputPrivacyLinks(policies: CompiledPolicySource, deps: O
     }
   }
 
+  // Callers (accountant keys) whose last charge did not fit. Cleared when full, like the key
+  // memo: a flood of identities only costs them the model run the precheck would have saved.
+  const refused = new Set<string>()
+  const refusedLimit = 10_000
+
+  const exhausted = (model: string, c: CompiledOutputPolicy, cost: PrivacyCost, charge: ChargeResult) =>
+    new BulwarkError('privacy_budget_exhausted', 'privacy budget for this model is spent; retry after the Retry-After delay', {
+      reason: `privacy budget of model "${model}" spent: ${show(charge.epsilonSpent)} of ${c.budget.epsilonMicros / EPSILON_UNITS} epsilon in ${c.budget.windowMs} ms; this request needs ${JSON.stringify(cost)}`,
+      headers: { 'Retry-After': String(Math.max(1, Math.ceil(charge.retryAfterMs / 1000))) },
+    })
+
+  // A caller whose budget is spent would otherwise still cost a model run (and screening)
+  // per request before its 429: its requests take model capacity from the others. Only a
+  // caller refused before is checked, so the others pay one set lookup; the check asks the
+  // accountant about the least this request can cost (one answer per item of each protected
+  // output it reads; screening's verdicts may add to it), which fits if the real cost does.
+  const privacyPrecheck: Stage = {
+    name: 'privacy-precheck',
+    phase: 'body',
+    verbs: ['infer'],
+    async run(ctx: RequestContext) {
+      const model = ctx.target.model
+      const c = policies(model, ctx)
+      if (!c.noise || refused.size === 0) return
+      const key = keyOf(ctx.callerKey, model)
+      if (!refused.has(key)) return
+      const items = ctx.request?.inputs[0]?.shape[0] ?? 0
+      const requested = (ctx.request?.outputs ?? []).map((o) => o.name)
+      const outputs = requested.length === 0 ? c.protect.size : requested.filter((name) => c.protect.has(name)).length
+      if (items * outputs === 0) return
+      const least = requestCost(c, items * outputs, 0)
+      const balance = await settle(deps.accountant.balance(key, c.budget, least))
+      if (balance.ok) refused.delete(key)
+      else throw exhausted(model, c, least, balance)
+    },
+  }
+
   const privacyCharge: Stage = {
     name: 'privacy-charge',
     phase: 'body',
@@ -317,11 +360,9 @@ export function createOutputPrivacyLinks(policies: CompiledPolicySource, deps: O
         ...(c.noise.mechanism === 'gaussian' ? { deltaSpent: charge.delta } : {}),
       }
       if (!charge.ok) {
-        const seconds = Math.max(1, Math.ceil(charge.retryAfterMs / 1000))
-        throw new BulwarkError('privacy_budget_exhausted', 'privacy budget for this model is spent; retry after the Retry-After delay', {
-          reason: `privacy budget of model "${model}" spent: ${show(charge.epsilonSpent)} of ${c.budget.epsilonMicros / EPSILON_UNITS} epsilon in ${c.budget.windowMs} ms; this request needs ${JSON.stringify(cost)}`,
-          headers: { 'Retry-After': String(seconds) },
-        })
+        if (refused.size >= refusedLimit) refused.clear()
+        refused.add(key)
+        throw exhausted(model, c, cost, charge)
       }
       const charged: ChargedRelease = { outputs, verdictFlips, parameters: chargeParameters(c as CompiledOutputPolicy & { noise: ReleaseSpec }, cost, charge) }
       ctx.charged = charged
@@ -369,5 +410,5 @@ export function createOutputPrivacyLinks(policies: CompiledPolicySource, deps: O
     },
   }
 
-  return { privacyCharge, outputPrivacy }
+  return { privacyPrecheck, privacyCharge, outputPrivacy }
 }

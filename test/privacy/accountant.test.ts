@@ -61,6 +61,19 @@ t.test('the sliding window frees each charge exactly windowMs after it', async (
   t.ok((await acct.charge('k', eps(0.3), b)).ok, 'and its budget is available again')
 })
 
+t.test('a balance asked about a cost says whether it would fit, and when, and records nothing', async (t) => {
+  const clock = fakeClock()
+  const acct = new MemoryAccountant({ clock })
+  const b = budget(1, 60_000)
+  t.ok((await acct.charge('k', eps(0.8), b)).ok)
+  clock.advance(10_000)
+  const no = await acct.balance('k', b, eps(0.3))
+  t.same([no.ok, no.retryAfterMs, no.epsilonSpent], [false, 50_000, 0.8], 'does not fit: frees when the charge of 0.8 does')
+  const yes = await acct.balance('k', b, eps(0.2))
+  t.same([yes.ok, yes.epsilonSpent], [true, 1], 'fits (spent as if charged, as a charge reports it)')
+  t.equal((await acct.balance('k', b)).epsilonSpent, 0.8, 'nothing recorded by either')
+})
+
 t.test('a charge larger than the whole budget can never fit', async (t) => {
   const acct = new MemoryAccountant({ clock: fakeClock() })
   const r = await acct.charge('k', eps(1.5), budget(1))

@@ -56,6 +56,7 @@ else {
     }
     t.pass('300 mixed Laplace and Gaussian charges over 3 keys: identical results')
     t.same(await shared.balance('k1', b), await memory.balance('k1', b), 'and balances')
+    t.same(await shared.balance('k1', b, eps(3.9)), await memory.balance('k1', b, eps(3.9)), 'and balances asked about a cost')
   })
 
   t.test('basic composition is exact across replicas, and a refusal says when budget frees', async (t) => {

@@ -3,7 +3,9 @@
 // with its screening, calibration and noise, only its budget lowered, and the ONNX model): a
 // refusal that read the model's output is charged like an answer (its audit record shows the
 // charge), and once the budget cannot pay, random noise, an adversarial example and a clean
-// digit all get 429 privacy_budget_exhausted with Retry-After, none a screening verdict.
+// digit all get 429 privacy_budget_exhausted with Retry-After, none a screening verdict; after
+// the first of them, the others are refused before screening and the model run at all
+// (privacy-precheck), while another caller with budget left is still answered.
 import { readdirSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
@@ -67,8 +69,11 @@ t.test('screening refusals are paid for, and a spent budget answers 429 whatever
   t.same(requests.filter((r) => r.code === 'suspicious_input').map((r) => r.privacy.epsilonSpent), [4 * EPSILON, 6 * EPSILON], 'each 422 charged when it was refused')
   const spent = requests.filter((r) => r.code === 'privacy_budget_exhausted')
   t.equal(spent.length, 3)
-  for (const r of spent) {
-    t.equal(r.stage, 'privacy-charge')
-    t.notOk(r.flags.some((f: { detector: string }) => f.detector === 'feature-squeezing' || f.detector === 'extraction'), 'no verdict on an unpaid answer')
-  }
+  for (const r of spent) t.notOk(r.flags.some((f: { detector: string }) => f.detector === 'feature-squeezing' || f.detector === 'extraction'), 'no verdict on an unpaid answer')
+  t.same(spent.map((r) => r.stage), ['privacy-charge', 'privacy-precheck', 'privacy-precheck'], 'the first refusal came after a model run; the next, before one')
+  t.ok(spent[0].stageMs['model-inference'] >= 0, 'the first ran the model')
+  for (const r of spent.slice(1)) t.same([r.stageMs['model-inference'], r.stageMs['screen-input']], [undefined, undefined], 'the others ran neither screening nor the model')
+
+  const bob = await gw.request('/v2/models/mnist/infer', { body: body(test.images[3]!), token: await gw.token({ sub: 'bob' }) })
+  t.equal(bob.status, 200, 'another caller, with budget of its own, is answered')
 })

@@ -66,7 +66,7 @@ t.test('one request: a server span, one child span per stage in pipeline order, 
 
   const stages = spans.filter((s) => parentOf(s) === front.spanContext().spanId && s.name.startsWith('stage ')).sort((a, b) => startNs(a) - startNs(b))
   t.same(stages.map((s) => s.name), gw.gateway.stages.filter((s) => s.name !== 'trace').map((s) => `stage ${s.name}`), 'every link after the request span starts, in chain order')
-  t.same(stages.map((s) => s.name.slice(6)), ['load-shedding', 'client-limit', 'mtls-identity', 'jwt-auth', 'caller-key', 'model-policy', 'rate-limit', 'body-read', 'input-validation', 'screen-input', 'screen-variants', 'model-inference', 'privacy-charge', 'screen-output', 'output-privacy', 'audit-log', 'model-stats', 'metrics'])
+  t.same(stages.map((s) => s.name.slice(6)), ['load-shedding', 'client-limit', 'mtls-identity', 'jwt-auth', 'caller-key', 'model-policy', 'rate-limit', 'body-read', 'input-validation', 'privacy-precheck', 'screen-input', 'screen-variants', 'model-inference', 'privacy-charge', 'screen-output', 'output-privacy', 'audit-log', 'model-stats', 'metrics'])
   t.ok(stages.every((s) => s.attributes['bulwark.stage.outcome'] === 'passed'), 'each says it passed')
   const attrs = (name: string) => stages.find((s) => s.name === `stage ${name}`)!.attributes
   t.match(attrs('mtls-identity'), { 'bulwark.workload': 'spiffe://bulwark.local/ns/default/sa/dev', 'bulwark.workload.kind': 'spiffe' })
