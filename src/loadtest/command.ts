@@ -22,7 +22,7 @@ import { summarise } from './stats.ts'
 import { BenchTargetError, checkTarget, loadCredentials } from './target.ts'
 
 export const BENCH_USAGE = `  bench --model NAME [--url URL] [--concurrency 1,4,16 | --rate 200,400] [--duration 5s]
-        [--metrics ADMIN_URL/metrics] [--csv F] [--json F] [--report F.html] ...
+        [--protocol grpc] [--callers N] [--metrics ADMIN_URL/metrics] [--csv F] [--json F] [--report F.html] ...
         load-test a running Bulwark (loopback only unless --allow-target HOST); bulwark bench --help`
 
 export interface BenchIo {
