@@ -59,6 +59,8 @@ export interface ScreeningFlag {
   withheld?: number[]
   /** The request was answered from the degraded mechanism (screening.onAlarm: degrade) because of this alarm or cool-down. */
   degraded?: true
+  /** screening.onAlarm: delay: the caller's queries still answered before the 403 this alarm earned. */
+  delayed?: number
 }
 
 export interface Exchange {

@@ -162,7 +162,7 @@ export function buildAuditRecord(ctx: RequestContext | null, f: ResponseFacts): 
     bodySha256: inputs === null && f.rawBody && f.rawBody.byteLength > 0 ? sha256(f.rawBody).toString('hex') : null,
     inputs,
     outputs,
-    flags: ctx ? ctx.flags.map((fl) => ({ detector: fl.detector, score: fl.score, threshold: fl.threshold, alarm: fl.alarm, ...(fl.withheld ? { withheld: fl.withheld } : {}), ...(fl.degraded ? { degraded: fl.degraded } : {}) })) : [],
+    flags: ctx ? ctx.flags.map((fl) => ({ detector: fl.detector, score: fl.score, threshold: fl.threshold, alarm: fl.alarm, ...(fl.withheld ? { withheld: fl.withheld } : {}), ...(fl.degraded ? { degraded: fl.degraded } : {}), ...(fl.delayed !== undefined ? { delayed: fl.delayed } : {}) })) : [],
     privacy: ctx?.privacy ? { ...ctx.privacy } : null,
   }
 }

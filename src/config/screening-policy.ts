@@ -138,6 +138,18 @@ export const ScreeningPolicy = Type.Object(
     outputKind: Type.Union([Type.Literal('probabilities'), Type.Literal('logits')], { default: 'probabilities' }),
     /** After an enforced stateful or extraction alarm, refuse the principal on this model for this long (403). 0: no cool-down. */
     cooldownMs: Type.Integer({ minimum: 0, maximum: 86_400_000, default: 0 }),
+    /**
+     * What an enforced 403 attack_suspected alarm (stateful, stateful-callers, extraction) and
+     * the cool-down answer. refuse (default): 403 at once, and during the cool-down. degrade:
+     * answered from a degraded mechanism instead (each released row's classes permuted at
+     * random, so the label is random; charged like any answer) for this request and the rest
+     * of the cool-down, so the caller cannot tell which query tripped; the audit record says
+     * so. delay: answered as usual for delayQueries more of the caller's queries, then 403
+     * and the cool-down. Per-item refusals (422) are not affected.
+     */
+    onAlarm: Type.Union([Type.Literal('refuse'), Type.Literal('degrade'), Type.Literal('delay')], { default: 'refuse', description: 'refuse | degrade | delay' }),
+    /** With onAlarm: delay, the caller's queries answered after the alarm before the 403 (counted per replica). */
+    delayQueries: Type.Integer({ minimum: 1, maximum: 100_000, default: 20 }),
     featureBounds: Type.Optional(FeatureBoundsPolicy),
     featureSqueezing: Type.Optional(FeatureSqueezingPolicy),
     stateful: Type.Optional(StatefulPolicy),

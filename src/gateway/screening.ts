@@ -96,7 +96,7 @@ export async function buildScreeningLinks(
     current = () => fixed
   }
 
-  const alarms = new Counter('bulwark_screening_alarms_total', 'Screening alarms, by detector, action (refused = enforce, flagged = observe) and model.')
+  const alarms = new Counter('bulwark_screening_alarms_total', 'Screening alarms, by detector, action (refused = enforce, flagged = observe; degraded / delayed = enforce under screening.onAlarm degrade / delay) and model.')
   const scores = new Histogram('bulwark_screening_score', 'Screening scores, by detector and model (each detector has its own scale: docs/screening.md).', [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1, 1.5, 2])
   const state = new Gauge('bulwark_screening_state_entries', 'Queries held by stateful screening detectors, by detector and model.', function* () {
     for (const s of current().values()) for (const d of s.detectors) if (d.memory) yield [{ detector: d.name, model: s.model }, d.memory().stored] as [Labels, number]
@@ -110,6 +110,7 @@ export async function buildScreeningLinks(
   return createScreeningLinks({
     models,
     clock: deps.clock,
+    random: deps.random,
     observer: {
       scored(model, detector, result, action) {
         if (action !== 'passed') alarms.inc({ detector, action, model })

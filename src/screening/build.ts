@@ -42,6 +42,9 @@ export interface ModelScreening {
   /** Whether a detector needs the model's answer (the stage then runs the model itself). */
   readonly needsModel: boolean
   readonly cooldownMs: number
+  /** What an enforced attack_suspected alarm answers (refuse, degrade or delay) and, for delay, after how many more queries. */
+  readonly onAlarm: 'refuse' | 'degrade' | 'delay'
+  readonly delayQueries: number
   readonly digest: Digester
 }
 
@@ -192,6 +195,8 @@ export function compileScreening(
     detectors: Object.freeze(detectors),
     needsModel: detectors.some((d) => d.needs === 'output'),
     cooldownMs: policy.cooldownMs,
+    onAlarm: policy.onAlarm,
+    delayQueries: policy.delayQueries,
     // Digests of the history kept from the previous generation stay comparable.
     digest: previous?.digest ?? keyedDigester(random),
   })

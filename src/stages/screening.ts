@@ -40,6 +40,13 @@
 //         unless `screeningWhenUnavailable: allow` (then those detectors and the cool-down
 //         check are skipped, and counted).
 //
+// onAlarm (the policy): an enforced attack_suspected alarm is refused (403, the default);
+// or, degrade: the cool-down starts and the request, and every request of the caller during
+// the cool-down, is answered from the degraded mechanism (src/screening/alarm-modes.ts:
+// screen-output permutes each released row at random, after the charge) with the flag saying
+// `degraded`; or, delay: answered as usual for delayQueries more of the caller's queries, then
+// refused (flag `delayed-alarm`) and the cool-down starts. Per-item refusals are not affected.
+//
 // Detectors judge in the order build.ts gives. Before inference the first enforcing alarm ends
 // the screening (the model never runs, so no detector after inference sees the request). After
 // inference every output-side detector judges, so a query refused by one still enters the
@@ -51,7 +58,8 @@
 // No link here runs the model: model-inference does, once, on the batch screen-variants made.
 
 import { BulwarkError } from '../errors.ts'
-import type { Clock } from '../deps.ts'
+import type { Clock, RandomSource } from '../deps.ts'
+import { createDegrader, DelayedRefusals } from '../screening/alarm-modes.ts'
 import type { ModelScreening } from '../screening/build.ts'
 import { memoryCooldowns, type Cooldowns } from '../screening/cooldowns.ts'
 import type { AnyDetector, DetectorResult, ScreenBatch } from '../screening/detector.ts'
@@ -60,11 +68,17 @@ import type { ChargedRelease, RequestContext, ScreeningFlag, ScreeningVariants, 
 
 /** What the stage reports per scored detector (metrics). */
 export interface ScreeningObserver {
-  /** action: 'refused' (enforce, alarm), 'flagged' (observe, alarm) or 'passed' (no alarm). */
-  scored(model: string, detector: string, result: DetectorResult, action: 'refused' | 'flagged' | 'passed'): void
+  /**
+   * action: 'refused' (enforce, alarm), 'flagged' (observe, alarm), 'passed' (no alarm), or,
+   * for an enforced attack_suspected alarm or cool-down under onAlarm degrade / delay,
+   * 'degraded' (answered from the degraded mechanism) / 'delayed' (answered, refused later).
+   */
+  scored(model: string, detector: string, result: DetectorResult, action: ScreeningAction): void
   /** A shared detector (or the cool-down check) skipped: Redis unavailable, and whenStateUnavailable 'allow'. */
   skipped?(model: string, detector: string): void
 }
+
+export type ScreeningAction = 'refused' | 'flagged' | 'passed' | 'degraded' | 'delayed'
 
 export interface AdversarialScreenDeps {
   /**
@@ -73,6 +87,8 @@ export interface AdversarialScreenDeps {
    */
   models: ReadonlyMap<string, ModelScreening> | ((request: object) => ReadonlyMap<string, ModelScreening>)
   clock: Clock
+  /** The degraded mechanism's randomness (onAlarm: degrade); a policy that degrades without it fails closed. */
+  random?: RandomSource
   observer?: ScreeningObserver
   /** Principals remembered in cool-down, per model (LRU), when cool-downs are kept in process. Default 100,000. */
   maxCooldowns?: number
@@ -86,6 +102,8 @@ export interface AdversarialScreenDeps {
 }
 
 export const COOLDOWN_DETECTOR = 'cooldown'
+/** The flag of the 403 that an alarm under onAlarm: delay earned, delayQueries queries later. */
+export const DELAYED_DETECTOR = 'delayed-alarm'
 
 const REFUSALS = {
   suspicious_input: 'the input was refused by adversarial-input screening',
@@ -130,9 +148,15 @@ function releasedRows(paid: ChargedRelease, s: ModelScreening): Float32Array[] {
   return Array.from({ length: rows }, (_, i) => Float32Array.from(t.data.subarray(i * classes, (i + 1) * classes) as Float32Array))
 }
 
+/** Whether an enforced alarm of this kind is answered by the policy's onAlarm rather than refused at once. */
+const softens = (s: ModelScreening, code: string) => code === 'attack_suspected' && s.onAlarm !== 'refuse'
+
 /** How the links judge: each detector's result flagged and counted, refusals, cool-downs. */
 function createJudges(deps: AdversarialScreenDeps, cooldowns: Cooldowns) {
   const allowUnavailable = deps.whenStateUnavailable === 'allow'
+  /** Requests answered from the degraded mechanism (screen-output degrades their answer). */
+  const degraded = new WeakSet<RequestContext>()
+  const delays = new DelayedRefusals(deps.maxCooldowns ?? 100_000)
 
   /** Awaits shared state; when it is unavailable and that is allowed, counts the skip and gives `fallback`. */
   const shared = async <T>(s: ModelScreening, detector: string, pending: Promise<T>, fallback: T): Promise<T> => {
@@ -159,9 +183,10 @@ function createJudges(deps: AdversarialScreenDeps, cooldowns: Cooldowns) {
     const alarms = d.perItem && result.items ? result.items : [result.alarm]
     const verdicts = alarms.map((alarm, i) => alarm !== (flips?.[i] ?? false))
     const verdict = verdicts.some(Boolean)
-    const action = verdict && d.mode === 'enforce' ? 'refused' : result.alarm || verdict ? 'flagged' : 'passed'
+    const enforced = verdict && d.mode === 'enforce'
+    const action: ScreeningAction = enforced ? (softens(s, d.refusal) ? (s.onAlarm === 'degrade' ? 'degraded' : 'delayed') : 'refused') : result.alarm || verdict ? 'flagged' : 'passed'
     deps.observer?.scored(s.model, d.name, result, action)
-    if (action !== 'refused') return null
+    if (!enforced) return null
     if (verdicts.length > 1) {
       flag.withheld = verdicts.flatMap((v, i) => (v ? [i] : []))
       const withheld = (ctx.withheldItems ??= new Map())
@@ -177,8 +202,8 @@ function createJudges(deps: AdversarialScreenDeps, cooldowns: Cooldowns) {
   }
 
   /** The refusal, after starting the principal's cool-down when the alarm calls for one. */
-  const refuse = async (s: ModelScreening, d: AnyDetector, principal: string, refusal: BulwarkError): Promise<BulwarkError> => {
-    if (d.refusal !== 'attack_suspected' || s.cooldownMs <= 0) return refusal
+  const refuse = async (s: ModelScreening, principal: string, refusal: BulwarkError): Promise<BulwarkError> => {
+    if (refusal.code !== 'attack_suspected' || s.cooldownMs <= 0) return refusal
     const started = cooldowns.start(s.model, principal, s.cooldownMs)
     if (!started) return refusal
     try {
@@ -188,6 +213,24 @@ function createJudges(deps: AdversarialScreenDeps, cooldowns: Cooldowns) {
       // The caller is refused either way; only the cool-down is missing, and the log says so.
       return new BulwarkError(refusal.code, refusal.message, { reason: `${refusal.reason}; cool-down not recorded: ${(err as BulwarkError).reason ?? String(err)}` })
     }
+  }
+
+  /**
+   * An enforced alarm's answer: the refusal to throw (its cool-down started), or null when the
+   * policy's onAlarm answers it instead: degrade (the cool-down started, this request's answer
+   * degraded) or delay (the refusal scheduled delayQueries queries later). The flag says which.
+   */
+  const answerAlarm = async (ctx: RequestContext, s: ModelScreening, d: AnyDetector, principal: string, refusal: BulwarkError): Promise<BulwarkError | null> => {
+    if (!softens(s, refusal.code)) return refuse(s, principal, refusal)
+    const flag = ctx.flags.findLast((f) => f.detector === d.name)
+    if (s.onAlarm === 'degrade') {
+      await refuse(s, principal, refusal) // for its cool-down: the caller is answered, degraded
+      degraded.add(ctx)
+      if (flag) flag.degraded = true
+    } else if (flag) {
+      flag.delayed = delays.alarm(s.model, principal, s.delayQueries, d.name)
+    }
+    return null
   }
 
   /** One detector's result: a promise only from a shared detector (in-process ones judge synchronously). */
@@ -200,7 +243,8 @@ function createJudges(deps: AdversarialScreenDeps, cooldowns: Cooldowns) {
       if (d.needs !== 'input') continue
       const judged = inspect(s, d, batch)
       const refusal = decide(ctx, s, d, judged instanceof Promise ? await judged : judged)
-      if (refusal) throw await refuse(s, d, batch.principal, refusal)
+      const thrown = refusal && (await answerAlarm(ctx, s, d, batch.principal, refusal))
+      if (thrown) throw thrown
     }
   }
 
@@ -230,11 +274,12 @@ function createJudges(deps: AdversarialScreenDeps, cooldowns: Cooldowns) {
       if (refusal) refusals.push({ d, refusal })
     }
     if (refusals.length === 0) return
-    const answered = await Promise.all(refusals.map(({ d, refusal }) => refuse(s, d, raw.principal, refusal)))
-    throw answered[0]!
+    const answered = await Promise.all(refusals.map(({ d, refusal }) => answerAlarm(ctx, s, d, raw.principal, refusal)))
+    const thrown = answered.find((e) => e !== null)
+    if (thrown) throw thrown
   }
 
-  return { shared, judgeInput, judgeOutput }
+  return { shared, refuse, judgeInput, judgeOutput, degraded, delays }
 }
 
 /**
@@ -252,7 +297,8 @@ function withhold(ctx: RequestContext, items: number): void {
 
 export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLinks {
   const cooldowns = deps.cooldowns ?? memoryCooldowns(deps.clock, deps.maxCooldowns ?? 100_000)
-  const { shared, judgeInput, judgeOutput } = createJudges(deps, cooldowns)
+  const { shared, refuse, judgeInput, judgeOutput, degraded, delays } = createJudges(deps, cooldowns)
+  const degrade = deps.random ? createDegrader(deps.random) : null
   const { models } = deps
   const screeningOf = typeof models === 'function' ? (ctx: RequestContext) => models(ctx).get(ctx.target.model) : (ctx: RequestContext) => models.get(ctx.target.model)
 
@@ -278,10 +324,20 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
         const left = typeof pending === 'number' ? pending : await shared(s, COOLDOWN_DETECTOR, pending, 0)
         if (left > 0) {
           const result = { score: left, threshold: s.cooldownMs, alarm: true }
-          ctx.flags.push({ detector: COOLDOWN_DETECTOR, ...result })
-          deps.observer?.scored(s.model, COOLDOWN_DETECTOR, result, 'refused')
-          throw new BulwarkError('attack_suspected', REFUSALS.attack_suspected, { reason: `caller in cool-down on model ${s.model} for ${Math.ceil(left)} ms more` })
+          const degrading = s.onAlarm === 'degrade'
+          ctx.flags.push({ detector: COOLDOWN_DETECTOR, ...result, ...(degrading ? { degraded: true as const } : {}) })
+          deps.observer?.scored(s.model, COOLDOWN_DETECTOR, result, degrading ? 'degraded' : 'refused')
+          if (!degrading) throw new BulwarkError('attack_suspected', REFUSALS.attack_suspected, { reason: `caller in cool-down on model ${s.model} for ${Math.ceil(left)} ms more` })
+          // Answered, degraded; the detectors still judge (an alarm restarts the cool-down).
+          degraded.add(ctx)
         }
+      }
+      const due = s.onAlarm === 'delay' ? delays.next(s.model, ctx.callerKey) : null
+      if (due?.refuse) {
+        const result = { score: s.delayQueries, threshold: s.delayQueries, alarm: true }
+        ctx.flags.push({ detector: DELAYED_DETECTOR, ...result })
+        deps.observer?.scored(s.model, DELAYED_DETECTOR, result, 'refused')
+        throw await refuse(s, ctx.callerKey, new BulwarkError('attack_suspected', REFUSALS.attack_suspected, { reason: `${due.detector} alarm on model ${s.model}, refused ${s.delayQueries} queries later (onAlarm: delay)` }))
       }
       const found = screened(ctx)
       if (found) await judgeInput(ctx, found.s, found.batch)
@@ -334,6 +390,10 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
       if (!found || !ctx.result) return
       if (ctx.variants) await judgeAnswers(ctx, found.s, found.batch, ctx.variants)
       if (ctx.withheldItems?.size) withhold(ctx, found.batch.items.length)
+      if (degraded.has(ctx)) {
+        if (!degrade) throw new BulwarkError('internal', 'internal error; the operator can find details in the server log', { reason: `screening on model ${found.s.model} degrades answers (onAlarm: degrade) and has no random source; the answer is not released` })
+        degrade([ctx.result.outputs, [...(ctx.charged?.outputs.values() ?? [])]], found.batch.items.length)
+      }
     },
   }
 
