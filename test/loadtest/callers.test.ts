@@ -17,9 +17,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { startGateway } from '../../kit/gateway.ts'
 import { repoRoot } from '../../kit/paths.ts'
-import { realDeps } from '../../src/deps.ts'
-import { benchCommand } from '../../src/loadtest/command.ts'
 import type { BenchResult } from '../../src/loadtest/output.ts'
+import { runBench } from './run-bench.ts'
 import { requestRecords, tempDir } from '../audit/helpers.ts'
 
 const dev = 'spiffe://bulwark.local/ns/default/sa/dev'
@@ -38,12 +37,7 @@ const out = await mkdtemp(path.join(os.tmpdir(), 'bulwark-bench-callers-'))
 t.teardown(() => rm(out, { recursive: true, force: true }))
 
 /** Runs the bench from the gateway's folder (its development set-up) unless flags say otherwise. */
-async function bench(argv: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
-  let stdout = ''
-  let stderr = ''
-  const status = await benchCommand(argv, { cwd: gw.dir, out: (s) => (stdout += s), err: (s) => (stderr += s), errIsTTY: false, deps: realDeps })
-  return { status, stdout, stderr }
-}
+const bench = (argv: string[]) => runBench(argv, gw.dir)
 
 const REQUESTS = 40
 const fixture = path.join(repoRoot, 'test', 'fixtures', 'mnist-request.json')

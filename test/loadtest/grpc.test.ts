@@ -17,9 +17,8 @@ import os from 'node:os'
 import path from 'node:path'
 import { startGateway } from '../../kit/gateway.ts'
 import { repoRoot } from '../../kit/paths.ts'
-import { realDeps } from '../../src/deps.ts'
-import { benchCommand } from '../../src/loadtest/command.ts'
 import type { BenchResult } from '../../src/loadtest/output.ts'
+import { runBench } from './run-bench.ts'
 
 const dev = 'spiffe://bulwark.local/ns/default/sa/dev'
 const allow = [{ verbs: ['infer', 'metadata'], workloads: [dev], scopes: ['mnist:use'] }]
@@ -29,12 +28,7 @@ t.teardown(() => gw.close())
 const out = await mkdtemp(path.join(os.tmpdir(), 'bulwark-bench-grpc-'))
 t.teardown(() => rm(out, { recursive: true, force: true }))
 
-async function bench(argv: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
-  let stdout = ''
-  let stderr = ''
-  const status = await benchCommand(argv, { cwd: out, out: (s) => (stdout += s), err: (s) => (stderr += s), errIsTTY: false, deps: realDeps })
-  return { status, stdout, stderr }
-}
+const bench = (argv: string[]) => runBench(argv, out)
 
 const tls = (g: typeof gw) => ['--cacert', g.pki.files.ca, '--cert', g.pki.files.clientCert, '--key', g.pki.files.clientKey]
 const short = ['--duration', '150ms', '--warmup', '50ms']
