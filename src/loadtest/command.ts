@@ -34,6 +34,9 @@ export interface BenchIo {
   deps: Deps
 }
 
+/** The gateway's default server.maxConnectionsPerClient: gRPC callers beyond it each need a connection it refuses. */
+const GRPC_CALLERS_PER_CERTIFICATE = 64
+
 /** Most requests waiting for an answer in an open loop before further due requests are dropped. */
 const MAX_IN_FLIGHT = 4096
 
@@ -162,6 +165,9 @@ export async function benchCommand(argv: string[], io: BenchIo): Promise<number>
     if (o.metricsUrl) checkTarget(o.metricsUrl, o.allowTarget, '--metrics')
     const creds = await loadCredentials(o, io.cwd, io.deps)
     if (!o.quiet) for (const note of creds.notes) io.err(`bulwark bench: ${note}\n`)
+    if (!o.quiet && o.protocol === 'grpc' && creds.tokens.length > GRPC_CALLERS_PER_CERTIFICATE) {
+      io.err(`bulwark bench: over gRPC each of the ${creds.tokens.length} callers keeps a connection of its own; past server.maxConnectionsPerClient (${GRPC_CALLERS_PER_CERTIFICATE} by default) the gateway refuses connections from one client certificate\n`)
+    }
     const protocol = openProtocol(o, creds, io.deps.clock)
     const requests = await buildRequests(o, protocol, io.cwd)
     if (o.metricsUrl) await scrape(o.metricsUrl)

@@ -9,6 +9,7 @@
 // - --token-file with 3 tokens, one a line: 3 callers, 15 answered; --callers 2 takes the
 //   first 2 (10 answered); --callers 5 with 3 lines, and --callers 2 with --token-command
 //   printing one token, fail with exit 1 and say why.
+// - over gRPC with more than 64 callers, a note says each keeps a connection of its own.
 // Nothing here asserts a timing: only counts, codes and subjects.
 
 import t, { type Test } from 'tap'
@@ -104,4 +105,10 @@ t.test('--token-file: one caller a line; --callers takes the first N and needs t
   const one = await bench([...tls, '--token-command', `printf %s ${tokens[0]}`, '--callers', '2', ...exactly40])
   t.equal(one.status, 1)
   t.match(one.stderr, /--callers 2 needs 2 tokens, one a line; --token-command gave 1/)
+})
+
+t.test('over gRPC, more callers than one certificate\'s default connection cap: a note says what will happen', async (t) => {
+  const r = await bench(['--protocol', 'grpc', '--url', '127.0.0.1:1', '--model', 'mnist', '--callers', '65'])
+  t.match(r.stderr, /over gRPC each of the 65 callers keeps a connection of its own; past server\.maxConnectionsPerClient \(64 by default\)/)
+  t.equal(r.status, 1, 'and nothing listens there')
 })
