@@ -5,8 +5,10 @@
 // gateways hold) take single-digit requests in turn from 20 callers sending distinct held-out
 // digits; the figures are taken once every ring is full (the most each request can bring back).
 // Reported per request: bytes sent plus received on the replicas' sockets, round trips (the
-// server's command count), and Redis CPU (the server's time in the script); and the worst
-// case, a replica's first request for a caller whose full ring it holds no copy of.
+// server's command count), and Redis CPU (the server's time in the script), one request at a
+// time; the mean bytes with 64 requests in flight on each replica (as the bench's c64 load);
+// the mean bytes of a 64-digit request (its own queries going in: 212 bytes each);
+// and the worst case, a replica's first request for a caller whose full ring it holds no copy of.
 // `node bench/screening-redis.ts` prints the rows alone; `npm run bench -- --only screening`
 // prints them after the throughput rows.
 
@@ -54,6 +56,10 @@ interface Measured {
   maxBytes: number
   roundTrips: number
   usecPerRequest: number
+  /** Mean bytes per request with 64 requests in flight on each replica. */
+  loadedBytes: number
+  /** Mean bytes per request of 64 digits, one request at a time. */
+  batchBytes: number
   coldBytes: number
 }
 
@@ -78,9 +84,15 @@ async function measure(make: (client: Redis) => SharedDetector, clients: Redis[]
     maxBytes = Math.max(maxBytes, used)
   }
   const after = await scriptStats(raw)
+  const loadedStart = socketBytes(clients[0]!) + socketBytes(clients[1]!)
+  for (let wave = 0; wave < MEASURED / 128; wave++) await Promise.all(Array.from({ length: 128 }, (_, i) => send(i, replicas[i % 2]!)))
+  const loadedBytes = (socketBytes(clients[0]!) + socketBytes(clients[1]!) - loadedStart) / (Math.floor(MEASURED / 128) * 128)
+  const batchStart = socketBytes(clients[0]!) + socketBytes(clients[1]!)
+  for (let i = 0; i < 10; i++) await replicas[i % 2]!.inspect({ principal: `caller-${i % CALLERS}`, items: Array.from({ length: 64 }, digit), digests: [] })
+  const batchBytes = (socketBytes(clients[0]!) + socketBytes(clients[1]!) - batchStart) / 10
   const start = socketBytes(clients[2]!)
   await send(0, cold!)
-  return { bytesPerRequest: bytes / MEASURED, maxBytes, roundTrips: (after.calls - before.calls) / MEASURED, usecPerRequest: (after.usec - before.usec) / MEASURED, coldBytes: socketBytes(clients[2]!) - start }
+  return { bytesPerRequest: bytes / MEASURED, maxBytes, roundTrips: (after.calls - before.calls) / MEASURED, usecPerRequest: (after.usec - before.usec) / MEASURED, loadedBytes, batchBytes, coldBytes: socketBytes(clients[2]!) - start }
 }
 
 export async function screeningRedisRows(log: (s: string) => void): Promise<Row[]> {
@@ -111,7 +123,8 @@ export async function screeningRedisRows(log: (s: string) => void): Promise<Row[
       itemsPerSec: NaN,
       note:
         `${(m.bytesPerRequest / 1024).toFixed(2)} KiB sent+received per single-digit request (max ${(m.maxBytes / 1024).toFixed(2)} KiB), ${m.roundTrips.toFixed(2)} round trips, ` +
-        `Redis CPU ${m.usecPerRequest.toFixed(0)} us; ${setting}, 2 replicas alternating, ${CALLERS} callers, rings full; a replica's first request for a full ring: ${(m.coldBytes / 1024).toFixed(0)} KiB`,
+        `Redis CPU ${m.usecPerRequest.toFixed(0)} us; with 64 in flight per replica ${(m.loadedBytes / 1024).toFixed(2)} KiB; a 64-digit request ${(m.batchBytes / 1024).toFixed(1)} KiB; ${setting}, 2 replicas alternating, ${CALLERS} callers, rings full; ` +
+        `a replica's first request for a full ring (no copy yet): ${(m.coldBytes / 1024).toFixed(0)} KiB`,
     })
     log('per-request Redis traffic: stateful ring')
     const ringClients = await Promise.all([0, 1, 2].map(() => open('bench:ring:')))

@@ -5,28 +5,36 @@
 // was last brought up to date, so a request costs its own queries going in and the others'
 // coming back (mnist: 212 bytes a query), not the whole ring (207 KiB once full).
 //
-// Layout, two strings per ring, both capped and expiring `ttlMs` after the last write:
+// Layout, three keys per ring, all capped and expiring `ttlMs` after the last write:
 //   `<base>:d`  a 52-byte ASCII header (epoch: 16 characters, queries ever appended: 16 digits,
 //               capacity, vector size: 10 each), then one 128-bit digest per slot;
-//   `<base>:v`  one pooled query per slot (4·dims bytes, Float32). Never raw inputs.
+//   `<base>:v`  one pooled query per slot (4·dims bytes, Float32). Never raw inputs;
+//   `<base>:w`  per copy (a random 8-byte id), the count of queries it has been sent or has
+//               written: at most 64 copies, past which the hash is dropped and copies say.
 // Slot of the n-th query ever appended: n mod capacity. The epoch is a random id set when the
 // ring is created; a ring that expired and was created again has another, so a replica never
 // takes a new ring's queries for the continuation of its old copy.
 //
-// One round trip per request, atomic: the script returns the queries the replica lacks (from
-// the count it last saw up to the count before this request; the whole ring when its copy is
-// of another epoch or more than a ring behind), then appends the request's queries that are not
-// exact repeats (digest already in the ring: found with a plain search over the digest string,
-// at slot boundaries). The replica brings its copy up to date and judges the request on it with
-// the in-process code (stateful.ts judgeBatch), which skips and appends the same queries, so
-// each query is judged against exactly the queries Redis held before it, as one replica would.
-// Replies on one connection come in the order Redis ran the scripts, and each is applied
-// synchronously when it arrives, so a replica's copy only moves forward.
+// One round trip per request, atomic: the script returns the queries the copy lacks, from its
+// pointer (or the count the copy says it holds, whichever is further) up to the count before
+// this request, or the whole ring when the copy is of another epoch or more than a ring behind;
+// then appends the request's queries that are not exact repeats (digest already in the ring:
+// a plain search over the digest string, at slot boundaries) and moves the copy's pointer past
+// them. The pointer is what keeps traffic low under load: a replica's requests in flight
+// together each get only the other replicas' queries that came after the previous one's.
+// The replica brings its copy up to date and judges the request on it with the in-process code
+// (stateful.ts judgeBatch), which skips and appends the same queries, so each query is judged
+// against exactly the queries Redis held before it, as one replica would. Replies on one
+// connection come in the order Redis ran the scripts and each is applied synchronously when it
+// arrives, so the copy moves forward in Redis's order; a reply that starts past the copy (one to
+// an earlier request was lost, e.g. timed out) fails the request closed (503) and the copy is
+// fetched whole, under a new id, next time. Ids come from the injected random source, so
+// replicas must not share a seeded one.
 //
 // Why not the k-nearest search inside Redis (a Lua script that gets one pooled query and
 // returns its score): measured on a full mnist ring (1,000 queries of 49 values), the script
-// takes 2 to 3 ms of Redis CPU per query, and Redis runs scripts one at a time; the copy costs
-// Redis a GET of the digests (16 KiB) and a plain search per query.
+// takes 2 to 3 ms of Redis CPU per query, and Redis runs scripts one at a time; this one costs
+// Redis a GET of the digests (16 KiB), a plain search per query and a few writes (~50 us).
 
 import type { Redis } from 'ioredis'
 import type { RandomSource } from '../deps.ts'
@@ -36,15 +44,21 @@ import { History, judgeBatch } from './stateful.ts'
 
 const HEADER_BYTES = 52
 const EPOCH_CHARS = 16
+/** A copy's id in the ring's pointers: random, a new one after every reset. */
+const WRITER_BYTES = 8
+/** Pointers kept per ring; past it they are all dropped (copies then say what they hold). */
+const MAX_WRITERS = 64
 
-// KEYS: digests, vectors. ARGV: capacity, dims, TTL (ms), epoch for a new ring, the caller's
-// epoch and count (what its copy holds), then one item per query (digest .. vector), in order.
-// Returns {epoch, count before this request, first count returned, their digests, their vectors}.
+// KEYS: digests, vectors, pointers. ARGV: capacity, dims, TTL (ms), epoch for a new ring, the
+// caller's epoch and count (what its copy holds), its writer id, then one item per query
+// (digest .. vector), in order. Returns {epoch, count before this request, first count
+// returned, their digests, their vectors}.
 const SYNC_SCRIPT = `
-local dkey, vkey = KEYS[1], KEYS[2]
+local dkey, vkey, wkey = KEYS[1], KEYS[2], KEYS[3]
 local cap = tonumber(ARGV[1])
 local dims = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
+local me = ARGV[7]
 local H, D, V = ${HEADER_BYTES}, ${SHARED_DIGEST_BYTES}, 4 * tonumber(ARGV[2])
 local ds = redis.call('GET', dkey)
 local epoch, total = ARGV[4], 0
@@ -58,25 +72,28 @@ if ds then
   end
 end
 if not ds then
-  redis.call('DEL', dkey, vkey)
+  redis.call('DEL', dkey, vkey, wkey)
   epoch, total, ds = ARGV[4], 0, ''
 end
 local before = total
 local count = math.min(total, cap)
 local from = total - count
-local known = tonumber(ARGV[6])
-if ARGV[5] == epoch and known and known >= from and known <= total then from = known end
-local digests, vectors = {}, {}
-local function range(first, len)
-  digests[#digests + 1] = string.sub(ds, H + first * D + 1, H + (first + len) * D)
-  vectors[#vectors + 1] = redis.call('GETRANGE', vkey, first * V, (first + len) * V - 1)
+if ARGV[5] == epoch then
+  -- What the copy holds, or will once the replies to its requests before this one are in.
+  local known = math.max(tonumber(ARGV[6]) or -1, tonumber(redis.call('HGET', wkey, me)) or -1)
+  if known >= from and known <= total then from = known end
 end
+local digests, vectors = '', ''
 local n = total - from
 if n > 0 then
   local p = from % cap
   local first = math.min(n, cap - p)
-  range(p, first)
-  if n > first then range(0, n - first) end
+  digests = string.sub(ds, H + p * D + 1, H + (p + first) * D)
+  vectors = redis.call('GETRANGE', vkey, p * V, (p + first) * V - 1)
+  if n > first then
+    digests = digests .. string.sub(ds, H + 1, H + (n - first) * D)
+    vectors = vectors .. redis.call('GETRANGE', vkey, 0, (n - first) * V - 1)
+  end
 end
 local overwritten, added, addedAt = {}, {}, {}
 local function inRing(d)
@@ -90,7 +107,7 @@ local function inRing(d)
     at = p + 1
   end
 end
-for j = 7, #ARGV do
+for j = 8, #ARGV do
   local item = ARGV[j]
   local d = string.sub(item, 1, D)
   if not inRing(d) then
@@ -107,13 +124,17 @@ for j = 7, #ARGV do
   end
 end
 redis.call('SETRANGE', dkey, 0, string.format('%s%016d%010d%010d', epoch, total, cap, dims))
+if redis.call('HSET', wkey, me, string.format('%d', total)) == 1 and redis.call('HLEN', wkey) > ${MAX_WRITERS} then
+  redis.call('DEL', wkey)
+end
 redis.call('PEXPIRE', dkey, ttl)
+redis.call('PEXPIRE', wkey, ttl)
 if total > 0 then redis.call('PEXPIRE', vkey, ttl) end
-return {epoch, string.format('%d', before), string.format('%d', from), table.concat(digests), table.concat(vectors)}
+return {epoch, string.format('%d', before), string.format('%d', from), digests, vectors}
 `
 
 interface SyncScript {
-  bulwarkRingSyncBuffer(dkey: string, vkey: string, capacity: number, dims: number, ttlMs: number, epoch: string, knownEpoch: string, knownCount: number, ...items: Buffer[]): Promise<Buffer[]>
+  bulwarkRingSyncBuffer(dkey: string, vkey: string, wkey: string, capacity: number, dims: number, ttlMs: number, epoch: string, knownEpoch: string, knownCount: number, writer: Buffer, ...items: Buffer[]): Promise<Buffer[]>
 }
 
 /**
@@ -124,6 +145,8 @@ interface SyncScript {
 export class RingCopy extends History {
   epoch = ''
   appended = 0
+  /** This copy's id in the ring's pointers (random; a new one once the copy lost step). */
+  writer: Buffer | null = null
   private readonly idOf = new Map<string, number>()
   private readonly digestOf = new Map<number, string>()
   /** Numbers handed out to digests not stored (yet): the queries of the request being judged. */
@@ -186,16 +209,17 @@ export interface SharedRing {
 export function sharedRing(store: ScreeningStore, capacity: number, dims: number, random: RandomSource, what: string): SharedRing {
   const redis = store.redis as Redis & SyncScript
   if (typeof (redis as Partial<SyncScript>).bulwarkRingSyncBuffer !== 'function') {
-    store.redis.defineCommand('bulwarkRingSync', { numberOfKeys: 2, lua: SYNC_SCRIPT })
+    store.redis.defineCommand('bulwarkRingSync', { numberOfKeys: 3, lua: SYNC_SCRIPT })
   }
   const vectorBytes = 4 * dims
   return {
     async judge(base, copy, digests, vectors, k) {
       const items = vectors.map((v, i) => Buffer.concat([digests[i]!, bytesOf(v)]))
       const epoch = Buffer.from(random.bytes(EPOCH_CHARS / 2)).toString('hex')
+      copy.writer ??= Buffer.from(random.bytes(WRITER_BYTES))
       let reply: Buffer[]
       try {
-        reply = await redis.bulwarkRingSyncBuffer(`${base}:d`, `${base}:v`, capacity, dims, store.ttlMs, epoch, copy.epoch || '-', copy.appended, ...items)
+        reply = await redis.bulwarkRingSyncBuffer(`${base}:d`, `${base}:v`, `${base}:w`, capacity, dims, store.ttlMs, epoch, copy.epoch || '-', copy.appended, copy.writer, ...items)
       } catch (err) {
         throw stateUnavailable(what, err)
       }
@@ -204,11 +228,16 @@ export function sharedRing(store: ScreeningStore, capacity: number, dims: number
       const ringEpoch = epochB!.toString('latin1')
       const before = Number(beforeB!.toString())
       const from = Number(fromB!.toString())
-      if (ringEpoch === copy.epoch && copy.appended > before) {
-        copy.epoch = ''
-        throw stateUnavailable(what, new BulwarkError('state_unavailable', 'replies applied out of order', { reason: `${what}: a reply older than the copy (${before} < ${copy.appended}); copy dropped` }))
+      const whole = from === before - Math.min(before, capacity)
+      if (ringEpoch !== copy.epoch || from > copy.appended || copy.appended > before) {
+        if (!whole) {
+          // The copy lacks queries Redis counted as sent to it: a reply to an earlier request was lost.
+          copy.reset('', 0)
+          copy.writer = null
+          throw stateUnavailable(what, new BulwarkError('state_unavailable', 'copy out of step', { reason: `${what}: the copy holds ${copy.appended} queries, the reply starts at ${from}; dropped, fetched whole next time` }))
+        }
+        copy.reset(ringEpoch, from)
       }
-      if (ringEpoch !== copy.epoch || from > copy.appended) copy.reset(ringEpoch, from)
       const bytes = new Uint8Array(vectorsB!.length)
       bytes.set(vectorsB!)
       for (let n = copy.appended; n < before; n++) {

@@ -56,7 +56,7 @@ else {
     const raw = new Redis(redis.url)
     t.teardown(() => raw.quit())
     const keys = (await raw.keys('*screening:stateful-callers:mnist:*')).sort()
-    t.equal(keys.length, 2, 'one index for the model (digests and vectors)')
+    t.equal(keys.length, 3, 'one index for the model (digests, vectors, pointers)')
     t.ok((await raw.strlen(keys[1]!)) <= 1000 * 49 * 4, 'at most acrossCallers pooled queries')
     for (const key of keys) t.ok((await raw.pttl(key)) > 0, 'expiring')
   })

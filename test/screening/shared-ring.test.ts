@@ -4,9 +4,11 @@
 // over 20 identities, alternated between two replicas, exactly as one process does, query for
 // query, and alarms before the 400th probe; a small index wraps, batches with repeats are
 // judged the same, and a third replica whose first request comes late fetches the whole ring
-// and agrees; a ring that expired and was created again is not taken for the old one; and once
+// and agrees; a ring that expired and was created again is not taken for the old one; once
 // the rings are full a request sends and receives at most 8 KiB, while the replica's copy
-// holds no more than its caps.
+// holds no more than its caps; a copy that missed a reply fails closed once and then catches
+// up whole; and with 64 requests in flight per replica none fails, the mean
+// stays under 8 KiB and split probing still alarms by its 21st query.
 
 import t from 'tap'
 import type { Redis } from 'ioredis'
@@ -35,7 +37,7 @@ if (redis) {
   t.test('index: benign identities, then probing split over 20 identities, alternated between two replicas, judged as by one process', async (t) => {
     const [a, b] = await replicas.open('split', 2)
     const one = createCallersIndexDetector(indexOptions())
-    const two = [a!, b!].map((s) => createSharedCallersIndexDetector(indexOptions(), 'mnist', store(s.client), seededRandom(7)))
+    const two = [a!, b!].map((s, i) => createSharedCallersIndexDetector(indexOptions(), 'mnist', store(s.client), seededRandom(70 + i)))
     const alone: (DetectorResult | null)[] = []
     const shared: (DetectorResult | null)[] = []
     const send = async (q: number, principal: string, x: Float32Array) => {
@@ -57,7 +59,7 @@ if (redis) {
     const [a, b, c] = await replicas.open('wrap', 3)
     const opts = indexOptions({ k: 3, size: 30 })
     const one = createCallersIndexDetector(opts)
-    const three = [a!, b!, c!].map((s) => createSharedCallersIndexDetector(opts, 'mnist', store(s.client), seededRandom(8)))
+    const three = [a!, b!, c!].map((s, i) => createSharedCallersIndexDetector(opts, 'mnist', store(s.client), seededRandom(80 + i)))
     const normal = gaussian(seeded(4))
     const sent: Float32Array[] = []
     let differs = -1
@@ -74,8 +76,9 @@ if (redis) {
     t.equal(differs, -1, 'every result the same')
     t.ok(three[2]!.memory!().stored <= 30, 'a copy holds at most the index size')
     const keys = (await raw.keys(`bulwark-test:${run}:wrap:screening:stateful-callers:*`)).sort()
-    t.same(keys.map((k) => k.slice(k.indexOf('stateful-callers:'))), ['stateful-callers:mnist:n30d49:all:d', 'stateful-callers:mnist:n30d49:all:v'], 'one ring per model')
+    t.same(keys.map((k) => k.slice(k.indexOf('stateful-callers:'))), ['stateful-callers:mnist:n30d49:all:d', 'stateful-callers:mnist:n30d49:all:v', 'stateful-callers:mnist:n30d49:all:w'], 'one ring per model')
     t.equal(await raw.strlen(keys[0]!), 52 + 30 * 16, 'capped: a header and 30 digests')
+    t.ok((await raw.hlen(keys[2]!)) <= 3, 'a pointer per copy')
     t.equal(await raw.strlen(keys[1]!), 30 * 49 * 4, 'capped: 30 pooled vectors')
     for (const key of keys) t.ok((await raw.pttl(key)) > 0, 'and expiring')
   })
@@ -83,7 +86,7 @@ if (redis) {
   t.test('index: a ring that expired and was created again is not taken for the continuation of the old copy', async (t) => {
     const [a, b] = await replicas.open('epoch', 2)
     const opts = indexOptions({ k: 3, size: 30 })
-    const two = [a!, b!].map((s) => createSharedCallersIndexDetector(opts, 'mnist', store(s.client), seededRandom(9)))
+    const two = [a!, b!].map((s, i) => createSharedCallersIndexDetector(opts, 'mnist', store(s.client), seededRandom(90 + i)))
     const normal = gaussian(seeded(5))
     for (let q = 0; q < 10; q++) await two[q % 2]!.inspect(batch('p', [jitter(test.images[7]!, 0.01, normal)]))
     t.ok((await two[0]!.inspect(batch('p', [jitter(test.images[7]!, 0.01, normal)])))?.alarm, 'near-duplicates alarm')
@@ -99,8 +102,8 @@ if (redis) {
   t.test('once the rings are full, a request sends and receives at most 8 KiB', async (t) => {
     const [a, b] = await replicas.open('traffic', 2)
     const clients = [a!.client, b!.client]
-    const index = clients.map((c) => createSharedCallersIndexDetector(indexOptions(), 'mnist', store(c), seededRandom(10)))
-    const ring = clients.map((c) => createSharedStatefulDetector({ k: 20, historyPerPrincipal: 1000, maxPrincipals: 100, maxStoredQueries: 100_000, threshold: 0.015, mode: 'enforce', encoder }, 'mnist', store(c), seededRandom(11)))
+    const index = clients.map((c, i) => createSharedCallersIndexDetector(indexOptions(), 'mnist', store(c), seededRandom(100 + i)))
+    const ring = clients.map((c, i) => createSharedStatefulDetector({ k: 20, historyPerPrincipal: 1000, maxPrincipals: 100, maxStoredQueries: 100_000, threshold: 0.015, mode: 'enforce', encoder }, 'mnist', store(c), seededRandom(110 + i)))
     for (const [name, detectors] of [['index', index], ['stateful ring', ring]] as const) {
       for (let q = 0; q < 1000; q++) await detectors[q % 2]!.inspect(batch('caller', [test.images[q]!]))
       let most = 0
@@ -112,5 +115,46 @@ if (redis) {
       t.ok(most <= 8192, `${name}: at most ${most} bytes a request`)
       t.ok(detectors[0]!.memory!().stored <= 1000, `${name}: the copy holds at most its cap`)
     }
+  })
+
+  t.test('64 requests in flight on each of two replicas: none fails, a request carries at most 8 KiB on average, and probing still alarms at once', async (t) => {
+    const [a, b] = await replicas.open('load', 2)
+    const clients = [a!.client, b!.client]
+    const index = clients.map((c, i) => createSharedCallersIndexDetector(indexOptions(), 'mnist', store(c), seededRandom(120 + i)))
+    for (let q = 0; q < 1000; q++) await index[q % 2]!.inspect(batch(`reader-${q % 20}`, [test.images[q]!]))
+    const start = clients.map(socketBytes)
+    let sent = 0
+    for (let round = 0; round < 4; round++) {
+      const wave = Array.from({ length: 128 }, (_, i) => index[i % 2]!.inspect(batch(`reader-${i % 20}`, [test.images[1000 + round * 128 + i]!])))
+      sent += wave.length
+      const results = await Promise.allSettled(wave)
+      t.equal(results.filter((r) => r.status === 'rejected').length, 0, `wave ${round + 1}: every request judged`)
+    }
+    const perRequest = (socketBytes(clients[0]!) + socketBytes(clients[1]!) - start[0]! - start[1]!) / sent
+    t.ok(perRequest <= 8192, `${perRequest.toFixed(0)} bytes a request, sent and received`)
+    const normal = gaussian(seeded(6))
+    let first = -1
+    for (let q = 0; q < 40 && first < 0; q++) if ((await index[q % 2]!.inspect(batch(`sybil-${q}`, [jitter(test.images[99]!, 0.01, normal)])))?.alarm) first = q
+    t.ok(first >= 0 && first <= 20, `after the load, split probing alarms at probe ${first + 1}`)
+  })
+
+  t.test('a copy that missed the reply to one of its requests fails closed once, then is fetched whole and judges as one process', async (t) => {
+    const [a, b] = await replicas.open('lost', 2)
+    const opts = indexOptions({ k: 3, size: 30 })
+    // Two copies under one id (one seed) stand for one copy whose replies to the other's requests were lost.
+    const [one, other] = [a!, b!].map((s) => createSharedCallersIndexDetector(opts, 'mnist', store(s.client), seededRandom(130)))
+    const alone = createCallersIndexDetector(opts)
+    const normal = gaussian(seeded(7))
+    const queries = Array.from({ length: 8 }, () => jitter(test.images[11]!, 0.01, normal))
+    const both = (x: Float32Array) => alone.inspect(batch('p', [x]))
+    both(queries[0]!)
+    await one!.inspect(batch('p', [queries[0]!]))
+    for (const x of queries.slice(1, 6)) {
+      both(x)
+      await other!.inspect(batch('p', [x]))
+    }
+    both(queries[6]!)
+    await t.rejects(one!.inspect(batch('p', [queries[6]!])), { code: 'state_unavailable' }, 'the copy lacks queries Redis counted as its own: refused, 503')
+    t.same(await one!.inspect(batch('p', [queries[7]!])), both(queries[7]!), 'the next request fetches the ring whole and is judged as by one process')
   })
 }

@@ -96,7 +96,7 @@ if (redis) {
     }
     t.equal(differs, -1, 'every result the same')
     const keys = (await raw.keys(`bulwark-test:${run}:wrap:screening:stateful:*`)).sort()
-    t.same(keys.map((k) => k.slice(-2)), [':d', ':v'], 'two keys: digests and vectors')
+    t.same(keys.map((k) => k.slice(-2)), [':d', ':v', ':w'], 'three keys: digests, vectors, the copies\' pointers')
     t.equal(await raw.strlen(keys[0]!), 52 + 12 * 16, 'Redis holds a header and 12 digests')
     t.equal(await raw.strlen(keys[1]!), 12 * 49 * 4, 'and 12 pooled vectors (49 floats, not the 784 inputs)')
   })
