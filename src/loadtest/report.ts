@@ -82,7 +82,7 @@ const CSS = `body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-wi
 
 /** The whole page. `generatedAt` is shown as given (an ISO time from the caller's clock). */
 export function renderReport(result: BenchResult, generatedAt = ''): string {
-  const meta = `${result.protocol.toUpperCase()} ${result.target}, model ${result.model}, ${result.encoding} tensors, ${result.batch} item(s) per request${generatedAt ? `, ${generatedAt}` : ''}`
+  const meta = `${result.protocol.toUpperCase()} ${result.target}, model ${result.model}, ${result.encoding} tensors, ${result.batch} item(s) per request, ${result.callers ?? 1} caller(s)${generatedAt ? `, ${generatedAt}` : ''}`
   const stopped = result.stoppedEarly ? `<p><strong>The run stopped early:</strong> ${esc(result.stoppedEarly)}.</p>` : ''
   return `<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>${esc(`Bulwark bench: ${result.model}`)}</title><style>${CSS}</style></head>

@@ -42,6 +42,7 @@ const result = (withBreakdown: boolean): BenchResult => ({
   protocol: 'rest',
   encoding: 'json',
   batch: 1,
+  callers: 4,
   steps: [step(1, 2, withBreakdown), step(4, 5, withBreakdown), step(16, 19, withBreakdown)],
   stoppedEarly: null,
 })
@@ -62,6 +63,7 @@ t.test('a report with the breakdown: well formed, every chart there', async (t) 
   t.match(bars, /<title>c16: queue \+ inference 18\.5<\/title>/, 'each segment says what it is')
   t.match(html, /rate_limited 2/, 'errors by code in the table')
   t.match(html, /2026-12-03T10:00:00\.000Z/)
+  t.match(html, /1 item\(s\) per request, 4 caller\(s\)/, 'how many identities the load was spread over')
   t.match(html, /<code>bulwark bench --model m --token &lt;redacted&gt;<\/code>/, 'the command line that made it')
 })
 
