@@ -21,7 +21,6 @@ import { parse } from 'yaml'
 import { freePort } from '../kit/gateway-process.ts'
 import { repoRoot } from '../kit/paths.ts'
 import { loadMnist } from '../models/mnist/data.ts'
-import { cryptoRandom } from '../src/deps.ts'
 import type { SharedDetector } from '../src/screening/detector.ts'
 import { poolingEncoder } from '../src/screening/encoder.ts'
 import { createSharedCallersIndexDetector } from '../src/screening/stateful-callers.ts'
@@ -129,12 +128,12 @@ export async function screeningRedisRows(log: (s: string) => void): Promise<Row[
     log('per-request Redis traffic: stateful ring')
     const ringClients = await Promise.all([0, 1, 2].map(() => open('bench:ring:')))
     all.push(...ringClients)
-    const ring = await measure((c) => createSharedStatefulDetector({ k, historyPerPrincipal: history, maxPrincipals: 10_000, maxStoredQueries: 200_000, threshold: 0, mode: 'enforce', encoder }, 'mnist', { redis: c, ttlMs }, cryptoRandom), ringClients, raw, CALLERS * history)
+    const ring = await measure((c) => createSharedStatefulDetector({ k, historyPerPrincipal: history, maxPrincipals: 10_000, maxStoredQueries: 200_000, threshold: 0, mode: 'enforce', encoder }, 'mnist', { redis: c, ttlMs }), ringClients, raw, CALLERS * history)
     rows.push(row('stateful ring (per caller)', ring, `historyPerPrincipal ${history}`))
     log('per-request Redis traffic: model-wide index')
     const indexClients = await Promise.all([0, 1, 2].map(() => open('bench:index:')))
     all.push(...indexClients)
-    const index = await measure((c) => createSharedCallersIndexDetector({ k, size: across, threshold: 0, mode: 'enforce', encoder }, 'mnist', { redis: c, ttlMs }, cryptoRandom), indexClients, raw, across)
+    const index = await measure((c) => createSharedCallersIndexDetector({ k, size: across, threshold: 0, mode: 'enforce', encoder }, 'mnist', { redis: c, ttlMs }), indexClients, raw, across)
     rows.push(row('model-wide index (acrossCallers)', index, `acrossCallers ${across}`))
     const used = /used_memory:(\d+)/.exec(await raw.info('memory'))
     rows.push({ group: GROUP, scenario: 'Redis memory of shared screening state', itemsPerSec: NaN, note: `${(Number(used?.[1]) / 2 ** 20).toFixed(1)} MiB used for ${CALLERS} full per-caller rings and one full index (capped: history and acrossCallers slots; keys expire with screeningStateTtlMs)` })

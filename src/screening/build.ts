@@ -136,13 +136,13 @@ export function compileScreening(
       // The model-wide index has its own history: resizing it keeps the callers' histories.
       const { threshold: _t, mode: _m, acrossCallers: _a, ...shape } = st
       const key = JSON.stringify(['stateful', shape, layout, !!shared])
-      detectors.push(keepHistory(previous?.detectors, key, options, () => (shared ? createSharedStatefulDetector(options, model, shared, random) : createStatefulDetector(options))))
+      detectors.push(keepHistory(previous?.detectors, key, options, () => (shared ? createSharedStatefulDetector(options, model, shared) : createStatefulDetector(options))))
       if (st.acrossCallers > 0) {
         if (st.k > st.acrossCallers) problems.push(`/screening/stateful/acrossCallers: ${st.acrossCallers} is smaller than k ${st.k}; the k nearest must fit in it (or 0: off)`)
         else {
           const across = { k: st.k, size: st.acrossCallers, threshold, mode: options.mode, encoder: options.encoder }
           const acrossKey = JSON.stringify(['stateful-callers', st.k, st.poolSize, st.acrossCallers, layout, !!shared])
-          const makeAcross = () => (shared ? createSharedCallersIndexDetector(across, model, shared, random) : createCallersIndexDetector(across))
+          const makeAcross = () => (shared ? createSharedCallersIndexDetector(across, model, shared) : createCallersIndexDetector(across))
           detectors.push(keepHistory(previous?.detectors, acrossKey, across, makeAcross))
         }
       }

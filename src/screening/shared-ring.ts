@@ -9,11 +9,13 @@
 //   `<base>:d`  a 52-byte ASCII header (epoch: 16 characters, queries ever appended: 16 digits,
 //               capacity, vector size: 10 each), then one 128-bit digest per slot;
 //   `<base>:v`  one pooled query per slot (4·dims bytes, Float32). Never raw inputs;
-//   `<base>:w`  per copy (a random 8-byte id), the count of queries it has been sent or has
-//               written: at most 64 copies, past which the hash is dropped and copies say.
-// Slot of the n-th query ever appended: n mod capacity. The epoch is a random id set when the
-// ring is created; a ring that expired and was created again has another, so a replica never
-// takes a new ring's queries for the continuation of its old copy.
+//   `<base>:w`  hash: per copy, the count of queries it has been sent or has written (at most
+//               64 copies, past which they are dropped and copies say what they hold), and
+//               under '#' the last id handed out.
+// Slot of the n-th query ever appended: n mod capacity. The epoch is Redis's clock (TIME) when
+// the ring was created; a ring that expired and was created again has another, so a replica
+// never takes a new ring's queries for the continuation of its old copy. A copy's id is handed
+// out by the script, unique within the ring's epoch; nothing here needs a random source.
 //
 // One round trip per request, atomic: the script returns the queries the copy lacks, from its
 // pointer (or the count the copy says it holds, whichever is further) up to the count before
@@ -28,8 +30,7 @@
 // connection come in the order Redis ran the scripts and each is applied synchronously when it
 // arrives, so the copy moves forward in Redis's order; a reply that starts past the copy (one to
 // an earlier request was lost, e.g. timed out) fails the request closed (503) and the copy is
-// fetched whole, under a new id, next time. Ids come from the injected random source, so
-// replicas must not share a seeded one.
+// fetched whole, under a new id, next time.
 //
 // Why not the k-nearest search inside Redis (a Lua script that gets one pooled query and
 // returns its score): measured on a full mnist ring (1,000 queries of 49 values), the script
@@ -37,31 +38,28 @@
 // Redis a GET of the digests (16 KiB), a plain search per query and a few writes (~50 us).
 
 import type { Redis } from 'ioredis'
-import type { RandomSource } from '../deps.ts'
 import { BulwarkError } from '../errors.ts'
 import { bytesOf, SHARED_DIGEST_BYTES, stateUnavailable, type ScreeningStore } from './shared-store.ts'
 import { History, judgeBatch } from './stateful.ts'
 
 const HEADER_BYTES = 52
 const EPOCH_CHARS = 16
-/** A copy's id in the ring's pointers: random, a new one after every reset. */
-const WRITER_BYTES = 8
 /** Pointers kept per ring; past it they are all dropped (copies then say what they hold). */
 const MAX_WRITERS = 64
 
-// KEYS: digests, vectors, pointers. ARGV: capacity, dims, TTL (ms), epoch for a new ring, the
-// caller's epoch and count (what its copy holds), its writer id, then one item per query
-// (digest .. vector), in order. Returns {epoch, count before this request, first count
-// returned, their digests, their vectors}.
+// KEYS: digests, vectors, pointers. ARGV: capacity, dims, TTL (ms), the copy's epoch, count
+// (what it holds) and id ('' for none yet), then one item per query (digest .. vector), in
+// order. Returns {epoch, the copy's id, count before this request, first count returned, their
+// digests, their vectors}.
 const SYNC_SCRIPT = `
 local dkey, vkey, wkey = KEYS[1], KEYS[2], KEYS[3]
 local cap = tonumber(ARGV[1])
 local dims = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-local me = ARGV[7]
+local me = ARGV[6]
 local H, D, V = ${HEADER_BYTES}, ${SHARED_DIGEST_BYTES}, 4 * tonumber(ARGV[2])
 local ds = redis.call('GET', dkey)
-local epoch, total = ARGV[4], 0
+local epoch, total = '', 0
 if ds then
   epoch = string.sub(ds, 1, ${EPOCH_CHARS})
   total = tonumber(string.sub(ds, 17, 32))
@@ -73,16 +71,20 @@ if ds then
 end
 if not ds then
   redis.call('DEL', dkey, vkey, wkey)
-  epoch, total, ds = ARGV[4], 0, ''
+  local now = redis.call('TIME')
+  epoch, total, ds = string.format('%010d%06d', tonumber(now[1]), tonumber(now[2])), 0, ''
 end
 local before = total
 local count = math.min(total, cap)
 local from = total - count
-if ARGV[5] == epoch then
+if ARGV[4] == epoch then
   -- What the copy holds, or will once the replies to its requests before this one are in.
-  local known = math.max(tonumber(ARGV[6]) or -1, tonumber(redis.call('HGET', wkey, me)) or -1)
+  local known = math.max(tonumber(ARGV[5]) or -1, me ~= '' and tonumber(redis.call('HGET', wkey, me)) or -1)
   if known >= from and known <= total then from = known end
+else
+  me = ''
 end
+if me == '' then me = string.format('%d', redis.call('HINCRBY', wkey, '#', 1)) end
 local digests, vectors = '', ''
 local n = total - from
 if n > 0 then
@@ -107,7 +109,7 @@ local function inRing(d)
     at = p + 1
   end
 end
-for j = 8, #ARGV do
+for j = 7, #ARGV do
   local item = ARGV[j]
   local d = string.sub(item, 1, D)
   if not inRing(d) then
@@ -124,17 +126,20 @@ for j = 8, #ARGV do
   end
 end
 redis.call('SETRANGE', dkey, 0, string.format('%s%016d%010d%010d', epoch, total, cap, dims))
-if redis.call('HSET', wkey, me, string.format('%d', total)) == 1 and redis.call('HLEN', wkey) > ${MAX_WRITERS} then
+if redis.call('HSET', wkey, me, string.format('%d', total)) == 1 and redis.call('HLEN', wkey) > ${MAX_WRITERS} + 1 then
+  -- Too many copies (replicas restarted, copies forgotten): drop the pointers, keep the ids unique.
+  local last = redis.call('HGET', wkey, '#')
   redis.call('DEL', wkey)
+  redis.call('HSET', wkey, '#', last)
 end
 redis.call('PEXPIRE', dkey, ttl)
 redis.call('PEXPIRE', wkey, ttl)
 if total > 0 then redis.call('PEXPIRE', vkey, ttl) end
-return {epoch, string.format('%d', before), string.format('%d', from), digests, vectors}
+return {epoch, me, string.format('%d', before), string.format('%d', from), digests, vectors}
 `
 
 interface SyncScript {
-  bulwarkRingSyncBuffer(dkey: string, vkey: string, wkey: string, capacity: number, dims: number, ttlMs: number, epoch: string, knownEpoch: string, knownCount: number, writer: Buffer, ...items: Buffer[]): Promise<Buffer[]>
+  bulwarkRingSyncBuffer(dkey: string, vkey: string, wkey: string, capacity: number, dims: number, ttlMs: number, epoch: string, count: number, id: string, ...items: Buffer[]): Promise<Buffer[]>
 }
 
 /**
@@ -145,8 +150,8 @@ interface SyncScript {
 export class RingCopy extends History {
   epoch = ''
   appended = 0
-  /** This copy's id in the ring's pointers (random; a new one once the copy lost step). */
-  writer: Buffer | null = null
+  /** This copy's id in the ring's pointers ('': none yet; a new one per epoch and once the copy lost step). */
+  writer = ''
   private readonly idOf = new Map<string, number>()
   private readonly digestOf = new Map<number, string>()
   /** Numbers handed out to digests not stored (yet): the queries of the request being judged. */
@@ -206,7 +211,7 @@ export interface SharedRing {
   judge(base: string, copy: RingCopy, digests: readonly Buffer[], vectors: readonly Float32Array[], k: number): Promise<number>
 }
 
-export function sharedRing(store: ScreeningStore, capacity: number, dims: number, random: RandomSource, what: string): SharedRing {
+export function sharedRing(store: ScreeningStore, capacity: number, dims: number, what: string): SharedRing {
   const redis = store.redis as Redis & SyncScript
   if (typeof (redis as Partial<SyncScript>).bulwarkRingSyncBuffer !== 'function') {
     store.redis.defineCommand('bulwarkRingSync', { numberOfKeys: 3, lua: SYNC_SCRIPT })
@@ -215,17 +220,16 @@ export function sharedRing(store: ScreeningStore, capacity: number, dims: number
   return {
     async judge(base, copy, digests, vectors, k) {
       const items = vectors.map((v, i) => Buffer.concat([digests[i]!, bytesOf(v)]))
-      const epoch = Buffer.from(random.bytes(EPOCH_CHARS / 2)).toString('hex')
-      copy.writer ??= Buffer.from(random.bytes(WRITER_BYTES))
       let reply: Buffer[]
       try {
-        reply = await redis.bulwarkRingSyncBuffer(`${base}:d`, `${base}:v`, `${base}:w`, capacity, dims, store.ttlMs, epoch, copy.epoch || '-', copy.appended, copy.writer, ...items)
+        reply = await redis.bulwarkRingSyncBuffer(`${base}:d`, `${base}:v`, `${base}:w`, capacity, dims, store.ttlMs, copy.epoch || '-', copy.appended, copy.writer, ...items)
       } catch (err) {
         throw stateUnavailable(what, err)
       }
       // From here to the end, nothing waits: the copy moves in the order the replies came.
-      const [epochB, beforeB, fromB, digestsB, vectorsB] = reply
+      const [epochB, idB, beforeB, fromB, digestsB, vectorsB] = reply
       const ringEpoch = epochB!.toString('latin1')
+      copy.writer = idB!.toString('latin1')
       const before = Number(beforeB!.toString())
       const from = Number(fromB!.toString())
       const whole = from === before - Math.min(before, capacity)
@@ -233,7 +237,7 @@ export function sharedRing(store: ScreeningStore, capacity: number, dims: number
         if (!whole) {
           // The copy lacks queries Redis counted as sent to it: a reply to an earlier request was lost.
           copy.reset('', 0)
-          copy.writer = null
+          copy.writer = ''
           throw stateUnavailable(what, new BulwarkError('state_unavailable', 'copy out of step', { reason: `${what}: the copy holds ${copy.appended} queries, the reply starts at ${from}; dropped, fetched whole next time` }))
         }
         copy.reset(ringEpoch, from)

@@ -20,7 +20,6 @@
 // full per-caller history. Memory: size * (4 * dims + 8) bytes per model, fixed (the copy, with
 // Redis); in Redis size * (4 * dims + 16) bytes.
 
-import { cryptoRandom, type RandomSource } from '../deps.ts'
 import type { Detector, DetectorResult, ScreenBatch, ScreeningMode, SharedDetector } from './detector.ts'
 import type { Encoder } from './encoder.ts'
 import { RingCopy, sharedRing } from './shared-ring.ts'
@@ -59,10 +58,10 @@ export function createCallersIndexDetector(o: CallersIndexOptions): Detector {
 }
 
 /** The index in Redis, shared by the replicas of a gateway. */
-export function createSharedCallersIndexDetector(o: CallersIndexOptions, model: string, store: ScreeningStore, random: RandomSource = cryptoRandom): SharedDetector {
+export function createSharedCallersIndexDetector(o: CallersIndexOptions, model: string, store: ScreeningStore): SharedDetector {
   checkSize(o)
   const dims = o.encoder.dims
-  const ring = sharedRing(store, o.size, dims, random, `stateful-callers index on model ${model}`)
+  const ring = sharedRing(store, o.size, dims, `stateful-callers index on model ${model}`)
   const copy = new RingCopy(dims, o.size)
   const key = stateKey('stateful-callers', model, `n${o.size}d${dims}`, 'all')
   return {

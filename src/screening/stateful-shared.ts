@@ -12,18 +12,17 @@
 // with the in-process code (stateful.ts judgeBatch), so each query is judged against exactly the
 // queries Redis recorded before it, whichever replica took them.
 
-import { cryptoRandom, type RandomSource } from '../deps.ts'
 import type { DetectorResult, ScreenBatch, SharedDetector } from './detector.ts'
 import { PrincipalStore } from './principal-store.ts'
 import { RingCopy, sharedRing } from './shared-ring.ts'
 import { sharedDigest, stateKey, type ScreeningStore } from './shared-store.ts'
 import { STATEFUL_DETECTOR, type StatefulOptions } from './stateful.ts'
 
-export function createSharedStatefulDetector(o: StatefulOptions, model: string, store: ScreeningStore, random: RandomSource = cryptoRandom): SharedDetector {
+export function createSharedStatefulDetector(o: StatefulOptions, model: string, store: ScreeningStore): SharedDetector {
   if (o.k > o.historyPerPrincipal) throw new RangeError(`stateful: k (${o.k}) must not exceed historyPerPrincipal (${o.historyPerPrincipal})`)
   const dims = o.encoder.dims
   const shape = `h${o.historyPerPrincipal}d${dims}`
-  const ring = sharedRing(store, o.historyPerPrincipal, dims, random, `stateful detector on model ${model}`)
+  const ring = sharedRing(store, o.historyPerPrincipal, dims, `stateful detector on model ${model}`)
   const copies = new PrincipalStore<RingCopy>({
     maxPrincipals: o.maxPrincipals,
     maxUnits: Math.max(o.maxStoredQueries, o.historyPerPrincipal),
