@@ -2,44 +2,62 @@
 // in src/stages/screening.ts decide when): the degraded mechanism, and the count of queries a
 // delayed refusal still waits for.
 //
-// Degraded: every row of every released output has its classes permuted by one uniformly
-// random permutation per item (the same one for each output of the item, so several outputs
-// agree with each other as a real answer's do). The answer keeps its shape, datatype and
-// value distribution (a one-hot stays a one-hot, a top-k row keeps k values), and its arg-max
-// becomes a uniformly random class whatever the input: post-processing of the answer that
-// was paid for, so it costs nothing more.
+// Degraded: every row of every released output has its classes permuted by one random
+// permutation per item (the same one for each output of the item, so several outputs agree
+// with each other as a real answer's do). The answer keeps its shape, datatype and value
+// distribution (a one-hot stays a one-hot, a top-k row keeps k values), and its arg-max is a
+// class the caller cannot predict: post-processing of the answer that was paid for, so it
+// costs nothing more. The permutation is a keyed function of the item's keyed digest (HMAC
+// under a secret drawn once from the injected random source): asking the same input twice
+// gets the same degraded answer, as it would a real one, so a repeat does not give it away.
 
+import { createHmac } from 'node:crypto'
 import type { RandomSource } from '../deps.ts'
 import type { Tensor } from '../inference/tensor.ts'
-import { RandomReader } from '../privacy/random.ts'
 
-/** A uniformly random permutation of 0..n-1 (Fisher-Yates, unbiased draws). */
-function permutation(rng: RandomReader, n: number): number[] {
+/** The permutation of 0..n-1 that `key` selects (Fisher-Yates over an HMAC stream, unbiased by rejection). */
+function permutation(secret: Uint8Array, key: number, n: number): number[] {
+  let block = 0
+  let bytes = new Uint8Array(0)
+  let at = 0
+  const byte = () => {
+    if (at >= bytes.length) {
+      bytes = createHmac('sha256', secret).update(`${key}:${n}:${block++}`).digest()
+      at = 0
+    }
+    return bytes[at++]!
+  }
   const p = Array.from({ length: n }, (_, i) => i)
   for (let i = n - 1; i > 0; i--) {
-    const j = rng.uniformSmall(i + 1)
+    const m = i + 1
+    // Bytes below the largest multiple of m keep the draw uniform; n up to 256 classes.
+    const limit = 256 - (256 % m)
+    let b = byte()
+    while (b >= limit) b = byte()
+    const j = b % m
     ;[p[i], p[j]] = [p[j]!, p[i]!]
   }
   return p
 }
 
-export function createDegrader(random: RandomSource): (groups: readonly (readonly Tensor[])[], batch: number) => void {
-  const rng = new RandomReader(random)
+export function createDegrader(random: RandomSource): (groups: readonly (readonly Tensor[])[], keys: readonly number[]) => void {
+  const secret = random.bytes(32)
   /**
    * Permutes, in place, the rows of the batch-first tensors of each group (each group: one
-   * answer, e.g. the raw outputs and the paid copies); one permutation per item and row length.
+   * answer, e.g. the raw outputs and the paid copies); item i's permutation is keyed by
+   * keys[i] (its digest), one per row length. Rows longer than 256 values are left alone.
    */
-  return (groups, batch) => {
-    const perms = new Map<number, number[][]>()
+  return (groups, keys) => {
+    const batch = keys.length
     for (const t of groups.flat()) {
       if (t.shape[0] !== batch || batch === 0) continue
       const per = t.data.length / batch
-      let p = perms.get(per)
-      if (!p) perms.set(per, (p = Array.from({ length: batch }, () => permutation(rng, per))))
+      if (per > 256) continue
       const data = t.data as unknown as { [i: number]: number | bigint; slice(a: number, b: number): ArrayLike<number | bigint> }
       for (let i = 0; i < batch; i++) {
+        const p = permutation(secret, keys[i]!, per)
         const row = data.slice(i * per, (i + 1) * per)
-        for (let k = 0; k < per; k++) data[i * per + p[i]![k]!] = row[k]!
+        for (let k = 0; k < per; k++) data[i * per + p[k]!] = row[k]!
       }
     }
   }

@@ -44,7 +44,7 @@
 // or, degrade: the cool-down starts and the request, and every request of the caller during
 // the cool-down, is answered from the degraded mechanism (src/screening/alarm-modes.ts:
 // screen-output permutes each released row at random, after the charge) with the flag saying
-// `degraded`; or, delay: answered as usual for delayQueries more of the caller's queries, then
+// `degraded` (the same input gets the same degraded answer); or, delay: answered as usual for delayQueries more of the caller's queries, then
 // refused (flag `delayed-alarm`) and the cool-down starts. Per-item refusals are not affected.
 //
 // Detectors judge in the order build.ts gives. Before inference the first enforcing alarm ends
@@ -392,7 +392,7 @@ export function createScreeningLinks(deps: AdversarialScreenDeps): ScreeningLink
       if (ctx.withheldItems?.size) withhold(ctx, found.batch.items.length)
       if (degraded.has(ctx)) {
         if (!degrade) throw new BulwarkError('internal', 'internal error; the operator can find details in the server log', { reason: `screening on model ${found.s.model} degrades answers (onAlarm: degrade) and has no random source; the answer is not released` })
-        degrade([ctx.result.outputs, [...(ctx.charged?.outputs.values() ?? [])]], found.batch.items.length)
+        degrade([ctx.result.outputs, [...(ctx.charged?.outputs.values() ?? [])]], found.batch.digests)
       }
     },
   }

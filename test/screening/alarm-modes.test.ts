@@ -1,10 +1,12 @@
 // screening.onAlarm through a real gateway (mTLS, JWT, ONNX, the bundled mnist policy with
 // onAlarm changed). What is asserted: with `degrade`, a probing run is never refused: from the
 // alarm on, and through the cool-down, every answer has the shape, datatype, parameters and
-// cost of a real one, its label is random, it is charged, and the audit record and the
+// cost of a real one, its label is random (the same for a repeated query), it is charged, and the audit record and the
 // metrics say it was degraded; other callers get real answers. With `delay`, the alarm's
 // request and delayQueries more are answered, the next is refused 403 (audit flag
-// delayed-alarm), and the cool-down follows. Per-item refusals keep their 422.
+// delayed-alarm), and the cool-down follows. Per-item refusals keep their 422. The degraded
+// mechanism permutes each item's row, the same in every output of the item and for the same
+// input, and leaves the rest alone; a delayed refusal is not moved by later alarms.
 import { readdirSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
@@ -68,6 +70,9 @@ t.test('onAlarm degrade: the probing caller is answered, degraded, charged, and 
   t.ok(new Set(labels.slice(19)).size >= 3, `from the alarm on, random labels (${labels.slice(19).join(',')})`)
   t.equal(answers[29]!.body.parameters.privacy_epsilon_spent, 30 * 2 * 16, 'every probe charged as an answer and a verdict, degraded ones too')
 
+  const probe = jitter(test.images[99]!, 0.01, normal)
+  const [first, second] = [await gw.request('/v2/models/mnist/infer', { body: body(probe), token: mallory }), await gw.request('/v2/models/mnist/infer', { body: body(probe), token: mallory })]
+  t.same(second.body.outputs, first.body.outputs, 'a repeated query gets the same degraded answer')
   const other = await gw.request('/v2/models/mnist/infer', { body: body(test.images[1]!), token: alice })
   t.equal((other.body.outputs[0].data as number[]).indexOf(1), test.labels[1], 'another caller gets the real label')
   const adv = await gw.request('/v2/models/mnist/infer', { body: body(fgsm()), token: mallory })
@@ -75,7 +80,7 @@ t.test('onAlarm degrade: the probing caller is answered, degraded, charged, and 
 
   const records = auditRecords(gw.dir)
   const degraded = records.filter((r) => r.flags.some((f) => f.degraded))
-  t.equal(degraded.filter((r) => r.status === 200).length, 11, 'the 11 degraded answers are audited as degraded')
+  t.equal(degraded.filter((r) => r.status === 200).length, 13, 'the 13 degraded answers are audited as degraded')
   t.equal(degraded.filter((r) => r.status === 422).length, 1, 'and so is the refused adversarial digit (in the cool-down)')
   t.ok(degraded.some((r) => r.flags.some((f) => f.detector === 'stateful-callers' && f.alarm && f.degraded)), 'the alarm that started it')
   t.ok(degraded.some((r) => r.flags.some((f) => f.detector === 'cooldown' && f.degraded)), 'and the cool-down that continues it')
@@ -108,7 +113,7 @@ t.test('the degraded mechanism permutes each item\'s row, the same way in every 
   const a = { name: 'p', datatype: 'FP32' as const, shape: [3, 10], data: scores }
   const b = { name: 'q', datatype: 'FP32' as const, shape: [3, 10], data: copy }
   const other = { name: 'r', datatype: 'FP32' as const, shape: [1, 3], data: Float32Array.from([1, 2, 3]) }
-  degrade([[a, other], [b]], 3)
+  degrade([[a, other], [b]], [11, 22, 33])
   for (let i = 0; i < 3; i++) {
     const row = Array.from(a.data.subarray(i * 10, i * 10 + 10))
     t.same([...row].sort((x, y) => x - y), Array.from({ length: 10 }, (_, k) => i * 10 + k), `item ${i}: the same values`)
@@ -116,6 +121,15 @@ t.test('the degraded mechanism permutes each item\'s row, the same way in every 
   }
   t.not(Array.from(a.data).join(), Array.from({ length: 30 }, (_, i) => i).join(), 'permuted')
   t.same(Array.from(other.data), [1, 2, 3], 'a tensor that is not batch-first is left alone')
+  const again = { ...a, data: Float32Array.from({ length: 30 }, (_, i) => i) }
+  degrade([[again]], [11, 22, 33])
+  t.same(Array.from(again.data), Array.from(a.data), 'the same inputs (digests) get the same degraded answer')
+  const moved = new Set(Array.from({ length: 40 }, (_, key) => {
+    const one = { ...a, shape: [1, 10], data: Float32Array.from({ length: 10 }, (_, i) => i) }
+    degrade([[one]], [key])
+    return one.data.indexOf(0)
+  }))
+  t.ok(moved.size >= 8, `other inputs, other labels (class 0 moved to ${moved.size} of 10 places over 40 digests)`)
 
   const delays = new DelayedRefusals(10)
   t.equal(delays.next('m', 'p'), null, 'nothing pending')
