@@ -38,7 +38,6 @@
 // Redis a GET of the digests (16 KiB), a plain search per query and a few writes (~50 us).
 
 import type { Redis } from 'ioredis'
-import { BulwarkError } from '../errors.ts'
 import { bytesOf, SHARED_DIGEST_BYTES, stateUnavailable, type ScreeningStore } from './shared-store.ts'
 import { History, judgeBatch } from './stateful.ts'
 
@@ -229,19 +228,20 @@ export function sharedRing(store: ScreeningStore, capacity: number, dims: number
       // From here to the end, nothing waits: the copy moves in the order the replies came.
       const [epochB, idB, beforeB, fromB, digestsB, vectorsB] = reply
       const ringEpoch = epochB!.toString('latin1')
-      copy.writer = idB!.toString('latin1')
       const before = Number(beforeB!.toString())
       const from = Number(fromB!.toString())
       const whole = from === before - Math.min(before, capacity)
       if (ringEpoch !== copy.epoch || from > copy.appended || copy.appended > before) {
         if (!whole) {
           // The copy lacks queries Redis counted as sent to it: a reply to an earlier request was lost.
+          const lost = new Error(`this replica's copy holds queries up to ${copy.appended}, the reply starts at ${from} (a reply was lost); the copy is fetched whole next time`)
           copy.reset('', 0)
           copy.writer = ''
-          throw stateUnavailable(what, new BulwarkError('state_unavailable', 'copy out of step', { reason: `${what}: the copy holds ${copy.appended} queries, the reply starts at ${from}; dropped, fetched whole next time` }))
+          throw stateUnavailable(what, lost)
         }
         copy.reset(ringEpoch, from)
       }
+      copy.writer = idB!.toString('latin1')
       const bytes = new Uint8Array(vectorsB!.length)
       bytes.set(vectorsB!)
       for (let n = copy.appended; n < before; n++) {
