@@ -34,8 +34,9 @@
 //
 // Why not the k-nearest search inside Redis (a Lua script that gets one pooled query and
 // returns its score): measured on a full mnist ring (1,000 queries of 49 values), the script
-// takes 2 to 3 ms of Redis CPU per query, and Redis runs scripts one at a time; this one costs
-// Redis a GET of the digests (16 KiB), a plain search per query and a few writes (~50 us).
+// takes 2.1 ms of Redis CPU per single-digit request (bench/screening-redis-knn.ts), and Redis
+// runs scripts one at a time; this one costs Redis a GET of the digests (16 KiB), a plain
+// search per query and a few writes (about 50 us, bench/screening-redis.ts).
 
 import type { Redis } from 'ioredis'
 import { bytesOf, SHARED_DIGEST_BYTES, stateUnavailable, type ScreeningStore } from './shared-store.ts'
