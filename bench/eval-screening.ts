@@ -1,6 +1,7 @@
 // `npm run eval:screening [-- --part all|adaptive|classic] [--quick] [--pgd-count N]
 //   [--adaptive-only squeezing,stateful,extraction] [--adaptive-digits N] [--adaptive-queries N]
-//   [--bpda-digits N] [--no-baseline] [--no-index]`:
+//   [--bpda-digits N] [--no-baseline] [--no-index] [--on-alarm refuse,degrade,delay]`:
+// (--on-alarm: only OARS against the stateful detector under each screening.onAlarm mode)
 // the adversarial-input screening evaluation, through the public API (TLS with the dev client
 // certificate, real JWTs, one JWT subject per principal), against in-process gateways that
 // differ only in the mnist policy's `screening:` section. Prints two tables and writes JSON
@@ -51,7 +52,7 @@ import { evalGateway, infer, mapPool, tokenFor, calibrationFile, type Answer } f
 import { firstWithin, hopSkipJump, nes, type AttackOutcome, type ScoreOracle } from './attacks/black-box.ts'
 import { jacobianAugmentation, type LabelOracle } from './attacks/extraction.ts'
 import type { WhiteBoxJob } from './attacks/white-box-worker.ts'
-import { adaptiveTable, DETECTORS, runAdaptive, type AdaptiveContext, type AdaptiveRow } from './attacks/adaptive.ts'
+import { adaptiveTable, ALARM_MODES, DETECTORS, runAdaptive, type AdaptiveContext, type AdaptiveRow, type AlarmMode } from './attacks/adaptive.ts'
 import { writeResults } from './report.ts'
 import { repoRoot } from '../kit/paths.ts'
 
@@ -66,6 +67,7 @@ const { values: args } = parseArgs({
     'no-baseline': { type: 'boolean' },
     'adaptive-only': { type: 'string' },
     'no-index': { type: 'boolean' },
+    'on-alarm': { type: 'string' },
   },
 })
 const part = args.part ?? 'all'
@@ -275,6 +277,8 @@ const BENIGN_ORDER = shuffled(heldOut, 5)
 const latencyDigits = BENIGN_ORDER.slice(0, quick ? 200 : 1000)
 const adaptiveOnly = args['adaptive-only']?.split(',') as (typeof DETECTORS)[number][] | undefined
 if (adaptiveOnly?.some((d) => !DETECTORS.includes(d))) throw new Error(`--adaptive-only ${args['adaptive-only']}: use a comma-separated list of ${DETECTORS.join(', ')}`)
+const onAlarm = args['on-alarm']?.split(',') as AlarmMode[] | undefined
+if (onAlarm?.some((m) => !ALARM_MODES.includes(m))) throw new Error(`--on-alarm ${args['on-alarm']}: use a comma-separated list of ${ALARM_MODES.join(', ')}`)
 if (part !== 'classic') {
   const ad = await runAdaptive(
     {
@@ -289,7 +293,7 @@ if (part !== 'classic') {
       maxQueries: Number(args['adaptive-queries'] ?? (quick ? 1000 : 3000)),
       log,
     },
-    { baseline: args['no-baseline'] !== true, only: adaptiveOnly },
+    { baseline: args['no-baseline'] !== true, only: adaptiveOnly, ...(onAlarm ? { onAlarm } : {}) },
   )
   raw.adaptive = ad.raw
   adaptiveRows.push(...ad.rows)

@@ -9,7 +9,9 @@
 //   stateful           NES with sigma 0.05, 0.1, and sigma 0.05 drawn per pooled cell;
 //                      HopSkipJump with a probe radius of 1.5 and jittered queries;
 //                      OARS-style NES that widens its probes after each refusal and moves to a
-//                      fresh identity; the plain NES split over m = 1, 10, 50 identities
+//                      fresh identity; the plain NES split over m = 1, 10, 50 identities;
+//                      with --on-alarm, only OARS (plain, and checking for degraded answers
+//                      by repeats or canaries) under each screening.onAlarm mode
 //   extraction         Jacobian augmentation plain and with noise; interleaved with natural
 //                      digits 1:1 and 1:3; natural digits only (Knockoff)
 
@@ -157,6 +159,13 @@ interface BlackBoxSpec {
   attack: (oracle: ScoreOracle, digit: number, adapt?: Adaptation) => Promise<AttackOutcome>
   /** Builds the per-run adaptation (OARS): a fresh state per digit. */
   adapt?: () => Adaptation
+  /**
+   * Checks for a degraded mechanism (screening.onAlarm degrade), after every `every`-th
+   * answered query, on the same identity: 'repeat' sends the query again, and answers that
+   * differ count as a 403; 'canary' sends a held-out digit whose label the attacker knows, and
+   * a wrong label counts as a 403. The checks are requests too, counted apart.
+   */
+  check?: { every: number; kind: 'repeat' | 'canary' }
 }
 
 /** An attack that learns from refusals: told of each 403, it reads its probe scale anew. */
@@ -170,7 +179,7 @@ const NES_BASE = { eps: 0.3, samples: 50, stepSize: 0.02 }
 function blackBoxSpecs(c: AdaptiveContext): BlackBoxSpec[] {
   const { images, labels } = c.data.test
   const nesRun = (sigma: number | (() => number), tile: number) => (oracle: ScoreOracle, i: number) =>
-    nes(oracle, images[i]!, labels[i]!, { ...NES_BASE, sigma, tile, maxQueries: c.maxQueries, normal: gaussian(seeded(1000 + i)) })
+    nes(oracle, images[i]!, labels[i]!, { ...NES_BASE, sigma, tile, maxQueries: c.maxQueries, normal: gaussian(seeded(1000 + i)), verify: (z) => argmax(forward(c.weights, z).logits) !== labels[i] })
   const hsja = (oracle: ScoreOracle, i: number) => {
     const y = labels[i]!
     const starts = c.heldOut.filter((j) => labels[j] !== y).slice(i % 50, (i % 50) + 5).map((j) => images[j]!)
@@ -188,8 +197,16 @@ function blackBoxSpecs(c: AdaptiveContext): BlackBoxSpec[] {
   ]
   // OARS-style: each refusal says the probes were too alike; widen them and go on under the
   // next identity.
-  specs.push({
-    name: 'OARS-style NES: sigma 0.02 x1.5 per refusal, per cell, new identity',
+  specs.push(oarsSpec(nesRun))
+  for (const m of [1, 10, 50]) specs.push({ name: `NES sigma 0.02 split over m = ${m}`, m, attack: nesRun(0.02, 1) })
+  return specs
+}
+
+/** The OARS-style spec; with `check`, one that also looks for degraded answers (BlackBoxSpec.check). */
+function oarsSpec(nesRun: (sigma: () => number, tile: number) => BlackBoxSpec['attack'], check?: BlackBoxSpec['check']): BlackBoxSpec {
+  const checks = { repeat: 'repeats the query, a changed answer', canary: 'sends a digit of known label, a wrong label' }
+  return {
+    name: `OARS-style NES: sigma 0.02 x1.5 per refusal, per cell, new identity${check ? `; every ${check.every}th query ${checks[check.kind]} counts as a refusal` : ''}`,
     m: 50,
     order: 'sequential',
     attack: (oracle, i, adapt) => nesRun(adapt!.sigma, 4)(oracle, i),
@@ -197,21 +214,34 @@ function blackBoxSpecs(c: AdaptiveContext): BlackBoxSpec[] {
       let sigma = 0.02
       return { onRetire: () => (sigma = Math.min(0.2, sigma * 1.5)), sigma: () => sigma }
     },
-  })
-  for (const m of [1, 10, 50]) specs.push({ name: `NES sigma 0.02 split over m = ${m}`, m, attack: nesRun(0.02, 1) })
-  return specs
+    ...(check ? { check } : {}),
+  }
 }
 
+const sameAnswer = (a: Float32Array | null, b: Float32Array | null) => a !== null && b !== null && a.length === b.length && a.every((v, k) => v === b[k])
+
 async function runSpec(gw: TestGateway, c: AdaptiveContext, spec: BlackBoxSpec, digits: number[]) {
-  const runs: { digit: number; outcome: AttackOutcome; identities: number }[] = []
+  const runs: { digit: number; outcome: AttackOutcome; identities: number; repeats: number }[] = []
   for (const i of digits) {
     const sub = subjects(spec.name.replace(/[^a-z0-9]+/gi, '-'))
     const tokens = await Promise.all(Array.from({ length: spec.m }, (_, id) => tokenFor(gw, sub(id))))
     const schedule = new IdentitySchedule(spec.m, spec.order)
     const adapt = spec.adapt?.()
-    const oracle = rotatingOracle(async (id, x) => infer(gw, tokens[id]!, x), schedule, adapt?.onRetire)
+    let answered = 0
+    let repeats = 0
+    const check = spec.check
+    const canaries = c.heldOut.filter((j) => j !== i && argmax(forward(c.weights, c.data.test.images[j]!).logits) === c.data.test.labels[j])
+    const send = async (id: number, x: Float32Array) => {
+      const a = await infer(gw, tokens[id]!, x)
+      if (!check || a.status !== 200 || ++answered % check.every !== 0) return a
+      const canary = canaries[repeats++ % canaries.length]!
+      const again = await infer(gw, tokens[id]!, check.kind === 'repeat' ? x : c.data.test.images[canary]!)
+      const caught = again.status === 200 && (check.kind === 'repeat' ? !sameAnswer(a.probs, again.probs) : argmax(again.probs!) !== c.data.test.labels[canary])
+      return caught ? { ...a, status: 403, code: `${check.kind} check failed (degraded)`, probs: null } : a
+    }
+    const oracle = rotatingOracle(send, schedule, adapt?.onRetire)
     const outcome = await spec.attack(oracle, i, adapt)
-    runs.push({ digit: i, outcome, identities: schedule.used })
+    runs.push({ digit: i, outcome, identities: schedule.used, repeats })
   }
   return runs
 }
@@ -227,7 +257,7 @@ function blackBoxRow(detector: string, spec: BlackBoxSpec, runs: Awaited<ReturnT
     at3000: pct(by(3000, runs), runs.length),
     identities: spec.m === 1 ? '1' : `${Math.min(...used)}-${Math.max(...used)} of ${spec.m}`,
     benignFp: fp,
-    note: `${base ? `undefended: ${by(1000, base)}/${base.length} by 1,000, ${by(3000, base)}/${base.length} by 3,000; ` : ''}queries sent ${runs.map((r) => r.outcome.queries).join(', ')}; refused ${refusals.join(', ')}`,
+    note: `${base ? `undefended: ${by(1000, base)}/${base.length} by 1,000, ${by(3000, base)}/${base.length} by 3,000; ` : ''}queries sent ${runs.map((r) => r.outcome.queries).join(', ')}${spec.check ? ` (+ ${spec.check.kind} checks ${runs.map((r) => r.repeats).join(', ')})` : ''}; refused ${refusals.join(', ')}`,
   }
 }
 
@@ -311,12 +341,49 @@ async function extractionAttacks(c: AdaptiveContext, rows: AdaptiveRow[], raw: R
   }
 }
 
+export const ALARM_MODES = ['refuse', 'degrade', 'delay'] as const
+export type AlarmMode = (typeof ALARM_MODES)[number]
+
+/**
+ * OARS against the stateful detector (as bundled, model-wide index and cool-down included)
+ * under each screening.onAlarm mode: the plain OARS spec, which adapts to 403s, and two that
+ * also look for degraded answers, by repeats and by canaries of known label (delay: refused
+ * 20 queries after the alarm).
+ */
+async function alarmModeAttacks(c: AdaptiveContext, rows: AdaptiveRow[], raw: Record<string, unknown>, modes: readonly AlarmMode[]): Promise<void> {
+  const digits = c.heldOut.filter((i) => argmax(forward(c.weights, c.data.test.images[i]!).logits) === c.data.test.labels[i]).filter((_, k) => k % 97 === 5).slice(0, c.digits)
+  const { images, labels } = c.data.test
+  const nesRun = (sigma: () => number, tile: number) => (oracle: ScoreOracle, i: number) =>
+    nes(oracle, images[i]!, labels[i]!, { ...NES_BASE, sigma, tile, maxQueries: c.maxQueries, normal: gaussian(seeded(1000 + i)), verify: (z) => argmax(forward(c.weights, z).logits) !== labels[i] })
+  const out: Record<string, unknown> = {}
+  for (const mode of modes) {
+    for (const spec of [oarsSpec(nesRun), oarsSpec(nesRun, { every: 25, kind: 'repeat' }), oarsSpec(nesRun, { every: 25, kind: 'canary' })]) {
+      // A fresh gateway per run: the model-wide index must not hold the last run's probes.
+      const gw = await evalGateway({ stateful: c.bundled.stateful, cooldownMs: c.bundled.cooldownMs, onAlarm: mode, ...(mode === 'delay' ? { delayQueries: 20 } : {}) })
+      try {
+        c.log(`adaptive: stateful (onAlarm ${mode}) vs ${spec.name}, ${digits.length} digits`)
+        const runs = await runSpec(gw, c, spec, digits)
+        out[`${mode}: ${spec.name}`] = runs
+        rows.push(blackBoxRow(`stateful, onAlarm ${mode}`, spec, runs, null, '-'))
+      } finally {
+        await gw.close()
+      }
+    }
+  }
+  raw.alarmModes = out
+}
+
 export const DETECTORS = ['squeezing', 'stateful', 'extraction'] as const
 
 /** Runs the adaptive attacks on every detector, or on the `only` ones. */
-export async function runAdaptive(c: AdaptiveContext, o: { baseline: boolean; only?: readonly (typeof DETECTORS)[number][] }): Promise<{ rows: AdaptiveRow[]; raw: Record<string, unknown> }> {
+export async function runAdaptive(c: AdaptiveContext, o: { baseline: boolean; only?: readonly (typeof DETECTORS)[number][]; onAlarm?: readonly AlarmMode[] }): Promise<{ rows: AdaptiveRow[]; raw: Record<string, unknown> }> {
   const rows: AdaptiveRow[] = []
   const raw: Record<string, unknown> = { digits: c.digits, whiteBoxDigits: c.whiteBoxDigits, maxQueries: c.maxQueries }
+  // --on-alarm: only OARS against the stateful detector, under each mode asked for.
+  if (o.onAlarm) {
+    await alarmModeAttacks(c, rows, raw, o.onAlarm)
+    return { rows, raw }
+  }
   const on = (d: (typeof DETECTORS)[number]) => !o.only || o.only.includes(d)
   if (on('squeezing')) await squeezingAttacks(c, rows, raw, squeezerChoice(c, raw))
   if (on('stateful')) await statefulAttacks(c, rows, raw, o.baseline)

@@ -128,6 +128,12 @@ export interface NesOptions {
   stepSize: number
   maxQueries: number
   normal: () => number
+  /**
+   * The evaluator's check that a point the oracle calls adversarial really is (an oracle that
+   * answers from a degraded mechanism can claim it falsely); a false claim does not end the
+   * attack, as if it had checked with a second query.
+   */
+  verify?: (z: Float32Array) => boolean
 }
 
 /** Margin loss in log space: log p_y - max_{j != y} log p_j (the attack drives it below 0). */
@@ -188,7 +194,7 @@ export async function nes(oracle: ScoreOracle, x: Float32Array, y: number, o: Ne
       adv = adv.map((v, i) => Math.min(hi[i]!, Math.max(lo[i]!, v - o.stepSize * Math.sign(g[i]!))))
       const m = await loss(adv)
       if (m === null) continue
-      if (m < 0) s.adversarial(linf(adv, x), linf(adv, x) <= o.eps + 1e-6)
+      if (m < 0 && (!o.verify || o.verify(adv))) s.adversarial(linf(adv, x), linf(adv, x) <= o.eps + 1e-6)
       if (s.succeededAt !== null) break
     }
   } catch (err) {
