@@ -2,11 +2,11 @@
 // showing it: HopSkipJump's boundary search on a toy linear classifier, NES's gradient
 // estimate of a known function, the identity schedule and its oracle, the extraction query
 // sources and run (stopping at the 403, measuring at checkpoints), and BPDA's result really
-// passing feature squeezing.
+// passing feature squeezing; NES trusting a success claim only when the evaluator's check agrees.
 import t from 'tap'
 import { argmax, forward } from '../../models/mnist/cnn.ts'
 import { loadMnist } from '../../models/mnist/data.ts'
-import { hopSkipJump, nesGradient, tiledNoise } from '../../bench/attacks/black-box.ts'
+import { hopSkipJump, nes, nesGradient, tiledNoise } from '../../bench/attacks/black-box.ts'
 import { bpda, distortion, judge, softBitDepthBackward } from '../../bench/attacks/bpda.ts'
 import { interleavedSource, jbdaSource, runExtraction, type QuerySource } from '../../bench/attacks/extraction-adaptive.ts'
 import { seededRng } from '../../bench/privacy/rng.ts'
@@ -171,4 +171,16 @@ t.test('BPDA returns an image that feature squeezing passes and the model gets w
   t.ok(j.wrong && j.score < threshold, `misclassified (margin ${j.margin.toFixed(2)}) at score ${j.score.toFixed(3)}`)
   t.ok(distortion(r.image!, test.images[i]!).l2 <= 3 + 1e-4)
   t.ok(r.image!.every((v) => v >= 0 && v <= 1), 'pixels stay in [0, 1]')
+})
+
+t.test('NES counts a success only where the evaluator\'s check agrees: a lying oracle does not end the attack', async (t) => {
+  // An oracle that always calls the point adversarial (a degraded answer with another label).
+  const lying = async () => ({ probs: Float32Array.from([0.05, 0.95]) })
+  const o = { eps: 0.3, sigma: 0.05, samples: 4, stepSize: 0.01, maxQueries: 50, normal: gaussian(seeded(4)) }
+  const x = new Float32Array(16).fill(0.5)
+  const trusted = await nes(lying, x, 0, o)
+  t.equal(trusted.succeededAt, 5, 'without a check, the first claim is a success (4 probes and the step)')
+  const checked = await nes(lying, x, 0, { ...o, verify: () => false })
+  t.equal(checked.succeededAt, null, 'with a check that disagrees, no success')
+  t.equal(checked.queries, 50, 'and the attack runs to its budget')
 })

@@ -1,7 +1,8 @@
 // The screening links around model-inference, with the bundled mnist policy and calibration,
 // over the CNN in TypeScript: what reaches the model (one batch of originals and variants,
 // run by model-inference only), what is refused (enforce) or served and flagged (observe),
-// the cool-down, and that variants never reach the result.
+// the cool-down, that variants never reach the result, and that feature bounds, enforcing,
+// withhold only the out-of-bounds items of a batch.
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
@@ -142,4 +143,20 @@ t.test('no screening link runs the model: with stateful detection only, the one 
   t.equal(ctx.modelRequest, null, 'nothing added to the batch')
   await stage.run(request([test.images[0]!]))
   t.same(runner.batches, [1], 'model-inference runs the request as it came')
+})
+
+t.test('feature bounds enforcing, per item: a batch answers its in-bounds items, a lone out-of-bounds item gets 422', async (t) => {
+  const { runner, stage } = setup({ ...bundled, featureBounds: { ...bundled.featureBounds!, mode: 'enforce' }, featureSqueezing: undefined, stateful: undefined, extraction: undefined } as ScreeningPolicy)
+  // Ink on the blank border rows, where no calibration digit has any.
+  const smudged = test.images[5]!.map((v, k) => (k < 56 ? 1 : v))
+  const ctx = request([test.images[4]!, smudged, test.images[6]!], 'alice', ['probabilities'])
+  await stage.run(ctx)
+  t.same(runner.batches, [3], 'the model ran the batch as it came (no variants)')
+  const data = ctx.result!.outputs[0]!.data as Float32Array
+  t.same(Array.from(data.subarray(10, 20)), new Array(10).fill(0), 'the out-of-bounds item is withheld')
+  t.same(Array.from(data.subarray(20, 30)), Array.from(forward(weights, test.images[6]!).probs), 'the others are answered')
+  t.equal(ctx.result!.parameters.screening_withheld_items, '1')
+  t.same(ctx.flags.find((f) => f.detector === 'feature-bounds')?.withheld, [1])
+  await t.rejects(async () => stage.run(request([smudged])), { code: 'suspicious_input', status: 422 })
+  await t.rejects(async () => stage.run(request([smudged, smudged])), { code: 'suspicious_input' }, 'a batch whose every item is out of bounds')
 })
