@@ -4,9 +4,12 @@
 // and the adversarial one's row zeroed, named in the response parameters and in the audit
 // record; the batch is charged one answer and one squeezing verdict per item; a single
 // adversarial digit is still refused 422 suspicious_input, and so is a batch whose every item
-// is refused.
+// is refused. Over gRPC the same batch gets the same answer, the withheld items in a string
+// parameter.
 import { readdirSync, readFileSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 import path from 'node:path'
+import * as grpc from '@grpc/grpc-js'
 import t from 'tap'
 import { argmax, forward, lossInputGradient } from '../../models/mnist/cnn.ts'
 import { loadMnist } from '../../models/mnist/data.ts'
@@ -18,6 +21,7 @@ import type { CalibrationFile } from '../../src/screening/calibration.ts'
 import { squeezingScore } from '../../src/screening/feature-squeezing.ts'
 import { startGateway } from '../../kit/gateway.ts'
 import { repoRoot } from '../../kit/paths.ts'
+import { inferenceServiceClient } from '../../src/transport/grpc.ts'
 import { weights } from './cnn-runner.ts'
 import { seededRandom } from './helpers.ts'
 
@@ -95,4 +99,23 @@ t.test('a batch with one adversarial digit: the clean ones answered, the flagged
   t.same(flag?.withheld, [3], 'the audit record names the withheld item')
   t.equal(flag?.alarm, true)
   t.equal(requests.filter((rec) => rec.code === 'suspicious_input').length, 2)
+})
+
+t.test('over gRPC: the same batch, the withheld item named in a string parameter', async (t) => {
+  const gw = await startGateway({ models: ['mnist'] })
+  t.teardown(() => gw.close())
+  const port = await gw.gateway.grpc!.listen('127.0.0.1', 0)
+  const [ca, cert, key] = await Promise.all([gw.pki.files.ca, gw.pki.files.clientCert, gw.pki.files.clientKey].map((f) => readFile(f)))
+  const Service = inferenceServiceClient()
+  const client = new Service(`127.0.0.1:${port}`, grpc.credentials.createSsl(ca!, key!, cert!)) as any
+  t.teardown(() => client.close())
+  const md = new grpc.Metadata()
+  md.set('authorization', `Bearer ${await gw.token({ sub: 'grpc-alice' })}`)
+  const batch = [...cleanDigits(2), fgsm(1)[0]!]
+  const request = { model_name: 'mnist', inputs: [{ name: 'input', datatype: 'FP32', shape: [3, 1, 28, 28], contents: { fp32_contents: batch.flatMap((x) => Array.from(x)) } }] }
+  const res = await new Promise<any>((resolve, reject) => client.ModelInfer(request, md, (err: Error | null, r: unknown) => (err ? reject(err) : resolve(r))))
+  t.equal(res.parameters.screening_withheld_items.string_param, '2')
+  const data = res.outputs[0].contents.fp32_contents as number[]
+  t.same(data.slice(20, 30), new Array(10).fill(0), 'the adversarial digit\'s row is zeroed')
+  t.equal(data.slice(0, 20).filter((v) => v === 1).length, 2, 'the two clean digits are answered')
 })
