@@ -103,9 +103,10 @@ export interface ScreeningVariants {
   /** The output the output-side detectors read (privacy-charge pays for its rows too). */
   output: string
   /**
-   * Verdicts on the model's raw scores this request may get: one per enforcing detector that
-   * judges the variants' scores. privacy-charge pays for each and draws its randomized-response
-   * flip (ChargedRelease.verdictFlips).
+   * Verdicts on the model's raw scores this request may get: per enforcing detector that
+   * judges the variants' scores, one per item (each item is answered or withheld on its own).
+   * privacy-charge pays for each and draws its randomized-response flip
+   * (ChargedRelease.verdictFlips, detector by detector, item by item).
    */
   verdicts: number
 }
