@@ -7,8 +7,8 @@
 // privacy-charge (right after model-inference, before any link reads the model's output):
 //   refuses an output the caller asked for that the policy withholds; with noise, charges the
 //   request's cost to the caller's budget (its answers: one per row of each protected output a
-//   later link reads, the caller's items only; and its screening verdicts: one per enforcing
-//   detector that judges the raw scores, ctx.variants.verdicts), noises those rows, draws each
+//   later link reads, the caller's items only; and its screening verdicts: one per item per
+//   enforcing detector that judges the raw scores, ctx.variants.verdicts), noises those rows, draws each
 //   verdict's randomized-response flip, and sets ctx.charged once the charge is durable.
 // output-privacy (after screen-output): what leaves. Protected outputs are replaced by their
 //   charged copies (without noise: by their mode and rounding), pass-through outputs are
