@@ -131,6 +131,25 @@ function byteLength(payload: unknown): number | null {
   return null
 }
 
+/**
+ * The transport's two timed parts (see the header): `encode-answer` from the last phase to the
+ * response phase, `send-answer` from the response phase to the end of the exchange.
+ */
+function answerTiming(clock: Clock) {
+  const phaseEndMs = new WeakMap<RequestContext, number>()
+  const respondedMs = new WeakMap<RequestContext, number>()
+  const since = (ctx: RequestContext, from: WeakMap<RequestContext, number>, segment: 'encode-answer' | 'send-answer') => {
+    const t0 = from.get(ctx)
+    if (t0 !== undefined) ctx.stageMs[segment] = clock.monotonicMs() - t0
+  }
+  return {
+    phaseEnded: (ctx: RequestContext) => void phaseEndMs.set(ctx, clock.monotonicMs()),
+    responded: (ctx: RequestContext) => void respondedMs.set(ctx, clock.monotonicMs()),
+    encoded: (ctx: RequestContext) => since(ctx, phaseEndMs, 'encode-answer'),
+    sent: (ctx: RequestContext) => since(ctx, respondedMs, 'send-answer'),
+  }
+}
+
 export interface HttpChain {
   /** For fastify's frameworkErrors (router errors run no hooks): answers `err` through the chain's response phase. */
   answerUnrouted(err: BulwarkError, request: FastifyRequest, reply: FastifyReply): void
@@ -178,19 +197,13 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     })
   }
 
-  // When the last phase ended, and when the response phase ended (see the header).
-  const phaseEndMs = new WeakMap<RequestContext, number>()
-  const respondedMs = new WeakMap<RequestContext, number>()
-  const timeSince = (ctx: RequestContext, from: WeakMap<RequestContext, number>, segment: 'encode-answer' | 'send-answer') => {
-    const since = from.get(ctx)
-    if (since !== undefined) ctx.stageMs[segment] = clock.monotonicMs() - since
-  }
+  const timing = answerTiming(clock)
 
   const begin = (request: FastifyRequest, reply: FastifyReply): RequestContext => {
     const ctx = contextOf(request)
     request.ctx = ctx
     const end = () => {
-      timeSince(ctx, respondedMs, 'send-answer')
+      timing.sent(ctx)
       destroyChain(chain, ctx, (link, err) => o.log.error({ link, err }, 'a link failed to clean up after a request'))
     }
     // 'close' fires once the answer is sent or the connection is gone, whichever comes first.
@@ -215,7 +228,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     // client closes it: closing it after the answer lets the shutdown finish with the work.
     else if (o.closing()) reply.header('connection', 'close')
     ctx.response = { status: reply.statusCode, bytesOut: byteLength(payload) }
-    timeSince(ctx, phaseEndMs, 'encode-answer')
+    timing.encoded(ctx)
     try {
       await runPhase(chain, 'response', ctx, clock)
       return payload
@@ -228,7 +241,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
       reply.type('application/json; charset=utf-8')
       return JSON.stringify(errorBody(e))
     } finally {
-      respondedMs.set(ctx, clock.monotonicMs())
+      timing.responded(ctx)
     }
   }
 
@@ -244,7 +257,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
       await runPhase(chain, 'arrival', ctx, clock)
       await runPhase(chain, 'headers', ctx, clock)
     } finally {
-      phaseEndMs.set(ctx, clock.monotonicMs())
+      timing.phaseEnded(ctx)
     }
   })
   api.addHook('preHandler', async (request: FastifyRequest) => {
@@ -253,7 +266,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     try {
       await runPhase(chain, 'body', ctx, clock)
     } finally {
-      phaseEndMs.set(ctx, clock.monotonicMs())
+      timing.phaseEnded(ctx)
     }
   })
   api.addHook('onSend', async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
@@ -282,7 +295,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     answerUnrouted(err, request, reply) {
       // Fastify runs no hooks for router errors: the context and the response phase are run here.
       const ctx = begin(request, reply)
-      phaseEndMs.set(ctx, clock.monotonicMs())
+      timing.phaseEnded(ctx)
       refuse(ctx, err, 'router')
       const body = JSON.stringify(errorBody(err))
       reply.code(err.status).type('application/json; charset=utf-8')
