@@ -12,13 +12,17 @@
 // Reported: the normal traffic's items/s (abused as a ratio of quiet), p50/p99, how the abusive
 // connections ended (reset before the handshake, or the HTTP status), the gateway's peak RSS,
 // the /metrics size and the audit folder's growth, CPU per round, and a last round of the
-// abuse alone (what it costs the gateway, and the abusive client itself). ABUSE_CONN_RATE=N runs the gateway with server.newConnectionsPerSecondPerAddress
-// N instead of its default, to see how much of that cost the handshakes are. Every load is
+// abuse alone (what it costs the gateway, and the abusive client itself). The abusive client
+// runs at the lowest CPU priority, standing in for the machine of its own it would have;
+// ABUSE_SAME_PRIORITY=1 runs it at the normal traffic's. ABUSE_CONN_RATE=N runs the gateway
+// with server.newConnectionsPerSecondPerAddress N instead of its default, to see how much of
+// that cost the handshakes are. Every load is
 // bounded in time, targets 127.0.0.1 and stops by itself.
 
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import net from 'node:net'
+import os from 'node:os'
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads'
 import tls from 'node:tls'
 import { realDeps } from '../src/deps.ts'
@@ -197,6 +201,10 @@ function runAbuseThread(job: AbuseJob): Promise<AbuseOutcomes> {
 
 // On the abuse thread: run the job, report, and end.
 if (!isMainThread && (workerData as { abuse?: AbuseJob } | null)?.abuse) {
+  // The attacker would have a machine of its own: at the lowest priority its own work takes
+  // only CPU the gateway and the normal traffic leave idle (on Linux the nice value is per
+  // thread). The kernel's work for its packets still lands on these cores.
+  if (!process.env.ABUSE_SAME_PRIORITY) os.setPriority(19)
   const result = await abuse((workerData as { abuse: AbuseJob }).abuse)
   parentPort!.postMessage(result)
 }
