@@ -10,7 +10,8 @@
 //
 // The one 5xx allowed is 504 deadline_exceeded for a request that asked for its own tiny
 // deadline (parameters.timeout, microseconds): that is the protocol doing what was asked. The
-// bundled policies apply (screening included), so 403 and 422 refusals are expected too.
+// bundled policies apply (screening included), so 403, 422 and (once the one caller has spent
+// its privacy budget) 429 refusals are expected too.
 //
 // `npm run fuzz` (CI): BULWARK_FUZZ_RUNS cases (default 10,000); BULWARK_FUZZ_SEED replays a
 // failure (fast-check prints the seed and path of the smallest failing case).
@@ -280,6 +281,11 @@ t.test('after the storm the gateway still serves, and stays live and ready', asy
     // digits look like a query-based attack to mnist's stateful screening, which then refuses
     // that caller for its cooldown: the defence working, through the whole pipeline.
     t.equal(res.json().code, 'attack_suspected', 'refused by the stateful screening (the fuzzing caller is in cooldown)')
+  } else if (res.statusCode === 429) {
+    // The same one caller's answers may also have spent mnist's privacy budget: refused, before
+    // screening and the model, for as long as the budget's window says.
+    t.equal(res.json().code, 'privacy_budget_exhausted', 'refused for the fuzzing caller\'s spent budget')
+    t.ok(Number(res.headers['retry-after']) > 0, 'with Retry-After')
   } else {
     t.equal(res.statusCode, 200)
     const out: number[] = res.json().outputs[0].data
