@@ -32,6 +32,9 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The chain's request context; set on arrival for every request on the API listener. */
     ctx: RequestContext | null
+    /** When the last phase ended, and when the response phase ended (monotonic ms; -1: not yet). */
+    phaseEndMs: number
+    respondedMs: number
   }
   interface FastifyContextConfig {
     /** The verb of a model route; absent on server-level routes. */
@@ -133,20 +136,19 @@ function byteLength(payload: unknown): number | null {
 
 /**
  * The transport's two timed parts (see the header): `encode-answer` from the last phase to the
- * response phase, `send-answer` from the response phase to the end of the exchange.
+ * response phase, `send-answer` from the response phase to the end of the exchange. The marks
+ * live on the request (fields fastify declares once, -1 until set): cheaper per request than
+ * a map keyed by it.
  */
-function answerTiming(clock: Clock) {
-  const phaseEndMs = new WeakMap<RequestContext, number>()
-  const respondedMs = new WeakMap<RequestContext, number>()
-  const since = (ctx: RequestContext, from: WeakMap<RequestContext, number>, segment: 'encode-answer' | 'send-answer') => {
-    const t0 = from.get(ctx)
-    if (t0 !== undefined) ctx.stageMs[segment] = clock.monotonicMs() - t0
+const answerTiming = (clock: Clock) => {
+  const since = (ctx: RequestContext, t0: number, segment: 'encode-answer' | 'send-answer') => {
+    if (t0 >= 0) ctx.stageMs[segment] = clock.monotonicMs() - t0
   }
   return {
-    phaseEnded: (ctx: RequestContext) => void phaseEndMs.set(ctx, clock.monotonicMs()),
-    responded: (ctx: RequestContext) => void respondedMs.set(ctx, clock.monotonicMs()),
-    encoded: (ctx: RequestContext) => since(ctx, phaseEndMs, 'encode-answer'),
-    sent: (ctx: RequestContext) => since(ctx, respondedMs, 'send-answer'),
+    phaseEnded: (request: FastifyRequest) => void (request.phaseEndMs = clock.monotonicMs()),
+    responded: (request: FastifyRequest) => void (request.respondedMs = clock.monotonicMs()),
+    encoded: (request: FastifyRequest, ctx: RequestContext) => since(ctx, request.phaseEndMs, 'encode-answer'),
+    sent: (request: FastifyRequest, ctx: RequestContext) => since(ctx, request.respondedMs, 'send-answer'),
   }
 }
 
@@ -203,7 +205,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     const ctx = contextOf(request)
     request.ctx = ctx
     const end = () => {
-      timing.sent(ctx)
+      timing.sent(request, ctx)
       destroyChain(chain, ctx, (link, err) => o.log.error({ link, err }, 'a link failed to clean up after a request'))
     }
     // 'close' fires once the answer is sent or the connection is gone, whichever comes first.
@@ -228,7 +230,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     // client closes it: closing it after the answer lets the shutdown finish with the work.
     else if (o.closing()) reply.header('connection', 'close')
     ctx.response = { status: reply.statusCode, bytesOut: byteLength(payload) }
-    timing.encoded(ctx)
+    timing.encoded(reply.request, ctx)
     try {
       await runPhase(chain, 'response', ctx, clock)
       return payload
@@ -241,7 +243,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
       reply.type('application/json; charset=utf-8')
       return JSON.stringify(errorBody(e))
     } finally {
-      timing.responded(ctx)
+      timing.responded(reply.request)
     }
   }
 
@@ -249,7 +251,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
   // them, after the headers links have admitted the caller, so no parser may read first.
   api.removeAllContentTypeParsers()
   api.addContentTypeParser('*', (_request: FastifyRequest, _payload: unknown, done: (err: null, body?: undefined) => void) => done(null))
-  api.decorateRequest('ctx', null)
+  for (const [field, initial] of [['ctx', null], ['phaseEndMs', -1], ['respondedMs', -1]] as const) api.decorateRequest(field, initial)
 
   api.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const ctx = begin(request, reply)
@@ -257,7 +259,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
       await runPhase(chain, 'arrival', ctx, clock)
       await runPhase(chain, 'headers', ctx, clock)
     } finally {
-      timing.phaseEnded(ctx)
+      timing.phaseEnded(request)
     }
   })
   api.addHook('preHandler', async (request: FastifyRequest) => {
@@ -266,7 +268,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     try {
       await runPhase(chain, 'body', ctx, clock)
     } finally {
-      timing.phaseEnded(ctx)
+      timing.phaseEnded(request)
     }
   })
   api.addHook('onSend', async (request: FastifyRequest, reply: FastifyReply, payload: unknown) => {
@@ -295,7 +297,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     answerUnrouted(err, request, reply) {
       // Fastify runs no hooks for router errors: the context and the response phase are run here.
       const ctx = begin(request, reply)
-      timing.phaseEnded(ctx)
+      timing.phaseEnded(request)
       refuse(ctx, err, 'router')
       const body = JSON.stringify(errorBody(err))
       reply.code(err.status).type('application/json; charset=utf-8')
