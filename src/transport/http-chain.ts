@@ -137,10 +137,12 @@ function byteLength(payload: unknown): number | null {
 /**
  * The transport's two timed parts (see the header): `encode-answer` from the last phase to the
  * response phase, `send-answer` from the response phase to the end of the exchange. The marks
- * live on the request (fields fastify declares once, -1 until set): cheaper per request than
- * a map keyed by it.
+ * live on the request (fields declared here once, -1 until set): cheaper per request than a
+ * map keyed by it.
  */
-const answerTiming = (clock: Clock) => {
+const answerTiming = (api: FastifyInstance, clock: Clock) => {
+  api.decorateRequest('phaseEndMs', -1)
+  api.decorateRequest('respondedMs', -1)
   const since = (ctx: RequestContext, t0: number, segment: 'encode-answer' | 'send-answer') => {
     if (t0 >= 0) ctx.stageMs[segment] = clock.monotonicMs() - t0
   }
@@ -199,7 +201,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
     })
   }
 
-  const timing = answerTiming(clock)
+  const timing = answerTiming(api, clock)
 
   const begin = (request: FastifyRequest, reply: FastifyReply): RequestContext => {
     const ctx = contextOf(request)
@@ -251,7 +253,7 @@ export function attachChain(api: FastifyInstance, o: HttpChainOptions): HttpChai
   // them, after the headers links have admitted the caller, so no parser may read first.
   api.removeAllContentTypeParsers()
   api.addContentTypeParser('*', (_request: FastifyRequest, _payload: unknown, done: (err: null, body?: undefined) => void) => done(null))
-  for (const [field, initial] of [['ctx', null], ['phaseEndMs', -1], ['respondedMs', -1]] as const) api.decorateRequest(field, initial)
+  api.decorateRequest('ctx', null)
 
   api.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const ctx = begin(request, reply)
