@@ -16,8 +16,8 @@
 // runs at the lowest CPU priority, standing in for the machine of its own it would have;
 // ABUSE_SAME_PRIORITY=1 runs it at the normal traffic's. ABUSE_CONN_RATE=N runs the gateway
 // with server.newConnectionsPerSecondPerAddress N instead of its default, to see how much of
-// that cost the handshakes are. Every load is
-// bounded in time, targets 127.0.0.1 and stops by itself.
+// that cost the handshakes are. Every load is bounded in time, targets 127.0.0.1 and stops by
+// itself.
 
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
