@@ -10,12 +10,14 @@
 // the item's bytes, cut to 128 bits: no key is needed because finding two inputs with the same
 // digest (to pass a probe off as a retry) costs about 2^64 hashes.
 //
-// Vectors and numbers are stored as the platform's Float32/Float64 bytes (little-endian on
-// x86-64 and arm64, where the replicas of one gateway run).
+// Pooled queries are stored one byte a value (the encoder keeps them at 8 bits, encoder.ts);
+// other numbers as the platform's Float32/Float64 bytes (little-endian on x86-64 and arm64,
+// where the replicas of one gateway run).
 
 import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import { BulwarkError } from '../errors.ts'
+import { CELL_LEVELS } from './encoder.ts'
 
 export const SHARED_DIGEST_BYTES = 16
 
@@ -88,4 +90,18 @@ export function float64s(bytes: Buffer, offset: number, count: number): Float64A
 /** A copy of the bytes of a typed array (or part of one), as Redis arguments want them. */
 export function bytesOf(a: Float32Array | Float64Array, start = 0, length = a.length - start): Buffer {
   return Buffer.from(new Uint8Array(a.buffer, a.byteOffset + start * a.BYTES_PER_ELEMENT, length * a.BYTES_PER_ELEMENT))
+}
+
+/** A pooled query (encoder.ts: each value a multiple of 1/255 in [0, 1]) as one byte a value. */
+export function cellBytes(v: Float32Array): Buffer {
+  const out = Buffer.allocUnsafe(v.length)
+  for (let i = 0; i < v.length; i++) out[i] = Math.round(v[i]! * CELL_LEVELS)
+  return out
+}
+
+/** The pooled query of `dims` bytes at `offset`: the exact values the encoder produced. */
+export function cellsFrom(bytes: Uint8Array, offset: number, dims: number): Float32Array {
+  const out = new Float32Array(dims)
+  for (let i = 0; i < dims; i++) out[i] = bytes[offset + i]! / CELL_LEVELS
+  return out
 }
