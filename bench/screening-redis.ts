@@ -7,7 +7,8 @@
 // Reported per request: bytes sent plus received on the replicas' sockets, round trips (the
 // server's command count), and Redis CPU (the server's time in the script), one request at a
 // time; the mean bytes with 64 requests in flight on each replica (as the bench's c64 load);
-// the mean bytes of a 64-digit request (its own queries going in: 212 bytes each);
+// the mean bytes of a 64-digit request (its own queries going in: 65 bytes each on mnist, the
+// other replica's coming back: 49 bytes each);
 // and the worst case, a replica's first request for a caller whose full ring it holds no copy of.
 // `node bench/screening-redis.ts` prints the rows alone; `npm run bench -- --only screening`
 // prints them after the throughput rows.

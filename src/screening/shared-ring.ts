@@ -2,13 +2,14 @@
 // stateful detector's history (one ring per caller, stateful-shared.ts) and of the model-wide
 // index (one ring per model, stateful-callers.ts). Each replica keeps a copy of the rings it
 // judges with and, per request, fetches only the queries other replicas appended since its copy
-// was last brought up to date, so a request costs its own queries going in and the others'
-// coming back (mnist: 212 bytes a query), not the whole ring (207 KiB once full).
+// was last brought up to date, so a request costs its own queries going in (a 128-bit digest and
+// the pooled query at one byte a value: mnist 65 bytes) and the others' pooled queries coming
+// back (mnist 49 bytes each), not the whole ring (65 KiB once full).
 //
 // Layout, three keys per ring, all capped and expiring `ttlMs` after the last write:
 //   `<base>:d`  a 52-byte ASCII header (epoch: 16 characters, queries ever appended: 16 digits,
 //               capacity, vector size: 10 each), then one 128-bit digest per slot;
-//   `<base>:v`  one pooled query per slot (4·dims bytes, Float32). Never raw inputs;
+//   `<base>:v`  one pooled query per slot (`dims` bytes, shared-store.ts cellBytes). Never raw inputs;
 //   `<base>:w`  hash: per copy, the count of queries it has been sent or has written (at most
 //               64 copies, past which they are dropped and copies say what they hold), and
 //               under '#' the last id handed out.
@@ -17,20 +18,21 @@
 // never takes a new ring's queries for the continuation of its old copy. A copy's id is handed
 // out by the script, unique within the ring's epoch; nothing here needs a random source.
 //
-// One round trip per request, atomic: the script returns the queries the copy lacks, from its
-// pointer (or the count the copy says it holds, whichever is further) up to the count before
+// One round trip per request, atomic: the script returns the pooled queries the copy lacks, from
+// its pointer (or the count the copy says it holds, whichever is further) up to the count before
 // this request, or the whole ring when the copy is of another epoch or more than a ring behind;
 // then appends the request's queries that are not exact repeats (digest already in the ring:
-// a plain search over the digest string, at slot boundaries) and moves the copy's pointer past
-// them. The pointer is what keeps traffic low under load: a replica's requests in flight
-// together each get only the other replicas' queries that came after the previous one's.
-// The replica brings its copy up to date and judges the request on it with the in-process code
-// (stateful.ts judgeBatch), which skips and appends the same queries, so each query is judged
-// against exactly the queries Redis held before it, as one replica would. Replies on one
-// connection come in the order Redis ran the scripts and each is applied synchronously when it
-// arrives, so the copy moves forward in Redis's order; a reply that starts past the copy (one to
-// an earlier request was lost, e.g. timed out) fails the request closed (503) and the copy is
-// fetched whole, under a new id, next time.
+// a plain search over the digest string, at slot boundaries), says which it appended, and moves
+// the copy's pointer past them. Only Redis decides what is a repeat, so copies need no digests.
+// The pointer is what keeps traffic low under load: a replica's requests in flight together
+// each get only the other replicas' queries that came after the previous one's.
+// The replica brings its copy up to date and judges the request on it as the in-process code
+// does (stateful.ts judgeBatch: a repeat is skipped, any other query is scored, then added), so
+// each query is judged against exactly the queries Redis held before it, as one replica would.
+// Replies on one connection come in the order Redis ran the scripts and each is applied
+// synchronously when it arrives, so the copy moves forward in Redis's order; a reply that starts
+// past the copy (one to an earlier request was lost, e.g. timed out) fails the request closed
+// (503) and the copy is fetched whole, under a new id, next time.
 //
 // Why not the k-nearest search inside Redis (a Lua script that gets one pooled query and
 // returns its score): measured on a full mnist ring (1,000 queries of 49 values), the script
@@ -39,8 +41,9 @@
 // search per query and a few writes (about 50 us, bench/screening-redis.ts).
 
 import type { Redis } from 'ioredis'
-import { bytesOf, SHARED_DIGEST_BYTES, stateUnavailable, type ScreeningStore } from './shared-store.ts'
-import { History, judgeBatch } from './stateful.ts'
+import { cellBytes, cellsFrom, SHARED_DIGEST_BYTES, stateUnavailable, type ScreeningStore } from './shared-store.ts'
+import { meanNearestDistance } from './stateful.ts'
+import { VectorRing } from './vector-ring.ts'
 
 const HEADER_BYTES = 52
 const EPOCH_CHARS = 16
@@ -48,16 +51,17 @@ const EPOCH_CHARS = 16
 const MAX_WRITERS = 64
 
 // KEYS: digests, vectors, pointers. ARGV: capacity, dims, TTL (ms), the copy's epoch, count
-// (what it holds) and id ('' for none yet), then one item per query (digest .. vector), in
-// order. Returns {epoch, the copy's id, count before this request, first count returned, their
-// digests, their vectors}.
+// (what it holds) and id ('' for none yet), then the request's queries in one string, each its
+// digest then its pooled query. Returns {epoch, the copy's id, count before this request, first
+// count returned, their pooled queries, one character per query of the request: '1' appended,
+// '0' an exact repeat}.
 const SYNC_SCRIPT = `
 local dkey, vkey, wkey = KEYS[1], KEYS[2], KEYS[3]
 local cap = tonumber(ARGV[1])
 local dims = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local me = ARGV[6]
-local H, D, V = ${HEADER_BYTES}, ${SHARED_DIGEST_BYTES}, 4 * tonumber(ARGV[2])
+local H, D, V = ${HEADER_BYTES}, ${SHARED_DIGEST_BYTES}, tonumber(ARGV[2])
 local ds = redis.call('GET', dkey)
 local epoch, total = '', 0
 if ds then
@@ -85,17 +89,13 @@ else
   me = ''
 end
 if me == '' then me = string.format('%d', redis.call('HINCRBY', wkey, '#', 1)) end
-local digests, vectors = '', ''
+local vectors = ''
 local n = total - from
 if n > 0 then
   local p = from % cap
   local first = math.min(n, cap - p)
-  digests = string.sub(ds, H + p * D + 1, H + (p + first) * D)
   vectors = redis.call('GETRANGE', vkey, p * V, (p + first) * V - 1)
-  if n > first then
-    digests = digests .. string.sub(ds, H + 1, H + (n - first) * D)
-    vectors = vectors .. redis.call('GETRANGE', vkey, 0, (n - first) * V - 1)
-  end
+  if n > first then vectors = vectors .. redis.call('GETRANGE', vkey, 0, (n - first) * V - 1) end
 end
 local overwritten, added, addedAt = {}, {}, {}
 local function inRing(d)
@@ -109,9 +109,11 @@ local function inRing(d)
     at = p + 1
   end
 end
-for j = 7, #ARGV do
-  local item = ARGV[j]
-  local d = string.sub(item, 1, D)
+local items, S = ARGV[7], D + V
+local appended = {}
+for j = 0, string.len(items) / S - 1 do
+  local d = string.sub(items, j * S + 1, j * S + D)
+  appended[j + 1] = '0'
   if not inRing(d) then
     local slot = total % cap
     if total >= cap then
@@ -119,7 +121,8 @@ for j = 7, #ARGV do
       if addedAt[slot] then added[addedAt[slot]] = nil end
     end
     redis.call('SETRANGE', dkey, H + slot * D, d)
-    redis.call('SETRANGE', vkey, slot * V, string.sub(item, D + 1))
+    redis.call('SETRANGE', vkey, slot * V, string.sub(items, j * S + D + 1, (j + 1) * S))
+    appended[j + 1] = '1'
     added[d] = true
     addedAt[slot] = d
     total = total + 1
@@ -135,71 +138,38 @@ end
 redis.call('PEXPIRE', dkey, ttl)
 redis.call('PEXPIRE', wkey, ttl)
 if total > 0 then redis.call('PEXPIRE', vkey, ttl) end
-return {epoch, me, string.format('%d', before), string.format('%d', from), digests, vectors}
+return {epoch, me, string.format('%d', before), string.format('%d', from), vectors, table.concat(appended)}
 `
 
 interface SyncScript {
-  bulwarkRingSyncBuffer(dkey: string, vkey: string, wkey: string, capacity: number, dims: number, ttlMs: number, epoch: string, count: number, id: string, ...items: Buffer[]): Promise<Buffer[]>
+  bulwarkRingSyncBuffer(dkey: string, vkey: string, wkey: string, capacity: number, dims: number, ttlMs: number, epoch: string, count: number, id: string, items: Buffer): Promise<Buffer[]>
 }
 
 /**
- * A replica's copy of one ring: the in-process History plus what ties it to Redis's ring (its
- * epoch and how many queries had been appended when the copy was last brought up to date),
- * and the 128-bit digest of each stored query, under a number the History keeps.
+ * A replica's copy of one ring: its pooled queries, plus what ties it to Redis's ring (its
+ * epoch and how many queries had been appended when the copy was last brought up to date).
  */
-export class RingCopy extends History {
+export class RingCopy extends VectorRing {
   epoch = ''
   appended = 0
   /** This copy's id in the ring's pointers ('': none yet; a new one per epoch and once the copy lost step). */
   writer = ''
-  private readonly idOf = new Map<string, number>()
-  private readonly digestOf = new Map<number, string>()
-  /** Numbers handed out to digests not stored (yet): the queries of the request being judged. */
-  private readonly pending = new Map<string, number>()
-  private nextId = 1
 
-  /** The number of a digest: the stored query's, or a new one (stored only once the query is). */
-  id(digest: string): number {
-    let id = this.idOf.get(digest) ?? this.pending.get(digest)
-    if (id === undefined) {
-      id = this.nextId++
-      this.digestOf.set(id, digest)
-      this.pending.set(digest, id)
-    }
-    return id
+  constructor(dims: number, capacity: number) {
+    super(dims, capacity, 16)
   }
 
-  override addQuery(v: Float32Array, id: number): void {
-    if (this.count === this.capacity) {
-      // The overwritten query's number may still be one of this request's (a repeat of it).
-      const old = this.digests[this.next]!
-      const gone = this.digestOf.get(old)!
-      this.idOf.delete(gone)
-      this.pending.set(gone, old)
-    }
-    const digest = this.digestOf.get(id)!
-    this.idOf.set(digest, id)
-    this.pending.delete(digest)
-    super.addQuery(v, id)
+  override add(v: Float32Array): number {
     this.appended++
+    return super.add(v)
   }
 
   /** Empties the copy: it now stands for ring `epoch` before its `appended`-th query. */
   reset(epoch: string, appended: number): void {
     this.count = 0
     this.next = 0
-    this.seen.clear()
-    this.idOf.clear()
-    this.digestOf.clear()
-    this.pending.clear()
     this.epoch = epoch
     this.appended = appended
-  }
-
-  /** Numbers handed out for queries that were not stored (repeats): forgotten. */
-  forgetUnstored(): void {
-    for (const id of this.pending.values()) this.digestOf.delete(id)
-    this.pending.clear()
   }
 }
 
@@ -216,18 +186,17 @@ export function sharedRing(store: ScreeningStore, capacity: number, dims: number
   if (typeof (redis as Partial<SyncScript>).bulwarkRingSyncBuffer !== 'function') {
     store.redis.defineCommand('bulwarkRingSync', { numberOfKeys: 3, lua: SYNC_SCRIPT })
   }
-  const vectorBytes = 4 * dims
   return {
     async judge(base, copy, digests, vectors, k) {
-      const items = vectors.map((v, i) => Buffer.concat([digests[i]!, bytesOf(v)]))
+      const items = Buffer.concat(vectors.flatMap((v, i) => [digests[i]!, cellBytes(v)]))
       let reply: Buffer[]
       try {
-        reply = await redis.bulwarkRingSyncBuffer(`${base}:d`, `${base}:v`, `${base}:w`, capacity, dims, store.ttlMs, copy.epoch || '-', copy.appended, copy.writer, ...items)
+        reply = await redis.bulwarkRingSyncBuffer(`${base}:d`, `${base}:v`, `${base}:w`, capacity, dims, store.ttlMs, copy.epoch || '-', copy.appended, copy.writer, items)
       } catch (err) {
         throw stateUnavailable(what, err)
       }
       // From here to the end, nothing waits: the copy moves in the order the replies came.
-      const [epochB, idB, beforeB, fromB, digestsB, vectorsB] = reply
+      const [epochB, idB, beforeB, fromB, vectorsB, appendedB] = reply
       const ringEpoch = epochB!.toString('latin1')
       const before = Number(beforeB!.toString())
       const from = Number(fromB!.toString())
@@ -243,16 +212,16 @@ export function sharedRing(store: ScreeningStore, capacity: number, dims: number
         copy.reset(ringEpoch, from)
       }
       copy.writer = idB!.toString('latin1')
-      const bytes = new Uint8Array(vectorsB!.length)
-      bytes.set(vectorsB!)
-      for (let n = copy.appended; n < before; n++) {
-        const i = n - from
-        const digest = digestsB!.toString('latin1', i * SHARED_DIGEST_BYTES, (i + 1) * SHARED_DIGEST_BYTES)
-        copy.addQuery(new Float32Array(bytes.buffer, i * vectorBytes, dims), copy.id(digest))
-      }
-      const ids = digests.map((d) => copy.id(d.toString('latin1')))
-      const score = judgeBatch(copy, ids, (i) => vectors[i]!, k)
-      copy.forgetUnstored()
+      for (let n = copy.appended; n < before; n++) copy.add(cellsFrom(vectorsB!, (n - from) * dims, dims))
+      // As judgeBatch: a repeat is skipped; any other query is scored on the copy, earlier
+      // queries of the batch included, then added.
+      let score = Infinity
+      vectors.forEach((v, i) => {
+        if (appendedB![i] !== 0x31) return
+        const d = meanNearestDistance(copy, v, k)
+        if (d !== null && d < score) score = d
+        copy.add(v)
+      })
       return score
     },
   }

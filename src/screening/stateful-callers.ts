@@ -11,14 +11,14 @@
 // not (docs/screening.md measures it).
 //
 // With `state.redis` the index is one shared ring per model in Redis (shared-ring.ts), under
-// `<prefix>screening:stateful-callers:<model>:n<size>d<dims>:all` (`:d`, `:v`; capped at `size`
+// `<prefix>screening:stateful-callers:<model>:n<size>d<dims>u8:all` (`:d`, `:v`; capped at `size`
 // queries, expiring `ttlMs` after the last query of any caller), and each replica judges on its
 // copy, brought up to date per request with what the other replicas appended since (one round
 // trip; the same verdicts as one process taking every request in the order Redis took them).
 //
 // Cost per item: one pooling pass and at most `size` partial distances (early exit), as a
-// full per-caller history. Memory: size * (4 * dims + 8) bytes per model, fixed (the copy, with
-// Redis); in Redis size * (4 * dims + 16) bytes.
+// full per-caller history. Memory: size * 4 * dims bytes per model, fixed (the copy, with
+// Redis); in Redis size * (dims + 16) bytes.
 
 import type { Detector, DetectorResult, ScreenBatch, ScreeningMode, SharedDetector } from './detector.ts'
 import type { Encoder } from './encoder.ts'
@@ -63,7 +63,7 @@ export function createSharedCallersIndexDetector(o: CallersIndexOptions, model: 
   const dims = o.encoder.dims
   const ring = sharedRing(store, o.size, dims, `stateful-callers index on model ${model}`)
   const copy = new RingCopy(dims, o.size)
-  const key = stateKey('stateful-callers', model, `n${o.size}d${dims}`, 'all')
+  const key = stateKey('stateful-callers', model, `n${o.size}d${dims}u8`, 'all')
   return {
     ...CALLERS_INDEX,
     mode: o.mode,

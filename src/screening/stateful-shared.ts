@@ -2,8 +2,8 @@
 // Redis, so replicas judge a caller on all of its queries, not on the share that reached them.
 //
 // The ring is a shared ring (shared-ring.ts) under
-// `<prefix>screening:stateful:<model>:h<historyPerPrincipal>d<dims>:<principal>` (`:d` digests,
-// `:v` pooled queries as Float32; mnist: 212 bytes a query, 207 KiB for a full ring), expiring
+// `<prefix>screening:stateful:<model>:h<historyPerPrincipal>d<dims>u8:<principal>` (`:d` digests,
+// `:v` pooled queries at one byte a value; mnist: 65 bytes a query, 65 KiB for a full ring), expiring
 // `ttlMs` after the principal's last query. Never raw inputs. Each replica keeps a copy of the
 // rings of the principals it judged lately (bounded like the in-process store: maxPrincipals,
 // maxStoredQueries, least recently seen forgotten first; a forgotten copy is fetched whole on
@@ -21,7 +21,7 @@ import { STATEFUL_DETECTOR, type StatefulOptions } from './stateful.ts'
 export function createSharedStatefulDetector(o: StatefulOptions, model: string, store: ScreeningStore): SharedDetector {
   if (o.k > o.historyPerPrincipal) throw new RangeError(`stateful: k (${o.k}) must not exceed historyPerPrincipal (${o.historyPerPrincipal})`)
   const dims = o.encoder.dims
-  const shape = `h${o.historyPerPrincipal}d${dims}`
+  const shape = `h${o.historyPerPrincipal}d${dims}u8`
   const ring = sharedRing(store, o.historyPerPrincipal, dims, `stateful detector on model ${model}`)
   const copies = new PrincipalStore<RingCopy>({
     maxPrincipals: o.maxPrincipals,

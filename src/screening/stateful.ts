@@ -19,8 +19,8 @@
 // Cost per item: one pooling pass and at most historyPerPrincipal partial distances over
 // `dims` values (early exit once a distance cannot be among the k nearest). Memory: dims*4+8
 // bytes per stored query, bounded per principal (the ring) and over principals (LRU store).
-// With `state.redis` the ring lives in Redis instead (stateful-shared.ts), judged by the same
-// `judgeBatch`.
+// With `state.redis` the ring lives in Redis instead (stateful-shared.ts), judged the same way
+// (shared-ring.ts: Redis says which queries are repeats, a replica's copy scores the rest).
 
 import type { StatefulPolicy } from '../config/screening-policy.ts'
 import type { Detector, DetectorResult, ScreenBatch, ScreeningMode } from './detector.ts'
@@ -60,7 +60,7 @@ export class History extends VectorRing {
 }
 
 /** Mean of the k smallest distances from `v` to the history (RMS per value), or null with fewer than k. */
-export function meanNearestDistance(h: History, v: Float32Array, k: number): number | null {
+export function meanNearestDistance(h: VectorRing, v: Float32Array, k: number): number | null {
   if (h.count < k) return null
   // The k smallest squared distances so far, ascending.
   const best = new Float64Array(k).fill(Infinity)
@@ -83,7 +83,8 @@ export function meanNearestDistance(h: History, v: Float32Array, k: number): num
  * Judges a batch against a principal's history and records it there, item by item: an exact
  * repeat (its digest is in the history) is skipped; any other item is scored against the
  * history, earlier items of the batch included, then added. Returns the smallest score
- * (Infinity: nothing scored). Both stores run this, so one replica and many judge alike.
+ * (Infinity: nothing scored). The shared ring (shared-ring.ts) judges the same way, so one
+ * replica and many judge alike.
  */
 export function judgeBatch(history: History, digests: ArrayLike<number>, encoded: (i: number) => Float32Array, k: number): number {
   let score = Infinity

@@ -5,7 +5,7 @@
 // query, and alarms before the 400th probe; a small index wraps, batches with repeats are
 // judged the same, and a third replica whose first request comes late fetches the whole ring
 // and agrees; a ring that expired and was created again is not taken for the old one; once
-// the rings are full a request sends and receives at most 8 KiB, while the replica's copy
+// the rings are full a request sends and receives at most 8 KiB, of one digit or 64, while the replica's copy
 // holds no more than its caps; a copy that missed a reply fails closed once and then catches
 // up whole; and with 64 requests in flight per replica none fails, the mean
 // stays under 8 KiB and split probing still alarms by its 21st query.
@@ -76,10 +76,10 @@ if (redis) {
     t.equal(differs, -1, 'every result the same')
     t.ok(three[2]!.memory!().stored <= 30, 'a copy holds at most the index size')
     const keys = (await raw.keys(`bulwark-test:${run}:wrap:screening:stateful-callers:*`)).sort()
-    t.same(keys.map((k) => k.slice(k.indexOf('stateful-callers:'))), ['stateful-callers:mnist:n30d49:all:d', 'stateful-callers:mnist:n30d49:all:v', 'stateful-callers:mnist:n30d49:all:w'], 'one ring per model')
+    t.same(keys.map((k) => k.slice(k.indexOf('stateful-callers:'))), ['stateful-callers:mnist:n30d49u8:all:d', 'stateful-callers:mnist:n30d49u8:all:v', 'stateful-callers:mnist:n30d49u8:all:w'], 'one ring per model')
     t.equal(await raw.strlen(keys[0]!), 52 + 30 * 16, 'capped: a header and 30 digests')
     t.ok((await raw.hlen(keys[2]!)) <= 4, 'a pointer per copy (and the last id handed out)')
-    t.equal(await raw.strlen(keys[1]!), 30 * 49 * 4, 'capped: 30 pooled vectors')
+    t.equal(await raw.strlen(keys[1]!), 30 * 49, 'capped: 30 pooled vectors of one byte a value')
     for (const key of keys) t.ok((await raw.pttl(key)) > 0, 'and expiring')
   })
 
@@ -99,7 +99,7 @@ if (redis) {
     }
   })
 
-  t.test('once the rings are full, a request sends and receives at most 8 KiB', async (t) => {
+  t.test('once the rings are full, a request of one digit or 64 sends and receives at most 8 KiB', async (t) => {
     const [a, b] = await replicas.open('traffic', 2)
     const clients = [a!.client, b!.client]
     const index = clients.map((c) => createSharedCallersIndexDetector(indexOptions(), 'mnist', store(c)))
@@ -113,6 +113,14 @@ if (redis) {
         most = Math.max(most, socketBytes(clients[q % 2]!) - before)
       }
       t.ok(most <= 8192, `${name}: at most ${most} bytes a request`)
+      // 64 digits a request, the replicas taking turns: each brings back the other's 64.
+      most = 0
+      for (let q = 0; q < 10; q++) {
+        const before = socketBytes(clients[q % 2]!)
+        await detectors[q % 2]!.inspect(batch('caller', test.images.slice(2000 + q * 64, 2064 + q * 64)))
+        if (q > 0) most = Math.max(most, socketBytes(clients[q % 2]!) - before)
+      }
+      t.ok(most <= 8192, `${name}: at most ${most} bytes a 64-digit request`)
       t.ok(detectors[0]!.memory!().stored <= 1000, `${name}: the copy holds at most its cap`)
     }
   })

@@ -98,7 +98,7 @@ if (redis) {
     const keys = (await raw.keys(`bulwark-test:${run}:wrap:screening:stateful:*`)).sort()
     t.same(keys.map((k) => k.slice(-2)), [':d', ':v', ':w'], 'three keys: digests, vectors, the copies\' pointers')
     t.equal(await raw.strlen(keys[0]!), 52 + 12 * 16, 'Redis holds a header and 12 digests')
-    t.equal(await raw.strlen(keys[1]!), 12 * 49 * 4, 'and 12 pooled vectors (49 floats, not the 784 inputs)')
+    t.equal(await raw.strlen(keys[1]!), 12 * 49, 'and 12 pooled vectors (49 bytes, not the 784 inputs)')
   })
 
   t.test('extraction: Jacobian augmentation alternated between two replicas raises the alarm at the same query as against one', async (t) => {
@@ -170,7 +170,7 @@ if (redis) {
     t.equal((await header(part('s')))[0], 60, 'extraction: 60 distinct queries remembered')
     t.equal((await header(part('d')))[0], distances, `extraction: ${distances} distances recorded`)
     t.equal(await raw.get(part('v')), '60', 'extraction: one write per request')
-    const ring = (await raw.getBuffer(`${prefix}stateful:mnist:h1000d49:racer:d`))!
+    const ring = (await raw.getBuffer(`${prefix}stateful:mnist:h1000d49u8:racer:d`))!
     t.equal(Number(ring.toString('latin1', 16, 32)), 60, 'stateful: 60 queries in the ring')
   })
 

@@ -1,9 +1,11 @@
 // The stateful query detector on fixed, seeded inputs: a run of near-duplicates raises the
 // alarm once k earlier queries are close; distinct digits never do; exact repeats are not
-// evidence; memory stays within its bounds however many principals call.
+// evidence; memory stays within its bounds however many principals call; pooled cells are
+// kept at 8 bits and survive the one-byte form the shared stores carry unchanged.
 import t from 'tap'
 import { loadMnist } from '../../models/mnist/data.ts'
 import { poolingEncoder } from '../../src/screening/encoder.ts'
+import { cellBytes, cellsFrom } from '../../src/screening/shared-store.ts'
 import { createStatefulDetector } from '../../src/screening/stateful.ts'
 import { freshDigest, gaussian, jitter, MNIST_LAYOUT, seeded } from './helpers.ts'
 
@@ -82,4 +84,20 @@ t.test('memory is bounded per principal and over principals, least recently seen
   // The most recent principal kept its history: its next query is scored.
   t.not(d.inspect({ principal: 'p4999', items: [random()], digests: [freshDigest()] }), null)
   t.equal(d.inspect({ principal: 'heavy', items: [random()], digests: [freshDigest()] }), null, 'the first principal was forgotten')
+})
+
+t.test('pooled cells are multiples of 1/255 in [0, 1], and one byte a value carries them exactly', async (t) => {
+  const encoder = poolingEncoder(MNIST_LAYOUT, 4)
+  const normal = gaussian(seeded(3))
+  let moved = 0
+  for (const x of [...test.images.slice(0, 50), ...test.images.slice(0, 50).map((x) => jitter(x, 0.05, normal))]) {
+    const v = encoder.encode(x)
+    t.ok(v.every((c) => c >= 0 && c <= 1 && Math.abs(c * 255 - Math.round(c * 255)) < 1e-4), 'every cell on the 8-bit grid')
+    t.same(cellsFrom(cellBytes(v), 0, v.length), v, 'the same values back from the bytes')
+    // The rounding against the exact mean: at most half a level.
+    const exact = new Float64Array(v.length)
+    for (let r = 0; r < 28; r++) for (let c = 0; c < 28; c++) exact[Math.floor(r / 4) * 7 + Math.floor(c / 4)]! += Math.min(1, Math.max(0, x[r * 28 + c]!)) / 16
+    moved = Math.max(moved, Math.abs([...v].reduce((s, c) => s + c, 0) - exact.reduce((s, c) => s + c, 0)))
+  }
+  t.ok(moved <= 49 * 0.5 / 255 + 1e-4, `the cells' sum moved by at most ${moved.toFixed(4)} (49 half-levels at most)`)
 })
