@@ -24,6 +24,9 @@ import { repoRoot } from '../kit/paths.ts'
 import { loadMnist } from '../models/mnist/data.ts'
 import type { SharedDetector } from '../src/screening/detector.ts'
 import { poolingEncoder } from '../src/screening/encoder.ts'
+import { createSharedPradaDetector } from '../src/screening/prada-shared.ts'
+import type { PradaOptions } from '../src/screening/prada.ts'
+import { cryptoRandom } from '../src/deps.ts'
 import { createSharedCallersIndexDetector } from '../src/screening/stateful-callers.ts'
 import { createSharedStatefulDetector } from '../src/screening/stateful-shared.ts'
 import { REDIS_SERVER, spawnRedis } from '../kit/redis-server.ts'
@@ -138,12 +141,111 @@ export async function screeningRedisRows(log: (s: string) => void): Promise<Row[
     rows.push(row('model-wide index (acrossCallers)', index, `acrossCallers ${across}`))
     const used = /used_memory:(\d+)/.exec(await raw.info('memory'))
     rows.push({ group: GROUP, scenario: 'Redis memory of shared screening state', itemsPerSec: NaN, note: `${(Number(used?.[1]) / 2 ** 20).toFixed(1)} MiB used for ${CALLERS} full per-caller rings and one full index (capped: history and acrossCallers slots; keys expire with screeningStateTtlMs)` })
+    rows.push(...(await extractionRows(async (prefix) => all[all.push(await open(prefix)) - 1]!, raw, ttlMs, log)))
     return rows
   } finally {
     await Promise.all(all.map((c) => c.quit().catch(() => {})))
     await server.stop()
     rmSync(dir, { recursive: true, force: true })
   }
+}
+
+// The extraction detector (src/screening/prada-shared.ts): two round trips a request (read
+// what the replica's copy lacks, then commit the slots written). Its callers' requests
+// alternate between the replicas (each request's copy is one commit behind), which the rows
+// above do not do.
+const EX_CALLERS = 64
+const EX_FILL = 1_152 // 18 batches of 64 distinct digits per caller: windowSize 1,000 distances
+const EX_MEASURED = 256
+
+interface ExtractionMeasured {
+  bytes: number
+  maxBytes: number
+  roundTrips: number
+  usec: number
+  loadedBytes: number
+  batchBytes: number
+  coldBytes: number
+  coldBatchBytes: number
+}
+
+async function measureExtraction(replicas: SharedDetector[], clients: Redis[], raw: Redis): Promise<ExtractionMeasured> {
+  const { images, labels } = loadMnist().test
+  const cursor = new Array<number>(EX_CALLERS).fill(0)
+  // Each caller its own stretch of the held-out digits: distinct queries, no repeats.
+  const digits = (c: number, n: number) => Array.from({ length: n }, () => (c * 2_000 + cursor[c]!++) % images.length)
+  const oneHot = (i: number) => Float32Array.from({ length: 10 }, (_, k) => (k === labels[i] ? 1 : 0))
+  const send = (c: number, d: SharedDetector, n: number) => {
+    const at = digits(c, n)
+    return d.inspect({ principal: `caller-${c}`, items: at.map((i) => images[i]!), digests: [], probabilities: at.map(oneHot) })
+  }
+  const both = () => socketBytes(clients[0]!) + socketBytes(clients[1]!)
+  for (let b = 0; b < EX_FILL / 64; b++) await Promise.all(Array.from({ length: EX_CALLERS }, (_, c) => send(c, replicas[(b + c) % 2]!, 64)))
+  const before = await scriptStats(raw)
+  let bytes = 0
+  let maxBytes = 0
+  for (let i = 0; i < EX_MEASURED; i++) {
+    const r = Math.floor(i / EX_CALLERS) % 2
+    const start = socketBytes(clients[r]!)
+    await send(i % EX_CALLERS, replicas[r]!, 1)
+    const used = socketBytes(clients[r]!) - start
+    bytes += used
+    maxBytes = Math.max(maxBytes, used)
+  }
+  const after = await scriptStats(raw)
+  // 64 in flight per replica: each caller has one request on each replica at once.
+  const loadedStart = both()
+  for (let wave = 0; wave < 2; wave++) await Promise.all(Array.from({ length: 128 }, (_, i) => send(i % EX_CALLERS, replicas[Math.floor(i / EX_CALLERS)]!, 1)))
+  const loadedBytes = (both() - loadedStart) / 256
+  const batchStart = both()
+  for (let i = 0; i < 16; i++) await send(i % 4, replicas[Math.floor(i / 4) % 2]!, 64)
+  const batchBytes = (both() - batchStart) / 16
+  const coldStart = socketBytes(clients[2]!)
+  await send(10, replicas[2]!, 1)
+  const coldBytes = socketBytes(clients[2]!) - coldStart
+  const coldBatchStart = socketBytes(clients[2]!)
+  await send(11, replicas[2]!, 64)
+  const coldBatchBytes = socketBytes(clients[2]!) - coldBatchStart
+  return { bytes: bytes / EX_MEASURED, maxBytes, roundTrips: (after.calls - before.calls) / EX_MEASURED, usec: (after.usec - before.usec) / EX_MEASURED, loadedBytes, batchBytes, coldBytes, coldBatchBytes }
+}
+
+async function extractionRows(open: (prefix: string) => Promise<Redis>, raw: Redis, ttlMs: number, log: (s: string) => void): Promise<Row[]> {
+  const policy = parse(readFileSync(path.join(repoRoot, 'policies/mnist.yaml'), 'utf8')) as { screening: { extraction?: Partial<PradaOptions> & { poolSize?: number } } }
+  const ex = policy.screening.extraction ?? {}
+  const o: PradaOptions = {
+    wThreshold: ex.wThreshold ?? 0.9,
+    minQueries: ex.minQueries ?? 100,
+    windowSize: ex.windowSize ?? 1000,
+    warmupPerClass: ex.warmupPerClass ?? 10,
+    growingSetPerClass: ex.growingSetPerClass ?? 100,
+    maxPrincipals: 10_000,
+    maxStoredQueries: 200_000,
+    mode: 'enforce',
+    encoder: poolingEncoder(LAYOUT, ex.poolSize ?? 2),
+  }
+  log('per-request Redis traffic: extraction detector')
+  const memoryBefore = Number(/used_memory:(\d+)/.exec(await raw.info('memory'))?.[1])
+  const clients = [await open('bench:extraction:'), await open('bench:extraction:'), await open('bench:extraction:')]
+  // Claims are never taken here unless requests race; the random source only names them.
+  const m = await measureExtraction(
+    clients.map((c) => createSharedPradaDetector(o, 'mnist', { redis: c, ttlMs }, cryptoRandom)),
+    clients,
+    raw,
+  )
+  const memory = Number(/used_memory:(\d+)/.exec(await raw.info('memory'))?.[1]) - memoryBefore
+  const kib = (b: number) => (b / 1024).toFixed(2)
+  return [
+    {
+      group: GROUP,
+      scenario: 'per-request Redis traffic, extraction detector (per caller)',
+      itemsPerSec: NaN,
+      note:
+        `${kib(m.bytes)} KiB sent+received per single-digit request (max ${kib(m.maxBytes)} KiB), ${m.roundTrips.toFixed(2)} round trips, Redis CPU ${m.usec.toFixed(0)} us; ` +
+        `with 64 in flight per replica ${kib(m.loadedBytes)} KiB; a 64-digit request ${(m.batchBytes / 1024).toFixed(1)} KiB; windowSize ${o.windowSize}, growingSetPerClass ${o.growingSetPerClass}, ` +
+        `2 replicas taking turns per caller, ${EX_CALLERS} callers, ${EX_FILL} digits each first; a replica's first request for a caller (no copy yet): ${(m.coldBytes / 1024).toFixed(0)} KiB single-digit, ${(m.coldBatchBytes / 1024).toFixed(0)} KiB 64-digit`,
+    },
+    { group: GROUP, scenario: 'Redis memory of shared extraction state', itemsPerSec: NaN, note: `${(memory / 2 ** 20).toFixed(1)} MiB used for ${EX_CALLERS} callers' states (${(memory / EX_CALLERS / 1024).toFixed(0)} KiB each) and their change logs` },
+  ]
 }
 
 if (import.meta.main) {
