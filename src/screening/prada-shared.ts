@@ -3,26 +3,31 @@
 // the share that reached them.
 //
 // Layout, per model and principal, under
-// `<prefix>screening:extraction:<model>:w<windowSize>g<growingSetPerClass>d<dims>:<part>:<principal>`:
-//   v    the state's version: a counter, one up per write
-//   d    the last windowSize nearest-neighbour distances: a ring of Float64
-//   s    the 128-bit digests of the last windowSize distinct queries (shared-store.ts), for
-//        skipping exact repeats: a ring of 16-byte slots
-//   c<k> predicted class k's growing set: its count, next slot, n, sum, sum of squares and
-//        threshold T_k, then a ring of growingSetPerClass pooled vectors (Float32). Never raw inputs.
-// Each ring is a string: a Float64 header (count, next; six numbers for a class), then its
-// slots, so a write is a SETRANGE of the slots it changed. Each request renews the TTL
-// (ttlMs) of the keys it read: a caller's state goes ttlMs after its last new query, a class's
-// set ttlMs after the last query predicted as that class.
+// `<prefix>screening:extraction:<model>:w<windowSize>g<growingSetPerClass>d<dims>u8:<principal>`:
+//   :st     hash: e (epoch: Redis TIME when the state was created), v (version: one up per
+//           commit), and the fields d, s, c<k> (prada-copy.ts: the distances, the digests of the
+//           distinct queries, class k's growing set of pooled queries at one byte a value).
+//           Never raw inputs.
+//   :log    list: the field writes of the last LOG_COMMITS commits, oldest first
+//   :claim  which request may commit next while replicas contend (below)
+// Each commit renews the TTL (ttlMs) of :st and :log: a caller's state goes ttlMs after its last
+// new query.
 //
-// Atomicity: reading a class's set, taking a distance and deciding whether the query joins
-// the set is a read-modify-write, too much for a script. So this side reads the keys it needs
-// (MGET: one snapshot), runs the in-process code (prada.ts judgeBatch) on a copy, and writes
-// the changed slots with a Lua script that first checks the version: if another request wrote
-// since, nothing is written and this side reads and judges again. A replica queues its own
-// requests per principal (keyed-queue.ts), so only requests on other replicas at the same
-// moment make it read again. The outcome is the one a single replica reaches with the
-// requests in the order Redis committed them.
+// Each replica keeps a copy of the states of the principals it judged lately (prada-copy.ts;
+// bounded like the in-process store: maxPrincipals, maxStoredQueries, least recently seen
+// forgotten first), tagged with the epoch and version it is. A request reads with one script
+// (READ_SCRIPT) that gets the copy's tag and returns only the version when the copy is
+// current, the writes of the commits since when the log reaches back that far, or else the
+// whole state; plus the whole set of each class the batch was predicted as that the copy does
+// not hold (a copy holds only the classes its requests needed). The replica brings its copy up
+// to date, judges the batch on it with the in-process code (prada.ts judgeBatch), and commits
+// the slots the judgement wrote with a script (COMMIT_SCRIPT) that first checks the version:
+// if another request committed since, nothing is written, the copy's journal undoes the
+// judgement (the copy is again the version it read) and the request reads and judges again.
+// A replica queues its own requests per principal (keyed-queue.ts), so only requests on other
+// replicas at the same moment make it read again. A commit whose reply is lost (timeout) or a
+// log that does not fit the copy drops the copy, and the state is read whole. The outcome is the
+// one a single replica reaches with the requests in the order Redis committed them.
 //
 // Liveness: replicas that each stream one principal's requests could keep beating one
 // another's writes. After OPTIMISTIC_ATTEMPTS lost races a request claims the principal's
@@ -35,160 +40,161 @@ import { systemClock, type Clock, type RandomSource } from '../deps.ts'
 import { BulwarkError } from '../errors.ts'
 import type { DetectorResult, ScreenBatch, SharedDetector } from './detector.ts'
 import { KeyedQueue } from './keyed-queue.ts'
-import { argmax, GrowingSet, judgeBatch, PRADA_DETECTOR, PradaState, type PradaOptions } from './prada.ts'
-import { bytesOf, DigestIds, float32s, float64s, SHARED_DIGEST_BYTES, sharedDigest, stateKey, stateUnavailable, type ScreeningStore } from './shared-store.ts'
+import { CopyOutOfStep, PradaCopy, type FieldWrite } from './prada-copy.ts'
+import { argmax, judgeBatch, PRADA_DETECTOR, type PradaOptions } from './prada.ts'
+import { PrincipalStore } from './principal-store.ts'
+import { sharedDigest, stateKey, stateUnavailable, type ScreeningStore } from './shared-store.ts'
 
 /** Races lost to other replicas' writes before a request claims the principal's state. */
 export const OPTIMISTIC_ATTEMPTS = 3
+/** Commits kept in a principal's log: a copy at most this many behind gets only the writes since. */
+export const LOG_COMMITS = 16
 /** A claim's lease: longer than a read and a write take (two commands, commandTimeoutMs each). */
 const CLAIM_LEASE_MS = 2_000
 /** How often a request waiting for another replica's claim asks again, and for how long at most (clock time). */
 const CLAIM_POLL_MS = 2
 const CLAIM_WAIT_MS = 3_000
 
-const RING_HEADER = 16 // count, next
-const CLASS_HEADER = 48 // count, next, n, sum, sumSq, threshold
-
-// KEYS[1]: the version counter; KEYS[2]: the claim; KEYS[3..]: the state's rings. ARGV[1]:
-// the version the writes were computed from; ARGV[2]: TTL (ms); ARGV[3]: the request's claim
-// token ('' without one); then for each ring: reset (1: delete it first), n, and n pairs
-// (offset, bytes). Returns 1, or 0 without writing when the version moved on or another
-// request holds the claim.
-const COMMIT_SCRIPT = `
-local claim = redis.call('GET', KEYS[2])
-if claim and claim ~= ARGV[3] then return 0 end
-local v = tonumber(redis.call('GET', KEYS[1]) or '0')
-if v ~= tonumber(ARGV[1]) then return 0 end
-local a = 4
-for i = 3, #KEYS do
-  if ARGV[a] == '1' then redis.call('DEL', KEYS[i]) end
-  local n = tonumber(ARGV[a + 1])
-  a = a + 2
-  for j = 1, n do
-    redis.call('SETRANGE', KEYS[i], tonumber(ARGV[a]), ARGV[a + 1])
-    a = a + 2
+// KEYS: state, log. ARGV: the copy's epoch and version, then one entry per class of the batch:
+// '+c<k>' held by the copy, '-c<k>' not. Returns {epoch, version, mode, n, n payload items,
+// then the set of each class to send}: mode 'c' (the copy is current; no payload), 'l' (the log
+// entries of the commits since the copy's version) or 'w' (the whole fields d and s; every class
+// of the batch is sent).
+const READ_SCRIPT = `
+local st, log = KEYS[1], KEYS[2]
+local e = redis.call('HGET', st, 'e') or ''
+local v = tonumber(redis.call('HGET', st, 'v') or '0')
+local mode, payload = 'w', {}
+if e == ARGV[1] then
+  local behind = v - tonumber(ARGV[2])
+  if behind == 0 then
+    mode = 'c'
+  elseif behind > 0 and behind <= redis.call('LLEN', log) then
+    mode = 'l'
+    payload = redis.call('LRANGE', log, -behind, -1)
   end
-  redis.call('PEXPIRE', KEYS[i], ARGV[2])
 end
-redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if claim then redis.call('DEL', KEYS[2]) end
-return 1
+if mode == 'w' then payload = {redis.call('HGET', st, 'd'), redis.call('HGET', st, 's')} end
+local reply = {e, tostring(v), mode, tostring(#payload)}
+for i = 1, #payload do reply[#reply + 1] = payload[i] end
+local names = {}
+for j = 3, #ARGV do
+  if mode == 'w' or string.sub(ARGV[j], 1, 1) == '-' then names[#names + 1] = string.sub(ARGV[j], 2) end
+end
+if #names > 0 then
+  local values = redis.call('HMGET', st, unpack(names))
+  for i = 1, #names do reply[#reply + 1] = values[i] end
+end
+return reply
 `
 
-interface CommitScript {
-  bulwarkScreeningCommit(numberOfKeys: number, ...args: (string | number | Buffer)[]): Promise<number>
+// KEYS: state, log, claim. ARGV: the epoch and version the writes were computed from ('' and 0:
+// no state yet), TTL (ms), the request's claim token ('' without one), the log's length, then per
+// field: name, reset ('1': replace the field), n, and n pairs (offset, bytes) in offset order.
+// Returns {epoch, version} of the state written, or {} without writing when the version moved
+// on or another request holds the claim. The log entry is the version and the field writes, each
+// piece preceded by its length (4 bytes, big-endian).
+const COMMIT_SCRIPT = `
+local st, log, claimKey = KEYS[1], KEYS[2], KEYS[3]
+local claim = redis.call('GET', claimKey)
+if claim and claim ~= ARGV[4] then return {} end
+local e = redis.call('HGET', st, 'e') or ''
+local v = tonumber(redis.call('HGET', st, 'v') or '0')
+if e ~= ARGV[1] or v ~= tonumber(ARGV[2]) then return {} end
+if e == '' then
+  redis.call('DEL', st, log)
+  local now = redis.call('TIME')
+  e = string.format('%010d%06d', tonumber(now[1]), tonumber(now[2]))
+end
+v = v + 1
+local function lp(x) return struct.pack('>I4', #x) .. x end
+local entry = {lp(tostring(v))}
+local a = 6
+while a <= #ARGV do
+  local field, reset, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  entry[#entry + 1] = lp(field) .. lp(reset) .. lp(ARGV[a + 2])
+  local old = ''
+  if reset ~= '1' then old = redis.call('HGET', st, field) or '' end
+  local out, at = {}, 0
+  a = a + 3
+  for j = 1, n do
+    local off, bytes = tonumber(ARGV[a]), ARGV[a + 1]
+    entry[#entry + 1] = lp(ARGV[a]) .. lp(bytes)
+    if off > at then
+      out[#out + 1] = string.sub(old, at + 1, off)
+      if #old < off then out[#out + 1] = string.rep('\\0', off - math.max(#old, at)) end
+    end
+    out[#out + 1] = bytes
+    at = off + #bytes
+    a = a + 2
+  end
+  out[#out + 1] = string.sub(old, at + 1)
+  redis.call('HSET', st, field, table.concat(out))
+end
+redis.call('HSET', st, 'e', e, 'v', tostring(v))
+redis.call('RPUSH', log, table.concat(entry))
+redis.call('LTRIM', log, -tonumber(ARGV[5]), -1)
+redis.call('PEXPIRE', st, ARGV[3])
+redis.call('PEXPIRE', log, ARGV[3])
+if claim then redis.call('DEL', claimKey) end
+return {e, tostring(v)}
+`
+
+interface Scripts {
+  bulwarkPradaReadBuffer(numberOfKeys: number, ...args: (string | number)[]): Promise<(Buffer | null)[]>
+  bulwarkPradaCommitBuffer(numberOfKeys: number, ...args: (string | number | Buffer)[]): Promise<Buffer[]>
 }
 
-/** A growing set that remembers which slots a request wrote. */
-class TrackedSet extends GrowingSet {
-  readonly written = new Set<number>()
-  /** Stored bytes were not a valid set: replace them. */
-  reset = false
-
-  override add(v: Float32Array): number {
-    const slot = super.add(v)
-    this.written.add(slot)
-    return slot
+/** A log entry: the version it made and its field writes; throws CopyOutOfStep when malformed. */
+export function parseEntry(entry: Buffer): { version: number; writes: FieldWrite[] } {
+  const pieces: Buffer[] = []
+  for (let at = 0; at < entry.length; ) {
+    if (at + 4 > entry.length) throw new CopyOutOfStep('log entry cut short')
+    const n = entry.readUInt32BE(at)
+    if (at + 4 + n > entry.length) throw new CopyOutOfStep('log entry cut short')
+    pieces.push(entry.subarray(at + 4, at + 4 + n))
+    at += 4 + n
   }
+  const version = Number(pieces[0]?.toString('latin1'))
+  const writes: FieldWrite[] = []
+  for (let i = 1; i < pieces.length; ) {
+    const field = pieces[i]!.toString('latin1')
+    const reset = pieces[i + 1]?.toString('latin1') === '1'
+    const n = Number(pieces[i + 2]?.toString('latin1'))
+    if (!Number.isInteger(n) || n < 0 || i + 3 + 2 * n > pieces.length) throw new CopyOutOfStep('log entry malformed')
+    const pairs: [number, Buffer][] = []
+    for (let j = 0; j < n; j++) pairs.push([Number(pieces[i + 3 + 2 * j]!.toString('latin1')), pieces[i + 4 + 2 * j]!])
+    writes.push({ field, reset, pairs })
+    i += 3 + 2 * n
+  }
+  return { version, writes }
 }
 
-/** A principal's state loaded for one request, remembering which slots the request wrote. */
-class TrackedState extends PradaState {
-  readonly distanceSlots = new Set<number>()
-  readonly seenSlots = new Set<number>()
-  seenCount = 0
-  resetDistances = false
-  resetSeen = false
-
-  override remember(digest: number): boolean {
-    const slot = this.seenNext
-    if (!super.remember(digest)) return false
-    this.seenSlots.add(slot)
-    if (this.seenCount < this.seenRing.length) this.seenCount++
-    return true
+/** The script's arguments for the writes: per field its name, reset flag, count and pairs. */
+function commitArgs(writes: readonly FieldWrite[]): (string | number | Buffer)[] {
+  const out: (string | number | Buffer)[] = []
+  for (const w of writes) {
+    out.push(w.field, w.reset ? '1' : '0', w.pairs.length)
+    for (const [off, bytes] of w.pairs) out.push(off, bytes)
   }
-
-  override record(d: number): void {
-    this.distanceSlots.add(this.next)
-    super.record(d)
-  }
-
-  override newClass(dims: number, capacity: number): GrowingSet {
-    return new TrackedSet(dims, capacity)
-  }
-}
-
-/** count and next of a ring string, or null when the bytes are not a ring of `cap` slots of `slot` bytes. */
-function ringHeader(bytes: Buffer, header: number, cap: number, slot: number): Float64Array | null {
-  if (bytes.length < header) return null
-  const h = float64s(bytes, 0, header / 8)
-  const [count, next] = [h[0]!, h[1]!]
-  const valid = Number.isInteger(count) && Number.isInteger(next) && count >= 0 && count <= cap && next >= 0 && next < cap && (count === cap || next === count)
-  return valid && bytes.length === header + count * slot ? h : null
-}
-
-/** The snapshot as an in-process state; each part that is not valid is empty and marked for replacement. */
-function restore(values: readonly (Buffer | null)[], classes: readonly number[], o: PradaOptions, ids: DigestIds): TrackedState {
-  const dims = o.encoder.dims
-  const W = o.windowSize
-  const s = new TrackedState(W)
-  const [, d, seen] = values
-  if (d) {
-    const h = ringHeader(d, RING_HEADER, W, 8)
-    if (h) {
-      s.count = h[0]!
-      s.next = h[1]!
-      s.distances.set(float64s(d, RING_HEADER, s.count))
-    } else s.resetDistances = true
-  }
-  if (seen) {
-    const h = ringHeader(seen, RING_HEADER, W, SHARED_DIGEST_BYTES)
-    if (h) {
-      s.seenCount = h[0]!
-      s.seenNext = h[1]!
-      for (let i = 0; i < s.seenCount; i++) {
-        const off = RING_HEADER + i * SHARED_DIGEST_BYTES
-        const id = ids.id(seen.subarray(off, off + SHARED_DIGEST_BYTES))
-        s.seenRing[i] = id
-        s.seen.add(id)
-      }
-    } else s.resetSeen = true
-  }
-  classes.forEach((c, i) => {
-    const bytes = values[3 + i]
-    if (!bytes) return
-    const g = new TrackedSet(dims, o.growingSetPerClass)
-    const h = ringHeader(bytes, CLASS_HEADER, o.growingSetPerClass, dims * 4)
-    if (h) {
-      const count = h[0]!
-      if (count > 0) g.vectors = float32s(bytes, CLASS_HEADER, count * dims)
-      g.count = count
-      g.next = h[1]!
-      g.n = h[2]!
-      g.sum = h[3]!
-      g.sumSq = h[4]!
-      g.threshold = h[5]!
-    } else g.reset = true
-    s.classes.set(c, g)
-  })
-  return s
-}
-
-/** The script's arguments for one ring: reset flag, then its header and written slots. */
-function ringWrites(reset: boolean, header: Float64Array, slots: Iterable<number>, headerBytes: number, slotBytes: number, slot: (i: number) => Buffer): (string | number | Buffer)[] {
-  const out: (string | number | Buffer)[] = [reset ? '1' : '0', 0, 0, bytesOf(header)]
-  for (const i of slots) out.push(headerBytes + i * slotBytes, slot(i))
-  out[1] = (out.length - 2) / 2
   return out
 }
 
 export function createSharedPradaDetector(o: PradaOptions, model: string, store: ScreeningStore, random: RandomSource, clock: Clock = systemClock): SharedDetector {
   const dims = o.encoder.dims
-  const shape = `w${o.windowSize}g${o.growingSetPerClass}d${dims}`
-  const redis = store.redis as Redis & CommitScript
-  if (typeof (redis as Partial<CommitScript>).bulwarkScreeningCommit !== 'function') store.redis.defineCommand('bulwarkScreeningCommit', { lua: COMMIT_SCRIPT })
+  const shape = `w${o.windowSize}g${o.growingSetPerClass}d${dims}u8`
+  const redis = store.redis as Redis & Scripts
+  if (typeof (redis as Partial<Scripts>).bulwarkPradaReadBuffer !== 'function') {
+    store.redis.defineCommand('bulwarkPradaRead', { lua: READ_SCRIPT })
+    store.redis.defineCommand('bulwarkPradaCommit', { lua: COMMIT_SCRIPT })
+  }
   const queue = new KeyedQueue()
+  const copies = new PrincipalStore<PradaCopy>({
+    maxPrincipals: o.maxPrincipals,
+    maxUnits: o.maxStoredQueries,
+    create: () => new PradaCopy(o.windowSize, dims, o.growingSetPerClass),
+    units: (c) => c.stored,
+  })
   // Claim tokens: this replica's random id and a count, unique across replicas.
   const replica = Buffer.from(random.bytes(12)).toString('hex')
   let claims = 0
@@ -199,51 +205,83 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
       headers: { 'retry-after': '1' },
     })
 
+  /** Brings the copy up to Redis's state, with the sets of `classes`; throws CopyOutOfStep when the log does not fit it. */
+  const sync = async (copy: PradaCopy, base: string, classes: readonly number[]): Promise<void> => {
+    const held = classes.map((c) => copy.known.has(c))
+    let reply: (Buffer | null)[]
+    try {
+      reply = await redis.bulwarkPradaReadBuffer(2, `${base}:st`, `${base}:log`, copy.epoch, copy.version, ...classes.map((c, i) => `${held[i] ? '+' : '-'}c${c}`))
+    } catch (err) {
+      throw unavailable(err)
+    }
+    const epoch = reply[0]!.toString('latin1')
+    const version = Number(reply[1]!.toString('latin1'))
+    const mode = reply[2]!.toString('latin1')
+    const n = Number(reply[3]!.toString('latin1'))
+    const payload = reply.slice(4, 4 + n)
+    if (mode === 'l') {
+      for (const entry of payload) {
+        const e = parseEntry(entry ?? Buffer.alloc(0))
+        if (e.version !== copy.version + 1) throw new CopyOutOfStep(`log entry ${e.version} after version ${copy.version}`)
+        copy.apply(e.writes)
+        copy.version = e.version
+      }
+      if (copy.version !== version) throw new CopyOutOfStep(`the log ends at ${copy.version}, the state is ${version}`)
+    } else if (mode === 'w') {
+      copy.clear()
+      copy.restoreRings(payload[0] ?? null, payload[1] ?? null)
+    }
+    const sent = classes.filter((_, i) => mode === 'w' || !held[i])
+    sent.forEach((c, i) => copy.restoreClass(c, reply[4 + n + i] ?? null))
+    copy.epoch = epoch
+    copy.version = version
+  }
+
   /**
-   * One read, judgement and conditional write; null when another request wrote first or holds
-   * the claim. With a claim token the write is made even when nothing changed, to end the claim.
+   * One read, judgement on the copy and conditional commit; null when another request wrote
+   * first or holds the claim (the judgement undone). With a claim token the commit is made
+   * even when nothing changed, to end the claim.
    */
   const attempt = async (batch: ScreenBatch, probabilities: readonly Float32Array[], digests: readonly Buffer[], classes: readonly number[], token: string): Promise<{ result: DetectorResult | null } | null> => {
-    const key = (part: string) => stateKey('extraction', model, `${shape}:${part}`, batch.principal)
-    const keys = [key('v'), key('d'), key('s'), ...classes.map((c) => key(`c${c}`))]
-    let values: (Buffer | null)[]
+    const base = stateKey('extraction', model, shape, batch.principal)
+    const copy = copies.use(batch.principal)
     try {
-      values = await redis.mgetBuffer(...keys)
+      await sync(copy, base, classes)
     } catch (err) {
+      if (!(err instanceof CopyOutOfStep)) throw err
+      copy.clear()
+      await sync(copy, base, classes)
+    }
+    copy.begin(classes)
+    const ids = digests.map((d) => copy.digestId(d))
+    const result = judgeBatch(copy, { principal: batch.principal, items: batch.items, digests: ids }, probabilities, o)
+    const writes = copy.writes()
+    if (writes.length === 0 && !token) {
+      copy.end() // only exact repeats: nothing to write
+      copies.settle(batch.principal)
+      return { result }
+    }
+    let reply: Buffer[]
+    try {
+      reply = await redis.bulwarkPradaCommitBuffer(3, `${base}:st`, `${base}:log`, `${base}:claim`, copy.epoch, copy.version, store.ttlMs, token, LOG_COMMITS, ...commitArgs(writes))
+    } catch (err) {
+      copy.clear() // the commit may or may not have been made: read whole next time
+      copies.settle(batch.principal)
       throw unavailable(err)
     }
-    const version = values[0] ? Number(values[0].toString('latin1')) : 0
-    const ids = new DigestIds()
-    const s = restore(values, classes, o, ids)
-    const result = judgeBatch(s, { principal: batch.principal, items: batch.items, digests: digests.map((d) => ids.id(d)) }, probabilities, o)
-    if (s.seenSlots.size === 0 && !token) return { result } // only exact repeats: nothing to write
-
-    const args: (string | number | Buffer)[] = [version, store.ttlMs, token]
-    const ringKeys = [key('d'), key('s')]
-    args.push(...ringWrites(s.resetDistances, Float64Array.of(s.count, s.next), s.distanceSlots, RING_HEADER, 8, (i) => bytesOf(s.distances, i, 1)))
-    args.push(...ringWrites(s.resetSeen, Float64Array.of(s.seenCount, s.seenNext), s.seenSlots, RING_HEADER, SHARED_DIGEST_BYTES, (i) => ids.digest(s.seenRing[i]!)))
-    // Every class the batch was predicted as: its set changed, or only its TTL is renewed.
-    for (const [c, g] of s.classes) {
-      if (!(g instanceof TrackedSet)) continue
-      ringKeys.push(key(`c${c}`))
-      if (g.written.size === 0 && !g.reset) args.push('0', 0)
-      else {
-        const header = Float64Array.of(g.count, g.next, g.n, g.sum, g.sumSq, g.threshold)
-        args.push(...ringWrites(g.reset, header, g.written, CLASS_HEADER, dims * 4, (i) => bytesOf(g.vectors, i * dims, dims)))
-      }
+    if (reply.length < 2) {
+      copy.undo()
+      copies.settle(batch.principal)
+      return null
     }
-    let committed: number
-    try {
-      committed = await redis.bulwarkScreeningCommit(2 + ringKeys.length, keys[0]!, key('claim'), ...ringKeys, ...args)
-    } catch (err) {
-      throw unavailable(err)
-    }
-    return committed === 1 ? { result } : null
+    copy.committed(reply[0]!.toString('latin1'), Number(reply[1]!.toString('latin1')))
+    copies.settle(batch.principal)
+    return { result }
   }
 
   /** Waits until this request holds the principal's claim (SET NX), polling while another does. */
   const claim = async (principal: string, token: string): Promise<void> => {
-    const claimKey = stateKey('extraction', model, `${shape}:claim`, principal)
+    const claimKey = `${stateKey('extraction', model, shape, principal)}:claim`
     const giveUpMs = clock.monotonicMs() + CLAIM_WAIT_MS
     for (;;) {
       let ok: string | null
@@ -284,5 +322,6 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
         throw contention(`the principal's claim ran out twice before its write (lease ${CLAIM_LEASE_MS} ms)`)
       })
     },
+    memory: () => ({ principals: copies.principals, stored: copies.units, evictions: copies.evictions }),
   }
 }

@@ -17,7 +17,7 @@
 // Inputs are compared after the same pooling as the stateful detector (encoder.ts; the test
 // statistic is scale-free). Exact repeats are skipped: a retry is not a new query.
 // With `state.redis` the state lives in Redis instead (prada-shared.ts), judged by the same
-// `judgeBatch` on a copy loaded for the request.
+// `judgeBatch` on each replica's copy of it (prada-copy.ts).
 //
 // Which queries, and which class. Every query the model answered for the caller is recorded,
 // a query that another detector refuses included (screen-output judges with every output-side
@@ -108,6 +108,11 @@ export class PradaState {
       this.#sorted.subarray(0, this.count).sort()
     }
     return this.#sorted.subarray(0, this.count)
+  }
+
+  /** Forgets the sorted window: the shared store's copy changed the distances other than by record(). */
+  distancesChanged(): void {
+    this.#sorted = null
   }
 
   /** A new, empty growing set for a class (a hook: the shared store tracks what it writes). */

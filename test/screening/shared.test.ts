@@ -162,14 +162,14 @@ if (redis) {
     for (const p of probabilities) perClass.set(argmax(p), (perClass.get(argmax(p)) ?? 0) + 1)
     const distances = [...perClass.values()].reduce((s, n) => s + Math.max(0, n - 2), 0)
     const prefix = `bulwark-test:${run}:race:screening:`
-    const header = async (key: string) => {
-      const bytes = (await raw.getBuffer(key))!
+    const st = `${prefix}extraction:mnist:w1000g100d196u8:racer:st`
+    const header = async (field: string) => {
+      const bytes = (await raw.hgetBuffer(st, field))!
       return new Float64Array(Uint8Array.from(bytes.subarray(0, 16)).buffer)
     }
-    const part = (p: string) => `${prefix}extraction:mnist:w1000g100d196:${p}:racer`
-    t.equal((await header(part('s')))[0], 60, 'extraction: 60 distinct queries remembered')
-    t.equal((await header(part('d')))[0], distances, `extraction: ${distances} distances recorded`)
-    t.equal(await raw.get(part('v')), '60', 'extraction: one write per request')
+    t.equal((await header('s'))[0], 60, 'extraction: 60 distinct queries remembered')
+    t.equal((await header('d'))[0], distances, `extraction: ${distances} distances recorded`)
+    t.equal(await raw.hget(st, 'v'), '60', 'extraction: one write per request')
     const ring = (await raw.getBuffer(`${prefix}stateful:mnist:h1000d49u8:racer:d`))!
     t.equal(Number(ring.toString('latin1', 16, 32)), 60, 'stateful: 60 queries in the ring')
   })
@@ -195,7 +195,8 @@ if (redis) {
     const [a] = await replicas.open('dead-claim', 1)
     const clock = new PollClock()
     const prada = createSharedPradaDetector(pradaOptions(), 'mnist', { redis: a!.client, ttlMs: HOUR }, cryptoRandom, clock)
-    const part = (p: string, who: string) => `bulwark-test:${run}:dead-claim:screening:extraction:mnist:w1000g100d196:${p}:${who}`
+    const part = (p: string, who: string) => `bulwark-test:${run}:dead-claim:screening:extraction:mnist:w1000g100d196u8:${who}:${p}`
+    const version = (who: string) => raw.hget(part('st', who), 'v')
     const x = test.images[300]!
     const batch = (who: string) => ({ principal: who, items: [x], digests: [0], probabilities: [forward(weights, x).probs] })
 
@@ -211,12 +212,12 @@ if (redis) {
     }
     await polled
     t.equal(outcome, 'pending', 'the request waits, asking again and again')
-    t.equal(await raw.get(part('v', 'p')), null, 'nothing is written while the dead claim stands')
+    t.equal(await version('p'), null, 'nothing is written while the dead claim stands')
     // Its lease runs out: Redis drops the key (as PX would, without waiting a real lease here).
     await raw.del(part('claim', 'p'))
     clock.advance(2)
     await pending
-    t.equal(await raw.get(part('v', 'p')), '1', 'the write goes through once the claim has lapsed')
+    t.equal(await version('p'), '1', 'the write goes through once the claim has lapsed')
     t.equal(await raw.get(part('claim', 'p')), null, 'and ends the claim it took')
 
     // A claim that stands longer than a request waits (3 s of the clock): a clear 503, and the state untouched.
@@ -226,7 +227,7 @@ if (redis) {
     await firstPoll
     clock.advance(3000)
     await refused
-    t.equal(await raw.get(part('v', 'q')), null, 'nothing written')
+    t.equal(await version('q'), null, 'nothing written')
     t.equal(await raw.get(part('claim', 'q')), 'dead-replica:2', 'the standing claim is left alone')
   })
 }

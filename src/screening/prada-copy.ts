@@ -1,0 +1,405 @@
+// A replica's copy of one principal's extraction state (prada-shared.ts): the in-process state
+// (prada.ts) plus what ties it to Redis: the epoch and version it reflects, which classes'
+// sets it holds, and the 128-bit digests behind the numbers the in-process code keeps. While a
+// request is judged on it, a journal notes every slot the judgement wrote, so the commit sends
+// only those, and a commit that lost a race is undone exactly: the copy is again the state of
+// the version it was read at, never ahead of Redis.
+//
+// Fields as Redis keeps them (one hash per principal):
+//   d     Float64 count and next, then the ring of the last windowSize distances (Float64)
+//   s     Float64 count and next, then the ring of the last windowSize distinct digests (16 B)
+//   c<k>  Float64 count, next, n, sum, sum of squares, threshold T_k, then the ring of class k's
+//         growing set: pooled queries at one byte a value (shared-store.ts cellBytes)
+// A field's write is a list of (byte offset, bytes): its header at 0 and each slot written.
+//
+// Memory per principal: the distances, the digests' ring and the sorted window (8 bytes each per
+// windowSize slot), the digest table (a 16-character string and two map entries per digest in
+// the ring, about 150 bytes), and the held classes' sets at 4·dims bytes a stored query.
+
+import { GrowingSet, PradaState } from './prada.ts'
+import { bytesOf, cellBytes, cellsFrom, float64s, SHARED_DIGEST_BYTES } from './shared-store.ts'
+
+export const RING_HEADER = 16 // count, next
+export const CLASS_HEADER = 48 // count, next, n, sum, sumSq, threshold
+
+/** Thrown when what Redis sent does not fit the copy: the caller drops the copy and reads whole. */
+export class CopyOutOfStep extends Error {}
+
+/** A field write: its name, whether the field is replaced (not patched), and (offset, bytes) pairs in offset order. */
+export interface FieldWrite {
+  field: string
+  reset: boolean
+  pairs: [number, Buffer][]
+}
+
+/** Numbers for 128-bit digests (as latin1 strings), for the in-process code's Set<number>. */
+class DigestTable {
+  private readonly ids = new Map<string, number>()
+  private readonly digests = new Map<number, string>()
+  private nextId = 1
+
+  /** The digest's number, and whether it was new. */
+  id(digest: string): [number, boolean] {
+    const id = this.ids.get(digest)
+    if (id !== undefined) return [id, false]
+    this.ids.set(digest, this.nextId)
+    this.digests.set(this.nextId, digest)
+    return [this.nextId++, true]
+  }
+
+  digest(id: number): string {
+    return this.digests.get(id)!
+  }
+
+  drop(id: number): void {
+    const d = this.digests.get(id)
+    if (d === undefined) return
+    this.digests.delete(id)
+    this.ids.delete(d)
+  }
+
+  clear(): void {
+    this.ids.clear()
+    this.digests.clear()
+  }
+}
+
+/** count and next of a ring field, or null when the bytes are not a ring of `cap` slots of `slot` bytes. */
+function ringHeader(bytes: Buffer, header: number, cap: number, slot: number): Float64Array | null {
+  if (bytes.length < header) return null
+  const h = float64s(bytes, 0, header / 8)
+  return validCounts(h[0]!, h[1]!, cap) && bytes.length === header + h[0]! * slot ? h : null
+}
+
+function validCounts(count: number, next: number, cap: number): boolean {
+  return Number.isInteger(count) && Number.isInteger(next) && count >= 0 && count <= cap && next >= 0 && next < cap && (count === cap || next === count)
+}
+
+/** count, next, n, sum, sumSq, threshold of a class's header. */
+function setHeader(g: GrowingSet, h: Float64Array): void {
+  g.count = h[0]!
+  g.next = h[1]!
+  g.n = h[2]!
+  g.sum = h[3]!
+  g.sumSq = h[4]!
+  g.threshold = h[5]!
+}
+
+/** A growing set that notes which slots a request wrote, and what it overwrote (for undo). */
+export class TrackedSet extends GrowingSet {
+  readonly written = new Set<number>()
+  /** The field in Redis was not a valid set: the next write replaces it. */
+  reset = false
+  private overwritten: [number, Float32Array][] = []
+  private saved: Float64Array = new Float64Array(6)
+
+  override add(v: Float32Array): number {
+    if (this.next < this.count) this.overwritten.push([this.next, this.vectors.slice(this.next * this.dims, (this.next + 1) * this.dims)])
+    const slot = super.add(v)
+    this.written.add(slot)
+    return slot
+  }
+
+  begin(): void {
+    this.written.clear()
+    this.overwritten = []
+    this.saved = this.header()
+  }
+
+  undo(): void {
+    for (const [slot, v] of this.overwritten.reverse()) this.vectors.set(v, slot * this.dims)
+    setHeader(this, this.saved)
+    this.written.clear()
+    this.overwritten = []
+  }
+
+  header(): Float64Array<ArrayBuffer> {
+    return Float64Array.of(this.count, this.next, this.n, this.sum, this.sumSq, this.threshold)
+  }
+
+  /** Makes room for `slots` stored queries (a patch from Redis may fill slots add() never did). */
+  ensure(slots: number): void {
+    if (this.vectors.length >= slots * this.dims) return
+    const grown = new Float32Array(slots * this.dims)
+    grown.set(this.vectors)
+    this.vectors = grown
+  }
+}
+
+export class PradaCopy extends PradaState {
+  /** Redis's state this copy is: its epoch ('' while Redis has none) and version. */
+  epoch = ''
+  version = 0
+  seenCount = 0
+  /** Classes whose set this copy holds as Redis has it (absent from `classes`: Redis has none yet). */
+  readonly known = new Set<number>()
+  resetDistances = false
+  resetSeen = false
+  private readonly table = new DigestTable()
+  readonly distanceSlots = new Set<number>()
+  readonly seenSlots = new Set<number>()
+  // The journal of the request being judged (undo in reverse order).
+  private distanceLog: [number, number][] = []
+  private seenLog: [number, number, number][] = []
+  private newIds: number[] = []
+  private savedCounts: number[] = []
+  private batchClasses: readonly number[] = []
+  private createdClasses: number[] = []
+
+  readonly windowSize: number
+  readonly dims: number
+  readonly setCapacity: number
+
+  constructor(windowSize: number, dims: number, setCapacity: number) {
+    super(windowSize)
+    this.windowSize = windowSize
+    this.dims = dims
+    this.setCapacity = setCapacity
+  }
+
+  override newClass(dims: number, capacity: number): GrowingSet {
+    const g = new TrackedSet(dims, capacity)
+    g.begin()
+    return g
+  }
+
+  override remember(digest: number): boolean {
+    const slot = this.seenNext
+    const old = this.seenRing[slot]!
+    if (!super.remember(digest)) return false
+    this.seenLog.push([slot, old, digest])
+    this.seenSlots.add(slot)
+    if (this.seenCount < this.windowSize) this.seenCount++
+    return true
+  }
+
+  override record(d: number): void {
+    this.distanceLog.push([this.next, this.distances[this.next]!])
+    this.distanceSlots.add(this.next)
+    super.record(d)
+  }
+
+  /** The number of a request's digest (a new one is forgotten after the request unless stored). */
+  digestId(digest: Buffer): number {
+    const [id, created] = this.table.id(digest.toString('latin1'))
+    if (created) this.newIds.push(id)
+    return id
+  }
+
+  /** Starts the journal for a request predicted as `classes`. */
+  begin(classes: readonly number[]): void {
+    this.batchClasses = classes
+    this.createdClasses = classes.filter((c) => !this.classes.has(c))
+    for (const c of classes) (this.classes.get(c) as TrackedSet | undefined)?.begin()
+    this.savedCounts = [this.count, this.next, this.seenNext, this.seenCount, this.stored]
+  }
+
+  /** Takes back everything the request's judgement changed. */
+  undo(): void {
+    for (const [slot, old, added] of this.seenLog.reverse()) {
+      this.seen.delete(added)
+      if (!Number.isNaN(old)) this.seen.add(old)
+      this.seenRing[slot] = old
+    }
+    for (const [slot, old] of this.distanceLog.reverse()) this.distances[slot] = old
+    const [count, next, seenNext, seenCount, stored] = this.savedCounts
+    this.count = count!
+    this.next = next!
+    this.seenNext = seenNext!
+    this.seenCount = seenCount!
+    this.stored = stored!
+    for (const c of this.createdClasses) this.classes.delete(c)
+    for (const c of this.batchClasses) (this.classes.get(c) as TrackedSet | undefined)?.undo()
+    this.distancesChanged()
+    this.end()
+  }
+
+  /** The commit succeeded: the copy is Redis's state `version`. */
+  committed(epoch: string, version: number): void {
+    this.epoch = epoch
+    this.version = version
+    this.resetDistances = false
+    this.resetSeen = false
+    for (const c of this.batchClasses) {
+      this.known.add(c)
+      const g = this.classes.get(c) as TrackedSet | undefined
+      if (g) g.reset = false
+    }
+    this.end()
+  }
+
+  /** Ends the journal; digests that are no longer in the ring are forgotten. */
+  end(): void {
+    for (const id of this.newIds) if (!this.seen.has(id)) this.table.drop(id)
+    for (const [, old] of this.seenLog) if (!Number.isNaN(old) && !this.seen.has(old)) this.table.drop(old)
+    this.newIds = []
+    this.seenLog = []
+    this.distanceLog = []
+    this.distanceSlots.clear()
+    this.seenSlots.clear()
+    this.createdClasses = []
+    for (const c of this.batchClasses) (this.classes.get(c) as TrackedSet | undefined)?.begin()
+    this.batchClasses = []
+  }
+
+  /** What the request changed, as field writes (empty when it changed nothing). */
+  writes(): FieldWrite[] {
+    const out: FieldWrite[] = []
+    const ring = (field: string, reset: boolean, header: Float64Array, slots: Set<number>, slotBytes: number, bytes: (i: number) => Buffer, headerBytes = RING_HEADER) => {
+      if (slots.size === 0 && !reset) return
+      const pairs: [number, Buffer][] = [[0, bytesOf(header)]]
+      for (const i of [...slots].sort((a, b) => a - b)) pairs.push([headerBytes + i * slotBytes, bytes(i)])
+      out.push({ field, reset, pairs })
+    }
+    ring('d', this.resetDistances, Float64Array.of(this.count, this.next), this.distanceSlots, 8, (i) => bytesOf(this.distances, i, 1))
+    ring('s', this.resetSeen, Float64Array.of(this.seenCount, this.seenNext), this.seenSlots, SHARED_DIGEST_BYTES, (i) => Buffer.from(this.table.digest(this.seenRing[i]!), 'latin1'))
+    for (const c of this.batchClasses) {
+      const g = this.classes.get(c) as TrackedSet | undefined
+      if (g) ring(`c${c}`, g.reset, g.header(), g.written, this.dims, (i) => cellBytes(g.vectors.subarray(i * this.dims, (i + 1) * this.dims)), CLASS_HEADER)
+    }
+    return out
+  }
+
+  /** Empties the copy: it stands for no state of Redis's (the next read brings the whole state). */
+  clear(): void {
+    this.epoch = ''
+    this.version = 0
+    this.count = 0
+    this.next = 0
+    this.seenNext = 0
+    this.seenCount = 0
+    this.stored = 0
+    this.seenRing.fill(NaN)
+    this.seen.clear()
+    this.table.clear()
+    this.classes.clear()
+    this.known.clear()
+    this.resetDistances = false
+    this.resetSeen = false
+    this.distancesChanged()
+    this.newIds = []
+    this.seenLog = []
+    this.distanceLog = []
+    this.batchClasses = []
+  }
+
+  /** Sets the distances and digests from Redis's whole fields (absent: none yet; not valid: empty, replaced at the next write). */
+  restoreRings(d: Buffer | null, s: Buffer | null): void {
+    if (d) {
+      const h = ringHeader(d, RING_HEADER, this.windowSize, 8)
+      if (h) {
+        this.count = h[0]!
+        this.next = h[1]!
+        this.distances.set(float64s(d, RING_HEADER, this.count))
+      } else this.resetDistances = true
+    }
+    if (s) {
+      const h = ringHeader(s, RING_HEADER, this.windowSize, SHARED_DIGEST_BYTES)
+      if (h) {
+        this.seenCount = h[0]!
+        this.seenNext = h[1]!
+        for (let i = 0; i < this.seenCount; i++) this.setDigest(i, s.toString('latin1', RING_HEADER + i * SHARED_DIGEST_BYTES, RING_HEADER + (i + 1) * SHARED_DIGEST_BYTES))
+      } else this.resetSeen = true
+    }
+    this.distancesChanged()
+  }
+
+  /** Sets class c's set from Redis's whole field (null: Redis has none). */
+  restoreClass(c: number, bytes: Buffer | null): void {
+    this.known.add(c)
+    this.classes.delete(c)
+    if (bytes) {
+      const g = new TrackedSet(this.dims, this.setCapacity)
+      const h = ringHeader(bytes, CLASS_HEADER, this.setCapacity, this.dims)
+      if (h) {
+        g.ensure(h[0]!)
+        for (let i = 0; i < h[0]!; i++) g.vectors.set(cellsFrom(bytes, CLASS_HEADER + i * this.dims, this.dims), i * this.dims)
+        setHeader(g, h)
+      } else g.reset = true
+      g.begin()
+      this.classes.set(c, g)
+    }
+    this.recount()
+  }
+
+  private setDigest(slot: number, digest: string): void {
+    const [id] = this.table.id(digest)
+    this.seenRing[slot] = id
+    this.seen.add(id)
+  }
+
+  private recount(): void {
+    let stored = 0
+    for (const g of this.classes.values()) stored += g.count
+    this.stored = stored
+  }
+
+  /** Applies another replica's commit (its field writes) to the copy; throws CopyOutOfStep when they do not fit. */
+  apply(writes: readonly FieldWrite[]): void {
+    for (const w of writes) {
+      if (w.field === 'd') this.patchDistances(w)
+      else if (w.field === 's') this.patchSeen(w)
+      else if (/^c\d+$/.test(w.field)) this.patchClass(Number(w.field.slice(1)), w)
+      else throw new CopyOutOfStep(`unknown field ${w.field}`)
+    }
+    this.distancesChanged()
+    this.recount()
+  }
+
+  /** The header at offset 0 and the slots' indices of a ring write; throws when a pair does not fit. */
+  private slots(w: FieldWrite, headerBytes: number, slotBytes: number, cap: number): { header: Float64Array; slots: [number, Buffer][] } {
+    let header: Float64Array | null = null
+    const slots: [number, Buffer][] = []
+    for (const [off, bytes] of w.pairs) {
+      if (off === 0 && bytes.length === headerBytes) header = float64s(bytes, 0, headerBytes / 8)
+      else {
+        const i = (off - headerBytes) / slotBytes
+        if (!Number.isInteger(i) || i < 0 || i >= cap || bytes.length !== slotBytes) throw new CopyOutOfStep(`write to ${w.field} at ${off} does not fit`)
+        slots.push([i, bytes])
+      }
+    }
+    if (!header || !validCounts(header[0]!, header[1]!, cap)) throw new CopyOutOfStep(`write to ${w.field} without a valid header`)
+    return { header, slots }
+  }
+
+  private patchDistances(w: FieldWrite): void {
+    const { header, slots } = this.slots(w, RING_HEADER, 8, this.windowSize)
+    for (const [i, bytes] of slots) this.distances[i] = float64s(bytes, 0, 1)[0]!
+    this.count = header[0]!
+    this.next = header[1]!
+    this.resetDistances = false
+  }
+
+  private patchSeen(w: FieldWrite): void {
+    const { header, slots } = this.slots(w, RING_HEADER, SHARED_DIGEST_BYTES, this.windowSize)
+    if (w.reset) {
+      this.seenRing.fill(NaN)
+      this.seen.clear()
+      this.table.clear()
+    }
+    // First take out every digest overwritten, then put in the new ones: a digest may move slot within a commit.
+    for (const [i] of slots) {
+      const old = this.seenRing[i]!
+      if (Number.isNaN(old)) continue
+      this.seen.delete(old)
+      this.table.drop(old)
+      this.seenRing[i] = NaN
+    }
+    for (const [i, bytes] of slots) this.setDigest(i, bytes.toString('latin1'))
+    this.seenCount = header[0]!
+    this.seenNext = header[1]!
+    this.resetSeen = false
+  }
+
+  private patchClass(c: number, w: FieldWrite): void {
+    if (!this.known.has(c)) return // not held: fetched whole when a request needs it
+    const { header, slots } = this.slots(w, CLASS_HEADER, this.dims, this.setCapacity)
+    let g = this.classes.get(c) as TrackedSet | undefined
+    if (!g || w.reset) this.classes.set(c, (g = new TrackedSet(this.dims, this.setCapacity)))
+    g.ensure(Math.max(header[0]!, ...slots.map(([i]) => i + 1)))
+    for (const [i, bytes] of slots) g.vectors.set(cellsFrom(bytes, 0, this.dims), i * this.dims)
+    setHeader(g, header)
+    g.reset = false
+    g.begin()
+  }
+}
