@@ -162,14 +162,13 @@ if (redis) {
     for (const p of probabilities) perClass.set(argmax(p), (perClass.get(argmax(p)) ?? 0) + 1)
     const distances = [...perClass.values()].reduce((s, n) => s + Math.max(0, n - 2), 0)
     const prefix = `bulwark-test:${run}:race:screening:`
-    const st = `${prefix}extraction:mnist:w1000g100d196u8:racer:st`
-    const header = async (field: string) => {
-      const bytes = (await raw.hgetBuffer(st, field))!
-      return new Float64Array(Uint8Array.from(bytes.subarray(0, 16)).buffer)
-    }
-    t.equal((await header('s'))[0], 60, 'extraction: 60 distinct queries remembered')
-    t.equal((await header('d'))[0], distances, `extraction: ${distances} distances recorded`)
-    t.equal(await raw.hget(st, 'v'), '60', 'extraction: one write per request')
+    const part = (p: string) => `${prefix}extraction:mnist:w1000g100d196u8:racer:${p}`
+    // The state's string: the distances' ring (a header, 1,000 Float64), then the digests' ring.
+    const x = (await raw.getBuffer(part('x')))!
+    const count = (at: number) => new Float64Array(Uint8Array.from(x.subarray(at, at + 8)).buffer)[0]
+    t.equal(count(16 + 8 * 1000), 60, 'extraction: 60 distinct queries remembered')
+    t.equal(count(0), distances, `extraction: ${distances} distances recorded`)
+    t.equal(await raw.hget(part('m'), 'v'), '60', 'extraction: one write per request')
     const ring = (await raw.getBuffer(`${prefix}stateful:mnist:h1000d49u8:racer:d`))!
     t.equal(Number(ring.toString('latin1', 16, 32)), 60, 'stateful: 60 queries in the ring')
   })
@@ -196,7 +195,7 @@ if (redis) {
     const clock = new PollClock()
     const prada = createSharedPradaDetector(pradaOptions(), 'mnist', { redis: a!.client, ttlMs: HOUR }, cryptoRandom, clock)
     const part = (p: string, who: string) => `bulwark-test:${run}:dead-claim:screening:extraction:mnist:w1000g100d196u8:${who}:${p}`
-    const version = (who: string) => raw.hget(part('st', who), 'v')
+    const version = (who: string) => raw.hget(part('m', who), 'v')
     const x = test.images[300]!
     const batch = (who: string) => ({ principal: who, items: [x], digests: [0], probabilities: [forward(weights, x).probs] })
 
