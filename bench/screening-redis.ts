@@ -24,7 +24,7 @@ import { repoRoot } from '../kit/paths.ts'
 import { loadMnist } from '../models/mnist/data.ts'
 import type { SharedDetector } from '../src/screening/detector.ts'
 import { poolingEncoder } from '../src/screening/encoder.ts'
-import { createSharedPradaDetector } from '../src/screening/prada-shared.ts'
+import { createSharedPradaDetector, parseEntry } from '../src/screening/prada-shared.ts'
 import type { PradaOptions } from '../src/screening/prada.ts'
 import { cryptoRandom } from '../src/deps.ts'
 import { createSharedCallersIndexDetector } from '../src/screening/stateful-callers.ts'
@@ -167,6 +167,8 @@ interface ExtractionMeasured {
   batchBytes: number
   coldBytes: number
   coldBatchBytes: number
+  /** Per 64-digit commit: bytes of ring slots (distances, digests) and of pooled queries that joined a set. */
+  batchWrites: { rings: number; sets: number }
 }
 
 async function measureExtraction(replicas: SharedDetector[], clients: Redis[], raw: Redis): Promise<ExtractionMeasured> {
@@ -203,13 +205,32 @@ async function measureExtraction(replicas: SharedDetector[], clients: Redis[], r
   const batchStart = both()
   for (let i = 0; i < 16; i++) await send(i % 4, replicas[Math.floor(i / 4) % 2]!, 64)
   const batchBytes = (both() - batchStart) / 16
+  const batchWrites = await commitSizes(raw, 4)
   const coldStart = socketBytes(clients[2]!)
   await send(10, replicas[2]!, 1)
   const coldBytes = socketBytes(clients[2]!) - coldStart
   const coldBatchStart = socketBytes(clients[2]!)
   await send(11, replicas[2]!, 64)
   const coldBatchBytes = socketBytes(clients[2]!) - coldBatchStart
-  return { bytes: bytes / EX_MEASURED, maxBytes, roundTrips: (after.calls - before.calls) / EX_MEASURED, usec: (after.usec - before.usec) / EX_MEASURED, loadedBytes, batchBytes, coldBytes, coldBatchBytes }
+  return { bytes: bytes / EX_MEASURED, maxBytes, roundTrips: (after.calls - before.calls) / EX_MEASURED, usec: (after.usec - before.usec) / EX_MEASURED, loadedBytes, batchBytes, coldBytes, coldBatchBytes, batchWrites }
+}
+
+/** Mean bytes written per commit, ring slots and set slots apart, over the last commit of callers 0 to 3 in the log. */
+async function commitSizes(raw: Redis, callers: number): Promise<{ rings: number; sets: number }> {
+  let rings = 0
+  let sets = 0
+  for (let c = 0; c < callers; c++) {
+    const m = (await raw.keys(`bench:extraction:*:caller-${c}:m`))[0]!
+    const version = Number(await raw.hget(m, 'v'))
+    for (let v = version - 3; v <= version; v++) {
+      for (const w of parseEntry((await raw.hgetBuffer(m, `l${v}`))!).writes) {
+        const bytes = w.pairs.slice(1).reduce((n, [, b]) => n + b.length, 0)
+        if (w.field.startsWith('c')) sets += bytes
+        else rings += bytes
+      }
+    }
+  }
+  return { rings: rings / (4 * callers), sets: sets / (4 * callers) }
 }
 
 async function extractionRows(open: (prefix: string) => Promise<Redis>, raw: Redis, ttlMs: number, log: (s: string) => void): Promise<Row[]> {
@@ -244,7 +265,7 @@ async function extractionRows(open: (prefix: string) => Promise<Redis>, raw: Red
       itemsPerSec: NaN,
       note:
         `${kib(m.bytes)} KiB sent+received per single-digit request (max ${kib(m.maxBytes)} KiB), ${m.roundTrips.toFixed(2)} round trips, Redis CPU ${m.usec.toFixed(0)} us; ` +
-        `with 64 in flight per replica ${kib(m.loadedBytes)} KiB; a 64-digit request ${(m.batchBytes / 1024).toFixed(1)} KiB; windowSize ${o.windowSize}, growingSetPerClass ${o.growingSetPerClass}, ` +
+        `with 64 in flight per replica ${kib(m.loadedBytes)} KiB; a 64-digit request ${(m.batchBytes / 1024).toFixed(1)} KiB (its commit writes ${(m.batchWrites.rings / 1024).toFixed(1)} KiB of ring slots and ${(m.batchWrites.sets / 1024).toFixed(1)} KiB of pooled queries that joined a set, and the other replica's comes back); windowSize ${o.windowSize}, growingSetPerClass ${o.growingSetPerClass}, ` +
         `2 replicas taking turns per caller, ${EX_CALLERS} callers, ${EX_FILL} digits each first; a replica's first request for a caller (no copy yet): ${(m.coldBytes / 1024).toFixed(0)} KiB single-digit, ${(m.coldBatchBytes / 1024).toFixed(0)} KiB 64-digit`,
     },
     { group: GROUP, scenario: 'Redis memory of shared extraction state', itemsPerSec: NaN, note: `${(memory / 2 ** 20).toFixed(1)} MiB used for ${EX_CALLERS} callers' states (${(memory / EX_CALLERS / 1024).toFixed(0)} KiB each) and their change logs` },

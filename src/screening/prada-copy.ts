@@ -10,7 +10,7 @@
 //   s     Float64 count and next, then the ring of the last windowSize distinct digests (16 B)
 //   c<k>  Float64 count, next, n, sum, sum of squares, threshold T_k, then the ring of class k's
 //         growing set: pooled queries at one byte a value (shared-store.ts cellBytes)
-// A field's write is a list of (byte offset, bytes): its header at 0 and each slot written.
+// A field's write is a list of (byte offset, bytes): its header at 0 and each run of slots written.
 //
 // Memory per principal: the distances, the digests' ring and the sorted window (8 bytes each per
 // windowSize slot), the digest table (a 16-character string and two map entries per digest in
@@ -247,8 +247,15 @@ export class PradaCopy extends PradaState {
     const out: FieldWrite[] = []
     const ring = (field: string, reset: boolean, header: Float64Array, slots: Set<number>, slotBytes: number, bytes: (i: number) => Buffer, headerBytes = RING_HEADER) => {
       if (slots.size === 0 && !reset) return
+      // Runs of consecutive slots (a request writes each ring from its next slot on) go as one write.
       const pairs: [number, Buffer][] = [[0, bytesOf(header)]]
-      for (const i of [...slots].sort((a, b) => a - b)) pairs.push([headerBytes + i * slotBytes, bytes(i)])
+      const sorted = [...slots].sort((a, b) => a - b)
+      for (let r = 0; r < sorted.length; ) {
+        let end = r + 1
+        while (end < sorted.length && sorted[end] === sorted[end - 1]! + 1) end++
+        pairs.push([headerBytes + sorted[r]! * slotBytes, Buffer.concat(sorted.slice(r, end).map(bytes))])
+        r = end
+      }
       out.push({ field, reset, pairs })
     }
     ring('d', this.resetDistances, Float64Array.of(this.count, this.next), this.distanceSlots, 8, (i) => bytesOf(this.distances, i, 1))
@@ -353,9 +360,10 @@ export class PradaCopy extends PradaState {
     for (const [off, bytes] of w.pairs) {
       if (off === 0 && bytes.length === headerBytes) header = float64s(bytes, 0, headerBytes / 8)
       else {
-        const i = (off - headerBytes) / slotBytes
-        if (!Number.isInteger(i) || i < 0 || i >= cap || bytes.length !== slotBytes) throw new CopyOutOfStep(`write to ${w.field} at ${off} does not fit`)
-        slots.push([i, bytes])
+        const first = (off - headerBytes) / slotBytes
+        const n = bytes.length / slotBytes
+        if (!Number.isInteger(first) || !Number.isInteger(n) || first < 0 || n < 1 || first + n > cap) throw new CopyOutOfStep(`write to ${w.field} at ${off} does not fit`)
+        for (let k = 0; k < n; k++) slots.push([first + k, bytes.subarray(k * slotBytes, (k + 1) * slotBytes)])
       }
     }
     if (!header || !validCounts(header[0]!, header[1]!, cap)) throw new CopyOutOfStep(`write to ${w.field} without a valid header`)
