@@ -200,7 +200,7 @@ async function measureExtraction(replicas: SharedDetector[], clients: Redis[], r
   const after = await scriptStats(raw)
   // 64 in flight per replica: each caller has one request on each replica at once.
   const loadedStart = both()
-  for (let wave = 0; wave < 2; wave++) await Promise.all(Array.from({ length: 128 }, (_, i) => send(i % EX_CALLERS, replicas[Math.floor(i / EX_CALLERS)]!, 1)))
+  for (let wave = 0; wave < 2; wave++) await Promise.all(Array.from({ length: 128 }, (_, i) => send(i % EX_CALLERS, replicas[Math.floor(i / 64) % 2]!, 1)))
   const loadedBytes = (both() - loadedStart) / 256
   const batchStart = both()
   for (let i = 0; i < 16; i++) await send(i % 4, replicas[Math.floor(i / 4) % 2]!, 64)
