@@ -25,6 +25,17 @@ export const UpstreamTls = Type.Object(
   { additionalProperties: false },
 )
 
+/** The upstream calls' TLS: UpstreamTls, re-read when the files change (client certificates rotate). */
+export const UpstreamCallTls = Type.Object(
+  {
+    ...UpstreamTls.properties,
+    /** How often the files are checked for changes, besides file-system events (which miss
+     *  some atomic swaps, as Kubernetes secret volumes make them); the longest a rotation waits. */
+    reloadCheckIntervalMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 5_000 }),
+  },
+  { additionalProperties: false },
+)
+
 export const BreakerConfig = Type.Object(
   {
     /** The breaker opens when more than this share of calls in the rolling window failed... */
@@ -59,8 +70,8 @@ export const UpstreamConfig = Type.Object(
     protocol: Type.Union([Type.Literal('rest'), Type.Literal('grpc')], { default: 'rest' }),
     /** The model's name at the upstream; default: the same name. */
     model: Type.Optional(Type.String({ pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$' })),
-    /** Required for https endpoints that ask for a client certificate; ignored (refused) for http ones. */
-    tls: Type.Optional(UpstreamTls),
+    /** Required for https endpoints that ask for a client certificate; ignored (refused) for http ones. Re-read when the files change. */
+    tls: Type.Optional(UpstreamCallTls),
     /** Keep-alive connections per endpoint (with grpc: HTTP/2 connections, calls multiplexed over them). */
     connectionsPerEndpoint: Type.Integer({ minimum: 1, maximum: 1024, default: 16 }),
     /** Calls in flight to this model over all endpoints; more wait in the model's queue (batching.maxQueueSize). */

@@ -27,7 +27,8 @@ import { DynamicBatcher } from './batcher.ts'
 import { readManifest, readVerifiedModel, type Manifest } from './manifest.ts'
 import { MANIFEST, selectVersions, versionFolders } from './model-versions.ts'
 import { OnnxBackend } from './onnx-backend.ts'
-import { UpstreamBackend, type UpstreamObserver, type UpstreamTlsMaterial } from './upstream-backend.ts'
+import { UpstreamBackend, type UpstreamObserver } from './upstream-backend.ts'
+import { readUpstreamTls, upstreamTlsFiles, type UpstreamTlsSource } from './upstream-tls.ts'
 import { ConfigError } from '../config/load.ts'
 import { checkModelSignature, parsePublicKey } from '../signing/model-signature.ts'
 
@@ -229,17 +230,20 @@ export class ModelRegistry {
   }
 
   private async startUpstream(m: ServedModel, manifest: Manifest, upstream: UpstreamConfig): Promise<void> {
-    let tls: UpstreamTlsMaterial | null = null
+    let tlsSource: UpstreamTlsSource | null = null
     if (upstream.tls) {
-      const read = (file: string | undefined) => (file === undefined ? undefined : readFile(path.resolve(this.baseDir, file), 'utf8'))
-      const [ca, cert, key] = await Promise.all([read(upstream.tls.caFile), read(upstream.tls.certFile), read(upstream.tls.keyFile)])
-      tls = { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}), ...(upstream.tls.serverName ? { servername: upstream.tls.serverName } : {}) }
+      // Read now (a file that cannot be used fails the model), and watched while the model is served.
+      const files = upstreamTlsFiles(upstream.tls, this.baseDir)
+      const servername = upstream.tls.serverName
+      const { material, digest } = await readUpstreamTls(files, servername)
+      tlsSource = { files, ...(servername ? { servername } : {}), intervalMs: upstream.tls.reloadCheckIntervalMs, material, digest }
     }
     const backend = new UpstreamBackend({
       model: m.name,
       manifest,
       config: upstream,
-      tls,
+      tls: tlsSource?.material ?? null,
+      ...(tlsSource ? { tlsSource } : {}),
       clock: this.deps.clock,
       random: this.deps.random ?? cryptoRandom,
       log: this.deps.log,

@@ -61,6 +61,7 @@ import type { Manifest, TensorSpec } from './manifest.ts'
 import type { Tensor } from './tensor.ts'
 import { GrpcChannel } from './upstream-grpc.ts'
 import { RestChannel } from './upstream-rest.ts'
+import { UpstreamTlsWatcher, type UpstreamTlsSource } from './upstream-tls.ts'
 
 export type BreakerState = 'closed' | 'open' | 'half-open'
 
@@ -87,6 +88,8 @@ export interface UpstreamBackendOptions {
   manifest: Manifest
   config: UpstreamConfig
   tls: UpstreamTlsMaterial | null
+  /** The files `tls` was read from, watched while the backend lives: a change reaches new calls (src/inference/upstream-tls.ts). */
+  tlsSource?: UpstreamTlsSource
   clock: Clock
   random: RandomSource
   log: Logger
@@ -124,6 +127,11 @@ export interface UpstreamChannel {
    * came (connection failed, aborted; its `code`, or its cause's, says whether it was sent).
    */
   send(call: ChannelCall): Promise<ChannelAnswer>
+  /**
+   * New TLS material (rotated files): calls sent from now on use it, over new connections;
+   * calls in flight finish on theirs, which close once they are done.
+   */
+  useTls(tls: UpstreamTlsMaterial): void
   close(): Promise<void>
 }
 
@@ -221,6 +229,8 @@ export class UpstreamBackend implements Backend {
   /** The upstream's refusals of a request's content (fromStatus), for refusesContent. */
   private readonly refusals = new WeakSet<BulwarkError>()
   private readonly breakerListeners = new Set<(endpoint: string, state: BreakerState) => void>()
+  /** Watches the TLS files while the backend lives (null: no tls, or plain http). */
+  readonly tlsWatcher: UpstreamTlsWatcher | null
 
   constructor(opts: UpstreamBackendOptions) {
     this.opts = opts
@@ -234,6 +244,10 @@ export class UpstreamBackend implements Backend {
       ep.breaker = this.breakerFor(ep)
       return ep
     })
+    this.tlsWatcher = opts.tlsSource
+      ? new UpstreamTlsWatcher(opts.tlsSource, { model: opts.model, clock: opts.clock, log: opts.log, apply: (tls) => this.endpoints.forEach((e) => e.channel.useTls(tls)) })
+      : null
+    this.tlsWatcher?.start()
   }
 
   private breakerFor(ep: Endpoint): CircuitBreaker<[Attempt], Tensor[]> {
@@ -457,6 +471,7 @@ export class UpstreamBackend implements Backend {
 
   async close(): Promise<void> {
     this.closed = true
+    this.tlsWatcher?.close()
     for (const e of this.endpoints) e.breaker.shutdown()
     await Promise.all(this.endpoints.map((e) => e.channel.close()))
   }

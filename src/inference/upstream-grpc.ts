@@ -11,7 +11,8 @@
 // the backend's abort cancels the call. Endpoints are http(s)://host:port of the pods' gRPC
 // listeners: https with the upstream's TLS files (the pod's CA, Bulwark's client certificate),
 // http as plaintext HTTP/2. Calls are spread over connectionsPerEndpoint channels, each with
-// its own HTTP/2 connection.
+// its own HTTP/2 connection. TLS material that changed on disk (src/inference/upstream-tls.ts)
+// gets new channels with new credentials for new calls; the old ones close when their calls end.
 //
 // A status from the pod is read as the HTTP status REST would have had (statusOf), so both
 // protocols share one table of what is the pod's fault and what the request's. A Bulwark pod
@@ -26,7 +27,7 @@ import { inferenceServiceClient } from '../transport/grpc.ts'
 import type { InferRequestMessage, InferResponseMessage } from '../transport/grpc-codec.ts'
 import type { TensorSpec } from './manifest.ts'
 import { tensorBytes, type Tensor } from './tensor.ts'
-import { NO_CONNECTION, type ChannelAnswer, type ChannelCall, type UpstreamChannel, type UpstreamChannelOptions } from './upstream-backend.ts'
+import { NO_CONNECTION, type ChannelAnswer, type ChannelCall, type UpstreamChannel, type UpstreamChannelOptions, type UpstreamTlsMaterial } from './upstream-backend.ts'
 import { checkedOutput, inOrder, problem } from './upstream-codec.ts'
 
 const SERVICE = 'inference.GRPCInferenceService'
@@ -103,16 +104,30 @@ export function decodeGrpcResponse(m: InferResponseMessage, wanted: readonly Ten
   return inOrder(found, wanted)
 }
 
+/** The channels of one set of TLS material, and how many calls are on them. */
+interface ClientSet {
+  clients: grpc.Client[]
+  active: number
+  /** Replaced by newer material: closed once `active` is 0. */
+  retired: boolean
+}
+
 export class GrpcChannel implements UpstreamChannel {
   readonly spanAttributes: Record<string, string>
-  private readonly clients: grpc.Client[]
+  private current: ClientSet
   private readonly o: UpstreamChannelOptions
   private next = 0
 
   constructor(o: UpstreamChannelOptions) {
     this.o = o
-    const { host, port } = new URL(o.url)
-    const tls = o.tls
+    const { port } = new URL(o.url)
+    this.current = this.clientsFor(o.tls)
+    this.spanAttributes = { 'rpc.system': 'grpc', 'rpc.service': SERVICE, 'rpc.method': 'ModelInfer', 'server.address': new URL(o.url).hostname, 'server.port': port }
+  }
+
+  private clientsFor(tls: UpstreamTlsMaterial | null): ClientSet {
+    const o = this.o
+    const { host } = new URL(o.url)
     const credentials = o.url.startsWith('https://')
       ? grpc.credentials.createSsl(tls?.ca ? Buffer.from(tls.ca) : null, tls?.key ? Buffer.from(tls.key) : null, tls?.cert ? Buffer.from(tls.cert) : null)
       : grpc.credentials.createInsecure()
@@ -127,8 +142,18 @@ export class GrpcChannel implements UpstreamChannel {
       'grpc.max_reconnect_backoff_ms': 1000,
       ...(tls?.servername ? { 'grpc.ssl_target_name_override': tls.servername, 'grpc.default_authority': tls.servername } : {}),
     }
-    this.clients = Array.from({ length: o.config.connectionsPerEndpoint }, () => new grpc.Client(host, credentials, options))
-    this.spanAttributes = { 'rpc.system': 'grpc', 'rpc.service': SERVICE, 'rpc.method': 'ModelInfer', 'server.address': new URL(o.url).hostname, 'server.port': port }
+    return { clients: Array.from({ length: o.config.connectionsPerEndpoint }, () => new grpc.Client(host, credentials, options)), active: 0, retired: false }
+  }
+
+  /**
+   * New channels (new credentials) for new calls. The old ones are closed only once their
+   * calls are done: grpc-js cancels a call still waiting for its connection when its channel closes.
+   */
+  useTls(tls: UpstreamTlsMaterial): void {
+    const old = this.current
+    this.current = this.clientsFor(tls)
+    old.retired = true
+    if (old.active === 0) closeSet(old)
   }
 
   send(c: ChannelCall): Promise<ChannelAnswer> {
@@ -136,10 +161,13 @@ export class GrpcChannel implements UpstreamChannel {
     const message = grpcInferRequest(this.o.remoteName, c.inputs, c.outputNames, c.budgetMs * 1000)
     const metadata = new grpc.Metadata()
     for (const [k, v] of Object.entries(c.trace)) metadata.set(k, v)
-    const client = this.clients[this.next++ % this.clients.length]!
+    const set = this.current
+    const client = set.clients[this.next++ % set.clients.length]!
+    set.active++
     return new Promise<ChannelAnswer>((resolve, reject) => {
       const call = client.makeUnaryRequest<unknown, unknown>(METHOD, serialize, deserialize, message, metadata, { deadline: this.o.clock.nowMs() + c.budgetMs }, (err, res) => {
         c.signal.removeEventListener('abort', cancel)
+        if (--set.active === 0 && set.retired) closeSet(set)
         if (!err) {
           c.span.setAttribute('rpc.grpc.status_code', grpc.status.OK)
           try {
@@ -167,6 +195,11 @@ export class GrpcChannel implements UpstreamChannel {
   }
 
   async close(): Promise<void> {
-    for (const c of this.clients) c.close()
+    // Retired sets with calls still running close as those end (the backend's close comes after its calls).
+    closeSet(this.current)
   }
+}
+
+function closeSet(set: ClientSet): void {
+  for (const c of set.clients) c.close()
 }

@@ -3,12 +3,16 @@
 // (src/inference/upstream-codec.ts). It only sends one call and reads its answer; breakers,
 // retries, deadlines and how an answer counts are the backend's (src/inference/upstream-backend.ts).
 //
+// TLS material that changed on disk (src/inference/upstream-tls.ts) gets a new pool, whose
+// connections present the new client certificate; the old pool takes no new calls and closes
+// once the calls it holds are done, so a rotation fails no call in flight.
+//
 // Request bodies: small ones go as one buffer (one write); large ones as their parts, the
 // tensors' own bytes, so they are not copied again (undici writes an iterable body part by part).
 
 import { Pool } from 'undici'
 import { BulwarkError } from '../errors.ts'
-import type { ChannelAnswer, ChannelCall, UpstreamChannel, UpstreamChannelOptions } from './upstream-backend.ts'
+import type { ChannelAnswer, ChannelCall, UpstreamChannel, UpstreamChannelOptions, UpstreamTlsMaterial } from './upstream-backend.ts'
 import { decodeUpstreamResponse, encodeUpstreamRequest, HEADER_LENGTH, upstreamErrorOf } from './upstream-codec.ts'
 
 /** Request bodies up to this size are sent as one buffer; larger ones part by part, without a copy. */
@@ -16,18 +20,26 @@ const LARGE_BODY_BYTES = 32 * 1024
 
 export class RestChannel implements UpstreamChannel {
   readonly spanAttributes: Record<string, string>
-  private readonly pool: Pool
+  private readonly o: UpstreamChannelOptions
+  private pool: Pool
+  /** Pools replaced by new TLS material, closing once their calls are done. */
+  private readonly retiring = new Set<Promise<void>>()
   private readonly url: string
   private readonly path: string
   private readonly maxResponseBytes: number
 
   constructor(o: UpstreamChannelOptions) {
-    const { config } = o
+    this.o = o
     this.url = o.url
     this.path = `/v2/models/${encodeURIComponent(o.remoteName)}/infer`
-    this.maxResponseBytes = config.maxResponseBytes
+    this.maxResponseBytes = o.config.maxResponseBytes
     this.spanAttributes = { 'http.request.method': 'POST', 'url.full': `${o.url}${this.path}` }
-    this.pool = new Pool(o.url, {
+    this.pool = this.poolFor(o.tls)
+  }
+
+  private poolFor(tls: UpstreamTlsMaterial | null): Pool {
+    const { config } = this.o
+    return new Pool(this.o.url, {
       connections: config.connectionsPerEndpoint,
       pipelining: 1,
       keepAliveTimeout: 30_000,
@@ -36,9 +48,18 @@ export class RestChannel implements UpstreamChannel {
       bodyTimeout: config.breaker.callTimeoutMs + 1_000,
       connect: {
         timeout: config.connectTimeoutMs,
-        ...(o.tls ? { ...o.tls, rejectUnauthorized: true } : {}),
+        ...(tls ? { ...tls, rejectUnauthorized: true } : {}),
       },
     })
+  }
+
+  /** A new pool for new calls; the old one's close() lets its queued and running calls finish first. */
+  useTls(tls: UpstreamTlsMaterial): void {
+    const old = this.pool
+    this.pool = this.poolFor(tls)
+    const closing = old.close().catch(() => old.destroy())
+    this.retiring.add(closing)
+    void closing.finally(() => this.retiring.delete(closing))
   }
 
   async send(c: ChannelCall): Promise<ChannelAnswer> {
@@ -73,6 +94,7 @@ export class RestChannel implements UpstreamChannel {
   }
 
   async close(): Promise<void> {
-    await this.pool.close().catch(() => this.pool.destroy())
+    const pool = this.pool
+    await Promise.all([pool.close().catch(() => pool.destroy()), ...this.retiring])
   }
 }

@@ -15,14 +15,14 @@
 // context and is retried at the next event or tick, with one warning per distinct bad state.
 
 import { createHash, X509Certificate } from 'node:crypto'
-import { watch, type FSWatcher } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import type { Server as HttpsServer, ServerOptions as HttpsServerOptions } from 'node:https'
 import path from 'node:path'
 import { createSecureContext, type DetailedPeerCertificate, type SecureContextOptions, type TLSSocket } from 'node:tls'
 import { ConfigError } from '../config/load.ts'
 import type { TlsConfig } from '../config/security.ts'
-import { systemClock, type Clock, type Logger, type Timer } from '../deps.ts'
+import { systemClock, type Clock, type Logger } from '../deps.ts'
+import { watchFiles, type FileWatch } from './file-watch.ts'
 
 /** The TLS 1.3 suites (all AEAD), offered first whatever the minimum version. */
 const TLS13_CIPHERS = ['TLS_AES_128_GCM_SHA256', 'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256']
@@ -199,10 +199,8 @@ export class TlsReloader {
   private current: TlsMaterial
   private lastBadDigest: string | null = null
   private server: HttpsServer | null = null
-  private watchers: FSWatcher[] = []
+  private watch: FileWatch | null = null
   private readonly clock: Clock
-  private timer: Timer | null = null
-  private debounce: Timer | null = null
   private inFlight: Promise<ReloadOutcome> | null = null
   /** The API listener's open connections with a verified client certificate. */
   private readonly open = new Set<TLSSocket>()
@@ -236,24 +234,14 @@ export class TlsReloader {
     this.server = server
     // Before the HTTP layer's listener: a connection closed here has not been read from.
     server.prependListener('secureConnection', (socket: TLSSocket) => this.track(socket))
-    const dirs = new Set(Object.values(this.paths).map((f) => path.dirname(f)))
-    for (const dir of dirs) {
-      try {
-        const w = watch(dir, { persistent: false }, () => this.soon())
-        w.on('error', () => {}) // a vanished folder: the interval still checks
-        this.watchers.push(w)
-      } catch (err) {
-        this.deps.log.warn({ dir, err: (err as Error).message }, 'cannot watch TLS folder; relying on the periodic check')
-      }
-    }
-    // Reload checks alone must not keep a stopping process up.
-    this.timer = this.clock.setInterval(() => void this.check(), this.config.reloadCheckIntervalMs, { keepAlive: false })
-  }
-
-  /** Events come in bursts (write, rename, chmod): check once, shortly after the last. */
-  private soon(): void {
-    this.debounce?.cancel()
-    this.debounce = this.clock.setTimeout(() => void this.check(), 50, { keepAlive: false })
+    this.watch = watchFiles({
+      files: Object.values(this.paths),
+      intervalMs: this.config.reloadCheckIntervalMs,
+      clock: this.clock,
+      log: this.deps.log,
+      what: 'TLS',
+      check: () => void this.check(),
+    })
   }
 
   /** Re-reads the files; applies them if they changed and are consistent. */
@@ -346,11 +334,8 @@ export class TlsReloader {
   }
 
   close(): void {
-    for (const w of this.watchers) w.close()
-    this.watchers = []
-    this.timer?.cancel()
-    this.debounce?.cancel()
-    this.timer = this.debounce = null
+    this.watch?.close()
+    this.watch = null
   }
 }
 
