@@ -158,6 +158,11 @@ export class UpstreamTlsWatcher {
     return 'failed'
   }
 
+  /** Whether the files are being watched (started and not closed). */
+  get watching(): boolean {
+    return this.watch !== null
+  }
+
   /** Stops watching; idempotent. */
   close(): void {
     this.closed = true

@@ -1,0 +1,163 @@
+// The upstream calls' client certificate rotates without a restart. A gateway serves mnist from
+// a real model pod (a second Bulwark in this process, serving mnist over mTLS on REST and gRPC,
+// its client-CA bundle rotated on disk as the test says) with upstream.tls pointing at files
+// the test rewrites atomically. Over REST and over gRPC: the pod first trusts the old and the
+// new client CA, the gateway's certificate and key are replaced by ones from the new CA, then
+// the pod drops the old CA (and refuses the old certificate, checked with a client of its
+// own): the gateway answers 200 at every step, its reload is logged and counted once. A
+// certificate written without its key (a rotation caught half-way) is not applied: the
+// gateway logs an error naming the files and keeps answering with the certificate in use;
+// once the key arrives the pair is applied. Reloading the model stops the old backend's watch.
+
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import t, { type Test } from 'tap'
+import { startGateway, type TestGateway } from '../../kit/gateway.ts'
+import { DEV_WORKLOAD } from '../../src/config/security.ts'
+import { realDeps } from '../../src/deps.ts'
+import { createCa, issueCertificate, writeFileAtomic, type CertificateAuthority } from '../../src/dev/pki.ts'
+import type { UpstreamBackend } from '../../src/inference/upstream-backend.ts'
+import type { UpstreamTlsWatcher } from '../../src/inference/upstream-tls.ts'
+import { jsonBody, mnistDigits } from '../helpers/scaleout.ts'
+
+const digits = mnistDigits(4)
+const policy = { model: 'mnist', allow: [{ verbs: ['infer', 'metadata'], workloads: [DEV_WORKLOAD], scopes: ['mnist:infer'] }], rateLimit: { requestsPerWindow: 10_000, windowMs: 1000 } }
+const APPLIED = 'upstream TLS files changed on disk; new upstream calls use them'
+const REFUSED = 'upstream TLS files changed but cannot be used; upstream calls keep the certificate in use, and the files are checked again at the next change or reloadCheckIntervalMs: write the certificate and its key together'
+// Checks on a timer would race the test's own: file events and the test's check() drive every reload here.
+const NO_TICK = 3_600_000
+
+/** The model pod: mnist over mTLS (its client certificates must chain to its CA bundle), no token or policy checks. */
+async function startPod(t: { teardown(fn: () => unknown): void }): Promise<{ pod: TestGateway; grpcPort: number }> {
+  const pod = await startGateway({
+    models: ['mnist'],
+    policies: { mnist: policy },
+    config: { auth: { enabled: false }, authorization: { enabled: false }, rateLimits: { enabled: false }, outputPrivacy: { enabled: false }, audit: { enabled: false }, tls: { reloadCheckIntervalMs: NO_TICK } },
+  })
+  t.teardown(() => pod.close())
+  const grpcPort = await pod.gateway.grpc!.listen('127.0.0.1', 0)
+  return { pod, grpcPort }
+}
+
+/** Until every file written so far is applied: a check that finds nothing newer (a file event may have applied it first). */
+async function settled(check: () => Promise<string>): Promise<void> {
+  while ((await check()) !== 'unchanged');
+}
+
+interface Front {
+  gw: TestGateway
+  files: { caFile: string; certFile: string; keyFile: string }
+  backend: () => UpstreamBackend
+  watcher: () => UpstreamTlsWatcher
+  infer: (i: number) => Promise<number>
+}
+
+/** A gateway serving mnist from the pod over `protocol`, with its upstream TLS files (the pod's CA, the pod's dev client certificate) in a folder of their own. */
+async function startFront(t: { teardown(fn: () => unknown): void }, pod: TestGateway, protocol: 'rest' | 'grpc', port: number): Promise<Front> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-upstream-tls-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const files = { caFile: path.join(dir, 'ca.pem'), certFile: path.join(dir, 'client.pem'), keyFile: path.join(dir, 'client-key.pem') }
+  await writeFile(files.caFile, await readFile(pod.pki.files.ca, 'utf8'))
+  await writeFile(files.certFile, await readFile(pod.pki.files.clientCert, 'utf8'))
+  await writeFile(files.keyFile, await readFile(pod.pki.files.clientKey, 'utf8'), { mode: 0o600 })
+  const upstream = { protocol, endpoints: [`https://127.0.0.1:${port}`], tls: { ...files, reloadCheckIntervalMs: NO_TICK } }
+  const gw = await startGateway({
+    models: ['mnist'],
+    policies: { mnist: policy },
+    config: { outputPrivacy: { enabled: false }, audit: { durability: 'relaxed' }, models: { serve: [{ name: 'mnist', upstream }] } },
+  })
+  t.teardown(() => gw.close())
+  const backend = () => gw.gateway.registry.upstreams()[0]!.backend
+  return {
+    gw,
+    files,
+    backend,
+    watcher: () => backend().tlsWatcher!,
+    infer: async (i) => (await gw.request('/v2/models/mnist/infer', { body: jsonBody([digits[i % digits.length]!]) })).status,
+  }
+}
+
+/** The pod's client-CA bundle replaced by `cas`, and applied by the pod. */
+async function podTrusts(pod: TestGateway, cas: CertificateAuthority[] | string[]): Promise<void> {
+  await writeFileAtomic(pod.pki.files.ca, cas.map((c) => (typeof c === 'string' ? c : c.certPem)).join(''))
+  await settled(() => pod.gateway.tls!.check())
+}
+
+/** A client certificate (and key) from `ca`, as the pod's policy would name it. */
+const clientOf = (ca: CertificateAuthority) => issueCertificate(ca, realDeps, { commonName: 'gateway', usage: 'client', uris: [DEV_WORKLOAD] })
+
+async function rotation(t: Test, protocol: 'rest' | 'grpc'): Promise<void> {
+  const { pod, grpcPort } = await startPod(t)
+  const front = await startFront(t, pod, protocol, protocol === 'grpc' ? grpcPort : Number(new URL(pod.url).port))
+  const oldCa = await readFile(pod.pki.files.ca, 'utf8')
+  const oldClient = { cert: await readFile(front.files.certFile, 'utf8'), key: await readFile(front.files.keyFile, 'utf8') }
+  t.equal(await front.infer(0), 200, 'served with the first client certificate')
+  t.ok(front.watcher().watching, 'the upstream TLS files are watched')
+
+  // SPIRE's next SVID comes from a new CA; the pod trusts both while the clients rotate.
+  const newCa = await createCa(realDeps, { commonName: 'Rotated client CA' })
+  await podTrusts(pod, [oldCa, newCa.certPem])
+  t.equal(await front.infer(1), 200, 'served while the pod trusts both CAs')
+
+  const next = await clientOf(newCa)
+  const since = front.gw.logs.length
+  // Key first, as SPIRE's helper and cert-manager's csi driver write them.
+  await writeFileAtomic(front.files.keyFile, next.keyPem, 0o600)
+  await writeFileAtomic(front.files.certFile, next.certPem)
+  const applied = await front.gw.logged((l) => l.msg === APPLIED, since)
+  t.equal(applied.certFile, front.files.certFile, 'the reload is logged with the files')
+  await settled(() => front.watcher().check())
+  t.equal(front.watcher().generation, 1, 'applied once: the key without its certificate was not')
+  t.equal(await front.infer(2), 200, 'served with the new client certificate')
+
+  // The pod drops the old CA: it accepts only the new certificate now.
+  await podTrusts(pod, [newCa])
+  const stale = pod.agentWith({ cert: oldClient.cert, key: oldClient.key })
+  await t.rejects(pod.request('/v2/models/mnist', { dispatcher: stale }), 'the pod refuses the old client certificate')
+  for (let i = 0; i < 4; i++) t.equal(await front.infer(i), 200, `digit ${i}: still served after the pod dropped the old CA`)
+}
+
+t.test('REST: the gateway keeps answering across a client-certificate rotation the pod enforces', (t) => rotation(t, 'rest'))
+t.test('gRPC: the gateway keeps answering across a client-certificate rotation the pod enforces', (t) => rotation(t, 'grpc'))
+
+t.test('a certificate without its key is not applied: logged, the old pair stays in use until the key arrives', async (t) => {
+  const { pod } = await startPod(t)
+  const front = await startFront(t, pod, 'rest', Number(new URL(pod.url).port))
+  t.equal(await front.infer(0), 200)
+  const newCa = await createCa(realDeps, { commonName: 'Half-way CA' })
+  await podTrusts(pod, [await readFile(pod.pki.files.ca, 'utf8'), newCa.certPem])
+  const next = await clientOf(newCa)
+
+  const since = front.gw.logs.length
+  await writeFileAtomic(front.files.certFile, next.certPem)
+  t.equal(await front.watcher().check(), 'failed', 'a certificate whose key is not written yet is not applied')
+  const refused = await front.gw.logged((l) => l.msg === REFUSED, since)
+  t.equal(refused.level, 50, 'logged as an error')
+  t.equal(refused.keyFile, front.files.keyFile, 'naming the files')
+  t.match(refused.err, /key must belong to the certificate/, 'and what to do')
+  t.equal(front.watcher().generation, 0)
+  t.equal(await front.infer(1), 200, 'the old pair is still presented: served')
+  t.equal(await front.watcher().check(), 'failed', 'checked again, still not usable')
+  t.equal(front.gw.logsWith(REFUSED).length, 1, 'logged once per bad state')
+
+  await writeFileAtomic(front.files.keyFile, next.keyPem, 0o600)
+  await settled(() => front.watcher().check())
+  t.equal(front.watcher().generation, 1, 'the pair is applied once the key arrives')
+  await podTrusts(pod, [newCa])
+  t.equal(await front.infer(2), 200, 'served with the new pair, which the pod alone accepts now')
+})
+
+t.test('reloading the model stops the old backend watching its files', async (t) => {
+  const { pod } = await startPod(t)
+  const front = await startFront(t, pod, 'rest', Number(new URL(pod.url).port))
+  const old = front.watcher()
+  t.ok(old.watching)
+  const since = front.gw.logs.length
+  t.equal(await front.gw.gateway.registry.loadVersion('mnist'), null, 'the model is loaded again')
+  await front.gw.logged((l) => l.msg === 'model version closed: its last request is done', since)
+  t.notOk(old.watching, 'the replaced backend no longer watches')
+  t.not(front.watcher(), old)
+  t.ok(front.watcher().watching, 'the new one does')
+  t.equal(await front.infer(0), 200)
+})
