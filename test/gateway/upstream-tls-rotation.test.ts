@@ -8,17 +8,27 @@
 // certificate written without its key (a rotation caught half-way) is not applied: the
 // gateway logs an error naming the files and keeps answering with the certificate in use;
 // once the key arrives the pair is applied. Reloading the model stops the old backend's watch.
+// Against a pod that holds calls until the test answers (REST): a call in flight when the
+// certificate changes is answered on its connection, which then closes; a call sent after the
+// change presents the new certificate on a new connection.
 
+import { X509Certificate } from 'node:crypto'
+import { once } from 'node:events'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import https from 'node:https'
+import type { AddressInfo } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
+import type { TLSSocket } from 'node:tls'
 import t, { type Test } from 'tap'
 import { startGateway, type TestGateway } from '../../kit/gateway.ts'
+import { Changes } from '../../kit/wait.ts'
 import { DEV_WORKLOAD } from '../../src/config/security.ts'
 import { realDeps } from '../../src/deps.ts'
 import { createCa, issueCertificate, writeFileAtomic, type CertificateAuthority } from '../../src/dev/pki.ts'
 import type { UpstreamBackend } from '../../src/inference/upstream-backend.ts'
 import type { UpstreamTlsWatcher } from '../../src/inference/upstream-tls.ts'
+import { HEADER_LENGTH } from '../../src/oip/codec.ts'
 import { jsonBody, mnistDigits } from '../helpers/scaleout.ts'
 
 const digits = mnistDigits(4)
@@ -160,4 +170,79 @@ t.test('reloading the model stops the old backend watching its files', async (t)
   t.not(front.watcher(), old)
   t.ok(front.watcher().watching, 'the new one does')
   t.equal(await front.infer(0), 200)
+})
+
+/** A call the holding pod received, with the client certificate its connection presented. */
+interface HeldCall {
+  certSha256: string
+  socket: TLSSocket
+  answer(): void
+}
+
+/** An mnist pod over mTLS that holds each call until the test answers it (200, scores from the first pixel). */
+async function holdingPod(t: { teardown(fn: () => unknown): void }, ca: CertificateAuthority): Promise<{ endpoint: string; next: () => Promise<HeldCall> }> {
+  const server = await issueCertificate(ca, realDeps, { commonName: 'localhost', usage: 'server', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] })
+  const arrived: HeldCall[] = []
+  const changes = new Changes()
+  const pod = https.createServer({ ca: ca.certPem, cert: server.certPem, key: server.keyPem, requestCert: true, rejectUnauthorized: true }, (req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const socket = req.socket as TLSSocket
+      const out = new Float32Array(10).fill(0.1)
+      const head = Buffer.from(JSON.stringify({ model_name: 'mnist', outputs: [{ name: 'probabilities', datatype: 'FP32', shape: [1, 10], parameters: { binary_data_size: out.byteLength } }] }))
+      arrived.push({
+        certSha256: socket.getPeerX509Certificate()!.fingerprint256,
+        socket,
+        answer: () => res.writeHead(200, { 'content-type': 'application/octet-stream', [HEADER_LENGTH]: String(head.byteLength) }).end(Buffer.concat([head, Buffer.from(out.buffer)])),
+      })
+      changes.notify()
+    })
+  })
+  await new Promise<void>((r) => pod.listen(0, '127.0.0.1', r))
+  t.teardown(() => new Promise<void>((r) => {
+    pod.closeAllConnections()
+    pod.close(() => r())
+  }))
+  let taken = 0
+  return { endpoint: `https://127.0.0.1:${(pod.address() as AddressInfo).port}`, next: () => changes.until(() => arrived[taken] && arrived[taken++]) }
+}
+
+t.test('REST: a call in flight when the certificate changes finishes on its connection, which closes after it', async (t) => {
+  const ca = await createCa(realDeps, { commonName: 'Holding pod CA' })
+  const pod = await holdingPod(t, ca)
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-upstream-tls-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const files = { caFile: path.join(dir, 'ca.pem'), certFile: path.join(dir, 'client.pem'), keyFile: path.join(dir, 'client-key.pem') }
+  const [first, second] = [await clientOf(ca), await clientOf(ca)]
+  await writeFile(files.caFile, ca.certPem)
+  await writeFile(files.certFile, first.certPem)
+  await writeFile(files.keyFile, first.keyPem, { mode: 0o600 })
+  const upstream = { endpoints: [pod.endpoint], tls: { ...files, reloadCheckIntervalMs: NO_TICK }, retry: { enabled: false } }
+  const gw = await startGateway({ models: ['mnist'], policies: { mnist: policy }, config: { outputPrivacy: { enabled: false }, audit: { durability: 'relaxed' }, models: { serve: [{ name: 'mnist', upstream }] } } })
+  t.teardown(() => gw.close())
+  const watcher = gw.gateway.registry.upstreams()[0]!.backend.tlsWatcher!
+  const infer = (i: number) => gw.request('/v2/models/mnist/infer', { body: jsonBody([digits[i]!]) })
+
+  const inFlight = infer(0)
+  const held = await pod.next()
+  t.equal(held.certSha256, new X509Certificate(first.certPem).fingerprint256, 'the first call presents the first certificate')
+
+  await writeFileAtomic(files.keyFile, second.keyPem, 0o600)
+  await writeFileAtomic(files.certFile, second.certPem)
+  await settled(() => watcher.check())
+  t.equal(watcher.generation, 1, 'the new pair is applied while the first call is held')
+
+  const after = infer(1)
+  const fresh = await pod.next()
+  t.equal(fresh.certSha256, new X509Certificate(second.certPem).fingerprint256, 'a call sent after the change presents the new certificate')
+  t.not(fresh.socket, held.socket, 'on a new connection')
+  fresh.answer()
+  t.equal((await after).status, 200)
+
+  const closed = once(held.socket, 'close')
+  held.answer()
+  t.equal((await inFlight).status, 200, 'the call in flight across the change is answered')
+  await closed
+  t.pass('and the old connection closes once its call is done')
 })
