@@ -8,9 +8,10 @@
 // certificate written without its key (a rotation caught half-way) is not applied: the
 // gateway logs an error naming the files and keeps answering with the certificate in use;
 // once the key arrives the pair is applied. Reloading the model stops the old backend's watch.
-// Against a pod that holds calls until the test answers (REST): a call in flight when the
-// certificate changes is answered on its connection, which then closes; a call sent after the
-// change presents the new certificate on a new connection.
+// Against a pod that holds calls until the test answers: a call in flight when the certificate
+// changes is answered, and a call sent after the change presents the new certificate (over
+// REST on a new connection, and the old connection closes once its call is done; over gRPC
+// likewise, the old channel's closing not observed).
 
 import { X509Certificate } from 'node:crypto'
 import { once } from 'node:events'
@@ -20,6 +21,7 @@ import type { AddressInfo } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import type { TLSSocket } from 'node:tls'
+import * as grpc from '@grpc/grpc-js'
 import t, { type Test } from 'tap'
 import { startGateway, type TestGateway } from '../../kit/gateway.ts'
 import { Changes } from '../../kit/wait.ts'
@@ -29,6 +31,8 @@ import { createCa, issueCertificate, writeFileAtomic, type CertificateAuthority 
 import type { UpstreamBackend } from '../../src/inference/upstream-backend.ts'
 import type { UpstreamTlsWatcher } from '../../src/inference/upstream-tls.ts'
 import { HEADER_LENGTH } from '../../src/oip/codec.ts'
+import { inferenceServiceClient } from '../../src/transport/grpc.ts'
+import type { InferResponseMessage } from '../../src/transport/grpc-codec.ts'
 import { jsonBody, mnistDigits } from '../helpers/scaleout.ts'
 
 const digits = mnistDigits(4)
@@ -226,6 +230,7 @@ t.test('REST: a call in flight when the certificate changes finishes on its conn
 
   const inFlight = infer(0)
   const held = await pod.next()
+  const closed = once(held.socket, 'close')
   t.equal(held.certSha256, new X509Certificate(first.certPem).fingerprint256, 'the first call presents the first certificate')
 
   await writeFileAtomic(files.keyFile, second.keyPem, 0o600)
@@ -240,9 +245,62 @@ t.test('REST: a call in flight when the certificate changes finishes on its conn
   fresh.answer()
   t.equal((await after).status, 200)
 
-  const closed = once(held.socket, 'close')
   held.answer()
   t.equal((await inFlight).status, 200, 'the call in flight across the change is answered')
   await closed
   t.pass('and the old connection closes once its call is done')
+})
+
+/** A gRPC mnist pod over mTLS that holds each ModelInfer until the test answers it; records the client certificate of each call. */
+async function holdingGrpcPod(t: { teardown(fn: () => unknown): void }, ca: CertificateAuthority): Promise<{ endpoint: string; next: () => Promise<{ certSha256: string; answer(): void }> }> {
+  const server = await issueCertificate(ca, realDeps, { commonName: 'localhost', usage: 'server', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] })
+  const arrived: { certSha256: string; answer(): void }[] = []
+  const changes = new Changes()
+  const pod = new grpc.Server()
+  pod.addService(inferenceServiceClient().service, {
+    ModelInfer: (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<InferResponseMessage>) => {
+      const out = Buffer.from(new Float32Array(10).fill(0.1).buffer)
+      const response: InferResponseMessage = { model_name: 'mnist', model_version: '', id: '', parameters: {}, outputs: [{ name: 'probabilities', datatype: 'FP32', shape: [1, 10], parameters: {} }], raw_output_contents: [out] }
+      arrived.push({ certSha256: call.getAuthContext().sslPeerCertificate!.fingerprint256, answer: () => callback(null, response) })
+      changes.notify()
+    },
+  })
+  const credentials = grpc.ServerCredentials.createSsl(Buffer.from(ca.certPem), [{ cert_chain: Buffer.from(server.certPem), private_key: Buffer.from(server.keyPem) }], true)
+  const port = await new Promise<number>((resolve, reject) => pod.bindAsync('127.0.0.1:0', credentials, (e, p) => (e ? reject(e) : resolve(p))))
+  t.teardown(() => pod.forceShutdown())
+  let taken = 0
+  return { endpoint: `https://127.0.0.1:${port}`, next: () => changes.until(() => arrived[taken] && arrived[taken++]) }
+}
+
+t.test('gRPC: a call in flight when the certificate changes is answered; a call after it presents the new certificate', async (t) => {
+  const ca = await createCa(realDeps, { commonName: 'Holding gRPC pod CA' })
+  const pod = await holdingGrpcPod(t, ca)
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-upstream-tls-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const files = { caFile: path.join(dir, 'ca.pem'), certFile: path.join(dir, 'client.pem'), keyFile: path.join(dir, 'client-key.pem') }
+  const [first, second] = [await clientOf(ca), await clientOf(ca)]
+  await writeFile(files.caFile, ca.certPem)
+  await writeFile(files.certFile, first.certPem)
+  await writeFile(files.keyFile, first.keyPem, { mode: 0o600 })
+  const upstream = { protocol: 'grpc', endpoints: [pod.endpoint], tls: { ...files, reloadCheckIntervalMs: NO_TICK }, retry: { enabled: false }, connectionsPerEndpoint: 1 }
+  const gw = await startGateway({ models: ['mnist'], policies: { mnist: policy }, config: { outputPrivacy: { enabled: false }, audit: { durability: 'relaxed' }, models: { serve: [{ name: 'mnist', upstream }] } } })
+  t.teardown(() => gw.close())
+  const watcher = gw.gateway.registry.upstreams()[0]!.backend.tlsWatcher!
+  const infer = (i: number) => gw.request('/v2/models/mnist/infer', { body: jsonBody([digits[i]!]) })
+
+  const inFlight = infer(0)
+  const held = await pod.next()
+  t.equal(held.certSha256, new X509Certificate(first.certPem).fingerprint256, 'the first call presents the first certificate')
+  await writeFileAtomic(files.keyFile, second.keyPem, 0o600)
+  await writeFileAtomic(files.certFile, second.certPem)
+  await settled(() => watcher.check())
+  t.equal(watcher.generation, 1, 'the new pair is applied while the first call is held')
+
+  const after = infer(1)
+  const fresh = await pod.next()
+  t.equal(fresh.certSha256, new X509Certificate(second.certPem).fingerprint256, 'a call sent after the change presents the new certificate')
+  fresh.answer()
+  t.equal((await after).status, 200)
+  held.answer()
+  t.equal((await inFlight).status, 200, 'the call in flight across the change is answered')
 })
