@@ -3,15 +3,16 @@
 // its client-CA bundle rotated on disk as the test says) with upstream.tls pointing at files
 // the test rewrites atomically. Over REST and over gRPC: the pod first trusts the old and the
 // new client CA, the gateway's certificate and key are replaced by ones from the new CA, then
-// the pod drops the old CA (and refuses the old certificate, checked with a client of its
-// own): the gateway answers 200 at every step, its reload is logged and counted once. A
+// the pod drops the old CA (a client with the old certificate is refused): the gateway answers
+// 200 at every step, and its reload is logged and applied once. A
 // certificate written without its key (a rotation caught half-way) is not applied: the
 // gateway logs an error naming the files and keeps answering with the certificate in use;
-// once the key arrives the pair is applied. Reloading the model stops the old backend's watch.
+// once the key arrives the pair is applied. Reloading or unloading the model stops the old
+// backend's watch.
 // Against a pod that holds calls until the test answers: a call in flight when the certificate
-// changes is answered, and a call sent after the change presents the new certificate (over
-// REST on a new connection, and the old connection closes once its call is done; over gRPC
-// likewise, the old channel's closing not observed).
+// changes is answered, and a call sent after the change presents the new certificate; over
+// REST the new call is on a new connection and the old connection closes once its call is done
+// (over gRPC connections and channel closing are not observed).
 
 import { X509Certificate } from 'node:crypto'
 import { once } from 'node:events'
@@ -162,7 +163,7 @@ t.test('a certificate without its key is not applied: logged, the old pair stays
   t.equal(await front.infer(2), 200, 'served with the new pair, which the pod alone accepts now')
 })
 
-t.test('reloading the model stops the old backend watching its files', async (t) => {
+t.test('reloading or unloading the model stops the old backend watching its files', async (t) => {
   const { pod } = await startPod(t)
   const front = await startFront(t, pod, 'rest', Number(new URL(pod.url).port))
   const old = front.watcher()
@@ -174,6 +175,12 @@ t.test('reloading the model stops the old backend watching its files', async (t)
   t.not(front.watcher(), old)
   t.ok(front.watcher().watching, 'the new one does')
   t.equal(await front.infer(0), 200)
+
+  const last = front.watcher()
+  const unloading = front.gw.logs.length
+  t.ok(front.gw.gateway.registry.unload('mnist'), 'the model is unloaded')
+  await front.gw.logged((l) => l.msg === 'model version closed: its last request is done', unloading)
+  t.notOk(last.watching, 'and its backend no longer watches')
 })
 
 /** A call the holding pod received, with the client certificate its connection presented. */
