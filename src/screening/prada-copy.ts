@@ -1,24 +1,28 @@
 // A replica's copy of one principal's extraction state (prada-shared.ts): the in-process state
-// (prada.ts) plus what ties it to Redis: the epoch and version it reflects, which classes'
-// sets it holds, and the 128-bit digests behind the numbers the in-process code keeps. While a
-// request is judged on it, a journal notes every slot the judgement wrote, so the commit sends
-// only those, and a commit that lost a race is undone exactly: the copy is again the state of
-// the version it was read at, never ahead of Redis.
+// (prada.ts) plus what ties it to Redis: the epoch and version it reflects and which classes'
+// sets it holds. While a request is judged on it, a journal notes every slot the judgement
+// wrote, so the commit sends only those, and a commit that lost a race is undone exactly: the
+// copy is again the state of the version it was read at, never ahead of Redis.
 //
-// Fields as Redis keeps them (one hash per principal):
+// Exact repeats are not the copy's to tell: the ring of the last windowSize distinct digests
+// lives in Redis alone, which answers for each query of the request, as the in-process
+// remember() would in turn, whether it is new (prada-shared.ts READ_SCRIPT). The copy judges
+// with those answers (fresh()), so it holds no digests.
+//
+// Fields as Redis keeps them (one string per principal, each at a fixed place):
 //   d     Float64 count and next, then the ring of the last windowSize distances (Float64)
-//   s     Float64 count and next, then the ring of the last windowSize distinct digests (16 B)
+//   s     Float64 count and next, then the ring of the last windowSize distinct digests (16 B),
+//         written by Redis from the request's digests, never sent to copies
 //   c<k>  Float64 count, next, n, sum, sum of squares, threshold T_k, then the ring of class k's
 //         growing set: pooled queries at one byte a value (shared-store.ts cellBytes)
 // A field's write is a list of (byte offset, bytes): its header at 0 and each run of slots written.
 //
-// Memory per principal: the in-process state's (distances, digests' ring, sorted window) plus a
-// table from each digest in the ring to its number; measured with a full window of 1,000 and no
-// class sets, about 90 KiB a copy against 47 KiB in process; then 4·dims bytes per stored
-// pooled query (Float32, as in process), bounded by maxStoredQueries over all copies.
+// Memory per principal: the in-process state's (distances, digests' ring, sorted window; the
+// digests' ring and set stay unused); MEMORY_PER_COPY; then 4·dims bytes per stored pooled
+// query (Float32, as in process), bounded by maxStoredQueries over all copies.
 
 import { GrowingSet, PradaState } from './prada.ts'
-import { bytesOf, cellBytes, cellsFrom, float64s, SHARED_DIGEST_BYTES } from './shared-store.ts'
+import { bytesOf, cellBytes, cellsFrom, float64s } from './shared-store.ts'
 
 export const RING_HEADER = 16 // count, next
 export const CLASS_HEADER = 48 // count, next, n, sum, sumSq, threshold
@@ -31,38 +35,6 @@ export interface FieldWrite {
   field: string
   reset: boolean
   pairs: [number, Buffer][]
-}
-
-/** Numbers for 128-bit digests (as latin1 strings), for the in-process code's Set<number>. */
-class DigestTable {
-  private readonly ids = new Map<string, number>()
-  private readonly digests = new Map<number, string>()
-  private nextId = 1
-
-  /** The digest's number, and whether it was new. */
-  id(digest: string): [number, boolean] {
-    const id = this.ids.get(digest)
-    if (id !== undefined) return [id, false]
-    this.ids.set(digest, this.nextId)
-    this.digests.set(this.nextId, digest)
-    return [this.nextId++, true]
-  }
-
-  digest(id: number): string {
-    return this.digests.get(id)!
-  }
-
-  drop(id: number): void {
-    const d = this.digests.get(id)
-    if (d === undefined) return
-    this.digests.delete(id)
-    this.ids.delete(d)
-  }
-
-  clear(): void {
-    this.ids.clear()
-    this.digests.clear()
-  }
 }
 
 /** count and next of a ring field, or null when the bytes are not a ring of `cap` slots of `slot` bytes. */
@@ -131,18 +103,14 @@ export class PradaCopy extends PradaState {
   /** Redis's state this copy is: its epoch ('' while Redis has none) and version. */
   epoch = ''
   version = 0
-  seenCount = 0
   /** Classes whose set this copy holds as Redis has it (absent from `classes`: Redis has none yet). */
   readonly known = new Set<number>()
   resetDistances = false
-  resetSeen = false
-  private readonly table = new DigestTable()
   readonly distanceSlots = new Set<number>()
-  readonly seenSlots = new Set<number>()
+  // Redis's answer for each query of the request being judged: new (true) or an exact repeat.
+  private answers: readonly boolean[] = []
   // The journal of the request being judged (undo in reverse order).
   private distanceLog: [number, number][] = []
-  private seenLog: [number, number, number][] = []
-  private newIds: number[] = []
   private savedCounts: number[] = []
   private batchClasses: readonly number[] = []
   private createdClasses: number[] = []
@@ -164,14 +132,9 @@ export class PradaCopy extends PradaState {
     return g
   }
 
-  override remember(digest: number): boolean {
-    const slot = this.seenNext
-    const old = this.seenRing[slot]!
-    if (!super.remember(digest)) return false
-    this.seenLog.push([slot, old, digest])
-    this.seenSlots.add(slot)
-    if (this.seenCount < this.windowSize) this.seenCount++
-    return true
+  /** Query `i` of the request (judgeBatch passes each query's index as its digest): Redis's answer. */
+  override remember(i: number): boolean {
+    return this.answers[i] === true
   }
 
   override record(d: number): void {
@@ -180,34 +143,21 @@ export class PradaCopy extends PradaState {
     super.record(d)
   }
 
-  /** The number of a request's digest (a new one is forgotten after the request unless stored). */
-  digestId(digest: Buffer): number {
-    const [id, created] = this.table.id(digest.toString('latin1'))
-    if (created) this.newIds.push(id)
-    return id
-  }
-
-  /** Starts the journal for a request predicted as `classes`. */
-  begin(classes: readonly number[]): void {
+  /** Starts the journal for a request predicted as `classes`, with Redis's answer (new or a repeat) for each query. */
+  begin(classes: readonly number[], answers: readonly boolean[]): void {
+    this.answers = answers
     this.batchClasses = classes
     this.createdClasses = classes.filter((c) => !this.classes.has(c))
     for (const c of classes) (this.classes.get(c) as TrackedSet | undefined)?.begin()
-    this.savedCounts = [this.count, this.next, this.seenNext, this.seenCount, this.stored]
+    this.savedCounts = [this.count, this.next, this.stored]
   }
 
   /** Takes back everything the request's judgement changed. */
   undo(): void {
-    for (const [slot, old, added] of this.seenLog.reverse()) {
-      this.seen.delete(added)
-      if (!Number.isNaN(old)) this.seen.add(old)
-      this.seenRing[slot] = old
-    }
     for (const [slot, old] of this.distanceLog.reverse()) this.distances[slot] = old
-    const [count, next, seenNext, seenCount, stored] = this.savedCounts
+    const [count, next, stored] = this.savedCounts
     this.count = count!
     this.next = next!
-    this.seenNext = seenNext!
-    this.seenCount = seenCount!
     this.stored = stored!
     for (const c of this.createdClasses) this.classes.delete(c)
     for (const c of this.batchClasses) (this.classes.get(c) as TrackedSet | undefined)?.undo()
@@ -220,7 +170,6 @@ export class PradaCopy extends PradaState {
     this.epoch = epoch
     this.version = version
     this.resetDistances = false
-    this.resetSeen = false
     for (const c of this.batchClasses) {
       this.known.add(c)
       const g = this.classes.get(c) as TrackedSet | undefined
@@ -229,15 +178,11 @@ export class PradaCopy extends PradaState {
     this.end()
   }
 
-  /** Ends the journal; digests that are no longer in the ring are forgotten. */
+  /** Ends the journal. */
   end(): void {
-    for (const id of this.newIds) if (!this.seen.has(id)) this.table.drop(id)
-    for (const [, old] of this.seenLog) if (!Number.isNaN(old) && !this.seen.has(old)) this.table.drop(old)
-    this.newIds = []
-    this.seenLog = []
+    this.answers = []
     this.distanceLog = []
     this.distanceSlots.clear()
-    this.seenSlots.clear()
     this.createdClasses = []
     for (const c of this.batchClasses) (this.classes.get(c) as TrackedSet | undefined)?.begin()
     this.batchClasses = []
@@ -260,7 +205,6 @@ export class PradaCopy extends PradaState {
       out.push({ field, reset, pairs })
     }
     ring('d', this.resetDistances, Float64Array.of(this.count, this.next), this.distanceSlots, 8, (i) => bytesOf(this.distances, i, 1))
-    ring('s', this.resetSeen, Float64Array.of(this.seenCount, this.seenNext), this.seenSlots, SHARED_DIGEST_BYTES, (i) => Buffer.from(this.table.digest(this.seenRing[i]!), 'latin1'))
     for (const c of this.batchClasses) {
       const g = this.classes.get(c) as TrackedSet | undefined
       if (g) ring(`c${c}`, g.reset, g.header(), g.written, this.dims, (i) => cellBytes(g.vectors.subarray(i * this.dims, (i + 1) * this.dims)), CLASS_HEADER)
@@ -274,25 +218,18 @@ export class PradaCopy extends PradaState {
     this.version = 0
     this.count = 0
     this.next = 0
-    this.seenNext = 0
-    this.seenCount = 0
     this.stored = 0
-    this.seenRing.fill(NaN)
-    this.seen.clear()
-    this.table.clear()
     this.classes.clear()
     this.known.clear()
     this.resetDistances = false
-    this.resetSeen = false
     this.distancesChanged()
-    this.newIds = []
-    this.seenLog = []
+    this.answers = []
     this.distanceLog = []
     this.batchClasses = []
   }
 
-  /** Sets the distances and digests from Redis's whole fields (absent: none yet; not valid: empty, replaced at the next write). */
-  restoreRings(d: Buffer | null, s: Buffer | null): void {
+  /** Sets the distances from Redis's whole field (absent: none yet; not valid: empty, replaced at the next write). */
+  restoreDistances(d: Buffer | null): void {
     if (d) {
       const h = ringHeader(d, RING_HEADER, this.windowSize, 8)
       if (h) {
@@ -300,14 +237,6 @@ export class PradaCopy extends PradaState {
         this.next = h[1]!
         this.distances.set(float64s(d, RING_HEADER, this.count))
       } else this.resetDistances = true
-    }
-    if (s) {
-      const h = ringHeader(s, RING_HEADER, this.windowSize, SHARED_DIGEST_BYTES)
-      if (h) {
-        this.seenCount = h[0]!
-        this.seenNext = h[1]!
-        for (let i = 0; i < this.seenCount; i++) this.setDigest(i, s.toString('latin1', RING_HEADER + i * SHARED_DIGEST_BYTES, RING_HEADER + (i + 1) * SHARED_DIGEST_BYTES))
-      } else this.resetSeen = true
     }
     this.distancesChanged()
   }
@@ -330,12 +259,6 @@ export class PradaCopy extends PradaState {
     this.recount()
   }
 
-  private setDigest(slot: number, digest: string): void {
-    const [id] = this.table.id(digest)
-    this.seenRing[slot] = id
-    this.seen.add(id)
-  }
-
   private recount(): void {
     let stored = 0
     for (const g of this.classes.values()) stored += g.count
@@ -346,7 +269,6 @@ export class PradaCopy extends PradaState {
   apply(writes: readonly FieldWrite[]): void {
     for (const w of writes) {
       if (w.field === 'd') this.patchDistances(w)
-      else if (w.field === 's') this.patchSeen(w)
       else if (/^c\d+$/.test(w.field)) this.patchClass(Number(w.field.slice(1)), w)
       else throw new CopyOutOfStep(`unknown field ${w.field}`)
     }
@@ -377,27 +299,6 @@ export class PradaCopy extends PradaState {
     this.count = header[0]!
     this.next = header[1]!
     this.resetDistances = false
-  }
-
-  private patchSeen(w: FieldWrite): void {
-    const { header, slots } = this.slots(w, RING_HEADER, SHARED_DIGEST_BYTES, this.windowSize)
-    if (w.reset) {
-      this.seenRing.fill(NaN)
-      this.seen.clear()
-      this.table.clear()
-    }
-    // First take out every digest overwritten, then put in the new ones: a digest may move slot within a commit.
-    for (const [i] of slots) {
-      const old = this.seenRing[i]!
-      if (Number.isNaN(old)) continue
-      this.seen.delete(old)
-      this.table.drop(old)
-      this.seenRing[i] = NaN
-    }
-    for (const [i, bytes] of slots) this.setDigest(i, bytes.toString('latin1'))
-    this.seenCount = header[0]!
-    this.seenNext = header[1]!
-    this.resetSeen = false
   }
 
   private patchClass(c: number, w: FieldWrite): void {

@@ -72,10 +72,21 @@ end
 `
 
 // KEYS: meta, state. ARGV: the copy's epoch and version, windowSize, dims, growingSetPerClass,
+// TTL (ms), this replica's stash field, the request's digests (16 bytes each, in one string),
 // then one entry per class of the batch: '+c<k>' held by the copy, '-c<k>' not. Returns {epoch,
-// version, mode, n, n payload items, then the set of each class to send}: mode 'c' (the copy is
-// current; no payload), 'l' (the log entries of the commits since the copy's version) or 'w' (the
-// distances and digests; every class of the batch is sent).
+// version, answers, mode, n, n payload items, then the set of each class to send}: answers has
+// one character per query, '1' new and '0' an exact repeat; mode 'c' (the copy is current; no
+// payload), 'l' (the log entries of the commits since the copy's version) or 'w' (the
+// distances; every class of the batch is sent).
+//
+// The answers are remember() of prada.ts run on Redis's digests' ring: a query is a repeat when
+// its digest is in the ring and its slot was not overwritten by an earlier query of the same
+// request (the ring full), or when an earlier query of the request with the same digest was
+// remembered and its slot not overwritten since. Only the ring's used slots are searched, at
+// slot boundaries. What the new queries write (their digests at the slots they take, then the
+// ring's header) is left as this replica's stash in meta, with the epoch and version it was
+// computed at; the commit applies it if the version is still that one. A replica judges one
+// request of a principal at a time (a queue), so one stash field per replica is enough.
 const READ_SCRIPT = `${RING_LUA}
 local meta, state = KEYS[1], KEYS[2]
 local e = redis.call('HGET', meta, 'e') or ''
@@ -94,11 +105,55 @@ if e == ARGV[1] then
     for i = 1, #fields do if not payload[i] then mode = 'w' end end
   end
 end
-if mode == 'w' then payload = {ring(state, 0, ${RING_HEADER}, 8, W), ring(state, ${RING_HEADER} + 8 * W, ${RING_HEADER}, ${SHARED_DIGEST_BYTES}, W)} end
-local reply = {e, tostring(v), mode, tostring(#payload)}
+if mode == 'w' then payload = {ring(state, 0, ${RING_HEADER}, 8, W)} end
+local D, S0 = ${SHARED_DIGEST_BYTES}, ${RING_HEADER} + 8 * W
+local count, next, ds = 0, 0, ''
+-- No epoch: the commit starts the state afresh, whatever bytes are left.
+local head = e ~= '' and redis.call('GETRANGE', state, S0, S0 + ${RING_HEADER} - 1) or ''
+if string.len(head) == ${RING_HEADER} then
+  local c, n = struct.unpack('<dd', head)
+  if c == math.floor(c) and n == math.floor(n) and c >= 0 and c <= W and n >= 0 and n < W and (c == W or n == c) then
+    count, next = c, n
+    if count > 0 then ds = redis.call('GETRANGE', state, S0 + ${RING_HEADER}, S0 + ${RING_HEADER} + count * D - 1) end
+  end
+end
+if string.len(ds) ~= count * D then count, next, ds = 0, 0, '' end
+local overwritten, added, addedAt = {}, {}, {}
+local function repeated(d)
+  if added[d] then return true end
+  local at = 1
+  while true do
+    local p = string.find(ds, d, at, true)
+    if not p then return false end
+    if (p - 1) % D == 0 and not overwritten[(p - 1) / D] then return true end
+    at = p + 1
+  end
+end
+local digests, answers, stash = ARGV[8], {}, {}
+for j = 0, string.len(digests) / D - 1 do
+  local d = string.sub(digests, j * D + 1, (j + 1) * D)
+  if repeated(d) then
+    answers[j + 1] = '0'
+  else
+    answers[j + 1] = '1'
+    if count == W then
+      overwritten[next] = true
+      if addedAt[next] then added[addedAt[next]] = nil end
+    end
+    added[d], addedAt[next] = true, d
+    stash[#stash + 1] = struct.pack('<I4', next) .. d
+    next = (next + 1) % W
+    if count < W then count = count + 1 end
+  end
+end
+if #stash > 0 then
+  redis.call('HSET', meta, ARGV[7], struct.pack('<d', v) .. string.format('%-16s', e) .. struct.pack('<dd', count, next) .. table.concat(stash))
+  if redis.call('PTTL', meta) < 0 then redis.call('PEXPIRE', meta, ARGV[6]) end
+end
+local reply = {e, tostring(v), table.concat(answers), mode, tostring(#payload)}
 for i = 1, #payload do reply[#reply + 1] = payload[i] end
 local sets = 2 * ${RING_HEADER} + ${8 + SHARED_DIGEST_BYTES} * W
-for j = 6, #ARGV do
+for j = 9, #ARGV do
   if mode == 'w' or string.sub(ARGV[j], 1, 1) == '-' then
     local r = redis.call('HGET', meta, 'r' .. string.sub(ARGV[j], 3))
     reply[#reply + 1] = r and ring(state, sets + tonumber(r) * (${CLASS_HEADER} + G * dims), ${CLASS_HEADER}, dims, G) or false
@@ -109,11 +164,13 @@ return reply
 
 // KEYS: meta, state, claim. ARGV: the epoch and version the writes were computed from ('' and
 // 0: no state yet), TTL (ms), the request's claim token ('' without one), windowSize, dims,
-// growingSetPerClass, then per field: name, reset ('1': the field is replaced), n, and n pairs
-// (offset in the field, bytes). Returns {epoch, version} of the state written, or {} without
-// writing when the version moved on or another request holds the claim. The commit's log entry
-// (meta's l<version>) is the version and the field writes, each piece preceded by its length
-// (4 bytes, big-endian).
+// growingSetPerClass, this replica's stash field, '1' when the read found new queries (their
+// digests are in the stash) or '0', then per field: name, reset ('1': the field is replaced),
+// n, and n pairs (offset in the field, bytes). Returns {epoch, version} of the state written,
+// or {} without writing when the version moved on, another request holds the claim, or the
+// stash is not the one of this epoch and version. The commit's log entry (meta's l<version>)
+// is the version and the field writes, each piece preceded by its length (4 bytes,
+// big-endian); the digests the stash writes are not in it (copies never read them).
 const COMMIT_SCRIPT = `
 local meta, state, claimKey = KEYS[1], KEYS[2], KEYS[3]
 local claim = redis.call('GET', claimKey)
@@ -121,6 +178,9 @@ if claim and claim ~= ARGV[4] then return {} end
 local e = redis.call('HGET', meta, 'e') or ''
 local v = tonumber(redis.call('HGET', meta, 'v') or '0')
 if e ~= ARGV[1] or v ~= tonumber(ARGV[2]) then return {} end
+local stash = redis.call('HGET', meta, ARGV[8])
+if stash then redis.call('HDEL', meta, ARGV[8]) end
+if ARGV[9] == '1' and not (stash and struct.unpack('<d', stash) == v and string.sub(stash, 9, 24) == string.format('%-16s', e)) then return {} end
 if e == '' then
   redis.call('DEL', meta, state)
   local now = redis.call('TIME')
@@ -130,14 +190,19 @@ v = v + 1
 local W, dims, G = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local function lp(x) return struct.pack('>I4', #x) .. x end
 local entry = {lp(tostring(v))}
-local a = 8
+if ARGV[9] == '1' then
+  local S0 = ${RING_HEADER} + 8 * W
+  for at = 25 + ${RING_HEADER}, #stash, 4 + ${SHARED_DIGEST_BYTES} do
+    redis.call('SETRANGE', state, S0 + ${RING_HEADER} + struct.unpack('<I4', stash, at) * ${SHARED_DIGEST_BYTES}, string.sub(stash, at + 4, at + 3 + ${SHARED_DIGEST_BYTES}))
+  end
+  redis.call('SETRANGE', state, S0, string.sub(stash, 25, 24 + ${RING_HEADER}))
+end
+local a = 10
 while a <= #ARGV do
   local field, n = ARGV[a], tonumber(ARGV[a + 2])
   entry[#entry + 1] = lp(field) .. lp(ARGV[a + 1]) .. lp(ARGV[a + 2])
   local base = 0
-  if field == 's' then
-    base = ${RING_HEADER} + 8 * W
-  elseif field ~= 'd' then
+  if field ~= 'd' then
     -- A class's set lives in a region of its own, handed out when the class first comes.
     local r = redis.call('HGET', meta, 'r' .. string.sub(field, 2))
     if not r then
@@ -162,7 +227,7 @@ return {e, tostring(v)}
 `
 
 interface Scripts {
-  bulwarkPradaReadBuffer(numberOfKeys: number, ...args: (string | number)[]): Promise<(Buffer | null)[]>
+  bulwarkPradaReadBuffer(numberOfKeys: number, ...args: (string | number | Buffer)[]): Promise<(Buffer | null)[]>
   bulwarkPradaCommitBuffer(numberOfKeys: number, ...args: (string | number | Buffer)[]): Promise<Buffer[]>
 }
 
@@ -219,6 +284,8 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
   // Claim tokens: this replica's random id and a count, unique across replicas.
   const replica = Buffer.from(random.bytes(12)).toString('hex')
   let claims = 0
+  // This replica's stash field in a principal's meta hash (READ_SCRIPT).
+  const stash = `q${replica.slice(0, 16)}`
   const unavailable = (err: unknown) => stateUnavailable(`extraction detector on model ${model}`, err)
   const contention = (why: string) =>
     new BulwarkError('state_unavailable', 'screening state cannot be updated right now; retry after the Retry-After delay', {
@@ -226,20 +293,25 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
       headers: { 'retry-after': '1' },
     })
 
-  /** Brings the copy up to Redis's state, with the sets of `classes`; throws CopyOutOfStep when the log does not fit it. */
-  const sync = async (copy: PradaCopy, base: string, classes: readonly number[]): Promise<void> => {
+  /**
+   * Brings the copy up to Redis's state, with the sets of `classes`, and returns Redis's answer
+   * for each query (new: true, an exact repeat: false); throws CopyOutOfStep when the log does
+   * not fit the copy.
+   */
+  const sync = async (copy: PradaCopy, base: string, digests: Buffer, classes: readonly number[]): Promise<boolean[]> => {
     const held = classes.map((c) => copy.known.has(c))
     let reply: (Buffer | null)[]
     try {
-      reply = await redis.bulwarkPradaReadBuffer(2, `${base}:m`, `${base}:x`, copy.epoch, copy.version, o.windowSize, dims, o.growingSetPerClass, ...classes.map((c, i) => `${held[i] ? '+' : '-'}c${c}`))
+      reply = await redis.bulwarkPradaReadBuffer(2, `${base}:m`, `${base}:x`, copy.epoch, copy.version, o.windowSize, dims, o.growingSetPerClass, store.ttlMs, stash, digests, ...classes.map((c, i) => `${held[i] ? '+' : '-'}c${c}`))
     } catch (err) {
       throw unavailable(err)
     }
     const epoch = reply[0]!.toString('latin1')
     const version = Number(reply[1]!.toString('latin1'))
-    const mode = reply[2]!.toString('latin1')
-    const n = Number(reply[3]!.toString('latin1'))
-    const payload = reply.slice(4, 4 + n)
+    const answers = [...reply[2]!.toString('latin1')].map((a) => a === '1')
+    const mode = reply[3]!.toString('latin1')
+    const n = Number(reply[4]!.toString('latin1'))
+    const payload = reply.slice(5, 5 + n)
     if (mode === 'l') {
       for (const entry of payload) {
         const e = parseEntry(entry ?? Buffer.alloc(0))
@@ -250,12 +322,13 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
       if (copy.version !== version) throw new CopyOutOfStep(`the log ends at ${copy.version}, the state is ${version}`)
     } else if (mode === 'w') {
       copy.clear()
-      copy.restoreRings(payload[0] ?? null, payload[1] ?? null)
+      copy.restoreDistances(payload[0] ?? null)
     }
     const sent = classes.filter((_, i) => mode === 'w' || !held[i])
-    sent.forEach((c, i) => copy.restoreClass(c, reply[4 + n + i] ?? null))
+    sent.forEach((c, i) => copy.restoreClass(c, reply[5 + n + i] ?? null))
     copy.epoch = epoch
     copy.version = version
+    return answers
   }
 
   /**
@@ -263,28 +336,35 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
    * first or holds the claim (the judgement undone). With a claim token the commit is made
    * even when nothing changed, to end the claim.
    */
-  const attempt = async (batch: ScreenBatch, probabilities: readonly Float32Array[], digests: readonly Buffer[], classes: readonly number[], token: string): Promise<{ result: DetectorResult | null } | null> => {
+  const attempt = async (batch: ScreenBatch, probabilities: readonly Float32Array[], digests: Buffer, classes: readonly number[], token: string): Promise<{ result: DetectorResult | null } | null> => {
     const base = stateKey('extraction', model, shape, batch.principal)
     const copy = copies.use(batch.principal)
+    let answers: boolean[]
     try {
-      await sync(copy, base, classes)
+      answers = await sync(copy, base, digests, classes)
     } catch (err) {
       if (!(err instanceof CopyOutOfStep)) throw err
       copy.clear()
-      await sync(copy, base, classes)
+      answers = await sync(copy, base, digests, classes)
     }
-    copy.begin(classes)
-    const ids = digests.map((d) => copy.digestId(d))
-    const result = judgeBatch(copy, { principal: batch.principal, items: batch.items, digests: ids }, probabilities, o)
+    if (answers.length !== batch.items.length) {
+      copy.clear()
+      copies.settle(batch.principal)
+      throw unavailable(new Error(`Redis answered for ${answers.length} of ${batch.items.length} queries`))
+    }
+    copy.begin(classes, answers)
+    // Each query's digest, as judgeBatch passes it to remember(), is its index: the copy looks up Redis's answer.
+    const result = judgeBatch(copy, { principal: batch.principal, items: batch.items, digests: batch.items.map((_, i) => i) }, probabilities, o)
+    const fresh = answers.some(Boolean)
     const writes = copy.writes()
-    if (writes.length === 0 && !token) {
+    if (writes.length === 0 && !fresh && !token) {
       copy.end() // only exact repeats: nothing to write
       copies.settle(batch.principal)
       return { result }
     }
     let reply: Buffer[]
     try {
-      reply = await redis.bulwarkPradaCommitBuffer(3, `${base}:m`, `${base}:x`, `${base}:claim`, copy.epoch, copy.version, store.ttlMs, token, o.windowSize, dims, o.growingSetPerClass, ...commitArgs(writes))
+      reply = await redis.bulwarkPradaCommitBuffer(3, `${base}:m`, `${base}:x`, `${base}:claim`, copy.epoch, copy.version, store.ttlMs, token, o.windowSize, dims, o.growingSetPerClass, stash, fresh ? '1' : '0', ...commitArgs(writes))
     } catch (err) {
       copy.clear() // the commit may or may not have been made: read whole next time
       copies.settle(batch.principal)
@@ -325,7 +405,7 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
     inspect(batch: ScreenBatch): Promise<DetectorResult | null> {
       const probabilities = batch.probabilities
       if (!probabilities) return Promise.reject(new Error('extraction detector needs the model output'))
-      const digests = batch.items.map(sharedDigest)
+      const digests = Buffer.concat(batch.items.map(sharedDigest))
       const classes = [...new Set(probabilities.map(argmax))]
       return queue.run(batch.principal, async () => {
         for (let i = 0; i < OPTIMISTIC_ATTEMPTS; i++) {

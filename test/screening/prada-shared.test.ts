@@ -5,7 +5,12 @@
 // from the whole state (and one behind by exactly the log, from the log); a commit that loses
 // a race (another replica's request is let in between its read and its commit), three in a row
 // (then the claim), or whose reply is lost, leaves the copies giving the in-process results in
-// Redis's commit order; copies beyond maxPrincipals are forgotten and read whole again.
+// Redis's commit order; copies beyond maxPrincipals are forgotten and read whole again. With a
+// window of 20 (the digests' ring full) and requests that wrap it, repeating queries whose
+// slots the same request overwrites, queries of the same request, and queries another
+// replica's request took between a read and its commit: after every request the result, the
+// distances and the digests' ring in Redis (each slot's digest, count and next) are those of
+// the in-process state judging the same requests in Redis's commit order.
 
 import t from 'tap'
 import { socketBytes } from '../../bench/screening-redis.ts'
@@ -15,8 +20,9 @@ import { cryptoRandom } from '../../src/deps.ts'
 import type { DetectorResult, SharedDetector } from '../../src/screening/detector.ts'
 import { keyedDigester } from '../../src/screening/digest.ts'
 import { poolingEncoder } from '../../src/screening/encoder.ts'
-import { createPradaDetector, type PradaOptions } from '../../src/screening/prada.ts'
+import { createPradaDetector, judgeBatch, PradaState, type PradaOptions } from '../../src/screening/prada.ts'
 import { createSharedPradaDetector, LOG_COMMITS, OPTIMISTIC_ATTEMPTS } from '../../src/screening/prada-shared.ts'
+import { sharedDigest } from '../../src/screening/shared-store.ts'
 import { weights } from './cnn-runner.ts'
 import { MNIST_LAYOUT, seededRandom } from './helpers.ts'
 import { sharedScreeningRedis } from './replicas.ts'
@@ -48,12 +54,15 @@ const redis = await sharedScreeningRedis(t)
 if (redis) {
   const { run, raw, replicas } = redis
   const key = (name: string, principal: string, part: string, shape = 'w1000g100') => `bulwark-test:${run}:${name}:screening:extraction:mnist:${shape}d196u8:${principal}:${part}`
-  /** Bytes of the distances' and digests' rings as Redis holds them now: what a whole read brings back at least. */
-  const rings = async (name: string, principal: string) => {
+  /** The count in a ring's header at `at` in the state's string. */
+  const count = async (name: string, principal: string, at: number) => {
     const x = (await raw.getBuffer(key(name, principal, 'x')))!
-    const count = (at: number) => new Float64Array(Uint8Array.from(x.subarray(at, at + 8)).buffer)[0]!
-    return 32 + 8 * count(0) + 16 * count(16 + 8000)
+    return new Float64Array(Uint8Array.from(x.subarray(at, at + 8)).buffer)[0]!
   }
+  /** Bytes of the distances' and digests' rings as Redis holds them now. */
+  const rings = async (name: string, principal: string) => 32 + 8 * (await count(name, principal, 0)) + 16 * (await count(name, principal, 16 + 8000))
+  /** Bytes of the distances' ring as Redis holds it now: what a whole read brings back at least (the digests stay in Redis). */
+  const distanceRing = async (name: string, principal: string) => 16 + 8 * (await count(name, principal, 0))
 
   t.test('replicas taking turns, single digits and 64-digit batches: the in-process result for every request, and a steady request within its bound', async (t) => {
     const states = await replicas.open('turns', 2)
@@ -108,10 +117,10 @@ if (redis) {
     }
     const fromLog = await caughtUp(LOG_COMMITS)
     const whole = await caughtUp(LOG_COMMITS + 1)
-    const ringBytes = await rings('behind', 'caller')
+    const ringBytes = await distanceRing('behind', 'caller')
     t.ok(ok.every(Boolean), `${ok.length} requests: the in-process result for each`)
-    t.ok(whole >= ringBytes, `${LOG_COMMITS + 1} behind: ${whole} bytes, the whole rings (${ringBytes}) among them`)
-    t.ok(fromLog < ringBytes, `${LOG_COMMITS} behind: ${fromLog} bytes, less than the rings`)
+    t.ok(whole >= ringBytes, `${LOG_COMMITS + 1} behind: ${whole} bytes, the whole distances' ring (${ringBytes}) among them`)
+    t.ok(fromLog < ringBytes, `${LOG_COMMITS} behind: ${fromLog} bytes, less than the distances' ring`)
   })
 
   t.test('a lost race, a claim after three, and a lost reply: the in-process results in Redis commit order', async (t) => {
@@ -188,5 +197,84 @@ if (redis) {
     }
     t.equal(differs, 0, 'every result the same')
     t.ok(a!.memory!().principals <= 2 && a!.memory!().evictions > 0, `replica a: ${a!.memory!().principals} copies held, ${a!.memory!().evictions} forgotten`)
+  })
+
+  t.test('a full digests ring wrapping within requests: results, distances and digests as in process, query for query', async (t) => {
+    const W = 20
+    const states = await replicas.open('wrap', 2)
+    const opts = options({ windowSize: W, minQueries: 5, warmupPerClass: 1, growingSetPerClass: 4 })
+    const [a, b] = states.map((s) => createSharedPradaDetector(opts, 'mnist', { redis: s.client, ttlMs: HOUR }, cryptoRandom))
+    // The in-process code on one state, its digests (prada.ts keeps numbers) mapped back to the digit.
+    const ref = new PradaState(W)
+    const digitOf = new Map<number, number>()
+    const alone = (at: number[]) => {
+      const digests = at.map((i) => digestOf(images[i]!))
+      digests.forEach((d, k) => digitOf.set(d, at[k]!))
+      return judgeBatch(ref, { principal: 'caller', items: at.map((i) => images[i]!), digests }, at.map((i) => probs[i]!), opts)
+    }
+    const shared = (d: SharedDetector, at: number[]) => d.inspect({ principal: 'caller', items: at.map((i) => images[i]!), digests: [], probabilities: at.map((i) => probs[i]!) })
+    /** The k-th oldest digit in the in-process ring (0: the next one overwritten). */
+    const old = (k: number) => digitOf.get(ref.seenRing[(ref.seenNext + k) % W]!)!
+    const mismatches: string[] = []
+    let requests = 0
+    let repeats = 0
+    const check = async (what: string, one: unknown, two: unknown) => {
+      requests++
+      const x = (await raw.getBuffer(key('wrap', 'caller', 'x', 'w20g4')))!
+      const f64 = (at: number, n: number) => [...new Float64Array(Uint8Array.from(x.subarray(at, at + 8 * n)).buffer)]
+      const seenCount = ref.seenRing.filter((d) => !Number.isNaN(d)).length
+      const slots = Array.from({ length: seenCount }, (_, i) => x.subarray(16 + 8 * W + 16 + 16 * i, 16 + 8 * W + 32 + 16 * i).toString('hex'))
+      const expected = Array.from({ length: seenCount }, (_, i) => sharedDigest(images[digitOf.get(ref.seenRing[i]!)!]!).toString('hex'))
+      if (JSON.stringify(one) !== JSON.stringify(two)) mismatches.push(`${what}: result ${JSON.stringify(two)}, in process ${JSON.stringify(one)}`)
+      if (JSON.stringify(f64(0, 2 + ref.count)) !== JSON.stringify([ref.count, ref.next, ...ref.distances.subarray(0, ref.count)])) mismatches.push(`${what}: distances`)
+      if (JSON.stringify(f64(16 + 8 * W, 2)) !== JSON.stringify([seenCount, ref.seenNext])) mismatches.push(`${what}: digests' count and next`)
+      if (JSON.stringify(slots) !== JSON.stringify(expected)) mismatches.push(`${what}: digests' slots`)
+    }
+    const remember = ref.remember.bind(ref)
+    ref.remember = (digest: number) => {
+      const fresh = remember(digest)
+      if (!fresh) repeats++
+      return fresh
+    }
+    let judged = 0
+    const send = async (what: string, d: SharedDetector, at: number[]) => {
+      const one = alone(at)
+      if (one) judged++
+      await check(what, one, await shared(d, at))
+    }
+    const next = digits(5)
+    await send('fill', a!, next(W))
+    for (let r = 0; r < 6; r++) {
+      const d = r % 2 ? a! : b!
+      // Two new queries take the two oldest slots; the digits that were there come again (new
+      // now), each taking the next slot; then one about to be overwritten, now a repeat.
+      await send(`overwritten then again ${r}`, d, [...next(2), old(1), old(0), old(4), old(3)])
+      // The oldest twice (repeats), a new query that overwrites it, then the oldest again (new).
+      const oldest = old(0)
+      await send(`repeat then overwritten ${r}`, d === a ? b! : a!, [oldest, oldest, ...next(1), oldest, old(1)])
+      // More than the window in one request: its first query is overwritten by its 21st and comes again.
+      const long = next(W + 3)
+      await send(`wrapping the window ${r}`, d, [...long, long[0]!, long[3]!, long[W + 2]!, long[1]!, old(2)])
+    }
+    // A lost race on a full ring: before a's commit, b commits a request that overwrites the
+    // slots of digits in a's request; a reads again, and its answers change.
+    const client = states[0]!.client as unknown as Record<string, (...args: unknown[]) => Promise<Buffer[]>>
+    const commit = client.bulwarkPradaCommitBuffer!.bind(client)
+    const interpose: number[][] = []
+    let commits = 0
+    client.bulwarkPradaCommitBuffer = async (...args: unknown[]) => {
+      commits++
+      const at = interpose.shift()
+      if (at) await send('interposed', b!, at)
+      return commit(...args)
+    }
+    const mine = [old(0), old(1), ...next(2), old(5)]
+    interpose.push([...next(3), old(5)])
+    const one = () => alone(mine)
+    const sharedResult = await shared(a!, mine)
+    await check('after a lost race', one(), sharedResult)
+    t.equal(commits, 2, 'the first commit lost the race, the second went through')
+    t.same(mismatches, [], `${requests} requests: results, distances and digests as in process`)
+    t.ok(repeats >= 20 && judged >= 15, `in process: ${repeats} queries were repeats, ${judged} results tested the window`)
   })
 }
