@@ -2,8 +2,9 @@
 // per-caller ring and the model-wide index (src/screening/shared-ring.ts), each measured on its
 // own with the bundled mnist policy's settings (k, history, acrossCallers, pool size), on a
 // redis-server of its own (loopback, no persistence). Two replicas (two Redis clients, as two
-// gateways hold) take single-digit requests in turn from 20 callers sending distinct held-out
-// digits; the figures are taken once every ring is full (the most each request can bring back).
+// gateways hold) take single-digit requests from 20 callers sending distinct held-out digits,
+// each caller's requests going to the replicas in turn; the figures are taken once every ring is
+// full (the most each request can bring back).
 // Reported per request: bytes sent plus received on the replicas' sockets, round trips (the
 // server's command count), and Redis CPU (the server's time in the script), one request at a
 // time; the mean bytes with 64 requests in flight on each replica (as the bench's c64 load);
@@ -66,7 +67,10 @@ interface Measured {
   coldBytes: number
 }
 
-/** Fills every ring, then measures MEASURED requests alternating between two replicas, then one cold replica's first request. */
+/**
+ * Fills every ring, then measures MEASURED requests, each caller's requests alternating between
+ * two replicas (round r of the callers goes to replica r mod 2), then one cold replica's first request.
+ */
 async function measure(make: (client: Redis) => SharedDetector, clients: Redis[], raw: Redis, fill: number): Promise<Measured> {
   const [a, b, cold] = clients.map(make)
   const replicas = [a!, b!]
@@ -74,24 +78,27 @@ async function measure(make: (client: Redis) => SharedDetector, clients: Redis[]
   let next = 0
   const digit = () => images[next++ % images.length]!
   const send = (i: number, d: SharedDetector) => d.inspect({ principal: `caller-${i % CALLERS}`, items: [digit()], digests: [0] })
-  for (let i = 0; i < fill; i++) await send(i, replicas[i % 2]!)
+  // The replica of a caller's n-th request: n mod 2 (each round of the callers on the other one).
+  const turn = (i: number) => Math.floor(i / CALLERS) % 2
+  for (let i = 0; i < fill; i++) await send(i, replicas[turn(i)]!)
   const before = await scriptStats(raw)
   let bytes = 0
   let maxBytes = 0
   for (let i = 0; i < MEASURED; i++) {
-    const client = clients[i % 2]!
+    const client = clients[turn(i)]!
     const start = socketBytes(client)
-    await send(i, replicas[i % 2]!)
+    await send(i, replicas[turn(i)]!)
     const used = socketBytes(client) - start
     bytes += used
     maxBytes = Math.max(maxBytes, used)
   }
   const after = await scriptStats(raw)
   const loadedStart = socketBytes(clients[0]!) + socketBytes(clients[1]!)
-  for (let wave = 0; wave < MEASURED / 128; wave++) await Promise.all(Array.from({ length: 128 }, (_, i) => send(i, replicas[i % 2]!)))
+  for (let wave = 0; wave < MEASURED / 128; wave++) await Promise.all(Array.from({ length: 128 }, (_, i) => send(i, replicas[(i + Math.floor(i / CALLERS) + wave) % 2]!)))
   const loadedBytes = (socketBytes(clients[0]!) + socketBytes(clients[1]!) - loadedStart) / (Math.floor(MEASURED / 128) * 128)
   const batchStart = socketBytes(clients[0]!) + socketBytes(clients[1]!)
-  for (let i = 0; i < 10; i++) await replicas[i % 2]!.inspect({ principal: `caller-${i % CALLERS}`, items: Array.from({ length: 64 }, digit), digests: [] })
+  // One caller's 64-digit requests, on the replicas in turn: each brings back the one before.
+  for (let i = 0; i < 10; i++) await replicas[i % 2]!.inspect({ principal: 'caller-0', items: Array.from({ length: 64 }, digit), digests: [] })
   const batchBytes = (socketBytes(clients[0]!) + socketBytes(clients[1]!) - batchStart) / 10
   const start = socketBytes(clients[2]!)
   await send(0, cold!)
