@@ -68,15 +68,15 @@ interface Front {
   infer: (i: number) => Promise<number>
 }
 
-/** A gateway serving mnist from the pod over `protocol`, with its upstream TLS files (the pod's CA, the pod's dev client certificate) in a folder of their own. */
-async function startFront(t: { teardown(fn: () => unknown): void }, pod: TestGateway, protocol: 'rest' | 'grpc', port: number): Promise<Front> {
+/** A gateway serving mnist from `endpoint` over `protocol`, its upstream TLS files (`initial`) in a folder of their own. */
+async function frontOf(t: { teardown(fn: () => unknown): void }, endpoint: string, protocol: 'rest' | 'grpc', initial: { ca: string; cert: string; key: string }): Promise<Front> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-upstream-tls-'))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   const files = { caFile: path.join(dir, 'ca.pem'), certFile: path.join(dir, 'client.pem'), keyFile: path.join(dir, 'client-key.pem') }
-  await writeFile(files.caFile, await readFile(pod.pki.files.ca, 'utf8'))
-  await writeFile(files.certFile, await readFile(pod.pki.files.clientCert, 'utf8'))
-  await writeFile(files.keyFile, await readFile(pod.pki.files.clientKey, 'utf8'), { mode: 0o600 })
-  const upstream = { protocol, endpoints: [`https://127.0.0.1:${port}`], tls: { ...files, reloadCheckIntervalMs: NO_TICK } }
+  await writeFile(files.caFile, initial.ca)
+  await writeFile(files.certFile, initial.cert)
+  await writeFile(files.keyFile, initial.key, { mode: 0o600 })
+  const upstream = { protocol, endpoints: [endpoint], tls: { ...files, reloadCheckIntervalMs: NO_TICK }, retry: { enabled: false }, connectionsPerEndpoint: 1 }
   const gw = await startGateway({
     models: ['mnist'],
     policies: { mnist: policy },
@@ -91,6 +91,12 @@ async function startFront(t: { teardown(fn: () => unknown): void }, pod: TestGat
     watcher: () => backend().tlsWatcher!,
     infer: async (i) => (await gw.request('/v2/models/mnist/infer', { body: jsonBody([digits[i % digits.length]!]) })).status,
   }
+}
+
+/** A gateway serving mnist from the pod over `protocol`, first with the pod's dev client certificate. */
+async function startFront(t: { teardown(fn: () => unknown): void }, pod: TestGateway, protocol: 'rest' | 'grpc', port: number): Promise<Front> {
+  const [ca, cert, key] = await Promise.all([readFile(pod.pki.files.ca, 'utf8'), readFile(pod.pki.files.clientCert, 'utf8'), readFile(pod.pki.files.clientKey, 'utf8')])
+  return frontOf(t, `https://127.0.0.1:${port}`, protocol, { ca, cert, key })
 }
 
 /** The pod's client-CA bundle replaced by `cas`, and applied by the pod. */
@@ -187,6 +193,8 @@ t.test('reloading or unloading the model stops the old backend watching its file
 interface HeldCall {
   certSha256: string
   socket: TLSSocket
+  /** Resolves when the call's connection closes. */
+  closed: Promise<unknown>
   answer(): void
 }
 
@@ -205,6 +213,7 @@ async function holdingPod(t: { teardown(fn: () => unknown): void }, ca: Certific
       arrived.push({
         certSha256: socket.getPeerX509Certificate()!.fingerprint256,
         socket,
+        closed: once(socket, 'close'),
         answer: () => res.writeHead(200, { 'content-type': 'application/octet-stream', [HEADER_LENGTH]: String(head.byteLength) }).end(Buffer.concat([head, Buffer.from(out.buffer)])),
       })
       changes.notify()
@@ -219,42 +228,40 @@ async function holdingPod(t: { teardown(fn: () => unknown): void }, ca: Certific
   return { endpoint: `https://127.0.0.1:${(pod.address() as AddressInfo).port}`, next: () => changes.until(() => arrived[taken] && arrived[taken++]) }
 }
 
-t.test('REST: a call in flight when the certificate changes finishes on its connection, which closes after it', async (t) => {
-  const ca = await createCa(realDeps, { commonName: 'Holding pod CA' })
-  const pod = await holdingPod(t, ca)
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-upstream-tls-'))
-  t.teardown(() => rm(dir, { recursive: true, force: true }))
-  const files = { caFile: path.join(dir, 'ca.pem'), certFile: path.join(dir, 'client.pem'), keyFile: path.join(dir, 'client-key.pem') }
+/**
+ * A call held by the pod while the gateway's pair changes, then a call after the change: their
+ * certificates are checked, both are answered 200. `beforeAnswer` sees both calls before they are answered.
+ */
+async function heldAcrossChange<C extends { certSha256: string; answer(): void }>(t: Test, protocol: 'rest' | 'grpc', pod: { endpoint: string; next: () => Promise<C> }, ca: CertificateAuthority, beforeAnswer: (held: C, fresh: C) => void): Promise<void> {
   const [first, second] = [await clientOf(ca), await clientOf(ca)]
-  await writeFile(files.caFile, ca.certPem)
-  await writeFile(files.certFile, first.certPem)
-  await writeFile(files.keyFile, first.keyPem, { mode: 0o600 })
-  const upstream = { endpoints: [pod.endpoint], tls: { ...files, reloadCheckIntervalMs: NO_TICK }, retry: { enabled: false } }
-  const gw = await startGateway({ models: ['mnist'], policies: { mnist: policy }, config: { outputPrivacy: { enabled: false }, audit: { durability: 'relaxed' }, models: { serve: [{ name: 'mnist', upstream }] } } })
-  t.teardown(() => gw.close())
-  const watcher = gw.gateway.registry.upstreams()[0]!.backend.tlsWatcher!
-  const infer = (i: number) => gw.request('/v2/models/mnist/infer', { body: jsonBody([digits[i]!]) })
-
-  const inFlight = infer(0)
+  const front = await frontOf(t, pod.endpoint, protocol, { ca: ca.certPem, cert: first.certPem, key: first.keyPem })
+  const inFlight = front.infer(0)
   const held = await pod.next()
-  const closed = once(held.socket, 'close')
   t.equal(held.certSha256, new X509Certificate(first.certPem).fingerprint256, 'the first call presents the first certificate')
 
-  await writeFileAtomic(files.keyFile, second.keyPem, 0o600)
-  await writeFileAtomic(files.certFile, second.certPem)
-  await settled(() => watcher.check())
-  t.equal(watcher.generation, 1, 'the new pair is applied while the first call is held')
+  await writeFileAtomic(front.files.keyFile, second.keyPem, 0o600)
+  await writeFileAtomic(front.files.certFile, second.certPem)
+  await settled(() => front.watcher().check())
+  t.equal(front.watcher().generation, 1, 'the new pair is applied while the first call is held')
 
-  const after = infer(1)
+  const after = front.infer(1)
   const fresh = await pod.next()
   t.equal(fresh.certSha256, new X509Certificate(second.certPem).fingerprint256, 'a call sent after the change presents the new certificate')
-  t.not(fresh.socket, held.socket, 'on a new connection')
+  beforeAnswer(held, fresh)
   fresh.answer()
-  t.equal((await after).status, 200)
-
+  t.equal(await after, 200)
   held.answer()
-  t.equal((await inFlight).status, 200, 'the call in flight across the change is answered')
-  await closed
+  t.equal(await inFlight, 200, 'the call in flight across the change is answered')
+}
+
+t.test('REST: a call in flight when the certificate changes finishes on its connection, which closes after it', async (t) => {
+  const ca = await createCa(realDeps, { commonName: 'Holding pod CA' })
+  let held: HeldCall | null = null
+  await heldAcrossChange(t, 'rest', await holdingPod(t, ca), ca, (first, fresh) => {
+    t.not(fresh.socket, first.socket, 'on a new connection')
+    held = first
+  })
+  await held!.closed
   t.pass('and the old connection closes once its call is done')
 })
 
@@ -281,33 +288,5 @@ async function holdingGrpcPod(t: { teardown(fn: () => unknown): void }, ca: Cert
 
 t.test('gRPC: a call in flight when the certificate changes is answered; a call after it presents the new certificate', async (t) => {
   const ca = await createCa(realDeps, { commonName: 'Holding gRPC pod CA' })
-  const pod = await holdingGrpcPod(t, ca)
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-upstream-tls-'))
-  t.teardown(() => rm(dir, { recursive: true, force: true }))
-  const files = { caFile: path.join(dir, 'ca.pem'), certFile: path.join(dir, 'client.pem'), keyFile: path.join(dir, 'client-key.pem') }
-  const [first, second] = [await clientOf(ca), await clientOf(ca)]
-  await writeFile(files.caFile, ca.certPem)
-  await writeFile(files.certFile, first.certPem)
-  await writeFile(files.keyFile, first.keyPem, { mode: 0o600 })
-  const upstream = { protocol: 'grpc', endpoints: [pod.endpoint], tls: { ...files, reloadCheckIntervalMs: NO_TICK }, retry: { enabled: false }, connectionsPerEndpoint: 1 }
-  const gw = await startGateway({ models: ['mnist'], policies: { mnist: policy }, config: { outputPrivacy: { enabled: false }, audit: { durability: 'relaxed' }, models: { serve: [{ name: 'mnist', upstream }] } } })
-  t.teardown(() => gw.close())
-  const watcher = gw.gateway.registry.upstreams()[0]!.backend.tlsWatcher!
-  const infer = (i: number) => gw.request('/v2/models/mnist/infer', { body: jsonBody([digits[i]!]) })
-
-  const inFlight = infer(0)
-  const held = await pod.next()
-  t.equal(held.certSha256, new X509Certificate(first.certPem).fingerprint256, 'the first call presents the first certificate')
-  await writeFileAtomic(files.keyFile, second.keyPem, 0o600)
-  await writeFileAtomic(files.certFile, second.certPem)
-  await settled(() => watcher.check())
-  t.equal(watcher.generation, 1, 'the new pair is applied while the first call is held')
-
-  const after = infer(1)
-  const fresh = await pod.next()
-  t.equal(fresh.certSha256, new X509Certificate(second.certPem).fingerprint256, 'a call sent after the change presents the new certificate')
-  fresh.answer()
-  t.equal((await after).status, 200)
-  held.answer()
-  t.equal((await inFlight).status, 200, 'the call in flight across the change is answered')
+  await heldAcrossChange(t, 'grpc', await holdingGrpcPod(t, ca), ca, () => {})
 })
