@@ -137,7 +137,11 @@ export class UpstreamTlsWatcher {
       this.lastBad = null // back to the files in use (a bad write undone): a new bad state is logged again
       return 'unchanged'
     }
-    this.deps.apply(next.material)
+    try {
+      this.deps.apply(next.material)
+    } catch (err) {
+      return this.failed(err as Error)
+    }
     this.digest = next.digest
     this.lastBad = null
     this.generation++
