@@ -230,7 +230,7 @@ async function commitSizes(raw: Redis, callers: number): Promise<{ rings: number
     const m = (await raw.keys(`bench:extraction:*:caller-${c}:m`))[0]!
     const version = Number(await raw.hget(m, 'v'))
     for (let v = version - 3; v <= version; v++) {
-      for (const w of parseEntry((await raw.hgetBuffer(m, `l${v}`))!).writes) {
+      for (const w of parseEntry((await raw.hgetBuffer(m, `l${v}`))!, 196).writes) {
         const bytes = w.pairs.slice(1).reduce((n, [, b]) => n + b.length, 0)
         if (w.field.startsWith('c')) sets += bytes
         else rings += bytes

@@ -30,11 +30,71 @@ export const CLASS_HEADER = 48 // count, next, n, sum, sumSq, threshold
 /** Thrown when what Redis sent does not fit the copy: the caller drops the copy and reads whole. */
 export class CopyOutOfStep extends Error {}
 
-/** A field write: its name, whether the field is replaced (not patched), and (offset, bytes) pairs in offset order. */
+/** A field write: its name, whether the field is replaced (not patched), its slots' size, and (offset, bytes) pairs in offset order: the header at 0, then runs of slots. */
 export interface FieldWrite {
   field: string
   reset: boolean
+  slotBytes: number
   pairs: [number, Buffer][]
+}
+
+/**
+ * Field writes in one string, as the commit script reads them and copies get them from the log:
+ * per field its id (UInt32: 0 the distances, k + 1 class k's set), reset (UInt8), header, the
+ * number of runs of consecutive slots (UInt16), then per run its first slot and count (UInt16
+ * each) and their bytes; little-endian. A run's offset within its field says its first slot.
+ */
+export function encodeWrites(writes: readonly FieldWrite[]): Buffer {
+  const parts: Buffer[] = []
+  for (const w of writes) {
+    const klass = w.field !== 'd'
+    const headerBytes = klass ? CLASS_HEADER : RING_HEADER
+    const [[, header], ...runs] = w.pairs as [[number, Buffer], ...[number, Buffer][]]
+    const head = Buffer.alloc(5)
+    head.writeUInt32LE(klass ? Number(w.field.slice(1)) + 1 : 0, 0)
+    head.writeUInt8(w.reset ? 1 : 0, 4)
+    parts.push(head, header, u16s(runs.length))
+    for (const [off, bytes] of runs) {
+      const slotBytes = w.slotBytes
+      parts.push(u16s((off - headerBytes) / slotBytes, bytes.length / slotBytes), bytes)
+    }
+  }
+  return Buffer.concat(parts)
+}
+
+function u16s(...values: number[]): Buffer {
+  const b = Buffer.alloc(2 * values.length)
+  values.forEach((v, i) => b.writeUInt16LE(v, 2 * i))
+  return b
+}
+
+/** The field writes of encodeWrites' string; throws CopyOutOfStep when it is malformed. */
+export function decodeWrites(b: Buffer, dims: number): FieldWrite[] {
+  const writes: FieldWrite[] = []
+  const need = (at: number, n: number) => {
+    if (at + n > b.length) throw new CopyOutOfStep('field writes cut short')
+  }
+  for (let at = 0; at < b.length; ) {
+    need(at, 5)
+    const id = b.readUInt32LE(at)
+    const reset = b.readUInt8(at + 4) === 1
+    const [headerBytes, slotBytes] = id === 0 ? [RING_HEADER, 8] : [CLASS_HEADER, dims]
+    at += 5
+    need(at, headerBytes + 2)
+    const pairs: [number, Buffer][] = [[0, b.subarray(at, at + headerBytes)]]
+    const runs = b.readUInt16LE(at + headerBytes)
+    at += headerBytes + 2
+    for (let r = 0; r < runs; r++) {
+      need(at, 4)
+      const first = b.readUInt16LE(at)
+      const n = b.readUInt16LE(at + 2)
+      need(at + 4, n * slotBytes)
+      pairs.push([headerBytes + first * slotBytes, b.subarray(at + 4, at + 4 + n * slotBytes)])
+      at += 4 + n * slotBytes
+    }
+    writes.push({ field: id === 0 ? 'd' : `c${id - 1}`, reset, slotBytes, pairs })
+  }
+  return writes
 }
 
 /** count and next of a ring field, or null when the bytes are not a ring of `cap` slots of `slot` bytes. */
@@ -202,7 +262,7 @@ export class PradaCopy extends PradaState {
         pairs.push([headerBytes + sorted[r]! * slotBytes, Buffer.concat(sorted.slice(r, end).map(bytes))])
         r = end
       }
-      out.push({ field, reset, pairs })
+      out.push({ field, reset, slotBytes, pairs })
     }
     ring('d', this.resetDistances, Float64Array.of(this.count, this.next), this.distanceSlots, 8, (i) => bytesOf(this.distances, i, 1))
     for (const c of this.batchClasses) {

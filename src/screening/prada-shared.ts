@@ -44,7 +44,7 @@ import { systemClock, type Clock, type RandomSource } from '../deps.ts'
 import { BulwarkError } from '../errors.ts'
 import type { DetectorResult, ScreenBatch, SharedDetector } from './detector.ts'
 import { KeyedQueue } from './keyed-queue.ts'
-import { CLASS_HEADER, CopyOutOfStep, PradaCopy, RING_HEADER, type FieldWrite } from './prada-copy.ts'
+import { CLASS_HEADER, CopyOutOfStep, decodeWrites, encodeWrites, PradaCopy, RING_HEADER, type FieldWrite } from './prada-copy.ts'
 import { argmax, judgeBatch, PRADA_DETECTOR, type PradaOptions } from './prada.ts'
 import { PrincipalStore } from './principal-store.ts'
 import { SHARED_DIGEST_BYTES, sharedDigest, stateKey, stateUnavailable, type ScreeningStore } from './shared-store.ts'
@@ -165,12 +165,11 @@ return reply
 // KEYS: meta, state, claim. ARGV: the epoch and version the writes were computed from ('' and
 // 0: no state yet), TTL (ms), the request's claim token ('' without one), windowSize, dims,
 // growingSetPerClass, this replica's stash field, '1' when the read found new queries (their
-// digests are in the stash) or '0', then per field: name, reset ('1': the field is replaced),
-// n, and n pairs (offset in the field, bytes). Returns {epoch, version} of the state written,
-// or {} without writing when the version moved on, another request holds the claim, or the
-// stash is not the one of this epoch and version. The commit's log entry (meta's l<version>)
-// is the version and the field writes, each piece preceded by its length (4 bytes,
-// big-endian); the digests the stash writes are not in it (copies never read them).
+// digests are in the stash) or '0', then the field writes in one string (prada-copy.ts
+// encodeWrites). Returns {epoch, version} of the state written, or {} without writing when the
+// version moved on, another request holds the claim, or the stash is not the one of this epoch
+// and version. The commit's log entry (meta's l<version>) is the version (Float64) and the
+// field writes as sent; the digests the stash writes are not in it (copies never read them).
 const COMMIT_SCRIPT = `
 local meta, state, claimKey = KEYS[1], KEYS[2], KEYS[3]
 local claim = redis.call('GET', claimKey)
@@ -178,6 +177,28 @@ if claim and claim ~= ARGV[4] then return {} end
 local e = redis.call('HGET', meta, 'e') or ''
 local v = tonumber(redis.call('HGET', meta, 'v') or '0')
 if e ~= ARGV[1] or v ~= tonumber(ARGV[2]) then return {} end
+local W, dims, G = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+-- The writes, read whole before anything is written: per field its id (0: the distances, k + 1:
+-- class k), reset flag, header, then runs of slots (first slot, count, their bytes).
+local blob, writes, at = ARGV[10] or '', {}, 1
+while at <= #blob do
+  local id, hb, sb, cap, _
+  id, _, at = struct.unpack('<I4B', blob, at) -- the reset flag is for copies
+  if id == 0 then hb, sb, cap = ${RING_HEADER}, 8, W else hb, sb, cap = ${CLASS_HEADER}, dims, G end
+  local w = {id = id, header = string.sub(blob, at, at + hb - 1), runs = {}}
+  if #w.header ~= hb then return redis.error_reply('commit: a write is cut short') end
+  at = at + hb
+  local runs
+  runs, at = struct.unpack('<H', blob, at)
+  for r = 1, runs do
+    local first, n
+    first, n, at = struct.unpack('<HH', blob, at)
+    if first + n > cap or at + n * sb - 1 > #blob then return redis.error_reply('commit: a write does not fit its field') end
+    w.runs[r] = {hb + first * sb, string.sub(blob, at, at + n * sb - 1)}
+    at = at + n * sb
+  end
+  writes[#writes + 1] = w
+end
 local stash = redis.call('HGET', meta, ARGV[8])
 if stash then redis.call('HDEL', meta, ARGV[8]) end
 if ARGV[9] == '1' and not (stash and struct.unpack('<d', stash) == v and string.sub(stash, 9, 24) == string.format('%-16s', e)) then return {} end
@@ -187,9 +208,6 @@ if e == '' then
   e = string.format('%010d%06d', tonumber(now[1]), tonumber(now[2]))
 end
 v = v + 1
-local W, dims, G = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local function lp(x) return struct.pack('>I4', #x) .. x end
-local entry = {lp(tostring(v))}
 if ARGV[9] == '1' then
   local S0 = ${RING_HEADER} + 8 * W
   for at = 25 + ${RING_HEADER}, #stash, 4 + ${SHARED_DIGEST_BYTES} do
@@ -197,28 +215,21 @@ if ARGV[9] == '1' then
   end
   redis.call('SETRANGE', state, S0, string.sub(stash, 25, 24 + ${RING_HEADER}))
 end
-local a = 10
-while a <= #ARGV do
-  local field, n = ARGV[a], tonumber(ARGV[a + 2])
-  entry[#entry + 1] = lp(field) .. lp(ARGV[a + 1]) .. lp(ARGV[a + 2])
+for _, w in ipairs(writes) do
   local base = 0
-  if field ~= 'd' then
+  if w.id > 0 then
     -- A class's set lives in a region of its own, handed out when the class first comes.
-    local r = redis.call('HGET', meta, 'r' .. string.sub(field, 2))
+    local r = redis.call('HGET', meta, 'r' .. (w.id - 1))
     if not r then
       r = redis.call('HINCRBY', meta, 'n', 1) - 1
-      redis.call('HSET', meta, 'r' .. string.sub(field, 2), r)
+      redis.call('HSET', meta, 'r' .. (w.id - 1), r)
     end
     base = 2 * ${RING_HEADER} + ${8 + SHARED_DIGEST_BYTES} * W + tonumber(r) * (${CLASS_HEADER} + G * dims)
   end
-  a = a + 3
-  for j = 1, n do
-    entry[#entry + 1] = lp(ARGV[a]) .. lp(ARGV[a + 1])
-    redis.call('SETRANGE', state, base + tonumber(ARGV[a]), ARGV[a + 1])
-    a = a + 2
-  end
+  redis.call('SETRANGE', state, base, w.header)
+  for _, run in ipairs(w.runs) do redis.call('SETRANGE', state, base + run[1], run[2]) end
 end
-redis.call('HSET', meta, 'e', e, 'v', tostring(v), 'l' .. v, table.concat(entry))
+redis.call('HSET', meta, 'e', e, 'v', tostring(v), 'l' .. v, struct.pack('<d', v) .. blob)
 if v > ${LOG_COMMITS} then redis.call('HDEL', meta, 'l' .. (v - ${LOG_COMMITS})) end
 redis.call('PEXPIRE', meta, ARGV[3])
 redis.call('PEXPIRE', state, ARGV[3])
@@ -232,38 +243,9 @@ interface Scripts {
 }
 
 /** A log entry: the version it made and its field writes; throws CopyOutOfStep when malformed. */
-export function parseEntry(entry: Buffer): { version: number; writes: FieldWrite[] } {
-  const pieces: Buffer[] = []
-  for (let at = 0; at < entry.length; ) {
-    if (at + 4 > entry.length) throw new CopyOutOfStep('log entry cut short')
-    const n = entry.readUInt32BE(at)
-    if (at + 4 + n > entry.length) throw new CopyOutOfStep('log entry cut short')
-    pieces.push(entry.subarray(at + 4, at + 4 + n))
-    at += 4 + n
-  }
-  const version = Number(pieces[0]?.toString('latin1'))
-  const writes: FieldWrite[] = []
-  for (let i = 1; i < pieces.length; ) {
-    const field = pieces[i]!.toString('latin1')
-    const reset = pieces[i + 1]?.toString('latin1') === '1'
-    const n = Number(pieces[i + 2]?.toString('latin1'))
-    if (!Number.isInteger(n) || n < 0 || i + 3 + 2 * n > pieces.length) throw new CopyOutOfStep('log entry malformed')
-    const pairs: [number, Buffer][] = []
-    for (let j = 0; j < n; j++) pairs.push([Number(pieces[i + 3 + 2 * j]!.toString('latin1')), pieces[i + 4 + 2 * j]!])
-    writes.push({ field, reset, pairs })
-    i += 3 + 2 * n
-  }
-  return { version, writes }
-}
-
-/** The script's arguments for the writes: per field its name, reset flag, count and pairs. */
-function commitArgs(writes: readonly FieldWrite[]): (string | number | Buffer)[] {
-  const out: (string | number | Buffer)[] = []
-  for (const w of writes) {
-    out.push(w.field, w.reset ? '1' : '0', w.pairs.length)
-    for (const [off, bytes] of w.pairs) out.push(off, bytes)
-  }
-  return out
+export function parseEntry(entry: Buffer, dims: number): { version: number; writes: FieldWrite[] } {
+  if (entry.length < 8) throw new CopyOutOfStep('log entry cut short')
+  return { version: entry.readDoubleLE(0), writes: decodeWrites(entry.subarray(8), dims) }
 }
 
 export function createSharedPradaDetector(o: PradaOptions, model: string, store: ScreeningStore, random: RandomSource, clock: Clock = systemClock): SharedDetector {
@@ -314,7 +296,7 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
     const payload = reply.slice(5, 5 + n)
     if (mode === 'l') {
       for (const entry of payload) {
-        const e = parseEntry(entry ?? Buffer.alloc(0))
+        const e = parseEntry(entry ?? Buffer.alloc(0), dims)
         if (e.version !== copy.version + 1) throw new CopyOutOfStep(`log entry ${e.version} after version ${copy.version}`)
         copy.apply(e.writes)
         copy.version = e.version
@@ -364,7 +346,7 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
     }
     let reply: Buffer[]
     try {
-      reply = await redis.bulwarkPradaCommitBuffer(3, `${base}:m`, `${base}:x`, `${base}:claim`, copy.epoch, copy.version, store.ttlMs, token, o.windowSize, dims, o.growingSetPerClass, stash, fresh ? '1' : '0', ...commitArgs(writes))
+      reply = await redis.bulwarkPradaCommitBuffer(3, `${base}:m`, `${base}:x`, `${base}:claim`, copy.epoch, copy.version, store.ttlMs, token, o.windowSize, dims, o.growingSetPerClass, stash, fresh ? '1' : '0', encodeWrites(writes))
     } catch (err) {
       copy.clear() // the commit may or may not have been made: read whole next time
       copies.settle(batch.principal)
