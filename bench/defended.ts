@@ -19,7 +19,7 @@ import { DEV_AUDIENCE, DEV_DIR, DEV_ISSUER } from '../src/config/security.ts'
 import { loadSigningKey, mintToken } from '../src/dev/mint-token.ts'
 import { devPkiPaths } from '../src/dev/pki.ts'
 import { diffScrapes, parseScrape, type Breakdown } from '../src/loadtest/breakdown.ts'
-import { freePort } from '../kit/gateway-process.ts'
+import { freePort, profilingArgs } from '../kit/gateway-process.ts'
 import { repoRoot } from '../kit/paths.ts'
 import { binaryRequest, ocrImage, type LoadRequest } from '../kit/payloads.ts'
 import { closedLoop, type LoadResult } from './load.ts'
@@ -52,7 +52,7 @@ async function serveBundled(): Promise<Served> {
   const dir = mkdtempSync(path.join(tmpdir(), 'bulwark-defended-'))
   for (const f of ['models', 'policies']) symlinkSync(path.join(repoRoot, f), path.join(dir, f))
   const [api, admin, grpc] = [await freePort(), await freePort(), await freePort()]
-  const child = spawn(process.execPath, [path.join(repoRoot, 'bin/bulwark.js'), 'serve', '--listen', `127.0.0.1:${api}`, '--admin', `127.0.0.1:${admin}`, '--grpc', `127.0.0.1:${grpc}`], {
+  const child = spawn(process.execPath, [...profilingArgs(), path.join(repoRoot, 'bin/bulwark.js'), 'serve', '--listen', `127.0.0.1:${api}`, '--admin', `127.0.0.1:${admin}`, '--grpc', `127.0.0.1:${grpc}`], {
     cwd: dir,
     env: { ...process.env, BULWARK_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'ignore', 'inherit'],

@@ -21,6 +21,15 @@ export async function freePort(): Promise<number> {
   })
 }
 
+/**
+ * BULWARK_CPU_PROF_DIR: every gateway a bench or test starts writes a V8 CPU profile there when
+ * it stops (how a bench's gateway is profiled under the bench's own load): node's arguments for it.
+ */
+export function profilingArgs(): string[] {
+  const dir = process.env.BULWARK_CPU_PROF_DIR
+  return dir ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : []
+}
+
 export interface GatewayProcess {
   child: ChildProcess
   apiPort: number
@@ -57,10 +66,7 @@ export async function startGateway(
   writeFileSync(file, stringify(full))
   // The IPC channel carries one message: `bulwark serve` says when both listeners are bound
   // (src/cli.ts), so nothing here polls the admin port.
-  // BULWARK_CPU_PROF_DIR: every gateway started here writes a V8 CPU profile there when it
-  // stops (how a bench's gateway is profiled under the bench's own load).
-  const profiling = process.env.BULWARK_CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BULWARK_CPU_PROF_DIR}`] : []
-  const child = spawn(process.execPath, [...profiling, ...(opts.nodeArgs ?? []), path.join(repoRoot, 'bin/bulwark.js'), 'serve', '--config', file], {
+  const child = spawn(process.execPath, [...profilingArgs(), ...(opts.nodeArgs ?? []), path.join(repoRoot, 'bin/bulwark.js'), 'serve', '--config', file], {
     cwd: dir,
     env: { ...process.env, BULWARK_LOG_LEVEL: opts.logLevel ?? 'warn', ...opts.env },
     stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
