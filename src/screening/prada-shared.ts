@@ -193,9 +193,22 @@ while at <= #blob do
   for r = 1, runs do
     local first, n
     first, n, at = struct.unpack('<HH', blob, at)
-    if first + n > cap or at + n * sb - 1 > #blob then return redis.error_reply('commit: a write does not fit its field') end
-    w.runs[r] = {hb + first * sb, string.sub(blob, at, at + n * sb - 1)}
-    at = at + n * sb
+    if first + n > cap then return redis.error_reply('commit: a write does not fit its field') end
+    if id == 0 then
+      w.runs[r] = {hb + first * sb, string.sub(blob, at, at + n * sb - 1)}
+      at = at + n * sb
+      if at - 1 > #blob then return redis.error_reply('commit: a write is cut short') end
+    else
+      -- Pooled queries, zero-run coded: (zeros, literals) pairs, then the literals.
+      local cells, filled = {}, 0
+      while filled < n * dims do
+        local z, l = string.byte(blob, at, at + 1)
+        if not l or z + l == 0 or filled % dims + z + l > dims or at + 1 + l > #blob then return redis.error_reply('commit: a pooled query is malformed') end
+        cells[#cells + 1] = string.rep('\\0', z) .. string.sub(blob, at + 2, at + 1 + l)
+        filled, at = filled + z + l, at + 2 + l
+      end
+      w.runs[r] = {hb + first * sb, table.concat(cells)}
+    end
   end
   writes[#writes + 1] = w
 end
