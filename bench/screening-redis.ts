@@ -26,6 +26,7 @@ import { loadMnist } from '../models/mnist/data.ts'
 import type { SharedDetector } from '../src/screening/detector.ts'
 import { poolingEncoder } from '../src/screening/encoder.ts'
 import { createSharedPradaDetector, parseEntry } from '../src/screening/prada-shared.ts'
+import { zeroRuns } from '../src/screening/prada-copy.ts'
 import type { PradaOptions } from '../src/screening/prada.ts'
 import { cryptoRandom } from '../src/deps.ts'
 import { createSharedCallersIndexDetector } from '../src/screening/stateful-callers.ts'
@@ -158,9 +159,11 @@ export async function screeningRedisRows(log: (s: string) => void): Promise<Row[
 }
 
 // The extraction detector (src/screening/prada-shared.ts): two round trips a request (read
-// what the replica's copy lacks, then commit the slots written). Its callers' requests
-// alternate between the replicas (each request's copy is one commit behind), which the rows
-// above do not do.
+// what the replica's copy lacks, sending the request's digests: Redis tells exact repeats and
+// keeps the new digests; then commit the slots written, pooled queries zero-run coded). Its
+// callers' requests alternate between the replicas (each request's copy is one commit behind),
+// which the rows above do not do. A 64-digit request's figure is its digests going in, its
+// commit going in and the other replica's commit coming back.
 const EX_CALLERS = 64
 const EX_FILL = 1_152 // 18 batches of 64 distinct digits per caller: windowSize 1,000 distances
 const EX_MEASURED = 256
@@ -174,11 +177,11 @@ interface ExtractionMeasured {
   batchBytes: number
   coldBytes: number
   coldBatchBytes: number
-  /** Per 64-digit commit: bytes of ring slots (distances, digests) and of pooled queries that joined a set. */
-  batchWrites: { rings: number; sets: number }
+  /** Per 64-digit commit: bytes of the whole commit as sent (and logged), of distances, and of pooled queries that joined a set (raw and as sent). */
+  batchWrites: { entry: number; rings: number; sets: number; setsSent: number }
 }
 
-async function measureExtraction(replicas: SharedDetector[], clients: Redis[], raw: Redis): Promise<ExtractionMeasured> {
+async function measureExtraction(replicas: SharedDetector[], clients: Redis[], raw: Redis, dims: number): Promise<ExtractionMeasured> {
   const { images, labels } = loadMnist().test
   const cursor = new Array<number>(EX_CALLERS).fill(0)
   // Each caller its own walk through the held-out digits (a stride prime to their number, so
@@ -212,7 +215,7 @@ async function measureExtraction(replicas: SharedDetector[], clients: Redis[], r
   const batchStart = both()
   for (let i = 0; i < 16; i++) await send(i % 4, replicas[Math.floor(i / 4) % 2]!, 64)
   const batchBytes = (both() - batchStart) / 16
-  const batchWrites = await commitSizes(raw, 4)
+  const batchWrites = await commitSizes(raw, 4, dims)
   const coldStart = socketBytes(clients[2]!)
   await send(10, replicas[2]!, 1)
   const coldBytes = socketBytes(clients[2]!) - coldStart
@@ -222,22 +225,27 @@ async function measureExtraction(replicas: SharedDetector[], clients: Redis[], r
   return { bytes: bytes / EX_MEASURED, maxBytes, roundTrips: (after.calls - before.calls) / EX_MEASURED, usec: (after.usec - before.usec) / EX_MEASURED, loadedBytes, batchBytes, coldBytes, coldBatchBytes, batchWrites }
 }
 
-/** Mean bytes written per commit, ring slots and set slots apart, over the last commit of callers 0 to 3 in the log. */
-async function commitSizes(raw: Redis, callers: number): Promise<{ rings: number; sets: number }> {
-  let rings = 0
-  let sets = 0
+/** Mean bytes per commit over the last 4 commits of callers 0 to callers-1 in the log: the whole entry, distances, pooled queries (raw, and zero-run coded as sent). */
+async function commitSizes(raw: Redis, callers: number, dims: number): Promise<ExtractionMeasured['batchWrites']> {
+  const sum = { entry: 0, rings: 0, sets: 0, setsSent: 0 }
   for (let c = 0; c < callers; c++) {
     const m = (await raw.keys(`bench:extraction:*:caller-${c}:m`))[0]!
     const version = Number(await raw.hget(m, 'v'))
     for (let v = version - 3; v <= version; v++) {
-      for (const w of parseEntry((await raw.hgetBuffer(m, `l${v}`))!, 196).writes) {
-        const bytes = w.pairs.slice(1).reduce((n, [, b]) => n + b.length, 0)
-        if (w.field.startsWith('c')) sets += bytes
-        else rings += bytes
+      const entry = (await raw.hgetBuffer(m, `l${v}`))!
+      sum.entry += entry.length
+      for (const w of parseEntry(entry, dims).writes) {
+        const slots = w.pairs.slice(1).flatMap(([, b]) => Array.from({ length: b.length / w.slotBytes }, (_, i) => b.subarray(i * w.slotBytes, (i + 1) * w.slotBytes)))
+        if (w.field === 'd') sum.rings += slots.length * w.slotBytes
+        else {
+          sum.sets += slots.length * w.slotBytes
+          sum.setsSent += slots.reduce((n, cells) => n + zeroRuns(cells).length, 0)
+        }
       }
     }
   }
-  return { rings: rings / (4 * callers), sets: sets / (4 * callers) }
+  const n = 4 * callers
+  return { entry: sum.entry / n, rings: sum.rings / n, sets: sum.sets / n, setsSent: sum.setsSent / n }
 }
 
 async function extractionRows(open: (prefix: string) => Promise<Redis>, raw: Redis, ttlMs: number, log: (s: string) => void): Promise<Row[]> {
@@ -262,6 +270,7 @@ async function extractionRows(open: (prefix: string) => Promise<Redis>, raw: Red
     clients.map((c) => createSharedPradaDetector(o, 'mnist', { redis: c, ttlMs }, cryptoRandom)),
     clients,
     raw,
+    o.encoder.dims,
   )
   const memory = Number(/used_memory:(\d+)/.exec(await raw.info('memory'))?.[1]) - memoryBefore
   const kib = (b: number) => (b / 1024).toFixed(2)
@@ -272,7 +281,7 @@ async function extractionRows(open: (prefix: string) => Promise<Redis>, raw: Red
       itemsPerSec: NaN,
       note:
         `${kib(m.bytes)} KiB sent+received per single-digit request (max ${kib(m.maxBytes)} KiB), ${m.roundTrips.toFixed(2)} round trips, Redis CPU ${m.usec.toFixed(0)} us; ` +
-        `with 64 in flight per replica ${kib(m.loadedBytes)} KiB; a 64-digit request ${(m.batchBytes / 1024).toFixed(1)} KiB (its commit writes ${(m.batchWrites.rings / 1024).toFixed(1)} KiB of ring slots and ${(m.batchWrites.sets / 1024).toFixed(1)} KiB of pooled queries that joined a set, and the other replica's comes back); windowSize ${o.windowSize}, growingSetPerClass ${o.growingSetPerClass}, ` +
+        `with 64 in flight per replica ${kib(m.loadedBytes)} KiB; a 64-digit request ${(m.batchBytes / 1024).toFixed(1)} KiB (its 64 digests go in, 1 KiB; its commit, ${(m.batchWrites.entry / 1024).toFixed(1)} KiB, goes in: ${(m.batchWrites.rings / 1024).toFixed(1)} KiB of distances and ${(m.batchWrites.setsSent / 1024).toFixed(1)} KiB of pooled queries that joined a set, zero-run coded from ${(m.batchWrites.sets / 1024).toFixed(1)} KiB; the other replica's commit comes back); windowSize ${o.windowSize}, growingSetPerClass ${o.growingSetPerClass}, ` +
         `2 replicas taking turns per caller, ${EX_CALLERS} callers, ${EX_FILL} digits each first; a replica's first request for a caller (no copy yet): ${(m.coldBytes / 1024).toFixed(0)} KiB single-digit, ${(m.coldBatchBytes / 1024).toFixed(0)} KiB 64-digit`,
     },
     { group: GROUP, scenario: 'Redis memory of shared extraction state', itemsPerSec: NaN, note: `${(memory / 2 ** 20).toFixed(1)} MiB used for ${EX_CALLERS} callers' states (${(memory / EX_CALLERS / 1024).toFixed(0)} KiB each) and their change logs` },

@@ -10,7 +10,10 @@
 // slots the same request overwrites, queries of the same request, and queries another
 // replica's request took between a read and its commit: after every request the result, the
 // distances and the digests' ring in Redis (each slot's digest, count and next) are those of
-// the in-process state judging the same requests in Redis's commit order.
+// the in-process state judging the same requests in Redis's commit order. Pooled queries of 784
+// cells with runs of zeros and of other values longer than 255 (the coding's counts) reach
+// Redis and other replicas as they were: a third replica reading whole gives the in-process
+// results, and the coding round-trips.
 
 import t from 'tap'
 import { socketBytes } from '../../bench/screening-redis.ts'
@@ -22,7 +25,8 @@ import { keyedDigester } from '../../src/screening/digest.ts'
 import { poolingEncoder } from '../../src/screening/encoder.ts'
 import { createPradaDetector, judgeBatch, PradaState, type PradaOptions } from '../../src/screening/prada.ts'
 import { createSharedPradaDetector, LOG_COMMITS, OPTIMISTIC_ATTEMPTS } from '../../src/screening/prada-shared.ts'
-import { sharedDigest } from '../../src/screening/shared-store.ts'
+import { cellBytes, sharedDigest } from '../../src/screening/shared-store.ts'
+import { decodeWrites, encodeWrites } from '../../src/screening/prada-copy.ts'
 import { weights } from './cnn-runner.ts'
 import { MNIST_LAYOUT, seededRandom } from './helpers.ts'
 import { sharedScreeningRedis } from './replicas.ts'
@@ -276,5 +280,38 @@ if (redis) {
     t.equal(commits, 2, 'the first commit lost the race, the second went through')
     t.same(mismatches, [], `${requests} requests: results, distances and digests as in process`)
     t.ok(repeats >= 20 && judged >= 15, `in process: ${repeats} queries were repeats, ${judged} results tested the window`)
+  })
+
+  t.test('pooled queries of 784 cells, runs past 255: Redis and a replica reading whole get them as written', async (t) => {
+    const states = await replicas.open('long', 3)
+    const encoder = poolingEncoder(MNIST_LAYOUT, 1)
+    const opts = options({ encoder, windowSize: 50, minQueries: 5, warmupPerClass: 2, growingSetPerClass: 10 })
+    const [a, b, cold] = states.map((s) => createSharedPradaDetector(opts, 'mnist', { redis: s.client, ttlMs: HOUR }, cryptoRandom))
+    const one = createPradaDetector(opts)
+    const made = [
+      new Float32Array(784),
+      new Float32Array(784).fill(1),
+      Float32Array.from({ length: 784 }, (_, i) => (i % 2 ? 0 : 0.5)),
+      Float32Array.from({ length: 784 }, (_, i) => (i < 300 ? 0 : i < 600 ? 0.25 : 0)),
+      Float32Array.from({ length: 784 }, (_, i) => (i % 7 === 0 ? 0 : 0.75)),
+    ]
+    const inputs = [...made, ...Array.from({ length: 40 }, (_, i) => images[(7_919 * (i + 900)) % images.length]!)]
+    const p = inputs.map((x) => forward(weights, x).probs)
+    const batch = (at: number[]) => ({ principal: 'caller', items: at.map((i) => inputs[i]!), probabilities: at.map((i) => p[i]!) })
+    let differs = 0
+    const order = [[0, 1, 2, 3, 4], [5, 6, 7, 8], [9, 10], [0, 11, 12], [13, 14, 15, 16, 17, 18]]
+    for (let q = 0; q < 30; q++) {
+      const at = order[q] ?? [(q * 3) % inputs.length, (q * 5 + 1) % inputs.length]
+      const d = q % 2 ? a! : b!
+      if (JSON.stringify(one.inspect({ ...batch(at), digests: at.map((i) => digestOf(inputs[i]!)) })) !== JSON.stringify(await d.inspect({ ...batch(at), digests: [] }))) differs++
+    }
+    const last = [3, 1, 20, 21]
+    const coldResult = await cold!.inspect({ ...batch(last), digests: [] })
+    t.equal(differs, 0, 'replicas taking turns: every result the same')
+    t.same(coldResult, one.inspect({ ...batch(last), digests: last.map((i) => digestOf(inputs[i]!)) }), 'a replica with no copy, reading every set whole: the in-process result')
+    const cells = made.map((x) => cellBytes(encoder.encode(x)))
+    const writes = [{ field: 'c7', reset: false, slotBytes: 784, pairs: [[0, Buffer.alloc(48, 1)], [48 + 3 * 784, Buffer.concat(cells)]] as [number, Buffer][] }]
+    t.same(decodeWrites(encodeWrites(writes), 784), writes, 'the coding round-trips')
+    t.ok(encodeWrites(writes).length < 48 + cells.length * 784, 'and is shorter')
   })
 }
