@@ -5,12 +5,13 @@
 // Layout, per model and principal, under
 // `<prefix>screening:extraction:<model>:w<windowSize>g<growingSetPerClass>d<dims>u8:<principal>`:
 //   :m      hash: e (epoch: Redis TIME when the state was created), v (version: one up per
-//           commit), per class k seen r<k> (its set's region in :x), and l<version>: the field
-//           writes of each of the last LOG_COMMITS commits
+//           commit), per class k seen r<k> (its set's region in :x), l<version>: the field
+//           writes of each of the last LOG_COMMITS commits, and per replica q<id>: the digests
+//           its last read found new, for its commit to write (READ_SCRIPT)
 //   :x      one string, each field of prada-copy.ts at a fixed place: the distances (a header
 //           and windowSize Float64), the digests of the distinct queries (a header and
-//           windowSize 16-byte slots), then one region per class: a header and
-//           growingSetPerClass pooled queries at one byte a value. Never raw inputs.
+//           windowSize 16-byte slots; only Redis reads them), then one region per class: a
+//           header and growingSetPerClass pooled queries at one byte a value. Never raw inputs.
 //   :claim  which request may commit next while replicas contend (below)
 // Every commit renews the TTL (ttlMs) of :m and :x, so they expire together, ttlMs after the
 // caller's last new query. Two keys a script keeps the key names, which carry the principal,
@@ -20,11 +21,13 @@
 // Each replica keeps a copy of the states of the principals it judged lately (prada-copy.ts;
 // bounded like the in-process store: maxPrincipals, maxStoredQueries, least recently seen
 // forgotten first), tagged with the epoch and version it is. A request reads with one script
-// (READ_SCRIPT) that gets the copy's tag and returns only the version when the copy is
-// current, the writes of the commits since when the log reaches back that far, or else the
-// whole state; plus the whole set of each class the batch was predicted as that the copy does
-// not hold (a copy holds only the classes its requests needed). The replica brings its copy up
-// to date, judges the batch on it with the in-process code (prada.ts judgeBatch), and commits
+// (READ_SCRIPT) that gets the copy's tag and the request's digests, says which queries are
+// exact repeats, and returns only the version when the copy is current, the writes of the
+// commits since when the log reaches back that far, or else the whole distances; plus the
+// whole set of each class the batch was predicted as that the copy does not hold (a copy holds
+// only the classes its requests needed). Digests go in once and never come back: copies hold
+// none. The replica brings its copy up to date, judges the batch on it with the in-process
+// code (prada.ts judgeBatch) and Redis's answers, and commits
 // the slots the judgement wrote with a script (COMMIT_SCRIPT) that first checks the version:
 // if another request committed since, nothing is written, the copy's journal undoes the
 // judgement (the copy is again the version it read) and the request reads and judges again.
@@ -261,6 +264,33 @@ export function parseEntry(entry: Buffer, dims: number): { version: number; writ
   return { version: entry.readDoubleLE(0), writes: decodeWrites(entry.subarray(8), dims) }
 }
 
+/** Brings the copy to the state READ_SCRIPT's reply tells, and returns its answers (new: true); throws CopyOutOfStep when the log does not fit the copy. */
+function applyRead(copy: PradaCopy, reply: (Buffer | null)[], classes: readonly number[], held: readonly boolean[], dims: number): boolean[] {
+  const epoch = reply[0]!.toString('latin1')
+  const version = Number(reply[1]!.toString('latin1'))
+  const answers = [...reply[2]!.toString('latin1')].map((a) => a === '1')
+  const mode = reply[3]!.toString('latin1')
+  const n = Number(reply[4]!.toString('latin1'))
+  const payload = reply.slice(5, 5 + n)
+  if (mode === 'l') {
+    for (const entry of payload) {
+      const e = parseEntry(entry ?? Buffer.alloc(0), dims)
+      if (e.version !== copy.version + 1) throw new CopyOutOfStep(`log entry ${e.version} after version ${copy.version}`)
+      copy.apply(e.writes)
+      copy.version = e.version
+    }
+    if (copy.version !== version) throw new CopyOutOfStep(`the log ends at ${copy.version}, the state is ${version}`)
+  } else if (mode === 'w') {
+    copy.clear()
+    copy.restoreDistances(payload[0] ?? null)
+  }
+  const sent = classes.filter((_, i) => mode === 'w' || !held[i])
+  sent.forEach((c, i) => copy.restoreClass(c, reply[5 + n + i] ?? null))
+  copy.epoch = epoch
+  copy.version = version
+  return answers
+}
+
 export function createSharedPradaDetector(o: PradaOptions, model: string, store: ScreeningStore, random: RandomSource, clock: Clock = systemClock): SharedDetector {
   const dims = o.encoder.dims
   const shape = `w${o.windowSize}g${o.growingSetPerClass}d${dims}u8`
@@ -301,29 +331,7 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
     } catch (err) {
       throw unavailable(err)
     }
-    const epoch = reply[0]!.toString('latin1')
-    const version = Number(reply[1]!.toString('latin1'))
-    const answers = [...reply[2]!.toString('latin1')].map((a) => a === '1')
-    const mode = reply[3]!.toString('latin1')
-    const n = Number(reply[4]!.toString('latin1'))
-    const payload = reply.slice(5, 5 + n)
-    if (mode === 'l') {
-      for (const entry of payload) {
-        const e = parseEntry(entry ?? Buffer.alloc(0), dims)
-        if (e.version !== copy.version + 1) throw new CopyOutOfStep(`log entry ${e.version} after version ${copy.version}`)
-        copy.apply(e.writes)
-        copy.version = e.version
-      }
-      if (copy.version !== version) throw new CopyOutOfStep(`the log ends at ${copy.version}, the state is ${version}`)
-    } else if (mode === 'w') {
-      copy.clear()
-      copy.restoreDistances(payload[0] ?? null)
-    }
-    const sent = classes.filter((_, i) => mode === 'w' || !held[i])
-    sent.forEach((c, i) => copy.restoreClass(c, reply[5 + n + i] ?? null))
-    copy.epoch = epoch
-    copy.version = version
-    return answers
+    return applyRead(copy, reply, classes, held, dims)
   }
 
   /**
