@@ -42,6 +42,7 @@
 // holder's write is accepted, and the write ends it. A replica that dies holding a claim
 // delays the others by the lease at most.
 
+import { createHash } from 'node:crypto'
 import type { Redis } from 'ioredis'
 import { systemClock, type Clock, type RandomSource } from '../deps.ts'
 import { BulwarkError } from '../errors.ts'
@@ -88,8 +89,11 @@ end
 // remembered and its slot not overwritten since. Only the ring's used slots are searched, at
 // slot boundaries. What the new queries write (their digests at the slots they take, then the
 // ring's header) is left as this replica's stash in meta, with the epoch and version it was
-// computed at; the commit applies it if the version is still that one. A replica judges one
-// request of a principal at a time (a queue), so one stash field per replica is enough.
+// computed at and the SHA-1 of the request's digests (its first 16 hex digits); the commit
+// applies it if all three are still its own. A replica judges one request of a principal at a
+// time (a queue), so one stash field per replica is enough; replicas whose ids collide (one
+// seeded random source) may overwrite each other's stash, but a stash is a function of those
+// three, so a commit never writes digests its request did not judge with.
 const READ_SCRIPT = `${RING_LUA}
 local meta, state = KEYS[1], KEYS[2]
 local e = redis.call('HGET', meta, 'e') or ''
@@ -150,7 +154,7 @@ for j = 0, string.len(digests) / D - 1 do
   end
 end
 if #stash > 0 then
-  redis.call('HSET', meta, ARGV[7], struct.pack('<d', v) .. string.format('%-16s', e) .. struct.pack('<dd', count, next) .. table.concat(stash))
+  redis.call('HSET', meta, ARGV[7], struct.pack('<d', v) .. string.format('%-16s', e) .. string.sub(redis.sha1hex(digests), 1, 16) .. struct.pack('<dd', count, next) .. table.concat(stash))
   if redis.call('PTTL', meta) < 0 then redis.call('PEXPIRE', meta, ARGV[6]) end
 end
 local reply = {e, tostring(v), table.concat(answers), mode, tostring(#payload)}
@@ -167,8 +171,9 @@ return reply
 
 // KEYS: meta, state, claim. ARGV: the epoch and version the writes were computed from ('' and
 // 0: no state yet), TTL (ms), the request's claim token ('' without one), windowSize, dims,
-// growingSetPerClass, this replica's stash field, '1' when the read found new queries (their
-// digests are in the stash) or '0', then the field writes in one string (prada-copy.ts
+// growingSetPerClass, this replica's stash field, when the read found new queries (their
+// digests are in the stash) the first 16 hex digits of the SHA-1 of the request's digests,
+// else '0', then the field writes in one string (prada-copy.ts
 // encodeWrites). Returns {epoch, version} of the state written, or {} without writing when the
 // version moved on, another request holds the claim, or the stash is not the one of this epoch
 // and version. The commit's log entry (meta's l<version>) is the version (Float64) and the
@@ -217,19 +222,19 @@ while at <= #blob do
 end
 local stash = redis.call('HGET', meta, ARGV[8])
 if stash then redis.call('HDEL', meta, ARGV[8]) end
-if ARGV[9] == '1' and not (stash and struct.unpack('<d', stash) == v and string.sub(stash, 9, 24) == string.format('%-16s', e)) then return {} end
+if ARGV[9] ~= '0' and not (stash and struct.unpack('<d', stash) == v and string.sub(stash, 9, 40) == string.format('%-16s', e) .. ARGV[9]) then return {} end
 if e == '' then
   redis.call('DEL', meta, state)
   local now = redis.call('TIME')
   e = string.format('%010d%06d', tonumber(now[1]), tonumber(now[2]))
 end
 v = v + 1
-if ARGV[9] == '1' then
+if ARGV[9] ~= '0' then
   local S0 = ${RING_HEADER} + 8 * W
-  for at = 25 + ${RING_HEADER}, #stash, 4 + ${SHARED_DIGEST_BYTES} do
+  for at = 41 + ${RING_HEADER}, #stash, 4 + ${SHARED_DIGEST_BYTES} do
     redis.call('SETRANGE', state, S0 + ${RING_HEADER} + struct.unpack('<I4', stash, at) * ${SHARED_DIGEST_BYTES}, string.sub(stash, at + 4, at + 3 + ${SHARED_DIGEST_BYTES}))
   end
-  redis.call('SETRANGE', state, S0, string.sub(stash, 25, 24 + ${RING_HEADER}))
+  redis.call('SETRANGE', state, S0, string.sub(stash, 41, 40 + ${RING_HEADER}))
 end
 for _, w in ipairs(writes) do
   local base = 0
@@ -367,7 +372,7 @@ export function createSharedPradaDetector(o: PradaOptions, model: string, store:
     }
     let reply: Buffer[]
     try {
-      reply = await redis.bulwarkPradaCommitBuffer(3, `${base}:m`, `${base}:x`, `${base}:claim`, copy.epoch, copy.version, store.ttlMs, token, o.windowSize, dims, o.growingSetPerClass, stash, fresh ? '1' : '0', encodeWrites(writes))
+      reply = await redis.bulwarkPradaCommitBuffer(3, `${base}:m`, `${base}:x`, `${base}:claim`, copy.epoch, copy.version, store.ttlMs, token, o.windowSize, dims, o.growingSetPerClass, stash, fresh ? createHash('sha1').update(digests).digest('hex').slice(0, 16) : '0', encodeWrites(writes))
     } catch (err) {
       copy.clear() // the commit may or may not have been made: read whole next time
       copies.settle(batch.principal)

@@ -13,7 +13,9 @@
 // the in-process state judging the same requests in Redis's commit order. Pooled queries of 784
 // cells with runs of zeros and of other values longer than 255 (the coding's counts) reach
 // Redis and other replicas as they were: a third replica reading whole gives the in-process
-// results, and the coding round-trips.
+// results, and the coding round-trips. Two replicas with one seeded random source (the same
+// stash field): one's read between the other's read and commit leaves the results and the
+// digests' ring as in process.
 
 import t from 'tap'
 import { socketBytes } from '../../bench/screening-redis.ts'
@@ -313,5 +315,67 @@ if (redis) {
     const writes = [{ field: 'c7', reset: false, slotBytes: 784, pairs: [[0, Buffer.alloc(48, 1)], [48 + 3 * 784, Buffer.concat(cells)]] as [number, Buffer][] }]
     t.same(decodeWrites(encodeWrites(writes), 784), writes, 'the coding round-trips')
     t.ok(encodeWrites(writes).length < 48 + cells.length * 784, 'and is shorter')
+  })
+
+  t.test('replicas with the same id (one seeded source): a read between another read and its commit does not mix their digests', async (t) => {
+    const W = 20
+    const states = await replicas.open('same-id', 2)
+    const opts = options({ windowSize: W, minQueries: 5, warmupPerClass: 1, growingSetPerClass: 4 })
+    const [a, b] = states.map((s) => createSharedPradaDetector(opts, 'mnist', { redis: s.client, ttlMs: HOUR }, seededRandom(9)))
+    const one = createPradaDetector(opts)
+    const p = pair(one, 'caller')
+    const next = digits(6)
+    const results: [unknown, unknown][] = []
+    const sent: number[] = []
+    for (let q = 0; q < 6; q++) {
+      const at = next(5)
+      sent.push(...at)
+      results.push([p.alone(at), await p.shared(q % 2 ? a! : b!, at)])
+    }
+    // b's request reads, then waits before its commit until a's commit has been tried.
+    const hook = (i: number) => {
+      const client = states[i]!.client as unknown as Record<string, (...args: unknown[]) => Promise<Buffer[]>>
+      const commit = client.bulwarkPradaCommitBuffer!.bind(client)
+      return { client, commit }
+    }
+    const ca = hook(0)
+    const cb = hook(1)
+    const order: string[] = []
+    let bRead!: () => void
+    const bAtCommit = new Promise<void>((resolve) => (bRead = resolve))
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => (release = resolve))
+    const mine = next(4)
+    const theirs = next(4)
+    let bDone: Promise<unknown> | null = null
+    ca.client.bulwarkPradaCommitBuffer = async (...args: unknown[]) => {
+      if (!bDone) {
+        bDone = p.shared(b!, theirs)
+        await bAtCommit
+      }
+      const reply = await ca.commit(...args)
+      if (reply.length === 2) order.push('a')
+      release()
+      return reply
+    }
+    cb.client.bulwarkPradaCommitBuffer = async (...args: unknown[]) => {
+      bRead()
+      await gate
+      const reply = await cb.commit(...args)
+      if (reply.length === 2) order.push('b')
+      return reply
+    }
+    const mineShared = await p.shared(a!, mine)
+    const theirsShared = await bDone!
+    // a's first commit found b's stash in the shared field and was refused; b committed, then a's retry.
+    t.same(order, ['b', 'a'], "b's commit, then a's")
+    const byOrder = { a: [mine, mineShared], b: [theirs, theirsShared] } as const
+    for (const who of order as ('a' | 'b')[]) results.push([p.alone(byOrder[who][0]), byOrder[who][1]])
+    t.same(results.map(([x]) => x), results.map(([, y]) => y), `${results.length} requests: the in-process results`)
+    // The digests' ring in Redis: the last 20 queries (all distinct), as the in-process ring.
+    const x = (await raw.getBuffer(key('same-id', 'caller', 'x', 'w20g4')))!
+    const expected = [...sent, ...theirs, ...mine].slice(-W)
+    const slots = Array.from({ length: W }, (_, i) => x.subarray(16 + 8 * W + 16 + 16 * i, 16 + 8 * W + 32 + 16 * i).toString('hex'))
+    t.same(new Set(slots), new Set(expected.map((i) => sharedDigest(images[i]!).toString('hex'))), "the ring holds the last 20 queries' digests")
   })
 }
