@@ -6,8 +6,8 @@
 //
 // Exact repeats are not the copy's to tell: the ring of the last windowSize distinct digests
 // lives in Redis alone, which answers for each query of the request, as the in-process
-// remember() would in turn, whether it is new (prada-shared.ts READ_SCRIPT). The copy judges
-// with those answers (fresh()), so it holds no digests.
+// remember() would in turn, whether it is new (prada-shared.ts READ_SCRIPT). The copy's
+// remember() returns those answers, so it holds no digests.
 //
 // Fields as Redis keeps them (one string per principal, each at a fixed place):
 //   d     Float64 count and next, then the ring of the last windowSize distances (Float64)
@@ -15,7 +15,8 @@
 //         written by Redis from the request's digests, never sent to copies
 //   c<k>  Float64 count, next, n, sum, sum of squares, threshold T_k, then the ring of class k's
 //         growing set: pooled queries at one byte a value (shared-store.ts cellBytes)
-// A field's write is a list of (byte offset, bytes): its header at 0 and each run of slots written.
+// A field's write is a list of (byte offset, bytes): its header at 0 and each run of slots
+// written; commits and the log carry them in one string (encodeWrites).
 //
 // Memory per principal: the in-process state's distances and sorted window, and its digests'
 // ring (8 bytes a slot), which stays unused; measured with a full window of 1,000 and no class
