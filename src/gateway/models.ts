@@ -44,7 +44,8 @@ export function buildModels(
   const outstanding = new Gauge('bulwark_upstream_outstanding_calls', 'Calls in flight to each upstream endpoint.', function* () {
     for (const u of upstreams()) for (const e of u.backend.status()) yield [{ model: u.model, endpoint: e.endpoint }, e.outstanding] as [Labels, number]
   })
-  deps.metrics.add(calls, seconds, retries, transitions, breakerState, outstanding)
+  const tlsReloads = new Counter('bulwark_upstream_tls_reloads_total', 'Changes of the upstream TLS certificate, key or CA files on disk, by model and outcome (changed = new calls use them, failed = kept the old ones).')
+  deps.metrics.add(calls, seconds, retries, transitions, breakerState, outstanding, tlsReloads)
 
   registry = new ModelRegistry(config, baseDir, {
     clock: deps.clock,
@@ -61,6 +62,7 @@ export function buildModels(
       },
       retry: (model, endpoint) => retries.inc({ model, endpoint }),
       breaker: (model, endpoint, state) => transitions.inc({ model, endpoint, state }),
+      tlsReload: (model, outcome) => tlsReloads.inc({ model, outcome }),
     },
   })
   const polls = new Counter('bulwark_model_polls_total', 'Changes of the model folder acted on (models.poll), by model and action (loaded, replaced, unloaded; failed: the version served stays).')

@@ -72,6 +72,8 @@ export interface UpstreamObserver {
   call?(model: string, endpoint: string, outcome: CallOutcome, seconds: number): void
   retry?(model: string, endpoint: string): void
   breaker?(model: string, endpoint: string, state: BreakerState): void
+  /** The upstream TLS files changed: applied (changed) or not usable, the old ones kept (failed). */
+  tlsReload?(model: string, outcome: 'changed' | 'failed'): void
 }
 
 /** TLS material for https endpoints, already read from the files the config names. */
@@ -245,7 +247,13 @@ export class UpstreamBackend implements Backend {
       return ep
     })
     this.tlsWatcher = opts.tlsSource
-      ? new UpstreamTlsWatcher(opts.tlsSource, { model: opts.model, clock: opts.clock, log: opts.log, apply: (tls) => this.endpoints.forEach((e) => e.channel.useTls(tls)) })
+      ? new UpstreamTlsWatcher(opts.tlsSource, {
+          model: opts.model,
+          clock: opts.clock,
+          log: opts.log,
+          apply: (tls) => this.endpoints.forEach((e) => e.channel.useTls(tls)),
+          onReload: (outcome) => opts.observer?.tlsReload?.(opts.model, outcome),
+        })
       : null
     this.tlsWatcher?.start()
   }

@@ -7,7 +7,8 @@
 // 200 at every step, and its reload is logged and applied once. A
 // certificate written without its key (a rotation caught half-way) is not applied: the
 // gateway logs an error naming the files and keeps answering with the certificate in use;
-// once the key arrives the pair is applied. Reloading or unloading the model stops the old
+// once the key arrives the pair is applied; bulwark_upstream_tls_reloads_total counts each
+// applied change and each bad state once, by model. Reloading or unloading the model stops the old
 // backend's watch.
 // Against a pod that holds calls until the test answers: a call in flight when the certificate
 // changes is answered, and a call sent after the change presents the new certificate; over
@@ -161,10 +162,13 @@ t.test('a certificate without its key is not applied: logged, the old pair stays
   t.equal(await front.infer(1), 200, 'the old pair is still presented: served')
   t.equal(await front.watcher().check(), 'failed', 'checked again, still not usable')
   t.equal(front.gw.logsWith(REFUSED).length, 1, 'logged once per bad state')
+  t.match(await front.gw.gateway.metrics.render(), /bulwark_upstream_tls_reloads_total\{model="mnist",outcome="failed"\} 1\n/, 'counted once per bad state, by model and outcome')
 
   await writeFileAtomic(front.files.keyFile, next.keyPem, 0o600)
   await settled(() => front.watcher().check())
   t.equal(front.watcher().generation, 1, 'the pair is applied once the key arrives')
+  t.match(await front.gw.gateway.metrics.render(), /bulwark_upstream_tls_reloads_total\{model="mnist",outcome="changed"\} 1/, 'and counted')
+  t.match(await front.gw.gateway.metrics.render(), /bulwark_upstream_tls_reloads_total\{model="mnist",outcome="failed"\} 1\n/, 'the bad state still counted once')
   await podTrusts(pod, [newCa])
   t.equal(await front.infer(2), 200, 'served with the new pair, which the pod alone accepts now')
 })
