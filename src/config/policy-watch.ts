@@ -1,5 +1,5 @@
 // Policy reload: the policy folder is re-read when a file-system event fires in it, and every
-// policies.reloadCheckIntervalMs besides, as the TLS files are (src/transport/tls.ts). Events
+// policies.reloadCheckIntervalMs besides, as the TLS files are (src/transport/file-watch.ts). Events
 // miss some swaps; the periodic check bounds how long a change can wait.
 //
 // Kubernetes updates a ConfigMap volume atomically: the files live in a timestamped folder,
@@ -15,8 +15,8 @@
 // policies are stale until the folder is fixed. A policy file removed is a model denied:
 // nothing is kept from a policy that is gone.
 
-import { watch, type FSWatcher } from 'node:fs'
-import type { Clock, Logger, Timer } from '../deps.ts'
+import type { Clock, Logger } from '../deps.ts'
+import { watchFiles, type FileWatch } from '../transport/file-watch.ts'
 import type { LivePolicies } from './policy-store.ts'
 import { readPolicyFolder } from './policy.ts'
 
@@ -49,18 +49,13 @@ export interface PolicyWatcherDeps {
   onReload?: (outcome: 'applied' | 'failed') => void
 }
 
-/** Events come in bursts (a swap is several renames): check once, shortly after the last. */
-const DEBOUNCE_MS = 50
-
 export class PolicyWatcher {
   readonly #o: PolicyWatcherOptions
   readonly #deps: PolicyWatcherDeps
   #served: string
   #lastBad: string | null = null
   #problems: string[] = []
-  #watcher: FSWatcher | null = null
-  #timer: Timer | null = null
-  #debounce: Timer | null = null
+  #watch: FileWatch | null = null
   #inFlight: Promise<PolicyReloadOutcome> | null = null
   #again = false
 
@@ -72,22 +67,16 @@ export class PolicyWatcher {
 
   /** Starts the file-system watch and the periodic check. */
   start(): void {
-    if (this.#o.events !== false) {
-      try {
-        // eslint-disable-next-line security/detect-non-literal-fs-filename -- the operator's policies.directory, never a name a request gives
-        this.#watcher = watch(this.#o.directory, { persistent: false }, () => this.#soon())
-        this.#watcher.on('error', () => {}) // a vanished folder: the interval still checks
-      } catch (err) {
-        this.#deps.log.warn({ directory: this.#o.directory, err: (err as Error).message }, 'cannot watch the policy folder; relying on the periodic check')
-      }
-    }
-    // Reload checks alone must not keep a stopping process up.
-    this.#timer = this.#deps.clock.setInterval(() => void this.check(), this.#o.intervalMs, { keepAlive: false })
-  }
-
-  #soon(): void {
-    this.#debounce?.cancel()
-    this.#debounce = this.#deps.clock.setTimeout(() => void this.check(), DEBOUNCE_MS, { keepAlive: false })
+    this.#watch ??= watchFiles({
+      files: [],
+      folders: [this.#o.directory],
+      events: this.#o.events !== false,
+      intervalMs: this.#o.intervalMs,
+      clock: this.#deps.clock,
+      log: this.#deps.log,
+      what: 'the policy',
+      check: () => void this.check(),
+    })
   }
 
   status(): PolicyStatus {
@@ -146,10 +135,7 @@ export class PolicyWatcher {
   }
 
   close(): void {
-    this.#watcher?.close()
-    this.#watcher = null
-    this.#timer?.cancel()
-    this.#debounce?.cancel()
-    this.#timer = this.#debounce = null
+    this.#watch?.close()
+    this.#watch = null
   }
 }

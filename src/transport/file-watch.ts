@@ -2,8 +2,9 @@
 // volume): shortly after a file-system event in one of their folders, and every `intervalMs`
 // besides, since events miss some swaps (an atomic rename of a `..data` symlink, a folder
 // that was replaced). What a check reads and whether it applies it is the caller's; this only
-// says when. Used by the listener's TLS files (src/transport/tls.ts) and the upstream calls'
-// client certificate (src/inference/upstream-tls.ts).
+// says when. Used by the listener's TLS files (src/transport/tls.ts), the upstream calls'
+// client certificate (src/inference/upstream-tls.ts) and the policy folder
+// (src/config/policy-watch.ts).
 
 import { watch, type FSWatcher } from 'node:fs'
 import path from 'node:path'
@@ -15,10 +16,14 @@ const DEBOUNCE_MS = 50
 export interface FileWatchOptions {
   /** The files to watch (their folders are watched: a rename replaces the file itself). */
   files: readonly string[]
+  /** Folders to watch as a whole (a folder of files the check reads, e.g. a ConfigMap volume). */
+  folders?: readonly string[]
+  /** false: the periodic check only, no file-system events (default true). */
+  events?: boolean
   intervalMs: number
   clock: Clock
   log: Logger
-  /** What the files are, for the warning when a folder cannot be watched ("TLS", "upstream TLS"). */
+  /** What the files are, for the warning when a folder cannot be watched ("TLS", "upstream TLS", "the policy"). */
   what: string
   /** Called after a burst of events and at each interval; must not throw. */
   check: () => void
@@ -36,9 +41,10 @@ export function watchFiles(o: FileWatchOptions): FileWatch {
     debounce?.cancel()
     debounce = o.clock.setTimeout(o.check, DEBOUNCE_MS, { keepAlive: false })
   }
-  for (const dir of new Set(o.files.map((f) => path.dirname(f)))) {
+  const folders = o.events === false ? [] : [...o.files.map((f) => path.dirname(f)), ...(o.folders ?? [])]
+  for (const dir of new Set(folders)) {
     try {
-      // eslint-disable-next-line security/detect-non-literal-fs-filename -- folders of files the operator's config names, never a name a request gives
+      // eslint-disable-next-line security/detect-non-literal-fs-filename -- folders the operator's config names, never a name a request gives
       const w = watch(dir, { persistent: false }, soon)
       w.on('error', () => {}) // a vanished folder: the interval still checks
       watchers.push(w)
