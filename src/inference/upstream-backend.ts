@@ -89,9 +89,8 @@ export interface UpstreamBackendOptions {
   model: string
   manifest: Manifest
   config: UpstreamConfig
-  tls: UpstreamTlsMaterial | null
-  /** The files `tls` was read from, watched while the backend lives: a change reaches new calls (src/inference/upstream-tls.ts). */
-  tlsSource?: UpstreamTlsSource
+  /** The TLS files (null: none), read at start and watched while the backend lives: a change reaches new calls (src/inference/upstream-tls.ts). */
+  tls: UpstreamTlsSource | null
   clock: Clock
   random: RandomSource
   log: Logger
@@ -241,13 +240,13 @@ export class UpstreamBackend implements Backend {
     this.remoteName = config.model ?? opts.model
     this.outputSpecs = opts.manifest.outputs
     this.endpoints = config.endpoints.map((url) => {
-      const o: UpstreamChannelOptions = { url, remoteName: this.remoteName, config, tls: opts.tls, clock: opts.clock }
+      const o: UpstreamChannelOptions = { url, remoteName: this.remoteName, config, tls: opts.tls?.material ?? null, clock: opts.clock }
       const ep = new Endpoint(url, config.protocol === 'grpc' ? new GrpcChannel(o) : new RestChannel(o))
       ep.breaker = this.breakerFor(ep)
       return ep
     })
-    this.tlsWatcher = opts.tlsSource
-      ? new UpstreamTlsWatcher(opts.tlsSource, {
+    this.tlsWatcher = opts.tls
+      ? new UpstreamTlsWatcher(opts.tls, {
           model: opts.model,
           clock: opts.clock,
           log: opts.log,
