@@ -51,7 +51,7 @@ import { KeyedQueue } from './keyed-queue.ts'
 import { CLASS_HEADER, CopyOutOfStep, decodeWrites, encodeWrites, PradaCopy, RING_HEADER, type FieldWrite } from './prada-copy.ts'
 import { argmax, judgeBatch, PRADA_DETECTOR, type PradaOptions } from './prada.ts'
 import { PrincipalStore } from './principal-store.ts'
-import { SHARED_DIGEST_BYTES, sharedDigest, stateKey, stateUnavailable, type ScreeningStore } from './shared-store.ts'
+import { REPEAT_RULE_LUA, SHARED_DIGEST_BYTES, sharedDigest, stateKey, stateUnavailable, type ScreeningStore } from './shared-store.ts'
 
 /** Races lost to other replicas' writes before a request claims the principal's state. */
 export const OPTIMISTIC_ATTEMPTS = 3
@@ -83,10 +83,11 @@ end
 // payload), 'l' (the log entries of the commits since the copy's version) or 'w' (the
 // distances; every class of the batch is sent).
 //
-// The answers are remember() of prada.ts run on Redis's digests' ring: a query is a repeat when
-// its digest is in the ring and its slot was not overwritten by an earlier query of the same
-// request (the ring full), or when an earlier query of the request with the same digest was
-// remembered and its slot not overwritten since. Only the ring's used slots are searched, at
+// The answers are remember() of prada.ts run on Redis's digests' ring (shared-store.ts
+// REPEAT_RULE_LUA, as the stateful ring's script does): a query is a repeat when its digest is
+// in the ring and its slot was not overwritten by an earlier query of the same request (the
+// ring full), or when an earlier query of the request with the same digest was remembered and
+// its slot not overwritten since. Only the ring's used slots are searched, at
 // slot boundaries. What the new queries write (their digests at the slots they take, then the
 // ring's header) is left as this replica's stash in meta, with the epoch and version it was
 // computed at and the SHA-1 of the request's digests (its first 16 hex digits); the commit
@@ -94,7 +95,7 @@ end
 // time (a queue), so one stash field per replica is enough; replicas whose ids collide (one
 // seeded random source) may overwrite each other's stash, but a stash is a function of those
 // three, so a commit never writes digests its request did not judge with.
-const READ_SCRIPT = `${RING_LUA}
+const READ_SCRIPT = `${RING_LUA}${REPEAT_RULE_LUA}
 local meta, state = KEYS[1], KEYS[2]
 local e = redis.call('HGET', meta, 'e') or ''
 local v = tonumber(redis.call('HGET', meta, 'v') or '0')
@@ -125,34 +126,15 @@ if string.len(head) == ${RING_HEADER} then
   end
 end
 if string.len(ds) ~= count * D then count, next, ds = 0, 0, '' end
-local overwritten, added, addedAt = {}, {}, {}
-local function repeated(d)
-  if added[d] then return true end
-  local at = 1
-  while true do
-    local p = string.find(ds, d, at, true)
-    if not p then return false end
-    if (p - 1) % D == 0 and not overwritten[(p - 1) / D] then return true end
-    at = p + 1
-  end
-end
+local rule = repeatRule(ds, 0, count, next, W)
 local digests, answers, stash = ARGV[8], {}, {}
 for j = 0, string.len(digests) / D - 1 do
   local d = string.sub(digests, j * D + 1, (j + 1) * D)
-  if repeated(d) then
-    answers[j + 1] = '0'
-  else
-    answers[j + 1] = '1'
-    if count == W then
-      overwritten[next] = true
-      if addedAt[next] then added[addedAt[next]] = nil end
-    end
-    added[d], addedAt[next] = true, d
-    stash[#stash + 1] = struct.pack('<I4', next) .. d
-    next = (next + 1) % W
-    if count < W then count = count + 1 end
-  end
+  local slot = rule.take(d)
+  answers[j + 1] = slot and '1' or '0'
+  if slot then stash[#stash + 1] = struct.pack('<I4', slot) .. d end
 end
+count, next = rule.count, rule.next
 if #stash > 0 then
   redis.call('HSET', meta, ARGV[7], struct.pack('<d', v) .. string.format('%-16s', e) .. string.sub(redis.sha1hex(digests), 1, 16) .. struct.pack('<dd', count, next) .. table.concat(stash))
   if redis.call('PTTL', meta) < 0 then redis.call('PEXPIRE', meta, ARGV[6]) end

@@ -41,8 +41,8 @@
 // search per query and a few writes (about 50 us, bench/screening-redis.ts).
 
 import type { Redis } from 'ioredis'
-import { cellBytes, cellsFrom, SHARED_DIGEST_BYTES, stateUnavailable, type ScreeningStore } from './shared-store.ts'
-import { meanNearestDistance } from './stateful.ts'
+import { cellBytes, cellsFrom, REPEAT_RULE_LUA, SHARED_DIGEST_BYTES, stateUnavailable, type ScreeningStore } from './shared-store.ts'
+import { scoreInTurn } from './stateful.ts'
 import { VectorRing } from './vector-ring.ts'
 
 const HEADER_BYTES = 52
@@ -55,7 +55,7 @@ const MAX_WRITERS = 64
 // digest then its pooled query. Returns {epoch, the copy's id, count before this request, first
 // count returned, their pooled queries, one character per query of the request: '1' appended,
 // '0' an exact repeat}.
-const SYNC_SCRIPT = `
+const SYNC_SCRIPT = `${REPEAT_RULE_LUA}
 local dkey, vkey, wkey = KEYS[1], KEYS[2], KEYS[3]
 local cap = tonumber(ARGV[1])
 local dims = tonumber(ARGV[2])
@@ -97,34 +97,16 @@ if n > 0 then
   vectors = redis.call('GETRANGE', vkey, p * V, (p + first) * V - 1)
   if n > first then vectors = vectors .. redis.call('GETRANGE', vkey, 0, (n - first) * V - 1) end
 end
-local overwritten, added, addedAt = {}, {}, {}
-local function inRing(d)
-  if added[d] then return true end
-  local at = H + 1
-  while true do
-    local p = string.find(ds, d, at, true)
-    if not p then return false end
-    local off = p - 1 - H
-    if off % D == 0 and not overwritten[off / D] then return true end
-    at = p + 1
-  end
-end
+local rule = repeatRule(ds, H, math.min(total, cap), total % cap, cap)
 local items, S = ARGV[7], D + V
 local appended = {}
 for j = 0, string.len(items) / S - 1 do
   local d = string.sub(items, j * S + 1, j * S + D)
-  appended[j + 1] = '0'
-  if not inRing(d) then
-    local slot = total % cap
-    if total >= cap then
-      overwritten[slot] = true
-      if addedAt[slot] then added[addedAt[slot]] = nil end
-    end
+  local slot = rule.take(d)
+  appended[j + 1] = slot and '1' or '0'
+  if slot then
     redis.call('SETRANGE', dkey, H + slot * D, d)
     redis.call('SETRANGE', vkey, slot * V, string.sub(items, j * S + D + 1, (j + 1) * S))
-    appended[j + 1] = '1'
-    added[d] = true
-    addedAt[slot] = d
     total = total + 1
   end
 end
@@ -213,16 +195,8 @@ export function sharedRing(store: ScreeningStore, capacity: number, dims: number
       }
       copy.writer = idB!.toString('latin1')
       for (let n = copy.appended; n < before; n++) copy.add(cellsFrom(vectorsB!, (n - from) * dims, dims))
-      // As judgeBatch: a repeat is skipped; any other query is scored on the copy, earlier
-      // queries of the batch included, then added.
-      let score = Infinity
-      vectors.forEach((v, i) => {
-        if (appendedB![i] !== 0x31) return
-        const d = meanNearestDistance(copy, v, k)
-        if (d !== null && d < score) score = d
-        copy.add(v)
-      })
-      return score
+      // As judgeBatch, with Redis saying which queries are new (appended).
+      return scoreInTurn(copy, vectors.length, (i) => appendedB![i] === 0x31, (i) => vectors[i]!, (v) => copy.add(v), k)
     },
   }
 }

@@ -42,27 +42,44 @@ export function sharedDigest(item: Float32Array): Buffer {
 }
 
 /**
- * Local numbers for digests within one request: the detectors' in-process code keeps digests
- * as numbers; the shared stores map each distinct 128-bit digest to one for the request.
+ * Lua, for the scripts of the shared stores: the exact-repeat rule of the in-process detectors
+ * (stateful.ts judgeBatch, prada.ts remember) on a ring of digests kept in Redis. `ds` holds
+ * the ring's `count` used slots from byte `base` + 1 on (slot i at base + i * D), the next
+ * query goes to slot `nextSlot` of `cap`. `rule.take(d)` returns nil when the query is a repeat (its
+ * digest is in a slot no earlier query of the request overwrote, or an earlier query of the
+ * request has it and its slot was not overwritten since), else the slot it takes, moving
+ * `rule.count` and `rule.next` on. `ds` holds nothing past the used slots.
  */
-export class DigestIds {
-  private readonly ids = new Map<string, number>()
-  private readonly digests: Buffer[] = []
-
-  id(digest: Buffer): number {
-    const key = digest.toString('latin1')
-    let id = this.ids.get(key)
-    if (id === undefined) {
-      id = this.digests.push(digest)
-      this.ids.set(key, id)
-    }
-    return id
-  }
-
-  digest(id: number): Buffer {
-    return this.digests[id - 1]!
-  }
-}
+export const REPEAT_RULE_LUA = `
+local function repeatRule(ds, base, count, nextSlot, cap)
+  local D = ${SHARED_DIGEST_BYTES}
+  local rule, overwritten, added, addedAt = {count = count, next = nextSlot}, {}, {}, {}
+  local function repeated(d)
+    if added[d] then return true end
+    local at = base + 1
+    while true do
+      local p = string.find(ds, d, at, true)
+      if not p then return false end
+      local off = p - 1 - base
+      if off % D == 0 and not overwritten[off / D] then return true end
+      at = p + 1
+    end
+  end
+  function rule.take(d)
+    if repeated(d) then return nil end
+    local slot = rule.next
+    if rule.count == cap then
+      overwritten[slot] = true
+      if addedAt[slot] then added[addedAt[slot]] = nil end
+    end
+    added[d], addedAt[slot] = true, d
+    rule.next = (slot + 1) % cap
+    if rule.count < cap then rule.count = rule.count + 1 end
+    return slot
+  end
+  return rule
+end
+`
 
 /** A Redis failure (down, timed out, refused) as the request's refusal: 503, fail closed. */
 export function stateUnavailable(what: string, err: unknown): BulwarkError {
@@ -74,13 +91,7 @@ export function stateUnavailable(what: string, err: unknown): BulwarkError {
   })
 }
 
-/** A Float32Array or Float64Array copy of `bytes` (Redis replies are not aligned for a view). */
-export function float32s(bytes: Buffer, offset: number, count: number): Float32Array {
-  const out = new Float32Array(count)
-  new Uint8Array(out.buffer).set(bytes.subarray(offset, offset + count * 4))
-  return out
-}
-
+/** A Float64Array copy of `bytes` (Redis replies are not aligned for a view). */
 export function float64s(bytes: Buffer, offset: number, count: number): Float64Array {
   const out = new Float64Array(count)
   new Uint8Array(out.buffer).set(bytes.subarray(offset, offset + count * 8))

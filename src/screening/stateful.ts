@@ -87,14 +87,22 @@ export function meanNearestDistance(h: VectorRing, v: Float32Array, k: number): 
  * replica and many judge alike.
  */
 export function judgeBatch(history: History, digests: ArrayLike<number>, encoded: (i: number) => Float32Array, k: number): number {
+  return scoreInTurn(history, digests.length, (i) => !history.seen.has(digests[i]!), encoded, (v, i) => history.addQuery(v, digests[i]!), k)
+}
+
+/**
+ * The judging rule both forms share: in order, each of `count` queries that is new (asked when
+ * its turn comes, after the earlier ones were added) is scored against `ring`, then added.
+ * Returns the smallest score (Infinity: nothing scored).
+ */
+export function scoreInTurn(ring: VectorRing, count: number, isNew: (i: number) => boolean, encoded: (i: number) => Float32Array, add: (v: Float32Array, i: number) => void, k: number): number {
   let score = Infinity
-  for (let i = 0; i < digests.length; i++) {
-    const digest = digests[i]!
-    if (history.seen.has(digest)) continue
+  for (let i = 0; i < count; i++) {
+    if (!isNew(i)) continue
     const v = encoded(i)
-    const d = meanNearestDistance(history, v, k)
+    const d = meanNearestDistance(ring, v, k)
     if (d !== null && d < score) score = d
-    history.addQuery(v, digest)
+    add(v, i)
   }
   return score
 }
