@@ -45,7 +45,10 @@ export function createMetricsLink(metrics: GatewayMetrics, clock: Clock, servedM
       metrics.requests.inc({ model, verb, status: statusLabel(status), code })
       if (verb === 'server') return
       metrics.requestSeconds.observe({ model }, (clock.monotonicMs() - ctx.startedMs) / 1000)
-      for (const [stage, ms] of Object.entries(ctx.stageMs)) metrics.stageSeconds.observe({ stage }, ms / 1000)
+      // for-in, not Object.entries: no array per link, per request.
+      const stageMs = ctx.stageMs
+      // eslint-disable-next-line bulwark/object-injection -- read-only: stage comes from the for-in over stageMs itself
+      for (const stage in stageMs) metrics.stageSeconds.observe({ stage }, stageMs[stage]! / 1000)
     },
   }
 }

@@ -1,50 +1,46 @@
 // The gateway's metrics, on OpenTelemetry. Every metric is declared up front (no lookup by
 // name per request) as a Counter, Gauge or Histogram of this module, and bound to one
-// MeterProvider per gateway when added: counters and gauges as asynchronous OTel instruments
-// that read the values kept here (one Map update per increment, no SDK work on the hot path),
-// histograms as OTel histograms with explicit buckets. Readers: the Prometheus exporter, read
-// by the admin listener's /metrics (render()), and whatever else src/cli.ts passes in (an
-// OTLP exporter when OTEL_METRICS_EXPORTER asks for one).
+// MeterProvider per gateway when added. Counters and gauges are asynchronous OTel instruments
+// that read the values kept here (one number update per increment, no SDK work on the hot
+// path). Histograms keep their buckets, sum and count here too, as the SDK's explicit-bucket
+// aggregation would (cumulative, the same additions in the same order, so the same bits), and
+// render() puts them into the Prometheus exporter's collection where the SDK would have put
+// them; the SDK's record path (attribute hashing, a context lookup, a clock read per value)
+// was a few percent of a busy gateway's main thread. Only when another reader is configured
+// (an OTLP exporter, which may ask for delta temporality) do histograms record into the SDK,
+// which then serves every reader. Readers: the Prometheus exporter, read by the admin
+// listener's /metrics (render()), and whatever else src/cli.ts passes in (an OTLP exporter
+// when OTEL_METRICS_EXPORTER asks for one).
 //
 // Prometheus names are the ones given here (no unit suffix is added; counters end in _total),
 // labels in sorted order, no per-scope labels, so scrape configs and dashboards keep working.
 //
 // Series are bounded twice. Label values come from configuration and code only: a value a
 // caller sends (a model name in the URL) is mapped first (modelLabel: served names and
-// `_unknown`). And each metric holds at most `maxSeriesPerMetric` label sets: past that, new
-// ones fold into one overflow series, `otel_metric_overflow="true"`, the OpenTelemetry
-// convention; the SDK's own cardinality limit (a view) is set to the same bound for whatever
-// reaches it. The label maps here never shrink, and every scrape walks them: without the
-// bound, invented label values would grow memory and scrape time for the life of the process.
+// `_unknown`). And each metric holds at most `maxSeriesPerMetric` label sets (SeriesIndex):
+// past that, new ones fold into one overflow series, `otel_metric_overflow="true"`, the
+// OpenTelemetry convention; the SDK's own cardinality limit (a view) is set to the same bound
+// for whatever reaches it. The label maps here never shrink, and every scrape walks them:
+// without the bound, invented label values would grow memory and scrape time for the life of
+// the process.
 
-import type { Attributes, Histogram as OtelHistogram, Meter } from '@opentelemetry/api'
+import { ValueType, type Attributes, type HrTime, type Histogram as OtelHistogram, type Meter } from '@opentelemetry/api'
 import { PrometheusExporter, PrometheusSerializer } from '@opentelemetry/exporter-prometheus'
 import { resourceFromAttributes } from '@opentelemetry/resources'
-import { MeterProvider, type MetricReader } from '@opentelemetry/sdk-metrics'
+import {
+  AggregationTemporality,
+  DataPointType,
+  InstrumentType,
+  MeterProvider,
+  type HistogramMetricData,
+  type MetricData,
+  type MetricReader,
+  type ResourceMetrics,
+} from '@opentelemetry/sdk-metrics'
+import { systemClock, type Clock } from '../deps.ts'
+import { DEFAULT_MAX_SERIES, SeriesIndex, sortedLabels, type Labels } from './series.ts'
 
-export type Labels = Record<string, string>
-
-/** The labels with their keys in sorted order (stable series identity and exposition order). */
-function sortedLabels(labels: Labels): Attributes {
-  const keys = Object.keys(labels)
-  if (keys.length < 2) return labels
-  keys.sort()
-  const out: Attributes = {}
-  // eslint-disable-next-line bulwark/object-injection -- read-only copy: k comes from Object.keys(labels), the object's own keys
-  for (const k of keys) out[k] = labels[k]
-  return out
-}
-
-function labelKey(labels: Labels): string {
-  return JSON.stringify(sortedLabels(labels))
-}
-
-/** Label sets per metric when the configuration gives none (the OpenTelemetry SDK's own default). */
-export const DEFAULT_MAX_SERIES = 2000
-
-/** The series that label sets past a metric's bound are counted in (the OpenTelemetry SDK's overflow attribute). */
-export const OVERFLOW_ATTRIBUTES: Attributes = Object.freeze({ 'otel.metric.overflow': true })
-const OVERFLOW_KEY = JSON.stringify(OVERFLOW_ATTRIBUTES)
+export { DEFAULT_MAX_SERIES, OVERFLOW_ATTRIBUTES, type Labels } from './series.ts'
 
 /** The `model` label of a name that is not served (a made-up one in a URL, or none). */
 export const UNKNOWN_MODEL = '_unknown'
@@ -61,52 +57,56 @@ export function modelLabeler(served: Iterable<string> | ((name: string) => boole
   return (name) => (names.has(name) ? name : UNKNOWN_MODEL)
 }
 
+/** What GatewayMetrics.add gives each metric. */
+export interface MetricBinding {
+  /** Most label sets kept, the overflow series included. */
+  maxSeries: number
+  /** Whether histograms record into the SDK (another reader needs it) rather than keep their own buckets. */
+  histogramsInSdk: boolean
+  /** For the start time of a histogram's series. */
+  clock: Pick<Clock, 'nowMs'>
+}
+
+/** Epoch milliseconds as OTel's [seconds, nanoseconds] (as the SDK's millisToHrTime does). */
+function hrTimeOf(ms: number): HrTime {
+  return [Math.trunc(ms / 1000), Math.round((ms % 1000) * 1e6)]
+}
+
 export abstract class Metric {
   readonly name: string
   readonly help: string
-  /** Most label sets kept, the overflow series included (set by GatewayMetrics.add). */
-  protected maxSeries = DEFAULT_MAX_SERIES
   constructor(name: string, help: string) {
     this.name = name
     this.help = help
   }
-  /** Creates the OTel instrument on `meter` (GatewayMetrics.add calls it once), keeping at most `maxSeries` label sets. */
-  bind(meter: Meter, maxSeries: number): void {
-    this.maxSeries = maxSeries
-    this.instrument(meter)
-  }
-  protected abstract instrument(meter: Meter): void
-  /**
-   * The key a label set is kept under: its own while there is room (one place is left for the
-   * overflow series, as the SDK counts), else the overflow series'.
-   */
-  protected keyFor(labels: Labels, kept: ReadonlyMap<string, unknown>): string {
-    const k = labelKey(labels)
-    return kept.has(k) || kept.size < this.maxSeries - 1 ? k : OVERFLOW_KEY
-  }
+  /** Creates the OTel instrument on `meter` (GatewayMetrics.add calls it once). */
+  abstract bind(meter: Meter, binding: MetricBinding): void
+}
+
+interface CounterSeries {
+  readonly attributes: Attributes
+  value: number
 }
 
 /** A monotonic count per label set. */
 export class Counter extends Metric {
-  private readonly values = new Map<string, { attributes: Attributes; value: number }>()
+  private readonly values = new SeriesIndex<CounterSeries>((attributes) => ({ attributes, value: 0 }))
   inc(labels: Labels = {}, by = 1): void {
-    const k = this.keyFor(labels, this.values)
-    const v = this.values.get(k)
-    if (v) v.value += by
-    else this.values.set(k, { attributes: k === OVERFLOW_KEY ? OVERFLOW_ATTRIBUTES : sortedLabels(labels), value: by })
+    this.values.get(labels).value += by
   }
   get(labels: Labels = {}): number {
-    return this.values.get(labelKey(labels))?.value ?? 0
+    return this.values.find(labels)?.value ?? 0
   }
   /** The count in the overflow series (label sets past the bound). */
   overflow(): number {
-    return this.values.get(OVERFLOW_KEY)?.value ?? 0
+    return this.values.overflow()?.value ?? 0
   }
   /** Label sets held, the overflow series included. */
   get series(): number {
     return this.values.size
   }
-  protected instrument(meter: Meter): void {
+  bind(meter: Meter, binding: MetricBinding): void {
+    this.values.maxSeries = binding.maxSeries
     meter.createObservableCounter(this.name, { description: this.help }).addCallback((result) => {
       for (const { attributes, value } of this.values.values()) result.observe(value, attributes)
     })
@@ -121,43 +121,130 @@ export class Gauge extends Metric {
     this.read = read
   }
   // Gauges read sets the configuration bounds (models, endpoints, detectors); the SDK's limit caps them too.
-  protected instrument(meter: Meter): void {
+  bind(meter: Meter): void {
     meter.createObservableGauge(this.name, { description: this.help }).addCallback((result) => {
       for (const [labels, value] of this.read()) result.observe(value, sortedLabels(labels))
     })
   }
 }
 
+/** One label set of a histogram: what the SDK's explicit-bucket aggregation keeps for it, cumulative. */
+interface HistogramSeries {
+  readonly attributes: Attributes
+  /** observe() calls, values the SDK drops included (count()). */
+  calls: number
+  /** Set by the first value the SDK would have taken: from then on the series is exported. */
+  startTime: HrTime | null
+  /** Per bucket, the last one past the highest bound. */
+  readonly counts: number[]
+  count: number
+  /**
+   * The sum as of the last collection, and the sum of the values since: the SDK adds each
+   * collection's partial sum to the total, and so does collect(), so the totals are the same
+   * floating-point numbers.
+   */
+  sum: number
+  pending: number
+  min: number
+  max: number
+}
+
+/** The bucket of `value`: the first bound not below it (the SDK's binarySearchUB), or the last bucket. */
+function bucketOf(bounds: readonly number[], value: number): number {
+  let lo = 0
+  let hi = bounds.length - 1
+  let found = bounds.length
+  while (hi >= lo) {
+    const mid = (lo + hi) >>> 1
+    if (bounds[mid]! < value) lo = mid + 1
+    else {
+      found = mid
+      hi = mid - 1
+    }
+  }
+  return found
+}
+
 /** A distribution over fixed buckets. */
 export class Histogram extends Metric {
   private readonly buckets: number[]
-  private readonly counts = new Map<string, number>()
+  /** The bounds as the SDK's aggregation keeps them: sorted, without infinities. */
+  private readonly bounds: number[]
+  private readonly index = new SeriesIndex<HistogramSeries>((attributes) => ({
+    attributes,
+    calls: 0,
+    startTime: null,
+    counts: new Array<number>(this.bounds.length + 1).fill(0),
+    count: 0,
+    sum: 0,
+    pending: 0,
+    min: Infinity,
+    max: -Infinity,
+  }))
+  /** Series in the order the SDK would list them (first value taken). */
+  private readonly shown: HistogramSeries[] = []
   private otel: OtelHistogram | null = null
+  private clock: Pick<Clock, 'nowMs'> = systemClock
   constructor(name: string, help: string, buckets: number[]) {
     super(name, help)
     this.buckets = buckets
+    this.bounds = [...buckets].sort((a, b) => a - b).filter((b) => Number.isFinite(b))
   }
   observe(labels: Labels, value: number): void {
     // The SDK's own limit applies per collection only, and its cumulative state (what
     // Prometheus reads) keeps every label set it was ever given: only bounded sets reach it.
-    const k = this.keyFor(labels, this.counts)
-    this.counts.set(k, (this.counts.get(k) ?? 0) + 1)
-    this.otel?.record(value, k === OVERFLOW_KEY ? OVERFLOW_ATTRIBUTES : sortedLabels(labels))
+    const s = this.index.get(labels)
+    s.calls++
+    if (this.otel) return this.otel.record(value, s.attributes)
+    // As the SDK's histogram: not a number or negative, dropped; NaN shows the series but counts nothing.
+    if (typeof value !== 'number' || value < 0) return
+    if (s.startTime === null) {
+      s.startTime = hrTimeOf(this.clock.nowMs())
+      this.shown.push(s)
+    }
+    if (Number.isNaN(value)) return
+    s.count++
+    s.pending += value
+    s.min = Math.min(value, s.min)
+    s.max = Math.max(value, s.max)
+    s.counts[bucketOf(this.bounds, value)]!++
   }
   /** Observations recorded for a label set (for tests). */
   count(labels: Labels): number {
-    return this.counts.get(labelKey(labels)) ?? 0
+    return this.index.find(labels)?.calls ?? 0
   }
   /** Observations in the overflow series (label sets past the bound). */
   overflow(): number {
-    return this.counts.get(OVERFLOW_KEY) ?? 0
+    return this.index.overflow()?.calls ?? 0
   }
   /** Label sets held, the overflow series included. */
   get series(): number {
-    return this.counts.size
+    return this.index.size
   }
-  protected instrument(meter: Meter): void {
-    this.otel = meter.createHistogram(this.name, { description: this.help, advice: { explicitBucketBoundaries: this.buckets } })
+  bind(meter: Meter, binding: MetricBinding): void {
+    this.index.maxSeries = binding.maxSeries
+    this.clock = binding.clock
+    if (binding.histogramsInSdk) this.otel = meter.createHistogram(this.name, { description: this.help, advice: { explicitBucketBoundaries: this.buckets } })
+  }
+  /**
+   * The cumulative data the SDK would collect now (undefined: it records into the SDK, or no
+   * series yet). Each call is a collection: the sums since the last one are added in.
+   */
+  collect(endTime: HrTime): HistogramMetricData | undefined {
+    if (this.otel || this.shown.length === 0) return undefined
+    const descriptor = { name: this.name, description: this.help, unit: '', type: InstrumentType.HISTOGRAM, valueType: ValueType.DOUBLE, advice: { explicitBucketBoundaries: this.buckets } }
+    return {
+      descriptor,
+      aggregationTemporality: AggregationTemporality.CUMULATIVE,
+      dataPointType: DataPointType.HISTOGRAM,
+      dataPoints: this.shown.map((s) => {
+        s.sum += s.pending
+        s.pending = 0
+        const some = s.count > 0
+        const value = { min: some ? s.min : undefined, max: some ? s.max : undefined, sum: s.sum, buckets: { boundaries: this.bounds, counts: [...s.counts] }, count: s.count }
+        return { attributes: s.attributes, startTime: s.startTime!, endTime, value }
+      }),
+    }
   }
 }
 
@@ -175,7 +262,11 @@ export interface MetricsOptions {
   resource?: Record<string, string>
   /** Most label sets per metric, the overflow series included (telemetry.maxSeriesPerMetric); default DEFAULT_MAX_SERIES. */
   maxSeriesPerMetric?: number
+  /** For the start time of histogram series; default the system clock. */
+  clock?: Pick<Clock, 'nowMs'>
 }
+
+const METER_NAME = 'bulwark'
 
 /** Every metric the gateway exports. */
 export class GatewayMetrics {
@@ -187,20 +278,23 @@ export class GatewayMetrics {
   private readonly meter: Meter
   private readonly prometheus: PrometheusExporter
   private readonly serializer = new PrometheusSerializer(undefined, false, undefined, false, true)
-  private readonly maxSeries: number
+  private readonly binding: MetricBinding
+  /** Every metric, in the order added: the order the SDK lists them in. */
+  private readonly added: Metric[] = []
 
   constructor(queues: QueueReading, options: MetricsOptions = {}) {
-    this.maxSeries = options.maxSeriesPerMetric ?? DEFAULT_MAX_SERIES
+    const readers = options.readers ?? []
+    this.binding = { maxSeries: options.maxSeriesPerMetric ?? DEFAULT_MAX_SERIES, histogramsInSdk: readers.length > 0, clock: options.clock ?? systemClock }
     // preventServerStart: the admin listener serves the exposition; the exporter only collects.
     this.prometheus = new PrometheusExporter({ preventServerStart: true, withoutScopeInfo: true })
     this.provider = new MeterProvider({
       resource: resourceFromAttributes(options.resource ?? { 'service.name': 'bulwark' }),
-      readers: [this.prometheus, ...(options.readers ?? [])],
+      readers: [this.prometheus, ...readers],
       // The same bound in the SDK, for every reader (Prometheus and OTLP): past it, new label
       // sets of an instrument go to its otel.metric.overflow series.
-      views: [{ instrumentName: '*', aggregationCardinalityLimit: this.maxSeries }],
+      views: [{ instrumentName: '*', aggregationCardinalityLimit: this.binding.maxSeries }],
     })
-    this.meter = this.provider.getMeter('bulwark')
+    this.meter = this.provider.getMeter(METER_NAME)
     const queueDepth = new Gauge('bulwark_queue_depth', 'Requests waiting in each model queue.', function* () {
       for (const [model, depth] of queues.queueDepth()) yield [{ model }, depth] as [Labels, number]
     })
@@ -208,13 +302,38 @@ export class GatewayMetrics {
   }
 
   add(...metrics: readonly Metric[]): void {
-    for (const metric of metrics) metric.bind(this.meter, this.maxSeries)
+    for (const metric of metrics) {
+      metric.bind(this.meter, this.binding)
+      this.added.push(metric)
+    }
   }
 
   /** The Prometheus text exposition (format 0.0.4) of every metric, as the admin /metrics serves it. */
   async render(): Promise<string> {
     const { resourceMetrics } = await this.prometheus.collect()
-    return this.serializer.serialize(resourceMetrics)
+    return this.serializer.serialize(this.binding.histogramsInSdk ? resourceMetrics : this.withHistograms(resourceMetrics))
+  }
+
+  /**
+   * The SDK's collection with the histograms kept here put in, each where the SDK would have
+   * listed it had it recorded them: the meter's metrics in the order added, those with data.
+   */
+  private withHistograms(collected: ResourceMetrics): ResourceMetrics {
+    const endTime = hrTimeOf(this.binding.clock.nowMs())
+    const scope = collected.scopeMetrics.find((s) => s.scope.name === METER_NAME)
+    const fromSdk = new Map(scope?.metrics.map((m) => [m.descriptor.name, m]))
+    const metrics: MetricData[] = []
+    for (const metric of this.added) {
+      const data = metric instanceof Histogram ? metric.collect(endTime) : fromSdk.get(metric.name)
+      if (data === undefined) continue
+      metrics.push(data)
+      fromSdk.delete(metric.name)
+    }
+    metrics.push(...fromSdk.values())
+    if (metrics.length === 0) return collected
+    const merged = { scope: scope?.scope ?? { name: METER_NAME }, metrics }
+    const scopeMetrics = scope ? collected.scopeMetrics.map((s) => (s === scope ? merged : s)) : [...collected.scopeMetrics, merged]
+    return { ...collected, scopeMetrics }
   }
 
   /** Flushes and stops every reader (a last OTLP export). */
