@@ -78,6 +78,10 @@ export class DynamicBatcher {
     this.opts = opts
   }
 
+  /** The largest batch this batcher forms (1 with batching off). */
+  get maxBatchSize(): number {
+    return this.opts.maxBatchSize
+  }
   get queueDepth(): number {
     return this.queue.length
   }

@@ -52,6 +52,12 @@ export const ManifestSchema = Type.Object(
     ),
     sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
     maxBatchSize: Type.Integer({ minimum: 1, maximum: 4096 }),
+    /**
+     * The largest batch the gateway forms by default (batching.maxBatchSize overrides it). For
+     * models whose cost per item rises past some batch size (activations outgrow the caches);
+     * without it, batches grow to maxBatchSize.
+     */
+    preferredBatchSize: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096 })),
     inputs: Type.Array(InputSpec, { minItems: 1 }),
     outputs: Type.Array(TensorSpec, { minItems: 1 }),
     /** Class labels for classifier outputs, in output order. */
@@ -87,9 +93,13 @@ export async function readManifest(manifestPath: string): Promise<Manifest> {
   return manifest
 }
 
-/** What is wrong with the inputs' maxShape against their shape and maxBatchSize (empty = fine). */
-export function maxShapeProblems(manifest: Pick<Manifest, 'inputs' | 'maxBatchSize'>): string[] {
+/** What is wrong with the inputs' maxShape and preferredBatchSize against the shapes and maxBatchSize (empty = fine). */
+export function maxShapeProblems(manifest: Pick<Manifest, 'inputs' | 'maxBatchSize' | 'preferredBatchSize'>): string[] {
   const problems: string[] = []
+  const preferred = manifest.preferredBatchSize
+  if (preferred !== undefined && preferred > manifest.maxBatchSize) {
+    problems.push(`/preferredBatchSize: ${preferred} is larger than maxBatchSize ${manifest.maxBatchSize}; give at most ${manifest.maxBatchSize}, or remove it`)
+  }
   manifest.inputs.forEach((spec, i) => {
     const max = spec.maxShape
     if (max === undefined) return
@@ -111,6 +121,16 @@ export function maxShapeProblems(manifest: Pick<Manifest, 'inputs' | 'maxBatchSi
     })
   })
   return problems
+}
+
+/**
+ * The largest batch the batcher forms: 1 with batching off; else the configured
+ * batching.maxBatchSize, or by default the manifest's preferredBatchSize, or its maxBatchSize;
+ * never more than maxBatchSize.
+ */
+export function batchLimit(batching: { enabled: boolean; maxBatchSize: number }, manifest: Pick<Manifest, 'maxBatchSize' | 'preferredBatchSize'>): number {
+  if (!batching.enabled) return 1
+  return Math.min(batching.maxBatchSize || manifest.preferredBatchSize || manifest.maxBatchSize, manifest.maxBatchSize)
 }
 
 /** Absolute path of the ONNX file a manifest names. */

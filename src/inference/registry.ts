@@ -24,7 +24,7 @@ import type { UpstreamConfig } from '../config/scaleout.ts'
 import type { Backend } from './backend.ts'
 import type { ExecutionTimes } from '../oip/stats.ts'
 import { DynamicBatcher } from './batcher.ts'
-import { readManifest, readVerifiedModel, type Manifest } from './manifest.ts'
+import { batchLimit, readManifest, readVerifiedModel, type Manifest } from './manifest.ts'
 import { MANIFEST, selectVersions, versionFolders } from './model-versions.ts'
 import { OnnxBackend } from './onnx-backend.ts'
 import { UpstreamBackend, type UpstreamObserver } from './upstream-backend.ts'
@@ -255,7 +255,7 @@ export class ModelRegistry {
   /** Puts a loaded backend behind the model's batcher and marks the model ready. */
   private serve(m: ServedModel, manifest: Manifest, backend: Backend, logFields: object, message: string): void {
     const b = m.settings.batching
-    const maxBatch = b.enabled ? Math.min(b.maxBatchSize || manifest.maxBatchSize, manifest.maxBatchSize) : 1
+    const maxBatch = batchLimit(b, manifest)
     m.backend = backend
     m.batcher = new DynamicBatcher({
       model: m.name,

@@ -2,10 +2,12 @@
 // outputs. The REST routes only translate to and from this; an upstream backend (a model in
 // another pod, src/inference/upstream-backend.ts) slots in behind the same calls.
 //
-// The one place a batch is split: a request larger than the model's maxBatchSize (screening
-// runs a request's items with their squeezed variants) goes to the batcher in chunks of at
-// most that many items, which run concurrently; their outputs are joined in order. Below this
-// point no batch exceeds what the model (or the pod serving it) accepts.
+// The one place a batch is split: a request larger than the batcher's largest batch (the
+// model's maxBatchSize, or with batching on its preferred size: screening runs a request's
+// items with their squeezed variants) goes to the batcher in chunks of at most that many
+// items, which run concurrently; their outputs are joined in order. Below this point no batch
+// exceeds what the model (or the pod serving it) accepts, and with batching on none exceeds
+// the size the model runs best at: the chunks are views, no copy.
 
 import { BulwarkError } from '../errors.ts'
 import { currentTraceContext } from '../telemetry/tracing.ts'
@@ -33,7 +35,8 @@ export class InferenceService {
       return wanted ? all.filter((t) => wanted.has(t.name)) : all
     }
     const items = request.inputs[0]!.shape[0]!
-    const max = manifest.maxBatchSize
+    // Batching off (a batcher of 1): requests run as sent, up to what the model accepts.
+    const max = batcher.maxBatchSize > 1 ? batcher.maxBatchSize : manifest.maxBatchSize
     let outputs: Tensor[]
     if (items <= max) outputs = await run(request.inputs)
     else {

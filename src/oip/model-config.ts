@@ -5,6 +5,7 @@
 // dimension, and whether requests are batched dynamically. Built from the manifest and the
 // model's settings; nothing here is read from the caller.
 
+import { batchLimit } from '../inference/manifest.ts'
 import type { ServedModel } from '../inference/registry.ts'
 import type { Datatype } from '../inference/tensor.ts'
 
@@ -63,7 +64,9 @@ export function modelConfig(m: Pick<ServedModel, 'name' | 'manifest' | 'settings
     output: manifest.outputs.map(tensor),
     instance_group: [m.upstream ? { name: m.name, kind: 'KIND_MODEL', count: m.upstream.endpoints.length } : { name: m.name, kind: 'KIND_CPU', count: m.settings.workers }],
   }
-  if (b.enabled) config.dynamic_batching = { preferred_batch_size: [], max_queue_delay_microseconds: b.maxQueueDelayMicros, preserve_ordering: false }
+  // The batcher's largest batch, when it is below what the model accepts, is Triton's preferred size.
+  const limit = batchLimit(b, manifest)
+  if (b.enabled) config.dynamic_batching = { preferred_batch_size: limit < manifest.maxBatchSize ? [limit] : [], max_queue_delay_microseconds: b.maxQueueDelayMicros, preserve_ordering: false }
   return config
 }
 

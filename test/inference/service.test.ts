@@ -182,3 +182,23 @@ t.test('a request past the model\'s maxBatchSize runs in chunks, concurrently, i
   backend.release()
   t.same((await whole).outputs[0]!.shape, [4, 2])
 })
+
+t.test('with batching on, a request past the batcher\'s preferred size runs in chunks of it; with batching off, as sent', async (t) => {
+  const clock = new FakeClock()
+  const manifest = { version: '1', maxBatchSize: 8 }
+  const run = async (batcherMax: number, items: number) => {
+    const backend = new DoublingBackend()
+    const batcher = new DynamicBatcher({ model: 'toy', backend, maxBatchSize: batcherMax, maxQueueDelayMicros: 0, maxQueueSize: 16, outputNames: ['y', 'z'], clock })
+    const service = new InferenceService({ ready: () => ({ batcher, manifest }) } as unknown as ModelRegistry)
+    const x = Float32Array.from({ length: items * 2 }, (_, i) => i)
+    const answer = service.infer('toy', null, { parameters: {}, inputs: [{ name: 'x', datatype: 'FP32' as const, shape: [items, 2], data: x }], outputs: [], binaryOutputs: false, batchSize: items }, clock.monotonicMs() + 1000)
+    await clock.tick()
+    const batches = [...backend.batches]
+    backend.release()
+    const y = (await answer).outputs.find((o) => o.name === 'y')!
+    t.same(Array.from(y.data as Float32Array), Array.from(x, (v) => 2 * v), `batcher of ${batcherMax}, ${items} items: rows in order`)
+    return batches
+  }
+  t.same(await run(2, 5), [2, 2, 1], 'batching on with a preferred size of 2: chunks of 2')
+  t.same(await run(1, 3), [3], 'batching off: the request runs as sent')
+})
