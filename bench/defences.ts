@@ -18,7 +18,8 @@ import { mnistDigits, type BenchOptions } from './core.ts'
 import type { Row } from './report.ts'
 import { screeningRedisRows } from './screening-redis.ts'
 
-type Variant = { name: string; config: Record<string, unknown> }
+/** `load`: this variant's own load, when it differs from the group's. */
+type Variant = { name: string; config: Record<string, unknown>; load?: (origin: string, durationMs: number, warmupMs: number) => Promise<LoadResult> }
 
 async function compare(
   group: string,
@@ -46,7 +47,7 @@ async function compare(
         log(`${group}: ${v.name} (round ${round + 1}/${ROUNDS})`)
         // The first round warms every gateway up (JIT, pools); later ones only reconnect.
         const warmupMs = round === 0 ? opts.warmupMs : Math.min(200, opts.warmupMs)
-        ;(raw[v.name] ??= [])[round] = await load(`http://127.0.0.1:${gateways[i]!.apiPort}`, perRoundMs, warmupMs)
+        ;(raw[v.name] ??= [])[round] = await (v.load ?? load)(`http://127.0.0.1:${gateways[i]!.apiPort}`, perRoundMs, warmupMs)
       }
     }
   } finally {
@@ -112,13 +113,27 @@ export async function screeningBench(opts: BenchOptions, log: (s: string) => voi
   const { screening } = bundledMnistSections() as { screening: Record<string, unknown> }
   const statefulOnly = { calibrationFile: screening.calibrationFile, stateful: screening.stateful }
   // Distinct held-out digits, as a benign client sends: the stateful detectors must not fire.
-  const digits = mnistDigits(1000).map((d) => binaryRequest('mnist', 'input', [1, 1, 28, 28], d))
+  const pixels = mnistDigits(1000)
+  const digits = pixels.map((d) => binaryRequest('mnist', 'input', [1, 1, 28, 28], d))
+  // The model work squeezing adds, alone: each request carries as many images as squeezing
+  // runs per item (the item and one variant per squeezer, in the same batch), screening off,
+  // and counts as one item, so its ratio is what that model work costs without the screening.
+  const runs = 1 + ((screening.featureSqueezing as { squeezers?: unknown[] } | undefined)?.squeezers?.length ?? 0)
+  const asModelWork = pixels.map((_, i) => {
+    const images = Array.from({ length: runs }, (_, k) => pixels[(i + k) % pixels.length]!)
+    const data = new Float32Array(runs * 28 * 28)
+    images.forEach((img, k) => data.set(img, k * 28 * 28))
+    return { ...binaryRequest('mnist', 'input', [runs, 1, 28, 28], data), items: 1 }
+  })
+  const closed = (requests: typeof digits) => (origin: string, durationMs: number, warmupMs: number) =>
+    closedLoop({ origin, concurrency: 64, durationMs, warmupMs, next: (i) => requests[i % requests.length]! })
   const variant = (name: string, s: Record<string, unknown>) => ({ name, config: { ...noDefences, policies: { directory: env.policies({ mnist: { screening: s } }) }, models } })
   const measured = await compare('screening', [
     variant('screening off', { enabled: false }),
     variant('bundled screening (squeezing + stateful + extraction)', screening),
     variant('stateful detector only', statefulOnly),
-  ], (origin, durationMs, warmupMs) => closedLoop({ origin, concurrency: 64, durationMs, warmupMs, next: (i) => digits[i % digits.length]! }), env.dir, log, opts)
+    { ...variant(`screening off, ${runs} images a request counted as 1 (the model work squeezing adds)`, { enabled: false }), load: closed(asModelWork) },
+  ], closed(digits), env.dir, log, opts)
   // With state.redis: what the shared stateful ring and index cost per request in Redis traffic.
   const redis = await screeningRedisRows(log)
   return { rows: [...measured.rows, ...redis], raw: { throughput: measured.raw, redis } }

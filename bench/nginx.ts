@@ -5,7 +5,7 @@
 // Bulwark's upstream client does. Started on loopback in a temp folder; stop() ends it.
 
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -13,6 +13,8 @@ import { freePort } from '../kit/gateway-process.ts'
 
 export interface Nginx {
   port: number
+  /** The master process and its workers, for CPU accounting. */
+  pids(): number[]
   stop(): Promise<void>
 }
 
@@ -71,6 +73,11 @@ http {
   }
   return {
     port,
+    pids() {
+      const master = child.pid!
+      const workers = readFileSync(`/proc/${master}/task/${master}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
+      return [master, ...workers]
+    },
     async stop() {
       child.kill('SIGTERM')
       await exited

@@ -14,8 +14,10 @@
 // same run, with the same load: the ratio a hop that only proxies keeps.
 //
 // All processes share this machine's cores, so the gateway's added CPU also slows the pod:
-// the ratios are an upper bound on the cost of the hop, not a measure of network latency. The
-// note gives the gateway's own CPU time per request, which does not depend on that sharing.
+// the ratios are an upper bound on the cost of the hop, not a measure of network latency.
+// Each row's note charges the CPU time used during its load to each party, per request: the
+// hop (the gateway or nginx, all its threads or processes), the pod, and the load client.
+// Those figures do not depend on how the cores are shared, and show where a hop's cost goes.
 
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
@@ -34,6 +36,32 @@ function cpuMs(pid: number | undefined): number {
   } catch {
     return NaN
   }
+}
+
+interface Accounted {
+  r: LoadResult
+  /** CPU time per request in µs (user + system, all threads): the load client's (this process) and each party's. */
+  cpuUs: Record<string, number>
+}
+
+/** Runs one load and charges each party the CPU its processes used during it, per request. */
+async function accounted(run: () => Promise<LoadResult>, parties: Record<string, number[]>): Promise<Accounted> {
+  const used = (pids: number[]) => pids.reduce((sum, pid) => sum + cpuMs(pid), 0)
+  const before = Object.entries(parties).map(([name, pids]) => [name, pids, used(pids)] as const)
+  const client0 = process.cpuUsage()
+  const r = await run()
+  const client = process.cpuUsage(client0)
+  const cpuUs: Record<string, number> = {}
+  for (const [name, pids, ms] of before) cpuUs[name] = ((used(pids) - ms) * 1000) / r.requests
+  cpuUs.client = (client.user + client.system) / r.requests
+  return { r, cpuUs }
+}
+
+/** "CPU µs/request: gateway 235, pod 40, client 60 (all 335)". */
+function cpuNote(cpuUs: Record<string, number>): string {
+  const parts = Object.entries(cpuUs).map(([name, us]) => `${name} ${us.toFixed(0)}`)
+  const all = Object.values(cpuUs).reduce((a, b) => a + b, 0)
+  return `CPU µs/request: ${parts.join(', ')} (all ${all.toFixed(0)})`
 }
 
 /** A row of the load through a hop, as a share of the pod called directly. */
@@ -104,35 +132,30 @@ export async function scaleoutBench(opts: BenchOptions, log: (s: string) => void
         const noNginx = nginxMissing()
         if (noNginx) log(noNginx)
         else nginx = await startNginx({ pod: endpoint, ...(tls ? { tls: { caFile: path.join(dev, 'ca.pem'), certFile: path.join(dev, 'client.pem'), keyFile: path.join(dev, 'client-key.pem') } } : {}) })
+        const podPids = [pod.child.pid!]
         for (const concurrency of [16, 64]) {
           const load = (origin: string, connect?: Record<string, unknown>, durationMs = opts.durationMs) =>
             closedLoop({ origin, concurrency, durationMs, next: (i) => m.requests[i % m.requests.length]!, ...(connect ? { connect } : {}) })
           await load(endpoint, podTls ?? undefined, opts.warmupMs)
-          const direct = await load(endpoint, podTls ?? undefined)
-          await load(`http://127.0.0.1:${front.apiPort}`, undefined, opts.warmupMs)
-          // The gateway's own CPU per request: a figure that does not depend on how the cores are shared.
-          const cpu0 = cpuMs(front.child.pid)
-          const via = await load(`http://127.0.0.1:${front.apiPort}`)
-          const cpuPerRequestMs = (cpuMs(front.child.pid) - cpu0) / via.requests
+          const direct = await accounted(() => load(endpoint, podTls ?? undefined), { pod: podPids })
           const scenario = `${m.name} binary, ${variant}`
-          raw[`${scenario} c${concurrency}`] = { direct, via, gatewayCpuMsPerRequest: cpuPerRequestMs }
-          rows.push({ group, scenario: `${scenario}: pod direct`, concurrency, itemsPerSec: direct.itemsPerSec, p50: direct.p50, p99: direct.p99, errors: direct.requests - direct.ok })
-          rows.push(viaRow(group, `${scenario}: via gateway`, concurrency, via, direct, `${signed(via.p50 - direct.p50)} ms p50, ${signed(via.p99 - direct.p99)} ms p99; gateway CPU ${(cpuPerRequestMs * 1000).toFixed(0)} µs/request`))
-          {
-            const grpcFront = `http://127.0.0.1:${frontGrpc.apiPort}`
-            await load(grpcFront, undefined, opts.warmupMs)
-            const cpuG = cpuMs(frontGrpc.child.pid)
-            const viaGrpc = await load(grpcFront)
-            const cpuGrpcMs = (cpuMs(frontGrpc.child.pid) - cpuG) / viaGrpc.requests
-            raw[`${scenario} c${concurrency} gRPC upstream`] = { viaGrpc, gatewayCpuMsPerRequest: cpuGrpcMs }
-            rows.push(viaRow(group, `${scenario}: via gateway, gRPC upstream`, concurrency, viaGrpc, direct, `${(viaGrpc.itemsPerSec / via.itemsPerSec).toFixed(2)}× the REST upstream's throughput, ${signed(viaGrpc.p50 - via.p50)} ms p50; gateway CPU ${(cpuGrpcMs * 1000).toFixed(0)} µs/request`))
+          const record: Record<string, unknown> = { direct }
+          raw[`${scenario} c${concurrency}`] = record
+          rows.push({ group, scenario: `${scenario}: pod direct`, concurrency, itemsPerSec: direct.r.itemsPerSec, p50: direct.r.p50, p99: direct.r.p99, errors: direct.r.requests - direct.r.ok, note: cpuNote(direct.cpuUs) })
+          // `key`: the raw record's; `party`: the hop's name in the CPU split.
+          const hop = async (key: string, party: string, origin: string, hopPids: number[]) => {
+            await load(origin, undefined, opts.warmupMs)
+            const r = await accounted(() => load(origin), { [party]: hopPids, pod: podPids })
+            record[key] = r
+            return r
           }
+          const via = await hop('viaGateway', 'gateway', `http://127.0.0.1:${front.apiPort}`, [front.child.pid!])
+          rows.push(viaRow(group, `${scenario}: via gateway`, concurrency, via.r, direct.r, `${signed(via.r.p50 - direct.r.p50)} ms p50, ${signed(via.r.p99 - direct.r.p99)} ms p99; ${cpuNote(via.cpuUs)}`))
+          const viaGrpc = await hop('viaGatewayGrpcUpstream', 'gateway', `http://127.0.0.1:${frontGrpc.apiPort}`, [frontGrpc.child.pid!])
+          rows.push(viaRow(group, `${scenario}: via gateway, gRPC upstream`, concurrency, viaGrpc.r, direct.r, `${(viaGrpc.r.itemsPerSec / via.r.itemsPerSec).toFixed(2)}× the REST upstream's throughput, ${signed(viaGrpc.r.p50 - via.r.p50)} ms p50; ${cpuNote(viaGrpc.cpuUs)}`))
           if (nginx) {
-            const proxy = `http://127.0.0.1:${nginx.port}`
-            await load(proxy, undefined, opts.warmupMs)
-            const viaNginx = await load(proxy)
-            raw[`${scenario} c${concurrency}`] = { direct, via, viaNginx, gatewayCpuMsPerRequest: cpuPerRequestMs }
-            rows.push(viaRow(group, `${scenario}: via nginx (plain proxy, 1 worker)`, concurrency, viaNginx, direct, `${signed(viaNginx.p50 - direct.p50)} ms p50, ${signed(viaNginx.p99 - direct.p99)} ms p99; Bulwark's hop keeps ${((via.itemsPerSec / viaNginx.itemsPerSec) * 100).toFixed(0)}% of nginx's throughput`))
+            const viaNginx = await hop('viaNginx', 'nginx', `http://127.0.0.1:${nginx.port}`, nginx.pids())
+            rows.push(viaRow(group, `${scenario}: via nginx (plain proxy, 1 worker)`, concurrency, viaNginx.r, direct.r, `${signed(viaNginx.r.p50 - direct.r.p50)} ms p50, ${signed(viaNginx.r.p99 - direct.r.p99)} ms p99; ${cpuNote(viaNginx.cpuUs)}; Bulwark's hop keeps ${((via.r.itemsPerSec / viaNginx.r.itemsPerSec) * 100).toFixed(0)}% of nginx's throughput`))
           }
         }
       } finally {
