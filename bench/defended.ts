@@ -26,7 +26,7 @@ import { closedLoop, type LoadResult } from './load.ts'
 import { rawOnnxParallel } from './raw-onnx.ts'
 import { mnistDigits, OCR_CLS, type BenchOptions } from './core.ts'
 import type { Row } from './report.ts'
-import { cpuSeconds } from './host.ts'
+import { threadCpuSeconds } from './host.ts'
 
 const GROUP = 'defended'
 const ROUNDS = 4
@@ -93,6 +93,8 @@ interface Round {
   batch: number
   gateway: LoadResult
   cpuPerItemMs: number
+  /** The gateway's CPU per item by thread group, the load client's, and the raw sessions' (ms). */
+  split: Record<string, number>
   breakdown: Breakdown | null
 }
 
@@ -114,14 +116,29 @@ async function pairedRounds(gw: Served, s: Scenario, tokens: string[], connect: 
   const rounds: Round[] = []
   for (let i = 0; i < ROUNDS; i++) {
     log(`${s.name}: paired round ${i + 1}/${ROUNDS}`)
+    const rawCpu0 = process.cpuUsage()
     const raw = await rawOnnxParallel(model, s.input, s.itemShape, batch, 2, 1, roundMs)
+    const rawCpu = process.cpuUsage(rawCpu0)
     const before = parseScrape(await (await fetch(`${gw.admin}/metrics`)).text())
-    const cpu0 = cpuSeconds(gw.pid)
+    const threads0 = threadCpuSeconds(gw.pid)
+    const client0 = process.cpuUsage()
     const gateway = await closedLoop({ origin: gw.origin, connect, concurrency: CALLERS, durationMs: roundMs, warmupMs: 300, next: (j) => s.request(j, tokens[j % tokens.length]!) })
-    const cpu = cpuSeconds(gw.pid) - cpu0
+    const client = process.cpuUsage(client0)
+    const threads = threadCpuSeconds(gw.pid)
     const after = parseScrape(await (await fetch(`${gw.admin}/metrics`)).text())
+    // Items answered, and the load's own window: the warm-up's CPU is charged too (a small overcount).
     const items = gateway.itemsPerSec * gateway.seconds
-    rounds.push({ ceiling: raw.itemsPerSec, batch, gateway, cpuPerItemMs: items > 0 ? (cpu / items) * 1000 : NaN, breakdown: diffScrapes(before, after, s.model) })
+    const perItem = (seconds: number) => (items > 0 ? (seconds / items) * 1000 : NaN)
+    const used = (name: string) => (threads[name] ?? 0) - (threads0[name] ?? 0)
+    const all = Object.keys(threads).reduce((sum, name) => sum + used(name), 0)
+    const split = {
+      main: perItem(used('MainThread')),
+      workers: perItem(used('WorkerThread')),
+      other: perItem(all - used('MainThread') - used('WorkerThread')),
+      client: perItem((client.user + client.system) / 1e6),
+      raw: (rawCpu.user + rawCpu.system) / 1000 / (raw.itemsPerSec * (roundMs / 1000)),
+    }
+    rounds.push({ ceiling: raw.itemsPerSec, batch, gateway, cpuPerItemMs: perItem(all), split, breakdown: diffScrapes(before, after, s.model) })
   }
   return rounds
 }
@@ -143,7 +160,7 @@ function row(s: Scenario, rounds: Round[]): Row {
     ratio: ratios[Math.floor(ratios.length / 2)]!,
     ratioTo: 'ceiling, same round',
     errors: rounds.reduce((n, r) => n + r.gateway.requests - r.gateway.ok, 0),
-    note: `median of ${ROUNDS} rounds (range ${ratios[0]!.toFixed(2)}-${ratios[ratios.length - 1]!.toFixed(2)}); ceiling ${mid.ceiling.toFixed(0)} items/s (batch ${mid.batch}); gateway CPU ${mid.cpuPerItemMs.toFixed(3)} ms/item; server time ${groups ?? 'n/a'}; answers ${JSON.stringify(statuses)}`,
+    note: `median of ${ROUNDS} rounds (range ${ratios[0]!.toFixed(2)}-${ratios[ratios.length - 1]!.toFixed(2)}); ceiling ${mid.ceiling.toFixed(0)} items/s (batch ${mid.batch}); gateway CPU ${mid.cpuPerItemMs.toFixed(3)} ms/item (main thread ${mid.split.main!.toFixed(3)}, worker threads ${mid.split.workers!.toFixed(3)}, other ${mid.split.other!.toFixed(3)}), load client ${mid.split.client!.toFixed(3)}, raw sessions ${mid.split.raw!.toFixed(3)}; server time ${groups ?? 'n/a'}; answers ${JSON.stringify(statuses)}`,
   }
 }
 

@@ -10,6 +10,21 @@ export function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100 // utime, stime
 }
 
+/** CPU seconds per thread name (comm: MainThread, WorkerThread, libuv-worker, V8Worker, ...), summed over a process's threads. */
+export function threadCpuSeconds(pid: number): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const name = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim()
+      const fields = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+      out[name] = (out[name] ?? 0) + (Number(fields[11]) + Number(fields[12])) / 100
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return out
+}
+
 /** A process's resident set size in bytes, from /proc/PID/status; NaN when it is not there. */
 export function rssBytes(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
