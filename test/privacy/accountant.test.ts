@@ -400,6 +400,20 @@ t.test('journal lines carry a CRC of their content: read back exactly, and any c
   t.equal(parseJournalLine(spaced), null, 'the CRC covers the exact text: a space added makes a line damaged, though it parses to the same fields')
 })
 
+t.test('entry lines sealed by hand read back as the pattern reads them: leading zeros, an empty key, numbers past 2^53 and 17 digits', async (t) => {
+  const { crc32 } = await import('node:zlib')
+  const seal = (body: string) => `${body.slice(0, -1)},"crc":"${crc32(body).toString(16).padStart(8, '0')}"}`
+  const entry = (key: string, t: number, e: number, r: number, w: number) => ({ kind: 'entry', key, entry: { t, e, r, w, durable: true }, format: 2 })
+  t.same(parseJournalLine(seal('{"t":007,"k":"a","e":0010,"r":0,"w":1000}')), entry('a', 7, 10, 0, 1000), 'leading zeros, as \\d{1,16} reads them')
+  t.same(parseJournalLine(seal('{"t":1,"k":"","e":1,"r":0,"w":1000}')), entry('', 1, 1, 0, 1000), 'an empty key')
+  t.same(parseJournalLine(seal('{"t":9007199254740991,"k":"b","e":1,"r":2,"w":3}')), entry('b', 2 ** 53 - 1, 1, 2, 3), '2^53 - 1, the largest safe integer')
+  t.equal(parseJournalLine(seal('{"t":9999999999999999,"k":"b","e":1,"r":0,"w":3}')), null, '16 digits past 2^53')
+  t.equal(parseJournalLine(seal('{"t":10000000000000000,"k":"b","e":1,"r":0,"w":3}')), null, '17 digits')
+  t.equal(parseJournalLine(seal('{"t":1,"k":"b","e":,"r":0,"w":3}')), null, 'a value missing')
+  t.equal(parseJournalLine(seal('{"t":1,"k":"b","e":1,"r":0,"w":3,"x":1}')), null, 'a field too many after the window')
+  t.same(parseJournalLine(seal('{"t":1,"k":"tab\\there","e":1,"r":0,"w":3}')), entry('tab\there', 1, 1, 0, 3), 'an escape in the key: the pattern\'s path')
+})
+
 t.test("journalText: a key's charges within 1 s of the first of them share a line, their summed cost at the latest time and the longest window", async (t) => {
   const text = journalText([
     ['k', { t: 0, e: 1, r: 0, w: 5000 }],
