@@ -4,19 +4,19 @@
 // Keyed by the SHA-256 of the whole token (header, payload and signature), so a cached entry
 // can only be hit by the very token that was verified; a token differing in any byte, e.g. a
 // forged signature on a known payload, misses and is verified in full. Only successes are
-// cached: refusals would let an attacker fill the cache. Bounded: past maxEntries the oldest
-// insertion is evicted (tokens are mostly re-sent by the same few callers, so insertion order
-// is a fair stand-in for least recently used, at no cost per hit).
+// cached: refusals would let an attacker fill the cache. Bounded: past maxEntries the least
+// recently used token is evicted, in constant time at any size (an LruMap).
 
 import { createHash } from 'node:crypto'
+import { LruMap } from '../state/lru.ts'
 import type { Principal } from '../types.ts'
 
 export class TokenCache {
-  private readonly maxEntries: number
-  private readonly entries = new Map<string, Readonly<Principal>>()
+  /** null when maxEntries is 0: nothing is cached. */
+  private readonly entries: LruMap<Readonly<Principal>> | null
 
   constructor(maxEntries: number) {
-    this.maxEntries = maxEntries
+    this.entries = maxEntries > 0 ? new LruMap<Readonly<Principal>>(maxEntries) : null
   }
 
   static key(token: string): string {
@@ -25,30 +25,25 @@ export class TokenCache {
 
   /** The principal of a verified token, if it is cached and has not expired at `nowMs`. */
   get(key: string, nowMs: number): Readonly<Principal> | undefined {
-    const hit = this.entries.get(key)
+    const hit = this.entries?.get(key)
     if (hit === undefined) return undefined
     if (hit.expiresAtMs <= nowMs) {
-      this.entries.delete(key)
+      this.entries!.delete(key)
       return undefined
     }
     return hit
   }
 
   set(key: string, principal: Readonly<Principal>): void {
-    if (this.maxEntries === 0) return
-    if (this.entries.size >= this.maxEntries) {
-      const oldest = this.entries.keys().next().value
-      if (oldest !== undefined) this.entries.delete(oldest)
-    }
-    this.entries.set(key, principal)
+    this.entries?.set(key, principal) // past maxEntries, evicts the least recently used
   }
 
   /** Forgets every entry (the key set changed: a key may have been revoked). */
   clear(): void {
-    this.entries.clear()
+    this.entries?.clear()
   }
 
   get size(): number {
-    return this.entries.size
+    return this.entries?.size ?? 0
   }
 }

@@ -2,6 +2,9 @@
 // recently seen key is forgotten first, and a forgotten key comes back with a full bucket,
 // which is what it would have had after idling for burst / perSecond. Time is monotonic ms
 // from the caller's injected clock.
+// The map is an LruMap: forgetting the oldest key costs the same at any size.
+
+import { LruMap } from '../state/lru.ts'
 
 interface Bucket {
   tokens: number
@@ -14,14 +17,14 @@ export class TokenBuckets {
   private readonly burst: number
   private readonly maxKeys: number
   private readonly onForget: () => void
-  // Insertion order is recency order: a key seen again is moved to the end.
-  private readonly buckets = new Map<string, Bucket>()
+  private readonly buckets: LruMap<Bucket>
 
   constructor(o: { perSecond: number; burst: number; maxKeys: number; onForget?: () => void }) {
     this.perMs = o.perSecond / 1000
     this.burst = o.burst
     this.maxKeys = o.maxKeys
     this.onForget = o.onForget ?? (() => {})
+    this.buckets = new LruMap<Bucket>(o.maxKeys, () => this.onForget())
   }
 
   /** Keys holding a bucket right now. */
@@ -51,19 +54,14 @@ export class TokenBuckets {
 
   /** `key`'s bucket brought up to `nowMs`, and moved to the most recently seen end. */
   private refill(key: string, nowMs: number): Bucket {
-    let b = this.buckets.get(key)
+    let b = this.buckets.get(key) // marks it most recently seen
     if (b === undefined) {
-      if (this.buckets.size >= this.maxKeys) {
-        this.buckets.delete(this.buckets.keys().next().value!)
-        this.onForget()
-      }
       b = { tokens: this.burst, atMs: nowMs }
+      this.buckets.set(key, b) // past maxKeys, forgets the least recently seen
     } else {
-      this.buckets.delete(key)
       b.tokens = Math.min(this.burst, b.tokens + (nowMs - b.atMs) * this.perMs)
       b.atMs = nowMs
     }
-    this.buckets.set(key, b)
     return b
   }
 }
