@@ -14,6 +14,7 @@
 import { createHmac } from 'node:crypto'
 import type { RandomSource } from '../deps.ts'
 import type { Tensor } from '../inference/tensor.ts'
+import { LruMap } from '../state/lru.ts'
 
 /** The permutation of 0..n-1 that `key` selects (Fisher-Yates over an HMAC stream, unbiased by rejection). */
 function permutation(secret: Uint8Array, key: number, n: number): number[] {
@@ -68,26 +69,24 @@ export function createDegrader(random: RandomSource): (groups: readonly (readonl
  * answered before it. In process (per replica); past `max` entries the oldest is forgotten.
  */
 export class DelayedRefusals {
-  readonly #left = new Map<string, { left: number; detector: string }>()
-  readonly #max: number
+  readonly #left: LruMap<{ left: number; detector: string }>
   constructor(max: number) {
-    this.#max = max
+    this.#left = new LruMap(max)
   }
 
   /** Records an alarm; an alarm while one is pending does not move the refusal. Returns the queries left. */
   alarm(model: string, principal: string, queries: number, detector: string): number {
     const key = `${model}\u0000${principal}`
-    const had = this.#left.get(key)
+    const had = this.#left.peek(key)
     if (had) return had.left
     this.#left.set(key, { left: queries, detector })
-    if (this.#left.size > this.#max) this.#left.delete(this.#left.keys().next().value!)
     return queries
   }
 
   /** One more query from the caller: null when nothing is pending, else whether it is the refused one (and which detector earned it). */
   next(model: string, principal: string): { refuse: boolean; detector: string } | null {
     const key = `${model}\u0000${principal}`
-    const had = this.#left.get(key)
+    const had = this.#left.peek(key)
     if (!had) return null
     if (had.left > 0) {
       had.left--

@@ -8,6 +8,7 @@
 
 import type { Redis } from 'ioredis'
 import type { Clock } from '../deps.ts'
+import { LruMap } from '../state/lru.ts'
 import { stateUnavailable } from './shared-store.ts'
 
 export interface Cooldowns {
@@ -18,12 +19,13 @@ export interface Cooldowns {
 }
 
 export function memoryCooldowns(clock: Clock, maxEntries: number): Cooldowns {
-  // model -> principal -> monotonic ms until which the principal is refused.
-  const cooldowns = new Map<string, Map<string, number>>()
+  // model -> principal -> monotonic ms until which the principal is refused; a principal's
+  // recency is when its cool-down last started (peek reads it without moving it).
+  const cooldowns = new Map<string, LruMap<number>>()
   return {
     left(model, principal) {
       const m = cooldowns.get(model)
-      const until = m?.get(principal)
+      const until = m?.peek(principal)
       if (until === undefined) return 0
       const left = until - clock.monotonicMs()
       if (left > 0) return left
@@ -32,10 +34,8 @@ export function memoryCooldowns(clock: Clock, maxEntries: number): Cooldowns {
     },
     start(model, principal, ms) {
       let m = cooldowns.get(model)
-      if (!m) cooldowns.set(model, (m = new Map()))
-      m.delete(principal)
+      if (!m) cooldowns.set(model, (m = new LruMap(maxEntries)))
       m.set(principal, clock.monotonicMs() + ms)
-      if (m.size > maxEntries) m.delete(m.keys().next().value!)
     },
   }
 }

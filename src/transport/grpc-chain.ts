@@ -23,6 +23,7 @@ import { asBulwarkError, destroyChain, refuse, runPhase } from '../pipeline.ts'
 import { newRequestContext, type IncomingBody, type RequestContext, type Stage, type Verb } from '../types.ts'
 import { inferBody, inferResponse, type InferRequestMessage } from './grpc-codec.ts'
 import { clientClosed } from './read-body.ts'
+import { LruMap } from '../state/lru.ts'
 
 export const SERVICE_PATH = '/inference.GRPCInferenceService'
 
@@ -97,14 +98,13 @@ export function grpcHandlers(options: GrpcChainOptions): grpc.UntypedServiceImpl
  * mtls-identity's per-certificate cache holds across the calls of a connection.
  */
 function certificateReader(): (call: grpc.ServerUnaryCall<unknown, unknown>) => X509Certificate | null {
-  const certificates = new Map<string, X509Certificate>()
+  const certificates = new LruMap<X509Certificate>(MAX_CERTIFICATES)
   return (call) => {
     const peer = call.getAuthContext().sslPeerCertificate
     if (!peer?.raw) return null
     let cert = certificates.get(peer.fingerprint256)
     if (cert === undefined) {
       cert = new X509Certificate(peer.raw)
-      if (certificates.size >= MAX_CERTIFICATES) certificates.delete(certificates.keys().next().value!)
       certificates.set(peer.fingerprint256, cert)
     }
     return cert
