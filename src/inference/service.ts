@@ -35,8 +35,8 @@ export class InferenceService {
       return wanted ? all.filter((t) => wanted.has(t.name)) : all
     }
     const items = request.inputs[0]!.shape[0]!
-    // Batching off (a batcher of 1): requests run as sent, up to what the model accepts.
-    const max = batcher.maxBatchSize > 1 ? batcher.maxBatchSize : manifest.maxBatchSize
+    // Batching off: requests run as sent, up to what the model accepts.
+    const max = m.settings.batching.enabled ? batcher.maxBatchSize : manifest.maxBatchSize
     let outputs: Tensor[]
     if (items <= max) outputs = await run(request.inputs)
     else {

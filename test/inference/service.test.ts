@@ -162,7 +162,7 @@ t.test('a request past the model\'s maxBatchSize runs in chunks, concurrently, i
   const clock = new FakeClock()
   const backend = new DoublingBackend()
   const batcher = new DynamicBatcher({ model: 'toy', backend, maxBatchSize: 4, maxQueueDelayMicros: 0, maxQueueSize: 16, outputNames: ['y', 'z'], clock })
-  const models = { ready: () => ({ batcher, manifest: { version: '7', maxBatchSize: 4 } }) } as unknown as ModelRegistry
+  const models = { ready: () => ({ batcher, manifest: { version: '7', maxBatchSize: 4 }, settings: { batching: { enabled: true } } }) } as unknown as ModelRegistry
   const service = new InferenceService(models)
   const x = Float32Array.from({ length: 20 }, (_, i) => i)
   const request = { parameters: {}, inputs: [{ name: 'x', datatype: 'FP32' as const, shape: [10, 2], data: x }], outputs: [{ name: 'z', binary: false }], binaryOutputs: false, batchSize: 10 }
@@ -183,22 +183,23 @@ t.test('a request past the model\'s maxBatchSize runs in chunks, concurrently, i
   t.same((await whole).outputs[0]!.shape, [4, 2])
 })
 
-t.test('with batching on, a request past the batcher\'s preferred size runs in chunks of it; with batching off, as sent', async (t) => {
+t.test('with batching on, a request past the batcher\'s preferred size runs in chunks of it, 1 included; with batching off, as sent', async (t) => {
   const clock = new FakeClock()
   const manifest = { version: '1', maxBatchSize: 8 }
-  const run = async (batcherMax: number, items: number) => {
+  const run = async (batching: boolean, batcherMax: number, items: number) => {
     const backend = new DoublingBackend()
     const batcher = new DynamicBatcher({ model: 'toy', backend, maxBatchSize: batcherMax, maxQueueDelayMicros: 0, maxQueueSize: 16, outputNames: ['y', 'z'], clock })
-    const service = new InferenceService({ ready: () => ({ batcher, manifest }) } as unknown as ModelRegistry)
+    const service = new InferenceService({ ready: () => ({ batcher, manifest, settings: { batching: { enabled: batching } } }) } as unknown as ModelRegistry)
     const x = Float32Array.from({ length: items * 2 }, (_, i) => i)
     const answer = service.infer('toy', null, { parameters: {}, inputs: [{ name: 'x', datatype: 'FP32' as const, shape: [items, 2], data: x }], outputs: [], binaryOutputs: false, batchSize: items }, clock.monotonicMs() + 1000)
     await clock.tick()
     const batches = [...backend.batches]
     backend.release()
     const y = (await answer).outputs.find((o) => o.name === 'y')!
-    t.same(Array.from(y.data as Float32Array), Array.from(x, (v) => 2 * v), `batcher of ${batcherMax}, ${items} items: rows in order`)
+    t.same(Array.from(y.data as Float32Array), Array.from(x, (v) => 2 * v), `batching ${batching ? 'on' : 'off'}, batcher of ${batcherMax}, ${items} items: rows in order`)
     return batches
   }
-  t.same(await run(2, 5), [2, 2, 1], 'batching on with a preferred size of 2: chunks of 2')
-  t.same(await run(1, 3), [3], 'batching off: the request runs as sent')
+  t.same(await run(true, 2, 5), [2, 2, 1], 'batching on with a preferred size of 2: chunks of 2')
+  t.same(await run(true, 1, 3), [1, 1, 1], 'batching on with a preferred size of 1: one item at a time')
+  t.same(await run(false, 1, 3), [3], 'batching off: the request runs as sent')
 })
