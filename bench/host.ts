@@ -6,8 +6,13 @@ import path from 'node:path'
 
 /** CPU seconds (user + system, all threads) a process has used, from /proc/PID/stat (clock ticks at 100 Hz). */
 export function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-  return (Number(fields[11]) + Number(fields[12])) / 100 // utime, stime
+  return statCpuSeconds(`/proc/${pid}/stat`)
+}
+
+/** utime + stime of a /proc stat file (a process's or a thread's), in seconds. */
+function statCpuSeconds(file: string): number {
+  const fields = readFileSync(file, 'utf8').split(') ')[1]!.split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / 100
 }
 
 /** CPU seconds per thread name (comm: MainThread, WorkerThread, libuv-worker, V8Worker, ...), summed over a process's threads. */
@@ -16,8 +21,7 @@ export function threadCpuSeconds(pid: number): Record<string, number> {
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
       const name = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim()
-      const fields = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-      out[name] = (out[name] ?? 0) + (Number(fields[11]) + Number(fields[12])) / 100
+      out[name] = (out[name] ?? 0) + statCpuSeconds(`/proc/${pid}/task/${tid}/stat`)
     } catch {
       // the thread ended between the listing and the read
     }

@@ -221,11 +221,24 @@ const [T_OPEN, K_OPEN, E_OPEN, R_OPEN, W_OPEN] = ['{"t":', ',"k":"', '","e":', '
  * million charges is replayed at every start.
  */
 function entryFromBytes(bytes: Buffer, cut: number): JournalLine | null {
-  let at = matchAt(bytes, 0, cut, T_OPEN)
-  const t = digitsAt(bytes, at, cut)
-  if (t < 0) return null
-  at = matchAt(bytes, at + digitCount, cut, K_OPEN)
-  if (at < 0) return null
+  let at = 0
+  /** Steps over `literal` if it is next. */
+  const skip = (literal: Uint8Array): boolean => {
+    if (at + literal.length > cut) return false
+    for (let i = 0; i < literal.length; i++) if (bytes[at + i] !== literal[i]) return false
+    at += literal.length
+    return true
+  }
+  /** Reads the 1 to 16 digits next, as ENTRY_LINE's \d{1,16}; -1 when there are none, more, or the value is past 2^53. */
+  const integer = (): number => {
+    const start = at
+    let value = 0
+    while (at < cut && at - start <= 16 && bytes[at]! >= 0x30 && bytes[at]! <= 0x39) value = value * 10 + (bytes[at++]! - 0x30)
+    return at === start || at - start > 16 || !Number.isSafeInteger(value) ? -1 : value
+  }
+  if (!skip(T_OPEN)) return null
+  const t = integer()
+  if (t < 0 || !skip(K_OPEN)) return null
   const keyStart = at
   while (at < cut && bytes[at] !== 0x22) {
     const c = bytes[at]!
@@ -233,36 +246,14 @@ function entryFromBytes(bytes: Buffer, cut: number): JournalLine | null {
     at++
   }
   const keyEnd = at
-  at = matchAt(bytes, at, cut, E_OPEN) // from the key's closing quote
-  const e = digitsAt(bytes, at, cut)
-  if (e < 0) return null
-  at = matchAt(bytes, at + digitCount, cut, R_OPEN)
-  const r = digitsAt(bytes, at, cut)
-  if (r < 0) return null
-  at = matchAt(bytes, at + digitCount, cut, W_OPEN)
-  const w = digitsAt(bytes, at, cut)
-  if (w < 0 || at + digitCount !== cut) return null
+  if (!skip(E_OPEN)) return null // from the key's closing quote
+  const e = integer()
+  if (e < 0 || !skip(R_OPEN)) return null
+  const r = integer()
+  if (r < 0 || !skip(W_OPEN)) return null
+  const w = integer()
+  if (w < 0 || at !== cut) return null
   return { kind: 'entry', key: bytes.toString('latin1', keyStart, keyEnd), entry: { t, e, r, w, durable: true }, format: 2 }
-}
-
-/** Where `literal` ends when it is at `at` (before `end`); -1 when it is not, or `at` is -1. */
-function matchAt(bytes: Buffer, at: number, end: number, literal: Uint8Array): number {
-  if (at < 0 || at + literal.length > end) return -1
-  for (let i = 0; i < literal.length; i++) if (bytes[at + i] !== literal[i]) return -1
-  return at + literal.length
-}
-
-/** Digits digitsAt read last (a module-level out-value: no object per call on the replay's hot path). */
-let digitCount = 0
-
-/** The 1 to 16 digits at `at`, as ENTRY_LINE's \d{1,16}; -1 when there are none, more, or the value is past 2^53. */
-function digitsAt(bytes: Buffer, at: number, end: number): number {
-  if (at < 0) return -1
-  let i = at
-  let value = 0
-  while (i < end && i - at < 17 && bytes[i]! >= 0x30 && bytes[i]! <= 0x39) value = value * 10 + (bytes[i++]! - 0x30)
-  digitCount = i - at
-  return digitCount === 0 || digitCount > 16 || !Number.isSafeInteger(value) ? -1 : value
 }
 
 /** One line (without its newline), or null when it is damaged or not a journal line. */

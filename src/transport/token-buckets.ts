@@ -15,16 +15,13 @@ interface Bucket {
 export class TokenBuckets {
   private readonly perMs: number
   private readonly burst: number
-  private readonly maxKeys: number
-  private readonly onForget: () => void
   private readonly buckets: LruMap<Bucket>
 
   constructor(o: { perSecond: number; burst: number; maxKeys: number; onForget?: () => void }) {
     this.perMs = o.perSecond / 1000
     this.burst = o.burst
-    this.maxKeys = o.maxKeys
-    this.onForget = o.onForget ?? (() => {})
-    this.buckets = new LruMap<Bucket>(o.maxKeys, () => this.onForget())
+    const onForget = o.onForget
+    this.buckets = new LruMap<Bucket>(o.maxKeys, onForget ? () => onForget() : undefined)
   }
 
   /** Keys holding a bucket right now. */
